@@ -1,0 +1,403 @@
+"""The built-in dataset: tiny rendered clips whose answers depend on the ORDER of the frames.
+
+Each sample is a short mp4 clip (default 8 frames at 2 fps, 112x112 RGB, plain dark background, flat
+coloured circles, squares and triangles drawn with numpy, H.264 via PyAV) or a still PNG image, with one
+question written in the Video-R1 JSON schema (reference §5): `problem_id, problem, data_type,
+problem_type, options, solution, path, data_source`; the COT file adds `process: "<think>...</think>"`.
+With 8 frames at 2 fps (4 s) the official 2-fps sampling rule (reference §8, `smart_nframes`) keeps every
+frame, so the model sees exactly the frames drawn here.
+
+Question families (`data_source` names the family):
+
+- `synthetic/temporal/direction` (MC): does the shape move left or right?
+- `synthetic/temporal/appear_first` (MC): which of two shapes appears first?
+- `synthetic/temporal/size_change` (MC): does the shape get bigger or smaller?
+- `synthetic/temporal/count_before` (numerical): how many times does a small square flash before a
+  circle appears?
+- `synthetic/static/color`, `synthetic/static/shape` (MC), `synthetic/static/count` (numerical):
+  controls answerable from any single frame; the only families used for still images.
+
+Why the temporal answers depend on order: every temporal family is closed under time reversal with the
+same probability for a clip and its reverse, and reversing a clip flips (or changes) its answer while
+keeping the multiset of frames. So the unordered set of frames carries no information about the answer
+beyond chance; shuffling the frames (T-GRPO's G̃ group, reference §1 step 4) destroys it. Each family's
+docstring gives the argument for that family. Videos are ~50/50 temporal vs static; answers are balanced
+across values and option letters.
+
+Run:  python synthetic.py --out runs/data [--seed 0 --n-train 320 --n-test 96]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+VERSION = 1  # bump when the rendering or the questions change: a new version re-renders the data
+COLORS = {"red": (220, 50, 50), "green": (50, 180, 70), "blue": (50, 100, 240),
+          "yellow": (240, 220, 50), "purple": (160, 70, 210), "orange": (245, 140, 30)}
+SHAPES = ("circle", "square", "triangle")
+TEMPORAL_FAMILIES = ("direction", "appear_first", "size_change", "count_before")
+STATIC_FAMILIES = ("color", "shape", "count")
+LETTERS = "ABCDEFGH"
+# count_before: P(m flashes after the marker | k flashes before it). With k uniform on {0,1,2} this makes
+# the joint P(k, m) symmetric (P(k,m) = P(m,k)), so a clip and its reverse are equally likely.
+_M_GIVEN_K = {0: ((1, 2), (1 / 3, 2 / 3)), 1: ((0, 1, 2), (1 / 3, 1 / 3, 1 / 3)), 2: ((0, 1), (2 / 3, 1 / 3))}
+
+
+def render_frame(objects: list[tuple], size: int, background: int) -> np.ndarray:
+    """Draw flat shapes on a plain grey background.
+
+    Args: objects: (shape, color_name, cx, cy, r) tuples, centre and half-size r in pixels (float),
+    drawn in order (later on top); shape in SHAPES, color_name in COLORS. size: frame side in pixels.
+    background: grey level 0-255. Returns (size, size, 3) uint8 RGB. Raises KeyError for an unknown
+    colour and ValueError for an unknown shape.
+    """
+    img = np.full((size, size, 3), background, dtype=np.uint8)  # (H, W, 3)
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5  # (H, W) pixel centres
+    for shape, color, cx, cy, r in objects:
+        if shape == "circle":
+            mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+        elif shape == "square":
+            mask = (np.abs(xx - cx) <= r) & (np.abs(yy - cy) <= r)
+        elif shape == "triangle":  # apex up, base 2r wide at cy + r
+            top = cy - r
+            mask = (yy >= top) & (yy <= cy + r) & (np.abs(xx - cx) <= (yy - top) / 2)
+        else:
+            raise ValueError(f"synthetic.render_frame: unknown shape {shape!r}")
+        img[mask] = COLORS[color]
+    return img
+
+
+def _balanced(rng, values, n: int) -> list:
+    """n items, each value as equally often as possible (the remainder picked at random), shuffled."""
+    values = list(values)
+    out = values * (n // len(values)) + [values[i] for i in rng.permutation(len(values))[: n % len(values)]]
+    return [out[i] for i in rng.permutation(n)]
+
+
+def _mc(rng, correct: str, others: list[str], letter: int) -> tuple[list[str], str]:
+    """Options "A. ..." with `correct` at index `letter` and `others` in random order; returns (options, letter)."""
+    texts = [others[i] for i in rng.permutation(len(others))]
+    texts.insert(letter, correct)
+    return [f"{LETTERS[i]}. {t}" for i, t in enumerate(texts)], LETTERS[letter]
+
+
+def _place(rng, size: int, radii: list[float], lo: float = 0.0, hi: float = 0.0) -> list[tuple[float, float]]:
+    """Non-overlapping centres for shapes of half-size `radii`, kept `lo`/`hi` px further from the edges."""
+    for _ in range(2000):
+        pts = [(rng.uniform(r + 2 + lo, size - r - 2 - hi), rng.uniform(r + 2 + lo, size - r - 2 - hi)) for r in radii]
+        if all(np.hypot(p[0] - q[0], p[1] - q[1]) > 1.45 * (ra + rb) + 3
+               for i, (p, ra) in enumerate(zip(pts, radii)) for q, rb in zip(pts[:i], radii[:i])):
+            return pts
+    raise RuntimeError(f"synthetic: cannot place {len(radii)} shapes in a {size}px frame")
+
+
+def _pick(rng, options, k: int, exclude=()) -> list:
+    """k distinct random items of `options` not in `exclude`."""
+    pool = [o for o in options if o not in exclude]
+    return [pool[i] for i in rng.choice(len(pool), size=k, replace=False)]
+
+
+def _cap(text: str) -> str:
+    """Upper-case the first character only."""
+    return text[:1].upper() + text[1:]
+
+
+def _direction(rng, T, size, answer, letter):
+    """Does the shape move left or right (MC)? Shuffling destroys the answer: a left-moving clip played
+    backwards is an equally likely right-moving clip over exactly the same frames (same set of positions),
+    so only the order of the frames tells the two apart. An optional static distractor sits off the path."""
+    color, dcolor = _pick(rng, COLORS, 2)
+    shape, dshape = _pick(rng, SHAPES, 2)
+    r, travel = size * rng.uniform(0.07, 0.10), size * rng.uniform(0.35, 0.6)
+    x0 = rng.uniform(r + 2, size - r - 2 - travel)
+    xs = np.linspace(x0, x0 + travel, T)[:: 1 if answer == "right" else -1]  # (T,) pixels
+    y = rng.uniform(r + 2, size - r - 2)
+    distractor = []
+    if rng.random() < 0.5:
+        rd = size * 0.07
+        ys = [v for v in np.linspace(rd + 2, size - rd - 2, 50) if abs(v - y) > 1.45 * (r + rd) + 3]
+        if ys:
+            distractor = [(dshape, dcolor, rng.uniform(rd + 2, size - rd - 2), float(rng.choice(ys)), rd)]
+    frames = [distractor + [(shape, color, float(x), y, r)] for x in xs]
+    options, sol = _mc(rng, answer, ["left" if answer == "right" else "right"], letter)
+    mid = xs[T // 2]
+    process = (f"Let me think. In the first frame the {color} {shape} is about {xs[0]:.0f} pixels from the left "
+               f"edge; in frame {T // 2 + 1} it is at about {mid:.0f} pixels; in the last frame it is at about "
+               f"{xs[-1]:.0f} pixels. Its distance from the left edge keeps "
+               f"{'growing' if answer == 'right' else 'shrinking'}, so it moves to the {answer}.")
+    return frames, f"In which direction does the {color} {shape} move?", options, sol, process
+
+
+def _appear_first(rng, T, size, answer, letter):
+    """Which of two shapes appears first (MC)? Shape X is visible on frames [s1, e1] and Y on [s2, e2] with
+    s1 < s2 <= e1 < e2 (X in first and out first), drawn uniformly from all such tuples. Shuffling destroys
+    the answer: time reversal maps this set onto itself with X and Y swapped (Y then appears first), and the
+    reversed clip has the same multiset of frames (X only, both, Y only, empty), equally likely."""
+    tuples = [(a, b, c, d) for a in range(T) for b in range(a + 1, T) for c in range(b, T) for d in range(c + 1, T)]
+    s1, s2, e1, e2 = tuples[rng.integers(len(tuples))]
+    (c1, c2), (h1, h2) = _pick(rng, COLORS, 2), _pick(rng, SHAPES, 2)
+    r = size * rng.uniform(0.08, 0.12)
+    (p1, p2) = _place(rng, size, [r, r])
+    first, second = (h1, c1, p1[0], p1[1], r), (h2, c2, p2[0], p2[1], r)
+    frames = [[o for o, (s, e) in ((first, (s1, e1)), (second, (s2, e2))) if s <= t <= e] for t in range(T)]
+    name1, name2 = f"the {c1} {h1}", f"the {c2} {h2}"
+    options, sol = _mc(rng, name1, [name2], letter)
+    empty = f"Frames 1 to {s1} show no shape. " if s1 > 1 else ("Frame 1 shows no shape. " if s1 == 1 else "")
+    process = (f"Let me go through the frames in order. {empty}{_cap(name1)} is first visible in frame "
+               f"{s1 + 1}. {_cap(name2)} is first visible later, in frame {s2 + 1}. "
+               f"So {name1} appears first.")
+    return frames, "Which shape appears first?", options, sol, process
+
+
+def _size_change(rng, T, size, answer, letter):
+    """Does the shape get bigger or smaller (MC)? The half-size follows a geometric ramp between a small and
+    a large value. Shuffling destroys the answer: the reversed clip is an equally likely clip of the other
+    answer made of the very same frames; only their order says which way the size changes."""
+    color, dcolor = _pick(rng, COLORS, 2)
+    shape, dshape = _pick(rng, SHAPES, 2)
+    rs = np.geomspace(size * rng.uniform(0.04, 0.07), size * rng.uniform(0.15, 0.2), T)  # (T,) pixels
+    rs = rs[:: 1 if answer == "bigger" else -1]
+    rd = size * 0.06
+    (p, pd) = _place(rng, size, [rs.max(), rd])
+    distractor = [(dshape, dcolor, pd[0], pd[1], rd)] if rng.random() < 0.5 else []
+    frames = [distractor + [(shape, color, p[0], p[1], float(r))] for r in rs]
+    options, sol = _mc(rng, answer, ["smaller" if answer == "bigger" else "bigger"], letter)
+    process = (f"Let me think. In the first frame the {color} {shape} is about {2 * rs[0]:.0f} pixels wide, in "
+               f"frame {T // 2 + 1} about {2 * rs[T // 2]:.0f} pixels, and in the last frame about "
+               f"{2 * rs[-1]:.0f} pixels. It gets {answer} over time.")
+    return frames, f"Does the {color} {shape} get bigger or smaller?", options, sol, process
+
+
+def _count_before(rng, T, size, answer, letter):
+    """How many times does a small square flash (one frame each, never two in a row) before a circle
+    appears (for one frame)? Numerical, answer k in {0, 1, 2}; m flashes follow the circle, with P(k, m)
+    symmetric and the blank frames spread uniformly. Shuffling destroys the answer: the frames only tell the
+    total k + m, and the reversed clip (same frames, answer m) is equally likely, so for every total several
+    answers remain possible (1: {0,1}, 2: {0,1,2}, 3: {1,2})."""
+    k = answer
+    m = int(rng.choice(_M_GIVEN_K[k][0], p=_M_GIVEN_K[k][1]))
+    tokens = ["F"] * k + ["M"] + ["F"] * m
+    gaps = [1 if a == b == "F" else 0 for a, b in zip(tokens[:-1], tokens[1:])]  # blanks between tokens
+    extra = T - len(tokens) - sum(gaps)
+    cuts = np.sort(rng.choice(extra + len(tokens), size=len(tokens), replace=False))  # stars and bars
+    spread = np.diff(np.concatenate([[-1], cuts, [extra + len(tokens)]])) - 1  # (len(tokens)+1,) sums to extra
+    seq = ["B"] * int(spread[0])
+    for i, tok in enumerate(tokens):
+        seq += [tok] + ["B"] * ((gaps[i] if i < len(gaps) else 0) + int(spread[i + 1]))
+    cs, cm = _pick(rng, COLORS, 2)
+    rs, rm = size * rng.uniform(0.045, 0.06), size * rng.uniform(0.09, 0.12)
+    (ps, pm) = _place(rng, size, [rs, rm])
+    square, circle = ("square", cs, ps[0], ps[1], rs), ("circle", cm, pm[0], pm[1], rm)
+    frames = [[square] if s == "F" else [circle] if s == "M" else [] for s in seq]
+    steps, n = [], 0
+    for t, s in enumerate(seq[: seq.index("M") + 1]):
+        if s == "F":
+            n += 1
+            steps.append(f"frame {t + 1}: the square flashes ({n})")
+        elif s == "M":
+            steps.append(f"frame {t + 1}: the {cm} circle appears")
+    process = (f"Let me go through the frames in order and count the flashes of the {cs} square. "
+               f"{_cap('; '.join(steps))}. So the square flashed {k} time{'s' * (k != 1)} before the circle appeared.")
+    problem = f"How many times does the small {cs} square flash before the {cm} circle appears?"
+    return frames, problem, [], str(k), process
+
+
+def _moving(rng, T, size, radii):
+    """Per-frame centres (T, n, 2) in pixels of non-overlapping shapes that, in half of the clips, all
+    translate by one common vector (so they never collide) and otherwise stay still."""
+    max_shift = 0.25 if len(radii) == 1 else 0.1
+    d = rng.uniform(-max_shift, max_shift, size=2) * size * float(rng.random() < 0.5 and T > 1)  # (2,) px
+    half = float(np.abs(d).max()) / 2
+    pts = np.array(_place(rng, size, radii, lo=half, hi=half))  # (n, 2) centres at mid-clip
+    return pts[None] + (np.linspace(0, 1, T) - 0.5)[:, None, None] * d  # (T, n, 2)
+
+
+def _static(rng, T, size, answer, letter, family, medium):
+    """Static controls, answerable from any single frame: colour or shape of the single (possibly moving)
+    shape (MC), or the number of (possibly moving, never overlapping) shapes (numerical)."""
+    n = answer if family == "count" else 1
+    colors = [answer] if family == "color" else _pick(rng, COLORS, n)
+    shapes = [answer] if family == "shape" else [SHAPES[i] for i in rng.integers(0, 3, size=n)]
+    radii = [size * rng.uniform(0.07, 0.12 if n < 4 else 0.09) for _ in range(n)]
+    where = _moving(rng, T, size, radii)  # (T, n, 2)
+    frames = [[(shapes[i], colors[i], float(where[t, i, 0]), float(where[t, i, 1]), radii[i]) for i in range(n)]
+              for t in range(T)]
+    if family == "color":
+        options, sol = _mc(rng, answer, _pick(rng, COLORS, 3, exclude=[answer]), letter)
+        problem = f"What color is the shape in the {medium}?"
+        process = f"Let me look. There is one {shapes[0]} in the {medium}, and it is {answer}."
+    elif family == "shape":
+        options, sol = _mc(rng, answer, _pick(rng, SHAPES, 2, exclude=[answer]), letter)
+        looks = {"circle": "a round outline with no corners", "square": "four equal sides and four right-angle "
+                 "corners", "triangle": "three corners, with the tip pointing up"}[answer]
+        problem = f"What shape is the {colors[0]} object?"
+        process = f"Let me look. The {colors[0]} object has {looks}, so it is a {answer}."
+    else:
+        names = [f"{'an' if c == 'orange' else 'a'} {c} {s}" for c, s in zip(colors, shapes)]
+        listed = names[0] if n == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        options, sol = [], str(n)
+        problem = f"How many shapes are there in the {medium}?"
+        process = f"Let me count. I can see {listed}. That makes {n} shape{'s' * (n > 1)}."
+    return frames, problem, options, sol, process
+
+
+def _answers(family: str):
+    """The values a family's answer is balanced over, and its number of MC options (0: numerical)."""
+    return {"direction": (("left", "right"), 2), "appear_first": ((None,), 2), "size_change": (("bigger", "smaller"), 2),
+            "count_before": ((0, 1, 2), 0), "color": (tuple(COLORS), 4), "shape": (SHAPES, 3),
+            "count": ((1, 2, 3, 4), 0)}[family]
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
+    """Encode frames (T, H, W, 3) uint8 RGB, H and W even, as H.264 yuv420p mp4 (crf 18, no B-frames) at
+    `fps` frames per second with PyAV. Raises ValueError for a bad array."""
+    import av
+
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise ValueError(f"synthetic.write_video: {path}: frames must be (T, H, W, 3) uint8 with even H, W")
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"crf": "18", "preset": "medium", "bf": "0", "threads": "1"}
+        for t, arr in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            frame.pts = t
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def _write_json(path: Path, obj) -> None:
+    """Write JSON through a temporary file and an atomic rename."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _make_split(root: Path, split: str, stream: int, n: int, seed: int, image_fraction: float, frames: int,
+                fps: float, size: int) -> tuple[list[dict], list[dict]]:
+    """Render one split's media and return its (entries, cot_entries)."""
+    import decord
+
+    plan_rng = np.random.default_rng([seed, stream])
+    n_img = int(round(image_fraction * n))
+    kinds = _balanced(plan_rng, ("temporal", "static"), n - n_img)
+    n_temporal = kinds.count("temporal")
+    specs = ([("video", f) for f in _balanced(plan_rng, TEMPORAL_FAMILIES, n_temporal)]
+             + [("video", f) for f in _balanced(plan_rng, STATIC_FAMILIES, n - n_img - n_temporal)]
+             + [("image", f) for f in _balanced(plan_rng, STATIC_FAMILIES, n_img)])
+    specs = [specs[i] for i in plan_rng.permutation(n)]
+    plans = {}
+    for family in TEMPORAL_FAMILIES + STATIC_FAMILIES:
+        values, n_opt = _answers(family)
+        count = sum(f == family for _, f in specs)
+        plans[family] = list(zip(_balanced(plan_rng, values, count), _balanced(plan_rng, range(max(n_opt, 1)), count)))
+    entries, cots = [], []
+    for i, (data_type, family) in enumerate(specs):
+        rng = np.random.default_rng([seed, stream, 1, i])
+        answer, letter = plans[family].pop()
+        T = frames if data_type == "video" else 1
+        background = int(rng.integers(10, 45))
+        if family in TEMPORAL_FAMILIES:
+            make = {"direction": _direction, "appear_first": _appear_first, "size_change": _size_change,
+                    "count_before": _count_before}[family]
+            scene, problem, options, sol, process = make(rng, T, size, answer, letter)
+        else:
+            scene, problem, options, sol, process = _static(rng, T, size, answer, letter, family, data_type)
+        pixels = np.stack([render_frame(objs, size, background) for objs in scene])  # (T, size, size, 3) uint8
+        if data_type == "video":
+            rel = f"videos/{split}_{i:05d}.mp4"
+            write_video(root / rel, pixels, fps)
+            if len(decord.VideoReader(str(root / rel))) != frames:
+                raise RuntimeError(f"synthetic: decord does not read {frames} frames from {root / rel}")
+        else:
+            from PIL import Image
+
+            rel = f"images/{split}_{i:05d}.png"
+            Image.fromarray(pixels[0]).save(root / rel)
+        entry = {"problem_id": i, "problem": problem, "data_type": data_type,
+                 "problem_type": "multiple choice" if options else "numerical", "options": options,
+                 "solution": f"<answer>{sol}</answer>", "path": f"./{rel}",
+                 "data_source": f"synthetic/{'temporal' if family in TEMPORAL_FAMILIES else 'static'}/{family}"}
+        entries.append(entry)
+        cots.append({**entry, "process": f"<think>{process} The answer is {sol}.</think>"})
+    return entries, cots
+
+
+def make_dataset(out_dir, seed: int = 0, n_train: int = 320, n_test: int = 96, image_fraction: float = 0.15,
+                 frames: int = 8, fps: float = 2.0, size: int = 112) -> dict[str, Path]:
+    """Render the synthetic dataset under `out_dir` (idempotent) and return its paths.
+
+    Args: out_dir: folder (created). seed: int >= 0; the same seed gives byte-identical JSON and identical
+    decoded frames; train and test use different random streams. n_train, n_test: number of samples
+    (problem_id 0..n-1 in each file). image_fraction: share of still-image samples (static questions).
+    frames: frames per clip (>= 6). fps: clip frame rate (frames per second). size: frame side in pixels,
+    a multiple of 28 (Qwen2.5-VL's 14-px patches merged 2x2).
+    Returns {"train": train.json, "train_cot": train_cot.json, "test": test.json, "root": out_dir}; media
+    paths inside the JSON start with "./" and are relative to "root".
+    If `out_dir/manifest.json` records the same parameters and every file exists, nothing is rendered; the
+    manifest is written last, so an interrupted run is redone. Raises ValueError for bad arguments and
+    RuntimeError if decord cannot read a written clip back with `frames` frames. Schema: reference §5.
+    """
+    root = Path(out_dir)
+    params = {"version": VERSION, "seed": seed, "n_train": n_train, "n_test": n_test,
+              "image_fraction": image_fraction, "frames": frames, "fps": fps, "size": size}
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"synthetic.make_dataset: seed must be an int >= 0, got {seed!r}")
+    if n_train < 1 or n_test < 0:
+        raise ValueError(f"synthetic.make_dataset: need n_train >= 1 and n_test >= 0, got {n_train}, {n_test}")
+    if not 0.0 <= image_fraction < 1.0:
+        raise ValueError(f"synthetic.make_dataset: image_fraction must be in [0, 1), got {image_fraction}")
+    if frames < 6 or fps <= 0 or size < 56 or size % 28:
+        raise ValueError(f"synthetic.make_dataset: need frames >= 6, fps > 0 and size a multiple of 28 >= 56, "
+                         f"got frames={frames}, fps={fps}, size={size}")
+    paths = {"train": root / "train.json", "train_cot": root / "train_cot.json", "test": root / "test.json",
+             "root": root}
+    manifest = root / "manifest.json"
+    if manifest.exists():
+        try:
+            old = json.loads(manifest.read_text())
+        except (json.JSONDecodeError, OSError):
+            old = {}
+        if old.get("params") == params and all((root / p).exists() for p in old.get("files", [])):
+            return paths
+        manifest.unlink()
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    train, train_cot = _make_split(root, "train", 0, n_train, seed, image_fraction, frames, fps, size)
+    test, _ = _make_split(root, "test", 1, n_test, seed, image_fraction, frames, fps, size)
+    for key, obj in (("train", train), ("train_cot", train_cot), ("test", test)):
+        _write_json(paths[key], obj)
+    files = ["train.json", "train_cot.json", "test.json"] + [e["path"][2:] for e in train + test]
+    _write_json(manifest, {"params": params, "files": files})
+    return paths
+
+
+def main(argv=None) -> None:
+    """CLI: render the dataset and print where it went."""
+    ap = argparse.ArgumentParser(description="Render the synthetic order-dependent video QA dataset.")
+    ap.add_argument("--out", required=True, help="output folder (e.g. runs/data)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (>= 0)")
+    ap.add_argument("--n-train", type=int, default=320, help="training samples (train.json, train_cot.json)")
+    ap.add_argument("--n-test", type=int, default=96, help="held-out samples (test.json)")
+    ap.add_argument("--image-fraction", type=float, default=0.15, help="share of still-image samples")
+    ap.add_argument("--frames", type=int, default=8, help="frames per clip")
+    ap.add_argument("--fps", type=float, default=2.0, help="clip frame rate (frames per second)")
+    ap.add_argument("--size", type=int, default=112, help="frame side in pixels (multiple of 28)")
+    a = ap.parse_args(argv)
+    start = time.perf_counter()
+    paths = make_dataset(a.out, seed=a.seed, n_train=a.n_train, n_test=a.n_test, image_fraction=a.image_fraction,
+                         frames=a.frames, fps=a.fps, size=a.size)
+    print(f"synthetic data in {paths['root']} ({time.perf_counter() - start:.1f} s)")
+    for key in ("train", "train_cot", "test"):
+        print(f"  {key}: {paths[key]}")
+
+
+if __name__ == "__main__":
+    main()
