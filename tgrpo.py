@@ -49,8 +49,8 @@ Departures from the paper and from the official code (tulerfeng/Video-R1, HF tra
     accuracy, constant format): an affine map of a two-valued set standardises to the same advantages
     (reference §1 "The bonus rarely changes advantages", §9.4, issue #51).
  9. Degenerate groups: a group whose rewards are all equal gets exactly zero advantages (the official
-    code can leave rounding residue / eps, of order 1e-4), and G = 1 gives zeros (torch.std of one
-    element is NaN, which the official code would propagate).
+    code leaves rounding residue / eps, e.g. -1.2e-3 for eight float32 rewards of 1.3), and G = 1 gives
+    zeros (torch.std of one element is NaN, which the official code would propagate).
 10. Image groups get triggered = False and p̃ = NaN in `temporal_stats`; the official code logs a dummy
     0.5 for them in its `temporal_rewards` metric (reference §1 step 10).
 """
