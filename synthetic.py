@@ -275,7 +275,7 @@ def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
 
 def _write_json(path: Path, obj) -> None:
     """Write JSON through a temporary file and an atomic rename."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=1) + "\n")
     os.replace(tmp, path)
 
@@ -344,6 +344,8 @@ def make_dataset(out_dir, seed: int = 0, n_train: int = 320, n_test: int = 96, i
     If `out_dir/manifest.json` records the same parameters and every file exists, nothing is rendered; the
     manifest is written last, so an interrupted run is redone. Raises ValueError for bad arguments and
     RuntimeError if decord cannot read a written clip back with `frames` frames. Schema: reference §5.
+    Not safe for several processes rendering into one folder at once: in a distributed run call it on
+    rank 0 and let the other ranks wait at a barrier.
     """
     root = Path(out_dir)
     params = {"version": VERSION, "seed": seed, "n_train": n_train, "n_test": n_test,
