@@ -1,0 +1,37 @@
+"""Command-line parsing for the entry points' config dataclasses (cleanRL style: one dataclass, help on every
+field). `--some-field VALUE` sets `some_field`; booleans take true/false. Shared by train.py, sft.py, eval.py.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse(cls, argv=None, description: str | None = None):
+    """Parse argv into an instance of dataclass `cls`; returns (config, set of field names given explicitly).
+
+    Every field becomes `--field-name` with its metadata["help"] and default shown by `--help`.
+    Raises SystemExit (argparse) for unknown flags or bad values; TypeError if a field has no help.
+    """
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            raise TypeError(f"{cls.__name__}.{f.name} has no help text")
+        kind = {bool: _bool, int: int, float: float, str: str}[type(f.default)]
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=f.default,
+                       metavar=type(f.default).__name__.upper(), help=f"{f.metadata['help']} (default: {f.default!r})")
+    ns = p.parse_args(argv)
+    explicit = set()
+    tokens = [a.split("=")[0] for a in (argv if argv is not None else __import__("sys").argv[1:])]
+    for f in dataclasses.fields(cls):
+        if "--" + f.name.replace("_", "-") in tokens:
+            explicit.add(f.name)
+    return cls(**vars(ns)), explicit

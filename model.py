@@ -1,0 +1,327 @@
+"""The Qwen2.5-VL policy: load it, build the tiny default, render prompts, compute completion log-probs.
+
+Everything here works the same for the embedded tiny model (built and saved by `build_tiny`) and for a real
+Qwen2.5-VL-7B-Instruct folder: both are loaded with `from_pretrained(folder)`.
+
+    python model.py --out runs/cache/tiny        # build and save the tiny random Qwen2.5-VL
+
+Pieces (reference §1 steps 1, 3, 7 and §5 "GRPO message"):
+- `build_tiny`: a randomly initialised `Qwen2_5_VLForConditionalGeneration` with the real architecture
+  (windowed-attention vision tower with 2x2 patch merger, mRoPE decoder) and a byte-level BPE fast tokenizer
+  carrying Qwen2.5-VL's exact special-token strings and a chat template rendering Qwen2.5-VL's layout.
+- `encode_prompt`: the chat-rendered prompt with exactly t*h*w/4 `<|video_pad|>` (or `<|image_pad|>`) tokens.
+- `PolicyLogprobs`: an nn.Module whose forward returns per-token log-probs of completions. It is the unit that
+  DDP/FSDP wrap, so every parameter use (vision tower, embeddings, decoder, lm_head) happens inside one forward.
+  Each prompt's visual features are computed once and shared by all its completions; log-probs are taken in
+  checkpointed chunks, so no (N, L, V) float32 logits tensor ever exists.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+# Qwen2.5-VL's 22 added tokens, in id order (151643..151664 in the real tokenizer; reference §5, shared config).
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>",
+    "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+]
+PAD_TOKEN = {"image": "<|image_pad|>", "video": "<|video_pad|>"}
+DEFAULT_SYSTEM = "You are a helpful assistant."
+
+# Our own Jinja template producing Qwen2.5-VL's chat layout: a default system turn when the first message is not
+# a system message; string or list content; one <|vision_start|><|X_pad|><|vision_end|> per image/video item.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n" + DEFAULT_SYSTEM + "<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' or 'image' in part %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' or 'video' in part %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in part %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# The tiny default: a few million parameters, every architectural feature of the 7B (reference §3 "policy class").
+TINY_TEXT = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=2,
+                 max_position_embeddings=8192, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                 rope_parameters={"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 1e6})
+TINY_VISION = dict(depth=4, hidden_size=96, intermediate_size=192, num_heads=4, out_hidden_size=192, patch_size=14,
+                   spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1, 3],
+                   tokens_per_second=2, in_channels=3)
+TINY_VOCAB = 1024  # BPE merges trained on the corpus; the special tokens come on top
+
+
+def build_tokenizer(corpus: list[str], vocab_size: int = TINY_VOCAB) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE fast tokenizer with Qwen2.5-VL's special tokens and chat template.
+
+    Args: corpus: training texts (prompts and reasoning of the built-in data); vocab_size: BPE size before the
+    22 special tokens. Returns a `PreTrainedTokenizerFast`: eos `<|im_end|>`, pad `<|endoftext|>`, no bos, like
+    the real Qwen2.5-VL tokenizer (shared config SOURCE.md). Deterministic for a given corpus.
+    Raises ValueError on an empty corpus.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if not corpus:
+        raise ValueError("build_tokenizer: empty corpus")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   model_max_length=32768, padding_side="left", clean_up_tokenization_spaces=False)
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_config(tokenizer) -> Qwen2_5_VLConfig:
+    """The tiny Qwen2.5-VL config with special-token ids taken from `tokenizer` (ids differ from the 7B's)."""
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    text = dict(TINY_TEXT, vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=ids["<|im_end|>"],
+                pad_token_id=ids["<|endoftext|>"])
+    return Qwen2_5_VLConfig(text_config=text, vision_config=dict(TINY_VISION), image_token_id=ids["<|image_pad|>"],
+                            video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                            vision_end_token_id=ids["<|vision_end|>"], eos_token_id=ids["<|im_end|>"],
+                            pad_token_id=ids["<|endoftext|>"], bos_token_id=None, tie_word_embeddings=False)
+
+
+def build_tiny(folder: str | Path, corpus: list[str], seed: int = 0) -> Path:
+    """Write a tiny randomly initialised Qwen2.5-VL HF folder (config, safetensors, tokenizer, chat template,
+    image-processor settings) to `folder` and return it. Idempotent: an existing complete folder is kept.
+
+    The weights are float32, drawn from torch's default initialisers under `torch.manual_seed(seed)`.
+    Raises ValueError on an empty corpus.
+    """
+    folder = Path(folder)
+    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        return folder
+    tokenizer = build_tokenizer(corpus)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer)).float()
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_hf(model, tokenizer, tmp)
+    shutil.rmtree(folder, ignore_errors=True)   # a partial folder from an interrupted build
+    tmp.rename(folder)
+    return folder
+
+
+def save_hf(model, tokenizer, folder: str | Path, state_dict: dict | None = None) -> Path:
+    """Save an HF folder that plain transformers loads: config, safetensors, tokenizer with chat template,
+    `preprocessor_config.json` and a `generation_config.json` (the official code forgets the processor files).
+
+    `state_dict` (optional) is a full, gathered state dict to write instead of `model.state_dict()`
+    (used after FSDP). Only call on one rank.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": tokenizer.chat_template}, indent=2))
+    vision = model.config.vision_config
+    processor = {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": vision.patch_size,
+                 "temporal_patch_size": vision.temporal_patch_size, "merge_size": vision.spatial_merge_size,
+                 "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+                 "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor"}
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    return folder
+
+
+def load_policy(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Load (model, tokenizer) from an HF folder: the tiny default or a real Qwen2.5-VL-7B(-Instruct) folder.
+
+    The model is put in train mode with `use_cache` off (caches are created explicitly by the rollout).
+    Raises FileNotFoundError when `folder` has no config.json.
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder}: no config.json; expected a Qwen2.5-VL HF folder")
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+    model.to(device)
+    model.config.use_cache = False
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+def render_prompt(tokenizer, text: str, data_type: str, system: str | None = None) -> str:
+    """The chat-rendered prompt text with ONE pad token for the media (reference §5 "GRPO message").
+
+    No system message by default, so the template inserts "You are a helpful assistant.". Raises ValueError
+    for a data_type other than "image"/"video".
+    """
+    if data_type not in PAD_TOKEN:
+        raise ValueError(f"data_type must be 'image' or 'video', got {data_type!r}")
+    messages = [{"role": "user", "content": [{"type": data_type}, {"type": "text", "text": text}]}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def expand_media_tokens(rendered: str, data_type: str, grid_thw, merge_size: int = 2) -> str:
+    """Replace the single `<|video_pad|>`/`<|image_pad|>` of a rendered prompt by t*h*w/merge² copies, as the
+    Qwen2.5-VL processor does. grid_thw: (3,) ints. Raises ValueError if the text has not exactly one pad."""
+    pad = PAD_TOKEN[data_type]
+    if rendered.count(pad) != 1:
+        raise ValueError(f"expected exactly one {pad} in the rendered prompt, found {rendered.count(pad)}")
+    t, h, w = (int(x) for x in grid_thw)
+    return rendered.replace(pad, pad * (t * h * w // merge_size**2))
+
+
+def encode_prompt(tokenizer, text: str, data_type: str, grid_thw, merge_size: int = 2, system: str | None = None):
+    """Token ids of the chat-rendered prompt with exactly t*h*w/merge² media pad tokens.
+
+    Args: text: the templated question (data.build_prompt_text); data_type: "image" | "video"; grid_thw: (3,)
+    LongTensor or ints (t, h, w) from data.patchify. Returns LongTensor (P,). Reference §1 step 3, §5.
+    """
+    full = expand_media_tokens(render_prompt(tokenizer, text, data_type, system), data_type, grid_thw, merge_size)
+    return torch.tensor(tokenizer(full, add_special_tokens=False)["input_ids"], dtype=torch.long)
+
+
+@dataclass
+class Visual:
+    """One prompt's visual input. pixel_values: float (n_patches, 3*2*14*14); grid_thw: long (3,);
+    data_type "image" | "video"; second_per_grid: seconds per temporal grid (mRoPE time axis, videos only)."""
+    data_type: str
+    pixel_values: torch.Tensor
+    grid_thw: torch.Tensor
+    second_per_grid: float = 1.0
+
+
+def mm_token_types(input_ids: torch.Tensor, config, prompt_len: int | None = None) -> torch.Tensor:
+    """(B, T) long ids -> (B, T) int: 0 text, 1 image pad, 2 video pad (what get_rope_index expects).
+
+    Only the first `prompt_len` positions can hold media: a pad id that a policy happens to sample inside
+    its completion is plain text (it has no visual features)."""
+    types = (input_ids == config.image_token_id).int() + 2 * (input_ids == config.video_token_id).int()  # (B, T)
+    if prompt_len is not None:
+        types[:, prompt_len:] = 0
+    return types
+
+
+def rope_positions(hf, input_ids, attention_mask, visuals: list[Visual], owner: list[int], prompt_len: int | None = None):
+    """mRoPE position ids for a batch: (3, B, T) long, plus deltas (B, 1) (next text position − sequence length).
+
+    owner[b] indexes `visuals` for row b; media tokens are looked for in the first `prompt_len` positions only.
+    Uses the model's own `get_rope_index`, so positions match HF exactly.
+    """
+    kinds = [visuals[o].data_type for o in owner]
+    grids = [visuals[o].grid_thw for o in owner]
+    img = [g for g, k in zip(grids, kinds) if k == "image"]
+    vid = [g for g, k in zip(grids, kinds) if k == "video"]
+    spg = [visuals[o].second_per_grid for o in owner if visuals[o].data_type == "video"]
+    return hf.model.get_rope_index(
+        input_ids, mm_token_type_ids=mm_token_types(input_ids, hf.config, prompt_len),
+        image_grid_thw=torch.stack(img).to(input_ids.device) if img else None,
+        video_grid_thw=torch.stack(vid).to(input_ids.device) if vid else None,
+        second_per_grid_ts=torch.tensor(spg, device=input_ids.device) if spg else None,
+        attention_mask=attention_mask)
+
+
+def embed_with_visuals(hf, input_ids, visuals: list[Visual], owner: list[int], prompt_len: int | None = None):
+    """Token embeddings (B, T, D) with each row's media pad tokens replaced by its visual features.
+
+    The vision tower runs ONCE per distinct visual; rows sharing a visual (a group's G completions) reuse the
+    same features, so their gradients flow into the vision tower once, summed. Only the first `prompt_len`
+    positions hold media (see mm_token_types). Raises ValueError when a row's
+    pad-token count does not match its visual's feature count.
+    """
+    embeds = hf.model.get_input_embeddings()(input_ids)                        # (B, T, D)
+    used = sorted(set(owner))
+    for kind, token_id in (("image", hf.config.image_token_id), ("video", hf.config.video_token_id)):
+        uniq = [u for u in used if visuals[u].data_type == kind]
+        if not uniq:
+            continue
+        pix = torch.cat([visuals[u].pixel_values for u in uniq]).to(embeds.device)   # (sum patches, C*2*14*14)
+        grid = torch.stack([visuals[u].grid_thw for u in uniq]).to(embeds.device)    # (U, 3)
+        feats = hf.model.visual(pix.to(hf.model.visual.dtype), grid_thw=grid).pooler_output  # (sum tokens, D)
+        merge = hf.config.vision_config.spatial_merge_size ** 2
+        feats = dict(zip(uniq, feats.split((grid.prod(-1) // merge).tolist())))
+        rows = [b for b, o in enumerate(owner) if visuals[o].data_type == kind]
+        mask = input_ids[rows] == token_id                                     # (R, T)
+        if prompt_len is not None:
+            mask[:, prompt_len:] = False
+        row_feats = torch.cat([feats[owner[b]] for b in rows])                 # (n pad tokens, D)
+        if int(mask.sum()) != row_feats.shape[0]:
+            raise ValueError(f"{kind} pad tokens ({int(mask.sum())}) != visual features ({row_feats.shape[0]})")
+        sub = embeds[rows].masked_scatter(mask[..., None], row_feats.to(embeds.dtype))
+        embeds = embeds.index_copy(0, torch.tensor(rows, device=embeds.device), sub)
+    return embeds
+
+
+def _chunk_logprobs(lm_head, hidden, targets):
+    logits = lm_head(hidden).float()                                           # (N, c, V)
+    return torch.gather(F.log_softmax(logits, dim=-1), -1, targets[..., None])[..., 0]  # (N, c)
+
+
+class PolicyLogprobs(nn.Module):
+    """Per-token log-probs of completions under a Qwen2.5-VL; the module DDP/FSDP wrap (reference §1 step 7).
+
+    forward(input_ids (N, T) long, attention_mask (N, T) long, prompt_len int, visuals list[Visual],
+    owner list[int] of length N) -> (N, T - prompt_len) float32: log p(token t | tokens < t) for every
+    completion position. Prompts are left-padded to `prompt_len`, completions right-padded after it.
+    `chunk` bounds the sequence positions per lm_head call; with grad enabled each chunk is checkpointed so
+    only hidden states are kept for backward.
+    """
+
+    def __init__(self, hf: Qwen2_5_VLForConditionalGeneration, chunk: int = 128):
+        super().__init__()
+        self.hf = hf
+        self.chunk = chunk
+
+    def forward(self, input_ids, attention_mask, prompt_len: int, visuals: list[Visual], owner: list[int]):
+        position_ids, _ = rope_positions(self.hf, input_ids, attention_mask, visuals, owner, prompt_len)  # (3, N, T)
+        embeds = embed_with_visuals(self.hf, input_ids, visuals, owner, prompt_len)                      # (N, T, D)
+        hidden = self.hf.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                              position_ids=position_ids, use_cache=False).last_hidden_state
+        hidden = hidden[:, prompt_len - 1:-1]                                  # (N, L, D) predicts tokens P..T-1
+        targets = input_ids[:, prompt_len:]                                    # (N, L)
+        out = []
+        for s in range(0, targets.shape[1], self.chunk):
+            h, t = hidden[:, s:s + self.chunk], targets[:, s:s + self.chunk]
+            if torch.is_grad_enabled():
+                out.append(checkpoint(_chunk_logprobs, self.hf.lm_head, h, t, use_reentrant=False))
+            else:
+                out.append(_chunk_logprobs(self.hf.lm_head, h, t))
+        return torch.cat(out, dim=1)                                           # (N, L) float32
+
+
+def main():
+    p = argparse.ArgumentParser(description="Build the tiny random Qwen2.5-VL (on the built-in data's text).")
+    p.add_argument("--out", default="runs/cache/tiny", help="output HF folder")
+    p.add_argument("--data", default="runs/cache/data", help="built-in dataset folder (made if missing)")
+    args = p.parse_args()
+    import synthetic
+    from data import load_samples
+    paths = synthetic.make_dataset(args.data)
+    print(build_tiny(args.out, tokenizer_corpus(load_samples(paths["train_cot"], require_process=True))))
+
+
+def tokenizer_corpus(samples) -> list[str]:
+    """Texts the tiny tokenizer's BPE is trained on: templated prompts and `process + solution` answers."""
+    from data import build_prompt_text
+    texts = []
+    for s in samples:
+        texts += [build_prompt_text(s, "train"), build_prompt_text(s, "eval"), f"{s.process}\n{s.solution}"]
+    return texts
+
+
+if __name__ == "__main__":
+    main()

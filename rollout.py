@@ -1,0 +1,224 @@
+"""Group sampling: G completions per prompt on ordered frames and G̃ on shuffled frames (reference §1 steps 4–6).
+
+How it avoids repeated work (the official trainer tiles pixels G times and prefills the prompt G times):
+1. every distinct prompt (an ordered video, its shuffled copy, an image) is prefilled ONCE, its visual
+   features computed once, in one left-padded batch;
+2. the KV cache is then expanded row-wise to G (or G̃) copies with `batch_select_indices`;
+3. all G + G̃ continuations of all prompts decode together, one token per step, with explicit sampling:
+   temperature, top-p, top-k, repetition penalty are always passed in, never read from the checkpoint's
+   generation_config (reference §9 item 17: a 7B checkpoint's config would make "sampling" near-greedy).
+
+Stop tokens: `<|im_end|>` and `<|endoftext|>`; the completion mask runs up to and including the first stop
+token. (The official mask looks only for `<|im_end|>` and so masks a row ending in `<|endoftext|>` over its
+full padded width, reference §9 item 18; we count either as the end.)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+import data
+from model import Visual, embed_with_visuals, encode_prompt, rope_positions
+
+
+@dataclass
+class MediaConfig:
+    """Frames and pixels, per run (reference §4 "Frames and pixels", §8). Defaults: the official training values."""
+    fps: float = 2.0                      # sampling rate of the fps rule (frames per second of video)
+    min_frames: int = 4
+    max_frames: int = 16
+    nframes: int = 0                      # > 0: a fixed frame count instead of the fps rule
+    video_min_pixels: int = 128 * 28 * 28
+    video_max_pixels: int = 128 * 28 * 28
+    video_total_pixels: int = 90316800
+    image_min_pixels: int = 3136
+    image_max_pixels: int = 256 * 28 * 28
+    rope_time: str = "sample"             # "sample": mRoPE time from the clip's real fps; "official": fixed 2 fps
+
+
+@dataclass
+class Prepared:
+    """One sample turned into policy inputs: prompt ids (P,) long and its Visual; for a video prompt that
+    gets a shuffled group, the shuffled copy (same text, same token count, permuted frames, reference §1 step 4)."""
+    sample: data.Sample
+    prompt_ids: torch.Tensor
+    visual: Visual
+    shuffled_ids: torch.Tensor | None = None
+    shuffled_visual: Visual | None = None
+
+
+def load_visual(sample: data.Sample, media: MediaConfig) -> tuple[torch.Tensor, float]:
+    """Decode a sample's media: frames uint8 (T, 3, H, W) (T = 1 for an image) and sample_fps (0 for images).
+    Raises data.MediaError for a missing or undecodable file."""
+    if sample.data_type == "image":
+        return data.read_image(sample.media_path, min_pixels=media.image_min_pixels,
+                               max_pixels=media.image_max_pixels), 0.0
+    clip = data.read_video(sample.media_path, fps=media.fps, min_frames=media.min_frames, max_frames=media.max_frames,
+                           nframes=media.nframes or None, min_pixels=media.video_min_pixels,
+                           max_pixels=media.video_max_pixels, total_pixels=media.video_total_pixels)
+    return clip.frames, clip.sample_fps
+
+
+def to_visual(frames: torch.Tensor, sample_fps: float, data_type: str, media: MediaConfig) -> Visual:
+    """Patchify frames (T, 3, H, W) into a Visual. second_per_grid = temporal_patch_size / fps: the clip's
+    real fps with rope_time "sample", 2.0 with "official" (reference §8 "What is passed to the model")."""
+    pixel_values, grid = data.patchify(frames)                               # (t*h*w, 1176), (3,)
+    fps = 2.0 if media.rope_time == "official" or sample_fps <= 0 else sample_fps
+    return Visual(data_type, pixel_values, grid, 2.0 / fps)
+
+
+def prepare(sample: data.Sample, tokenizer, media: MediaConfig, shuffled: bool = False, variant: str = "train",
+            generator: torch.Generator | None = None) -> Prepared:
+    """Sample -> Prepared: decode media, patchify, render the chat prompt with t*h*w/4 pad tokens; with
+    `shuffled` and a video, also the shuffled-frame copy. Raises data.MediaError for unreadable media."""
+    frames, fps = load_visual(sample, media)
+    text = data.build_prompt_text(sample, variant)
+    visual = to_visual(frames, fps, sample.data_type, media)
+    out = Prepared(sample, encode_prompt(tokenizer, text, sample.data_type, visual.grid_thw), visual)
+    if shuffled and sample.data_type == "video":
+        perm_frames, _ = data.shuffle_frames(frames, generator)
+        out.shuffled_visual = to_visual(perm_frames, fps, "video", media)
+        out.shuffled_ids = out.prompt_ids                                    # same text and grid
+    return out
+
+
+@dataclass
+class SamplingParams:
+    """Every sampling knob, explicit (reference §1 step 5: temperature 1.0, top_p 0.95, 768 new tokens)."""
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int = 0                  # 0 = off
+    repetition_penalty: float = 1.0  # 1.0 = off
+    max_new_tokens: int = 768
+
+
+@dataclass
+class Completions:
+    """n sampled continuations of one prompt.
+
+    ids: long (n, L) padded with the pad id after the stop token; mask: float (n, L), 1 up to and including
+    the first stop token; lengths: long (n,) = mask.sum(1) (counts the stop token, reference §1 step 12);
+    logprobs: float32 (n, L) log-probs of the sampled tokens under the sampling model at temperature 1
+    (the "old" log-probs when num_iterations > 1; 0 where mask is 0).
+    """
+    ids: torch.Tensor
+    mask: torch.Tensor
+    lengths: torch.Tensor
+    logprobs: torch.Tensor
+
+
+def left_pad(seqs: list[torch.Tensor], pad_id: int):
+    """Stack 1-D long tensors left-padded: returns ids (B, P) long and attention_mask (B, P) long."""
+    P = max(s.numel() for s in seqs)
+    ids = torch.full((len(seqs), P), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), P), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, P - s.numel():] = s
+        mask[i, P - s.numel():] = 1
+    return ids, mask
+
+
+def filter_logits(logits: torch.Tensor, sp: SamplingParams, seen: torch.Tensor | None) -> torch.Tensor:
+    """Apply repetition penalty, temperature, top-k and top-p to logits (R, V) float32; returns (R, V) with
+    excluded entries at -inf. `seen` (R, V) bool marks tokens already in the prompt or completion (for the
+    penalty). Raises ValueError for temperature <= 0 or top_p outside (0, 1]."""
+    if sp.temperature <= 0 or not 0 < sp.top_p <= 1:
+        raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got {sp.temperature}, {sp.top_p}")
+    if sp.repetition_penalty != 1.0 and seen is not None:
+        penalised = torch.where(logits > 0, logits / sp.repetition_penalty, logits * sp.repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    logits = logits / sp.temperature
+    if sp.top_k > 0:
+        kth = torch.topk(logits, min(sp.top_k, logits.shape[-1]), dim=-1).values[..., -1:]   # (R, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sp.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)     # (R, V)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= sp.top_p                     # keep the smallest set with mass >= p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def generate(hf, prompts: list[torch.Tensor], visuals: list[Visual], n: list[int], sp: SamplingParams,
+             pad_id: int, stop_ids: list[int], generator: torch.Generator | None = None) -> list[Completions]:
+    """Sample n[i] completions for prompt i, sharing one prefill per prompt.
+
+    Args: hf: a Qwen2_5_VLForConditionalGeneration with full (unsharded) weights; prompts: list of (P_i,) long
+    prompt ids from model.encode_prompt; visuals[i]: the prompt's visual input; n[i] >= 0; generator: seeds the
+    sampling. Returns one Completions per prompt (ids (n[i], L) with L the longest completion of the batch).
+    Raises ValueError when lengths of prompts/visuals/n differ.
+    """
+    if not len(prompts) == len(visuals) == len(n):
+        raise ValueError(f"prompts ({len(prompts)}), visuals ({len(visuals)}) and n ({len(n)}) must match")
+    device = hf.lm_head.weight.device
+    ids, attn = left_pad(prompts, pad_id)                                      # (B, P)
+    ids, attn = ids.to(device), attn.to(device)
+    owner = list(range(len(prompts)))
+    position_ids, _ = rope_positions(hf, ids, attn, visuals, owner)            # (3, B, P)
+    embeds = embed_with_visuals(hf, ids, visuals, owner)                       # (B, P, D)
+    cache = DynamicCache(config=hf.config.text_config)
+    out = hf.model.language_model(inputs_embeds=embeds, attention_mask=attn, position_ids=position_ids,
+                                  past_key_values=cache, use_cache=True)
+    last = out.last_hidden_state[:, -1]                                        # (B, D)
+
+    rows = torch.tensor([i for i, k in enumerate(n) for _ in range(k)], dtype=torch.long, device=device)  # (R,)
+    R = rows.numel()
+    if R == 0:
+        return [_empty(device) for _ in prompts]
+    cache.batch_select_indices(rows)                                           # KV (B, ...) -> (R, ...)
+    logits = hf.lm_head(last[rows]).float()                                    # (R, V)
+    attn = attn[rows]                                                          # (R, P)
+    # Completion token j sits at (last prompt position + 1 + j) on all three mRoPE axes: the same positions a
+    # full-sequence forward (get_rope_index over prompt + completion) gives, so the log-prob pass matches.
+    next_pos = position_ids[0, :, -1:][rows] + 1                               # (R, 1)
+    V = logits.shape[-1]
+    seen = None
+    if sp.repetition_penalty != 1.0:
+        seen = torch.zeros(R, V, dtype=torch.long, device=device).scatter_add_(1, ids[rows], attn) > 0  # (R, V)
+    stop = torch.tensor(stop_ids, device=device)
+    done = torch.zeros(R, dtype=torch.bool, device=device)
+    tokens, logps = [], []
+    for step in range(sp.max_new_tokens):
+        logp = F.log_softmax(logits, dim=-1)                                   # (R, V) temperature-1 log-probs
+        probs = filter_logits(logits, sp, seen).softmax(-1)
+        tok = torch.multinomial(probs, 1, generator=generator)[:, 0]           # (R,)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        tokens.append(tok)
+        logps.append(torch.where(done, torch.zeros_like(tok, dtype=logp.dtype), logp.gather(1, tok[:, None])[:, 0]))
+        done = done | torch.isin(tok, stop)
+        if bool(done.all()) or step == sp.max_new_tokens - 1:
+            break
+        if seen is not None:
+            seen.scatter_(1, tok[:, None], True)
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)          # (R, P + step + 1)
+        pos = (next_pos + step).view(1, R, 1).expand(3, R, 1)                  # (3, R, 1) text token: same t/h/w
+        h = hf.model.language_model(inputs_embeds=hf.model.get_input_embeddings()(tok[:, None]), attention_mask=attn,
+                                    position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state
+        logits = hf.lm_head(h[:, -1]).float()                                  # (R, V)
+    comp = torch.stack(tokens, 1)                                              # (R, L)
+    lp = torch.stack(logps, 1)                                                 # (R, L)
+    mask = completion_mask(comp, stop_ids)                                     # (R, L)
+    comp = torch.where(mask.bool(), comp, torch.full_like(comp, pad_id))
+    result, start = [], 0
+    for k in n:
+        sl = slice(start, start + k)
+        result.append(Completions(comp[sl], mask[sl], mask[sl].sum(1).long(), lp[sl] * mask[sl]))
+        start += k
+    return result
+
+
+def completion_mask(ids: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
+    """(R, L) long -> (R, L) float: 1 up to and including the first stop token; the whole row when there is
+    none (a truncated completion, reference §1 step 6)."""
+    is_stop = torch.isin(ids, torch.tensor(stop_ids, device=ids.device))      # (R, L)
+    before = is_stop.long().cumsum(1) - is_stop.long()                         # stops strictly before t
+    return (before == 0).float()
+
+
+def _empty(device) -> Completions:
+    z = torch.zeros(0, 1, device=device)
+    return Completions(z.long(), z, torch.zeros(0, dtype=torch.long, device=device), z)

@@ -1,0 +1,370 @@
+"""T-GRPO training of Qwen2.5-VL (Video-R1, arXiv 2503.21776): the RL stage, raw PyTorch.
+
+    python train.py                                    # tiny random Qwen2.5-VL on the built-in clips (CPU, minutes)
+    torchrun --nproc_per_node 2 train.py               # the same on 2 ranks (gloo on CPU, nccl on GPU)
+    torchrun --nproc_per_node 8 train.py --model runs/sft/final --data Video-R1-260k.json \\
+        --media-root Video-R1-data                     # the paper's recipe from an SFT checkpoint
+    python train.py --help                             # every knob, with its help
+
+One step (DESIGN.md "How one training step flows"; reference §1):
+  each rank takes `prompts_per_rank` samples -> decodes frames -> G completions on ordered frames and, for
+  videos, G̃ on shuffled frames (rollout.py) -> rewards (rewards.py) -> temporal bonus, length bonus,
+  group-relative advantages (tgrpo.py) -> per-token log-probs of policy and frozen reference (model.py)
+  -> clipped surrogate with k3 KL (tgrpo.py) -> backward, clip, AdamW step.
+Where this departs from the official code, see the numbered header of tgrpo.py; train.py adds:
+  a. mRoPE time: by default the clip's real sample fps, in training as in eval (the official trainer uses a
+     fixed 2 fps in training and the real fps in eval, reference §9 item 8); `--rope-time official` restores it.
+  b. A sample whose media cannot be decoded is skipped and counted (`skipped_media`), never replaced by a
+     fixed fallback file (reference §1 step 2, §9 item 9).
+  c. Any number of prompts per rank (the official trainer requires exactly one, reference §9 item 1).
+Everything is written under ./runs/ by default: the built-in data and tiny model (runs/cache), the metrics
+(runs/tgrpo/metrics.jsonl, one JSON line per step) and the final HF folder (runs/tgrpo/final).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import config as cfglib
+import data
+import distributed as D
+import rewards
+import rollout
+import tgrpo
+from model import PolicyLogprobs, build_tiny, load_policy, save_hf, tokenizer_corpus
+
+
+@dataclass
+class Config:
+    # where things are
+    model: str = field(default="", metadata={"help": "HF folder of the policy (e.g. the SFT output); empty: build the tiny random Qwen2.5-VL in cache_dir"})
+    data: str = field(default="", metadata={"help": "Video-R1-260k-schema JSON/JSONL; empty: the built-in synthetic clips (train split)"})
+    media_root: str = field(default="", metadata={"help": "folder the JSON's ./paths are relative to; empty: the JSON's folder"})
+    out_dir: str = field(default="runs/tgrpo", metadata={"help": "metrics.jsonl and the final HF folder go here"})
+    cache_dir: str = field(default="runs/cache", metadata={"help": "built-in data and tiny model are built here once"})
+    # the run
+    steps: int = field(default=1000, metadata={"help": "optimizer steps (paper: ~1k; reference §4)"})
+    prompts_per_rank: int = field(default=1, metadata={"help": "prompts per rank per step (official: exactly 1)"})
+    seed: int = field(default=42, metadata={"help": "base seed; rank r uses seed + r"})
+    # T-GRPO (reference §1, §3; tgrpo.py)
+    G: int = field(default=8, metadata={"help": "G: completions per prompt on ordered frames"})
+    G_shuffled: int = field(default=-1, metadata={"help": "G̃: completions on shuffled frames per video prompt; -1: G // 2"})
+    temporal: bool = field(default=True, metadata={"help": "T-GRPO temporal reward; false gives the plain GRPO ablation"})
+    alpha: float = field(default=0.3, metadata={"help": "α: temporal bonus added to correct ordered completions"})
+    mu: float = field(default=0.8, metadata={"help": "μ: bonus when p >= μ·p̃ (code 0.8; paper v4 ≈ 1.0)"})
+    correct_threshold: float = field(default=0.1, metadata={"help": "accuracy above which a completion counts as correct"})
+    bonus_placement: str = field(default="reward", metadata={"help": "'reward' (official) or 'advantage': add α after normalisation"})
+    len_control: bool = field(default=True, metadata={"help": "length bonus ω for correct completions of length in [min_len, max_len]"})
+    len_weight: float = field(default=0.2, metadata={"help": "ω, the length bonus (paper v4 and code 0.2; v1 0.1)"})
+    min_len: int = field(default=320, metadata={"help": "length bonus lower bound, tokens incl. the stop token"})
+    max_len: int = field(default=512, metadata={"help": "length bonus upper bound, tokens incl. the stop token"})
+    beta: float = field(default=0.04, metadata={"help": "β: KL weight against the frozen reference; 0 loads no reference"})
+    clip_eps: float = field(default=0.2, metadata={"help": "ε: PPO clip (live only when num_iterations > 1)"})
+    clip_eps_high: float = field(default=-1.0, metadata={"help": "ε_high (DAPO clip-higher); -1: same as clip_eps"})
+    loss_agg: str = field(default="seq-mean-token-mean", metadata={"help": "seq-mean-token-mean (official) | token-mean (DAPO) | seq-mean-token-sum-norm (Dr. GRPO)"})
+    adv_scale: str = field(default="group", metadata={"help": "'group': divide by group std (GRPO); 'none': Dr. GRPO"})
+    adv_eps: float = field(default=1e-4, metadata={"help": "added to the group std"})
+    num_iterations: int = field(default=1, metadata={"help": "μ_GRPO: optimizer passes per rollout (1: on-policy like the official code)"})
+    # sampling (reference §1 step 5; all explicit, reference §9 item 17)
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass"})
+    top_k: int = field(default=0, metadata={"help": "top-k sampling; 0 = off"})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "1.0 = off"})
+    max_completion_length: int = field(default=768, metadata={"help": "max new tokens per completion"})
+    # optimisation (reference §4)
+    lr: float = field(default=1e-6, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=5.0, metadata={"help": "gradient-norm clip"})
+    lr_schedule: str = field(default="constant", metadata={"help": "'constant' (what the official cosine over 65k steps amounts to at 1k) or 'cosine'"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
+    # frames and pixels (reference §4, §8)
+    fps: float = field(default=2.0, metadata={"help": "frames per second of video sampled by the fps rule"})
+    min_frames: int = field(default=4, metadata={"help": "fewest frames per video"})
+    max_frames: int = field(default=16, metadata={"help": "most frames per video (training: 16)"})
+    nframes: int = field(default=0, metadata={"help": "> 0: fixed frame count instead of the fps rule"})
+    video_min_pixels: int = field(default=128 * 28 * 28, metadata={"help": "per-frame pixel floor"})
+    video_max_pixels: int = field(default=128 * 28 * 28, metadata={"help": "per-frame pixel budget (training 128·28·28)"})
+    image_min_pixels: int = field(default=3136, metadata={"help": "image pixel floor"})
+    image_max_pixels: int = field(default=256 * 28 * 28, metadata={"help": "image pixel budget"})
+    rope_time: str = field(default="sample", metadata={"help": "'sample': mRoPE time from the clip's real fps; 'official': fixed 2 fps"})
+    # machinery
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16"})
+    dist: str = field(default="ddp", metadata={"help": "ddp | none (several ranks always need ddp)"})
+    logprob_chunk: int = field(default=128, metadata={"help": "sequence positions per lm_head chunk in the log-prob pass"})
+    groups_per_micro_batch: int = field(default=1, metadata={"help": "prompt groups per forward/backward in the log-prob pass"})
+    preset: str = field(default="auto", metadata={"help": "auto: 'tiny' when --model is empty, else 'paper'; tiny | paper"})
+
+
+# The tiny default's settings: what a randomly initialised few-million-parameter model on 2 CPU cores needs.
+TINY_PRESET = dict(steps=30, prompts_per_rank=2, max_completion_length=48, min_len=16, max_len=40, lr=2e-5,
+                   max_frames=8, video_min_pixels=84 * 84, video_max_pixels=84 * 84, image_max_pixels=84 * 84)
+
+
+def finish_config(cfg: Config, explicit: set[str]) -> Config:
+    """Apply the preset to fields the user did not set, derive G̃, and check values. Raises ValueError."""
+    preset = cfg.preset if cfg.preset != "auto" else ("tiny" if not cfg.model else "paper")
+    if preset not in ("tiny", "paper"):
+        raise ValueError(f"--preset must be auto, tiny or paper, got {cfg.preset!r}")
+    if preset == "tiny":
+        for k, v in TINY_PRESET.items():
+            if k not in explicit:
+                setattr(cfg, k, v)
+    cfg.preset = preset
+    if cfg.G_shuffled < 0:
+        cfg.G_shuffled = cfg.G // 2
+    if not cfg.temporal:
+        cfg.G_shuffled = 0
+    checks = {"G": cfg.G >= 1, "bonus_placement": cfg.bonus_placement in ("reward", "advantage"),
+              "loss_agg": cfg.loss_agg in tgrpo.LOSS_AGGS, "adv_scale": cfg.adv_scale in ("group", "none"),
+              "num_iterations": cfg.num_iterations >= 1, "rope_time": cfg.rope_time in ("sample", "official"),
+              "lr_schedule": cfg.lr_schedule in ("constant", "cosine"), "prompts_per_rank": cfg.prompts_per_rank >= 1}
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"invalid config value for {bad[0]}: {getattr(cfg, bad[0])!r}")
+    return cfg
+
+
+def media_config(cfg) -> rollout.MediaConfig:
+    """The frame/pixel fields of a config as a rollout.MediaConfig."""
+    names = {f.name for f in fields(rollout.MediaConfig)}
+    return rollout.MediaConfig(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
+
+
+def resolve_model_and_data(cfg, d: D.Dist) -> tuple[str, str]:
+    """Paths of the policy folder and the training JSON; builds the built-in data and tiny model on rank 0
+    when none are given (everyone else waits)."""
+    import synthetic
+    model, train_json = cfg.model, cfg.data
+    if not model or not train_json:
+        if d.main:
+            paths = synthetic.make_dataset(Path(cfg.cache_dir) / "data")
+            if not model:
+                build_tiny(Path(cfg.cache_dir) / "tiny", tokenizer_corpus(data.load_samples(paths["train_cot"], require_process=True)))
+        D.barrier(d)
+        paths = synthetic.make_dataset(Path(cfg.cache_dir) / "data")  # idempotent: returns the paths
+        model = model or str(Path(cfg.cache_dir) / "tiny")
+        train_json = train_json or str(paths["train"])
+    return model, train_json
+
+
+class Prompts:
+    """Endless per-rank stream of samples: each epoch one seeded permutation shared by all ranks, rank r takes
+    positions r, r + world, ...; `position` (epoch, cursor) is all that is needed to resume."""
+
+    def __init__(self, samples, d: D.Dist, seed: int):
+        self.samples, self.d, self.seed = samples, d, seed
+        self.epoch, self.cursor = 0, 0
+
+    def next(self) -> data.Sample:
+        order = np.random.default_rng(self.seed + self.epoch).permutation(len(self.samples))[self.d.rank::self.d.world]
+        if self.cursor >= len(order):
+            self.epoch, self.cursor = self.epoch + 1, 0
+            return self.next()
+        self.cursor += 1
+        return self.samples[order[self.cursor - 1]]
+
+
+def collect(stream: Prompts, n: int, tokenizer, media, cfg, gen) -> tuple[list[rollout.Prepared], int]:
+    """n prepared prompts from the stream, skipping (and counting) samples whose media fails to decode."""
+    out, skipped = [], 0
+    while len(out) < n:
+        s = stream.next()
+        try:
+            out.append(rollout.prepare(s, tokenizer, media, shuffled=cfg.temporal and cfg.G_shuffled > 0, generator=gen))
+        except data.MediaError as e:
+            skipped += 1
+            print(f"[skip] {e}", file=sys.stderr)
+            if skipped > 100 + 10 * n:
+                raise RuntimeError(f"more than {skipped} undecodable media files in a row; check --media-root") from e
+    return out, skipped
+
+
+def score(batch, groups, tokenizer, cfg):
+    """Rewards for every completion: returns dict of (B, G) tensors (accuracy, format, length) and the (B, G̃)
+    shuffled accuracy, decoding with skip_special_tokens like the official code (reference §2 "Inputs")."""
+    B, G = len(batch), cfg.G
+    acc, fmt = torch.zeros(B, G), torch.zeros(B, G)
+    sacc = torch.zeros(B, cfg.G_shuffled)
+    for b, p in enumerate(batch):
+        ordered, shuffled = groups[b]
+        texts = tokenizer.batch_decode(ordered.ids, skip_special_tokens=True)
+        for g, t in enumerate(texts):
+            acc[b, g] = rewards.accuracy_reward(t, p.sample.solution, p.sample.problem_type)
+            fmt[b, g] = rewards.format_reward(t)
+        if shuffled is not None:
+            for g, t in enumerate(tokenizer.batch_decode(shuffled.ids, skip_special_tokens=True)):
+                sacc[b, g] = rewards.accuracy_reward(t, p.sample.solution, p.sample.problem_type)
+    lengths = torch.stack([groups[b][0].lengths.cpu() for b in range(B)])      # (B, G)
+    return acc, fmt, lengths, sacc
+
+
+def compute_advantages(acc, fmt, lengths, sacc, is_video, cfg):
+    """Total rewards (B, G), advantages (B, G) and the logged terms (reference §1 steps 10–12, §3)."""
+    bonus = tgrpo.temporal_bonus(acc, sacc, is_video, cfg.alpha, cfg.mu, cfg.correct_threshold) if cfg.temporal \
+        else torch.zeros_like(acc)                                              # (B, G)
+    length = tgrpo.length_bonus(acc, lengths, cfg.len_weight, cfg.min_len, cfg.max_len, cfg.correct_threshold) \
+        if cfg.len_control else torch.zeros_like(acc)                           # (B, G)
+    if cfg.bonus_placement == "reward":
+        total = acc + bonus + fmt + length                                      # (B, G)
+        adv = tgrpo.group_advantages(total, cfg.adv_eps, cfg.adv_scale)
+    else:
+        total = acc + fmt + length
+        adv = tgrpo.group_advantages(total, cfg.adv_eps, cfg.adv_scale) + bonus
+    stats = tgrpo.temporal_stats(acc, sacc, is_video, cfg.mu) if cfg.temporal and cfg.G_shuffled > 0 else None
+    return total, adv, bonus, length, stats
+
+
+def lr_at(step: int, cfg) -> float:
+    """Learning rate at optimizer step `step` (0-based): linear warm-up, then constant or cosine to 0."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "cosine":
+        frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
+    return cfg.lr
+
+
+def sequences(batch, groups, pad_id):
+    """Flatten groups into one left-padded prompt + right-padded completion batch.
+
+    Returns input_ids (N, P+L) long, attention_mask (N, P+L) long, P, completion mask (N, L) float,
+    rollout log-probs (N, L), visuals list and owner list (row -> visual), N = B·G."""
+    prompts, owner, comps = [], [], []
+    for b, p in enumerate(batch):
+        c = groups[b][0]
+        prompts += [p.prompt_ids] * c.ids.shape[0]
+        owner += [b] * c.ids.shape[0]
+        comps.append(c)
+    ids, attn = rollout.left_pad(prompts, pad_id)                              # (N, P)
+    L = max(c.ids.shape[1] for c in comps)
+    pad = lambda t, v: torch.nn.functional.pad(t.cpu(), (0, L - t.shape[1]), value=v)
+    cids = torch.cat([pad(c.ids, pad_id) for c in comps])                      # (N, L)
+    cmask = torch.cat([pad(c.mask, 0.0) for c in comps])                       # (N, L)
+    clp = torch.cat([pad(c.logprobs, 0.0) for c in comps])                     # (N, L)
+    return (torch.cat([ids, cids], 1), torch.cat([attn, cmask.long()], 1), ids.shape[1], cmask, clp,
+            [p.visual for p in batch], owner)
+
+
+def main(argv=None):
+    cfg, explicit = cfglib.parse(Config, argv, description=__doc__)
+    cfg = finish_config(cfg, explicit)
+    d = D.init_distributed(cfg.device)
+    random.seed(cfg.seed + d.rank); np.random.seed(cfg.seed + d.rank); torch.manual_seed(cfg.seed + d.rank)
+    dtype = {"auto": torch.bfloat16 if d.device.type == "cuda" else torch.float32,
+             "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    model_dir, train_json = resolve_model_and_data(cfg, d)
+    hf, tokenizer = load_policy(model_dir, dtype, d.device)
+    policy = D.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), d, cfg.dist)
+    reference = None
+    if cfg.beta > 0:
+        ref_hf, _ = load_policy(model_dir, dtype, d.device)
+        reference = PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk)
+    opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    samples = data.load_samples(train_json, cfg.media_root or None)
+    stream = Prompts(samples, d, cfg.seed)
+    media = media_config(cfg)
+    sampling = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)
+    gen = torch.Generator(device=d.device).manual_seed(cfg.seed + d.rank)
+    frame_gen = torch.Generator().manual_seed(cfg.seed + 1000 + d.rank)
+    pad_id, stop_ids = tokenizer.pad_token_id, [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
+    out_dir = Path(cfg.out_dir)
+    if d.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(asdict(cfg) | {"model": model_dir, "data": train_json,
+                                                                        "world_size": d.world}, indent=2))
+        print(f"policy {model_dir} | data {train_json} ({len(samples)} samples) | {d.world} rank(s) on {d.device}")
+        print(f"frames/pixels: {asdict(media)}")
+    metrics_file = open(out_dir / "metrics.jsonl", "a") if d.main else None
+    bar = tqdm(range(cfg.steps), disable=not d.main, desc="T-GRPO")
+    for step in bar:
+        t0 = time.time()
+        batch, skipped = collect(stream, cfg.prompts_per_rank, tokenizer, media, cfg, frame_gen)
+        # ---- rollout: G ordered + G̃ shuffled per video, one prefill per distinct prompt (reference §1 step 5)
+        prompts, visuals, n = [], [], []
+        for p in batch:
+            prompts.append(p.prompt_ids); visuals.append(p.visual); n.append(cfg.G)
+            if p.shuffled_visual is not None:
+                prompts.append(p.shuffled_ids); visuals.append(p.shuffled_visual); n.append(cfg.G_shuffled)
+        hf.eval()
+        with D.full_weights(policy) as gen_model:
+            outs = rollout.generate(gen_model, prompts, visuals, n, sampling, pad_id, stop_ids, gen)
+        hf.train()
+        groups, k = [], 0
+        for p in batch:
+            has_shuffled = p.shuffled_visual is not None
+            groups.append((outs[k], outs[k + 1] if has_shuffled else None))
+            k += 2 if has_shuffled else 1
+        # ---- rewards, bonuses, advantages (reference §1 steps 8–12, §3)
+        acc, fmt, lengths, sacc = score(batch, groups, tokenizer, cfg)
+        is_video = torch.tensor([p.sample.data_type == "video" and p.shuffled_visual is not None for p in batch])
+        total, adv, bonus, length_b, tstats = compute_advantages(acc, fmt, lengths, sacc, is_video, cfg)
+        # ---- log-probs and loss, one or more passes over this rollout
+        ids, attn, P, cmask, old_lp, vis, owner = sequences(batch, groups, pad_id)
+        ids, attn, cmask, old_lp = ids.to(d.device), attn.to(d.device), cmask.to(d.device), old_lp.to(d.device)
+        flat_adv = adv.reshape(-1).to(d.device)                                # (N,)
+        N, rows_per_mb = ids.shape[0], cfg.G * cfg.groups_per_micro_batch
+        n_seq = float(D.all_reduce_sum(torch.tensor(float(N)), d)) / d.world
+        n_tok = float(D.all_reduce_sum(cmask.sum().cpu(), d)) / d.world
+        ref_lp = None
+        if reference is not None:
+            with torch.no_grad():
+                ref_lp = torch.cat([reference(ids[s:s + rows_per_mb], attn[s:s + rows_per_mb], P, vis, owner[s:s + rows_per_mb])
+                                    for s in range(0, N, rows_per_mb)])        # (N, L)
+        for it in range(cfg.num_iterations):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss_sum, logs = 0.0, []
+            for s in range(0, N, rows_per_mb):
+                sl = slice(s, s + rows_per_mb)
+                with D.no_sync(policy, skip=s + rows_per_mb < N):
+                    lp = policy(ids[sl], attn[sl], P, vis, owner[sl])          # (n, L)
+                    loss, m = tgrpo.policy_loss(lp, old_lp[sl] if cfg.num_iterations > 1 else None,
+                                                None if ref_lp is None else ref_lp[sl], flat_adv[sl], cmask[sl],
+                                                cfg.clip_eps, None if cfg.clip_eps_high < 0 else cfg.clip_eps_high,
+                                                cfg.beta, cfg.loss_agg, num_sequences=n_seq, num_tokens=n_tok,
+                                                max_len=cfg.max_completion_length)
+                    loss.backward()
+                loss_sum += loss.item()
+                logs.append({k: float(v) * lp.shape[0] for k, v in m.items()})
+            grad_norm = torch.nn.utils.clip_grad_norm_(hf.parameters(), cfg.max_grad_norm)
+            opt.step()
+        # ---- metrics, averaged over ranks (reference §3 "Logged metrics")
+        local = {"loss": loss_sum, "accuracy": acc.mean().item(), "format": fmt.mean().item(),
+                 "reward": total.mean().item(), "reward_std": total.std(1).mean().item() if cfg.G > 1 else 0.0,
+                 "temporal_bonus": bonus.mean().item(), "length_bonus": length_b.mean().item(),
+                 "completion_length": lengths.float().mean().item(),
+                 "zero_std_groups": (total.amax(1) == total.amin(1)).float().mean().item(),
+                 **{k: sum(l[k] for l in logs) / N for k in logs[0]}}
+        if tstats is not None and bool(is_video.any()):
+            v = is_video
+            local |= {"p": tstats["p"][v].mean().item(), "p_shuffled": tstats["p_shuffled"][v].mean().item(),
+                      "temporal_rate": tstats["triggered"][v].float().mean().item()}
+        keys = sorted(local)
+        summed = D.all_reduce_sum(torch.tensor([local[k] for k in keys] + [1.0], dtype=torch.float64), d)
+        row = {k: summed[i].item() / summed[-1].item() for i, k in enumerate(keys)}
+        row["skipped_media"] = int(D.all_reduce_sum(torch.tensor(skipped), d))
+        row |= {"step": step + 1, "lr": lr_at(step, cfg), "grad_norm": float(grad_norm), "step_time": time.time() - t0}
+        if d.main:
+            metrics_file.write(json.dumps(row) + "\n"); metrics_file.flush()
+            bar.set_postfix(acc=f"{row['accuracy']:.2f}", fmt=f"{row['format']:.2f}", kl=f"{row.get('kl', 0):.3f}")
+    if d.main:
+        final = save_hf(hf, tokenizer, out_dir / "final")
+        metrics_file.close()
+        print(f"done: metrics {out_dir / 'metrics.jsonl'} | checkpoint {final}")
+    D.barrier(d)
+    D.cleanup(d)
+
+
+if __name__ == "__main__":
+    main()
