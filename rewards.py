@@ -27,8 +27,8 @@ Where this file departs from the official code (tulerfeng/Video-R1 `grpo.py` and
 5. Eval scoring of OCR and free-form. The official eval scores these 0. Here they get the training
    accuracy. No benchmark has such items (§7), so no reported number changes.
 6. MRA value. The official code returns the float32 mean of the 10 threshold tests (0.6000000238 for
-   six passes). Here it is passes / 10 as a Python float (0.6). The tests themselves are float32, as in
-   the official code, so the number of passes is always the same.
+   six passes). Here it is passes / 10 as a Python float (0.6). The comparisons are float32 as in the
+   official code, so the number of passes is always the same.
 7. Free-form cost. ROUGE is computed with the `rouge_score` tokenizer and F-measure, but our own ROUGE-1/2
    counts and a bit-parallel LCS length replace the package's O(n*m) LCS table, so memory is linear. The
    values are identical to `RougeScorer.score` (the tests check this). The prediction text is cut to
@@ -242,8 +242,8 @@ def accuracy_reward(completion: str, solution: str, problem_type: str) -> float:
       RougeScorer(['rouge1', 'rouge2', 'rougeL'], use_stemmer=True).score(gt, pred), clipped to [0, 1].
       Same values, computed in linear memory (module header, departure 7). The prediction is first cut to
       max(20 * len(gt), 20000) characters. A training completion (at most 768 tokens) is far shorter than
-      20000 characters, so no realistic score changes. A longer one already scores below about 0.1, because
-      each F-measure is at most 2m / (m + N) for m GT tokens and N prediction tokens.
+      20000 characters, so no realistic score changes; and for a prediction of N tokens against m GT
+      tokens every F-measure is at most 2m / (m + N), already small for text that long.
     - regression: 1 - |p - g| / |g|, clipped to [0, 1]; exactly 1.0 when p == g; when g = 0, 1.0 for p = 0
       and 0.0 otherwise (module header, departures 1 and 2).
 
@@ -269,16 +269,15 @@ def format_reward(completion: str) -> float:
         1.0 when ``re.fullmatch(r"<think>.*?</think>\\s*<answer>.*?</answer>", completion, re.DOTALL)``
         matches, else 0.0. A trailing newline or any text before <think> fails. Computed in linear time
         (departure 8): the text must start with "<think>" and end with "</answer>", and some "</think>"
-        after the opening tag must be followed by whitespace and an "<answer>" that does not overlap the
-        final "</answer>".
+        after the opening tag must be followed by whitespace and "<answer>". (No suffix of "<answer>" is a
+        prefix of "</answer>", so the two tags never overlap.)
     """
     if not (completion.startswith("<think>") and completion.endswith("</answer>")):
         return 0.0
     close_think = completion.find("</think>", len("<think>"))
     while close_think >= 0:
         open_answer = _WHITESPACE.match(completion, close_think + len("</think>")).end()
-        if (completion.startswith("<answer>", open_answer)
-                and len(completion) - open_answer >= len("<answer></answer>")):
+        if completion.startswith("<answer>", open_answer):  # cannot overlap the final "</answer>"
             return 1.0
         close_think = completion.find("</think>", close_think + 1)
     return 0.0
