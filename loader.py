@@ -1,0 +1,208 @@
+"""Background preparation of the next samples, so decoding and patchifying overlap the current step.
+
+The official trainer decodes a sample's video inside `compute_loss`, on the critical path, right before
+generation (reference §1 step 2); here a small pool of threads runs `rollout.prepare`'s work for the next
+samples of the stream while the policy generates and trains on the current ones.
+
+    pf = Prefetcher(stream, tokenizer, media, shuffled=True, seed=cfg.seed, rank=d.rank, cache=FrameCache(dir))
+    batch, skipped = pf.take(cfg.prompts_per_rank)      # list[rollout.Prepared], undecodable samples skipped
+
+Guarantees:
+1. Order and content are those of calling `rollout.prepare` on the stream in a loop: the only random step,
+   the shuffled-frame permutation (reference §1 step 4), uses a generator seeded from (seed, rank, sample
+   index) by `sample_generator`, so neither the number of threads nor the order they finish in matters.
+2. A sample whose media fails to decode (`data.MediaError`) is skipped and counted, never replaced by other
+   media (reference §9 item 9); its index is still consumed, so later samples keep their generators.
+3. `FrameCache` (optional) stores the sampled, resized uint8 frames and sample_fps of each media file, keyed
+   by (absolute path, mtime, size, every frame/pixel setting that changes them), so a second epoch skips
+   decoding and resizing; a changed file or setting is a different key.
+Threads rather than processes: decord, PIL resizing and torch ops release the GIL, a thread shares the
+tokenizer without pickling, and there is nothing to start per epoch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+import data
+import rollout
+from model import encode_prompt
+
+VIDEO_KEYS = ("fps", "min_frames", "max_frames", "nframes", "video_min_pixels", "video_max_pixels", "video_total_pixels")
+IMAGE_KEYS = ("image_min_pixels", "image_max_pixels")
+CACHE_FORMAT = 1  # bump when the stored layout or the decoding in data.py changes meaning
+
+
+def sample_generator(seed: int, rank: int, index: int) -> torch.Generator:
+    """A CPU torch.Generator for sample `index` (0-based position in this rank's stream) of rank `rank`.
+
+    Seeded with numpy's SeedSequence([seed, rank, index]) (a 64-bit hash of the three ints), so nearby
+    seeds/ranks/indices give unrelated streams. Raises ValueError for negative arguments."""
+    if min(seed, rank, index) < 0:
+        raise ValueError(f"sample_generator: seed, rank, index must be >= 0, got {seed}, {rank}, {index}")
+    state = np.random.SeedSequence([seed, rank, index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)   # < 2**63
+
+
+class FrameCache:
+    """On-disk cache of decoded media: one `<sha256>.pt` file per (media file, frame/pixel settings) holding
+    {"frames": uint8 (T, 3, H, W), "sample_fps": float, "key": the key dict}.
+
+    `load(sample, media)` returns what `rollout.load_visual(sample, media)` returns, bit for bit; `hits` and
+    `misses` count lookups. Writes are atomic (temp file + rename), so concurrent threads/ranks sharing a
+    folder are safe; an unreadable cache file is recomputed. Raises data.MediaError like load_visual.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.hits = self.misses = 0
+        self._lock = threading.Lock()
+
+    def key(self, sample: data.Sample, media: rollout.MediaConfig) -> dict:
+        """The cache key of a sample's media: absolute path, mtime (ns), size (bytes), data_type, the
+        settings that change its frames. Raises data.MediaError when the file does not exist."""
+        path = os.path.abspath(sample.media_path)
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise data.MediaError(f"{path}: cannot read {sample.data_type}: {type(e).__name__}: {e}") from e
+        names = VIDEO_KEYS if sample.data_type == "video" else IMAGE_KEYS
+        return {"format": CACHE_FORMAT, "path": path, "mtime_ns": st.st_mtime_ns, "size": st.st_size,
+                "data_type": sample.data_type, **{k: getattr(media, k) for k in names}}
+
+    def file(self, key: dict) -> Path:
+        """Where the entry for `key` lives."""
+        return self.folder / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest() + ".pt")
+
+    def load(self, sample: data.Sample, media: rollout.MediaConfig) -> tuple[torch.Tensor, float]:
+        """(frames uint8 (T, 3, H, W), sample_fps) from the cache, decoding and storing them on a miss."""
+        key = self.key(sample, media)
+        f = self.file(key)
+        if f.exists():
+            try:
+                entry = torch.load(f, weights_only=True)
+                if entry["key"] == key:
+                    with self._lock:
+                        self.hits += 1
+                    return entry["frames"], float(entry["sample_fps"])
+            except Exception as e:  # a truncated or foreign file: recompute it
+                print(f"[cache] {f}: unreadable ({type(e).__name__}), recomputing", file=sys.stderr)
+        frames, fps = rollout.load_visual(sample, media)
+        tmp = f.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        torch.save({"frames": frames.contiguous(), "sample_fps": float(fps), "key": key}, tmp)
+        os.replace(tmp, f)
+        with self._lock:
+            self.misses += 1
+        return frames, fps
+
+
+def prepare(sample: data.Sample, tokenizer, media: rollout.MediaConfig, shuffled: bool = False,
+            variant: str = "train", generator: torch.Generator | None = None,
+            cache: FrameCache | None = None) -> rollout.Prepared:
+    """`rollout.prepare`, with the frames optionally from a FrameCache (same output: tests/test_perf.py).
+    Raises data.MediaError for unreadable media."""
+    if cache is None:
+        return rollout.prepare(sample, tokenizer, media, shuffled, variant, generator)
+    frames, fps = cache.load(sample, media)                                   # (T, 3, H, W) uint8
+    visual = rollout.to_visual(frames, fps, sample.data_type, media)
+    ids = encode_prompt(tokenizer, data.build_prompt_text(sample, variant), sample.data_type, visual.grid_thw)
+    out = rollout.Prepared(sample, ids, visual)                               # ids (P,)
+    if shuffled and sample.data_type == "video":
+        perm_frames, _ = data.shuffle_frames(frames, generator)
+        out.shuffled_visual = rollout.to_visual(perm_frames, fps, "video", media)
+        out.shuffled_ids = ids
+    return out
+
+
+class Prefetcher:
+    """Prepared samples from a sample stream, in stream order, prepared `depth` samples ahead by `workers`
+    threads.
+
+    Args: samples: an iterable of data.Sample (may be endless, e.g. `iter(train.Prompts.next, None)`);
+    tokenizer, media, shuffled, variant: as rollout.prepare; seed, rank: seed the per-sample generators
+    (`sample_generator(seed, rank, start_index + i)` for the i-th sample); depth >= 1: samples in flight;
+    workers >= 1: threads; cache: an optional FrameCache; max_consecutive_skips: raise RuntimeError after
+    this many undecodable samples in a row (a wrong media root).
+    Iterating yields (index, rollout.Prepared); `skipped` counts skipped samples, `skipped_errors` keeps the
+    last 100 messages. Call `close()` (or use `with`) to stop the threads.
+    """
+
+    def __init__(self, samples: Iterable[data.Sample], tokenizer, media: rollout.MediaConfig, *, shuffled: bool,
+                 seed: int, rank: int = 0, variant: str = "train", depth: int = 4, workers: int = 1,
+                 cache: FrameCache | None = None, start_index: int = 0, max_consecutive_skips: int = 1000):
+        if depth < 1 or workers < 1:
+            raise ValueError(f"Prefetcher: depth and workers must be >= 1, got {depth}, {workers}")
+        self.tokenizer, self.media, self.shuffled, self.variant = tokenizer, media, shuffled, variant
+        self.seed, self.rank, self.cache, self.depth = seed, rank, cache, depth
+        self.max_consecutive_skips = max_consecutive_skips
+        self.skipped, self.skipped_errors, self._run = 0, deque(maxlen=100), 0
+        self._source = iter(samples)
+        self._next_index = start_index
+        self._pending: deque[tuple[int, Future]] = deque()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch")
+        self._fill()
+
+    def _work(self, sample: data.Sample, index: int) -> rollout.Prepared:
+        gen = sample_generator(self.seed, self.rank, index)
+        return prepare(sample, self.tokenizer, self.media, self.shuffled, self.variant, gen, self.cache)
+
+    def _fill(self) -> None:
+        while len(self._pending) < self.depth:
+            try:
+                sample = next(self._source)
+            except StopIteration:
+                return
+            self._pending.append((self._next_index, self._pool.submit(self._work, sample, self._next_index)))
+            self._next_index += 1
+
+    def __iter__(self) -> Iterator[tuple[int, rollout.Prepared]]:
+        return self
+
+    def __next__(self) -> tuple[int, rollout.Prepared]:
+        while self._pending:
+            index, fut = self._pending.popleft()
+            self._fill()                                                      # keep `depth` in flight
+            try:
+                out = fut.result()
+            except data.MediaError as e:
+                self.skipped += 1
+                self._run += 1
+                self.skipped_errors.append(f"sample {index}: {e}")
+                print(f"[skip] sample {index}: {e}", file=sys.stderr)
+                if self._run > self.max_consecutive_skips:
+                    raise RuntimeError(f"{self._run} undecodable media files in a row; check --media-root") from e
+                continue
+            self._run = 0
+            return index, out
+        raise StopIteration
+
+    def take(self, n: int) -> tuple[list[rollout.Prepared], int]:
+        """The next n prepared samples and how many were skipped to get them (train.collect's contract).
+        Raises StopIteration if a finite stream ends first."""
+        before = self.skipped
+        out = [next(self)[1] for _ in range(n)]
+        return out, self.skipped - before
+
+    def close(self) -> None:
+        """Cancel queued work and stop the threads (running items finish first)."""
+        for _, fut in self._pending:
+            fut.cancel()
+        self._pending.clear()
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,214 @@
+"""The optimised paths equal the straightforward ones (issue 8): shared-visual, chunked log-probs against a
+plain HF forward with tiled pixels; shared-prefix generation against HF generate; mixed batches against single
+prompts; loader.py's prefetcher and frame cache against rollout.prepare."""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import data
+import loader
+import model as M
+import rollout
+
+MEDIA = rollout.MediaConfig(max_frames=8, video_min_pixels=84 * 84, video_max_pixels=84 * 84, image_max_pixels=84 * 84)
+
+
+@pytest.fixture(scope="module")
+def setup(builtin):
+    """(hf, tokenizer, video Prepared, image Prepared, stop ids). The tiny model's weights are redrawn with
+    std 0.1 so that greedy decoding does not repeat one token and the visual input changes the output."""
+    paths, tiny = builtin
+    hf, tok = M.load_policy(tiny)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.1)
+    hf.eval()
+    samples = data.load_samples(paths["train"])
+    video = rollout.prepare(next(s for s in samples if s.data_type == "video"), tok, MEDIA)
+    image = rollout.prepare(next(s for s in samples if s.data_type == "image"), tok, MEDIA)
+    assert video.prompt_ids.numel() != image.prompt_ids.numel()               # a real left-padding case
+    stop = [tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id]
+    return hf, tok, video, image, stop
+
+
+def hf_inputs(hf, ids, visuals, owner):
+    """Inputs of a plain HF forward/generate: each row gets its own copy of its visual (the official trainer's
+    tiling, reference §1 step 7) and the processor's mm_token_type_ids."""
+    kw = {"input_ids": ids, "mm_token_type_ids": M.mm_token_types(ids, hf.config)}
+    vids = [visuals[o] for o in owner if visuals[o].data_type == "video"]
+    imgs = [visuals[o] for o in owner if visuals[o].data_type == "image"]
+    if vids:
+        kw |= {"pixel_values_videos": torch.cat([v.pixel_values for v in vids]),
+               "video_grid_thw": torch.stack([v.grid_thw for v in vids]),
+               "second_per_grid_ts": torch.tensor([v.second_per_grid for v in vids])}
+    if imgs:
+        kw |= {"pixel_values": torch.cat([v.pixel_values for v in imgs]),
+               "image_grid_thw": torch.stack([v.grid_thw for v in imgs])}
+    return kw
+
+
+def naive_logprobs(hf, ids, attn, P, visuals, owner):
+    """Full (N, T, V) logits -> log_softmax -> gather: the official computation. Returns (N, T - P)."""
+    logits = hf(**hf_inputs(hf, ids, visuals, owner), attention_mask=attn, use_cache=False).logits  # (N, T, V)
+    logp = F.log_softmax(logits[:, P - 1:-1].float(), dim=-1)                  # (N, L, V)
+    return logp.gather(-1, ids[:, P:, None])[..., 0]                           # (N, L)
+
+
+def batch(tok, prompts, completions):
+    """Left-padded prompts + right-padded completions: ids (N, T), attention mask (N, T), P, completion mask."""
+    pids, pattn = rollout.left_pad(prompts, tok.pad_token_id)                  # (N, P)
+    L = max(c.numel() for c in completions)
+    cids = torch.full((len(completions), L), tok.pad_token_id)
+    cmask = torch.zeros(len(completions), L, dtype=torch.long)
+    for i, c in enumerate(completions):
+        cids[i, :c.numel()], cmask[i, :c.numel()] = c, 1
+    return torch.cat([pids, cids], 1), torch.cat([pattn, cmask], 1), pids.shape[1], cmask.float()
+
+
+def test_policy_logprobs_and_grads_equal_naive_tiled_forward(setup):
+    hf, tok, video, image, _ = setup
+    g = torch.Generator().manual_seed(1)
+    lengths = [9, 4, 7, 11, 3]                                                 # 3 video rows, 2 image rows
+    owner = [0, 0, 0, 1, 1]
+    visuals = [video.visual, image.visual]
+    comps = [torch.randint(0, 700, (n,), generator=g) for n in lengths]       # ordinary (non-special) tokens
+    ids, attn, P, cmask = batch(tok, [[video.prompt_ids, image.prompt_ids][o] for o in owner], comps)
+    weights = torch.randn(cmask.shape, generator=g)                            # (N, L) arbitrary upstream grad
+    watched = {"vision": hf.model.visual.blocks[0].attn.qkv.weight, "merger": hf.model.visual.merger.mlp[0].weight,
+               "lm_head": hf.lm_head.weight, "embed": hf.model.language_model.embed_tokens.weight}
+
+    def run(fn):
+        hf.zero_grad(set_to_none=True)
+        lp = fn()                                                              # (N, L)
+        (lp * cmask * weights).sum().backward()
+        return lp.detach(), {k: p.grad.clone() for k, p in watched.items()}
+
+    ours, ours_g = run(lambda: M.PolicyLogprobs(hf, chunk=4)(ids, attn, P, visuals, owner))
+    ref, ref_g = run(lambda: naive_logprobs(hf, ids, attn, P, visuals, owner))
+    hf.zero_grad(set_to_none=True)
+    m = cmask.bool()
+    torch.testing.assert_close(ours[m], ref[m], rtol=0, atol=2e-5)
+    for k in watched:
+        assert ref_g[k].abs().max() > 0, k
+        torch.testing.assert_close(ours_g[k], ref_g[k], rtol=1e-4, atol=1e-5 * float(ref_g[k].abs().max()))
+
+
+@pytest.mark.parametrize("kind", ["video", "image"])
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_greedy_rollout_equals_hf_generate(setup, kind, penalty):
+    hf, tok, video, image, stop = setup
+    p = video if kind == "video" else image
+    sp = rollout.SamplingParams(temperature=1.0, top_p=1.0, top_k=1, repetition_penalty=penalty, max_new_tokens=16)
+    ours = rollout.generate(hf, [p.prompt_ids], [p.visual], [2], sp, tok.pad_token_id, stop)[0]
+    ids = p.prompt_ids[None]                                                   # (1, P)
+    out = hf.generate(**hf_inputs(hf, ids, [p.visual], [0]), attention_mask=torch.ones_like(ids), do_sample=False,
+                      max_new_tokens=16, repetition_penalty=penalty, eos_token_id=stop, pad_token_id=tok.pad_token_id,
+                      use_cache=True)[0, ids.shape[1]:]                        # (L,)
+    assert len(set(out.tolist())) > 4                                          # not a degenerate repeat
+    for row in ours.ids:
+        assert row[:out.numel()].tolist() == out.tolist()
+
+
+def test_rollout_logprobs_equal_policy_logprobs(setup):
+    hf, tok, video, image, stop = setup
+    sp = rollout.SamplingParams(temperature=0.8, top_p=0.9, max_new_tokens=12)
+    outs = rollout.generate(hf, [video.prompt_ids, image.prompt_ids], [video.visual, image.visual], [3, 2], sp,
+                            tok.pad_token_id, stop, torch.Generator().manual_seed(3))
+    owner = [0, 0, 0, 1, 1]
+    comps = [row[:int(n)] for c in outs for row, n in zip(c.ids, c.lengths)]
+    ids, attn, P, cmask = batch(tok, [[video.prompt_ids, image.prompt_ids][o] for o in owner], comps)
+    with torch.no_grad():
+        lp = M.PolicyLogprobs(hf, chunk=5)(ids, attn, P, [video.visual, image.visual], owner)  # (N, L)
+    rollout_lp = torch.zeros_like(lp)
+    for i, c in enumerate(comps):
+        rollout_lp[i, :c.numel()] = torch.cat([o.logprobs for o in outs])[i, :c.numel()]
+    m = cmask.bool()
+    torch.testing.assert_close(rollout_lp[m], lp[m], rtol=0, atol=5e-5)
+
+
+def test_mixed_left_padded_batch_equals_each_prompt_alone(setup):
+    hf, tok, video, image, stop = setup
+    sp = rollout.SamplingParams(top_p=1.0, top_k=1, max_new_tokens=10)
+    both = rollout.generate(hf, [video.prompt_ids, image.prompt_ids], [video.visual, image.visual], [2, 3], sp,
+                            tok.pad_token_id, stop)
+    alone = [rollout.generate(hf, [p.prompt_ids], [p.visual], [k], sp, tok.pad_token_id, stop)[0]
+             for p, k in ((video, 2), (image, 3))]
+    for b, a in zip(both, alone):
+        L = a.ids.shape[1]
+        assert torch.equal(b.lengths, a.lengths)
+        assert torch.equal(b.ids[:, :L], a.ids) and not b.mask[:, L:].any()
+        torch.testing.assert_close(b.logprobs[:, :L], a.logprobs, rtol=0, atol=2e-5)
+
+
+# ---- loader.py ------------------------------------------------------------------------------------------
+def test_sample_generator_reproducible_and_distinct():
+    draw = lambda *a: torch.randperm(16, generator=loader.sample_generator(*a)).tolist()
+    assert draw(42, 0, 5) == draw(42, 0, 5)
+    assert len({tuple(draw(*a)) for a in [(42, 0, 5), (42, 1, 5), (42, 0, 6), (43, 0, 5)]}) == 4
+    with pytest.raises(ValueError):
+        loader.sample_generator(0, 0, -1)
+
+
+def assert_same_prepared(a: rollout.Prepared, b: rollout.Prepared):
+    assert a.sample == b.sample and torch.equal(a.prompt_ids, b.prompt_ids)
+    for va, vb in ((a.visual, b.visual), (a.shuffled_visual, b.shuffled_visual)):
+        assert (va is None) == (vb is None)
+        if va is not None:
+            assert torch.equal(va.pixel_values, vb.pixel_values) and torch.equal(va.grid_thw, vb.grid_thw)
+            assert va.second_per_grid == vb.second_per_grid and va.data_type == vb.data_type
+
+
+def test_prefetcher_equals_direct_prepare_and_skips_bad_media(setup, builtin, tmp_path):
+    _, tok, *_ = setup
+    samples = data.load_samples(builtin[0]["train"])[:7]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    samples[2] = data.Sample(**{**samples[2].__dict__, "data_type": "video", "media_path": str(broken)})
+    samples[5] = data.Sample(**{**samples[5].__dict__, "media_path": str(tmp_path / "missing.png")})
+    direct = {}
+    for i, s in enumerate(samples):
+        try:
+            direct[i] = rollout.prepare(s, tok, MEDIA, shuffled=True, generator=loader.sample_generator(7, 1, i))
+        except data.MediaError:
+            pass
+    assert sorted(direct) == [0, 1, 3, 4, 6]
+    assert any(p.shuffled_visual is not None for p in direct.values())
+    cache = loader.FrameCache(tmp_path / "frames")
+    for run, kw in enumerate([dict(workers=2, depth=3), dict(workers=2, depth=5, cache=cache), dict(cache=cache)]):
+        with loader.Prefetcher(samples, tok, MEDIA, shuffled=True, seed=7, rank=1, **kw) as pf:
+            got = list(pf)
+            assert [i for i, _ in got] == sorted(direct) and pf.skipped == 2, run
+            for i, p in got:
+                assert_same_prepared(p, direct[i])
+    assert cache.misses == 5 and cache.hits == 5
+    with loader.Prefetcher(samples, tok, MEDIA, shuffled=False, seed=7) as pf:
+        batch, skipped = pf.take(3)                                            # samples 0, 1, (2 skipped), 3
+        assert [p.sample for p in batch] == [samples[0], samples[1], samples[3]] and skipped == 1
+
+
+def test_frame_cache_identical_frames_and_invalidation(builtin, tmp_path):
+    video = next(s for s in data.load_samples(builtin[0]["train"]) if s.data_type == "video")
+    copy = tmp_path / "clip.mp4"
+    copy.write_bytes(open(video.media_path, "rb").read())
+    video = data.Sample(**{**video.__dict__, "media_path": str(copy)})
+    cache = loader.FrameCache(tmp_path / "frames")
+    frames, fps = rollout.load_visual(video, MEDIA)                            # (T, 3, H, W) uint8
+    for _ in range(2):
+        got, got_fps = cache.load(video, MEDIA)
+        assert torch.equal(got, frames) and got.dtype == torch.uint8 and got_fps == fps
+    assert (cache.misses, cache.hits) == (1, 1)
+    fewer = rollout.MediaConfig(**{**MEDIA.__dict__, "max_frames": 4})        # a setting change: new entry
+    got, _ = cache.load(video, fewer)
+    assert cache.misses == 2 and torch.equal(got, rollout.load_visual(video, fewer)[0]) and got.shape[0] == 4
+    assert cache.key(video, MEDIA) == cache.key(video, rollout.MediaConfig(**{**MEDIA.__dict__, "image_max_pixels": 1}))
+    st = os.stat(copy)
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))                # the file changed: new entry
+    cache.load(video, MEDIA)
+    assert cache.misses == 3
+    cache.file(cache.key(video, MEDIA)).write_bytes(b"garbage")                # a corrupt entry is recomputed
+    got, _ = cache.load(video, MEDIA)
+    assert torch.equal(got, frames) and cache.misses == 4
