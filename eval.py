@@ -1,0 +1,469 @@
+"""Benchmark evaluation in the Video-R1-eval format, plus a temporal-sensitivity report (reference §7, §8).
+
+    python eval.py                                     # tiny default on the built-in test split (CPU, about a minute)
+    python eval.py --shuffled true                     # also on shuffled frames: ordered vs shuffled accuracy and the gap
+    python eval.py --model runs/tgrpo/final --data Evaluation/eval_vsibench.json --data Evaluation/eval_mvbench.json
+    torchrun --nproc_per_node 8 eval.py --model Video-R1-7B --data Evaluation/eval_mmvu.json --nframes 32 \\
+        --out-dir runs/eval/video-r1-7b-32f            # items sharded over ranks, gathered on rank 0
+    python eval.py --help                              # every knob, with its help
+
+Per benchmark file `eval_{name}.json` (the Video-R1-eval schema, which is the RL schema: data.load_samples):
+1. Validation: every item's media file is opened (decord for videos, PIL for images). Missing and
+   undecodable files are listed with counts and the items excluded, never scored, never replaced.
+2. Generation: `--batch-size` prompts per rollout.generate call, one completion each, prompt = the eval
+   template of reference §5 as one user turn (default system prompt). Decoding is near-greedy with every
+   knob explicit (reference §9 item 17): temperature 0.01 and top_p 0.001 as the paper reports (the official
+   eval_bench.py uses temperature 0.1, reference §9 item 15), top_k off, repetition penalty 1.0, 1024 tokens.
+3. Scoring: rewards.eval_score (answer extraction with fallback to the raw output, reference §7): exact
+   match for multiple choice, the numerical rule, MRA for regression. Score = mean accuracy x 100, except
+   VSI-Bench = (mean accuracy over non-regression items + mean MRA over regression items) / 2 x 100.
+4. Output in --out-dir (default runs/eval/<model-name>): eval_{name}.json (per-item records + summary with the
+   frames/pixels/sampling settings) and results.md, a table in the layout of the paper's Table 1. With
+   --shuffled the same items also run on seeded shuffled frames (eval_{name}_shuffled.json); the report shows
+   ordered vs shuffled accuracy and the gap, also per data_source category ("synthetic/temporal/..." vs
+   "synthetic/static/...").
+Records are appended to eval_{name}[_shuffled].records.jsonl after every batch; a rerun generates only
+the items missing there and rebuilds the JSON from it (its first line holds the settings, which must match).
+
+Frames and pixels (reference §4 "Frames and pixels", §8): eval defaults max_frames 16 at fps 2.0 (or a fixed
+--nframes 16/32/64), video pixels 128*28*28 .. 256*28*28 per frame, images 3136 .. 200704, mRoPE time from
+the clip's sample fps (the official eval passes it). These are flags here, not module constants to edit by
+hand (reference §9 item 12).
+Departures from the official eval (src/eval_bench.py):
+  a. An item whose media cannot be read is excluded and listed; the official script scores every item of the
+     failing batch as "<answer>error</answer>", i.e. 0 (reference §7 "Prompt").
+  b. Default temperature 0.01 (paper) instead of 0.1 (code); with top_p 0.001 both are greedy in practice.
+  c. Generation is our KV-cache loop (rollout.generate), not vLLM.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as tdist
+from tqdm import tqdm
+
+import config as cfglib
+import data
+import distributed as D
+import rewards
+import rollout
+
+BENCHMARKS = {"vsibench": "VSI-Bench", "videommmu": "VideoMMMU", "mmvu": "MMVU", "mvbench": "MVBench",
+              "tempcompass": "TempCompass", "videomme": "VideoMME"}  # paper Table 1 column order
+CATEGORIES = ("temporal", "static")  # data_source components that name the built-in data's two kinds
+
+
+@dataclass
+class Config:
+    # what to evaluate
+    model: str = field(default="", metadata={"help": "HF folder of the policy; empty: the tiny default (built in cache_dir like train.py)"})
+    data: str = field(default="", metadata={"help": "benchmark JSON eval_{name}.json; repeat --data (or comma-separate) for several; empty: the built-in test split"})
+    name: str = field(default="", metadata={"help": "benchmark name (with one --data); empty: from the file name eval_{name}.json"})
+    media_root: str = field(default="", metadata={"help": "folder the JSON's ./paths are relative to; empty: the JSON's folder"})
+    out_dir: str = field(default="", metadata={"help": "where results go; empty: runs/eval/<model-name>"})
+    cache_dir: str = field(default="runs/cache", metadata={"help": "built-in data and tiny model are built here once"})
+    limit: int = field(default=0, metadata={"help": "> 0: only the first N items of each benchmark (smoke runs)"})
+    shuffled: bool = field(default=False, metadata={"help": "also evaluate every item on shuffled frames (seeded) and report the gap"})
+    seed: int = field(default=0, metadata={"help": "seed of the frame shuffles (per item) and of sampling (per rank)"})
+    # frames and pixels (reference §4, §8; eval values)
+    nframes: int = field(default=0, metadata={"help": "> 0: fixed frame count per video (16/32/64) instead of the fps rule"})
+    max_frames: int = field(default=16, metadata={"help": "most frames per video under the fps rule (official FPS_MAX_FRAMES: 16, 32 or 64)"})
+    min_frames: int = field(default=4, metadata={"help": "fewest frames per video under the fps rule"})
+    fps: float = field(default=2.0, metadata={"help": "frames per second of video sampled by the fps rule"})
+    video_min_pixels: int = field(default=128 * 28 * 28, metadata={"help": "per-frame pixel floor"})
+    video_max_pixels: int = field(default=256 * 28 * 28, metadata={"help": "per-frame pixel budget (eval 256*28*28)"})
+    video_total_pixels: int = field(default=90316800, metadata={"help": "pixel budget of a whole clip (qwen_vl_utils VIDEO_TOTAL_PIXELS)"})
+    image_min_pixels: int = field(default=3136, metadata={"help": "image pixel floor"})
+    image_max_pixels: int = field(default=256 * 28 * 28, metadata={"help": "image pixel budget"})
+    rope_time: str = field(default="sample", metadata={"help": "'sample': mRoPE time from the clip's sample fps (official eval); 'official': fixed 2 fps (training)"})
+    # decoding (reference §7 "Engine")
+    temperature: float = field(default=0.01, metadata={"help": "sampling temperature (paper 0.01; official script 0.1)"})
+    top_p: float = field(default=0.001, metadata={"help": "nucleus mass (0.001: greedy in practice)"})
+    top_k: int = field(default=0, metadata={"help": "top-k; 0 = off"})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "1.0 = off"})
+    max_new_tokens: int = field(default=1024, metadata={"help": "max new tokens per answer"})
+    batch_size: int = field(default=8, metadata={"help": "prompts per generate call per rank (official: 64 on vLLM)"})
+    # machinery
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16"})
+    preset: str = field(default="auto", metadata={"help": "auto: 'tiny' when --model is empty, else 'paper'; tiny | paper"})
+
+
+# What the tiny default was trained with (train.TINY_PRESET) and a short answer budget.
+TINY_PRESET = dict(max_frames=8, video_min_pixels=84 * 84, video_max_pixels=84 * 84, image_max_pixels=84 * 84,
+                   max_new_tokens=64)
+
+
+def merge_data_flags(argv: list[str]) -> list[str]:
+    """Turn repeated `--data X` flags into one comma-separated `--data X,Y` (config.parse keeps the last)."""
+    out, paths, i = [], [], 0
+    while i < len(argv):
+        if argv[i] == "--data" and i + 1 < len(argv):
+            paths.append(argv[i + 1]); i += 2
+        elif argv[i].startswith("--data="):
+            paths.append(argv[i][len("--data="):]); i += 1
+        else:
+            out.append(argv[i]); i += 1
+    return out + (["--data", ",".join(paths)] if paths else [])
+
+
+def finish_config(cfg: Config, explicit: set[str]) -> Config:
+    """Apply the tiny preset to fields not given, and check values. Raises ValueError naming the field."""
+    preset = cfg.preset if cfg.preset != "auto" else ("tiny" if not cfg.model else "paper")
+    if preset == "tiny":
+        for k, v in TINY_PRESET.items():
+            if k not in explicit:
+                setattr(cfg, k, v)
+    checks = {"preset": preset in ("tiny", "paper"), "rope_time": cfg.rope_time in ("sample", "official"),
+              "batch_size": cfg.batch_size >= 1, "max_new_tokens": cfg.max_new_tokens >= 1,
+              "temperature": cfg.temperature > 0, "top_p": 0 < cfg.top_p <= 1, "nframes": cfg.nframes >= 0,
+              "name": not cfg.name or len([p for p in cfg.data.split(",") if p]) <= 1}
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"eval.py: invalid --{bad[0].replace('_', '-')}: {getattr(cfg, bad[0])!r}"
+                         + (" (--name needs a single --data)" if bad[0] == "name" else ""))
+    cfg.preset = preset
+    return cfg
+
+
+def benchmark_name(json_path: str) -> str:
+    """'eval_vsibench.json' -> 'vsibench'; any other file name -> its stem."""
+    stem = Path(json_path).stem
+    return stem[len("eval_"):] if stem.startswith("eval_") else stem
+
+
+# ---- scoring (pure; reference §7 "Scoring", "Reporting") ------------------------------------------
+def think_block(output: str) -> str | None:
+    """The stripped text of the first <think>...</think> block of an output, None when there is none."""
+    start = output.find("<think>")
+    end = output.find("</think>", start + len("<think>")) if start >= 0 else -1
+    return output[start + len("<think>"):end].strip() if end >= 0 else None
+
+
+def score_item(sample: data.Sample, index: int, output: str) -> dict:
+    """One per-item record: rewards.eval_score on the raw output (fallback to the whole output when there is no
+    <answer> block); correct = reward == 1.0 (official). Raises ValueError for an unknown problem_type."""
+    prediction, reward = rewards.eval_score(output, sample.solution, sample.problem_type)
+    return {"index": index, "problem_id": sample.problem_id, "data_type": sample.data_type,
+            "problem_type": sample.problem_type, "data_source": sample.data_source, "solution": sample.solution,
+            "output": output, "prediction": prediction, "reward": reward, "correct": reward == 1.0,
+            "reasoning": think_block(output)}
+
+
+def category(data_source: str) -> str | None:
+    """'synthetic/temporal/direction' -> 'temporal'; None when no path component is in CATEGORIES."""
+    return next((p for p in data_source.split("/") if p in CATEGORIES), None)
+
+
+def summarize(name: str, records: list[dict]) -> dict:
+    """Benchmark numbers from per-item records (dicts with problem_type, reward, data_source).
+
+    mean_acc: mean reward over non-regression items; mean_mra: mean reward (MRA) over regression items, 0 when
+    there are none (official final_acc). score (percent): VSI-Bench (mean_acc + mean_mra) / 2 * 100 (author,
+    issue #121); other benchmarks mean_acc * 100 (mean_mra * 100 if a benchmark has only regression items).
+    Also counts per problem type, and accuracy (percent) per data_source and per category.
+    """
+    acc = [r["reward"] for r in records if r["problem_type"] != "regression"]
+    mra = [r["reward"] for r in records if r["problem_type"] == "regression"]
+    mean_acc = sum(acc) / len(acc) if acc else 0.0
+    mean_mra = sum(mra) / len(mra) if mra else 0.0
+    if name == "vsibench":
+        score = 100 * (mean_acc + mean_mra) / 2
+    else:
+        score = 100 * (mean_acc if acc or not mra else mean_mra)
+    groups: dict[str, dict[str, list[float]]] = {"by_source": {}, "by_category": {}}
+    for r in records:
+        groups["by_source"].setdefault(r["data_source"], []).append(r["reward"])
+        if category(r["data_source"]):
+            groups["by_category"].setdefault(category(r["data_source"]), []).append(r["reward"])
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["problem_type"]] = counts.get(r["problem_type"], 0) + 1
+    out = {"score": score, "mean_acc": mean_acc, "mean_mra": mean_mra, "n_scored": len(records),
+           "n_correct": sum(bool(r["correct"]) for r in records), "counts": counts}
+    for key, g in groups.items():
+        out[key] = {k: {"n": len(v), "accuracy": 100 * sum(v) / len(v)} for k, v in sorted(g.items())}
+    return out
+
+
+# ---- media validation ---------------------------------------------------------------------------
+def check_media(sample: data.Sample) -> str | None:
+    """None when the item's media file opens (decord for videos: frame count and fps; PIL verify for images),
+    else the reason, starting with 'missing' or 'undecodable'."""
+    path = sample.media_path
+    if not os.path.isfile(path):
+        return f"missing: {path}"
+    try:
+        if sample.data_type == "video":
+            import decord
+            vr = decord.VideoReader(path, num_threads=1)
+            if len(vr) < 1 or not vr.get_avg_fps() > 0:
+                return f"undecodable: {path}: {len(vr)} frames at {vr.get_avg_fps()} fps"
+        else:
+            from PIL import Image
+            with Image.open(path) as img:
+                img.verify()
+    except Exception as e:  # decord raises RuntimeError/DECORDError, PIL UnidentifiedImageError/OSError
+        return f"undecodable: {path}: {type(e).__name__}: {str(e)[:200]}"
+    return None
+
+
+def gather(obj, d: D.Dist) -> list:
+    """Every rank's Python object, in rank order (a one-element list for one process)."""
+    if d.world == 1:
+        return [obj]
+    box = [None] * d.world
+    tdist.all_gather_object(box, obj)
+    return box
+
+
+# ---- records file (resume) ------------------------------------------------------------------------
+def open_records(path: Path, header: dict) -> dict[int, dict]:
+    """Load the scored records of an earlier run (index -> record) and check its settings header; create the
+    file with `header` when it does not exist. A last line cut short by a kill is dropped from the file.
+    Raises ValueError when the file was made with other settings."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"header": header}) + "\n")
+        return {}
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):  # partial last line: cut it off so appends stay line-aligned
+        raw = raw[:raw.rfind(b"\n") + 1]
+        path.write_bytes(raw)
+    lines = raw.decode("utf-8").splitlines()
+    old = json.loads(lines[0])["header"] if lines else None
+    if old != header:
+        diff = [k for k in header if old is None or old.get(k) != header[k]]
+        raise ValueError(f"{path}: made with other settings ({', '.join(diff) or 'header'} differ); "
+                         f"use another --out-dir or delete the file")
+    done = {}
+    for line in lines[1:]:
+        r = json.loads(line)
+        done[r["index"]] = r
+    return done
+
+
+def frames_desc(media: dict) -> str:
+    """'32' for a fixed frame count, '≤16' for the fps rule."""
+    return str(media["nframes"]) if media["nframes"] else f"≤{media['max_frames']}"
+
+
+def settings_line(s: dict) -> str:
+    """The frames/pixels/sampling settings of a result, on one line."""
+    m, p = s["media"], s["sampling"]
+    return (f"frames {frames_desc(m)} (fps {m['fps']}, min {m['min_frames']}), video px {m['video_min_pixels']}.."
+            f"{m['video_max_pixels']}, image px {m['image_min_pixels']}..{m['image_max_pixels']}, rope_time "
+            f"{m['rope_time']} | T {p['temperature']} top_p {p['top_p']} top_k {p['top_k']} rep {p['repetition_penalty']} "
+            f"max_new {p['max_new_tokens']}")
+
+
+# ---- generation ----------------------------------------------------------------------------------
+def run_batch(indices, samples, shuffled, hf, tokenizer, media, sp, gen, cfg) -> tuple[list[dict], list]:
+    """Prepare, generate (one completion per prompt, one rollout.generate call) and score a batch of items.
+    Returns (records, [(index, reason)] of items whose media failed to decode: excluded, not scored)."""
+    prepared, failed = [], []
+    for i in indices:
+        try:  # the shuffle of item i depends only on (seed, i): the same on any rank, batch or resume
+            frame_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
+            prepared.append((i, rollout.prepare(samples[i], tokenizer, media, shuffled=shuffled, variant="eval",
+                                                generator=frame_gen)))
+        except (data.MediaError, ValueError) as e:
+            failed.append((i, f"undecodable: {e}"))
+    if not prepared:
+        return [], failed
+    use_shuffled = [shuffled and p.shuffled_visual is not None for _, p in prepared]  # images are never shuffled
+    prompts = [p.shuffled_ids if s else p.prompt_ids for (_, p), s in zip(prepared, use_shuffled)]
+    visuals = [p.shuffled_visual if s else p.visual for (_, p), s in zip(prepared, use_shuffled)]
+    pad_id = tokenizer.pad_token_id
+    stop_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_id]
+    outs = rollout.generate(hf, prompts, visuals, [1] * len(prompts), sp, pad_id, stop_ids, gen)
+    records = []
+    for (i, p), c, v in zip(prepared, outs, visuals):
+        text = tokenizer.decode(c.ids[0].tolist(), skip_special_tokens=True)
+        records.append(score_item(samples[i], i, text) | {"completion_tokens": int(c.lengths[0]),
+                                                           "grid_thw": [int(x) for x in v.grid_thw]})
+    return records, failed
+
+
+def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, tokenizer, media, sp, cfg, d) -> dict | None:
+    """One benchmark, one variant (ordered or shuffled frames): resume from the records file, generate what is
+    missing (sharded over ranks, gathered on rank 0 after every batch), write eval_{name}[_shuffled].json.
+    `problems` maps item index -> reason for items excluded by validation. Returns the result dict on rank 0."""
+    stem = f"eval_{name}" + ("_shuffled" if shuffled else "")
+    records_path = out_dir / f"{stem}.records.jsonl"
+    done = open_records(records_path, header) if d.main else {}
+    done_idx = set(D.broadcast_object(sorted(done), d))
+    todo = [i for i in range(len(samples)) if i not in done_idx and i not in problems]
+    if d.main:
+        print(f"{stem}: {len(done_idx)} items already done, {len(todo)} to generate")
+    shard = todo[d.rank::d.world]
+    n_batches = math.ceil(math.ceil(len(todo) / d.world) / cfg.batch_size) if todo else 0
+    gen = torch.Generator(device=d.device).manual_seed(cfg.seed + d.rank)
+    failed_all = []
+    f = open(records_path, "a", encoding="utf-8") if d.main else None
+    for b in tqdm(range(n_batches), desc=stem, disable=not d.main):
+        recs, failed = run_batch(shard[b * cfg.batch_size:(b + 1) * cfg.batch_size], samples, shuffled, hf,
+                                 tokenizer, media, sp, gen, cfg)
+        parts = gather((recs, failed), d)  # every rank takes part in every batch (equal n_batches)
+        if d.main:
+            for recs_r, failed_r in parts:
+                for r in recs_r:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                    done[r["index"]] = r
+                failed_all += failed_r
+            f.flush()
+    if not d.main:
+        return None
+    f.close()
+    excluded = sorted([(i, problems[i]) for i in problems] + failed_all)
+    for i, reason in failed_all:
+        print(f"[excluded] {stem} item {i} (problem_id {samples[i].problem_id}): {reason}", file=sys.stderr)
+    records = [done[i] for i in sorted(done)]
+    result = {"benchmark": name, "variant": "shuffled" if shuffled else "ordered", "data": str(json_path),
+              "model": header["model"], "settings": {"media": header["media"], "sampling": header["sampling"],
+                                                     "seed": cfg.seed, "batch_size": cfg.batch_size, "world_size": d.world},
+              "summary": summarize(name, records) | {"n_items": len(samples), "n_excluded": len(excluded)},
+              "excluded": [{"index": i, "problem_id": samples[i].problem_id, "path": samples[i].path, "reason": r}
+                           for i, r in excluded],
+              "records": records}
+    result["final_acc"] = [{"mean_acc": result["summary"]["mean_acc"], "mean_mra": result["summary"]["mean_mra"]}]
+    tmp = out_dir / f"{stem}.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    os.replace(tmp, out_dir / f"{stem}.json")
+    s = result["summary"]
+    print(f"{stem}: score {s['score']:.1f} (mean_acc {s['mean_acc']:.4f}, mean_mra {s['mean_mra']:.4f}; "
+          f"{s['n_scored']} scored, {s['n_excluded']} excluded) | {settings_line(result['settings'])}")
+    return result
+
+
+# ---- report ---------------------------------------------------------------------------------------
+def _cell(x) -> str:
+    return "–" if x is None else f"{x:.1f}"
+
+
+def report(results: list[dict]) -> str:
+    """Markdown: the paper's Table 1 layout (rows: model, frames, frame order), the ordered-vs-shuffled gap per
+    benchmark and per data_source category, and the settings of every result."""
+    names = list(BENCHMARKS) + sorted({r["benchmark"] for r in results} - set(BENCHMARKS))
+    rows: dict[tuple, dict] = {}
+    for r in results:
+        key = (Path(r["model"]).name, frames_desc(r["settings"]["media"]), r["variant"])
+        rows.setdefault(key, {})[r["benchmark"]] = r["summary"]["score"]
+    lines = ["| Model | Frames | Frame order | " + " | ".join(BENCHMARKS.get(n, n) for n in names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    for (model, frames, variant), scores in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "ordered")):
+        lines.append(f"| {model} | {frames} | {variant} | " + " | ".join(_cell(scores.get(n)) for n in names) + " |")
+    by = {(r["benchmark"], frames_desc(r["settings"]["media"]), r["variant"]): r for r in results}
+    pairs = [(k[0], k[1]) for k in by if k[2] == "ordered" and (k[0], k[1], "shuffled") in by]
+    cats = [(b, f, c) for b, f in pairs for c in by[(b, f, "ordered")]["summary"]["by_category"]]
+    if pairs:
+        lines += ["", "Temporal sensitivity: accuracy on ordered vs shuffled frames (gap = ordered − shuffled).", "",
+                  "| Benchmark | Frames | Items | Ordered | Shuffled | Gap |", "|---|---|---|---|---|---|"]
+        for b, f in pairs:
+            o, s = by[(b, f, "ordered")]["summary"], by[(b, f, "shuffled")]["summary"]
+            lines.append(f"| {BENCHMARKS.get(b, b)} | {f} | {o['n_scored']} | {o['score']:.1f} | {s['score']:.1f} | "
+                         f"{o['score'] - s['score']:+.1f} |")
+            for c in sorted(o["by_category"]):
+                oc, sc = o["by_category"][c], s["by_category"].get(c)
+                gap = "–" if sc is None else f"{oc['accuracy'] - sc['accuracy']:+.1f}"
+                lines.append(f"| {BENCHMARKS.get(b, b)} [{c}] | {f} | {oc['n']} | {oc['accuracy']:.1f} | "
+                             f"{_cell(sc and sc['accuracy'])} | {gap} |")
+    elif any(r["summary"]["by_category"] for r in results):
+        lines += ["", "| Benchmark | Frames | Frame order | Category | Items | Accuracy |", "|---|---|---|---|---|---|"]
+        for r in results:
+            for c, v in r["summary"]["by_category"].items():
+                lines.append(f"| {BENCHMARKS.get(r['benchmark'], r['benchmark'])} | {frames_desc(r['settings']['media'])} "
+                             f"| {r['variant']} | {c} | {v['n']} | {v['accuracy']:.1f} |")
+    lines += ["", "Settings and exclusions:", ""]
+    for r in results:
+        lines.append(f"- {r['benchmark']} ({r['variant']}): {r['summary']['n_scored']} scored, "
+                     f"{r['summary']['n_excluded']} excluded; model {r['model']}; {settings_line(r['settings'])}")
+    return "\n".join(lines) + "\n"
+
+
+# ---- entry point ----------------------------------------------------------------------------------
+def resolve(cfg: Config, d: D.Dist) -> tuple[str, list[tuple[str, str]]]:
+    """The policy folder and [(benchmark name, JSON path)]; builds the tiny model and the built-in data (test
+    split, benchmark 'synthetic') like train.py when --model or --data is empty."""
+    import synthetic
+    import train
+    model = cfg.model
+    if not cfg.model or not cfg.data:
+        model, _ = train.resolve_model_and_data(SimpleNamespace(model=cfg.model, data="", cache_dir=cfg.cache_dir), d)
+    if not cfg.data:
+        return model, [(cfg.name or "synthetic", str(synthetic.make_dataset(Path(cfg.cache_dir) / "data")["test"]))]
+    paths = [p for p in cfg.data.split(",") if p]
+    return model, [(cfg.name or benchmark_name(p), p) for p in paths]
+
+
+def model_name(model: str) -> str:
+    """Folder name of a model; 'final', 'step_*' and 'checkpoint-*' get their parent's name in front."""
+    p = Path(model).resolve()
+    generic = p.name == "final" or p.name.startswith(("step", "checkpoint"))
+    return f"{p.parent.name}-{p.name}" if generic else p.name
+
+
+def main(argv=None) -> list[dict] | None:
+    """Run the evaluation; returns the result dicts (rank 0) or None (other ranks)."""
+    argv = merge_data_flags(list(sys.argv[1:] if argv is None else argv))
+    cfg, explicit = cfglib.parse(Config, argv, description=__doc__)
+    cfg = finish_config(cfg, explicit)
+    d = D.init_distributed(cfg.device)
+    dtype = {"auto": torch.bfloat16 if d.device.type == "cuda" else torch.float32,
+             "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    model_dir, benches = resolve(cfg, d)
+    from model import load_policy
+    hf, tokenizer = load_policy(model_dir, dtype, d.device)
+    hf.eval()
+    media = rollout.MediaConfig(**{f.name: getattr(cfg, f.name) for f in fields(rollout.MediaConfig)})
+    sp = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_new_tokens)
+    out_dir = Path(cfg.out_dir or Path("runs/eval") / model_name(model_dir))
+    if d.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        print(f"policy {model_dir} | {len(benches)} benchmark(s) | {d.world} rank(s) on {d.device} | out {out_dir}")
+        print(f"decoding: temperature {sp.temperature} (paper; official script 0.1), top_p {sp.top_p}, top_k "
+              f"{sp.top_k} (off), repetition_penalty {sp.repetition_penalty}, max_new_tokens {sp.max_new_tokens}")
+        print(f"frames/pixels: {asdict(media)}")
+    results = []
+    for name, json_path in benches:
+        samples = data.load_samples(json_path, cfg.media_root or None)
+        if cfg.limit > 0:
+            samples = samples[:cfg.limit]
+        # validation pass: every item's media, sharded over ranks
+        mine = [(i, check_media(samples[i])) for i in range(d.rank, len(samples), d.world)]
+        problems = {i: r for part in gather(mine, d) for i, r in part if r}
+        if d.main:
+            n_missing = sum(r.startswith("missing") for r in problems.values())
+            print(f"validation {name}: {len(samples) - len(problems)} ok, {n_missing} missing, "
+                  f"{len(problems) - n_missing} undecodable (of {len(samples)})")
+            for i, r in sorted(problems.items()):
+                print(f"[excluded] {name} item {i} (problem_id {samples[i].problem_id}): {r}", file=sys.stderr)
+        for shuffled in ([False, True] if cfg.shuffled else [False]):
+            header = {"model": str(Path(model_dir).resolve()), "data": str(Path(json_path).resolve()),
+                      "shuffled": shuffled, "seed": cfg.seed if shuffled else None,
+                      "media": asdict(media), "sampling": asdict(sp)}
+            result = evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, tokenizer, media,
+                              sp, cfg, d)
+            if result is not None:
+                results.append(result)
+    if d.main:
+        names = {f"eval_{r['benchmark']}" + ("_shuffled" if r["variant"] == "shuffled" else "") for r in results}
+        for path in sorted(out_dir.glob("eval_*.json")):  # earlier runs into the same folder join the table
+            if path.stem not in names:
+                results.append(json.loads(path.read_text()))
+        table = report(results)
+        (out_dir / "results.md").write_text(table)
+        print("\n" + table + f"\nwritten to {out_dir}")
+    D.cleanup(d)
+    return results if d.main else None
+
+
+if __name__ == "__main__":
+    main()
