@@ -72,33 +72,152 @@ def broadcast_object(obj, d: Dist):
     return box[0]
 
 
-def wrap(module: torch.nn.Module, d: Dist, mode: str = "ddp") -> torch.nn.Module:
-    """Wrap the log-prob module for data parallelism. mode: "ddp" (default, also the only mode needed for a
-    single process: it is then returned unwrapped) or "none". Raises ValueError for an unknown mode."""
-    if mode not in ("ddp", "none"):
-        raise ValueError(f"unknown --dist mode {mode!r}; expected ddp or none")
+BLOCKS = ("Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock")   # the units sharded (and checkpointed) one by one
+
+
+def resolve_mode(mode: str, d: Dist) -> str:
+    """--dist value to the mode used: "auto" is fsdp on CUDA and ddp on CPU. Raises ValueError if unknown."""
+    if mode not in ("auto", "fsdp", "ddp", "none"):
+        raise ValueError(f"unknown --dist mode {mode!r}; expected auto, fsdp, ddp or none")
+    if mode == "auto":
+        return "fsdp" if d.device.type == "cuda" else "ddp"
+    return mode
+
+
+def enable_activation_checkpointing(module: torch.nn.Module) -> None:
+    """Recompute every decoder layer and vision block in backward (non-reentrant torch.utils.checkpoint).
+
+    Both block classes are transformers `GradientCheckpointingLayer`s, so HF's switch works even though
+    `model.PolicyLogprobs` calls `hf.model.language_model` and `hf.model.visual` directly; parameter names
+    are unchanged (no wrapper module), so checkpoints and HF export are unaffected. Under FSDP2 the
+    recomputation runs inside the block's own hooks (its all-gather happens in the pre-backward hook)."""
+    hf = unwrap(module).hf
+    if hasattr(hf, "activation_checkpointing_enable"):     # transformers >= 5.x name
+        hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def wrap(module: torch.nn.Module, d: Dist, mode: str = "ddp", activation_checkpointing: bool = False,
+         param_dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """Wrap the log-prob module (a module with an `.hf` Qwen2.5-VL) for data parallelism.
+
+    mode: "ddp" (default; DistributedDataParallel), "fsdp" (FSDP2 `fully_shard` on every
+    Qwen2_5_VLDecoderLayer and Qwen2_5_VLVisionBlock, then on the root `module`, torchtitan style), "auto"
+    (fsdp on CUDA, ddp on CPU) or "none". With one process the module is returned unwrapped (single-process
+    FSDP would only add overhead). A module without trainable parameters (the frozen reference) under "ddp"
+    is returned unwrapped too (DDP refuses it; its forward needs no communication).
+    activation_checkpointing: recompute blocks in backward (applied before sharding).
+    param_dtype: FSDP mixed precision; default bf16 compute with fp32 gradient reduction on CUDA, fp32 on CPU.
+    FSDP wants fp32 parameters loaded (the sharded master copy AdamW updates) and casts each all-gather to
+    `param_dtype`. Raises ValueError for an unknown mode.
+    """
+    mode = resolve_mode(mode, d)
+    if activation_checkpointing:
+        enable_activation_checkpointing(module)
     if d.world == 1 or mode == "none":
         return module
-    return DDP(module, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    if mode == "ddp":
+        if not any(p.requires_grad for p in module.parameters()):
+            return module
+        return DDP(module, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    if param_dtype is None:
+        param_dtype = torch.bfloat16 if d.device.type == "cuda" else torch.float32
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    mesh = init_device_mesh(d.device.type, (d.world,))
+    for block in [m for m in module.modules() if type(m).__name__ in BLOCKS]:
+        fully_shard(block, mesh=mesh, mp_policy=mp)
+    fully_shard(module, mesh=mesh, mp_policy=mp)
+    # Average gradients over ranks explicitly: FSDP2's default divide factor has been wrong on gloo in some
+    # releases (PyTorch issue #162338: gradients summed). torch 2.13's default already averages on gloo; the
+    # explicit factor keeps it so elsewhere. tests/test_distributed.py compares magnitudes with 1 process.
+    module.set_gradient_divide_factor(float(d.world))
+    return module
+
+
+def is_fsdp(module: torch.nn.Module) -> bool:
+    """True when `module` was sharded by FSDP2 `fully_shard`."""
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(module, FSDPModule)
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The plain module inside a DDP wrapper (or the module itself)."""
+    """The plain module inside a DDP wrapper (FSDP2 shards in place, so an FSDP module is its own inner module)."""
     return module.module if isinstance(module, DDP) else module
 
 
 @contextlib.contextmanager
 def full_weights(module: torch.nn.Module):
-    """Context in which `unwrap(module).hf` holds full weights for generation. With DDP every rank already
-    holds them, so this is a no-op; it exists so that rollout code reads the same under every wrapper."""
-    yield unwrap(module).hf
+    """Context in which `unwrap(module).hf` holds full weights for generation (reference §1 step 5).
+
+    DDP / one process: every rank already holds them; a no-op. FSDP2: every sharded unit is all-gathered ONCE
+    on entry (in `param_dtype`) and kept gathered for the whole phase (reshard-after-forward off), so the
+    many small forwards of autoregressive decoding issue no collectives at all; ranks may therefore run
+    different numbers of forwards (different completion lengths, image vs video prompts) without deadlock.
+    On exit the units are resharded and their reshard-after-forward setting restored. Costs one full copy
+    of the weights in `param_dtype` per GPU for the phase (plan.py counts it).
+    """
+    if not is_fsdp(module):
+        yield unwrap(module).hf
+        return
+    from torch.distributed.fsdp import FSDPModule
+    module._get_fsdp_state()._lazy_init()   # make `module` the FSDP root before any block runs a forward alone
+    units = [m for m in module.modules() if isinstance(m, FSDPModule)]
+    saved = [[g.post_forward_mesh_info for g in m._get_fsdp_state()._fsdp_param_groups] for m in units]
+    try:
+        for m in units:
+            m.unshard()
+            m.set_reshard_after_forward(False, recurse=False)
+        yield module.hf
+    finally:
+        for m, infos in zip(units, saved):
+            for g, info in zip(m._get_fsdp_state()._fsdp_param_groups, infos):
+                g.post_forward_mesh_info = info
+            m.reshard()
 
 
 def no_sync(module: torch.nn.Module, skip: bool):
-    """DDP's no_sync() when `skip` (a micro-batch that is not the last of the step), else a null context."""
+    """Skip the gradient all-reduce / reduce-scatter for a micro-batch that is not the last of the step:
+    DDP's no_sync(), FSDP2's set_requires_gradient_sync(False); a null context otherwise."""
     if skip and isinstance(module, DDP):
         return module.no_sync()
+    if skip and is_fsdp(module):
+        return _fsdp_no_sync(module)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(module):
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
+
+
+def clip_grad_norm(module: torch.nn.Module, max_norm: float) -> float:
+    """Clip the gradients of `module`'s parameters to total norm `max_norm`; returns the norm before clipping
+    as a float (the same on every rank). Works with FSDP2's DTensor gradients (the norm is reduced over ranks)."""
+    norm = torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.grad is not None], max_norm)
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def full_state_dict(module: torch.nn.Module) -> dict:
+    """The full, gathered `hf` state dict (keys as `hf.state_dict()`) on CPU on rank 0; {} on other ranks.
+    Collective under FSDP (every rank must call it). Uses torch.distributed.checkpoint.state_dict with
+    full_state_dict=True, cpu_offload=True, so no GPU holds the whole model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    inner = unwrap(module)
+    if not is_fsdp(inner):
+        if dist.is_initialized() and dist.get_rank() != 0:
+            return {}
+        return {k: v.detach().cpu() for k, v in inner.hf.state_dict().items()}
+    sd = get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k[len("hf."):]: v for k, v in sd.items() if k.startswith("hf.")}
 
 
 def cleanup(d: Dist) -> None:

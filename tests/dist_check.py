@@ -1,0 +1,95 @@
+"""One data-parallel step on a fixed global batch, for tests/test_distributed.py (not a test itself).
+
+    python tests/dist_check.py MODEL TRAIN_JSON OUT none                          # the 1-process reference
+    torchrun --nproc_per_node 2 tests/dist_check.py MODEL TRAIN_JSON OUT fsdp     # (or ddp)
+
+The global batch: one video prompt and one image prompt, each with 2 fixed random completions (4 rows) and
+fixed advantages. With W ranks, rank r takes prompt r; the 1-process run loops over both prompts and
+divides each loss by 2, which is what averaging the gradients over 2 ranks must reproduce. Writes OUT/<mode>.pt
+(rank 0): full gradients, full parameters after one AdamW step (gathered with distributed.full_state_dict,
+i.e. the HF export), the loss, and (sharded modes) a rollout check: under `full_weights`, rank 0 generates
+3 tokens for its video prompt and rank 1 generates 7 for its image prompt, which must equal what an
+unsharded copy of the model generates with the same seed.
+"""
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import data  # noqa: E402
+import distributed as D  # noqa: E402
+import rollout  # noqa: E402
+from model import PolicyLogprobs, load_policy  # noqa: E402
+
+SHARDS = 2   # prompts in the global batch (one per rank with 2 ranks)
+
+
+def batch(tokenizer, train_json):
+    """[(prompt_ids, visual, completions (2, 6), advantages (2,))] for a video and an image prompt."""
+    samples = data.load_samples(train_json)
+    media = rollout.MediaConfig(max_frames=8, video_min_pixels=84 * 84, video_max_pixels=84 * 84, image_max_pixels=84 * 84)
+    picked = [next(s for s in samples if s.data_type == kind) for kind in ("video", "image")]
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for s in picked:
+        p = rollout.prepare(s, tokenizer, media)
+        comp = torch.randint(0, len(tokenizer) - 30, (2, 6), generator=g)     # (2, 6) ordinary tokens
+        out.append((p.prompt_ids, p.visual, comp, torch.randn(2, generator=g)))
+    return out
+
+
+def loss_of(policy, prompt_ids, visual, comp):
+    ids = torch.cat([prompt_ids.expand(comp.shape[0], -1), comp], 1)         # (2, P + 6)
+    lp = policy(ids, torch.ones_like(ids), prompt_ids.shape[0], [visual], [0, 0])   # (2, 6)
+    return lp
+
+
+def main():
+    model_dir, train_json, out, mode = sys.argv[1:5]
+    d = D.init_distributed("cpu")
+    torch.manual_seed(0)
+    hf, tok = load_policy(model_dir)
+    policy = D.wrap(PolicyLogprobs(hf, chunk=4), d, mode, activation_checkpointing=mode == "fsdp")
+    opt = torch.optim.AdamW(hf.parameters(), lr=1e-3, weight_decay=0.01)
+    items = batch(tok, train_json)
+    mine = items if d.world == 1 else [items[d.rank]]
+    total = 0.0
+    for i, (prompt_ids, visual, comp, adv) in enumerate(mine):
+        with D.no_sync(policy, skip=i < len(mine) - 1):
+            lp = loss_of(policy, prompt_ids, visual, comp)                     # (2, 6)
+            loss = -(lp.mean(1) * adv).mean() * d.world / SHARDS
+            loss.backward()
+        total += float(loss.detach()) / d.world
+    total = float(D.all_reduce_sum(torch.tensor(total), d))
+    grads = {}
+    for name, p in D.unwrap(policy).hf.named_parameters():
+        g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+        grads[name] = g.detach().clone()
+    norm = D.clip_grad_norm(policy, 1e9)
+    opt.step()
+    params = D.full_state_dict(policy)
+    result = {"loss": total, "grads": grads, "params": params, "norm": norm}
+    if d.world > 1:
+        prompt_ids, visual = items[d.rank][0], items[d.rank][1]
+        sp = rollout.SamplingParams(1.0, 1.0, 0, 1.0, [3, 7][d.rank])
+        with D.full_weights(policy) as gen_model:
+            got = rollout.generate(gen_model, [prompt_ids], [visual], [2], sp, tok.pad_token_id, [],
+                                   torch.Generator().manual_seed(5))[0].ids
+        plain, _ = load_policy(model_dir)
+        plain.load_state_dict({k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in
+                               D.unwrap(policy).hf.state_dict().items()})
+        want = rollout.generate(plain, [prompt_ids], [visual], [2], sp, tok.pad_token_id, [],
+                                torch.Generator().manual_seed(5))[0].ids
+        result["rollout_equal"] = D.all_reduce_sum(torch.tensor(int(torch.equal(got, want))), d).item()
+        result["rollout_lengths"] = D.all_reduce_sum(torch.tensor(got.shape[1]), d).item()
+        lp_after = loss_of(policy, items[d.rank][0], items[d.rank][1], items[d.rank][2])   # forward still works
+        result["finite_after_rollout"] = bool(torch.isfinite(lp_after).all())
+    if d.main:
+        torch.save(result, Path(out) / f"{mode}.pt")
+    D.barrier(d)
+    D.cleanup(d)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Every distributed path computes what one process computes (picotron style), on CPU with gloo.
+
+tests/dist_check.py runs one step on a fixed global batch (a video and an image prompt, 2 completions each)
+as 1 process, and as 2 ranks under DDP and under FSDP2 (with activation checkpointing). Gradients must match
+in magnitude, not just direction (catches FSDP2-on-gloo summing instead of averaging, PyTorch #162338), and
+the parameters after one AdamW step, gathered as the HF export state dict, must match too.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+CHECK = ROOT / "tests" / "dist_check.py"
+
+
+def _run(builtin, out, mode, nproc):
+    paths, tiny = builtin
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
+    proc = subprocess.run(launch + [str(CHECK), str(tiny), str(paths["train"]), str(out), mode], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return torch.load(out / f"{mode}.pt")
+
+
+@pytest.fixture(scope="module")
+def single(builtin, tmp_path_factory):
+    return _run(builtin, tmp_path_factory.mktemp("one"), "none", 1)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_ranks_equal_one_process(builtin, single, tmp_path, mode):
+    got = _run(builtin, tmp_path, mode, 2)
+    assert got["loss"] == pytest.approx(single["loss"], rel=1e-5)
+    assert got["norm"] == pytest.approx(single["norm"], rel=1e-5)      # magnitude: averaged, not summed
+    assert single["norm"] > 1e-3
+    assert got["grads"].keys() == single["grads"].keys()
+    for k, g in single["grads"].items():
+        torch.testing.assert_close(got["grads"][k], g, rtol=1e-4, atol=1e-6, msg=k)
+    # parameters after one AdamW step, as the full (HF export) state dict of rank 0
+    assert got["params"].keys() == single["params"].keys()
+    for k, p in single["params"].items():
+        torch.testing.assert_close(got["params"][k], p, rtol=1e-5, atol=1e-6, msg=k)
+    # rollout under full_weights: rank 0 decodes 3 tokens of a video prompt, rank 1 7 tokens of an image
+    # prompt (different numbers of forwards, no deadlock), each equal to an unsharded copy's sampling
+    assert got["rollout_equal"] == 2 and got["rollout_lengths"] == 10
+    assert got["finite_after_rollout"]
