@@ -1,6 +1,6 @@
 """Benchmark evaluation in the Video-R1-eval format, plus a temporal-sensitivity report (reference §7, §8).
 
-    python eval.py                                     # tiny default on the built-in test split (CPU, about a minute)
+    python eval.py                                     # tiny default on the built-in test split (CPU, a few minutes)
     python eval.py --shuffled true                     # also on shuffled frames: ordered vs shuffled accuracy and the gap
     python eval.py --model runs/tgrpo/final --data Evaluation/eval_vsibench.json --data Evaluation/eval_mvbench.json
     torchrun --nproc_per_node 8 eval.py --model Video-R1-7B --data Evaluation/eval_mmvu.json --nframes 32 \\
@@ -19,7 +19,8 @@ Per benchmark file `eval_{name}.json` (the Video-R1-eval schema, which is the RL
    VSI-Bench = (mean accuracy over non-regression items + mean MRA over regression items) / 2 x 100.
 4. Output in --out-dir (default runs/eval/<model-name>): eval_{name}.json (per-item records + summary with the
    frames/pixels/sampling settings) and results.md, a table in the layout of the paper's Table 1. With
-   --shuffled the same items also run on seeded shuffled frames (eval_{name}_shuffled.json); the report shows
+   --shuffled the same items also run on shuffled frames (eval_{name}_shuffled.json; one permutation per item,
+   seeded by --seed and the item's index; images stay as they are); the report shows
    ordered vs shuffled accuracy and the gap, also per data_source category ("synthetic/temporal/..." vs
    "synthetic/static/...").
 Records are appended to eval_{name}[_shuffled].records.jsonl after every batch; a rerun generates only
@@ -298,8 +299,16 @@ def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, 
     `problems` maps item index -> reason for items excluded by validation. Returns the result dict on rank 0."""
     stem = f"eval_{name}" + ("_shuffled" if shuffled else "")
     records_path = out_dir / f"{stem}.records.jsonl"
-    done = open_records(records_path, header) if d.main else {}
-    done_idx = set(D.broadcast_object(sorted(done), d))
+    done, error = {}, None
+    if d.main:
+        try:
+            done = open_records(records_path, header)
+        except ValueError as e:  # raised on every rank, not only rank 0 (the others would wait forever)
+            error = str(e)
+    done_idx, error = D.broadcast_object((sorted(done), error), d)
+    if error:
+        raise ValueError(error)
+    done_idx = set(done_idx)
     todo = [i for i in range(len(samples)) if i not in done_idx and i not in problems]
     if d.main:
         print(f"{stem}: {len(done_idx)} items already done, {len(todo)} to generate")
@@ -325,7 +334,7 @@ def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, 
     excluded = sorted([(i, problems[i]) for i in problems] + failed_all)
     for i, reason in failed_all:
         print(f"[excluded] {stem} item {i} (problem_id {samples[i].problem_id}): {reason}", file=sys.stderr)
-    records = [done[i] for i in sorted(done)]
+    records = [done[i] for i in sorted(done) if i < len(samples) and i not in problems]  # --limit, media gone since
     result = {"benchmark": name, "variant": "shuffled" if shuffled else "ordered", "data": str(json_path),
               "model": header["model"], "settings": {"media": header["media"], "sampling": header["sampling"],
                                                      "seed": cfg.seed, "batch_size": cfg.batch_size, "world_size": d.world},
@@ -349,38 +358,33 @@ def _cell(x) -> str:
 
 
 def report(results: list[dict]) -> str:
-    """Markdown: the paper's Table 1 layout (rows: model, frames, frame order), the ordered-vs-shuffled gap per
-    benchmark and per data_source category, and the settings of every result."""
+    """Markdown: the paper's Table 1 layout (rows: model, frames, frame order); then, per benchmark and per
+    data_source category, accuracy on ordered vs shuffled frames and the gap ("–" without a shuffled run);
+    then the settings of every result."""
     names = list(BENCHMARKS) + sorted({r["benchmark"] for r in results} - set(BENCHMARKS))
+    label = lambda b: BENCHMARKS.get(b, b)
     rows: dict[tuple, dict] = {}
     for r in results:
-        key = (Path(r["model"]).name, frames_desc(r["settings"]["media"]), r["variant"])
+        key = (Path(r["model"]).name, frames_desc(r["settings"]["media"]), r["variant"] != "ordered", r["variant"])
         rows.setdefault(key, {})[r["benchmark"]] = r["summary"]["score"]
-    lines = ["| Model | Frames | Frame order | " + " | ".join(BENCHMARKS.get(n, n) for n in names) + " |",
+    lines = ["| Model | Frames | Frame order | " + " | ".join(label(n) for n in names) + " |",
              "|---|---|---|" + "---|" * len(names)]
-    for (model, frames, variant), scores in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "ordered")):
+    for (model, frames, _, variant), scores in sorted(rows.items()):
         lines.append(f"| {model} | {frames} | {variant} | " + " | ".join(_cell(scores.get(n)) for n in names) + " |")
-    by = {(r["benchmark"], frames_desc(r["settings"]["media"]), r["variant"]): r for r in results}
-    pairs = [(k[0], k[1]) for k in by if k[2] == "ordered" and (k[0], k[1], "shuffled") in by]
-    cats = [(b, f, c) for b, f in pairs for c in by[(b, f, "ordered")]["summary"]["by_category"]]
-    if pairs:
+    by = {(r["benchmark"], frames_desc(r["settings"]["media"]), r["variant"]): r["summary"] for r in results}
+    gaps = []
+    for (b, f, variant), o in by.items():
+        s = by.get((b, f, "shuffled"))
+        if variant != "ordered" or (s is None and not o["by_category"]):
+            continue
+        parts = [(label(b), o["n_scored"], o["score"], s and s["score"])]
+        parts += [(f"{label(b)} [{c}]", v["n"], v["accuracy"], s and s["by_category"].get(c, {}).get("accuracy"))
+                  for c, v in sorted(o["by_category"].items())]
+        gaps += [f"| {n} | {f} | {k} | {x:.1f} | {_cell(y)} | {'–' if y is None else f'{x - y:+.1f}'} |"
+                 for n, k, x, y in parts]
+    if gaps:
         lines += ["", "Temporal sensitivity: accuracy on ordered vs shuffled frames (gap = ordered − shuffled).", "",
-                  "| Benchmark | Frames | Items | Ordered | Shuffled | Gap |", "|---|---|---|---|---|---|"]
-        for b, f in pairs:
-            o, s = by[(b, f, "ordered")]["summary"], by[(b, f, "shuffled")]["summary"]
-            lines.append(f"| {BENCHMARKS.get(b, b)} | {f} | {o['n_scored']} | {o['score']:.1f} | {s['score']:.1f} | "
-                         f"{o['score'] - s['score']:+.1f} |")
-            for c in sorted(o["by_category"]):
-                oc, sc = o["by_category"][c], s["by_category"].get(c)
-                gap = "–" if sc is None else f"{oc['accuracy'] - sc['accuracy']:+.1f}"
-                lines.append(f"| {BENCHMARKS.get(b, b)} [{c}] | {f} | {oc['n']} | {oc['accuracy']:.1f} | "
-                             f"{_cell(sc and sc['accuracy'])} | {gap} |")
-    elif any(r["summary"]["by_category"] for r in results):
-        lines += ["", "| Benchmark | Frames | Frame order | Category | Items | Accuracy |", "|---|---|---|---|---|---|"]
-        for r in results:
-            for c, v in r["summary"]["by_category"].items():
-                lines.append(f"| {BENCHMARKS.get(r['benchmark'], r['benchmark'])} | {frames_desc(r['settings']['media'])} "
-                             f"| {r['variant']} | {c} | {v['n']} | {v['accuracy']:.1f} |")
+                  "| Benchmark | Frames | Items | Ordered | Shuffled | Gap |", "|---|---|---|---|---|---|"] + gaps
     lines += ["", "Settings and exclusions:", ""]
     for r in results:
         lines.append(f"- {r['benchmark']} ({r['variant']}): {r['summary']['n_scored']} scored, "

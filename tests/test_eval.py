@@ -108,6 +108,7 @@ def test_report_layout_and_gap():
     assert "| Video-R1-7B | 32 | ordered | 35.8 | – | – | 63.9 | – | – | 80.0 |" in lines
     assert "| Video-R1-7B | 32 | shuffled | – | – | – | 60.0 | – | – | – |" in lines
     assert "| MVBench | 32 | 10 | 63.9 | 60.0 | +3.9 |" in lines
+    assert "| synthetic [temporal] | 32 | 4 | 75.0 | – | – |" in lines                # no shuffled run: no gap
     assert "T 0.01 top_p 0.001" in table and "frames 32" in table
 
 
