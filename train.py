@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import checkpoint
 import config as cfglib
 import data
 import distributed as D
@@ -99,7 +100,14 @@ class Config:
     # machinery
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16"})
-    dist: str = field(default="ddp", metadata={"help": "ddp | none (several ranks always need ddp)"})
+    dist: str = field(default="auto", metadata={"help": "auto (fsdp on CUDA, ddp on CPU) | fsdp (FSDP2 per block + root) | ddp | none"})
+    activation_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers and vision blocks in backward (saves activation memory)"})
+    save_every: int = field(default=0, metadata={"help": "> 0: resumable checkpoint (DCP) every this many steps under out_dir/checkpoints"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "resumable checkpoints kept (oldest deleted)"})
+    resume: str = field(default="", metadata={"help": "checkpoint folder to continue from, or 'auto' (latest in out_dir, if any)"})
+    export_every: int = field(default=0, metadata={"help": "> 0: also write an HF folder out_dir/step_N every this many steps"})
+    plan: bool = field(default=False, metadata={"help": "print the per-GPU memory plan for --model (folder or preset:qwen2.5-vl-7b) and exit"})
+    nproc: int = field(default=8, metadata={"help": "GPUs assumed by --plan"})
     logprob_chunk: int = field(default=128, metadata={"help": "sequence positions per lm_head chunk in the log-prob pass"})
     groups_per_micro_batch: int = field(default=1, metadata={"help": "prompt groups per forward/backward in the log-prob pass"})
     preset: str = field(default="auto", metadata={"help": "auto: 'tiny' when --model is empty, else 'paper'; tiny | paper"})
@@ -255,20 +263,38 @@ def sequences(batch, groups, pad_id):
             [p.visual for p in batch], owner)
 
 
+def export(policy, tokenizer, folder: Path, d: D.Dist) -> Path:
+    """Write an HF folder (config, safetensors, tokenizer, chat template, processor settings) that plain
+    transformers loads, from the full state dict gathered on rank 0 (collective under FSDP)."""
+    state = D.full_state_dict(policy)
+    if d.main:
+        save_hf(D.unwrap(policy).hf, tokenizer, folder, state_dict=state)
+    D.barrier(d)
+    return folder
+
+
 def main(argv=None):
     cfg, explicit = cfglib.parse(Config, argv, description=__doc__)
     cfg = finish_config(cfg, explicit)
+    if cfg.plan:
+        import plan
+        print(plan.report(cfg))
+        return
     d = D.init_distributed(cfg.device)
     random.seed(cfg.seed + d.rank); np.random.seed(cfg.seed + d.rank); torch.manual_seed(cfg.seed + d.rank)
-    dtype = {"auto": torch.bfloat16 if d.device.type == "cuda" else torch.float32,
+    mode = D.resolve_mode(cfg.dist, d)
+    # FSDP keeps fp32 weights (the sharded master copy AdamW updates) and computes in bf16 on CUDA through
+    # its mixed-precision policy; DDP / one process compute in the loaded dtype (bf16 on CUDA).
+    sharded = mode == "fsdp" and d.world > 1
+    dtype = {"auto": torch.float32 if sharded or d.device.type != "cuda" else torch.bfloat16,
              "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
     model_dir, train_json = resolve_model_and_data(cfg, d)
     hf, tokenizer = load_policy(model_dir, dtype, d.device)
-    policy = D.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), d, cfg.dist)
+    policy = D.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), d, mode, cfg.activation_checkpointing)
     reference = None
-    if cfg.beta > 0:
+    if cfg.beta > 0:   # frozen, no optimizer; sharded like the policy under FSDP (no_grad forward only)
         ref_hf, _ = load_policy(model_dir, dtype, d.device)
-        reference = PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk)
+        reference = D.wrap(PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk), d, mode)
     opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     samples = data.load_samples(train_json, cfg.media_root or None)
     stream = Prompts(samples, d, cfg.seed)
@@ -278,6 +304,14 @@ def main(argv=None):
     frame_gen = torch.Generator().manual_seed(cfg.seed + 1000 + d.rank)
     pad_id, stop_ids = tokenizer.pad_token_id, [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
     out_dir = Path(cfg.out_dir)
+    start = 0
+    resume_from = checkpoint.resolve(cfg.resume, out_dir)
+    if resume_from is not None:
+        extra = checkpoint.load(resume_from, policy, opt, d)
+        checkpoint.set_rng_state(extra["rng"], {"sampling": gen, "frames": frame_gen})
+        stream.epoch, stream.cursor, start = extra["epoch"], extra["cursor"], extra["step"]
+        if d.main:
+            print(f"resumed from {resume_from} at step {start}")
     if d.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(asdict(cfg) | {"model": model_dir, "data": train_json,
@@ -285,7 +319,7 @@ def main(argv=None):
         print(f"policy {model_dir} | data {train_json} ({len(samples)} samples) | {d.world} rank(s) on {d.device}")
         print(f"frames/pixels: {asdict(media)}")
     metrics_file = open(out_dir / "metrics.jsonl", "a") if d.main else None
-    bar = tqdm(range(cfg.steps), disable=not d.main, desc="T-GRPO")
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not d.main, desc="T-GRPO")
     for step in bar:
         t0 = time.time()
         batch, skipped = collect(stream, cfg.prompts_per_rank, tokenizer, media, cfg, frame_gen)
@@ -337,7 +371,7 @@ def main(argv=None):
                     loss.backward()
                 loss_sum += loss.item()
                 logs.append({k: float(v) * lp.shape[0] for k, v in m.items()})
-            grad_norm = torch.nn.utils.clip_grad_norm_(hf.parameters(), cfg.max_grad_norm)
+            grad_norm = D.clip_grad_norm(policy, cfg.max_grad_norm)
             opt.step()
         # ---- metrics, averaged over ranks (reference §3 "Logged metrics")
         local = {"loss": loss_sum, "accuracy": acc.mean().item(), "format": fmt.mean().item(),
@@ -346,20 +380,30 @@ def main(argv=None):
                  "completion_length": lengths.float().mean().item(),
                  "zero_std_groups": (total.amax(1) == total.amin(1)).float().mean().item(),
                  **{k: sum(l[k] for l in logs) / N for k in logs[0]}}
-        if tstats is not None and bool(is_video.any()):
-            v = is_video
-            local |= {"p": tstats["p"][v].mean().item(), "p_shuffled": tstats["p_shuffled"][v].mean().item(),
-                      "temporal_rate": tstats["triggered"][v].float().mean().item()}
-        keys = sorted(local)
-        summed = D.all_reduce_sum(torch.tensor([local[k] for k in keys] + [1.0], dtype=torch.float64), d)
-        row = {k: summed[i].item() / summed[-1].item() for i, k in enumerate(keys)}
+        # video-only terms are summed over the videos of every rank (the same keys on every rank, even one
+        # holding only images, so the all-reduce below matches across ranks)
+        v = is_video
+        video = {"p": tstats["p"][v].sum().item(), "p_shuffled": tstats["p_shuffled"][v].sum().item(),
+                 "temporal_rate": tstats["triggered"][v].float().sum().item()} if tstats is not None else {}
+        keys, vkeys = sorted(local), sorted(video)
+        summed = D.all_reduce_sum(torch.tensor([local[k] for k in keys] + [1.0] + [video[k] for k in vkeys]
+                                               + [float(v.sum())], dtype=torch.float64), d)
+        row = {k: summed[i].item() / summed[len(keys)].item() for i, k in enumerate(keys)}
+        if vkeys and summed[-1].item() > 0:
+            row |= {k: summed[len(keys) + 1 + i].item() / summed[-1].item() for i, k in enumerate(vkeys)}
         row["skipped_media"] = int(D.all_reduce_sum(torch.tensor(skipped), d))
         row |= {"step": step + 1, "lr": lr_at(step, cfg), "grad_norm": float(grad_norm), "step_time": time.time() - t0}
         if d.main:
             metrics_file.write(json.dumps(row) + "\n"); metrics_file.flush()
             bar.set_postfix(acc=f"{row['accuracy']:.2f}", fmt=f"{row['format']:.2f}", kl=f"{row.get('kl', 0):.3f}")
+        if cfg.save_every > 0 and (step + 1) % cfg.save_every == 0:
+            extra = {"rng": checkpoint.rng_state({"sampling": gen, "frames": frame_gen}),
+                     "epoch": stream.epoch, "cursor": stream.cursor}
+            checkpoint.save(out_dir, step + 1, policy, opt, d, extra, keep=cfg.keep_checkpoints)
+        if cfg.export_every > 0 and (step + 1) % cfg.export_every == 0:
+            export(policy, tokenizer, out_dir / f"step_{step + 1}", d)
+    final = export(policy, tokenizer, out_dir / "final", d)
     if d.main:
-        final = save_hf(hf, tokenizer, out_dir / "final")
         metrics_file.close()
         print(f"done: metrics {out_dir / 'metrics.jsonl'} | checkpoint {final}")
     D.barrier(d)

@@ -1,0 +1,48 @@
+"""Exact resume and HF export under FSDP2 (2 CPU ranks, gloo), tiny budgets.
+
+N = 2 steps straight must equal 1 step + checkpoint + resume + 1 step (same parameters), and the FSDP export
+after N steps must equal the DDP export (same rollouts, same averaged gradients)."""
+import torch
+from safetensors.torch import load_file
+
+import checkpoint
+from test_train import run_train
+
+TINY = ["--steps", "2", "--G", "2", "--max-completion-length", "6", "--prompts-per-rank", "1"]
+
+
+def _weights(folder):
+    return load_file(folder / "final" / "model.safetensors")
+
+
+def test_fsdp_resume_is_exact_and_export_equals_ddp(tmp_path):
+    (tmp_path / "a").mkdir(); (tmp_path / "b").mkdir(); (tmp_path / "c").mkdir()
+    run_train(TINY + ["--dist", "fsdp"], tmp_path / "a", nproc=2)
+    run_train(TINY + ["--dist", "fsdp", "--steps", "1", "--save-every", "1"], tmp_path / "b", nproc=2)
+    ck = tmp_path / "b" / "out" / "checkpoints"
+    assert [p.name for p in ck.iterdir()] == ["step_000001"]
+    assert {"rank00000.pt", "rank00001.pt", ".metadata"} <= {p.name for p in (ck / "step_000001").iterdir()}
+    proc = run_train(TINY + ["--dist", "fsdp", "--resume", "auto"], tmp_path / "b", nproc=2)
+    assert "resumed from" in proc.stdout and "at step 1" in proc.stdout
+    run_train(TINY + ["--dist", "ddp"], tmp_path / "c", nproc=2)
+    straight, resumed, ddp = _weights(tmp_path / "a" / "out"), _weights(tmp_path / "b" / "out"), _weights(tmp_path / "c" / "out")
+    before = load_file(tmp_path / "a" / "cache" / "tiny" / "model.safetensors")
+    assert straight.keys() == resumed.keys() == ddp.keys() == before.keys()
+    assert any(not torch.equal(before[k], straight[k]) for k in before)      # training moved the weights
+    for k in straight:
+        torch.testing.assert_close(resumed[k], straight[k], rtol=0, atol=1e-6, msg=k)
+        torch.testing.assert_close(ddp[k], straight[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_latest_ignores_unfinished_and_resolve_checks(tmp_path):
+    root = tmp_path / "checkpoints"
+    for name in ["step_000002", "step_000010", "step_000011.tmp"]:
+        (root / name).mkdir(parents=True)
+    assert checkpoint.latest(tmp_path) == root / "step_000010"     # a crash mid-save leaves .tmp behind
+    assert checkpoint.resolve("", tmp_path) is None
+    assert checkpoint.resolve("auto", tmp_path / "nothing") is None
+    try:
+        checkpoint.resolve(str(root / "step_000002"), tmp_path)
+        raise AssertionError("expected FileNotFoundError")
+    except FileNotFoundError as e:
+        assert "no .metadata" in str(e)
