@@ -373,6 +373,7 @@ def main(argv=None):
                 logs.append({k: float(v) * lp.shape[0] for k, v in m.items()})
             grad_norm = D.clip_grad_norm(policy, cfg.max_grad_norm)
             opt.step()
+            opt.zero_grad(set_to_none=True)   # free the gradients before the next rollout (plan.py counts it so)
         # ---- metrics, averaged over ranks (reference §3 "Logged metrics")
         local = {"loss": loss_sum, "accuracy": acc.mean().item(), "format": fmt.mean().item(),
                  "reward": total.mean().item(), "reward_std": total.std(1).mean().item() if cfg.G > 1 else 0.0,
