@@ -135,7 +135,9 @@ class Prefetcher:
     workers >= 1: threads; cache: an optional FrameCache; max_consecutive_skips: raise RuntimeError after
     this many undecodable samples in a row (a wrong media root).
     Iterating yields (index, rollout.Prepared); `skipped` counts skipped samples, `skipped_errors` keeps the
-    last 100 messages. Call `close()` (or use `with`) to stop the threads.
+    last 100 messages; `consumed` is start_index + the samples handed out or skipped so far: the stream
+    position to checkpoint (the threads read up to `depth` samples further ahead; to resume, rebuild the
+    stream at `consumed` and pass start_index=consumed). Call `close()` (or use `with`) to stop the threads.
     """
 
     def __init__(self, samples: Iterable[data.Sample], tokenizer, media: rollout.MediaConfig, *, shuffled: bool,
@@ -148,7 +150,7 @@ class Prefetcher:
         self.max_consecutive_skips = max_consecutive_skips
         self.skipped, self.skipped_errors, self._run = 0, deque(maxlen=100), 0
         self._source = iter(samples)
-        self._next_index = start_index
+        self._next_index = self.consumed = start_index
         self._pending: deque[tuple[int, Future]] = deque()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch")
         self._fill()
@@ -173,6 +175,7 @@ class Prefetcher:
         while self._pending:
             index, fut = self._pending.popleft()
             self._fill()                                                      # keep `depth` in flight
+            self.consumed = index + 1
             try:
                 out = fut.result()
             except data.MediaError as e:

@@ -188,6 +188,7 @@ def test_prefetcher_equals_direct_prepare_and_skips_bad_media(setup, builtin, tm
     with loader.Prefetcher(samples, tok, MEDIA, shuffled=False, seed=7) as pf:
         batch, skipped = pf.take(3)                                            # samples 0, 1, (2 skipped), 3
         assert [p.sample for p in batch] == [samples[0], samples[1], samples[3]] and skipped == 1
+        assert pf.consumed == 4
 
 
 def test_frame_cache_identical_frames_and_invalidation(builtin, tmp_path):
