@@ -1,0 +1,439 @@
+"""SFT cold start of Qwen2.5-VL on chain-of-thought data (Video-R1 stage 1, reference §6): raw PyTorch.
+
+    python sft.py                                      # tiny random Qwen2.5-VL on the built-in COT clips (CPU, ~2 min)
+    torchrun --nproc_per_node 2 sft.py                 # the same on 2 ranks (gloo on CPU, nccl on GPU)
+    torchrun --nproc_per_node 8 sft.py --model Qwen2.5-VL-7B-Instruct --data Video-R1-COT-165k.json \\
+        --media-root Video-R1-data                     # the paper's recipe (lr 1e-6, 1 epoch, batch 1 x accum 2)
+    python train.py --model runs/sft/final --preset tiny   # T-GRPO from the tiny SFT output (same prompts/pixels)
+    python sft.py --help                               # every knob, with its help
+
+One optimizer step: each rank takes `grad_accum` micro-batches of `batch_size` samples -> decodes frames and
+renders the T-GRPO user turn (rollout.prepare: same template, frames and pixels) -> appends the assistant turn
+`process + "\\n" + solution` + `<|im_end|>` + "\\n" exactly as the chat template renders it -> one right-padded
+forward per micro-batch (each sample with its own visual, mRoPE from model.rope_positions) -> token-level
+cross-entropy -> backward, clip (5.0), AdamW, linear decay.
+Where this departs from the official sft_video.py (reference §6, §9):
+  1. System prompt: by default the chat template's "You are a helpful assistant." -- the same prompt T-GRPO
+     sees (reference §5 "GRPO message"); the official SFT passes "You are a helpful assistant" (no period,
+     §9 item 10). `--system-prompt official` reproduces it.
+  2. Labels: by default only the assistant turn is trained (its content and the closing <|im_end|>). The
+     official collator masks only <|image_pad|>, so it also trains on the system and user prompt, the chat
+     tokens and every <|video_pad|> (§6 "Labels", §9 item 11). `--loss-on all` reproduces that.
+  3. Batching: several samples per device, each with its own media (the official collator would keep only
+     the last sample's media with batch > 1, §6 "Collate"; it runs batch 1).
+  4. Loss: the mean token-level cross-entropy over ALL trained tokens of an optimizer step (every micro-batch
+     and rank), so a long answer weighs more than a short one, whatever the batch layout.
+  5. mRoPE time: the clip's real sample fps, as in train.py (official SFT: fixed 2 fps; `--rope-time official`).
+  6. A sample whose media cannot be decoded is skipped and counted, never replaced by a fallback file.
+  7. Precision: `--dtype auto` on CUDA keeps float32 weights and AdamW state with bf16 autocast (what DeepSpeed
+     bf16 does); pure bf16 weights (`--dtype bfloat16`) would round lr-1e-6 updates away.
+The format-reward rate is measured on held-out prompts (the built-in test split, or `--eval-data`): one
+completion per prompt sampled like the T-GRPO rollout (temperature 1.0, top-p 0.95, reference §1 step 5),
+decoded with skip_special_tokens, scored with rewards.format_reward and rewards.accuracy_reward.
+Outputs under ./runs/sft/: metrics.jsonl (one JSON line per step and per evaluation), config.json, final/.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+from tqdm import tqdm
+
+import config as cfglib
+import data
+import distributed as D
+import rewards
+import rollout
+import train
+from model import PAD_TOKEN, Visual, _chunk_logprobs, embed_with_visuals, encode_prompt, expand_media_tokens, \
+    load_policy, rope_positions, save_hf
+
+SYSTEM_PROMPTS = {"default": None, "official": "You are a helpful assistant"}   # None: the template default
+LOSS_ON = ("assistant", "all")
+
+
+@dataclass
+class Config:
+    # where things are
+    model: str = field(default="", metadata={"help": "HF folder to fine-tune (e.g. Qwen2.5-VL-7B-Instruct); empty: the tiny random Qwen2.5-VL in cache_dir"})
+    data: str = field(default="", metadata={"help": "Video-R1-COT-165k-schema JSON/JSONL (needs 'process'); empty: the built-in COT split"})
+    media_root: str = field(default="", metadata={"help": "folder the JSONs' ./paths are relative to (also --eval-data's); empty: each JSON's folder"})
+    eval_data: str = field(default="", metadata={"help": "held-out JSON for the format-reward rate; empty: the built-in test split (none with --data)"})
+    out_dir: str = field(default="runs/sft", metadata={"help": "metrics.jsonl, config.json and the final HF folder go here"})
+    cache_dir: str = field(default="runs/cache", metadata={"help": "built-in data and tiny model are built here once"})
+    # the run (reference §4 SFT)
+    epochs: float = field(default=1.0, metadata={"help": "passes over the data (paper: 1)"})
+    steps: int = field(default=0, metadata={"help": "> 0: optimizer steps instead of epochs"})
+    batch_size: int = field(default=1, metadata={"help": "samples per device per micro-batch (official: 1)"})
+    grad_accum: int = field(default=2, metadata={"help": "micro-batches per optimizer step (official: 2)"})
+    seed: int = field(default=42, metadata={"help": "base seed; rank r uses seed + r"})
+    loss_on: str = field(default="assistant", metadata={"help": "'assistant': answer + <|im_end|>; 'all': everything but <|image_pad|> (official)"})
+    system_prompt: str = field(default="default", metadata={"help": "'default': template's 'You are a helpful assistant.' (as T-GRPO); 'official': no period"})
+    # optimisation (reference §4 SFT)
+    lr: float = field(default=1e-6, metadata={"help": "AdamW peak learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=5.0, metadata={"help": "gradient-norm clip"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps, then linear decay to 0"})
+    grad_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers in backward (official: on for the 7B)"})
+    # frames and pixels (reference §4, §8): the same fields and defaults as train.py
+    fps: float = field(default=2.0, metadata={"help": "frames per second of video sampled by the fps rule"})
+    min_frames: int = field(default=4, metadata={"help": "fewest frames per video"})
+    max_frames: int = field(default=16, metadata={"help": "most frames per video (training: 16)"})
+    nframes: int = field(default=0, metadata={"help": "> 0: fixed frame count instead of the fps rule"})
+    video_min_pixels: int = field(default=128 * 28 * 28, metadata={"help": "per-frame pixel floor"})
+    video_max_pixels: int = field(default=128 * 28 * 28, metadata={"help": "per-frame pixel budget (training 128·28·28)"})
+    image_min_pixels: int = field(default=3136, metadata={"help": "image pixel floor"})
+    image_max_pixels: int = field(default=256 * 28 * 28, metadata={"help": "image pixel budget"})
+    rope_time: str = field(default="sample", metadata={"help": "'sample': mRoPE time from the clip's real fps; 'official': fixed 2 fps"})
+    cache_media: bool = field(default=False, metadata={"help": "keep decoded samples in memory across epochs (small data only)"})
+    # format-reward evaluation
+    eval_every: int = field(default=0, metadata={"help": "evaluate every k optimizer steps (0: only before and after training)"})
+    eval_samples: int = field(default=64, metadata={"help": "held-out prompts per evaluation (0: no evaluation)"})
+    eval_batch: int = field(default=16, metadata={"help": "prompts per generate call"})
+    eval_max_new_tokens: int = field(default=768, metadata={"help": "max new tokens per evaluation completion"})
+    # machinery
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    dtype: str = field(default="auto", metadata={"help": "auto (CUDA: fp32 weights + bf16 autocast; CPU: fp32) | float32 | bfloat16"})
+    dist: str = field(default="ddp", metadata={"help": "ddp | none (several ranks always need ddp)"})
+    logprob_chunk: int = field(default=128, metadata={"help": "sequence positions per lm_head chunk"})
+    save_every: int = field(default=0, metadata={"help": "> 0: also save an HF folder every k steps (out_dir/step-k)"})
+    preset: str = field(default="auto", metadata={"help": "auto: 'tiny' when --model is empty, else 'paper'; tiny | paper"})
+
+
+MEDIA_FIELDS = {f.name for f in fields(rollout.MediaConfig)}
+# The tiny default: a randomly initialised ~2.6M-parameter model learns nothing at lr 1e-6. Frames and pixels are
+# train.py's tiny preset, so SFT and T-GRPO see identical prompts.
+TINY_PRESET = dict(epochs=10.0, batch_size=8, grad_accum=1, lr=1e-3, warmup_steps=20, cache_media=True,
+                   eval_max_new_tokens=128, **{k: v for k, v in train.TINY_PRESET.items() if k in MEDIA_FIELDS})
+
+
+def finish_config(cfg: Config, explicit: set[str]) -> Config:
+    """Apply the preset to fields the user did not set and check values. Raises ValueError naming the field."""
+    preset = cfg.preset if cfg.preset != "auto" else ("tiny" if not cfg.model else "paper")
+    if preset not in ("tiny", "paper"):
+        raise ValueError(f"sft.py: --preset must be auto, tiny or paper, got {cfg.preset!r}")
+    if preset == "tiny":
+        for k, v in TINY_PRESET.items():
+            if k not in explicit:
+                setattr(cfg, k, v)
+    cfg.preset = preset
+    checks = {"loss_on": cfg.loss_on in LOSS_ON, "system_prompt": cfg.system_prompt in SYSTEM_PROMPTS,
+              "batch_size": cfg.batch_size >= 1, "grad_accum": cfg.grad_accum >= 1,
+              "epochs": cfg.epochs > 0 or cfg.steps > 0, "rope_time": cfg.rope_time in ("sample", "official"),
+              "dtype": cfg.dtype in ("auto", "float32", "bfloat16"), "eval_batch": cfg.eval_batch >= 1}
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"sft.py: invalid config value for {bad[0]}: {getattr(cfg, bad[0])!r}")
+    return cfg
+
+
+# ---- conversations and labels (reference §6 "Messages", "Labels") ---------------------------------------
+
+@dataclass
+class Example:
+    """One SFT conversation: ids (T,) long = prompt + assistant + <|im_end|> + "\\n"; labels (T,) bool, True
+    where token t is a training target (never position 0); prompt_len P; the sample's Visual; the Sample."""
+    ids: torch.Tensor
+    labels: torch.Tensor
+    prompt_len: int
+    visual: Visual
+    sample: data.Sample
+
+
+def assistant_text(sample: data.Sample) -> str:
+    """The assistant turn of the official SFT: process + "\\n" + solution (reference §6 "Messages")."""
+    return sample.process + "\n" + sample.solution
+
+
+def build_example(prepared: rollout.Prepared, tokenizer, loss_on: str = "assistant", system: str | None = None) -> Example:
+    """Token ids and label mask of one conversation, built as the chat template renders [user, assistant].
+
+    The prompt is rollout.prepare's T-GRPO prompt (re-encoded when `system` is not None); the assistant ids are
+    tokenizer(answer + "<|im_end|>") followed by tokenizer("\\n"). loss_on "assistant": labels on the answer and
+    <|im_end|>; "all": every position >= 1 except <|image_pad|> (official, §6 "Labels").
+    Raises ValueError for another loss_on.
+    """
+    if loss_on not in LOSS_ON:
+        raise ValueError(f"sft.py: loss_on must be one of {LOSS_ON}, got {loss_on!r}")
+    s = prepared.sample
+    prompt = prepared.prompt_ids
+    if system is not None:
+        prompt = encode_prompt(tokenizer, data.build_prompt_text(s, "train"), s.data_type, prepared.visual.grid_thw,
+                               system=system)                                    # (P,)
+    enc = lambda t: torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    answer = enc(assistant_text(s) + "<|im_end|>")                              # (A,)
+    ids = torch.cat([prompt, answer, enc("\n")])                                 # (T,)
+    labels = torch.zeros_like(ids, dtype=torch.bool)                            # (T,)
+    if loss_on == "assistant":
+        labels[prompt.numel():prompt.numel() + answer.numel()] = True
+    else:
+        labels[1:] = ids[1:] != tokenizer.convert_tokens_to_ids(PAD_TOKEN["image"])
+    return Example(ids, labels, prompt.numel(), prepared.visual, s)
+
+
+def template_ids(tokenizer, sample: data.Sample, grid_thw, system: str | None = None) -> torch.Tensor:
+    """(T,) long ids of [system?, user, assistant] rendered by the tokenizer's own chat template (no generation
+    prompt) with the media pad expanded to t*h*w/4 copies: what `build_example` must reproduce."""
+    messages = [{"role": "user", "content": [{"type": sample.data_type},
+                                             {"type": "text", "text": data.build_prompt_text(sample, "train")}]},
+                {"role": "assistant", "content": assistant_text(sample)}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    text = expand_media_tokens(text, sample.data_type, grid_thw)
+    return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+
+
+def check_against_template(example: Example, tokenizer, system: str | None = None) -> None:
+    """Raise ValueError (naming the sample) unless `example.ids` equal the chat template's own rendering."""
+    ref = template_ids(tokenizer, example.sample, example.visual.grid_thw, system)   # (T,)
+    if not torch.equal(ref, example.ids):
+        raise ValueError(f"sft.py: sample {example.sample.problem_id}: prompt + assistant ids differ from the chat "
+                         f"template's rendering ({example.ids.numel()} vs {ref.numel()} tokens)")
+
+
+def collate(examples: list[Example], pad_id: int):
+    """Right-pad a micro-batch. Returns ids (B, T) long, attention_mask (B, T) long, labels (B, T) bool,
+    visuals (list of B Visual) and owner [0..B-1] (row b uses visuals[b])."""
+    T = max(e.ids.numel() for e in examples)
+    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)               # (B, T)
+    attn = torch.zeros((len(examples), T), dtype=torch.long)                     # (B, T)
+    labels = torch.zeros((len(examples), T), dtype=torch.bool)                  # (B, T)
+    for b, e in enumerate(examples):
+        n = e.ids.numel()
+        ids[b, :n], attn[b, :n], labels[b, :n] = e.ids, 1, e.labels
+    return ids, attn, labels, [e.visual for e in examples], list(range(len(examples)))
+
+
+class SFTLogprobs(nn.Module):
+    """Per-token log-probs of full right-padded conversations; the module DDP/FSDP wrap (like model.PolicyLogprobs,
+    whose prompt_len restricts media to a shared left-padded prompt, which right-padded SFT rows do not have).
+
+    forward(input_ids (B, T) long, attention_mask (B, T) long, visuals list[Visual], owner list[int] (B),
+    first int >= 1) -> (B, T - first) float32: log p(token t | tokens < t) for t = first .. T-1.
+    `first` lets the assistant-only loss skip the lm_head on prompt positions.
+    """
+
+    def __init__(self, hf, chunk: int = 128):
+        super().__init__()
+        self.hf = hf
+        self.chunk = chunk
+
+    def forward(self, input_ids, attention_mask, visuals: list[Visual], owner: list[int], first: int = 1):
+        position_ids, _ = rope_positions(self.hf, input_ids, attention_mask, visuals, owner)   # (3, B, T)
+        embeds = embed_with_visuals(self.hf, input_ids, visuals, owner)                      # (B, T, D)
+        hidden = self.hf.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                              position_ids=position_ids, use_cache=False).last_hidden_state
+        hidden = hidden[:, first - 1:-1]                                         # (B, T-first, D)
+        targets = input_ids[:, first:]                                           # (B, T-first)
+        out = []
+        for s in range(0, targets.shape[1], self.chunk):
+            h, t = hidden[:, s:s + self.chunk], targets[:, s:s + self.chunk]
+            if torch.is_grad_enabled():
+                out.append(checkpoint(_chunk_logprobs, self.hf.lm_head, h, t, use_reentrant=False))
+            else:
+                out.append(_chunk_logprobs(self.hf.lm_head, h, t))
+        return torch.cat(out, dim=1)                                             # (B, T-first) float32
+
+
+def batch_logprobs(module, examples: list[Example], pad_id: int, device, loss_on: str = "assistant"):
+    """Forward one micro-batch: returns log-probs (B, L) float32 and the matching label mask (B, L) float,
+    L = T - first with first = the shortest prompt length ("assistant") or 1 ("all")."""
+    ids, attn, labels, visuals, owner = collate(examples, pad_id)
+    first = min(e.prompt_len for e in examples) if loss_on == "assistant" else 1
+    lp = module(ids.to(device), attn.to(device), visuals, owner, first)          # (B, L)
+    return lp, labels[:, first:].to(device).float()                              # (B, L), (B, L)
+
+
+def per_sample_losses(logprobs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of each row over its trained tokens: (B, L) float, (B, L) float 0/1 -> (B,) float."""
+    return -(logprobs * labels).sum(1) / labels.sum(1).clamp(min=1)
+
+
+# ---- schedule, data, evaluation --------------------------------------------------------------------------
+
+def lr_at(step: int, total: int, cfg) -> float:
+    """LR of optimizer step `step` (0-based) of `total`: linear warm-up to cfg.lr over warmup_steps, then linear
+    decay to 0 at step `total` (HF's "linear" schedule, reference §4 SFT; official warm-up: none)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    return cfg.lr * max(0.0, (total - step) / max(1, total - cfg.warmup_steps))
+
+
+def prepare_example(sample, tokenizer, media, cfg, cache: dict | None):
+    """Sample -> Example (decoded, patchified, tokenized), memoised in `cache` when given.
+    Raises data.MediaError for unreadable media."""
+    key = id(sample)
+    if cache is not None and key in cache:
+        return cache[key]
+    ex = build_example(rollout.prepare(sample, tokenizer, media), tokenizer, cfg.loss_on, SYSTEM_PROMPTS[cfg.system_prompt])
+    if cache is not None:
+        cache[key] = ex
+    return ex
+
+
+def collect(stream: train.Prompts, n: int, tokenizer, media, cfg, cache) -> tuple[list[Example], int]:
+    """n examples from the rank's stream, skipping (and counting) samples whose media fails to decode."""
+    out, skipped = [], 0
+    while len(out) < n:
+        s = stream.next()
+        try:
+            out.append(prepare_example(s, tokenizer, media, cfg, cache))
+        except data.MediaError as e:
+            skipped += 1
+            print(f"[skip] {e}", file=sys.stderr)
+            if skipped > 100 + 10 * n:
+                raise RuntimeError(f"sft.py: more than {skipped} undecodable media files in a row; check --media-root") from e
+    return out, skipped
+
+
+@torch.no_grad()
+def evaluate(module, tokenizer, examples: list[Example], cfg, d: D.Dist, gen: torch.Generator, amp) -> dict:
+    """One sampled completion per held-out prompt (temperature 1.0, top-p 0.95, like the T-GRPO rollout);
+    returns {"eval_format": rate of format_reward == 1, "eval_accuracy": mean accuracy_reward,
+    "eval_length": mean completion tokens, "eval_n": prompts}, summed over ranks."""
+    sampling = rollout.SamplingParams(1.0, 0.95, 0, 1.0, cfg.eval_max_new_tokens)
+    stop_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
+    sums = torch.zeros(4, dtype=torch.float64)                                   # format, accuracy, length, n
+    hf_train = D.unwrap(module).hf.training
+    with D.full_weights(module) as hf, amp():
+        hf.eval()
+        for s in range(0, len(examples), cfg.eval_batch):
+            chunk = examples[s:s + cfg.eval_batch]
+            outs = rollout.generate(hf, [e.ids[:e.prompt_len] for e in chunk], [e.visual for e in chunk], [1] * len(chunk),
+                                    sampling, tokenizer.pad_token_id, stop_ids, gen)
+            for e, c in zip(chunk, outs):
+                text = tokenizer.decode(c.ids[0], skip_special_tokens=True)
+                sums += torch.tensor([rewards.format_reward(text) == 1.0,
+                                      rewards.accuracy_reward(text, e.sample.solution, e.sample.problem_type),
+                                      float(c.lengths[0]), 1.0], dtype=torch.float64)
+        hf.train(hf_train)
+    sums = D.all_reduce_sum(sums, d)
+    n = max(1.0, sums[3].item())
+    return {"eval_format": sums[0].item() / n, "eval_accuracy": sums[1].item() / n, "eval_length": sums[2].item() / n,
+            "eval_n": int(sums[3].item())}
+
+
+def resolve_paths(cfg, d: D.Dist) -> tuple[str, str, str]:
+    """(model folder, training JSON, eval JSON or "") with train.resolve_model_and_data's semantics: the built-in
+    data (COT split for training, test split for evaluation) and tiny model are built on rank 0 when not given."""
+    import synthetic
+    if cfg.model and cfg.data:
+        return cfg.model, cfg.data, cfg.eval_data
+    model_dir, _ = train.resolve_model_and_data(SimpleNamespace(model=cfg.model, data="", cache_dir=cfg.cache_dir), d)
+    paths = synthetic.make_dataset(Path(cfg.cache_dir) / "data")                  # idempotent: built above
+    return model_dir, cfg.data or str(paths["train_cot"]), cfg.eval_data or ("" if cfg.data else str(paths["test"]))
+
+
+def main(argv=None):
+    cfg, explicit = cfglib.parse(Config, argv, description=__doc__)
+    cfg = finish_config(cfg, explicit)
+    d = D.init_distributed(cfg.device)
+    random.seed(cfg.seed + d.rank); np.random.seed(cfg.seed + d.rank); torch.manual_seed(cfg.seed + d.rank)
+    cuda = d.device.type == "cuda"
+    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.dtype == "auto" and cuda else contextlib.nullcontext
+    model_dir, train_json, eval_json = resolve_paths(cfg, d)
+    hf, tokenizer = load_policy(model_dir, dtype, d.device)
+    if cfg.grad_checkpointing:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    module = D.wrap(SFTLogprobs(hf, cfg.logprob_chunk), d, cfg.dist)
+    opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    samples = data.load_samples(train_json, cfg.media_root or None, require_process=True)
+    media = train.media_config(cfg)
+    cache = {} if cfg.cache_media else None
+    stream = train.Prompts(samples, d, cfg.seed)
+    per_step = cfg.batch_size * cfg.grad_accum * d.world
+    total = cfg.steps if cfg.steps > 0 else max(1, math.ceil(cfg.epochs * len(samples) / per_step))
+    eval_examples = []
+    if eval_json and cfg.eval_samples > 0:
+        held = data.load_samples(eval_json, (cfg.media_root or None) if cfg.eval_data else None)[:cfg.eval_samples]
+        for s in held[d.rank::d.world]:
+            try:
+                eval_examples.append(prepare_example(s, tokenizer, media, cfg, None))
+            except data.MediaError as e:
+                print(f"[skip eval] {e}", file=sys.stderr)
+    gen = torch.Generator(device=d.device).manual_seed(cfg.seed + 7 + d.rank)
+    pad_id = tokenizer.pad_token_id
+    out_dir = Path(cfg.out_dir)
+    if d.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(asdict(cfg) | {"model": model_dir, "data": train_json,
+                                                                        "eval_data": eval_json, "world_size": d.world,
+                                                                        "total_steps": total}, indent=2))
+        print(f"model {model_dir} | data {train_json} ({len(samples)} samples) | {total} steps of {per_step} samples "
+              f"| {d.world} rank(s) on {d.device}\nframes/pixels: {asdict(media)}")
+    metrics = open(out_dir / "metrics.jsonl", "a") if d.main else None
+
+    def log(row):
+        if d.main:
+            metrics.write(json.dumps(row) + "\n"); metrics.flush()
+
+    def run_eval(step):
+        if cfg.eval_samples > 0 and eval_json:
+            row = {"step": step} | evaluate(module, tokenizer, eval_examples, cfg, d, gen, amp)
+            log(row)
+            if d.main:
+                tqdm.write(f"eval @ step {step}: format {row['eval_format']:.3f} accuracy {row['eval_accuracy']:.3f} "
+                           f"length {row['eval_length']:.1f} (n={row['eval_n']})")
+
+    run_eval(0)
+    hf.train()
+    bar = tqdm(range(total), disable=not d.main, desc="SFT")
+    for step in bar:
+        t0 = time.time()
+        micro, skipped = [], 0
+        for _ in range(cfg.grad_accum):
+            exs, sk = collect(stream, cfg.batch_size, tokenizer, media, cfg, cache)
+            micro.append(exs); skipped += sk
+        if step == 0:
+            check_against_template(micro[0][0], tokenizer, SYSTEM_PROMPTS[cfg.system_prompt])
+        local_tok = sum(int(e.labels.sum()) for exs in micro for e in exs)
+        n_tok = float(D.all_reduce_sum(torch.tensor(float(local_tok)), d))     # trained tokens, all ranks
+        lr = lr_at(step, total, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        nll_sum = 0.0
+        for i, exs in enumerate(micro):
+            with D.no_sync(module, skip=i < len(micro) - 1), amp():
+                lp, lab = batch_logprobs(module, exs, pad_id, d.device, cfg.loss_on)  # (B, L), (B, L)
+                nll = -(lp * lab).sum()
+                # DDP averages gradients over ranks, hence * world: the step's gradient is that of the mean
+                # cross-entropy over all n_tok trained tokens (departure 4).
+                (nll * d.world / max(n_tok, 1.0)).backward()
+            nll_sum += nll.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(hf.parameters(), cfg.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        summed = D.all_reduce_sum(torch.tensor([nll_sum, float(skipped)], dtype=torch.float64), d)
+        row = {"step": step + 1, "epoch": (step + 1) * per_step / len(samples), "loss": summed[0].item() / max(n_tok, 1.0),
+               "lr": lr, "tokens": int(n_tok), "grad_norm": float(grad_norm), "skipped_media": int(summed[1].item()),
+               "step_time": time.time() - t0}
+        log(row)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.1e}")
+        if cfg.eval_every > 0 and (step + 1) % cfg.eval_every == 0 and step + 1 < total:
+            run_eval(step + 1)
+        if cfg.save_every > 0 and (step + 1) % cfg.save_every == 0 and d.main:
+            save_hf(hf, tokenizer, out_dir / f"step-{step + 1}")
+    run_eval(total)
+    if d.main:
+        final = save_hf(hf, tokenizer, out_dir / "final")
+        metrics.close()
+        print(f"done: metrics {out_dir / 'metrics.jsonl'} | checkpoint {final}")
+    D.barrier(d)
+    D.cleanup(d)
+
+
+if __name__ == "__main__":
+    main()
