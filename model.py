@@ -277,11 +277,12 @@ class PolicyLogprobs(nn.Module):
     forward(input_ids (N, T) long, attention_mask (N, T) long, prompt_len int, visuals list[Visual],
     owner list[int] of length N) -> (N, T - prompt_len) float32: log p(token t | tokens < t) for every
     completion position. Prompts are left-padded to `prompt_len`, completions right-padded after it.
-    `chunk` bounds the sequence positions per lm_head call; with grad enabled each chunk is checkpointed so
-    only hidden states are kept for backward.
+    `chunk` bounds the tokens (rows × positions) per lm_head call, so the float32 logits alive at once are at
+    most chunk × V × 4 bytes whatever N and L are (e.g. 512 × 151,936 × 4 B ≈ 311 MB); with grad enabled each
+    chunk is checkpointed so only hidden states are kept for backward.
     """
 
-    def __init__(self, hf: Qwen2_5_VLForConditionalGeneration, chunk: int = 128):
+    def __init__(self, hf: Qwen2_5_VLForConditionalGeneration, chunk: int = 512):
         super().__init__()
         self.hf = hf
         self.chunk = chunk
@@ -293,9 +294,9 @@ class PolicyLogprobs(nn.Module):
                                               position_ids=position_ids, use_cache=False).last_hidden_state
         hidden = hidden[:, prompt_len - 1:-1]                                  # (N, L, D) predicts tokens P..T-1
         targets = input_ids[:, prompt_len:]                                    # (N, L)
-        out = []
-        for s in range(0, targets.shape[1], self.chunk):
-            h, t = hidden[:, s:s + self.chunk], targets[:, s:s + self.chunk]
+        out, step = [], max(1, self.chunk // targets.shape[0])               # positions per chunk
+        for s in range(0, targets.shape[1], step):
+            h, t = hidden[:, s:s + step], targets[:, s:s + step]
             if torch.is_grad_enabled():
                 out.append(checkpoint(_chunk_logprobs, self.hf.lm_head, h, t, use_reentrant=False))
             else:
