@@ -5,6 +5,11 @@
     torchrun --nproc_per_node 8 train.py --model runs/sft/final --data Video-R1-260k.json \\
         --media-root Video-R1-data                     # the paper's recipe from an SFT checkpoint
     python train.py --help                             # every knob, with its help
+    python train.py --plan true --model preset:qwen2.5-vl-7b --nproc 8 --activation-checkpointing true
+                                                       # per-GPU memory plan (plan.py), no GPU needed
+    torchrun --nnodes 2 --nproc_per_node 4 --rdzv-backend c10d --rdzv-endpoint HOST0:29500 --rdzv-id vr1 \
+        train.py --model runs/sft/final --data ... --dist fsdp --activation-checkpointing true --save-every 50 \
+        --resume auto                                  # FSDP2 over 2 nodes; rerun the same line to resume
 
 One step (DESIGN.md "How one training step flows"; reference §1):
   each rank takes `prompts_per_rank` samples -> decodes frames -> G completions on ordered frames and, for
