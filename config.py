@@ -1,5 +1,5 @@
 """Command-line parsing for the entry points' config dataclasses (cleanRL style: one dataclass, help on every
-field). `--some-field VALUE` sets `some_field`; booleans take true/false. Shared by train.py, sft.py, eval.py.
+field). `--some-field VALUE` sets `some_field`; booleans take true/false, or nothing for true. Shared by train.py, sft.py, eval.py.
 """
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ def parse(cls, argv=None, description: str | None = None):
         if "help" not in f.metadata:
             raise TypeError(f"{cls.__name__}.{f.name} has no help text")
         kind = {bool: _bool, int: int, float: float, str: str}[type(f.default)]
+        extra = {"nargs": "?", "const": True} if kind is _bool else {}   # a bare --flag means true
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=f.default,
-                       metavar=type(f.default).__name__.upper(), help=f"{f.metadata['help']} (default: {f.default!r})")
+                       metavar=type(f.default).__name__.upper(), help=f"{f.metadata['help']} (default: {f.default!r})", **extra)
     ns = p.parse_args(argv)
     explicit = set()
     tokens = [a.split("=")[0] for a in (argv if argv is not None else __import__("sys").argv[1:])]
