@@ -8,6 +8,7 @@ RNGs with seed + r; rank 0 alone writes logs and checkpoints.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from dataclasses import dataclass
 
@@ -221,6 +222,11 @@ def full_state_dict(module: torch.nn.Module) -> dict:
 
 
 def cleanup(d: Dist) -> None:
-    """Destroy the process group if one was started."""
+    """Wait for every rank, then destroy the process group if one was started.
+
+    Drop every DDP/FSDP-wrapped module first (`del`): a DDP reducer freed after the group is destroyed joins a
+    gloo worker thread in its destructor, which was seen to hang the process at exit."""
     if d.world > 1 and dist.is_initialized():
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()

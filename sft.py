@@ -433,7 +433,7 @@ def main(argv=None):
     if d.main:
         metrics.close()
         print(f"done: metrics {out_dir / 'metrics.jsonl'} | checkpoint {final}")
-    D.barrier(d)
+    module = None           # drop the wrapper before the process group: a DDP reducer outliving it can hang gloo
     D.cleanup(d)
 
 

@@ -5,10 +5,10 @@
     torchrun --nproc_per_node 8 train.py --model runs/sft/final --data Video-R1-260k.json \\
         --media-root Video-R1-data                     # the paper's recipe from an SFT checkpoint
     python train.py --help                             # every knob, with its help
-    python train.py --plan true --model preset:qwen2.5-vl-7b --nproc 8 --activation-checkpointing true
+    python train.py --plan --model preset:qwen2.5-vl-7b --nproc 8 --activation-checkpointing
                                                        # per-GPU memory plan (plan.py), no GPU needed
     torchrun --nnodes 2 --nproc_per_node 4 --rdzv-backend c10d --rdzv-endpoint HOST0:29500 --rdzv-id vr1 \
-        train.py --model runs/sft/final --data ... --dist fsdp --activation-checkpointing true --save-every 50 \
+        train.py --model runs/sft/final --data ... --dist fsdp --activation-checkpointing --save-every 50 \
         --resume auto                                  # FSDP2 over 2 nodes; rerun the same line to resume
 
 One step (DESIGN.md "How one training step flows"; reference §1):
@@ -22,15 +22,19 @@ Where this departs from the official code, see the numbered header of tgrpo.py; 
   b. A sample whose media cannot be decoded is skipped and counted (`skipped_media`), never replaced by a
      fixed fallback file (reference §1 step 2, §9 item 9).
   c. Any number of prompts per rank (the official trainer requires exactly one, reference §9 item 1).
+  d. The completion mask also ends at <|endoftext|>, not only <|im_end|> (reference §9 item 18; rollout.py).
+  e. fp32 master weights with bf16 compute on GPU (the official run keeps DeepSpeed's bf16 optimizer path).
+  f. The next samples are decoded while the current step runs (loader.py); the official trainer decodes
+     inside the step.
 Everything is written under ./runs/ by default: the built-in data and tiny model (runs/cache), the metrics
 (runs/tgrpo/metrics.jsonl, one JSON line per step) and the final HF folder (runs/tgrpo/final).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -43,6 +47,7 @@ import checkpoint
 import config as cfglib
 import data
 import distributed as D
+import loader
 import rewards
 import rollout
 import tgrpo
@@ -104,7 +109,7 @@ class Config:
     rope_time: str = field(default="sample", metadata={"help": "'sample': mRoPE time from the clip's real fps; 'official': fixed 2 fps"})
     # machinery
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16"})
+    dtype: str = field(default="auto", metadata={"help": "auto (fp32 weights; bf16 compute on CUDA) | float32 | bfloat16 (weights)"})
     dist: str = field(default="auto", metadata={"help": "auto (fsdp on CUDA, ddp on CPU) | fsdp (FSDP2 per block + root) | ddp | none"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers and vision blocks in backward (saves activation memory)"})
     save_every: int = field(default=0, metadata={"help": "> 0: resumable checkpoint (DCP) every this many steps under out_dir/checkpoints"})
@@ -113,13 +118,15 @@ class Config:
     export_every: int = field(default=0, metadata={"help": "> 0: also write an HF folder out_dir/step_N every this many steps"})
     plan: bool = field(default=False, metadata={"help": "print the per-GPU memory plan for --model (folder or preset:qwen2.5-vl-7b) and exit"})
     nproc: int = field(default=8, metadata={"help": "GPUs assumed by --plan"})
-    logprob_chunk: int = field(default=128, metadata={"help": "sequence positions per lm_head chunk in the log-prob pass"})
+    logprob_chunk: int = field(default=512, metadata={"help": "tokens (rows x positions) per lm_head call in the log-prob pass; bounds the fp32 logits memory"})
+    data_workers: int = field(default=1, metadata={"help": "threads decoding and patchifying the next samples while the current step runs"})
+    frame_cache: str = field(default="", metadata={"help": "folder for an on-disk cache of sampled, resized frames; empty: no cache"})
     groups_per_micro_batch: int = field(default=1, metadata={"help": "prompt groups per forward/backward in the log-prob pass"})
     preset: str = field(default="auto", metadata={"help": "auto: 'tiny' when --model is empty, else 'paper'; tiny | paper"})
 
 
 # The tiny default's settings: what a randomly initialised few-million-parameter model on 2 CPU cores needs.
-TINY_PRESET = dict(steps=30, prompts_per_rank=2, max_completion_length=48, min_len=16, max_len=40, lr=2e-5,
+TINY_PRESET = dict(steps=30, prompts_per_rank=2, max_completion_length=96, min_len=40, max_len=80, lr=2e-5,
                    max_frames=8, video_min_pixels=84 * 84, video_max_pixels=84 * 84, image_max_pixels=84 * 84)
 
 
@@ -170,36 +177,18 @@ def resolve_model_and_data(cfg, d: D.Dist) -> tuple[str, str]:
     return model, train_json
 
 
-class Prompts:
-    """Endless per-rank stream of samples: each epoch one seeded permutation shared by all ranks, rank r takes
-    positions r, r + world, ...; `position` (epoch, cursor) is all that is needed to resume."""
-
-    def __init__(self, samples, d: D.Dist, seed: int):
-        self.samples, self.d, self.seed = samples, d, seed
-        self.epoch, self.cursor = 0, 0
-
-    def next(self) -> data.Sample:
-        order = np.random.default_rng(self.seed + self.epoch).permutation(len(self.samples))[self.d.rank::self.d.world]
-        if self.cursor >= len(order):
-            self.epoch, self.cursor = self.epoch + 1, 0
-            return self.next()
-        self.cursor += 1
-        return self.samples[order[self.cursor - 1]]
-
-
-def collect(stream: Prompts, n: int, tokenizer, media, cfg, gen) -> tuple[list[rollout.Prepared], int]:
-    """n prepared prompts from the stream, skipping (and counting) samples whose media fails to decode."""
-    out, skipped = [], 0
-    while len(out) < n:
-        s = stream.next()
-        try:
-            out.append(rollout.prepare(s, tokenizer, media, shuffled=cfg.temporal and cfg.G_shuffled > 0, generator=gen))
-        except data.MediaError as e:
-            skipped += 1
-            print(f"[skip] {e}", file=sys.stderr)
-            if skipped > 100 + 10 * n:
-                raise RuntimeError(f"more than {skipped} undecodable media files in a row; check --media-root") from e
-    return out, skipped
+def prompt_stream(samples, d: D.Dist, seed: int, start: int = 0):
+    """Endless per-rank stream of samples from position `start`: each epoch one seeded permutation shared by
+    all ranks, rank r takes positions r, r + world, ... The position (an int) is all that resume needs."""
+    per_rank = len(range(d.rank, len(samples), d.world))
+    if per_rank == 0:
+        raise ValueError(f"{len(samples)} samples cannot feed {d.world} ranks")
+    i = start
+    while True:
+        epoch, k = divmod(i, per_rank)
+        order = np.random.default_rng(seed + epoch).permutation(len(samples))[d.rank::d.world]
+        yield samples[order[k]]
+        i += 1
 
 
 def score(batch, groups, tokenizer, cfg):
@@ -288,11 +277,12 @@ def main(argv=None):
     d = D.init_distributed(cfg.device)
     random.seed(cfg.seed + d.rank); np.random.seed(cfg.seed + d.rank); torch.manual_seed(cfg.seed + d.rank)
     mode = D.resolve_mode(cfg.dist, d)
-    # FSDP keeps fp32 weights (the sharded master copy AdamW updates) and computes in bf16 on CUDA through
-    # its mixed-precision policy; DDP / one process compute in the loaded dtype (bf16 on CUDA).
+    # "auto": fp32 weights everywhere (AdamW's master copy: a 1e-6 update is below bf16's resolution and would
+    # round away), bf16 compute on CUDA: FSDP through its mixed-precision policy, DDP / one process via autocast.
     sharded = mode == "fsdp" and d.world > 1
-    dtype = {"auto": torch.float32 if sharded or d.device.type != "cuda" else torch.bfloat16,
-             "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    dtype = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.dtype == "auto" and d.device.type == "cuda" \
+        and not sharded else contextlib.nullcontext
     model_dir, train_json = resolve_model_and_data(cfg, d)
     hf, tokenizer = load_policy(model_dir, dtype, d.device)
     policy = D.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), d, mode, cfg.activation_checkpointing)
@@ -302,21 +292,25 @@ def main(argv=None):
         reference = D.wrap(PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk), d, mode)
     opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     samples = data.load_samples(train_json, cfg.media_root or None)
-    stream = Prompts(samples, d, cfg.seed)
     media = media_config(cfg)
     sampling = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)
     gen = torch.Generator(device=d.device).manual_seed(cfg.seed + d.rank)
-    frame_gen = torch.Generator().manual_seed(cfg.seed + 1000 + d.rank)
     pad_id, stop_ids = tokenizer.pad_token_id, [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
     out_dir = Path(cfg.out_dir)
-    start = 0
+    start, position = 0, 0
     resume_from = checkpoint.resolve(cfg.resume, out_dir)
     if resume_from is not None:
         extra = checkpoint.load(resume_from, policy, opt, d)
-        checkpoint.set_rng_state(extra["rng"], {"sampling": gen, "frames": frame_gen})
-        stream.epoch, stream.cursor, start = extra["epoch"], extra["cursor"], extra["step"]
+        checkpoint.set_rng_state(extra["rng"], {"sampling": gen})
+        position, start = extra["position"], extra["step"]
         if d.main:
             print(f"resumed from {resume_from} at step {start}")
+    # Decoding and patchifying of the next samples overlaps the current step (loader.py); each sample's
+    # shuffled-frame permutation is seeded by (seed, rank, position), so results do not depend on threads.
+    prefetch = loader.Prefetcher(prompt_stream(samples, d, cfg.seed, position), tokenizer, media,
+                                 shuffled=cfg.temporal and cfg.G_shuffled > 0, seed=cfg.seed, rank=d.rank,
+                                 workers=cfg.data_workers, start_index=position,
+                                 cache=loader.FrameCache(cfg.frame_cache) if cfg.frame_cache else None)
     if d.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(asdict(cfg) | {"model": model_dir, "data": train_json,
@@ -327,7 +321,7 @@ def main(argv=None):
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not d.main, desc="T-GRPO")
     for step in bar:
         t0 = time.time()
-        batch, skipped = collect(stream, cfg.prompts_per_rank, tokenizer, media, cfg, frame_gen)
+        batch, skipped = prefetch.take(cfg.prompts_per_rank)
         # ---- rollout: G ordered + G̃ shuffled per video, one prefill per distinct prompt (reference §1 step 5)
         prompts, visuals, n = [], [], []
         for p in batch:
@@ -335,7 +329,7 @@ def main(argv=None):
             if p.shuffled_visual is not None:
                 prompts.append(p.shuffled_ids); visuals.append(p.shuffled_visual); n.append(cfg.G_shuffled)
         hf.eval()
-        with D.full_weights(policy) as gen_model:
+        with D.full_weights(policy) as gen_model, amp():
             outs = rollout.generate(gen_model, prompts, visuals, n, sampling, pad_id, stop_ids, gen)
         hf.train()
         groups, k = [], 0
@@ -356,7 +350,7 @@ def main(argv=None):
         n_tok = float(D.all_reduce_sum(cmask.sum().cpu(), d)) / d.world
         ref_lp = None
         if reference is not None:
-            with torch.no_grad():
+            with torch.no_grad(), amp():
                 ref_lp = torch.cat([reference(ids[s:s + rows_per_mb], attn[s:s + rows_per_mb], P, vis, owner[s:s + rows_per_mb])
                                     for s in range(0, N, rows_per_mb)])        # (N, L)
         for it in range(cfg.num_iterations):
@@ -367,7 +361,8 @@ def main(argv=None):
             for s in range(0, N, rows_per_mb):
                 sl = slice(s, s + rows_per_mb)
                 with D.no_sync(policy, skip=s + rows_per_mb < N):
-                    lp = policy(ids[sl], attn[sl], P, vis, owner[sl])          # (n, L)
+                    with amp():
+                        lp = policy(ids[sl], attn[sl], P, vis, owner[sl])      # (n, L) float32
                     loss, m = tgrpo.policy_loss(lp, old_lp[sl] if cfg.num_iterations > 1 else None,
                                                 None if ref_lp is None else ref_lp[sl], flat_adv[sl], cmask[sl],
                                                 cfg.clip_eps, None if cfg.clip_eps_high < 0 else cfg.clip_eps_high,
@@ -403,16 +398,16 @@ def main(argv=None):
             metrics_file.write(json.dumps(row) + "\n"); metrics_file.flush()
             bar.set_postfix(acc=f"{row['accuracy']:.2f}", fmt=f"{row['format']:.2f}", kl=f"{row.get('kl', 0):.3f}")
         if cfg.save_every > 0 and (step + 1) % cfg.save_every == 0:
-            extra = {"rng": checkpoint.rng_state({"sampling": gen, "frames": frame_gen}),
-                     "epoch": stream.epoch, "cursor": stream.cursor}
+            extra = {"rng": checkpoint.rng_state({"sampling": gen}), "position": prefetch.consumed}
             checkpoint.save(out_dir, step + 1, policy, opt, d, extra, keep=cfg.keep_checkpoints)
         if cfg.export_every > 0 and (step + 1) % cfg.export_every == 0:
             export(policy, tokenizer, out_dir / f"step_{step + 1}", d)
+    prefetch.close()
     final = export(policy, tokenizer, out_dir / "final", d)
     if d.main:
         metrics_file.close()
         print(f"done: metrics {out_dir / 'metrics.jsonl'} | checkpoint {final}")
-    D.barrier(d)
+    del policy, reference   # wrappers go before the process group: a DDP reducer outliving it can hang gloo at exit
     D.cleanup(d)
 
 
