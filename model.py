@@ -275,21 +275,26 @@ class PolicyLogprobs(nn.Module):
     """Per-token log-probs of completions under a Qwen2.5-VL; the module DDP/FSDP wrap (reference §1 step 7).
 
     forward(input_ids (N, T) long, attention_mask (N, T) long, prompt_len int, visuals list[Visual],
-    owner list[int] of length N) -> (N, T - prompt_len) float32: log p(token t | tokens < t) for every
-    completion position. Prompts are left-padded to `prompt_len`, completions right-padded after it.
+    owner list[int] of length N, media_in_prompt=True) -> (N, T - prompt_len) float32: log p(token t |
+    tokens < t) for t = prompt_len .. T-1. For RL, prompts are left-padded to `prompt_len` and completions
+    right-padded after it, and media pad ids are looked for in the prompt only (a sampled pad id is text);
+    SFT passes right-padded whole conversations with `media_in_prompt=False` (media anywhere) and
+    prompt_len = the first position whose log-prob it needs.
     `chunk` bounds the tokens (rows × positions) per lm_head call, so the float32 logits alive at once are at
-    most chunk × V × 4 bytes whatever N and L are (e.g. 512 × 151,936 × 4 B ≈ 311 MB); with grad enabled each
+    most chunk × V × 4 bytes whatever N and L are (e.g. 256 × 151,936 × 4 B ≈ 156 MB); with grad enabled each
     chunk is checkpointed so only hidden states are kept for backward.
     """
 
-    def __init__(self, hf: Qwen2_5_VLForConditionalGeneration, chunk: int = 512):
+    def __init__(self, hf: Qwen2_5_VLForConditionalGeneration, chunk: int = 256):
         super().__init__()
         self.hf = hf
         self.chunk = chunk
 
-    def forward(self, input_ids, attention_mask, prompt_len: int, visuals: list[Visual], owner: list[int]):
-        position_ids, _ = rope_positions(self.hf, input_ids, attention_mask, visuals, owner, prompt_len)  # (3, N, T)
-        embeds = embed_with_visuals(self.hf, input_ids, visuals, owner, prompt_len)                      # (N, T, D)
+    def forward(self, input_ids, attention_mask, prompt_len: int, visuals: list[Visual], owner: list[int],
+                media_in_prompt: bool = True):
+        media_len = prompt_len if media_in_prompt else None
+        position_ids, _ = rope_positions(self.hf, input_ids, attention_mask, visuals, owner, media_len)  # (3, N, T)
+        embeds = embed_with_visuals(self.hf, input_ids, visuals, owner, media_len)                      # (N, T, D)
         hidden = self.hf.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
                                               position_ids=position_ids, use_cache=False).last_hidden_state
         hidden = hidden[:, prompt_len - 1:-1]                                  # (N, L, D) predicts tokens P..T-1

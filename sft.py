@@ -48,8 +48,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 import config as cfglib
@@ -58,8 +56,7 @@ import distributed as D
 import rewards
 import rollout
 import train
-from model import PAD_TOKEN, Visual, _chunk_logprobs, embed_with_visuals, encode_prompt, expand_media_tokens, \
-    load_policy, rope_positions
+from model import PAD_TOKEN, PolicyLogprobs, Visual, encode_prompt, expand_media_tokens, load_policy
 
 SYSTEM_PROMPTS = {"default": None, "official": "You are a helpful assistant"}   # None: the template default
 LOSS_ON = ("assistant", "all")
@@ -218,44 +215,12 @@ def collate(examples: list[Example], pad_id: int):
     return ids, attn, labels, [e.visual for e in examples], list(range(len(examples)))
 
 
-class SFTLogprobs(nn.Module):
-    """Per-token log-probs of full right-padded conversations; the module DDP/FSDP wrap (like model.PolicyLogprobs,
-    whose prompt_len restricts media to a shared left-padded prompt, which right-padded SFT rows do not have).
-
-    forward(input_ids (B, T) long, attention_mask (B, T) long, visuals list[Visual], owner list[int] (B),
-    first int >= 1) -> (B, T - first) float32: log p(token t | tokens < t) for t = first .. T-1.
-    `first` lets the assistant-only loss skip the lm_head on prompt positions; `chunk` bounds the tokens (rows x
-    positions) per checkpointed lm_head call, as in PolicyLogprobs.
-    """
-
-    def __init__(self, hf, chunk: int = 512):
-        super().__init__()
-        self.hf = hf
-        self.chunk = chunk
-
-    def forward(self, input_ids, attention_mask, visuals: list[Visual], owner: list[int], first: int = 1):
-        position_ids, _ = rope_positions(self.hf, input_ids, attention_mask, visuals, owner)   # (3, B, T)
-        embeds = embed_with_visuals(self.hf, input_ids, visuals, owner)                      # (B, T, D)
-        hidden = self.hf.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
-                                              position_ids=position_ids, use_cache=False).last_hidden_state
-        hidden = hidden[:, first - 1:-1]                                         # (B, T-first, D)
-        targets = input_ids[:, first:]                                           # (B, T-first)
-        out, step = [], max(1, self.chunk // targets.shape[0])                # positions per lm_head call
-        for s in range(0, targets.shape[1], step):
-            h, t = hidden[:, s:s + step], targets[:, s:s + step]
-            if torch.is_grad_enabled():
-                out.append(checkpoint(_chunk_logprobs, self.hf.lm_head, h, t, use_reentrant=False))
-            else:
-                out.append(_chunk_logprobs(self.hf.lm_head, h, t))
-        return torch.cat(out, dim=1)                                             # (B, T-first) float32
-
-
 def batch_logprobs(module, examples: list[Example], pad_id: int, device, loss_on: str = "assistant"):
     """Forward one micro-batch: returns log-probs (B, L) float32 and the matching label mask (B, L) float,
     L = T - first with first = the shortest prompt length ("assistant") or 1 ("all")."""
     ids, attn, labels, visuals, owner = collate(examples, pad_id)
     first = min(e.prompt_len for e in examples) if loss_on == "assistant" else 1
-    lp = module(ids.to(device), attn.to(device), visuals, owner, first)          # (B, L)
+    lp = module(ids.to(device), attn.to(device), first, visuals, owner, media_in_prompt=False)  # (B, L)
     return lp, labels[:, first:].to(device).float()                              # (B, L), (B, L)
 
 
@@ -348,7 +313,7 @@ def main(argv=None):
     dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
     model_dir, train_json, eval_json = resolve_paths(cfg, d)
     hf, tokenizer = load_policy(model_dir, dtype, d.device)
-    module = D.wrap(SFTLogprobs(hf, cfg.logprob_chunk), d, cfg.dist, cfg.activation_checkpointing)
+    module = D.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), d, cfg.dist, cfg.activation_checkpointing)
     mixed = cfg.dtype == "auto" and cuda and not D.is_fsdp(module)          # FSDP casts through its own policy
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if mixed else contextlib.nullcontext
     opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -3,7 +3,7 @@
 official trainer (tiled pixels -> model forward -> (N, T, V) logits -> log_softmax -> gather; reference §1 step 7).
 
     python bench/logprob_memory.py                          # N = 4 rows, 64-token prompt, 512 completion tokens
-    python bench/logprob_memory.py --N 4 --completion 256 --chunk 64
+    python bench/logprob_memory.py --N 4 --completion 256 --chunk 256
 
 The model is a random Qwen2.5-VL with the real vocabulary and a small hidden size (128), so the vocabulary-sized
 tensors dominate, as they do for the 7B at long completions. Each variant runs in its own subprocess; on CPU the
@@ -104,7 +104,7 @@ def main():
     p.add_argument("--N", type=int, default=4, help="sequences (a group of G completions of one prompt)")
     p.add_argument("--prompt", type=int, default=64, help="prompt tokens (32 of them video tokens)")
     p.add_argument("--completion", type=int, default=512, help="completion tokens per sequence")
-    p.add_argument("--chunk", type=int, default=128, help="PolicyLogprobs chunk (train.py --logprob-chunk default)")
+    p.add_argument("--chunk", type=int, default=256, help="PolicyLogprobs chunk: tokens (rows x positions) per lm_head call (train.py --logprob-chunk default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--variant", choices=["policy", "naive"], help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: stable figures on a shared CPU)")

@@ -87,9 +87,9 @@ def policy(builtin):
 
 
 def test_logprobs_equal_hf_forward(builtin, policy):
-    """SFTLogprobs' per-token log-probs are those of the HF model's own forward (pixel inputs, its rope index)."""
+    """PolicyLogprobs on right-padded conversations (media anywhere) gives the HF model's own forward's log-probs."""
     hf, tok = policy
-    module = sft.SFTLogprobs(hf, chunk=50)                             # several lm_head chunks
+    module = sft.PolicyLogprobs(hf, chunk=50)                             # several lm_head chunks
     for kind in ("video", "image"):
         ex = sft.build_example(rollout.prepare(cot_samples(builtin)[kind], tok, TINY_MEDIA), tok, "all")
         with torch.no_grad():
@@ -110,7 +110,7 @@ def test_batched_loss_equals_each_sample_alone(builtin, policy, loss_on):
     """Two videos of different frame counts and sizes (plus an image) in one right-padded batch: each row's loss
     is the loss of that sample alone, so every row uses its own visual and positions."""
     hf, tok = policy
-    module = sft.SFTLogprobs(hf)
+    module = sft.PolicyLogprobs(hf)
     s = cot_samples(builtin)
     videos = [v for v in s["all"] if v.data_type == "video"]
     small = rollout.MediaConfig(max_frames=4, video_min_pixels=56 * 56, video_max_pixels=56 * 56)
