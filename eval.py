@@ -14,7 +14,7 @@ Per benchmark file `eval_{name}.json` (the Video-R1-eval schema, which is the RL
    template of reference §5 as one user turn (default system prompt). Decoding is near-greedy with every
    knob explicit (reference §9 item 17): temperature 0.01 and top_p 0.001 as the paper reports (the official
    eval_bench.py uses temperature 0.1, reference §9 item 15), top_k off, repetition penalty 1.0, 1024 tokens.
-3. Scoring: rewards.eval_score (answer extraction with fallback to the raw output, reference §7): exact
+3. Scoring (report.py): rewards.eval_score (answer extraction with fallback to the raw output, reference §7): exact
    match for multiple choice, the numerical rule, MRA for regression. Score = mean accuracy x 100, except
    VSI-Bench = (mean accuracy over non-regression items + mean MRA over regression items) / 2 x 100.
 4. Output in --out-dir (default runs/eval/<model-name>): eval_{name}.json (per-item records + summary with the
@@ -53,12 +53,8 @@ from tqdm import tqdm
 import config as cfglib
 import data
 import distributed as D
-import rewards
 import rollout
-
-BENCHMARKS = {"vsibench": "VSI-Bench", "videommmu": "VideoMMMU", "mmvu": "MMVU", "mvbench": "MVBench",
-              "tempcompass": "TempCompass", "videomme": "VideoMME"}  # paper Table 1 column order
-CATEGORIES = ("temporal", "static")  # data_source components that name the built-in data's two kinds
+from report import report, score_item, settings_line, summarize
 
 
 @dataclass
@@ -140,60 +136,6 @@ def benchmark_name(json_path: str) -> str:
     return stem[len("eval_"):] if stem.startswith("eval_") else stem
 
 
-# ---- scoring (pure; reference §7 "Scoring", "Reporting") ------------------------------------------
-def think_block(output: str) -> str | None:
-    """The stripped text of the first <think>...</think> block of an output, None when there is none."""
-    start = output.find("<think>")
-    end = output.find("</think>", start + len("<think>")) if start >= 0 else -1
-    return output[start + len("<think>"):end].strip() if end >= 0 else None
-
-
-def score_item(sample: data.Sample, index: int, output: str) -> dict:
-    """One per-item record: rewards.eval_score on the raw output (fallback to the whole output when there is no
-    <answer> block); correct = reward == 1.0 (official). Raises ValueError for an unknown problem_type."""
-    prediction, reward = rewards.eval_score(output, sample.solution, sample.problem_type)
-    return {"index": index, "problem_id": sample.problem_id, "data_type": sample.data_type,
-            "problem_type": sample.problem_type, "data_source": sample.data_source, "solution": sample.solution,
-            "output": output, "prediction": prediction, "reward": reward, "correct": reward == 1.0,
-            "reasoning": think_block(output)}
-
-
-def category(data_source: str) -> str | None:
-    """'synthetic/temporal/direction' -> 'temporal'; None when no path component is in CATEGORIES."""
-    return next((p for p in data_source.split("/") if p in CATEGORIES), None)
-
-
-def summarize(name: str, records: list[dict]) -> dict:
-    """Benchmark numbers from per-item records (dicts with problem_type, reward, data_source).
-
-    mean_acc: mean reward over non-regression items; mean_mra: mean reward (MRA) over regression items, 0 when
-    there are none (official final_acc). score (percent): VSI-Bench (mean_acc + mean_mra) / 2 * 100 (author,
-    issue #121); other benchmarks mean_acc * 100 (mean_mra * 100 if a benchmark has only regression items).
-    Also counts per problem type, and accuracy (percent) per data_source and per category.
-    """
-    acc = [r["reward"] for r in records if r["problem_type"] != "regression"]
-    mra = [r["reward"] for r in records if r["problem_type"] == "regression"]
-    mean_acc = sum(acc) / len(acc) if acc else 0.0
-    mean_mra = sum(mra) / len(mra) if mra else 0.0
-    if name == "vsibench":
-        score = 100 * (mean_acc + mean_mra) / 2
-    else:
-        score = 100 * (mean_acc if acc or not mra else mean_mra)
-    groups: dict[str, dict[str, list[float]]] = {"by_source": {}, "by_category": {}}
-    for r in records:
-        groups["by_source"].setdefault(r["data_source"], []).append(r["reward"])
-        if category(r["data_source"]):
-            groups["by_category"].setdefault(category(r["data_source"]), []).append(r["reward"])
-    counts: dict[str, int] = {}
-    for r in records:
-        counts[r["problem_type"]] = counts.get(r["problem_type"], 0) + 1
-    out = {"score": score, "mean_acc": mean_acc, "mean_mra": mean_mra, "n_scored": len(records),
-           "n_correct": sum(bool(r["correct"]) for r in records), "counts": counts}
-    for key, g in groups.items():
-        out[key] = {k: {"n": len(v), "accuracy": 100 * sum(v) / len(v)} for k, v in sorted(g.items())}
-    return out
-
-
 # ---- media validation ---------------------------------------------------------------------------
 def check_media(sample: data.Sample) -> str | None:
     """None when the item's media file opens (decord for videos: frame count and fps; PIL verify for images),
@@ -249,20 +191,6 @@ def open_records(path: Path, header: dict) -> dict[int, dict]:
         r = json.loads(line)
         done[r["index"]] = r
     return done
-
-
-def frames_desc(media: dict) -> str:
-    """'32' for a fixed frame count, '≤16' for the fps rule."""
-    return str(media["nframes"]) if media["nframes"] else f"≤{media['max_frames']}"
-
-
-def settings_line(s: dict) -> str:
-    """The frames/pixels/sampling settings of a result, on one line."""
-    m, p = s["media"], s["sampling"]
-    return (f"frames {frames_desc(m)} (fps {m['fps']}, min {m['min_frames']}), video px {m['video_min_pixels']}.."
-            f"{m['video_max_pixels']}, image px {m['image_min_pixels']}..{m['image_max_pixels']}, rope_time "
-            f"{m['rope_time']} | T {p['temperature']} top_p {p['top_p']} top_k {p['top_k']} rep {p['repetition_penalty']} "
-            f"max_new {p['max_new_tokens']}")
 
 
 # ---- generation ----------------------------------------------------------------------------------
@@ -350,46 +278,6 @@ def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, 
     print(f"{stem}: score {s['score']:.1f} (mean_acc {s['mean_acc']:.4f}, mean_mra {s['mean_mra']:.4f}; "
           f"{s['n_scored']} scored, {s['n_excluded']} excluded) | {settings_line(result['settings'])}")
     return result
-
-
-# ---- report ---------------------------------------------------------------------------------------
-def _cell(x) -> str:
-    return "–" if x is None else f"{x:.1f}"
-
-
-def report(results: list[dict]) -> str:
-    """Markdown: the paper's Table 1 layout (rows: model, frames, frame order); then, per benchmark and per
-    data_source category, accuracy on ordered vs shuffled frames and the gap ("–" without a shuffled run);
-    then the settings of every result."""
-    names = list(BENCHMARKS) + sorted({r["benchmark"] for r in results} - set(BENCHMARKS))
-    label = lambda b: BENCHMARKS.get(b, b)
-    rows: dict[tuple, dict] = {}
-    for r in results:
-        key = (Path(r["model"]).name, frames_desc(r["settings"]["media"]), r["variant"] != "ordered", r["variant"])
-        rows.setdefault(key, {})[r["benchmark"]] = r["summary"]["score"]
-    lines = ["| Model | Frames | Frame order | " + " | ".join(label(n) for n in names) + " |",
-             "|---|---|---|" + "---|" * len(names)]
-    for (model, frames, _, variant), scores in sorted(rows.items()):
-        lines.append(f"| {model} | {frames} | {variant} | " + " | ".join(_cell(scores.get(n)) for n in names) + " |")
-    by = {(r["benchmark"], frames_desc(r["settings"]["media"]), r["variant"]): r["summary"] for r in results}
-    gaps = []
-    for (b, f, variant), o in by.items():
-        s = by.get((b, f, "shuffled"))
-        if variant != "ordered" or (s is None and not o["by_category"]):
-            continue
-        parts = [(label(b), o["n_scored"], o["score"], s and s["score"])]
-        parts += [(f"{label(b)} [{c}]", v["n"], v["accuracy"], s and s["by_category"].get(c, {}).get("accuracy"))
-                  for c, v in sorted(o["by_category"].items())]
-        gaps += [f"| {n} | {f} | {k} | {x:.1f} | {_cell(y)} | {'–' if y is None else f'{x - y:+.1f}'} |"
-                 for n, k, x, y in parts]
-    if gaps:
-        lines += ["", "Temporal sensitivity: accuracy on ordered vs shuffled frames (gap = ordered − shuffled).", "",
-                  "| Benchmark | Frames | Items | Ordered | Shuffled | Gap |", "|---|---|---|---|---|---|"] + gaps
-    lines += ["", "Settings and exclusions:", ""]
-    for r in results:
-        lines.append(f"- {r['benchmark']} ({r['variant']}): {r['summary']['n_scored']} scored, "
-                     f"{r['summary']['n_excluded']} excluded; model {r['model']}; {settings_line(r['settings'])}")
-    return "\n".join(lines) + "\n"
 
 
 # ---- entry point ----------------------------------------------------------------------------------

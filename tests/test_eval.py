@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT))
 
 import data  # noqa: E402
 import eval as ev  # noqa: E402
+import report as rp  # noqa: E402
 
 
 def sample(problem_type, solution, data_source="", options=("A. x", "B. y")):
@@ -30,22 +31,22 @@ def test_vsibench_score_combines_accuracy_and_mra():
              (sample("regression", "<answer>5</answer>"), "<answer>4</answer>"),      # MRA 0.6
              (sample("regression", "<answer>10</answer>"), "<answer>10</answer>"),    # MRA 1.0
              (sample("regression", "<answer>5</answer>"), "about five")]              # unparsable: 0
-    records = [ev.score_item(s, i, out) for i, (s, out) in enumerate(items)]
+    records = [rp.score_item(s, i, out) for i, (s, out) in enumerate(items)]
     assert [r["reward"] for r in records] == [1.0, 0.0, 1.0, 0.6, 1.0, 0.0]
     assert [r["correct"] for r in records] == [True, False, True, False, True, False]
     assert records[0]["reasoning"] == "left of it" and records[1]["reasoning"] is None
     assert records[2]["prediction"] == "B" and records[5]["prediction"] == "about five"
-    s = ev.summarize("vsibench", records)
+    s = rp.summarize("vsibench", records)
     assert s["mean_acc"] == pytest.approx(2 / 3) and s["mean_mra"] == pytest.approx(1.6 / 3)
     assert s["score"] == pytest.approx(100 * (2 / 3 + 1.6 / 3) / 2)       # 60.0
     assert s["counts"] == {"multiple choice": 3, "regression": 3} and s["n_correct"] == 3
     # the same records under another benchmark name: mean accuracy over non-regression items only
-    assert ev.summarize("mvbench", records)["score"] == pytest.approx(100 * 2 / 3)
+    assert rp.summarize("mvbench", records)["score"] == pytest.approx(100 * 2 / 3)
 
 
 def test_vsibench_without_regression_items_halves_like_official():
-    records = [ev.score_item(sample("multiple choice", "<answer>A</answer>"), 0, "<answer>A</answer>")]
-    s = ev.summarize("vsibench", records)
+    records = [rp.score_item(sample("multiple choice", "<answer>A</answer>"), 0, "<answer>A</answer>")]
+    s = rp.summarize("vsibench", records)
     assert (s["mean_acc"], s["mean_mra"], s["score"]) == (1.0, 0.0, 50.0)
 
 
@@ -58,9 +59,9 @@ def test_multiple_choice_and_numerical_rules():
              ("numerical", "<answer>3</answer>", "<answer>3.0</answer>", 0.0),           # decimal-point rule
              ("numerical", "<answer>2.5</answer>", "<answer>2.50</answer>", 1.0),
              ("numerical", "<answer>7</answer>", "7", 1.0)]                              # fallback
-    records = [ev.score_item(sample(t, sol), i, out) for i, (t, sol, out, _) in enumerate(cases)]
+    records = [rp.score_item(sample(t, sol), i, out) for i, (t, sol, out, _) in enumerate(cases)]
     assert [r["reward"] for r in records] == [c[3] for c in cases]
-    s = ev.summarize("tempcompass", records)
+    s = rp.summarize("tempcompass", records)
     assert s["score"] == pytest.approx(100 * 5 / 8) and s["mean_mra"] == 0.0
 
 
@@ -68,11 +69,11 @@ def test_categories_and_sources():
     recs = [{"problem_type": "multiple choice", "reward": r, "correct": r == 1.0, "data_source": src}
             for r, src in [(1.0, "synthetic/temporal/direction"), (0.0, "synthetic/temporal/appear_first"),
                            (1.0, "synthetic/static/color"), (1.0, "synthetic/static/color"), (0.0, "NeXT-QA")]]
-    s = ev.summarize("synthetic", recs)
+    s = rp.summarize("synthetic", recs)
     assert s["by_category"] == {"static": {"n": 2, "accuracy": 100.0}, "temporal": {"n": 2, "accuracy": 50.0}}
     assert s["by_source"]["synthetic/static/color"] == {"n": 2, "accuracy": 100.0}
     assert s["by_source"]["NeXT-QA"] == {"n": 1, "accuracy": 0.0}
-    assert ev.category("NeXT-QA") is None and ev.category("synthetic/static/count") == "static"
+    assert rp.category("NeXT-QA") is None and rp.category("synthetic/static/count") == "static"
 
 
 def test_names_and_flags():
@@ -80,8 +81,8 @@ def test_names_and_flags():
     assert ev.benchmark_name("mine.jsonl") == "mine"
     assert ev.merge_data_flags(["--data", "a.json", "--nframes", "32", "--data=b.json"]) == \
         ["--nframes", "32", "--data", "a.json,b.json"]
-    assert ev.think_block("x <think> a </think> <answer>B</answer>") == "a"
-    assert ev.think_block("<think> unfinished") is None
+    assert rp.think_block("x <think> a </think> <answer>B</answer>") == "a"
+    assert rp.think_block("<think> unfinished") is None
     with pytest.raises(ValueError, match="--name"):
         ev.finish_config(ev.Config(model="m", data="a.json,b.json", name="x"), set())
     cfg = ev.finish_config(ev.Config(), {"max_frames"})          # tiny preset, but max_frames given explicitly
@@ -99,7 +100,7 @@ def test_report_layout_and_gap():
         return {"benchmark": bench, "variant": variant, "model": "/m/Video-R1-7B",
                 "settings": {"media": media, "sampling": sampling},
                 "summary": {"score": score, "n_scored": 10, "n_excluded": 0, "by_category": cats or {}}}
-    table = ev.report([result("mvbench", "ordered", 63.9), result("vsibench", "ordered", 35.8),
+    table = rp.report([result("mvbench", "ordered", 63.9), result("vsibench", "ordered", 35.8),
                        result("mvbench", "shuffled", 60.0), result("synthetic", "ordered", 80.0,
                        {"temporal": {"n": 4, "accuracy": 75.0}})])
     lines = table.splitlines()
@@ -135,7 +136,7 @@ def bench(tmp_path_factory):
     paths = synthetic.make_dataset(root / "data", n_train=48, n_test=16)
     tiny = build_tiny(root / "tiny", tokenizer_corpus(data.load_samples(paths["train_cot"], require_process=True)))
     entries = json.loads(Path(paths["test"]).read_text())[:7]
-    assert {ev.category(e["data_source"]) for e in entries} == {"static", "temporal"}
+    assert {rp.category(e["data_source"]) for e in entries} == {"static", "temporal"}
     assert {e["data_type"] for e in entries} == {"image", "video"}
     bench_json = root / "eval_mvbench.json"
     bench_json.write_text(json.dumps(entries))
