@@ -55,6 +55,7 @@ import data
 import distributed as D
 import rewards
 import rollout
+import loader
 import train
 from model import PAD_TOKEN, PolicyLogprobs, Visual, encode_prompt, expand_media_tokens, load_policy
 
@@ -95,7 +96,8 @@ class Config:
     image_min_pixels: int = field(default=3136, metadata={"help": "image pixel floor"})
     image_max_pixels: int = field(default=256 * 28 * 28, metadata={"help": "image pixel budget"})
     rope_time: str = field(default="sample", metadata={"help": "'sample': mRoPE time from the clip's real fps; 'official': fixed 2 fps"})
-    cache_media: bool = field(default=False, metadata={"help": "keep decoded samples in memory across epochs (small data only)"})
+    data_workers: int = field(default=1, metadata={"help": "threads decoding and patchifying the next samples while the current step runs"})
+    frame_cache: str = field(default="", metadata={"help": "folder for an on-disk cache of sampled, resized frames; empty: no cache"})
     # format-reward evaluation
     eval_every: int = field(default=0, metadata={"help": "evaluate every k optimizer steps (0: only before and after training)"})
     eval_samples: int = field(default=64, metadata={"help": "held-out prompts per evaluation (0: no evaluation)"})
@@ -113,7 +115,7 @@ class Config:
 MEDIA_FIELDS = {f.name for f in fields(rollout.MediaConfig)}
 # The tiny default: a randomly initialised ~2.6M-parameter model learns nothing at lr 1e-6. Frames and pixels are
 # train.py's tiny preset, so SFT and T-GRPO see identical prompts.
-TINY_PRESET = dict(epochs=6.0, batch_size=8, grad_accum=1, lr=2e-3, warmup_steps=20, cache_media=True,
+TINY_PRESET = dict(epochs=6.0, batch_size=8, grad_accum=1, lr=2e-3, warmup_steps=20,
                    eval_max_new_tokens=128, **{k: v for k, v in train.TINY_PRESET.items() if k in MEDIA_FIELDS})
 
 
@@ -239,31 +241,9 @@ def lr_at(step: int, total: int, cfg) -> float:
     return cfg.lr * max(0.0, (total - step) / max(1, total - cfg.warmup_steps))
 
 
-def prepare_example(sample, tokenizer, media, cfg, cache: dict | None):
-    """Sample -> Example (decoded, patchified, tokenized), memoised in `cache` when given.
-    Raises data.MediaError for unreadable media."""
-    key = id(sample)
-    if cache is not None and key in cache:
-        return cache[key]
-    ex = build_example(rollout.prepare(sample, tokenizer, media), tokenizer, cfg.loss_on, SYSTEM_PROMPTS[cfg.system_prompt])
-    if cache is not None:
-        cache[key] = ex
-    return ex
-
-
-def collect(stream, n: int, tokenizer, media, cfg, cache) -> tuple[list[Example], int]:
-    """n examples from the rank's stream, skipping (and counting) samples whose media fails to decode."""
-    out, skipped = [], 0
-    while len(out) < n:
-        s = next(stream)
-        try:
-            out.append(prepare_example(s, tokenizer, media, cfg, cache))
-        except data.MediaError as e:
-            skipped += 1
-            print(f"[skip] {e}", file=sys.stderr)
-            if skipped > 100 + 10 * n:
-                raise RuntimeError(f"sft.py: more than {skipped} undecodable media files in a row; check --media-root") from e
-    return out, skipped
+def prepare_example(sample, tokenizer, media, cfg) -> Example:
+    """Sample -> Example (decoded, patchified, tokenized). Raises data.MediaError for unreadable media."""
+    return build_example(rollout.prepare(sample, tokenizer, media), tokenizer, cfg.loss_on, SYSTEM_PROMPTS[cfg.system_prompt])
 
 
 @torch.no_grad()
@@ -319,8 +299,10 @@ def main(argv=None):
     opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     samples = data.load_samples(train_json, cfg.media_root or None, require_process=True)
     media = train.media_config(cfg)
-    cache = {} if cfg.cache_media else None
-    stream = train.prompt_stream(samples, d, cfg.seed)
+    # the next samples are decoded while the current step runs; undecodable media are skipped and counted
+    prefetch = loader.Prefetcher(train.prompt_stream(samples, d, cfg.seed), tokenizer, media, shuffled=False,
+                                 seed=cfg.seed, rank=d.rank, workers=cfg.data_workers,
+                                 cache=loader.FrameCache(cfg.frame_cache) if cfg.frame_cache else None)
     per_step = cfg.batch_size * cfg.grad_accum * d.world
     total = cfg.steps if cfg.steps > 0 else max(1, math.ceil(cfg.epochs * len(samples) / per_step))
     eval_examples = []
@@ -328,7 +310,7 @@ def main(argv=None):
         held = data.load_samples(eval_json, (cfg.media_root or None) if cfg.eval_data else None)[:cfg.eval_samples]
         for s in held[d.rank::d.world]:
             try:
-                eval_examples.append(prepare_example(s, tokenizer, media, cfg, None))
+                eval_examples.append(prepare_example(s, tokenizer, media, cfg))
             except data.MediaError as e:
                 print(f"[skip eval] {e}", file=sys.stderr)
     gen = torch.Generator(device=d.device).manual_seed(cfg.seed + 7 + d.rank)
@@ -362,8 +344,9 @@ def main(argv=None):
         t0 = time.time()
         micro, skipped = [], 0
         for _ in range(cfg.grad_accum):
-            exs, sk = collect(stream, cfg.batch_size, tokenizer, media, cfg, cache)
-            micro.append(exs); skipped += sk
+            prepared, sk = prefetch.take(cfg.batch_size)
+            micro.append([build_example(p, tokenizer, cfg.loss_on, SYSTEM_PROMPTS[cfg.system_prompt]) for p in prepared])
+            skipped += sk
         if step == 0:
             check_against_template(micro[0][0], tokenizer, SYSTEM_PROMPTS[cfg.system_prompt])
         local_tok = sum(int(e.labels.sum()) for exs in micro for e in exs)
@@ -394,6 +377,7 @@ def main(argv=None):
         if cfg.save_every > 0 and (step + 1) % cfg.save_every == 0:
             train.export(module, tokenizer, out_dir / f"step_{step + 1}", d)
     run_eval(total)
+    prefetch.close()
     final = train.export(module, tokenizer, out_dir / "final", d)
     if d.main:
         metrics.close()
