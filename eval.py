@@ -11,7 +11,8 @@ Per benchmark file `eval_{name}.json` (the Video-R1-eval schema, which is the RL
 1. Validation: every item's media file is opened (decord for videos, PIL for images). Missing and
    undecodable files are listed with counts and the items excluded, never scored, never replaced.
 2. Generation: `--batch-size` prompts per rollout.generate call, one completion each, prompt = the eval
-   template of reference §5 as one user turn (default system prompt). Decoding is near-greedy with every
+   template of reference §5 as one user turn (default system prompt; `--template train`: the T-GRPO/SFT
+   template instead, for a policy that has only ever seen that one, like the tiny model). Decoding is near-greedy with every
    knob explicit (reference §9 item 17): temperature 0.01 and top_p 0.001 as the paper reports (the official
    eval_bench.py uses temperature 0.1, reference §9 item 15), top_k off, repetition penalty 1.0, 1024 tokens.
 3. Scoring (report.py): rewards.eval_score (answer extraction with fallback to the raw output, reference §7): exact
@@ -69,6 +70,7 @@ class Config:
     limit: int = field(default=0, metadata={"help": "> 0: only the first N items of each benchmark (smoke runs)"})
     shuffled: bool = field(default=False, metadata={"help": "also evaluate every item on shuffled frames (seeded) and report the gap"})
     seed: int = field(default=0, metadata={"help": "seed of the frame shuffles (per item) and of sampling (per rank)"})
+    template: str = field(default="eval", metadata={"help": "'eval': the official eval prompt (reference §5); 'train': the T-GRPO/SFT prompt the policy was trained with"})
     # frames and pixels (reference §4, §8; eval values)
     nframes: int = field(default=0, metadata={"help": "> 0: fixed frame count per video (16/32/64) instead of the fps rule"})
     max_frames: int = field(default=16, metadata={"help": "most frames per video under the fps rule (official FPS_MAX_FRAMES: 16, 32 or 64)"})
@@ -118,7 +120,7 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
         for k, v in TINY_PRESET.items():
             if k not in explicit:
                 setattr(cfg, k, v)
-    checks = {"preset": preset in ("tiny", "paper"), "rope_time": cfg.rope_time in ("sample", "official"),
+    checks = {"preset": preset in ("tiny", "paper"), "template": cfg.template in ("train", "eval"), "rope_time": cfg.rope_time in ("sample", "official"),
               "batch_size": cfg.batch_size >= 1, "max_new_tokens": cfg.max_new_tokens >= 1,
               "temperature": cfg.temperature > 0, "top_p": 0 < cfg.top_p <= 1, "nframes": cfg.nframes >= 0,
               "name": not cfg.name or len([p for p in cfg.data.split(",") if p]) <= 1}
@@ -201,7 +203,7 @@ def run_batch(indices, samples, shuffled, hf, tokenizer, media, sp, gen, cfg) ->
     for i in indices:
         try:  # the shuffle of item i depends only on (seed, i): the same on any rank, batch or resume
             frame_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
-            prepared.append((i, rollout.prepare(samples[i], tokenizer, media, shuffled=shuffled, variant="eval",
+            prepared.append((i, rollout.prepare(samples[i], tokenizer, media, shuffled=shuffled, variant=cfg.template,
                                                 generator=frame_gen)))
         except (data.MediaError, ValueError) as e:
             failed.append((i, f"undecodable: {e}"))
@@ -339,7 +341,7 @@ def main(argv=None) -> list[dict] | None:
                 print(f"[excluded] {name} item {i} (problem_id {samples[i].problem_id}): {r}", file=sys.stderr)
         for shuffled in ([False, True] if cfg.shuffled else [False]):
             header = {"model": str(Path(model_dir).resolve()), "data": str(Path(json_path).resolve()),
-                      "shuffled": shuffled, "seed": cfg.seed if shuffled else None,
+                      "shuffled": shuffled, "seed": cfg.seed if shuffled else None, "template": cfg.template,
                       "media": asdict(media), "sampling": asdict(sp)}
             result = evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, tokenizer, media,
                               sp, cfg, d)

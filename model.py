@@ -9,6 +9,8 @@ Pieces (reference §1 steps 1, 3, 7 and §5 "GRPO message"):
 - `build_tiny`: a randomly initialised `Qwen2_5_VLForConditionalGeneration` with the real architecture
   (windowed-attention vision tower with 2x2 patch merger, mRoPE decoder) and a byte-level BPE fast tokenizer
   carrying Qwen2.5-VL's exact special-token strings and a chat template rendering Qwen2.5-VL's layout.
+- `build_builtin_tiny`: the default policy, `build_tiny` with its vision output centred on built-in clips
+  (`center_visual_features`, so that a from-scratch decoder can learn to read it).
 - `encode_prompt`: the chat-rendered prompt with exactly t*h*w/4 `<|video_pad|>` (or `<|image_pad|>`) tokens.
 - `PolicyLogprobs`: an nn.Module whose forward returns per-token log-probs of completions. It is the unit that
   DDP/FSDP wrap, so every parameter use (vision tower, embeddings, decoder, lm_head) happens inside one forward.
@@ -102,11 +104,12 @@ def tiny_config(tokenizer) -> Qwen2_5_VLConfig:
                             pad_token_id=ids["<|endoftext|>"], bos_token_id=None, tie_word_embeddings=False)
 
 
-def build_tiny(folder: str | Path, corpus: list[str], seed: int = 0) -> Path:
+def build_tiny(folder: str | Path, corpus: list[str], seed: int = 0, center_on: list[Visual] = ()) -> Path:
     """Write a tiny randomly initialised Qwen2.5-VL HF folder (config, safetensors, tokenizer, chat template,
     image-processor settings) to `folder` and return it. Idempotent: an existing complete folder is kept.
 
-    The weights are float32, drawn from torch's default initialisers under `torch.manual_seed(seed)`.
+    The weights are float32, drawn from HF's initialisers under `torch.manual_seed(seed)`; with `center_on`
+    (a few prompts' visuals) the vision tower's output is then centred on them (`center_visual_features`).
     Raises ValueError on an empty corpus.
     """
     folder = Path(folder)
@@ -115,12 +118,47 @@ def build_tiny(folder: str | Path, corpus: list[str], seed: int = 0) -> Path:
     tokenizer = build_tokenizer(corpus)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer)).float()
+    if center_on:
+        center_visual_features(model, list(center_on))
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_hf(model, tokenizer, tmp)
     shutil.rmtree(folder, ignore_errors=True)   # a partial folder from an interrupted build
     tmp.rename(folder)
     return folder
+
+
+@torch.no_grad()
+def center_visual_features(hf, visuals: list[Visual]) -> float:
+    """Subtract the mean visual feature over `visuals` from the patch merger's output bias; returns its norm.
+
+    A data-dependent initialisation (in the spirit of LSUV), used only for the tiny random model: its vision
+    tower maps the mostly-uniform background of every clip to one common vector (norm ~1.0, against ~0.15 of
+    content variation per token), the decoder's RMSNorm then scales the content down to a few percent, and
+    training from scratch learns to ignore it: measured on the built-in colour questions, swapping a clip
+    for another left the SFT loss unchanged after 750 steps. Centred features are mostly content, and the
+    decoder learns to read them within ~150 steps (with the vision tower frozen, see train.py's tiny preset).
+    visuals: Visual objects (pixel_values float (n_patches, 1176), grid_thw (3,)).
+    """
+    merger = hf.model.visual.merger.mlp[-1]                                  # Linear(4*C_vis, D)
+    feats = torch.cat([hf.model.visual(v.pixel_values.to(merger.weight), grid_thw=v.grid_thw[None].to(merger.weight.device))
+                       .pooler_output for v in visuals])                     # (sum tokens, D)
+    mean = feats.float().mean(0)                                            # (D,)
+    merger.bias -= mean.to(merger.bias.dtype)
+    return float(mean.norm())
+
+
+def build_builtin_tiny(folder: str | Path, train_cot_json: str | Path, n_center: int = 64) -> Path:
+    """The project's default policy: `build_tiny` on the built-in COT split's text, its vision output centred
+    on the first `n_center` built-in samples decoded at the tiny preset's frames and pixels (train.TINY_PRESET).
+    Idempotent. Raises data.MediaError if a built-in clip cannot be decoded."""
+    import data
+    import rollout
+    import train
+    samples = data.load_samples(train_cot_json, require_process=True)
+    media = rollout.MediaConfig(**{k: v for k, v in train.TINY_PRESET.items() if hasattr(rollout.MediaConfig, k)})
+    visuals = [rollout.to_visual(*rollout.load_visual(s, media), s.data_type, media) for s in samples[:n_center]]
+    return build_tiny(folder, tokenizer_corpus(samples), center_on=visuals)
 
 
 def save_hf(model, tokenizer, folder: str | Path, state_dict: dict | None = None) -> Path:
@@ -315,9 +353,8 @@ def main():
     p.add_argument("--data", default="runs/cache/data", help="built-in dataset folder (made if missing)")
     args = p.parse_args()
     import synthetic
-    from data import load_samples
     paths = synthetic.make_dataset(args.data)
-    print(build_tiny(args.out, tokenizer_corpus(load_samples(paths["train_cot"], require_process=True))))
+    print(build_builtin_tiny(args.out, paths["train_cot"]))
 
 
 def tokenizer_corpus(samples) -> list[str]:

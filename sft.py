@@ -85,6 +85,7 @@ class Config:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=5.0, metadata={"help": "gradient-norm clip"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps, then linear decay to 0"})
+    freeze_vision: bool = field(default=False, metadata={"help": "keep the vision tower fixed (no gradients); the tiny preset's default, whose random tower collapses to a constant when trained from scratch"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers and vision blocks in backward (official: on for the 7B)"})
     # frames and pixels (reference §4, §8): the same fields and defaults as train.py
     fps: float = field(default=2.0, metadata={"help": "frames per second of video sampled by the fps rule"})
@@ -114,8 +115,10 @@ class Config:
 
 MEDIA_FIELDS = {f.name for f in fields(rollout.MediaConfig)}
 # The tiny default: a randomly initialised ~2.6M-parameter model learns nothing at lr 1e-6. Frames and pixels are
-# train.py's tiny preset, so SFT and T-GRPO see identical prompts.
-TINY_PRESET = dict(epochs=6.0, batch_size=8, grad_accum=1, lr=2e-3, warmup_steps=20,
+# train.py's tiny preset, so SFT and T-GRPO see identical prompts. The vision tower stays frozen: trained from
+# scratch it collapses to one constant output within ~50 steps (the decoder then cannot tell clips apart), while
+# its centred random features (model.center_visual_features) are informative enough to learn to read.
+TINY_PRESET = dict(epochs=6.0, batch_size=8, grad_accum=1, lr=2e-3, warmup_steps=20, freeze_vision=True,
                    eval_max_new_tokens=128, **{k: v for k, v in train.TINY_PRESET.items() if k in MEDIA_FIELDS})
 
 
@@ -293,6 +296,7 @@ def main(argv=None):
     dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
     model_dir, train_json, eval_json = resolve_paths(cfg, d)
     hf, tokenizer = load_policy(model_dir, dtype, d.device)
+    hf.model.visual.requires_grad_(not cfg.freeze_vision)                   # before wrapping (DDP/FSDP see it)
     module = D.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), d, cfg.dist, cfg.activation_checkpointing)
     mixed = cfg.dtype == "auto" and cuda and not D.is_fsdp(module)          # FSDP casts through its own policy
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if mixed else contextlib.nullcontext

@@ -51,7 +51,7 @@ import loader
 import rewards
 import rollout
 import tgrpo
-from model import PolicyLogprobs, build_tiny, load_policy, save_hf, tokenizer_corpus
+from model import PolicyLogprobs, build_builtin_tiny, load_policy, save_hf
 
 
 @dataclass
@@ -111,6 +111,7 @@ class Config:
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     dtype: str = field(default="auto", metadata={"help": "auto (fp32 weights; bf16 compute on CUDA) | float32 | bfloat16 (weights)"})
     dist: str = field(default="auto", metadata={"help": "auto (fsdp on CUDA, ddp on CPU) | fsdp (FSDP2 per block + root) | ddp | none"})
+    freeze_vision: bool = field(default=False, metadata={"help": "keep the vision tower fixed (no gradients); the tiny preset's default, whose random tower cannot be trained from scratch here"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers and vision blocks in backward (saves activation memory)"})
     save_every: int = field(default=0, metadata={"help": "> 0: resumable checkpoint (DCP) every this many steps under out_dir/checkpoints"})
     keep_checkpoints: int = field(default=2, metadata={"help": "resumable checkpoints kept (oldest deleted)"})
@@ -125,9 +126,11 @@ class Config:
     preset: str = field(default="auto", metadata={"help": "auto: 'tiny' when --model is empty, else 'paper'; tiny | paper"})
 
 
-# The tiny default's settings: what a randomly initialised few-million-parameter model on 2 CPU cores needs.
+# The tiny default's settings: what a randomly initialised few-million-parameter model on 2 CPU cores needs
+# (a frozen vision tower: see sft.py's TINY_PRESET).
 TINY_PRESET = dict(steps=30, prompts_per_rank=2, max_completion_length=96, min_len=40, max_len=80, lr=2e-5,
-                   max_frames=8, video_min_pixels=84 * 84, video_max_pixels=84 * 84, image_max_pixels=84 * 84)
+                   max_frames=8, video_min_pixels=84 * 84, video_max_pixels=84 * 84, image_max_pixels=84 * 84,
+                   freeze_vision=True)
 
 
 def finish_config(cfg: Config, explicit: set[str]) -> Config:
@@ -169,7 +172,7 @@ def resolve_model_and_data(cfg, d: D.Dist) -> tuple[str, str]:
         if d.main:
             paths = synthetic.make_dataset(Path(cfg.cache_dir) / "data")
             if not model:
-                build_tiny(Path(cfg.cache_dir) / "tiny", tokenizer_corpus(data.load_samples(paths["train_cot"], require_process=True)))
+                build_builtin_tiny(Path(cfg.cache_dir) / "tiny", paths["train_cot"])
         D.barrier(d)
         paths = synthetic.make_dataset(Path(cfg.cache_dir) / "data")  # idempotent: returns the paths
         model = model or str(Path(cfg.cache_dir) / "tiny")
@@ -223,6 +226,8 @@ def compute_advantages(acc, fmt, lengths, sacc, is_video, cfg):
         total = acc + fmt + length
         adv = tgrpo.group_advantages(total, cfg.adv_eps, cfg.adv_scale) + bonus
     stats = tgrpo.temporal_stats(acc, sacc, is_video, cfg.mu) if cfg.temporal and cfg.G_shuffled > 0 else None
+    if stats is not None:   # how much the bonus moved the advantages (0 where normalisation cancels it, reference §1)
+        stats["bonus_adv_shift"] = (adv - tgrpo.group_advantages(acc + fmt + length, cfg.adv_eps, cfg.adv_scale)).abs()
     return total, adv, bonus, length, stats
 
 
@@ -285,6 +290,7 @@ def main(argv=None):
         and not sharded else contextlib.nullcontext
     model_dir, train_json = resolve_model_and_data(cfg, d)
     hf, tokenizer = load_policy(model_dir, dtype, d.device)
+    hf.model.visual.requires_grad_(not cfg.freeze_vision)                   # before wrapping (DDP/FSDP see it)
     policy = D.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), d, mode, cfg.activation_checkpointing)
     reference = None
     if cfg.beta > 0:   # frozen, no optimizer; sharded like the policy under FSDP (no_grad forward only)
@@ -385,7 +391,8 @@ def main(argv=None):
         # holding only images, so the all-reduce below matches across ranks)
         v = is_video
         video = {"p": tstats["p"][v].sum().item(), "p_shuffled": tstats["p_shuffled"][v].sum().item(),
-                 "temporal_rate": tstats["triggered"][v].float().sum().item()} if tstats is not None else {}
+                 "temporal_rate": tstats["triggered"][v].float().sum().item(),
+                 "bonus_adv_shift": tstats["bonus_adv_shift"][v].mean(1).sum().item()} if tstats is not None else {}
         keys, vkeys = sorted(local), sorted(video)
         summed = D.all_reduce_sum(torch.tensor([local[k] for k in keys] + [1.0] + [video[k] for k in vkeys]
                                                + [float(v.sum())], dtype=torch.float64), d)

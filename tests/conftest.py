@@ -12,11 +12,10 @@ sys.path.insert(0, str(ROOT))
 @pytest.fixture(scope="session")
 def builtin(tmp_path_factory):
     """(paths of the built-in dataset, tiny model folder) in a session temp dir."""
-    import data
     import synthetic
-    from model import build_tiny, tokenizer_corpus
+    from model import build_builtin_tiny
 
     root = tmp_path_factory.mktemp("cache")
     paths = synthetic.make_dataset(root / "data", n_train=48, n_test=16)
-    tiny = build_tiny(root / "tiny", tokenizer_corpus(data.load_samples(paths["train_cot"], require_process=True)))
+    tiny = build_builtin_tiny(root / "tiny", paths["train_cot"])
     return paths, tiny

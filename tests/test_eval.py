@@ -131,10 +131,10 @@ def bench(tmp_path_factory):
     """A 7-item benchmark file eval_mvbench.json from the built-in test split (static and temporal videos, one
     image), its media root and the tiny model."""
     import synthetic
-    from model import build_tiny, tokenizer_corpus
+    from model import build_builtin_tiny
     root = tmp_path_factory.mktemp("evalcache")
     paths = synthetic.make_dataset(root / "data", n_train=48, n_test=16)
-    tiny = build_tiny(root / "tiny", tokenizer_corpus(data.load_samples(paths["train_cot"], require_process=True)))
+    tiny = build_builtin_tiny(root / "tiny", paths["train_cot"])
     entries = json.loads(Path(paths["test"]).read_text())[:7]
     assert {rp.category(e["data_source"]) for e in entries} == {"static", "temporal"}
     assert {e["data_type"] for e in entries} == {"image", "video"}
@@ -232,3 +232,22 @@ def test_missing_and_corrupt_media_are_excluded(bench, tmp_path, capsys):
     excluded = {e["problem_id"]: e["reason"].split(":")[0] for e in res["excluded"]}
     assert excluded == {100: "missing", 101: "undecodable", 102: "undecodable", 103: "undecodable"}
     assert res["summary"]["n_excluded"] == 4 and res["summary"]["n_scored"] == 2 and res["summary"]["n_items"] == 6
+
+
+def test_template_flag(bench, tmp_path, monkeypatch):
+    """--template train prompts with the T-GRPO/SFT template (data.build_prompt_text variant "train") and records
+    it in the settings header, so a resume cannot mix templates; another value is refused."""
+    bench_json, media_root, tiny, _ = bench
+    seen = []
+    real = data.build_prompt_text
+    monkeypatch.setattr(data, "build_prompt_text", lambda s, variant="train": seen.append(variant) or real(s, variant))
+    args = ["--model", str(tiny), "--preset", "tiny", "--data", str(bench_json), "--media-root", str(media_root),
+            "--max-new-tokens", "2", "--limit", "2", "--out-dir", str(tmp_path / "out")]
+    ev.main(args + ["--template", "train"])
+    assert seen and set(seen) == {"train"}
+    header = json.loads((tmp_path / "out" / "eval_mvbench.records.jsonl").read_text().splitlines()[0])
+    assert "train" in json.dumps(header)
+    with pytest.raises(ValueError, match="records|settings|template"):
+        ev.main(args + ["--template", "eval"])
+    with pytest.raises(ValueError, match="template"):
+        ev.main(args + ["--template", "chat"])

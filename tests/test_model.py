@@ -127,3 +127,28 @@ def test_sampled_pad_token_in_completion_is_text(builtin):
     with torch.no_grad():
         lp = M.PolicyLogprobs(hf)(inp, torch.ones_like(inp), ids.numel(), [M.Visual("video", torch.randn(32, 1176), grid)], [0])
     assert lp.shape == (1, 3) and torch.isfinite(lp).all()
+
+
+def test_builtin_tiny_visual_features_are_centred(builtin):
+    """build_builtin_tiny subtracts the mean merger output over the first built-in samples (decoded at the tiny
+    preset's pixels): their mean feature is ~0 after saving and loading, while a fresh random tower's is ~1."""
+    import data
+    import rollout
+    import train
+    paths, tiny = builtin
+    hf, _ = M.load_policy(tiny)
+    media = rollout.MediaConfig(**{k: v for k, v in train.TINY_PRESET.items() if hasattr(rollout.MediaConfig, k)})
+    visuals = [rollout.to_visual(*rollout.load_visual(s, media), s.data_type, media)
+               for s in data.load_samples(paths["train_cot"], require_process=True)[:64]]
+    with torch.no_grad():
+        feats = torch.cat([hf.model.visual(v.pixel_values, grid_thw=v.grid_thw[None]).pooler_output for v in visuals])
+    assert feats.mean(0).norm() < 1e-4 * feats.norm(dim=-1).mean()
+    torch.manual_seed(0)
+    fresh = Qwen2_5_VLForConditionalGeneration(hf.config)
+    bias = fresh.model.visual.merger.mlp[-1].bias.clone()
+    removed = M.center_visual_features(fresh, visuals[:8])
+    assert removed > 0.5                                                  # the common vector it took out
+    with torch.no_grad():
+        again = torch.cat([fresh.model.visual(v.pixel_values, grid_thw=v.grid_thw[None]).pooler_output for v in visuals[:8]])
+    assert again.mean(0).norm() < 1e-4
+    assert (bias - fresh.model.visual.merger.mlp[-1].bias).norm().item() == pytest.approx(removed, rel=1e-5)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from conftest import ROOT
 
-FIELDS = ["accuracy", "format", "temporal_bonus", "temporal_rate", "p", "p_shuffled", "completion_length", "kl",
+FIELDS = ["accuracy", "format", "temporal_bonus", "temporal_rate", "bonus_adv_shift", "p", "p_shuffled", "completion_length", "kl",
           "loss", "length_bonus", "clip_frac", "zero_std_groups", "reward", "skipped_media", "step"]
 QUICK = ["--steps", "2", "--G", "4", "--max-completion-length", "8", "--prompts-per-rank", "2"]
 
@@ -42,7 +42,10 @@ def test_train_runs_logs_and_saves(tmp_path, nproc):
     AutoTokenizer.from_pretrained(out / "final")
     before, after = load_file(tmp_path / "cache" / "tiny" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
     assert before.keys() == after.keys()
-    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(before[k], after[k]) for k in before if "visual" not in k)
+    # the tiny preset freezes the vision tower (--freeze-vision): its weights are exactly the initial ones
+    assert any(k.startswith("model.visual.") for k in before)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("model.visual."))
 
 
 def test_help_lists_every_field():
@@ -56,4 +59,19 @@ def test_help_lists_every_field():
 def test_plain_grpo_has_no_shuffled_rollout(tmp_path):
     run_train(["--steps", "1", "--G", "2", "--max-completion-length", "4", "--temporal", "false"], tmp_path)
     row = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
-    assert "p_shuffled" not in row and row["temporal_bonus"] == 0.0
+    assert "p_shuffled" not in row and "bonus_adv_shift" not in row and row["temporal_bonus"] == 0.0
+
+
+@pytest.mark.parametrize("placement,shift", [("reward", 0.0), ("advantage", 0.15)])
+def test_bonus_shift_of_advantages(placement, shift):
+    """One video group, 2 of 4 ordered completions correct, all well formatted, shuffled 0/2 correct: the bonus
+    triggers (0.5 >= 0.8 * 0). Added to the rewards [2.3, 2.3, 1, 1] it is cancelled by the group normalisation
+    (same advantages as [2, 2, 1, 1]); added to the advantages it moves the two correct ones by α = 0.3, so the
+    logged mean |shift| is 0.15 (reference §1)."""
+    import train
+    cfg = train.finish_config(train.Config(bonus_placement=placement, len_control=False), set())
+    acc, fmt = torch.tensor([[1.0, 1.0, 0.0, 0.0]]), torch.ones(1, 4)
+    lengths, sacc, is_video = torch.full((1, 4), 10), torch.zeros(1, 2), torch.tensor([True])
+    total, adv, bonus, _, stats = train.compute_advantages(acc, fmt, lengths, sacc, is_video, cfg)
+    assert bonus.tolist() == [[0.3, 0.3, 0.0, 0.0]] and stats["triggered"].tolist() == [True]
+    assert stats["bonus_adv_shift"].mean().item() == pytest.approx(shift, abs=1e-4)
