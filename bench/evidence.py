@@ -194,7 +194,7 @@ def curves(out: Path, seeds: list[int], smooth: int) -> Path:
     import numpy as np
 
     fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 3.6))
-    for v, slug in SLUG.items():
+    for i, (v, slug) in enumerate(SLUG.items()):
         runs = []
         for s in seeds:
             rows = [json.loads(x) for x in (out / f"s{s}" / slug / "metrics.jsonl").read_text().splitlines()]
@@ -210,8 +210,8 @@ def curves(out: Path, seeds: list[int], smooth: int) -> Path:
                                        np.ones(k) / k, mode="valid") for x in vals])
             steps = np.arange(k, n + 1)
             mu, sd = sm.mean(0), sm.std(0)
-            ax.plot(steps, mu, label=v)
-            ax.fill_between(steps, mu - sd, mu + sd, alpha=0.2)
+            ax.plot(steps, mu, label=v, color=f"C{i}")   # one colour per variant in every panel
+            ax.fill_between(steps, mu - sd, mu + sd, alpha=0.2, color=f"C{i}")
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("step")
     axes[0].legend(fontsize=8)
