@@ -12,8 +12,8 @@ Per benchmark file `eval_{name}.json` (the Video-R1-eval schema, which is the RL
    undecodable files are listed with counts and the items excluded, never scored, never replaced.
 2. Generation: `--batch-size` prompts per rollout.generate call, one completion each, prompt = the eval
    template of reference §5 as one user turn (default system prompt; `--template train`: the T-GRPO/SFT
-   template instead, for a policy that has only ever seen that one, like the tiny model). Decoding is near-greedy with every
-   knob explicit (reference §9 item 17): temperature 0.01 and top_p 0.001 as the paper reports (the official
+   template instead, for a policy that has only ever seen that one, like the tiny model). Decoding is
+   near-greedy with every knob explicit (reference §9 item 17): temperature 0.01 and top_p 0.001 as the paper reports (the official
    eval_bench.py uses temperature 0.1, reference §9 item 15), top_k off, repetition penalty 1.0, 1024 tokens.
 3. Scoring (report.py): rewards.eval_score (answer extraction with fallback to the raw output, reference §7): exact
    match for multiple choice, the numerical rule, MRA for regression. Score = mean accuracy x 100, except
@@ -120,7 +120,8 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
         for k, v in TINY_PRESET.items():
             if k not in explicit:
                 setattr(cfg, k, v)
-    checks = {"preset": preset in ("tiny", "paper"), "template": cfg.template in ("train", "eval"), "rope_time": cfg.rope_time in ("sample", "official"),
+    checks = {"preset": preset in ("tiny", "paper"), "template": cfg.template in ("train", "eval"),
+              "rope_time": cfg.rope_time in ("sample", "official"),
               "batch_size": cfg.batch_size >= 1, "max_new_tokens": cfg.max_new_tokens >= 1,
               "temperature": cfg.temperature > 0, "top_p": 0 < cfg.top_p <= 1, "nframes": cfg.nframes >= 0,
               "name": not cfg.name or len([p for p in cfg.data.split(",") if p]) <= 1}

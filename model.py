@@ -137,8 +137,10 @@ def center_visual_features(hf, visuals: list[Visual]) -> float:
     content variation per token), the decoder's RMSNorm then scales the content down to a few percent, and
     training from scratch learns to ignore it: measured on the built-in colour questions, swapping a clip
     for another left the SFT loss unchanged after 750 steps. Centred features are mostly content, and the
-    decoder learns to read them within ~150 steps (with the vision tower frozen, see train.py's tiny preset).
-    visuals: Visual objects (pixel_values float (n_patches, 1176), grid_thw (3,)).
+    decoder learns to read them within ~150 steps (with the vision tower frozen, see sft.py's TINY_PRESET).
+    visuals: Visual objects (pixel_values float (n_patches, 1176), grid_thw long (3,)); the features are
+    computed in the model's dtype and device. Returns the removed mean's L2 norm (float, feature units).
+    Modifies `hf` in place. Not in the paper or the reference: the real 7B's vision tower is pretrained.
     """
     merger = hf.model.visual.merger.mlp[-1]                                  # Linear(4*C_vis, D)
     feats = torch.cat([hf.model.visual(v.pixel_values.to(merger.weight), grid_thw=v.grid_thw[None].to(merger.weight.device))
@@ -152,11 +154,13 @@ def build_builtin_tiny(folder: str | Path, train_cot_json: str | Path, n_center:
     """The project's default policy: `build_tiny` on the built-in COT split's text, its vision output centred
     on the first `n_center` built-in samples decoded at the tiny preset's frames and pixels (train.TINY_PRESET).
     Idempotent. Raises data.MediaError if a built-in clip cannot be decoded."""
+    from types import SimpleNamespace
+
     import data
     import rollout
     import train
     samples = data.load_samples(train_cot_json, require_process=True)
-    media = rollout.MediaConfig(**{k: v for k, v in train.TINY_PRESET.items() if hasattr(rollout.MediaConfig, k)})
+    media = train.media_config(SimpleNamespace(**train.TINY_PRESET))        # the tiny preset's frames/pixels
     visuals = [rollout.to_visual(*rollout.load_visual(s, media), s.data_type, media) for s in samples[:n_center]]
     return build_tiny(folder, tokenizer_corpus(samples), center_on=visuals)
 

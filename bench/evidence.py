@@ -94,7 +94,7 @@ def stages(a: argparse.Namespace, out: Path, seeds: list[int]) -> None:
 
     paths = synthetic.make_dataset(out / "data", n_train=a.n_train, n_test=a.n_test)
     tiny = build_builtin_tiny(out / "tiny", paths["train_cot"])
-    common = ["--preset", "tiny", "--data-workers", "1"]
+    common = ["--preset", "tiny"]
     sft = [(["sft.py", "--model", str(tiny), "--data", str(paths["train_cot"]), "--eval-data", str(paths["test"]),
              "--epochs", str(a.sft_epochs), "--seed", str(a.sft_seed), "--out-dir", str(out / "sft"), *common],
             out / "sft.log")] if not (out / "sft" / "final" / "config.json").exists() else []

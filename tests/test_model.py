@@ -1,5 +1,6 @@
 """model.py: tokenizer and chat layout against the real Qwen2.5-VL files, prompt token counts, tiny model build."""
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -137,7 +138,7 @@ def test_builtin_tiny_visual_features_are_centred(builtin):
     import train
     paths, tiny = builtin
     hf, _ = M.load_policy(tiny)
-    media = rollout.MediaConfig(**{k: v for k, v in train.TINY_PRESET.items() if hasattr(rollout.MediaConfig, k)})
+    media = train.media_config(SimpleNamespace(**train.TINY_PRESET))
     visuals = [rollout.to_visual(*rollout.load_visual(s, media), s.data_type, media)
                for s in data.load_samples(paths["train_cot"], require_process=True)[:64]]
     with torch.no_grad():
