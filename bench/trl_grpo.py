@@ -2,12 +2,16 @@
 `GRPOTrainer` on the same tiny Qwen2.5-VL, image prompts, same G, lengths, sampling, β and learning rate.
 
     python -m venv --system-site-packages /tmp/venv-bench && /tmp/venv-bench/bin/pip install -r bench/requirements.txt
-    /tmp/venv-bench/bin/python bench/trl_grpo.py                 # G = 8, 48 new tokens, 3 timed steps each
+    /tmp/venv-bench/bin/python bench/trl_grpo.py                 # G = 8, 48 new tokens, 448x448 images, 5 timed steps
+    /tmp/venv-bench/bin/python bench/trl_grpo.py --image-size 112 # the built-in images at their own size (16 tokens)
 
 TRL (optional, benchmark only; pinned in bench/requirements.txt) cannot load this model's processor through
 AutoProcessor: transformers' Qwen2_5_VLProcessor always builds a video processor, which imports torchvision
 (not installable here). The script therefore gives TRL an image-only subclass of that processor (Pillow image
 processor + our tokenizer); everything else is TRL's own code path.
+Images: the built-in 112x112 PNGs upscaled (bicubic, Pillow) to `--image-size` and written once to a temporary
+folder that both sides read; the default 448x448 is what the official recipe feeds the model for a typical
+photo (qwen_vl_utils MAX_PIXELS = 256*28*28: a 1000x1000 image becomes 448x448, reference §8), 256 image tokens.
 Both sides: 1 prompt x G completions per step, temperature 1, top-p 0.95, no top-k, max 48 new tokens,
 accuracy + format rewards (rewards.py), β = 0.04 with a frozen reference, loss "grpo" (sequence mean, then
 batch mean), one optimizer pass per rollout. The first step of each side is a warm-up and is not counted.
@@ -32,16 +36,15 @@ import tgrpo  # noqa: E402
 import train  # noqa: E402
 from model import PolicyLogprobs, load_policy  # noqa: E402
 
-PIXELS = 112 * 112  # the built-in images are 112x112: both sides keep them at that size (8x8 patches, 16 tokens)
 
 
-def ours(model_dir, samples, a) -> list[float]:
+def ours(model_dir, samples, a, pixels: int) -> list[float]:
     """Step times (s) of this repo's plain GRPO step on one image prompt per step."""
     hf, tok = load_policy(model_dir)
     ref_hf, _ = load_policy(model_dir)
     policy, reference = PolicyLogprobs(hf), PolicyLogprobs(ref_hf.eval().requires_grad_(False))
     opt = torch.optim.AdamW(hf.parameters(), lr=a.lr, weight_decay=0.0)
-    media = rollout.MediaConfig(image_max_pixels=PIXELS)
+    media = rollout.MediaConfig(image_max_pixels=pixels)
     sp = rollout.SamplingParams(1.0, 0.95, 0, 1.0, a.new_tokens)
     gen = torch.Generator().manual_seed(0)
     pad, stop = tok.pad_token_id, [tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id]
@@ -67,7 +70,7 @@ def ours(model_dir, samples, a) -> list[float]:
     return times[1:]
 
 
-def trl_side(model_dir, samples, a) -> list[float]:
+def trl_side(model_dir, samples, a, pixels: int) -> list[float]:
     """Step times (s) of TRL GRPOTrainer on the same prompts."""
     from datasets import Dataset
     from PIL import Image
@@ -88,7 +91,7 @@ def trl_side(model_dir, samples, a) -> list[float]:
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.padding_side = "left"
-    image_proc = Qwen2VLImageProcessorPil.from_pretrained(model_dir, max_pixels=PIXELS)
+    image_proc = Qwen2VLImageProcessorPil.from_pretrained(model_dir, max_pixels=pixels)
     processor = ImageOnlyProcessor(image_processor=image_proc, tokenizer=tok, chat_template=tok.chat_template)
     rows = [{"prompt": [{"role": "user", "content": [{"type": "image"},
                                                      {"type": "text", "text": data.build_prompt_text(s, "train")}]}],
@@ -123,11 +126,25 @@ def trl_side(model_dir, samples, a) -> list[float]:
     return times[1:]
 
 
+def upscaled(samples, size: int, folder: Path) -> list:
+    """Copies of `samples` whose image is the original resized to size x size (bicubic) and saved under `folder`."""
+    from dataclasses import replace
+
+    from PIL import Image
+    out = []
+    for i, s in enumerate(samples):
+        path = folder / f"{i}.png"
+        Image.open(s.media_path).convert("RGB").resize((size, size), Image.BICUBIC).save(path)
+        out.append(replace(s, media_path=str(path)))
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--G", type=int, default=8)
     p.add_argument("--new-tokens", type=int, default=48)
-    p.add_argument("--steps", type=int, default=3, help="timed steps per side (after one warm-up step)")
+    p.add_argument("--image-size", type=int, default=448, help="side (px, multiple of 28) the 112x112 images are upscaled to")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per side (after one warm-up step)")
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--cache-dir", default="runs/cache")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: stable figures on a shared CPU)")
@@ -136,12 +153,18 @@ def main():
     torch.manual_seed(0)
     cfg = train.finish_config(train.Config(cache_dir=a.cache_dir), set())
     model_dir, train_json = train.resolve_model_and_data(cfg, D.Dist())
-    samples = [s for s in data.load_samples(train_json) if s.data_type == "image"]
-    t_ours = ours(model_dir, samples, a)
+    if a.image_size % 28:
+        raise ValueError(f"--image-size must be a multiple of 28 (patch 14 x merge 2), got {a.image_size}")
+    samples = upscaled([s for s in data.load_samples(train_json) if s.data_type == "image"], a.image_size,
+                       Path(tempfile.mkdtemp()))
+    pixels = a.image_size ** 2
+    t_ours = ours(model_dir, samples, a, pixels)
     import trl
-    t_trl = trl_side(model_dir, samples, a)
-    print(f"command: python bench/trl_grpo.py --G {a.G} --new-tokens {a.new_tokens} --steps {a.steps}")
-    print(f"tiny Qwen2.5-VL {model_dir}, image prompts 112x112 (16 image tokens), G = {a.G}, <= {a.new_tokens} new "
+    t_trl = trl_side(model_dir, samples, a, pixels)
+    n_tok = (a.image_size // 28) ** 2
+    print(f"command: python bench/trl_grpo.py --G {a.G} --new-tokens {a.new_tokens} --image-size {a.image_size} "
+          f"--steps {a.steps}")
+    print(f"tiny Qwen2.5-VL {model_dir}, image prompts {a.image_size}x{a.image_size} ({n_tok} image tokens), G = {a.G}, <= {a.new_tokens} new "
           f"tokens, torch threads {torch.get_num_threads()}, TRL {trl.__version__}")
     for name, ts in (("this repo", t_ours), ("TRL GRPOTrainer", t_trl)):
         print(f"{name:16s} median step {statistics.median(ts):6.2f} s   runs {[round(t, 2) for t in ts]}")
