@@ -129,7 +129,7 @@ class Prefetcher:
     """Prepared samples from a sample stream, in stream order, prepared `depth` samples ahead by `workers`
     threads.
 
-    Args: samples: an iterable of data.Sample (may be endless, e.g. `iter(train.Prompts.next, None)`);
+    Args: samples: an iterable of data.Sample (may be endless, e.g. `train.prompt_stream(...)`);
     tokenizer, media, shuffled, variant: as rollout.prepare; seed, rank: seed the per-sample generators
     (`sample_generator(seed, rank, start_index + i)` for the i-th sample); depth >= 1: samples in flight;
     workers >= 1: threads; cache: an optional FrameCache; max_consecutive_skips: raise RuntimeError after
@@ -191,7 +191,7 @@ class Prefetcher:
         raise StopIteration
 
     def take(self, n: int) -> tuple[list[rollout.Prepared], int]:
-        """The next n prepared samples and how many were skipped to get them (train.collect's contract).
+        """The next n prepared samples and how many were skipped to get them (what train.py's step takes).
         Raises StopIteration if a finite stream ends first."""
         before = self.skipped
         out = [next(self)[1] for _ in range(n)]

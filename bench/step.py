@@ -3,7 +3,8 @@
     python bench/step.py                          # tiny preset: 2 prompts/rank, G = 8, G̃ = 4, 48 new tokens
     python bench/step.py --steps 4 --G 4
 
-Pieces (reference §1 steps 2–13): decode (media decode + patchify + prompt tokens, `train.collect`),
+Pieces (reference §1 steps 2–13): decode (media decode + patchify + prompt tokens, `loader.prepare`
+in the main thread; train.py overlaps it with the step through `loader.Prefetcher`),
 ordered rollout (G per prompt), shuffled rollout (G̃ per video prompt), rewards (+ bonuses and advantages),
 policy log-probs (forward with grad), reference log-probs (no grad), backward, optimizer (clip + AdamW).
 train.py runs the ordered and shuffled rollouts in one `rollout.generate` call; here they are two calls so
@@ -22,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
+import loader  # noqa: E402
 import distributed as D  # noqa: E402
 import rollout  # noqa: E402
 import tgrpo  # noqa: E402
@@ -46,11 +48,13 @@ def main():
     policy = PolicyLogprobs(hf, cfg.logprob_chunk)
     ref_hf, _ = load_policy(model_dir, torch.float32, d.device)
     reference = PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk)
-    opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    stream = train.Prompts(data.load_samples(train_json), d, cfg.seed)
+    hf.model.visual.requires_grad_(not cfg.freeze_vision)                 # as train.py (frozen in the tiny preset)
+    opt = torch.optim.AdamW([q for q in hf.parameters() if q.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    stream = train.prompt_stream(data.load_samples(train_json), d, cfg.seed)
     media = train.media_config(cfg)
     sp = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)
-    gen, frame_gen = torch.Generator().manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed + 1000)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    shuffle = cfg.temporal and cfg.G_shuffled > 0
     pad_id, stop_ids = tok.pad_token_id, [tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id]
     times = defaultdict(list)
 
@@ -66,7 +70,8 @@ def main():
 
     for step in range(a.steps + 1):
         with timer("decode"):
-            batch, _ = train.collect(stream, cfg.prompts_per_rank, tok, media, cfg, frame_gen)
+            batch = [loader.prepare(next(stream), tok, media, shuffle, "train", loader.sample_generator(cfg.seed, 0, i))
+                     for i in range(step * cfg.prompts_per_rank, (step + 1) * cfg.prompts_per_rank)]
         hf.eval()
         with timer("ordered rollout"):
             ordered = rollout.generate(hf, [b.prompt_ids for b in batch], [b.visual for b in batch],

@@ -1,5 +1,5 @@
-"""bench/evidence.py end to end as a subprocess at a smoke budget: every stage runs through the real entry
-points, and the report, the JSON and the curves figure are written."""
+"""Benchmarks as smoke runs: bench/evidence.py end to end as a subprocess at a smoke budget (every stage
+runs through the real entry points; the report, the JSON and the curves figure are written) and bench/step.py."""
 import json
 import os
 import subprocess
@@ -20,6 +20,7 @@ def test_evidence_smoke_run(tmp_path):
         assert [r["step"] for r in rows] == [1, 2]
         cfg = json.loads((out / "s0" / slug / "config.json").read_text())
         assert cfg["model"] == str(out / "sft" / "final") and cfg["seed"] == 0 and cfg["steps"] == 2
+        assert cfg["lr"] == 1e-4                          # --rl-lr's default reaches every variant
         assert (cfg["temporal"], cfg["bonus_placement"]) == {"grpo": (False, "reward"), "tgrpo": (True, "reward"),
                                                             "tgrpo_adv": (True, "advantage")}[slug]
     table = json.loads((out / "results.json").read_text())["table"]
@@ -35,3 +36,13 @@ def test_evidence_smoke_run(tmp_path):
     # re-aggregating the same folder gives the same numbers
     again = subprocess.run(cmd + ["--report-only"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and json.loads((out / "results.json").read_text())["table"] == table
+
+
+def test_step_benchmark_smoke_run(tmp_path):
+    """bench/step.py runs one timed step on the tiny preset and prints every piece of the breakdown."""
+    cmd = [sys.executable, str(ROOT / "bench" / "step.py"), "--steps", "1", "--G", "2", "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for piece in ("decode", "ordered rollout", "shuffled rollout", "rewards", "reference log-probs", "policy log-probs",
+                  "backward", "optimizer", "step (sum of medians)"):
+        assert any(line.startswith(piece) and " ms" in line for line in proc.stdout.splitlines()), (piece, proc.stdout)
