@@ -46,3 +46,16 @@ def test_step_benchmark_smoke_run(tmp_path):
     for piece in ("decode", "ordered rollout", "shuffled rollout", "rewards", "reference log-probs", "policy log-probs",
                   "backward", "optimizer", "step (sum of medians)"):
         assert any(line.startswith(piece) and " ms" in line for line in proc.stdout.splitlines()), (piece, proc.stdout)
+
+
+def test_vision_probe_smoke_run(tmp_path):
+    """bench/vision_probe.py builds its data and model when missing and prints one row per family."""
+    cmd = [sys.executable, str(ROOT / "bench" / "vision_probe.py"), "--out", str(tmp_path / "ev"), "--n-train", "60",
+           "--n-test", "40", "--steps", "20"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.split()}
+    for fam in ("direction", "appear_first", "size_change", "count_before", "color", "shape", "count"):
+        assert fam in rows, proc.stdout
+        if rows[fam][1] in ("temporal", "static"):                      # a fitted row: 3 accuracies in [0, 1]
+            assert all(0.0 <= float(x) <= 1.0 for x in rows[fam][-3:])
