@@ -138,6 +138,30 @@ def accuracies(folder: Path) -> dict:
     return out
 
 
+def reasoning(folder: Path, test: dict) -> dict:
+    """{(order, family): (stated, follows)} from an eval folder's records: the fraction of completions whose
+    reasoning states the right answer (synthetic.stated_answer, in the COT's words), and the fraction whose
+    final answer is the one its reasoning states (for multiple choice: the letter of that option). Completions
+    without a stating sentence count as wrong on both. test: {problem_id: entry of the held-out JSON}."""
+    import synthetic
+    out = {}
+    for order, name in (("ordered", "eval_test.records.jsonl"), ("shuffled", "eval_test_shuffled.records.jsonl")):
+        hits: dict[str, list[tuple[bool, bool]]] = {}
+        for line in (folder / name).read_text().splitlines():
+            r = json.loads(line)
+            if "data_source" not in r:
+                continue
+            family, e = r["data_source"].split("/")[-1], test[r["problem_id"]]
+            text = {o.split(". ", 1)[0]: o.split(". ", 1)[1] for o in e["options"]}   # letter -> option text
+            gt = e["solution"].removeprefix("<answer>").removesuffix("</answer>").strip()
+            said = synthetic.stated_answer(family, r["output"])
+            pred = text.get(str(r["prediction"])) if text else str(r["prediction"])
+            hits.setdefault(family, []).append((said is not None and said == text.get(gt, gt),
+                                                said is not None and pred == said))
+        out.update({(order, f): tuple(sum(h[i] for h in v) / len(v) for i in (0, 1)) for f, v in hits.items()})
+    return out
+
+
 def mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
@@ -168,6 +192,17 @@ def report(out: Path, seeds: list[int]) -> dict:
         t = table[m]
         lines.append(f"| {m} | " + " | ".join("%.0f (%.0f)" % (100 * statistics.fmean(t[f"{f}/ordered"]),
                                                              100 * statistics.fmean(t[f"{f}/shuffled"])) for f in fams) + " |")
+    test = {e["problem_id"]: e for e in json.loads((out / "data" / "test.json").read_text())}
+    said = {m: [reasoning(out / f"s{s}" / f"eval_{slug}", test) for s in seeds] for m, slug in models.items()}
+    lines += ["", "Seeing vs answering, per family: how often the reasoning states the right answer (in the words of",
+              "the built-in chain of thought: synthetic.stated_answer) on ordered frames, [shuffled frames], and how often",
+              "the final answer is the one the reasoning states (ordered frames); mean over seeds, %:", "",
+              "| model | " + " | ".join(fams) + " |", "|---|" + "---|" * len(fams)]
+    for m in models:
+        cell = lambda f: "%.0f [%.0f], %.0f" % tuple(100 * statistics.fmean(r[(o, f)][i] for r in said[m])
+                                                      for o, i in (("ordered", 0), ("shuffled", 0), ("ordered", 1)))
+        lines.append(f"| {m} | " + " | ".join(cell(f) for f in fams) + " |")
+        table[m]["reasoning"] = {f"{f}/{o}": [r[(o, f)] for r in said[m]] for f in fams for o in ("ordered", "shuffled")}
     lines += ["", "Temporal gap (ordered − shuffled accuracy on order-dependent questions) per seed, in points:", "",
               "| model | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
     for m in models:

@@ -98,10 +98,27 @@ def test_balance(data):
     kinds = Counter(e["data_source"].split("/")[1] for e in videos)
     assert abs(kinds["temporal"] - kinds["static"]) <= 1
     for fam in synthetic.TEMPORAL_FAMILIES + synthetic.STATIC_FAMILIES:
-        answers = Counter(e["solution"] for e in train if e["data_source"].endswith("/" + fam))
+        fam_entries = [e for e in train if e["data_source"].endswith("/" + fam)]
         values, n_opt = synthetic._answers(fam)
-        assert len(answers) == (n_opt or len(values)), fam
+        if fam == "appear_first":   # no answer values: the first shape is the correct option, at either place
+            assert set(Counter(e["solution"] for e in fam_entries)) == {"<answer>A</answer>", "<answer>B</answer>"}
+            continue
+        answers = Counter(answer_text(e) if n_opt else e["solution"] for e in fam_entries)   # balanced values
+        assert set(answers) == ({str(v) for v in values} if n_opt else {f"<answer>{v}</answer>" for v in values}), fam
         assert max(answers.values()) - min(answers.values()) <= 1, (fam, answers)
+
+
+def test_options_in_fixed_order(data):
+    """Every MC question lists its options in its family's fixed order (synthetic module docstring)."""
+    _, train, _, test = data
+    for e in train + test:
+        if e["options"]:
+            texts = [o[3:] for o in e["options"]]
+            assert texts == sorted(texts, key=synthetic._option_rank), e
+            if e["data_source"].endswith(("/direction", "/size_change")):
+                assert texts in (["left", "right"], ["bigger", "smaller"])
+            if e["data_source"].endswith("/shape"):
+                assert texts == list(synthetic.SHAPES)
 
 
 def test_count_before_law_is_time_symmetric():
