@@ -31,6 +31,9 @@ def test_evidence_smoke_run(tmp_path):
         assert t["temporal/gap"][0] == t["temporal/ordered"][0] - t["temporal/shuffled"][0]
     md = (out / "results.md").read_text()
     assert "| model | temporal, ordered | temporal, shuffled | temporal gap |" in md and "| T-GRPO |" in md
+    assert "Seeing vs answering" in md
+    for seeds_values in table["SFT"]["reasoning"].values():           # per seed: (stated right, answer follows)
+        assert all(0.0 <= x <= 1.0 for pair in seeds_values for x in pair)
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "command: python bench/evidence.py --seeds 0" in proc.stdout
     # re-aggregating the same folder gives the same numbers

@@ -302,3 +302,16 @@ def test_cli(tmp_path):
                           "--n-test", "2", "--seed", "1"], capture_output=True, text=True, check=True, cwd=REPO)
     assert str(tmp_path / "d") in out.stdout and "train.json" in out.stdout
     assert len(json.loads((tmp_path / "d" / "train.json").read_text())) == 6
+
+
+def test_stated_answer_reads_every_cot(data):
+    """synthetic.stated_answer finds, in every built-in reasoning, the answer in the COT's words (the option text
+    for multiple choice, the number otherwise), and None in a text without the stating sentence."""
+    _, _, cot, _ = data
+    for e in cot:
+        fam = e["data_source"].split("/")[-1]
+        truth = answer_text(e) if e["options"] else re.fullmatch(r"<answer>(.*)</answer>", e["solution"]).group(1)
+        assert synthetic.stated_answer(fam, e["process"] + "\n<answer>X</answer>") == truth, e
+    assert synthetic.stated_answer("size_change", "<think>It is big.</think><answer>A</answer>") is None
+    # the reasoning counts, not the answer after </think>
+    assert synthetic.stated_answer("direction", "<think>so it moves to the left.</think> moves to the right") == "left"
