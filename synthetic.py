@@ -104,7 +104,7 @@ def _option_rank(text: str) -> tuple:
     return (text,)
 
 
-def _mc(rng, correct: str, others: list[str]) -> tuple[list[str], str]:
+def _mc(correct: str, others: list[str]) -> tuple[list[str], str]:
     """Options "A. ..." of `correct` and `others` in the family's fixed order (_option_rank); returns (options,
     letter of `correct`). A fixed order, not a random one: see the module docstring ("Option order")."""
     texts = sorted([correct, *others], key=_option_rank)
@@ -150,7 +150,7 @@ def _direction(rng, T, size, answer):
         if ys:
             distractor = [(dshape, dcolor, rng.uniform(rd + 2, size - rd - 2), float(rng.choice(ys)), rd)]
     frames = [distractor + [(shape, color, float(x), y, r)] for x in xs]
-    options, sol = _mc(rng, answer, ["left" if answer == "right" else "right"])
+    options, sol = _mc(answer, ["left" if answer == "right" else "right"])
     mid = xs[T // 2]
     process = (f"Let me think. In the first frame the {color} {shape} is about {xs[0]:.0f} pixels from the left "
                f"edge; in frame {T // 2 + 1} it is at about {mid:.0f} pixels; in the last frame it is at about "
@@ -172,7 +172,7 @@ def _appear_first(rng, T, size, answer):
     first, second = (h1, c1, p1[0], p1[1], r), (h2, c2, p2[0], p2[1], r)
     frames = [[o for o, (s, e) in ((first, (s1, e1)), (second, (s2, e2))) if s <= t <= e] for t in range(T)]
     name1, name2 = f"the {c1} {h1}", f"the {c2} {h2}"
-    options, sol = _mc(rng, name1, [name2])
+    options, sol = _mc(name1, [name2])
     empty = f"Frames 1 to {s1} show no shape. " if s1 > 1 else ("Frame 1 shows no shape. " if s1 == 1 else "")
     process = (f"Let me go through the frames in order. {empty}{_cap(name1)} is first visible in frame "
                f"{s1 + 1}. {_cap(name2)} is first visible later, in frame {s2 + 1}. "
@@ -192,7 +192,7 @@ def _size_change(rng, T, size, answer):
     (p, pd) = _place(rng, size, [rs.max(), rd])
     distractor = [(dshape, dcolor, pd[0], pd[1], rd)] if rng.random() < 0.5 else []
     frames = [distractor + [(shape, color, p[0], p[1], float(r))] for r in rs]
-    options, sol = _mc(rng, answer, ["smaller" if answer == "bigger" else "bigger"])
+    options, sol = _mc(answer, ["smaller" if answer == "bigger" else "bigger"])
     process = (f"Let me think. In the first frame the {color} {shape} is about {2 * rs[0]:.0f} pixels wide, in "
                f"frame {T // 2 + 1} about {2 * rs[T // 2]:.0f} pixels, and in the last frame about "
                f"{2 * rs[-1]:.0f} pixels. It gets {answer} over time.")
@@ -254,11 +254,11 @@ def _static(rng, T, size, answer, family, medium):
     frames = [[(shapes[i], colors[i], float(where[t, i, 0]), float(where[t, i, 1]), radii[i]) for i in range(n)]
               for t in range(T)]
     if family == "color":
-        options, sol = _mc(rng, answer, _pick(rng, COLORS, 3, exclude=[answer]))
+        options, sol = _mc(answer, _pick(rng, COLORS, 3, exclude=[answer]))
         problem = f"What color is the shape in the {medium}?"
         process = f"Let me look. There is one {shapes[0]} in the {medium}, and it is {answer}."
     elif family == "shape":
-        options, sol = _mc(rng, answer, _pick(rng, SHAPES, 2, exclude=[answer]))
+        options, sol = _mc(answer, _pick(rng, SHAPES, 2, exclude=[answer]))
         looks = {"circle": "a round outline with no corners", "square": "four equal sides and four right-angle "
                  "corners", "triangle": "three corners, with the tip pointing up"}[answer]
         problem = f"What shape is the {colors[0]} object?"
