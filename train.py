@@ -219,15 +219,16 @@ def compute_advantages(acc, fmt, lengths, sacc, is_video, cfg):
         else torch.zeros_like(acc)                                              # (B, G)
     length = tgrpo.length_bonus(acc, lengths, cfg.len_weight, cfg.min_len, cfg.max_len, cfg.correct_threshold) \
         if cfg.len_control else torch.zeros_like(acc)                           # (B, G)
+    base = tgrpo.group_advantages(acc + fmt + length, cfg.adv_eps, cfg.adv_scale)   # (B, G) without the bonus
     if cfg.bonus_placement == "reward":
         total = acc + bonus + fmt + length                                      # (B, G)
         adv = tgrpo.group_advantages(total, cfg.adv_eps, cfg.adv_scale)
     else:
         total = acc + fmt + length
-        adv = tgrpo.group_advantages(total, cfg.adv_eps, cfg.adv_scale) + bonus
+        adv = base + bonus
     stats = tgrpo.temporal_stats(acc, sacc, is_video, cfg.mu) if cfg.temporal and cfg.G_shuffled > 0 else None
     if stats is not None:   # how much the bonus moved the advantages (0 where normalisation cancels it, reference §1)
-        stats["bonus_adv_shift"] = (adv - tgrpo.group_advantages(acc + fmt + length, cfg.adv_eps, cfg.adv_scale)).abs()
+        stats["bonus_adv_shift"] = (adv - base).abs()
     return total, adv, bonus, length, stats
 
 

@@ -37,7 +37,6 @@ import train  # noqa: E402
 from model import PolicyLogprobs, load_policy  # noqa: E402
 
 
-
 def ours(model_dir, samples, a, pixels: int) -> list[float]:
     """Step times (s) of this repo's plain GRPO step on one image prompt per step."""
     hf, tok = load_policy(model_dir)

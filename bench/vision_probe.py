@@ -35,7 +35,10 @@ from model import build_builtin_tiny, load_policy  # noqa: E402
 
 @torch.no_grad()
 def features(hf, samples, media, shuffled: bool, seed: int) -> tuple[torch.Tensor, list[str], list[str]]:
-    """(n, 4 * 2 * D) float32 pooled features of the video samples, their family names and answers."""
+    """(n, t * 2 * D) float32 pooled features of the n video samples (t temporal patches, D = the merger's output
+    width; mean then max over each temporal patch's merged tokens, in time order), their family names and answer
+    classes (answer_class). shuffled: frames permuted by data.shuffle_frames, seeded by (seed, index).
+    Raises data.MediaError for an unreadable clip."""
     X, fams, ys = [], [], []
     for i, s in enumerate(samples):
         frames, fps = rollout.load_visual(s, media)                           # (T, 3, H, W) uint8
@@ -61,7 +64,10 @@ def answer_class(s: data.Sample) -> str:
 
 
 def probe(Xtr, ytr, Xte_sets, steps: int, wd: float) -> list[float]:
-    """Fit a standardised multinomial logistic regression on (Xtr, ytr); accuracy on each (X, y) of Xte_sets."""
+    """Fit a multinomial logistic regression on (Xtr (n, F) float32, ytr: n class names), features standardised
+    with the training mean and std, L2 penalty `wd`, `steps` full-batch Adam steps at lr 1e-2. Returns the
+    accuracy (fraction in [0, 1]) on each (X (m, F), y: m names) of Xte_sets; a class unseen in training counts
+    as wrong."""
     classes = sorted(set(ytr))
     mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-6
     Y = torch.tensor([classes.index(c) for c in ytr])
