@@ -12,6 +12,12 @@ Pieces (reference §1 steps 1, 3, 7 and §5 "GRPO message"):
 - `build_builtin_tiny`: the default policy, `build_tiny` with its vision output centred on built-in clips
   (`center_visual_features`, so that a from-scratch decoder can learn to read it).
 - `encode_prompt`: the chat-rendered prompt with exactly t*h*w/4 `<|video_pad|>` (or `<|image_pad|>`) tokens.
+- `rope_positions`: our own mRoPE positions under Qwen2.5-VL's rule (transformers 4.49-4.51 `get_rope_index`: text
+  after a vision block starts at the block's largest t/h/w position + 1). We do not call 5.x's `get_rope_index`: it
+  restarts the text at block start + max(h, w)/merge, ignoring the clip's time extent, while the released checkpoints
+  were trained with the 4.49 rule. With mRoPE time from the real sample fps, 16-frame clips longer than 8.57 s
+  differ: a 60 s 16:9 clip at 128*28*28 pixels per frame (grid 8x16x30) whose block starts at position 3 puts the
+  following text at 109 under our rule and at 18 under 5.23's (measured).
 - `PolicyLogprobs`: an nn.Module whose forward returns per-token log-probs of completions. It is the unit that
   DDP/FSDP wrap, so every parameter use (vision tower, embeddings, decoder, lm_head) happens inside one forward.
   Each prompt's visual features are computed once and shared by all its completions; log-probs are taken in
@@ -259,53 +265,90 @@ def mm_token_types(input_ids: torch.Tensor, config, prompt_len: int | None = Non
 
 
 def rope_positions(hf, input_ids, attention_mask, visuals: list[Visual], owner: list[int], prompt_len: int | None = None):
-    """mRoPE position ids for a batch: (3, B, T) long, plus deltas (B, 1) (next text position − sequence length).
+    """mRoPE position ids of a batch under Qwen2.5-VL's rule (the project's rule; see the module docstring).
 
-    owner[b] indexes `visuals` for row b; media tokens are looked for in the first `prompt_len` positions only.
-    Uses the model's own `get_rope_index`, so positions match HF exactly.
+    Args: hf: the model (only `hf.config` is read: image_token_id, video_token_id,
+    vision_config.spatial_merge_size, vision_config.tokens_per_second = mRoPE time steps per second of video);
+    input_ids (B, T) long; attention_mask (B, T) 0/1 or None (all ones); owner[b] indexes `visuals` for row b,
+    or is a list of indices when a row holds several media (their blocks in order of appearance);
+    prompt_len: media pad ids count only in the first `prompt_len` positions (see mm_token_types).
+    Returns (position_ids (3, B, T) long, deltas (B, 1) long = largest position + 1 - T per row).
+
+    The rule, as `Qwen2_5_VLForConditionalGeneration.get_rope_index` of transformers 4.49-4.51 (what Qwen2.5-VL
+    and Video-R1 were trained with; 4.52-4.57 cast second_per_grid to int64 before the product): padding (mask 0)
+    gets 1 on every axis; the other tokens are numbered in order, text tokens with the same value on all 3 axes,
+    each at previous position + 1. A vision block (a contiguous run of image or video pad tokens) of grid (t, h, w)
+    patches fills a (t, h/m, w/m) merged grid (m = spatial_merge_size) in (t, row, column) order; with s = the
+    position the block's first token would have as text, its token (i, r, c) sits at
+    (s + trunc(i * second_per_grid * tokens_per_second), s + r, s + c), the product taken in float32 as the
+    processor's Python float times an int64 tensor gives. second_per_grid is seconds per temporal grid
+    (temporal_patch_size / fps) for videos and 0 for images. The text after a block starts at the block's largest
+    position over the 3 axes + 1.
+    Raises ValueError (naming the row) when a row's number of vision blocks differs from its number of visuals,
+    a block's kind differs from its visual's data_type, or a block's pad-token count differs from t*h*w/m².
     """
-    kinds = [visuals[o].data_type for o in owner]
-    grids = [visuals[o].grid_thw for o in owner]
-    img = [g for g, k in zip(grids, kinds) if k == "image"]
-    vid = [g for g, k in zip(grids, kinds) if k == "video"]
-    spg = [visuals[o].second_per_grid for o in owner if visuals[o].data_type == "video"]
-    return hf.model.get_rope_index(
-        input_ids, mm_token_type_ids=mm_token_types(input_ids, hf.config, prompt_len),
-        image_grid_thw=torch.stack(img).to(input_ids.device) if img else None,
-        video_grid_thw=torch.stack(vid).to(input_ids.device) if vid else None,
-        second_per_grid_ts=torch.tensor(spg, device=input_ids.device) if spg else None,
-        attention_mask=attention_mask)
+    m, tps = hf.config.vision_config.spatial_merge_size, hf.config.vision_config.tokens_per_second
+    B, T = input_ids.shape
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.device)  # (B, T)
+    kinds = mm_token_types(input_ids, hf.config, prompt_len).cpu()            # (B, T) 0 text, 1 image, 2 video
+    pos = torch.ones(3, B, T, dtype=torch.long)                                # (3, B, T) padding keeps 1
+    top = torch.zeros(B, dtype=torch.long)                                     # (B,) largest position per row
+    for b in range(B):
+        real = mask[b].cpu().nonzero()[:, 0]                                   # (n,) indices of real tokens
+        k = kinds[b, real]                                                     # (n,)
+        edges = torch.diff(k, prepend=k.new_zeros(1), append=k.new_zeros(1)).nonzero()[:, 0].tolist()
+        blocks = [(s, e) for s, e in zip(edges[:-1], edges[1:]) if k[s] != 0]  # [start, end) of each pad run
+        mine = [visuals[o] for o in (owner[b] if isinstance(owner[b], (list, tuple)) else [owner[b]])]
+        if len(blocks) != len(mine):
+            raise ValueError(f"rope_positions: row {b} has {len(blocks)} vision block(s) for {len(mine)} visual(s)")
+        parts, nxt, done = [], 0, 0                                            # next text position, tokens placed
+        for (s, e), v in zip(blocks, mine):
+            t, h, w = int(v.grid_thw[0]), int(v.grid_thw[1]) // m, int(v.grid_thw[2]) // m
+            if e - s != t * h * w or int(k[s]) != (1 if v.data_type == "image" else 2):
+                raise ValueError(f"rope_positions: row {b}: a block of {e - s} {('', 'image', 'video')[int(k[s])]} "
+                                 f"pads, its {v.data_type} grid {v.grid_thw.tolist()} needs {t * h * w}")
+            parts.append(torch.arange(nxt, nxt + s - done).expand(3, -1))      # (3, text before the block)
+            start = nxt + s - done                                             # the block's s
+            spg = torch.tensor(v.second_per_grid if v.data_type == "video" else 0.0, dtype=torch.float32)
+            ti = (torch.arange(t).float() * spg * tps).long()                  # (t,) float32 product, truncated
+            grid = torch.stack(torch.meshgrid(ti, torch.arange(h), torch.arange(w), indexing="ij"))  # (3, t, h, w)
+            parts.append(start + grid.reshape(3, -1))                          # (3, t*h*w)
+            nxt, done = int(parts[-1].max()) + 1, e
+        parts.append(torch.arange(nxt, nxt + len(real) - done).expand(3, -1))  # (3, text after the last block)
+        row = torch.cat(parts, dim=1)                                          # (3, n)
+        pos[:, b, real] = row
+        top[b] = row.max() if row.numel() else -1
+    return pos.to(input_ids.device), (top + 1 - T)[:, None].to(input_ids.device)   # (3, B, T), (B, 1)
 
 
 def embed_with_visuals(hf, input_ids, visuals: list[Visual], owner: list[int], prompt_len: int | None = None):
     """Token embeddings (B, T, D) with each row's media pad tokens replaced by its visual features.
 
-    The vision tower runs ONCE per distinct visual; rows sharing a visual (a group's G completions) reuse the
-    same features, so their gradients flow into the vision tower once, summed. Only the first `prompt_len`
-    positions hold media (see mm_token_types). Raises ValueError when a row's
-    pad-token count does not match its visual's feature count.
+    input_ids (B, T) long; visuals: list of Visual; owner[b] indexes `visuals` for row b. The vision tower runs
+    ONCE per call, on every distinct visual of the batch at once, images and videos together (the tower takes
+    concatenated patches with one grid per item and attends within each item only). One call per forward
+    keeps the collective sequence the same on every rank under FSDP, whatever mix of media a rank holds
+    (a call per media kind made a rank with both kinds all-gather the vision blocks twice: an abort under
+    gloo, a hang under NCCL). Rows sharing a visual (a group's G completions) reuse the same features, so
+    their gradients flow into the vision tower once, summed. Only the first `prompt_len` positions hold
+    media (see mm_token_types). Raises ValueError when the pad-token count does not match the features.
     """
     embeds = hf.model.get_input_embeddings()(input_ids)                        # (B, T, D)
     used = sorted(set(owner))
-    for kind, token_id in (("image", hf.config.image_token_id), ("video", hf.config.video_token_id)):
-        uniq = [u for u in used if visuals[u].data_type == kind]
-        if not uniq:
-            continue
-        pix = torch.cat([visuals[u].pixel_values for u in uniq]).to(embeds.device)   # (sum patches, C*2*14*14)
-        grid = torch.stack([visuals[u].grid_thw for u in uniq]).to(embeds.device)    # (U, 3)
-        feats = hf.model.visual(pix.to(hf.model.visual.dtype), grid_thw=grid).pooler_output  # (sum tokens, D)
-        merge = hf.config.vision_config.spatial_merge_size ** 2
-        feats = dict(zip(uniq, feats.split((grid.prod(-1) // merge).tolist())))
-        rows = [b for b, o in enumerate(owner) if visuals[o].data_type == kind]
-        mask = input_ids[rows] == token_id                                     # (R, T)
-        if prompt_len is not None:
-            mask[:, prompt_len:] = False
-        row_feats = torch.cat([feats[owner[b]] for b in rows])                 # (n pad tokens, D)
-        if int(mask.sum()) != row_feats.shape[0]:
-            raise ValueError(f"{kind} pad tokens ({int(mask.sum())}) != visual features ({row_feats.shape[0]})")
-        sub = embeds[rows].masked_scatter(mask[..., None], row_feats.to(embeds.dtype))
-        embeds = embeds.index_copy(0, torch.tensor(rows, device=embeds.device), sub)
-    return embeds
+    pix = torch.cat([visuals[u].pixel_values for u in used]).to(embeds.device)     # (sum patches, C*2*14*14)
+    grid = torch.stack([visuals[u].grid_thw for u in used]).to(embeds.device)      # (U, 3)
+    feats = hf.model.visual(pix.to(hf.model.visual.dtype), grid_thw=grid).pooler_output  # (sum tokens, D)
+    merge = hf.config.vision_config.spatial_merge_size ** 2
+    feats = dict(zip(used, feats.split((grid.prod(-1) // merge).tolist())))
+    pad_ids = {"image": hf.config.image_token_id, "video": hf.config.video_token_id}
+    want = torch.tensor([pad_ids[visuals[o].data_type] for o in owner], device=input_ids.device)  # (B,)
+    mask = input_ids == want[:, None]                                          # (B, T) this row's media pads
+    if prompt_len is not None:
+        mask[:, prompt_len:] = False
+    row_feats = torch.cat([feats[o] for o in owner])                           # (n pad tokens, D), row order
+    if int(mask.sum()) != row_feats.shape[0]:
+        raise ValueError(f"media pad tokens ({int(mask.sum())}) != visual features ({row_feats.shape[0]})")
+    return embeds.masked_scatter(mask[..., None], row_feats.to(embeds.dtype))  # (B, T, D)
 
 
 def _chunk_logprobs(lm_head, hidden, targets):

@@ -173,7 +173,7 @@ def generate(hf, prompts: list[torch.Tensor], visuals: list[Visual], n: list[int
     logits = hf.lm_head(last[rows]).float()                                    # (R, V)
     attn = attn[rows]                                                          # (R, P)
     # Completion token j sits at (last prompt position + 1 + j) on all three mRoPE axes: the same positions a
-    # full-sequence forward (get_rope_index over prompt + completion) gives, so the log-prob pass matches.
+    # full-sequence forward (model.rope_positions over prompt + completion) gives, so the log-prob pass matches.
     next_pos = position_ids[0, :, -1:][rows] + 1                               # (R, 1)
     V = logits.shape[-1]
     seen = None

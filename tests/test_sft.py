@@ -12,7 +12,7 @@ import data
 import rollout
 import sft
 from conftest import ROOT, SHARED
-from model import load_policy, mm_token_types
+from model import load_policy, mm_token_types, rope_positions
 
 TINY_MEDIA = rollout.MediaConfig(max_frames=8, video_min_pixels=84 * 84, video_max_pixels=84 * 84, image_max_pixels=84 * 84)
 MARK = "<|im_start|>assistant\n"
@@ -98,7 +98,11 @@ def test_logprobs_equal_hf_forward(builtin, policy):
             pix = {"video": dict(pixel_values_videos=ex.visual.pixel_values, video_grid_thw=ex.visual.grid_thw[None],
                                  second_per_grid_ts=torch.tensor([ex.visual.second_per_grid])),
                    "image": dict(pixel_values=ex.visual.pixel_values, image_grid_thw=ex.visual.grid_thw[None])}[kind]
-            logits = hf(input_ids=ids, mm_token_type_ids=mm_token_types(ids, hf.config), **pix).logits[0, :-1].float()
+            # our positions (Qwen2.5-VL's 4.49 rule, test_mrope.py): the pinned 5.x get_rope_index follows another
+            # rule after a long clip, which would test the rule difference rather than this path
+            pos, _ = rope_positions(hf, ids, torch.ones_like(ids), [ex.visual], [0])   # (3, 1, T)
+            logits = hf(input_ids=ids, mm_token_type_ids=mm_token_types(ids, hf.config), position_ids=pos,
+                        **pix).logits[0, :-1].float()
             ref = torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None])[:, 0]       # (T-1,)
         torch.testing.assert_close(lp[0], ref, atol=1e-5, rtol=0)
         expected_loss = -(ref * ex.labels[1:].float()).sum() / ex.labels[1:].sum()
