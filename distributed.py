@@ -1,14 +1,17 @@
-"""Process groups and model wrapping shared by train.py, sft.py and eval.py (raw PyTorch, no Trainer).
+"""Process groups, model wrapping, precision and every collective, shared by train.py, sft.py and eval.py.
 
-    torchrun --nproc_per_node 2 train.py      # gloo on CPU, nccl on GPU; one process needs no torchrun
+    torchrun --nproc_per_node 2 train.py      # gloo on CPU; gloo (CPU tensors) + nccl (CUDA tensors) on GPU
 
 Conventions (DESIGN.md "Distributed"): `init_distributed()` is a no-op for one process; rank r seeds its
-RNGs with seed + r; rank 0 alone writes logs and checkpoints.
+RNGs with seed + r; rank 0 alone writes logs and checkpoints; no other module calls a torch.distributed
+collective (FSDP's and DCP's own excepted); every rank makes the same sequence of collectives whatever its
+data (one vision-tower call per forward, the same number of micro-batches, a non-finite check every step).
 """
 from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 from dataclasses import dataclass
 
@@ -30,11 +33,27 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device: str = "auto") -> Dist:
-    """Start the process group when launched by torchrun (WORLD_SIZE > 1): nccl on CUDA, gloo on CPU.
+def backend_spec(device_type: str, accelerator: str = "nccl") -> str:
+    """The process-group backend string for a run computing on `device_type`.
+
+    CPU: "gloo". CUDA: "cpu:gloo,cuda:nccl" -- NCCL serves CUDA tensors only (a CPU tensor in an NCCL-only
+    group raises "No backend type associated with device type cpu"), and the loop reduces small CPU tensors
+    (metrics, token counts), so CPU tensors go through gloo in the same group. `accelerator` replaces nccl
+    (tests pass a CUDA-only fake backend to emulate NCCL's contract on CPU). Raises ValueError otherwise.
+    """
+    if device_type == "cpu":
+        return "gloo"
+    if device_type == "cuda":
+        return f"cpu:gloo,cuda:{accelerator}"
+    raise ValueError(f"no process-group backend for device type {device_type!r}")
+
+
+def init_distributed(device: str = "auto", backend: str = "auto") -> Dist:
+    """Start the process group when launched by torchrun (WORLD_SIZE > 1).
 
     device: "auto" (cuda:LOCAL_RANK when CUDA is available, else cpu), "cpu" or "cuda".
-    Returns a `Dist`. Raises ValueError for an unknown device string.
+    backend: "auto" (`backend_spec` of the device: gloo on CPU, gloo + nccl on CUDA) or any torch backend string
+    (e.g. "cpu:gloo,cuda:nccl"). Returns a `Dist`. Raises ValueError for an unknown device string.
     """
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
@@ -46,7 +65,8 @@ def init_distributed(device: str = "auto") -> Dist:
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
+        spec = backend_spec(dev.type) if backend == "auto" else backend
+        dist.init_process_group(spec, device_id=dev if use_cuda else None)
     return Dist(rank, world, local, dev)
 
 
@@ -57,15 +77,26 @@ def barrier(d: Dist) -> None:
 
 
 def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
-    """Sum a tensor over ranks (returns the input unchanged for one process). Any shape, float or int."""
+    """Sum a tensor over ranks; returns a new tensor on the input's device (the input itself for one process).
+    Any shape, float or int, on CPU (served by gloo) or on the compute device. Every collective of the
+    project goes through this module (tests/test_gpu_contract.py checks that none is called elsewhere)."""
     if d.world > 1:
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
+def nonfinite(values: dict[str, float], d: Dist) -> list[str]:
+    """Names of the `values` that are NaN or inf on ANY rank (the same list on every rank, so that every rank
+    stops at the same step; one all-reduce, issued whatever the values). `values`: name -> float."""
+    names = sorted(values)
+    bad = torch.tensor([0.0 if math.isfinite(values[k]) else 1.0 for k in names], dtype=torch.float64)  # (K,)
+    bad = all_reduce_sum(bad, d)
+    return [k for k, b in zip(names, bad.tolist()) if b > 0]
+
+
 def broadcast_object(obj, d: Dist):
-    """Rank 0's Python object on every rank."""
+    """Rank 0's Python object on every rank (the object travels through gloo on CPU)."""
     if d.world == 1:
         return obj
     box = [obj]
@@ -73,7 +104,16 @@ def broadcast_object(obj, d: Dist):
     return box[0]
 
 
-BLOCKS = ("Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock")   # the units sharded (and checkpointed) one by one
+def all_gather_object(obj, d: Dist) -> list:
+    """Every rank's Python object, in rank order (a one-element list for one process)."""
+    if d.world == 1:
+        return [obj]
+    box = [None] * d.world
+    dist.all_gather_object(box, obj)
+    return box
+
+
+DECODER_BLOCK, VISION_BLOCK = "Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"   # the units checkpointed one by one
 
 
 def resolve_mode(mode: str, d: Dist) -> str:
@@ -83,6 +123,33 @@ def resolve_mode(mode: str, d: Dist) -> str:
     if mode == "auto":
         return "fsdp" if d.device.type == "cuda" else "ddp"
     return mode
+
+
+PRECISIONS = ("auto", "fp32", "bf16-mixed", "bf16")
+
+
+def resolve_precision(flag: str, d: Dist, cuda_default: str = "bf16-mixed") -> tuple[str, torch.dtype, torch.dtype]:
+    """--precision to (name, weight dtype, compute dtype).
+
+    "fp32": fp32 weights and compute. "bf16-mixed": fp32 weights (the master copy AdamW updates: an lr-1e-6
+    update is below bf16's resolution and would round away), bf16 compute, fp32 gradient reduction -- under
+    FSDP through its MixedPrecisionPolicy, otherwise through `autocast`. "bf16": bf16 weights and compute
+    (inference). "auto": `cuda_default` on CUDA, fp32 on CPU. The choice is a flag so that CPU tests run the
+    GPU's precision path. Raises ValueError for an unknown name.
+    """
+    if flag not in PRECISIONS:
+        raise ValueError(f"unknown --precision {flag!r}; expected one of {PRECISIONS}")
+    name = (cuda_default if d.device.type == "cuda" else "fp32") if flag == "auto" else flag
+    weights = torch.bfloat16 if name == "bf16" else torch.float32
+    return name, weights, torch.float32 if name == "fp32" else torch.bfloat16
+
+
+def autocast(d: Dist, precision: str, module: torch.nn.Module | None = None):
+    """A context factory for the forward passes: torch.autocast to bf16 on `d.device` for "bf16-mixed" unless
+    `module` is FSDP-sharded (FSDP casts the gathered parameters itself); a null context otherwise."""
+    if precision == "bf16-mixed" and not (module is not None and is_fsdp(module)):
+        return lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
 
 
 def enable_activation_checkpointing(module: torch.nn.Module) -> None:
@@ -100,20 +167,26 @@ def enable_activation_checkpointing(module: torch.nn.Module) -> None:
 
 
 def wrap(module: torch.nn.Module, d: Dist, mode: str = "ddp", activation_checkpointing: bool = False,
-         param_dtype: torch.dtype | None = None) -> torch.nn.Module:
+         param_dtype: torch.dtype = torch.float32, vision_unit: str = "block") -> torch.nn.Module:
     """Wrap the log-prob module (a module with an `.hf` Qwen2.5-VL) for data parallelism.
 
-    mode: "ddp" (default; DistributedDataParallel), "fsdp" (FSDP2 `fully_shard` on every
-    Qwen2_5_VLDecoderLayer and Qwen2_5_VLVisionBlock, then on the root `module`, torchtitan style), "auto"
-    (fsdp on CUDA, ddp on CPU) or "none". With one process the module is returned unwrapped (single-process
-    FSDP would only add overhead). A module without trainable parameters (the frozen reference) under "ddp"
-    is returned unwrapped too (DDP refuses it; its forward needs no communication).
+    mode: "ddp" (default; DistributedDataParallel), "fsdp" (FSDP2 `fully_shard` on every decoder layer and on
+    the vision tower's blocks, then on the root `module`, torchtitan style), "auto" (fsdp on CUDA, ddp on CPU)
+    or "none". With one process the module is returned unwrapped (single-process FSDP would only add
+    overhead). A module without trainable parameters (the frozen reference) under "ddp" is returned unwrapped
+    too (DDP refuses it; its forward needs no communication).
     activation_checkpointing: recompute blocks in backward (applied before sharding).
-    param_dtype: FSDP mixed precision; default bf16 compute with fp32 gradient reduction on CUDA, fp32 on CPU.
-    FSDP wants fp32 parameters loaded (the sharded master copy AdamW updates) and casts each all-gather to
-    `param_dtype`. Raises ValueError for an unknown mode.
+    param_dtype: FSDP's compute dtype (bf16 for `resolve_precision`'s "bf16-mixed"); gradients are always
+    reduced in fp32. FSDP wants fp32 parameters loaded (the sharded master copy AdamW updates) and casts
+    each all-gather to `param_dtype`.
+    vision_unit: "block" (one FSDP unit per vision block) or "tower" (the whole vision tower one unit,
+    torchtitan's choice for encoders; bench/fsdp_vision.py times both). Either way every forward calls the
+    tower once (model.embed_with_visuals), so every rank issues the same all-gathers whatever its media.
+    Raises ValueError for an unknown mode or vision_unit.
     """
     mode = resolve_mode(mode, d)
+    if vision_unit not in ("block", "tower"):
+        raise ValueError(f"vision_unit must be block or tower, got {vision_unit!r}")
     if activation_checkpointing:
         enable_activation_checkpointing(module)
     if d.world == 1 or mode == "none":
@@ -124,12 +197,14 @@ def wrap(module: torch.nn.Module, d: Dist, mode: str = "ddp", activation_checkpo
         return DDP(module, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    if param_dtype is None:
-        param_dtype = torch.bfloat16 if d.device.type == "cuda" else torch.float32
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     mesh = init_device_mesh(d.device.type, (d.world,))
-    for block in [m for m in module.modules() if type(m).__name__ in BLOCKS]:
-        fully_shard(block, mesh=mesh, mp_policy=mp)
+    names = (DECODER_BLOCK, VISION_BLOCK) if vision_unit == "block" else (DECODER_BLOCK,)
+    units = [m for m in module.modules() if type(m).__name__ in names]
+    if vision_unit == "tower":
+        units.append(unwrap(module).hf.model.visual)
+    for unit in units:
+        fully_shard(unit, mesh=mesh, mp_policy=mp)
     fully_shard(module, mesh=mesh, mp_policy=mp)
     # Average gradients over ranks explicitly: FSDP2's default divide factor has been wrong on gloo in some
     # releases (PyTorch issue #162338: gradients summed). torch 2.13's default already averages on gloo; the

@@ -48,7 +48,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-import torch.distributed as tdist
 from tqdm import tqdm
 
 import config as cfglib
@@ -91,7 +90,8 @@ class Config:
     batch_size: int = field(default=8, metadata={"help": "prompts per generate call per rank (official: 64 on vLLM)"})
     # machinery
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16"})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16-mixed (fp32 weights, bf16 autocast) | bf16 (bf16 weights)"})
+    dist_backend: str = field(default="auto", metadata={"help": "process-group backend: auto (gloo on CPU; cpu:gloo,cuda:nccl on CUDA) or a torch backend string"})
     preset: str = field(default="auto", metadata={"help": "auto: 'tiny' when --model is empty, else 'paper'; tiny | paper"})
 
 
@@ -123,7 +123,7 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
     checks = {"preset": preset in ("tiny", "paper"), "template": cfg.template in ("train", "eval"),
               "rope_time": cfg.rope_time in ("sample", "official"),
               "batch_size": cfg.batch_size >= 1, "max_new_tokens": cfg.max_new_tokens >= 1,
-              "temperature": cfg.temperature > 0, "top_p": 0 < cfg.top_p <= 1, "nframes": cfg.nframes >= 0,
+              "temperature": cfg.temperature > 0, "precision": cfg.precision in D.PRECISIONS, "top_p": 0 < cfg.top_p <= 1, "nframes": cfg.nframes >= 0,
               "name": not cfg.name or len([p for p in cfg.data.split(",") if p]) <= 1}
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
@@ -159,15 +159,6 @@ def check_media(sample: data.Sample) -> str | None:
     except Exception as e:  # decord raises RuntimeError/DECORDError, PIL UnidentifiedImageError/OSError
         return f"undecodable: {path}: {type(e).__name__}: {str(e)[:200]}"
     return None
-
-
-def gather(obj, d: D.Dist) -> list:
-    """Every rank's Python object, in rank order (a one-element list for one process)."""
-    if d.world == 1:
-        return [obj]
-    box = [None] * d.world
-    tdist.all_gather_object(box, obj)
-    return box
 
 
 # ---- records file (resume) ------------------------------------------------------------------------
@@ -251,7 +242,7 @@ def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, 
     for b in tqdm(range(n_batches), desc=stem, disable=not d.main):
         recs, failed = run_batch(shard[b * cfg.batch_size:(b + 1) * cfg.batch_size], samples, shuffled, hf,
                                  tokenizer, media, sp, gen, cfg)
-        parts = gather((recs, failed), d)  # every rank takes part in every batch (equal n_batches)
+        parts = D.all_gather_object((recs, failed), d)  # every rank takes part in every batch (equal n_batches)
         if d.main:
             for recs_r, failed_r in parts:
                 for r in recs_r:
@@ -310,9 +301,9 @@ def main(argv=None) -> list[dict] | None:
     argv = merge_data_flags(list(sys.argv[1:] if argv is None else argv))
     cfg, explicit = cfglib.parse(Config, argv, description=__doc__)
     cfg = finish_config(cfg, explicit)
-    d = D.init_distributed(cfg.device)
-    dtype = {"auto": torch.bfloat16 if d.device.type == "cuda" else torch.float32,
-             "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    d = D.init_distributed(cfg.device, cfg.dist_backend)
+    precision, dtype, _ = D.resolve_precision(cfg.precision, d, cuda_default="bf16")   # inference: bf16 weights
+    amp = D.autocast(d, precision)
     model_dir, benches = resolve(cfg, d)
     from model import load_policy
     hf, tokenizer = load_policy(model_dir, dtype, d.device)
@@ -333,7 +324,7 @@ def main(argv=None) -> list[dict] | None:
             samples = samples[:cfg.limit]
         # validation pass: every item's media, sharded over ranks
         mine = [(i, check_media(samples[i])) for i in range(d.rank, len(samples), d.world)]
-        problems = {i: r for part in gather(mine, d) for i, r in part if r}
+        problems = {i: r for part in D.all_gather_object(mine, d) for i, r in part if r}
         if d.main:
             n_missing = sum(r.startswith("missing") for r in problems.values())
             print(f"validation {name}: {len(samples) - len(problems)} ok, {n_missing} missing, "
@@ -344,8 +335,9 @@ def main(argv=None) -> list[dict] | None:
             header = {"model": str(Path(model_dir).resolve()), "data": str(Path(json_path).resolve()),
                       "shuffled": shuffled, "seed": cfg.seed if shuffled else None, "template": cfg.template,
                       "media": asdict(media), "sampling": asdict(sp)}
-            result = evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, tokenizer, media,
-                              sp, cfg, d)
+            with amp():
+                result = evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, tokenizer,
+                                  media, sp, cfg, d)
             if result is not None:
                 results.append(result)
     if d.main:

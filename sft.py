@@ -26,9 +26,9 @@ Where this departs from the official sft_video.py (reference §6, §9):
      and rank), so a long answer weighs more than a short one, whatever the batch layout.
   5. mRoPE time: the clip's real sample fps, as in train.py (official SFT: fixed 2 fps; `--rope-time official`).
   6. A sample whose media cannot be decoded is skipped and counted, never replaced by a fallback file.
-  7. Precision: `--dtype auto` on CUDA keeps float32 weights and AdamW state and computes in bf16 (autocast
-     under DDP, FSDP2's mixed-precision policy under FSDP), as DeepSpeed bf16 does; pure bf16 weights
-     (`--dtype bfloat16`) would round lr-1e-6 updates away.
+  7. Precision: `--precision auto` on CUDA is bf16-mixed: float32 weights and AdamW state, bf16 compute
+     (autocast under DDP, FSDP2's mixed-precision policy under FSDP), as DeepSpeed bf16 does; pure bf16
+     weights (`--precision bf16`) would round lr-1e-6 updates away.
 The format-reward rate is measured on held-out prompts (the built-in test split, or `--eval-data`): one
 completion per prompt sampled like the T-GRPO rollout (temperature 1.0, top-p 0.95, reference §1 step 5),
 decoded with skip_special_tokens, scored with rewards.format_reward and rewards.accuracy_reward.
@@ -36,7 +36,6 @@ Outputs under ./runs/sft/: metrics.jsonl (one JSON line per step and per evaluat
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
@@ -106,7 +105,9 @@ class Config:
     eval_max_new_tokens: int = field(default=768, metadata={"help": "max new tokens per evaluation completion"})
     # machinery
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-    dtype: str = field(default="auto", metadata={"help": "auto (CUDA: fp32 weights + bf16 autocast; CPU: fp32) | float32 | bfloat16"})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16-mixed on CUDA, fp32 on CPU) | fp32 | bf16-mixed (fp32 weights, bf16 compute, fp32 grad reduction) | bf16 (bf16 weights)"})
+    dist_backend: str = field(default="auto", metadata={"help": "process-group backend: auto (gloo on CPU; cpu:gloo,cuda:nccl on CUDA) or a torch backend string"})
+    fsdp_vision_unit: str = field(default="block", metadata={"help": "FSDP units of the vision tower: block (one per vision block) | tower (one for the whole tower)"})
     dist: str = field(default="auto", metadata={"help": "auto (fsdp on CUDA, ddp on CPU) | fsdp | ddp | none"})
     logprob_chunk: int = field(default=512, metadata={"help": "tokens (rows x positions) per lm_head call; bounds the fp32 logits memory"})
     save_every: int = field(default=0, metadata={"help": "> 0: also save an HF folder every k steps (out_dir/step_k)"})
@@ -135,7 +136,8 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
     checks = {"loss_on": cfg.loss_on in LOSS_ON, "system_prompt": cfg.system_prompt in SYSTEM_PROMPTS,
               "batch_size": cfg.batch_size >= 1, "grad_accum": cfg.grad_accum >= 1,
               "epochs": cfg.epochs > 0 or cfg.steps > 0, "rope_time": cfg.rope_time in ("sample", "official"),
-              "dtype": cfg.dtype in ("auto", "float32", "bfloat16"), "eval_batch": cfg.eval_batch >= 1}
+              "precision": cfg.precision in D.PRECISIONS, "eval_batch": cfg.eval_batch >= 1,
+              "fsdp_vision_unit": cfg.fsdp_vision_unit in ("block", "tower")}
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
         raise ValueError(f"sft.py: invalid config value for {bad[0]}: {getattr(cfg, bad[0])!r}")
@@ -254,7 +256,7 @@ def evaluate(module, tokenizer, examples: list[Example], cfg, d: D.Dist, gen: to
     """One sampled completion per held-out prompt (temperature 1.0, top-p 0.95, like the T-GRPO rollout);
     returns {"eval_format": rate of format_reward == 1, "eval_accuracy": mean accuracy_reward,
     "eval_length": mean completion tokens, "eval_n": prompts}, summed over ranks."""
-    sampling = rollout.SamplingParams(1.0, 0.95, 0, 1.0, cfg.eval_max_new_tokens)
+    sampling = rollout.SamplingParams(1.0, 0.95, 50, 1.0, cfg.eval_max_new_tokens)    # as the T-GRPO rollout
     stop_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
     sums = torch.zeros(4, dtype=torch.float64)                                   # format, accuracy, length, n
     hf_train = D.unwrap(module).hf.training
@@ -290,16 +292,15 @@ def resolve_paths(cfg, d: D.Dist) -> tuple[str, str, str]:
 def main(argv=None):
     cfg, explicit = cfglib.parse(Config, argv, description=__doc__)
     cfg = finish_config(cfg, explicit)
-    d = D.init_distributed(cfg.device)
+    d = D.init_distributed(cfg.device, cfg.dist_backend)
     random.seed(cfg.seed + d.rank); np.random.seed(cfg.seed + d.rank); torch.manual_seed(cfg.seed + d.rank)
-    cuda = d.device.type == "cuda"
-    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+    precision, dtype, compute = D.resolve_precision(cfg.precision, d)       # departure 7
     model_dir, train_json, eval_json = resolve_paths(cfg, d)
     hf, tokenizer = load_policy(model_dir, dtype, d.device)
     hf.model.visual.requires_grad_(not cfg.freeze_vision)                   # before wrapping (DDP/FSDP see it)
-    module = D.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), d, cfg.dist, cfg.activation_checkpointing)
-    mixed = cfg.dtype == "auto" and cuda and not D.is_fsdp(module)          # FSDP casts through its own policy
-    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if mixed else contextlib.nullcontext
+    module = D.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), d, cfg.dist, cfg.activation_checkpointing, compute,
+                    cfg.fsdp_vision_unit)
+    amp = D.autocast(d, precision, module)                                  # FSDP casts through its own policy
     opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     samples = data.load_samples(train_json, cfg.media_root or None, require_process=True)
     media = train.media_config(cfg)
@@ -368,6 +369,11 @@ def main(argv=None):
                 (nll * d.world / max(n_tok, 1.0)).backward()
             nll_sum += nll.item()
         grad_norm = D.clip_grad_norm(module, cfg.max_grad_norm)
+        bad = D.nonfinite({"loss": nll_sum, "grad_norm": grad_norm}, d)         # the same answer on every rank
+        if bad:
+            raise FloatingPointError(f"sft.py: step {step + 1}: non-finite {' and '.join(bad)} (loss sum {nll_sum}, "
+                                     f"grad_norm {grad_norm}); stopped before the optimizer step and before any "
+                                     f"save of this step")
         opt.step()
         opt.zero_grad(set_to_none=True)
         summed = D.all_reduce_sum(torch.tensor([nll_sum, float(skipped)], dtype=torch.float64), d)

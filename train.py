@@ -31,7 +31,6 @@ Everything is written under ./runs/ by default: the built-in data and tiny model
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
@@ -88,7 +87,7 @@ class Config:
     # sampling (reference §1 step 5; all explicit, reference §9 item 17)
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass"})
-    top_k: int = field(default=0, metadata={"help": "top-k sampling; 0 = off"})
+    top_k: int = field(default=50, metadata={"help": "top-k sampling; 0 = off (official: HF's default 50, its GenerationConfig sets none)"})
     repetition_penalty: float = field(default=1.0, metadata={"help": "1.0 = off"})
     max_completion_length: int = field(default=768, metadata={"help": "max new tokens per completion"})
     # optimisation (reference §4)
@@ -109,7 +108,9 @@ class Config:
     rope_time: str = field(default="sample", metadata={"help": "'sample': mRoPE time from the clip's real fps; 'official': fixed 2 fps"})
     # machinery
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-    dtype: str = field(default="auto", metadata={"help": "auto (fp32 weights; bf16 compute on CUDA) | float32 | bfloat16 (weights)"})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16-mixed on CUDA, fp32 on CPU) | fp32 | bf16-mixed (fp32 weights, bf16 compute, fp32 grad reduction) | bf16 (bf16 weights)"})
+    dist_backend: str = field(default="auto", metadata={"help": "process-group backend: auto (gloo on CPU; cpu:gloo,cuda:nccl on CUDA) or a torch backend string"})
+    fsdp_vision_unit: str = field(default="block", metadata={"help": "FSDP units of the vision tower: block (one per vision block) | tower (one for the whole tower)"})
     dist: str = field(default="auto", metadata={"help": "auto (fsdp on CUDA, ddp on CPU) | fsdp (FSDP2 per block + root) | ddp | none"})
     freeze_vision: bool = field(default=False, metadata={"help": "keep the vision tower fixed (no gradients); the tiny preset's default, whose random tower cannot be trained from scratch here"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers and vision blocks in backward (saves activation memory)"})
@@ -150,7 +151,8 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
     checks = {"G": cfg.G >= 1, "bonus_placement": cfg.bonus_placement in ("reward", "advantage"),
               "loss_agg": cfg.loss_agg in tgrpo.LOSS_AGGS, "adv_scale": cfg.adv_scale in ("group", "none"),
               "num_iterations": cfg.num_iterations >= 1, "rope_time": cfg.rope_time in ("sample", "official"),
-              "lr_schedule": cfg.lr_schedule in ("constant", "cosine"), "prompts_per_rank": cfg.prompts_per_rank >= 1}
+              "lr_schedule": cfg.lr_schedule in ("constant", "cosine"), "prompts_per_rank": cfg.prompts_per_rank >= 1,
+              "precision": cfg.precision in D.PRECISIONS, "fsdp_vision_unit": cfg.fsdp_vision_unit in ("block", "tower")}
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
         raise ValueError(f"invalid config value for {bad[0]}: {getattr(cfg, bad[0])!r}")
@@ -280,23 +282,21 @@ def main(argv=None):
         import plan
         print(plan.report(cfg))
         return
-    d = D.init_distributed(cfg.device)
+    d = D.init_distributed(cfg.device, cfg.dist_backend)
     random.seed(cfg.seed + d.rank); np.random.seed(cfg.seed + d.rank); torch.manual_seed(cfg.seed + d.rank)
     mode = D.resolve_mode(cfg.dist, d)
-    # "auto": fp32 weights everywhere (AdamW's master copy: a 1e-6 update is below bf16's resolution and would
-    # round away), bf16 compute on CUDA: FSDP through its mixed-precision policy, DDP / one process via autocast.
-    sharded = mode == "fsdp" and d.world > 1
-    dtype = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
-    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.dtype == "auto" and d.device.type == "cuda" \
-        and not sharded else contextlib.nullcontext
+    precision, dtype, compute = D.resolve_precision(cfg.precision, d)       # departure e
     model_dir, train_json = resolve_model_and_data(cfg, d)
     hf, tokenizer = load_policy(model_dir, dtype, d.device)
     hf.model.visual.requires_grad_(not cfg.freeze_vision)                   # before wrapping (DDP/FSDP see it)
-    policy = D.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), d, mode, cfg.activation_checkpointing)
+    policy = D.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), d, mode, cfg.activation_checkpointing, compute,
+                    cfg.fsdp_vision_unit)
+    amp = D.autocast(d, precision, policy)
     reference = None
     if cfg.beta > 0:   # frozen, no optimizer; sharded like the policy under FSDP (no_grad forward only)
         ref_hf, _ = load_policy(model_dir, dtype, d.device)
-        reference = D.wrap(PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk), d, mode)
+        reference = D.wrap(PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk), d, mode,
+                           param_dtype=compute, vision_unit=cfg.fsdp_vision_unit)
     opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     samples = data.load_samples(train_json, cfg.media_root or None)
     media = media_config(cfg)
@@ -379,6 +379,11 @@ def main(argv=None):
                 loss_sum += loss.item()
                 logs.append({k: float(v) * lp.shape[0] for k, v in m.items()})
             grad_norm = D.clip_grad_norm(policy, cfg.max_grad_norm)
+            bad = D.nonfinite({"loss": loss_sum, "grad_norm": grad_norm}, d)    # the same answer on every rank
+            if bad:
+                raise FloatingPointError(f"train.py: step {step + 1}: non-finite {' and '.join(bad)} (loss {loss_sum}, "
+                                         f"grad_norm {grad_norm}); stopped before the optimizer step and before "
+                                         f"any checkpoint of this step")
             opt.step()
             opt.zero_grad(set_to_none=True)   # free the gradients before the next rollout (plan.py counts it so)
         # ---- metrics, averaged over ranks (reference §3 "Logged metrics")
