@@ -19,3 +19,20 @@ def builtin(tmp_path_factory):
     paths = synthetic.make_dataset(root / "data", n_train=48, n_test=16)
     tiny = build_builtin_tiny(root / "tiny", paths["train_cot"])
     return paths, tiny
+
+
+REAL = SHARED / "qwen2_5_vl_7b_instruct"
+# 2-rank launch under NCCL's contract emulated on CPU (tests/cuda_only_backend.py), with the flags that give the
+# process group a GPU node gets: gloo for CPU tensors, a CUDA-only backend in NCCL's place.
+GPU_CONTRACT = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                str(ROOT / "tests" / "cuda_only_backend.py")]
+GPU_GROUP = ["--dist-backend", "cpu:gloo,cuda:cudaonly", "--dist", "fsdp"]
+
+
+@pytest.fixture(scope="session")
+def narrow(tmp_path_factory):
+    """A random Qwen2.5-VL with the 7B's structure and the real tokenizer, narrowed for CPU (tiny.py "narrow")."""
+    if not (REAL / "tokenizer.json").exists():
+        pytest.skip("../shared/qwen2_5_vl_7b_instruct absent (fresh clone)")
+    import tiny
+    return tiny.build_like_7b(tmp_path_factory.mktemp("narrow") / "model", "narrow", REAL)

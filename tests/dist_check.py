@@ -2,6 +2,7 @@
 
     python tests/dist_check.py MODEL TRAIN_JSON OUT none                          # the 1-process reference
     torchrun --nproc_per_node 2 tests/dist_check.py MODEL TRAIN_JSON OUT fsdp     # (or ddp)
+    torchrun --nproc_per_node 2 tests/dist_check.py MODEL TRAIN_JSON OUT fsdp-bf16-mixed   # a GPU's precision path
 
 The global batch: one video prompt and one image prompt, each with 2 fixed random completions (4 rows) and
 fixed advantages. With W ranks, rank r takes prompt r; the 1-process run loops over both prompts and
@@ -46,11 +47,13 @@ def loss_of(policy, prompt_ids, visual, comp):
 
 
 def main():
-    model_dir, train_json, out, mode = sys.argv[1:5]
+    model_dir, train_json, out, run_name = sys.argv[1:5]
+    mode, _, precision = run_name.partition("-")                                  # "fsdp-bf16-mixed" -> fsdp, bf16-mixed
     d = D.init_distributed("cpu")
     torch.manual_seed(0)
     hf, tok = load_policy(model_dir)
-    policy = D.wrap(PolicyLogprobs(hf, chunk=4), d, mode, activation_checkpointing=mode == "fsdp")
+    _, _, compute = D.resolve_precision(precision or "fp32", d)
+    policy = D.wrap(PolicyLogprobs(hf, chunk=4), d, mode, activation_checkpointing=mode == "fsdp", param_dtype=compute)
     opt = torch.optim.AdamW(hf.parameters(), lr=1e-3, weight_decay=0.01)
     items = batch(tok, train_json)
     mine = items if d.world == 1 else [items[d.rank]]
@@ -76,9 +79,11 @@ def main():
         with D.full_weights(policy) as gen_model:
             got = rollout.generate(gen_model, [prompt_ids], [visual], [2], sp, tok.pad_token_id, [],
                                    torch.Generator().manual_seed(5))[0].ids
-        plain, _ = load_policy(model_dir)
+        plain, _ = load_policy(model_dir)              # bf16-mixed: the same sampling from weights rounded to bf16
         plain.load_state_dict({k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in
                                D.unwrap(policy).hf.state_dict().items()})
+        for p in plain.parameters():
+            p.data = p.data.to(compute)
         want = rollout.generate(plain, [prompt_ids], [visual], [2], sp, tok.pad_token_id, [],
                                 torch.Generator().manual_seed(5))[0].ids
         result["rollout_equal"] = D.all_reduce_sum(torch.tensor(int(torch.equal(got, want))), d).item()
@@ -86,7 +91,7 @@ def main():
         lp_after = loss_of(policy, items[d.rank][0], items[d.rank][1], items[d.rank][2])   # forward still works
         result["finite_after_rollout"] = bool(torch.isfinite(lp_after).all())
     if d.main:
-        torch.save(result, Path(out) / f"{mode}.pt")
+        torch.save(result, Path(out) / f"{run_name}.pt")
     D.barrier(d)
     D.cleanup(d)
 
