@@ -3,15 +3,15 @@
 The model is built on the meta device (no memory, no weights), so Φ (parameter count) is exact; the rest are
 estimates in bytes per GPU, W = --nproc, for the config's frames, pixels, G, G̃, lengths and sharding:
 
-  params      fsdp: 4Φ/W (fp32 shards, the master copy AdamW updates; compute is bf16 via MixedPrecisionPolicy)
-              ddp : 2Φ (bf16 weights on every GPU, updated in bf16: no fp32 master)
-  grads       fsdp: 4Φ/W (fp32 sharded gradients after the fp32 reduce-scatter)
-              ddp : 2Φ + 2Φ (bf16 .grad and DDP's all-reduce buckets)
-  optimizer   AdamW m and v in the parameter dtype: fsdp 8Φ/W, ddp 4Φ
-  reference   the frozen KL reference (only when β > 0): fsdp 4Φ/W, ddp 2Φ
-  gathered    fsdp only: weights gathered in bf16. Rollout: `distributed.full_weights` keeps the whole model
-              gathered for the phase, 2Φ. Log-prob pass: one block plus the root unit (embeddings, lm_head,
-              vision patch embed/merger) at a time; the plan counts the larger, the rollout's 2Φ.
+  params      fp32 master weights (--precision bf16-mixed, the default on CUDA): fsdp 4Φ/W (shards; compute
+              in bf16 via MixedPrecisionPolicy), ddp and one GPU 4Φ (compute in bf16 via autocast)
+  grads       fp32: fsdp 4Φ/W (after the fp32 reduce-scatter); ddp 4Φ + 4Φ (.grad and DDP's all-reduce
+              buckets); one GPU 4Φ (FSDP over one GPU is not applied: train.py runs it unsharded)
+  optimizer   AdamW m and v in fp32: fsdp 8Φ/W, otherwise 8Φ
+  reference   the frozen KL reference in fp32 (only when β > 0): fsdp 4Φ/W, otherwise 4Φ
+  gathered    bf16 copies of the weights, 2Φ: under FSDP `distributed.full_weights` keeps the whole model
+              gathered for the rollout (the log-prob pass gathers one block plus the root unit at a time);
+              without FSDP, autocast caches the bf16 copy of every weight it casts during a forward.
   KV cache    rollout: R = prompts_per_rank·(G + G̃) rows, each of (P + L) tokens, every decoder layer keeps K
               and V: R·(P + L)·layers·2·kv_heads·head_dim·2 bytes (bf16)
   activations log-prob pass, one micro-batch of M = G·groups_per_micro_batch rows of T = P + L tokens:
@@ -78,7 +78,7 @@ def estimate(config, cfg) -> dict:
     phi, phi_v = count_params(config)
     tc, vc = config.text_config, config.vision_config
     W = max(1, cfg.nproc)
-    mode = "fsdp" if cfg.dist in ("auto", "fsdp") else "ddp"
+    mode = ("fsdp" if cfg.dist in ("auto", "fsdp") else "ddp") if W > 1 else "one GPU"
     D, I, layers, V = tc.hidden_size, tc.intermediate_size, tc.num_hidden_layers, tc.vocab_size
     head_dim = D // tc.num_attention_heads
     kv = tc.num_key_value_heads * head_dim
@@ -92,8 +92,8 @@ def estimate(config, cfg) -> dict:
         out |= {"params": 4 * phi / W, "grads": 4 * phi / W, "optimizer": 8 * phi / W,
                 "reference": 4 * phi / W if cfg.beta > 0 else 0, "gathered": 2 * phi}
     else:
-        out |= {"params": 2 * phi, "grads": 4 * phi, "optimizer": 4 * phi,
-                "reference": 2 * phi if cfg.beta > 0 else 0, "gathered": 0}
+        out |= {"params": 4 * phi, "grads": 8 * phi if mode == "ddp" else 4 * phi, "optimizer": 8 * phi,
+                "reference": 4 * phi if cfg.beta > 0 else 0, "gathered": 2 * phi}
     rows = cfg.prompts_per_rank * (cfg.G + cfg.G_shuffled)
     out["kv_cache"] = rows * T * layers * 2 * kv * 2
     full_layer = 2 * (6 * D + 2 * kv + 4 * I)                                  # bytes per token per layer

@@ -1,0 +1,153 @@
+"""T-GRPO steps of a random 7B-structured Qwen2.5-VL on one GPU: per-phase time, tokens/s and peak memory
+next to plan.py's estimate for the same model and settings (bench/gpu_check.sh runs it twice).
+
+    python bench/gpu_check.py --width narrow              # hidden 512, 2 layers (tiny.py), paper settings, CUDA
+    python bench/gpu_check.py --width full --steps 3      # the 7B's widths, 8 of 28 decoder layers
+    python bench/gpu_check.py --dry-run                   # CPU, narrow model, small settings: keeps it working in CI
+
+One step, as train.py runs it on one process (--precision bf16-mixed: fp32 master weights, bf16 autocast):
+rollout (1 video prompt, G ordered + G̃ shuffled completions, one prefill), rewards and advantages, reference
+log-probs (no grad), policy log-probs (forward), backward, optimizer (clip + AdamW). Paper settings (reference
+§4): G = 8, G̃ = 4, 16 frames at 128·28·28 pixels, up to 768 new tokens (a random model rarely stops, so
+completions run to the limit: the worst case for memory). The first step is a warm-up and is not counted.
+Peak memory per phase is torch.cuda.max_memory_allocated after resetting it at the phase's start (CPU: n/a).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import config as cfglib  # noqa: E402
+import data  # noqa: E402
+import distributed as D  # noqa: E402
+import loader  # noqa: E402
+import plan  # noqa: E402
+import rollout  # noqa: E402
+import synthetic  # noqa: E402
+import tgrpo  # noqa: E402
+import tiny  # noqa: E402
+import train  # noqa: E402
+from model import PolicyLogprobs, load_policy  # noqa: E402
+
+GIB = 1024 ** 3
+PHASES = ["rollout", "rewards", "reference log-probs", "policy log-probs", "backward", "optimizer"]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--width", default="narrow", choices=sorted(tiny.WIDTHS), help="tiny.py width preset")
+    p.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up step)")
+    p.add_argument("--dry-run", action="store_true", help="CPU, narrow, 4 frames at 84x84, 8 new tokens, G = 2")
+    p.add_argument("--cache-dir", default="runs/cache", help="built-in clips and the random models go here")
+    p.add_argument("--tokenizer", default=str(Path(__file__).resolve().parents[2] / "shared" / "qwen2_5_vl_7b_instruct"),
+                   help="folder with the real Qwen2.5-VL tokenizer; the tiny one when it is absent")
+    a = p.parse_args()
+    cuda = torch.cuda.is_available() and not a.dry_run
+    if a.dry_run:
+        a.width = "narrow"
+        argv = ["--G", "2", "--max-frames", "4", "--video-min-pixels", str(84 * 84), "--video-max-pixels", str(84 * 84),
+                "--max-completion-length", "8", "--device", "cpu", "--precision", "fp32"]
+    else:
+        argv = ["--device", "cuda" if cuda else "cpu", "--precision", "bf16-mixed" if cuda else "fp32"]
+    cache = Path(a.cache_dir)
+    tok_dir = a.tokenizer if (Path(a.tokenizer) / "tokenizer.json").exists() else None
+    model_dir = tiny.build_like_7b(cache / f"like7b_{a.width}{'_realtok' if tok_dir else ''}", a.width, tok_dir)
+    paths = synthetic.make_dataset(cache / "data")
+    cfg = train.finish_config(*cfglib.parse(train.Config, argv + ["--model", str(model_dir), "--preset", "paper",
+                                                                   "--prompts-per-rank", "1", "--nproc", "1"], ""))
+    d = D.Dist(device=torch.device("cuda:0" if cuda else "cpu"))
+    precision, dtype, _ = D.resolve_precision(cfg.precision, d)
+    amp = D.autocast(d, precision)
+    torch.manual_seed(0)
+    hf, tok = load_policy(model_dir, dtype, d.device)
+    ref_hf, _ = load_policy(model_dir, dtype, d.device)
+    policy = PolicyLogprobs(hf, cfg.logprob_chunk)
+    reference = PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk)
+    opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    videos = [s for s in data.load_samples(paths["train"]) if s.data_type == "video"]
+    media = train.media_config(cfg)
+    sp = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)
+    gen = torch.Generator(device=d.device).manual_seed(0)
+    pad_id, stop_ids = tok.pad_token_id, [tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id]
+    times, peaks, tokens = {k: [] for k in PHASES}, {k: 0 for k in PHASES}, {}
+
+    class phase:
+        def __init__(self, name):
+            self.name = name
+
+        def __enter__(self):
+            if cuda:
+                torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+            self.t = time.perf_counter()
+
+        def __exit__(self, *exc):
+            if cuda:
+                torch.cuda.synchronize()
+                peaks[self.name] = max(peaks[self.name], torch.cuda.max_memory_allocated())
+            times[self.name].append(time.perf_counter() - self.t)
+
+    for step in range(a.steps + 1):
+        pr = loader.prepare(videos[step], tok, media, True, "train", loader.sample_generator(0, 0, step))
+        hf.eval()
+        with phase("rollout"), amp():
+            ordered, shuffled = rollout.generate(hf, [pr.prompt_ids, pr.shuffled_ids], [pr.visual, pr.shuffled_visual],
+                                                 [cfg.G, cfg.G_shuffled], sp, pad_id, stop_ids, gen)
+        hf.train()
+        groups = [(ordered, shuffled)]
+        with phase("rewards"):
+            acc, fmt, lengths, sacc = train.score([pr], groups, tok, cfg)
+            _, adv, *_ = train.compute_advantages(acc, fmt, lengths, sacc, torch.tensor([True]), cfg)
+        ids, attn, P, cmask, _, vis, owner = train.sequences([pr], groups, pad_id)
+        ids, attn, cmask = ids.to(d.device), attn.to(d.device), cmask.to(d.device)
+        with phase("reference log-probs"), torch.no_grad(), amp():
+            ref_lp = reference(ids, attn, P, vis, owner)                       # (G, L)
+        opt.zero_grad(set_to_none=True)
+        with phase("policy log-probs"), amp():
+            lp = policy(ids, attn, P, vis, owner)                              # (G, L)
+            loss, _ = tgrpo.policy_loss(lp, None, ref_lp, adv.reshape(-1).to(d.device), cmask, cfg.clip_eps, None,
+                                        cfg.beta, cfg.loss_agg, num_sequences=float(ids.shape[0]),
+                                        num_tokens=float(cmask.sum()), max_len=cfg.max_completion_length)
+        with phase("backward"):
+            loss.backward()
+        with phase("optimizer"):
+            D.clip_grad_norm(policy, cfg.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        new = int(ordered.lengths.sum() + shuffled.lengths.sum())
+        tokens = {"rollout": new, "reference log-probs": ids.numel(), "policy log-probs": ids.numel(),
+                  "backward": ids.numel()}
+        if step == 0:
+            times = {k: [] for k in PHASES}
+            shape = (tuple(ids.shape), P, int(pr.visual.pixel_values.shape[0]))
+    est = plan.estimate(hf.config, cfg)
+    print(f"command: python bench/gpu_check.py --width {a.width} --steps {a.steps}{' --dry-run' if a.dry_run else ''}")
+    print(f"model {model_dir}: {est['phi'] / 1e9:.3f}B parameters ({est['phi_vision'] / 1e9:.3f}B vision), "
+          f"{hf.config.text_config.num_hidden_layers} decoder layers, hidden {hf.config.text_config.hidden_size}, "
+          f"vocab {hf.config.text_config.vocab_size}, tokenizer {'real' if tok_dir else 'tiny'}")
+    print(f"device {torch.cuda.get_device_name(0) if cuda else 'cpu'} | precision {precision} | G {cfg.G}, G̃ "
+          f"{cfg.G_shuffled}, {cfg.max_frames} frames at {cfg.video_max_pixels} px, <= {cfg.max_completion_length} "
+          f"new tokens | last step: sequences {shape[0]}, prompt {shape[1]} tokens, {shape[2]} patches")
+    print(f"{'phase':22s}{'median s':>10s}{'tokens/s':>12s}{'peak GiB':>10s}")
+    for k in PHASES:
+        med = statistics.median(times[k])
+        tps = f"{tokens[k] / med:12.0f}" if k in tokens and med > 0 else f"{'':12s}"
+        peak = f"{peaks[k] / GIB:10.2f}" if cuda else f"{'n/a':>10s}"
+        print(f"{k:22s}{med:10.3f}{tps}{peak}")
+    rollout_plan = est["params"] + est["optimizer"] + est["reference"] + est["gathered"] + est["kv_cache"]
+    train_plan = est["params"] + est["grads"] + est["optimizer"] + est["reference"] + est["activations"]
+    measured = {"rollout": peaks["rollout"], "training": max(peaks["policy log-probs"], peaks["backward"],
+                                                              peaks["optimizer"])}
+    print(f"plan.py (1 GPU, {est['mode']}): rollout peak {rollout_plan / GIB:.2f} GiB, training peak {train_plan / GIB:.2f} "
+          f"GiB; measured: rollout {measured['rollout'] / GIB:.2f} GiB, training {measured['training'] / GIB:.2f} GiB"
+          if cuda else f"plan.py (1 GPU, {est['mode']}): rollout peak {rollout_plan / GIB:.2f} GiB, training peak "
+          f"{train_plan / GIB:.2f} GiB (estimates for these settings; no GPU memory to measure on CPU)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One command for a lent GPU (one H200, at most ~8 minutes): T-GRPO steps of the narrow and of the full-width
+# 7B-structured random model at the paper's settings, per phase time, tokens/s and peak memory next to plan.py.
+#
+#     bash bench/gpu_check.sh              # on the GPU machine; prints two tables
+#     bash bench/gpu_check.sh --dry-run    # on CPU: the narrow model at small settings (CI runs this)
+#
+# The figures go to bench/README.md ("GPU check"). The random models are built under runs/cache on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ "${1:-}" == "--dry-run" ]]; then
+    python bench/gpu_check.py --dry-run --steps 1 "${@:2}"
+    exit 0
+fi
+python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: use --dry-run')"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python bench/gpu_check.py --width narrow --steps 2
+python bench/gpu_check.py --width full --steps 2
