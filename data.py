@@ -13,14 +13,17 @@ Frame counts and sizes follow the official qwen_vl_utils 0.0.10 rules (reference
 same rounding (Python round, ties to even), the same per-frame pixel budget, including its quirk
 (reference §9 item 13). Resizing is torch bicubic with antialias on all frames at once, rounded back to
 uint8, which is what torchvision's resize does on the uint8 tensor the official code feeds it.
-Undecodable media raise MediaError; callers skip and count such samples, never substitute other media
-(reference §1 step 2 describes the official fallback we deliberately do not copy).
+Media that cannot be used raise MediaError naming the path: undecodable files, and files the frame/size
+rules reject (one frame, a clip shorter than a fixed nframes, aspect ratio above 200, a side that the pixel
+budget shrinks to 0), which the official code also raises for and then swallows. Callers skip and count such
+samples, never substitute other media (reference §1 step 2 describes the official fallback we deliberately
+do not copy).
 """
 
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -47,13 +50,17 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class MediaError(RuntimeError):
-    """A media file that cannot be read or decoded; the message names the path."""
+    """A media file that cannot be read, decoded or used (too few frames, too elongated, ...); the message
+    starts with the path."""
 
 
 # ---- samples (reference §5) ----------------------------------------------------------------------
 @dataclass
 class Sample:
-    """One Video-R1 entry (Video-R1-260k, Video-R1-COT-165k or Video-R1-eval schema, reference §5)."""
+    """One Video-R1 entry (Video-R1-260k, Video-R1-COT-165k or Video-R1-eval schema, reference §5).
+
+    ``entry`` and ``source`` say where it came from (0-based entry index, the JSON file); load_samples sets
+    them, a Sample built by hand has -1 and "". They are provenance, not content: == ignores them."""
 
     problem_id: int | str
     problem: str
@@ -65,12 +72,21 @@ class Sample:
     media_path: str  # absolute: media_root / path (leading "./" stripped)
     data_source: str = ""
     process: str = ""  # COT file only: "<think>...</think>"
+    entry: int = field(default=-1, compare=False)  # 0-based index of the entry in `source`; -1: unknown
+    source: str = field(default="", compare=False)  # the JSON / JSON Lines file it was read from
 
 
 def _read_entries(json_path: str) -> list:
-    """Entries of a JSON list file, or of a JSON Lines file (``.jsonl``, blank lines skipped)."""
-    with open(json_path, encoding="utf-8") as f:
-        text = f.read()
+    """Entries of a JSON list file, or of a JSON Lines file (``.jsonl``, blank lines skipped).
+    Raises FileNotFoundError; ValueError naming the file for text that is not UTF-8 (with the byte offset),
+    invalid JSON (with the line for .jsonl), a non-list top level, or no entries at all."""
+    with open(json_path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{json_path}: not UTF-8 text: byte 0x{raw[e.start]:02x} at byte offset {e.start}: "
+                         f"{e.reason}") from e
     if json_path.endswith(".jsonl"):
         entries = []
         for line_no, line in enumerate(text.splitlines(), start=1):
@@ -79,6 +95,8 @@ def _read_entries(json_path: str) -> list:
                     entries.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{json_path}: line {line_no}: invalid JSON: {e}") from e
+        if not entries:
+            raise ValueError(f"{json_path}: no entries (an empty JSON Lines file)")
         return entries
     try:
         entries = json.loads(text)
@@ -86,6 +104,8 @@ def _read_entries(json_path: str) -> list:
         raise ValueError(f"{json_path}: invalid JSON: {e}") from e
     if not isinstance(entries, list):
         raise ValueError(f"{json_path}: expected a JSON list of entries, got {type(entries).__name__}")
+    if not entries:
+        raise ValueError(f"{json_path}: no entries (an empty JSON list)")
     return entries
 
 
@@ -97,10 +117,13 @@ def load_samples(json_path, media_root=None, require_process: bool = False) -> l
         media_root: folder that entry paths are relative to; default: the JSON file's folder.
         require_process: demand a non-empty ``process`` string (the COT-165k file, for SFT).
     Returns:
-        list of Sample, in file order. Media files are NOT checked here (that happens at decode time).
+        list of Sample, in file order, never empty; Sample.entry is the 0-based entry index and
+        Sample.source the file (json_path as given). Media files are NOT checked here (that happens at
+        decode time).
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: bad JSON or a bad entry; the message names the file, the 0-based entry index,
+        ValueError: text that is not UTF-8 (names the file and the byte offset), bad JSON, no entries
+            ("no entries"), or a bad entry; the message names the file, the 0-based entry index,
             the problem_id when there is one, and the field, e.g.
             "train.json: entry 17 (problem_id 42): field 'problem_type': unknown value 'mcq'; ...".
     Required: problem_id (int or str), problem, data_type, problem_type, solution, path (non-empty), and
@@ -154,7 +177,8 @@ def load_samples(json_path, media_root=None, require_process: bool = False) -> l
             raise bad("process", "empty string (required for chain-of-thought data)")
         rel = path[2:] if path.startswith("./") else path
         samples.append(Sample(problem_id, problem, data_type, problem_type, list(options), solution,
-                              path, os.path.normpath(os.path.join(root, rel)), data_source, process))
+                              path, os.path.normpath(os.path.join(root, rel)), data_source, process,
+                              entry=i, source=json_path))
     return samples
 
 
@@ -279,13 +303,16 @@ def smart_nframes(total_frames: int, video_fps: float, fps: float = FPS, min_fra
 
 
 def sample_frame_indices(total_frames: int, n: int) -> list[int]:
-    """Uniform frame indices including first and last: linspace(0, total-1, n).round() (reference §8).
+    """Uniform frame indices including first and last, the official arithmetic exactly (reference §8):
+    torch.linspace(0, total_frames - 1, n) in float32, torch.round (ties to even), to int.
 
-    numpy round (ties to even, like torch.round in the official code). Raises ValueError if n < 1 or
-    total_frames < 1. Example: (491, 16) -> [0, 33, 65, 98, ..., 457, 490]."""
+    float32 matters on long clips: float64 linspace gives other indices from e.g. 64 frames of a
+    135,435-frame clip or 128 frames of a 66,771-frame one (tests/test_bad_media.py).
+    Returns: list of n ints in [0, total_frames - 1], non-decreasing (frame indices, 0-based).
+    Raises ValueError if n < 1 or total_frames < 1. Example: (491, 16) -> [0, 33, 65, 98, ..., 457, 490]."""
     if n < 1 or total_frames < 1:
         raise ValueError(f"sample_frame_indices: need n >= 1 and total_frames >= 1, got {n}, {total_frames}")
-    return np.linspace(0, total_frames - 1, n).round().astype(np.int64).tolist()
+    return torch.linspace(0, total_frames - 1, n, dtype=torch.float32).round().long().tolist()
 
 
 def effective_video_max_pixels(n_frames: int, min_pixels: int = VIDEO_MIN_PIXELS,
@@ -330,12 +357,20 @@ def read_video(path, *, fps: float = FPS, min_frames: int = FPS_MIN_FRAMES, max_
     evaluation passes e.g. max_pixels=200704, nframes=32. decord runs with num_threads=1 (same output as
     more threads, measured equally fast here, and safe inside data-loader workers).
     Returns: Clip(frames uint8 (T, 3, H, W) with H, W multiples of 28, sample_fps float, indices).
-    Raises: MediaError naming the path for a missing, empty or undecodable file; ValueError from
-    smart_nframes/smart_resize for a video too short or too elongated.
+    Raises:
+        MediaError: the message starts with the path and says what is wrong, for a missing, empty or
+            undecodable file, and for a file the frame/size rules reject: fewer than 2 frames, fewer frames
+            than a fixed ``nframes``, aspect ratio above 200, or a side that the pixel budget shrinks to 0
+            (smart_nframes/smart_resize's ValueError is the cause).
+        ValueError: settings that no file can satisfy: nframes rounding below 2, fps <= 0 without nframes.
     """
     import decord  # imported here so that text-only users of this module do not need it
 
     path = os.fspath(path)
+    if nframes is not None and round_by_factor(nframes, FRAME_FACTOR) < FRAME_FACTOR:
+        raise ValueError(f"read_video: nframes must round to at least {FRAME_FACTOR}, got {nframes}")
+    if nframes is None and not fps > 0:
+        raise ValueError(f"read_video: fps must be positive, got {fps}")
     if not os.path.isfile(path):
         raise MediaError(f"{path}: cannot read video: FileNotFoundError: no such file")
     try:
@@ -345,7 +380,10 @@ def read_video(path, *, fps: float = FPS, min_frames: int = FPS_MIN_FRAMES, max_
         raise MediaError(f"{path}: cannot open video: {type(e).__name__}: {str(e)[:300]}") from e
     if total_frames < 1 or not video_fps > 0:
         raise MediaError(f"{path}: unusable video: {total_frames} frames at {video_fps} fps")
-    n = smart_nframes(total_frames, video_fps, fps, min_frames, max_frames, nframes)
+    try:
+        n = smart_nframes(total_frames, video_fps, fps, min_frames, max_frames, nframes)
+    except ValueError as e:  # too few frames for the rule: the official code raises too (then swallows it)
+        raise MediaError(f"{path}: unusable video: too few frames ({total_frames} at {video_fps:g} fps): {e}") from e
     indices = sample_frame_indices(total_frames, n)
     try:
         array = vr.get_batch(indices).asnumpy()  # (T, H, W, 3) uint8
@@ -354,7 +392,10 @@ def read_video(path, *, fps: float = FPS, min_frames: int = FPS_MIN_FRAMES, max_
     frames = torch.from_numpy(array).permute(0, 3, 1, 2)  # (T, 3, H, W)
     height, width = frames.shape[-2:]
     cap = effective_video_max_pixels(n, min_pixels, max_pixels, total_pixels)
-    h, w = smart_resize(height, width, IMAGE_FACTOR, min_pixels, cap)
+    try:
+        h, w = smart_resize(height, width, IMAGE_FACTOR, min_pixels, cap)
+    except ValueError as e:  # aspect ratio > 200, or a side shrunk to 0 by the pixel budget
+        raise MediaError(f"{path}: unusable video frame size {height}x{width}: {e}") from e
     frames = resize_frames(frames.contiguous(), h, w)  # (T, 3, h, w) uint8
     return Clip(frames, n / total_frames * video_fps, indices)
 
@@ -366,7 +407,9 @@ def read_image(path, *, min_pixels: int = IMAGE_MIN_PIXELS, max_pixels: int = IM
     white; everything else is converted to RGB. Resized to smart_resize(h, w, 28, min_pixels, max_pixels)
     with Pillow bicubic. Only the first frame of an animated file is used.
     Returns: uint8 (1, 3, H, W), H and W multiples of 28.
-    Raises: MediaError naming the path for a missing or undecodable file.
+    Raises: MediaError, the message starting with the path, for a missing or undecodable file and for an
+    image smart_resize rejects (aspect ratio above 200, a side shrunk to 0 by max_pixels; its ValueError is
+    the cause).
     """
     path = os.fspath(path)
     try:
@@ -380,7 +423,10 @@ def read_image(path, *, min_pixels: int = IMAGE_MIN_PIXELS, max_pixels: int = IM
                 rgb = img.convert("RGB")
     except Exception as e:  # FileNotFoundError, PIL.UnidentifiedImageError, OSError (truncated), ...
         raise MediaError(f"{path}: cannot read image: {type(e).__name__}: {e}") from e
-    h, w = smart_resize(rgb.height, rgb.width, IMAGE_FACTOR, min_pixels, max_pixels)
+    try:
+        h, w = smart_resize(rgb.height, rgb.width, IMAGE_FACTOR, min_pixels, max_pixels)
+    except ValueError as e:  # aspect ratio > 200, or a side shrunk to 0 by the pixel budget
+        raise MediaError(f"{path}: unusable image size {rgb.height}x{rgb.width}: {e}") from e
     if (h, w) != (rgb.height, rgb.width):
         rgb = rgb.resize((w, h), Image.BICUBIC)
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)[None]  # (1, 3, H, W) uint8

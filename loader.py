@@ -11,8 +11,10 @@ Guarantees:
 1. Order and content are those of calling `rollout.prepare` on the stream in a loop: the only random step,
    the shuffled-frame permutation (reference §1 step 4), uses a generator seeded from (seed, rank, sample
    index) by `sample_generator`, so neither the number of threads nor the order they finish in matters.
-2. A sample whose media fails to decode (`data.MediaError`) is skipped and counted, never replaced by other
-   media (reference §9 item 9); its index is still consumed, so later samples keep their generators.
+2. A sample whose media fails to decode or is unusable (`data.MediaError`: also one frame, aspect ratio > 200,
+   ...) is skipped and counted, never replaced by other media (reference §9 item 9); its index is still
+   consumed, so later samples keep their generators. The first SKIP_PRINT_FULL skips are printed in full
+   ("[skip] entry 17 of train.json (/data/x.mp4): reason"), later ones as a running count at 10, 100, 1000, ...
 3. `FrameCache` (optional) stores the sampled, resized uint8 frames and sample_fps of each media file, keyed
    by (absolute path, mtime, size, every frame/pixel setting that changes them), so a second epoch skips
    decoding and resizing; a changed file or setting is a different key.
@@ -40,7 +42,8 @@ from model import encode_prompt
 
 VIDEO_KEYS = ("fps", "min_frames", "max_frames", "nframes", "video_min_pixels", "video_max_pixels", "video_total_pixels")
 IMAGE_KEYS = ("image_min_pixels", "image_max_pixels")
-CACHE_FORMAT = 1  # bump when the stored layout or the decoding in data.py changes meaning
+CACHE_FORMAT = 2  # bump when the stored layout or the decoding in data.py changes meaning (2: float32 indices)
+SKIP_PRINT_FULL = 5  # skips printed in full per Prefetcher; after that a count line at 10, 100, 1000, ...
 
 
 def sample_generator(seed: int, rank: int, index: int) -> torch.Generator:
@@ -125,6 +128,26 @@ def prepare(sample: data.Sample, tokenizer, media: rollout.MediaConfig, shuffled
     return out
 
 
+def skip_message(sample: data.Sample, index: int, error: Exception) -> str:
+    """"entry {entry} of {json file} ({media path}): reason" for a skipped sample (the reason is the error's
+    message without its leading path); "stream sample {index} ({media path}): reason" for a Sample not made
+    by data.load_samples (entry -1)."""
+    reason = str(error)
+    for p in (sample.media_path, os.path.abspath(sample.media_path)):
+        if reason.startswith(p + ": "):
+            reason = reason[len(p) + 2:]
+            break
+    where = f"entry {sample.entry} of {sample.source}" if sample.entry >= 0 else f"stream sample {index}"
+    return f"{where} ({sample.media_path}): {reason}"
+
+
+def _power_of_ten(n: int) -> bool:
+    """True for 1, 10, 100, ... (when the skip count is printed)."""
+    while n >= 10 and n % 10 == 0:
+        n //= 10
+    return n == 1
+
+
 class Prefetcher:
     """Prepared samples from a sample stream, in stream order, prepared `depth` samples ahead by `workers`
     threads.
@@ -133,11 +156,13 @@ class Prefetcher:
     tokenizer, media, shuffled, variant: as rollout.prepare; seed, rank: seed the per-sample generators
     (`sample_generator(seed, rank, start_index + i)` for the i-th sample); depth >= 1: samples in flight;
     workers >= 1: threads; cache: an optional FrameCache; max_consecutive_skips: raise RuntimeError after
-    this many undecodable samples in a row (a wrong media root).
+    more than this many unusable samples in a row (a wrong media root); its message says to check
+    --media-root and names the last path.
     Iterating yields (index, rollout.Prepared); `skipped` counts skipped samples, `skipped_errors` keeps the
-    last 100 messages; `consumed` is start_index + the samples handed out or skipped so far: the stream
-    position to checkpoint (the threads read up to `depth` samples further ahead; to resume, rebuild the
-    stream at `consumed` and pass start_index=consumed). Call `close()` (or use `with`) to stop the threads.
+    last 100 messages ("entry 17 of train.json (/data/x.mp4): reason", see `skip_message`); `consumed` is
+    start_index + the samples handed out or skipped so far: the stream position to checkpoint (the threads
+    read up to `depth` samples further ahead; to resume, rebuild the stream at `consumed` and pass
+    start_index=consumed). Call `close()` (or use `with`) to stop the threads.
     """
 
     def __init__(self, samples: Iterable[data.Sample], tokenizer, media: rollout.MediaConfig, *, shuffled: bool,
@@ -151,7 +176,7 @@ class Prefetcher:
         self.skipped, self.skipped_errors, self._run = 0, deque(maxlen=100), 0
         self._source = iter(samples)
         self._next_index = self.consumed = start_index
-        self._pending: deque[tuple[int, Future]] = deque()
+        self._pending: deque[tuple[int, data.Sample, Future]] = deque()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch")
         self._fill()
 
@@ -165,7 +190,8 @@ class Prefetcher:
                 sample = next(self._source)
             except StopIteration:
                 return
-            self._pending.append((self._next_index, self._pool.submit(self._work, sample, self._next_index)))
+            self._pending.append((self._next_index, sample,
+                                  self._pool.submit(self._work, sample, self._next_index)))
             self._next_index += 1
 
     def __iter__(self) -> Iterator[tuple[int, rollout.Prepared]]:
@@ -173,7 +199,7 @@ class Prefetcher:
 
     def __next__(self) -> tuple[int, rollout.Prepared]:
         while self._pending:
-            index, fut = self._pending.popleft()
+            index, sample, fut = self._pending.popleft()
             self._fill()                                                      # keep `depth` in flight
             self.consumed = index + 1
             try:
@@ -181,10 +207,17 @@ class Prefetcher:
             except data.MediaError as e:
                 self.skipped += 1
                 self._run += 1
-                self.skipped_errors.append(f"sample {index}: {e}")
-                print(f"[skip] sample {index}: {e}", file=sys.stderr)
+                msg = skip_message(sample, index, e)
+                self.skipped_errors.append(msg)
+                if self.skipped <= SKIP_PRINT_FULL:
+                    more = (" (further skips are counted, printed at 10, 100, 1000, ...)"
+                            if self.skipped == SKIP_PRINT_FULL else "")
+                    print(f"[skip] {msg}{more}", file=sys.stderr)
+                elif _power_of_ten(self.skipped):
+                    print(f"[skip] {self.skipped} samples skipped so far; latest: {msg}", file=sys.stderr)
                 if self._run > self.max_consecutive_skips:
-                    raise RuntimeError(f"{self._run} undecodable media files in a row; check --media-root") from e
+                    raise RuntimeError(f"{self._run} unusable media files in a row (the last: {sample.media_path}); "
+                                       f"check --media-root: entry paths are resolved against it") from e
                 continue
             self._run = 0
             return index, out
@@ -199,7 +232,7 @@ class Prefetcher:
 
     def close(self) -> None:
         """Cancel queued work and stop the threads (running items finish first)."""
-        for _, fut in self._pending:
+        for _, _, fut in self._pending:
             fut.cancel()
         self._pending.clear()
         self._pool.shutdown(wait=True)

@@ -166,6 +166,7 @@ def test_load_samples_json_list_round_trip(tmp_path):
                               solution="<answer>3.5</answer>", path="./Math/y.png", data_source=...),
                entry(problem_id=3, problem_type="OCR", options=..., process="<think>hm</think>")]
     samples = load_samples(write_json(tmp_path, entries))
+    assert [(s.entry, s.source) for s in samples] == [(i, str(tmp_path / "train.json")) for i in range(3)]
     assert samples[0] == Sample(2, "What appears?", "video", "multiple choice", ["A. a", "B. b"],
                                 "<answer>A</answer>", "./LLaVA/x.mp4", str(tmp_path / "LLaVA" / "x.mp4"),
                                 "LLaVA-Video-178K", "")
@@ -182,7 +183,7 @@ def test_load_samples_jsonl_round_trip(tmp_path):
                                                      process="<think>b</think>")]
     p.write_text(json.dumps(rows[0]) + "\n\n" + json.dumps(rows[1]) + "\n")
     samples = load_samples(p, require_process=True)
-    assert [s.problem_id for s in samples] == [2, 9]
+    assert [s.problem_id for s in samples] == [2, 9] and [s.entry for s in samples] == [0, 1]
     assert [s.process for s in samples] == ["<think>a</think>", "<think>b</think>"]
 
 

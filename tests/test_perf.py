@@ -190,6 +190,9 @@ def test_prefetcher_equals_direct_prepare_and_skips_bad_media(setup, builtin, tm
         with loader.Prefetcher(samples, tok, MEDIA, shuffled=True, seed=7, rank=1, **kw) as pf:
             got = list(pf)
             assert [i for i, _ in got] == sorted(direct) and pf.skipped == 2, run
+            src = builtin[0]["train"]                                          # entry index in the JSON, path
+            assert [e.split(": ")[0] for e in pf.skipped_errors] == [f"entry 2 of {src} ({broken})",
+                                                                     f"entry 5 of {src} ({tmp_path / 'missing.png'})"]
             for i, p in got:
                 assert_same_prepared(p, direct[i])
     assert cache.misses == 5 and cache.hits == 5
