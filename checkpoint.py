@@ -12,6 +12,8 @@ so a crash mid-save leaves the previous checkpoint as the newest complete one. T
 """
 from __future__ import annotations
 
+import json
+import os
 import random
 import re
 import shutil
@@ -20,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException   # a BaseException, not an Exception
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 import distributed as D
+from model import disk_message
 
 PATTERN = re.compile(r"^step_(\d{6,})$")
 
@@ -61,8 +65,14 @@ def save(out_dir: str | Path, step: int, module, optimizer, d: D.Dist, extra: di
         tmp.mkdir(parents=True)
     D.barrier(d)
     model_sd, optim_sd = get_state_dict(D.unwrap(module), optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-    torch.save({"step": step, **extra}, tmp / f"rank{d.rank:05d}.pt")
+    try:
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        torch.save({"step": step, **extra}, tmp / f"rank{d.rank:05d}.pt")
+    except (Exception, CheckpointException) as e:   # a full disk: "unexpected pos 704 vs 598" from torch.save
+        reason = disk_message(e, root)                                        # before the partial files go
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(f"checkpoint {tmp}: writing failed on rank {d.rank}: {reason}; the previous "
+                      f"checkpoint, if any, is intact") from e
     D.barrier(d)
     if d.main:
         shutil.rmtree(final, ignore_errors=True)
@@ -105,3 +115,43 @@ def load(path: str | Path, module, optimizer, d: D.Dist) -> dict:
     dcp.load(state, checkpoint_id=str(path))
     set_state_dict(D.unwrap(module), optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return torch.load(own, weights_only=False)
+
+
+# Settings that may differ between a checkpoint and the run resuming it: how long to run, how often to save, and
+# machinery that does not change what is computed. Any other difference is refused unless the user allows it.
+RESUME_MAY_CHANGE = {"steps", "save_every", "keep_checkpoints", "export_every", "resume", "allow_config_change",
+                     "data_workers", "frame_cache", "plan", "nproc", "logprob_chunk", "activation_checkpointing",
+                     "device", "dist_backend", "out_dir", "cache_dir"}
+
+
+def config_changes(saved: dict, now: dict) -> list[str]:
+    """The settings that differ between a checkpoint's run config and this run's, as "name: old -> new"
+    (names in RESUME_MAY_CHANGE excepted; a setting present on one side only counts as a change)."""
+    keys = sorted((set(saved) | set(now)) - RESUME_MAY_CHANGE)
+    return [f"{k}: {saved.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}" for k in keys if saved.get(k) != now.get(k)]
+
+
+def open_metrics(path: str | Path, keep_through_step: int):
+    """Open the metrics JSON-lines file for appending, with one row per step: rows of steps after
+    `keep_through_step` (the resumed checkpoint's step; 0 for a fresh run, which starts an empty file) are
+    dropped first, so the steps re-run after a crash are not logged twice. Rewritten atomically.
+    Returns the open file. Raises ValueError naming the file and line for a row that is not JSON."""
+    path = Path(path)
+    kept = []
+    if keep_through_step > 0 and path.exists():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                if n == len(lines):
+                    break                                   # a last line cut short by the crash
+                raise ValueError(f"{path}: line {n}: not JSON: {e}") from e
+            if row.get("step", 0) <= keep_through_step:
+                kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+    return open(path, "a", encoding="utf-8")

@@ -13,6 +13,7 @@ import contextlib
 import gc
 import math
 import os
+import signal
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +94,30 @@ def nonfinite(values: dict[str, float], d: Dist) -> list[str]:
     bad = torch.tensor([0.0 if math.isfinite(values[k]) else 1.0 for k in names], dtype=torch.float64)  # (K,)
     bad = all_reduce_sum(bad, d)
     return [k for k, b in zip(names, bad.tolist()) if b > 0]
+
+
+class Preemption:
+    """SIGTERM (what SLURM and Kubernetes send before killing a job) as a request to stop after the current step.
+
+    The handler only sets a flag; `requested(d)` all-reduces it once per call, so every rank agrees to stop
+    after the same step even when the signal reached only some of them (torchrun forwards it to its workers
+    and gives them 30 s before SIGKILL). Install in the main thread. `signum` is the signal that was seen.
+    """
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def requested(self, d: Dist) -> bool:
+        """True on every rank when any rank has received SIGTERM (one all-reduce, made on every call)."""
+        return bool(all_reduce_sum(torch.tensor(float(self.signum != 0)), d) > 0)
+
+    def restore(self) -> None:
+        """Put back the handler that was there before."""
+        signal.signal(signal.SIGTERM, self._previous)
 
 
 def broadcast_object(obj, d: Dist):

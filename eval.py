@@ -197,7 +197,7 @@ def run_batch(indices, samples, shuffled, hf, tokenizer, media, sp, gen, cfg) ->
             frame_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
             prepared.append((i, rollout.prepare(samples[i], tokenizer, media, shuffled=shuffled, variant=cfg.template,
                                                 generator=frame_gen)))
-        except (data.MediaError, ValueError) as e:
+        except data.MediaError as e:   # only unreadable media exclude an item; any other error stops the run
             failed.append((i, f"undecodable: {e}"))
     if not prepared:
         return [], failed

@@ -126,12 +126,7 @@ def build_tiny(folder: str | Path, corpus: list[str], seed: int = 0, center_on: 
     model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer)).float()
     if center_on:
         center_visual_features(model, list(center_on))
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_hf(model, tokenizer, tmp)
-    shutil.rmtree(folder, ignore_errors=True)   # a partial folder from an interrupted build
-    tmp.rename(folder)
-    return folder
+    return save_hf(model, tokenizer, folder)                                 # atomic: never a partial folder
 
 
 @torch.no_grad()
@@ -175,34 +170,93 @@ def save_hf(model, tokenizer, folder: str | Path, state_dict: dict | None = None
     """Save an HF folder that plain transformers loads: config, safetensors, tokenizer with chat template,
     `preprocessor_config.json` and a `generation_config.json` (the official code forgets the processor files).
 
-    `state_dict` (optional) is a full, gathered state dict to write instead of `model.state_dict()`
-    (used after FSDP). Only call on one rank.
+    Atomic: everything is written to `folder`.tmp, which then replaces `folder` (an older `folder` is moved
+    aside first and deleted after), so a kill or a full disk leaves either the complete old folder, the
+    complete new one, or none -- never weights without a tokenizer. `state_dict` (optional) is a full,
+    gathered state dict to write instead of `model.state_dict()` (used after FSDP). Only call on one rank.
+    Raises OSError naming the folder when writing fails (e.g. "no space left on device"); the partial
+    temporary folder is removed.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    (folder / "chat_template.json").write_text(json.dumps({"chat_template": tokenizer.chat_template}, indent=2))
-    vision = model.config.vision_config
-    processor = {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": vision.patch_size,
-                 "temporal_patch_size": vision.temporal_patch_size, "merge_size": vision.spatial_merge_size,
-                 "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
-                 "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor"}
-    (folder / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "chat_template.json").write_text(json.dumps({"chat_template": tokenizer.chat_template}, indent=2))
+        vision = model.config.vision_config
+        processor = {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": vision.patch_size,
+                     "temporal_patch_size": vision.temporal_patch_size, "merge_size": vision.spatial_merge_size,
+                     "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+                     "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor"}
+        (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    except Exception as e:
+        reason = disk_message(e, folder.parent)                               # before the partial files go
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(f"{folder}: writing the HF folder failed: {reason}") from e
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def disk_message(error: BaseException, where: str | Path) -> str:
+    """`error`'s text, prefixed by "no space left on device (N bytes free at WHERE)" when the error chain holds
+    ENOSPC or fewer than 64 MiB are free there (torch.save reports a full disk as "unexpected pos ...")."""
+    import errno
+    chain, e = [], error
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        free = None
+    full = any(getattr(x, "errno", None) == errno.ENOSPC for x in chain) or (free is not None and free < 64 * 2**20)
+    text = f"{type(error).__name__}: {error}"
+    return f"no space left on device ({free} bytes free at {where}); {text}" if full else text
+
+
+SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
+
+
+def check_model_folder(folder: str | Path) -> dict:
+    """Read `folder`/config.json and refuse anything but a Qwen2.5-VL before a model is built (transformers would
+    build a default-size Qwen2.5-VL, 73B parameters of random weights, from another architecture's config).
+    Returns the parsed config. Raises FileNotFoundError (no config.json) or ValueError naming the file and its
+    model_type (unreadable JSON, or a model_type not in SUPPORTED_MODEL_TYPES)."""
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{folder}: no config.json; expected a Qwen2.5-VL HF folder")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON config: {e}") from e
+    kind = config.get("model_type") if isinstance(config, dict) else None
+    if kind not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"{path}: model_type {kind!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES} "
+                         f"(a Qwen2.5-VL folder such as Qwen2.5-VL-7B-Instruct or an output of this project)")
+    return config
 
 
 def load_policy(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """Load (model, tokenizer) from an HF folder: the tiny default or a real Qwen2.5-VL-7B(-Instruct) folder.
 
     The model is put in train mode with `use_cache` off (caches are created explicitly by the rollout).
-    Raises FileNotFoundError when `folder` has no config.json.
+    Raises FileNotFoundError when `folder` has no config.json, ValueError when it is not a Qwen2.5-VL
+    (`check_model_folder`, before anything is built) or when a weight holds NaN or inf (naming the tensor).
     """
     folder = Path(folder)
-    if not (folder / "config.json").exists():
-        raise FileNotFoundError(f"{folder}: no config.json; expected a Qwen2.5-VL HF folder")
+    check_model_folder(folder)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
     model.to(device)
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(f"{folder}: weight(s) with NaN or inf: {', '.join(bad[:5])}"
+                         + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
     model.config.use_cache = False
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "left"

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import checkpoint
 import config as cfglib
 import data
 import distributed as D
@@ -328,7 +329,7 @@ def main(argv=None):
                                                                         "total_steps": total}, indent=2))
         print(f"model {model_dir} | data {train_json} ({len(samples)} samples) | {total} steps of {per_step} samples "
               f"| {d.world} rank(s) on {d.device}\nframes/pixels: {asdict(media)}")
-    metrics = open(out_dir / "metrics.jsonl", "a") if d.main else None
+    metrics = checkpoint.open_metrics(out_dir / "metrics.jsonl", 0) if d.main else None   # a fresh file per run
 
     def log(row):
         if d.main:

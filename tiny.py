@@ -18,7 +18,6 @@ special-token ids are set to its ids (the embedding keeps 152,064 rows).
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import torch
@@ -82,12 +81,7 @@ def build_like_7b(folder: str | Path, width: str = "narrow", tokenizer_from: str
     config = config_like_7b(width, source, tokenizer)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).float()
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_hf(model, tokenizer, tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder
+    return save_hf(model, tokenizer, folder)                                 # atomic: never a partial folder
 
 
 def main():

@@ -10,6 +10,9 @@
     torchrun --nnodes 2 --nproc_per_node 4 --rdzv-backend c10d --rdzv-endpoint HOST0:29500 --rdzv-id vr1 \
         train.py --model runs/sft/final --data ... --dist fsdp --activation-checkpointing --save-every 50 \
         --resume auto                                  # FSDP2 over 2 nodes; rerun the same line to resume
+On SIGTERM (a preempted job) every rank finishes the current step, a resumable checkpoint is written and the
+run exits with code 143; `--resume auto` continues it. Resuming with other settings (G, lr, seed, data, ...)
+is refused, listing the differences, unless `--allow-config-change true`.
 
 One step (DESIGN.md "How one training step flows"; reference §1):
   each rank takes `prompts_per_rank` samples -> decodes frames -> G completions on ordered frames and, for
@@ -34,6 +37,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -117,6 +122,7 @@ class Config:
     save_every: int = field(default=0, metadata={"help": "> 0: resumable checkpoint (DCP) every this many steps under out_dir/checkpoints"})
     keep_checkpoints: int = field(default=2, metadata={"help": "resumable checkpoints kept (oldest deleted)"})
     resume: str = field(default="", metadata={"help": "checkpoint folder to continue from, or 'auto' (latest in out_dir, if any)"})
+    allow_config_change: bool = field(default=False, metadata={"help": "resume even when the checkpoint was written with other settings (G, lr, seed, data, ...; the differences are printed)"})
     export_every: int = field(default=0, metadata={"help": "> 0: also write an HF folder out_dir/step_N every this many steps"})
     plan: bool = field(default=False, metadata={"help": "print the per-GPU memory plan for --model (folder or preset:qwen2.5-vl-7b) and exit"})
     nproc: int = field(default=8, metadata={"help": "GPUs assumed by --plan"})
@@ -304,14 +310,19 @@ def main(argv=None):
     gen = torch.Generator(device=d.device).manual_seed(cfg.seed + d.rank)
     pad_id, stop_ids = tokenizer.pad_token_id, [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
     out_dir = Path(cfg.out_dir)
+    run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "world_size": d.world}
     start, position = 0, 0
     resume_from = checkpoint.resolve(cfg.resume, out_dir)
     if resume_from is not None:
         extra = checkpoint.load(resume_from, policy, opt, d)
+        changes = checkpoint.config_changes(extra["config"], run_config) if "config" in extra else []
+        if changes and not cfg.allow_config_change:
+            raise ValueError(f"train.py: {resume_from} was written with other settings: {'; '.join(changes)}. "
+                             f"Resume with the same settings, or pass --allow-config-change true")
         checkpoint.set_rng_state(extra["rng"], {"sampling": gen})
         position, start = extra["position"], extra["step"]
         if d.main:
-            print(f"resumed from {resume_from} at step {start}")
+            print(f"resumed from {resume_from} at step {start}" + (f" (changed: {'; '.join(changes)})" if changes else ""))
     # Decoding and patchifying of the next samples overlaps the current step (loader.py); each sample's
     # shuffled-frame permutation is seeded by (seed, rank, position), so results do not depend on threads.
     prefetch = loader.Prefetcher(prompt_stream(samples, d, cfg.seed, position), tokenizer, media,
@@ -320,11 +331,11 @@ def main(argv=None):
                                  cache=loader.FrameCache(cfg.frame_cache) if cfg.frame_cache else None)
     if d.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(asdict(cfg) | {"model": model_dir, "data": train_json,
-                                                                        "world_size": d.world}, indent=2))
+        (out_dir / "config.json").write_text(json.dumps(run_config, indent=2))
         print(f"policy {model_dir} | data {train_json} ({len(samples)} samples) | {d.world} rank(s) on {d.device}")
         print(f"frames/pixels: {asdict(media)}")
-    metrics_file = open(out_dir / "metrics.jsonl", "a") if d.main else None
+    metrics_file = checkpoint.open_metrics(out_dir / "metrics.jsonl", start) if d.main else None   # one row per step
+    preemption, preempted = D.Preemption(), False
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not d.main, desc="T-GRPO")
     for step in bar:
         t0 = time.time()
@@ -410,12 +421,24 @@ def main(argv=None):
         if d.main:
             metrics_file.write(json.dumps(row) + "\n"); metrics_file.flush()
             bar.set_postfix(acc=f"{row['accuracy']:.2f}", fmt=f"{row['format']:.2f}", kl=f"{row.get('kl', 0):.3f}")
-        if cfg.save_every > 0 and (step + 1) % cfg.save_every == 0:
-            extra = {"rng": checkpoint.rng_state({"sampling": gen}), "position": prefetch.consumed}
-            checkpoint.save(out_dir, step + 1, policy, opt, d, extra, keep=cfg.keep_checkpoints)
+        preempted = preemption.requested(d)                                    # every rank agrees
+        if (cfg.save_every > 0 and (step + 1) % cfg.save_every == 0) or preempted:
+            extra = {"rng": checkpoint.rng_state({"sampling": gen}), "position": prefetch.consumed, "config": run_config}
+            saved = checkpoint.save(out_dir, step + 1, policy, opt, d, extra, keep=cfg.keep_checkpoints)
+        if preempted:
+            break
         if cfg.export_every > 0 and (step + 1) % cfg.export_every == 0:
             export(policy, tokenizer, out_dir / f"step_{step + 1}", d)
     prefetch.close()
+    preemption.restore()
+    if preempted:   # SIGTERM: the step finished and was checkpointed; the run is not complete, so no final/
+        if d.main:
+            metrics_file.close()
+            print(f"SIGTERM: stopped after step {step + 1}; resumable checkpoint {saved}; rerun the same command "
+                  f"with --resume auto to continue", flush=True)
+        del policy, reference
+        D.cleanup(d)
+        sys.exit(128 + signal.SIGTERM)                                         # 143, the shell's code for SIGTERM
     final = export(policy, tokenizer, out_dir / "final", d)
     if d.main:
         metrics_file.close()
