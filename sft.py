@@ -7,6 +7,8 @@
         --media-root Video-R1-data                     # the paper's recipe (lr 1e-6, 1 epoch, batch 1 x accum 2)
     python train.py --model runs/sft/final --preset tiny   # T-GRPO from the tiny SFT output (same prompts/pixels)
     python sft.py --help                               # every knob, with its help
+    torchrun --nproc_per_node 8 sft.py ... --save-every 200 --resume auto   # resumable; rerun the same line to resume
+On SIGTERM every rank finishes the current step, writes a resumable checkpoint and exits with code 143 (as train.py).
 
 One optimizer step: each rank takes `grad_accum` micro-batches of `batch_size` samples -> decodes frames and
 renders the T-GRPO user turn (rollout.prepare: same template, frames and pixels) -> appends the assistant turn
@@ -39,6 +41,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -111,7 +114,11 @@ class Config:
     fsdp_vision_unit: str = field(default="block", metadata={"help": "FSDP units of the vision tower: block (one per vision block) | tower (one for the whole tower)"})
     dist: str = field(default="auto", metadata={"help": "auto (fsdp on CUDA, ddp on CPU) | fsdp | ddp | none"})
     logprob_chunk: int = field(default=512, metadata={"help": "tokens (rows x positions) per lm_head call; bounds the fp32 logits memory"})
-    save_every: int = field(default=0, metadata={"help": "> 0: also save an HF folder every k steps (out_dir/step_k)"})
+    save_every: int = field(default=0, metadata={"help": "> 0: resumable checkpoint (DCP) every this many steps under out_dir/checkpoints, as in train.py"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "resumable checkpoints kept (oldest deleted)"})
+    resume: str = field(default="", metadata={"help": "checkpoint folder to continue from, or 'auto' (latest in out_dir, if any)"})
+    allow_config_change: bool = field(default=False, metadata={"help": "resume even when the checkpoint was written with other settings (the differences are printed)"})
+    export_every: int = field(default=0, metadata={"help": "> 0: also write an HF folder out_dir/step_N every this many steps"})
     preset: str = field(default="auto", metadata={"help": "auto: 'tiny' when --model is empty, else 'paper'; tiny | paper"})
 
 
@@ -305,10 +312,6 @@ def main(argv=None):
     opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     samples = data.load_samples(train_json, cfg.media_root or None, require_process=True)
     media = train.media_config(cfg)
-    # the next samples are decoded while the current step runs; undecodable media are skipped and counted
-    prefetch = loader.Prefetcher(train.prompt_stream(samples, d, cfg.seed), tokenizer, media, shuffled=False,
-                                 seed=cfg.seed, rank=d.rank, workers=cfg.data_workers,
-                                 cache=loader.FrameCache(cfg.frame_cache) if cfg.frame_cache else None)
     per_step = cfg.batch_size * cfg.grad_accum * d.world
     total = cfg.steps if cfg.steps > 0 else max(1, math.ceil(cfg.epochs * len(samples) / per_step))
     eval_examples = []
@@ -322,14 +325,31 @@ def main(argv=None):
     gen = torch.Generator(device=d.device).manual_seed(cfg.seed + 7 + d.rank)
     pad_id = tokenizer.pad_token_id
     out_dir = Path(cfg.out_dir)
+    run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "eval_data": eval_json, "world_size": d.world,
+                                "total_steps": total}
+    start, position = 0, 0
+    resume_from = checkpoint.resolve(cfg.resume, out_dir)
+    if resume_from is not None:                                             # as train.py
+        extra = checkpoint.load(resume_from, module, opt, d)
+        changes = checkpoint.config_changes(extra["config"], run_config)
+        if changes and not cfg.allow_config_change:
+            raise ValueError(f"sft.py: {resume_from} was written with other settings: {'; '.join(changes)}. "
+                             f"Resume with the same settings, or pass --allow-config-change true")
+        checkpoint.set_rng_state(extra["rng"], {"eval": gen})
+        position, start = extra["position"], extra["step"]
+        if d.main:
+            print(f"resumed from {resume_from} at step {start}" + (f" (changed: {'; '.join(changes)})" if changes else ""))
+    # the next samples are decoded while the current step runs; undecodable media are skipped and counted
+    prefetch = loader.Prefetcher(train.prompt_stream(samples, d, cfg.seed, position), tokenizer, media, shuffled=False,
+                                 seed=cfg.seed, rank=d.rank, workers=cfg.data_workers, start_index=position,
+                                 cache=loader.FrameCache(cfg.frame_cache) if cfg.frame_cache else None)
     if d.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(asdict(cfg) | {"model": model_dir, "data": train_json,
-                                                                        "eval_data": eval_json, "world_size": d.world,
-                                                                        "total_steps": total}, indent=2))
+        (out_dir / "config.json").write_text(json.dumps(run_config, indent=2))
         print(f"model {model_dir} | data {train_json} ({len(samples)} samples) | {total} steps of {per_step} samples "
               f"| {d.world} rank(s) on {d.device}\nframes/pixels: {asdict(media)}")
-    metrics = checkpoint.open_metrics(out_dir / "metrics.jsonl", 0) if d.main else None   # a fresh file per run
+    metrics = checkpoint.open_metrics(out_dir / "metrics.jsonl", start) if d.main else None   # one row per step
+    preemption, preempted = D.Preemption(), False
 
     def log(row):
         if d.main:
@@ -343,9 +363,10 @@ def main(argv=None):
                 tqdm.write(f"eval @ step {step}: format {row['eval_format']:.3f} accuracy {row['eval_accuracy']:.3f} "
                            f"length {row['eval_length']:.1f} (n={row['eval_n']})")
 
-    run_eval(0)
+    if start == 0:
+        run_eval(0)
     hf.train()
-    bar = tqdm(range(total), disable=not d.main, desc="SFT")
+    bar = tqdm(range(start, total), initial=start, total=total, disable=not d.main, desc="SFT")
     for step in bar:
         t0 = time.time()
         micro, skipped = [], 0
@@ -353,7 +374,7 @@ def main(argv=None):
             prepared, sk = prefetch.take(cfg.batch_size)
             micro.append([build_example(p, tokenizer, cfg.loss_on, SYSTEM_PROMPTS[cfg.system_prompt]) for p in prepared])
             skipped += sk
-        if step == 0:
+        if step == start:
             check_against_template(micro[0][0], tokenizer, SYSTEM_PROMPTS[cfg.system_prompt])
         local_tok = sum(int(e.labels.sum()) for exs in micro for e in exs)
         n_tok = float(D.all_reduce_sum(torch.tensor(float(local_tok)), d))     # trained tokens, all ranks
@@ -385,10 +406,25 @@ def main(argv=None):
         bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.1e}")
         if cfg.eval_every > 0 and (step + 1) % cfg.eval_every == 0 and step + 1 < total:
             run_eval(step + 1)
-        if cfg.save_every > 0 and (step + 1) % cfg.save_every == 0:
+        preempted = preemption.requested(d)                                    # every rank agrees
+        if (cfg.save_every > 0 and (step + 1) % cfg.save_every == 0) or preempted:
+            extra = {"rng": checkpoint.rng_state({"eval": gen}), "position": prefetch.consumed, "config": run_config}
+            saved = checkpoint.save(out_dir, step + 1, module, opt, d, extra, keep=cfg.keep_checkpoints)
+        if preempted:
+            break
+        if cfg.export_every > 0 and (step + 1) % cfg.export_every == 0:
             train.export(module, tokenizer, out_dir / f"step_{step + 1}", d)
-    run_eval(total)
     prefetch.close()
+    preemption.restore()
+    if preempted:   # SIGTERM: the step finished and was checkpointed; no final evaluation or export
+        if d.main:
+            metrics.close()
+            print(f"SIGTERM: stopped after step {step + 1}; resumable checkpoint {saved}; rerun the same command "
+                  f"with --resume auto to continue", flush=True)
+        module = None
+        D.cleanup(d)
+        sys.exit(128 + signal.SIGTERM)                                         # 143, the shell's code for SIGTERM
+    run_eval(total)
     final = train.export(module, tokenizer, out_dir / "final", d)
     if d.main:
         metrics.close()

@@ -163,3 +163,32 @@ def test_sigterm_checkpoints_and_resumes_to_the_same_weights(builtin, tmp_path, 
     a, b = load_file(straight / "final" / "model.safetensors"), load_file(stopped / "final" / "model.safetensors")
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_sft_sigterm_checkpoints_and_resumes_to_the_same_weights(builtin, tmp_path):
+    """sft.py too: SIGTERM mid-run -> checkpoint and exit 143 -> --resume auto -> the weights of a straight run,
+    one metrics row per step."""
+    paths, tiny = builtin
+
+    def cmd(out, *extra):
+        return [sys.executable, str(ROOT / "sft.py"), "--model", str(tiny), "--data", str(paths["train_cot"]),
+                "--preset", "tiny", "--steps", "12", "--batch-size", "2", "--eval-samples", "0",
+                "--out-dir", str(out), *extra]
+
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    run(cmd(straight), tmp_path)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd(stopped), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not ((stopped / "metrics.jsonl").exists() and len(steps(stopped)) >= 2) and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143 and "SIGTERM: stopped after step" in out, out[-2000:] + err[-4000:]
+    k = len(steps(stopped))
+    assert 2 <= k < 12 and [p.name for p in (stopped / "checkpoints").iterdir()] == [f"step_{k:06d}"]
+    proc = run(cmd(stopped, "--resume", "auto"), tmp_path)
+    assert f"at step {k}" in proc.stdout and steps(stopped) == list(range(1, 13))
+    a, b = load_file(straight / "final" / "model.safetensors"), load_file(stopped / "final" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)

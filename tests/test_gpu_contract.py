@@ -126,7 +126,7 @@ def test_nonfinite_loss_stops_sft_before_the_optimizer_step_and_save(builtin, tm
     paths, tiny = builtin
     proc = run([sys.executable, str(ROOT / "sft.py"), "--model", str(tiny), "--data", str(paths["train_cot"]),
                 "--preset", "tiny", "--steps", "3", "--batch-size", "2", "--lr", "1e30", "--warmup-steps", "0",
-                "--eval-samples", "0", "--save-every", "1", "--out-dir", str(tmp_path / "out")], tmp_path, ok=False)
+                "--eval-samples", "0", "--export-every", "1", "--out-dir", str(tmp_path / "out")], tmp_path, ok=False)
     assert proc.returncode != 0
     assert re.search(r"sft.py: step 2: non-finite (loss|grad_norm)", proc.stderr), proc.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "out").glob("step_*")) == ["step_1"]
