@@ -1,4 +1,4 @@
-"""Training checkpoints that resume exactly, for DDP, FSDP2 and one process (DESIGN.md "Checkpoints").
+"""Training checkpoints that resume exactly, for DDP, FSDP2 and one process.
 
 Layout of OUT_DIR/checkpoints/step_000010/ (written by every rank, then renamed by rank 0):
     *.distcp, .metadata   model and optimizer state via torch.distributed.checkpoint (DCP): each FSDP rank

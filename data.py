@@ -2,21 +2,21 @@
 
 Everything between a Video-R1 JSON file and the tensors the Qwen2.5-VL vision tower eats:
 
-    load_samples(json)   -> [Sample]                       reference §5 (schema)
-    build_prompt_text(s) -> str                            reference §5 (templates, verbatim)
-    read_video(path)     -> Clip(frames uint8 (T,3,H,W), sample_fps, indices)   reference §8
-    read_image(path)     -> uint8 (1,3,H,W)                reference §8 fetch_image
-    shuffle_frames(f)    -> (f[perm], perm)                reference §1 step 4
+    load_samples(json)   -> [Sample]                       notes §5 (schema)
+    build_prompt_text(s) -> str                            notes §5 (templates, verbatim)
+    read_video(path)     -> Clip(frames uint8 (T,3,H,W), sample_fps, indices)   notes §8
+    read_image(path)     -> uint8 (1,3,H,W)                notes §8 fetch_image
+    shuffle_frames(f)    -> (f[perm], perm)                notes §1 step 4
     patchify(frames)     -> pixel_values (t*h*w, 1176) float32, grid_thw (3,) int64 = (t, h, w)
 
-Frame counts and sizes follow the official qwen_vl_utils 0.0.10 rules (reference §8) bit for bit: the
+Frame counts and sizes follow the official qwen_vl_utils 0.0.10 rules (notes §8) bit for bit: the
 same rounding (Python round, ties to even), the same per-frame pixel budget, including its quirk
-(reference §9 item 13). Resizing is torch bicubic with antialias on all frames at once, rounded back to
+(notes §9 item 13). Resizing is torch bicubic with antialias on all frames at once, rounded back to
 uint8, which is what torchvision's resize does on the uint8 tensor the official code feeds it.
 Media that cannot be used raise MediaError naming the path: undecodable files, and files the frame/size
 rules reject (one frame, a clip shorter than a fixed nframes, aspect ratio above 200, a side that the pixel
 budget shrinks to 0), which the official code also raises for and then swallows. Callers skip and count such
-samples, never substitute other media (reference §1 step 2 describes the official fallback we deliberately
+samples, never substitute other media (notes §1 step 2 describes the official fallback we deliberately
 do not copy).
 """
 
@@ -33,7 +33,7 @@ from PIL import Image
 
 from rewards import PROBLEM_TYPES
 
-# ---- constants (reference §8, the shipped training values) ------------------------------------
+# ---- constants (notes §8, the shipped training values) ------------------------------------
 IMAGE_FACTOR = 28  # patch_size 14 * merge_size 2
 MAX_RATIO = 200
 IMAGE_MIN_PIXELS = 4 * 28 * 28  # 3136
@@ -54,10 +54,10 @@ class MediaError(RuntimeError):
     starts with the path."""
 
 
-# ---- samples (reference §5) ----------------------------------------------------------------------
+# ---- samples (notes §5) ----------------------------------------------------------------------
 @dataclass
 class Sample:
-    """One Video-R1 entry (Video-R1-260k, Video-R1-COT-165k or Video-R1-eval schema, reference §5).
+    """One Video-R1 entry (Video-R1-260k, Video-R1-COT-165k or Video-R1-eval schema, notes §5).
 
     ``entry`` and ``source`` say where it came from (0-based entry index, the JSON file); load_samples sets
     them, a Sample built by hand has -1 and "". They are provenance, not content: == ignores them."""
@@ -110,7 +110,7 @@ def _read_entries(json_path: str) -> list:
 
 
 def load_samples(json_path, media_root=None, require_process: bool = False) -> list[Sample]:
-    """Read and validate a Video-R1 JSON list (or ``.jsonl``) into Samples (reference §5 schema).
+    """(D1, D5) Read and validate a Video-R1 JSON list (or ``.jsonl``) into Samples (notes §5 schema).
 
     Args:
         json_path: path of the file. ``.jsonl`` means one JSON object per line; anything else a JSON list.
@@ -182,7 +182,7 @@ def load_samples(json_path, media_root=None, require_process: bool = False) -> l
     return samples
 
 
-# ---- prompt text (reference §5, quoted verbatim: this is the text the model was trained on) ------
+# ---- prompt text (notes §5, quoted verbatim: this is the text the model was trained on) ------
 QUESTION_TEMPLATE = (
     "{Question}\n"
     "Please think about this question as if you were a human pondering deeply. "
@@ -211,7 +211,7 @@ TYPE_TEMPLATE = {
 
 
 def build_question(sample: Sample) -> str:
-    """The question text (reference §5): for multiple choice, problem + "Options:\\n" + one option per line
+    """The question text (notes §5): for multiple choice, problem + "Options:\\n" + one option per line
     (no separator between problem and "Options:", as official); otherwise the problem unchanged."""
     if sample.problem_type == "multiple choice":
         return sample.problem + "Options:\n" + "".join(opt + "\n" for opt in sample.options)
@@ -219,7 +219,7 @@ def build_question(sample: Sample) -> str:
 
 
 def build_prompt_text(sample: Sample, variant: str = "train") -> str:
-    """The user-turn text: template(question) + TYPE_TEMPLATE[problem_type] (reference §5).
+    """The user-turn text: template(question) + TYPE_TEMPLATE[problem_type] (notes §5).
 
     variant "train" uses QUESTION_TEMPLATE (GRPO, SFT); "eval" uses QUESTION_TEMPLATE_EVAL (eval,
     inference, CoT generation). Raises ValueError for another variant or an unknown problem_type."""
@@ -231,29 +231,29 @@ def build_prompt_text(sample: Sample, variant: str = "train") -> str:
     return template.format(Question=build_question(sample)) + TYPE_TEMPLATE[sample.problem_type]
 
 
-# ---- frame count and size rules (reference §8) ----------------------------------------------------
+# ---- frame count and size rules (notes §8) ----------------------------------------------------
 def round_by_factor(x: float, factor: int) -> int:
-    """round(x / factor) * factor, Python round (ties to even) — reference §8."""
+    """round(x / factor) * factor, Python round (ties to even) — notes §8."""
     return round(x / factor) * factor
 
 
 def ceil_by_factor(x: float, factor: int) -> int:
-    """ceil(x / factor) * factor — reference §8."""
+    """ceil(x / factor) * factor — notes §8."""
     return math.ceil(x / factor) * factor
 
 
 def floor_by_factor(x: float, factor: int) -> int:
-    """floor(x / factor) * factor — reference §8."""
+    """floor(x / factor) * factor — notes §8."""
     return math.floor(x / factor) * factor
 
 
 def smart_resize(height: int, width: int, factor: int = IMAGE_FACTOR, min_pixels: int = IMAGE_MIN_PIXELS,
                  max_pixels: float = IMAGE_MAX_PIXELS) -> tuple[int, int]:
-    """Target (height, width) in pixels, both multiples of ``factor`` (qwen_vl_utils rule, reference §8).
+    """Target (height, width) in pixels, both multiples of ``factor`` (qwen_vl_utils rule, notes §8).
 
     Round each side to the factor (at least one factor); if the area exceeds max_pixels, scale down by
     sqrt(h*w/max_pixels) and floor; else if below min_pixels, scale up and ceil. There is no second
-    check, so a downscale can land below min_pixels (reference §9 item 13).
+    check, so a downscale can land below min_pixels (notes §9 item 13).
     Raises ValueError for non-positive sizes, aspect ratio > 200, or a result with a zero side.
     Example: (360, 640, 28, 100352, 105369) -> (224, 420).
     """
@@ -279,7 +279,7 @@ def smart_resize(height: int, width: int, factor: int = IMAGE_FACTOR, min_pixels
 
 def smart_nframes(total_frames: int, video_fps: float, fps: float = FPS, min_frames: int = FPS_MIN_FRAMES,
                   max_frames: int = FPS_MAX_FRAMES, nframes: int | None = None) -> int:
-    """Number of frames to sample, an even count (qwen_vl_utils rule, reference §8).
+    """Number of frames to sample, an even count (qwen_vl_utils rule, notes §8).
 
     nframes given: round_by_factor(nframes, 2) (fps, min/max frames ignored). Otherwise
     n = duration * fps = total_frames / video_fps * fps, clamped to [ceil2(min_frames),
@@ -303,7 +303,7 @@ def smart_nframes(total_frames: int, video_fps: float, fps: float = FPS, min_fra
 
 
 def sample_frame_indices(total_frames: int, n: int) -> list[int]:
-    """Uniform frame indices including first and last, the official arithmetic exactly (reference §8):
+    """Uniform frame indices including first and last, the official arithmetic exactly (notes §8):
     torch.linspace(0, total_frames - 1, n) in float32, torch.round (ties to even), to int.
 
     float32 matters on long clips: float64 linspace gives other indices from e.g. 64 frames of a
@@ -318,18 +318,18 @@ def sample_frame_indices(total_frames: int, n: int) -> list[int]:
 def effective_video_max_pixels(n_frames: int, min_pixels: int = VIDEO_MIN_PIXELS,
                                max_pixels: int = VIDEO_MAX_PIXELS, total_pixels: int = VIDEO_TOTAL_PIXELS) -> float:
     """Per-frame pixel cap of the official fetch_video: max(min(max_pixels, total_pixels / T * 2),
-    int(min_pixels * 1.05)) (reference §8). With the shipped constants it is 105369, not 100352, so
-    video frames come out at e.g. 224x420 = 94080 pixels, below min_pixels (reference §9 item 13)."""
+    int(min_pixels * 1.05)) (notes §8). With the shipped constants it is 105369, not 100352, so
+    video frames come out at e.g. 224x420 = 94080 pixels, below min_pixels (notes §9 item 13)."""
     return max(min(max_pixels, total_pixels / n_frames * FRAME_FACTOR), int(min_pixels * 1.05))
 
 
 # ---- pixels ---------------------------------------------------------------------------------------
 def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bicubic antialiased resize of all frames at once, like torchvision resize on a uint8 tensor.
+    """(D3) Bicubic antialiased resize of all frames at once, like torchvision resize on a uint8 tensor.
 
     Args: frames uint8 (or float 0-255) (T, C, H, W); target height, width in pixels.
     Returns: uint8 (T, C, height, width): interpolate in float32 (align_corners=False, antialias=True),
-    then round, clamp to [0, 255] and cast (reference §8 fetch_video)."""
+    then round, clamp to [0, 255] and cast (notes §8 fetch_video)."""
     if frames.shape[-2:] == (height, width):
         return frames.round().clamp(0, 255).to(torch.uint8) if frames.is_floating_point() else frames.to(torch.uint8)
     x = frames.float()  # (T, C, H, W)
@@ -349,7 +349,7 @@ class Clip(NamedTuple):
 def read_video(path, *, fps: float = FPS, min_frames: int = FPS_MIN_FRAMES, max_frames: int = FPS_MAX_FRAMES,
                nframes: int | None = None, min_pixels: int = VIDEO_MIN_PIXELS, max_pixels: int = VIDEO_MAX_PIXELS,
                total_pixels: int = VIDEO_TOTAL_PIXELS) -> Clip:
-    """Decode, sample and resize a video as the official qwen_vl_utils decord path does (reference §8).
+    """Decode, sample and resize a video as the official qwen_vl_utils decord path does (notes §8).
 
     T = smart_nframes(len(vr), vr.get_avg_fps(), ...); indices = sample_frame_indices; size =
     smart_resize(h, w, 28, min_pixels, effective_video_max_pixels(T, ...)); resize_frames.
@@ -401,7 +401,7 @@ def read_video(path, *, fps: float = FPS, min_frames: int = FPS_MIN_FRAMES, max_
 
 
 def read_image(path, *, min_pixels: int = IMAGE_MIN_PIXELS, max_pixels: int = IMAGE_MAX_PIXELS) -> torch.Tensor:
-    """Load an image as the official fetch_image does (reference §8).
+    """(D4) Load an image as the official fetch_image does (notes §8).
 
     Images with an alpha channel (RGBA, LA, PA, or P/L/RGB with a transparency key) are composited onto
     white; everything else is converted to RGB. Resized to smart_resize(h, w, 28, min_pixels, max_pixels)
@@ -433,7 +433,7 @@ def read_image(path, *, min_pixels: int = IMAGE_MIN_PIXELS, max_pixels: int = IM
 
 
 def shuffle_frames(frames: torch.Tensor, generator: torch.Generator | None = None):
-    """One uniform permutation of the whole frame axis (reference §1 step 4: frames are not kept in
+    """One uniform permutation of the whole frame axis (notes §1 step 4: frames are not kept in
     their temporal-patch pairs; the patchifier then pairs consecutive shuffled frames).
 
     Args: frames (T, ...) any dtype; generator for torch.randperm (None: the global torch RNG).

@@ -2,7 +2,7 @@
 
     torchrun --nproc_per_node 2 train.py      # gloo on CPU; gloo (CPU tensors) + nccl (CUDA tensors) on GPU
 
-Conventions (DESIGN.md "Distributed"): `init_distributed()` is a no-op for one process; rank r seeds its
+Conventions: `init_distributed()` is a no-op for one process; rank r seeds its
 RNGs with seed + r; rank 0 alone writes logs and checkpoints; no other module calls a torch.distributed
 collective (FSDP's and DCP's own excepted); every rank makes the same sequence of collectives whatever its
 data (one vision-tower call per forward, the same number of micro-batches, a non-finite check every step).
@@ -232,7 +232,7 @@ def wrap(module: torch.nn.Module, d: Dist, mode: str = "ddp", activation_checkpo
         fully_shard(unit, mesh=mesh, mp_policy=mp)
     fully_shard(module, mesh=mesh, mp_policy=mp)
     # Average gradients over ranks explicitly: FSDP2's default divide factor has been wrong on gloo in some
-    # releases (PyTorch issue #162338: gradients summed). torch 2.13's default already averages on gloo; the
+    # releases (pytorch/pytorch#162338: gradients summed). torch 2.13's default already averages on gloo; the
     # explicit factor keeps it so elsewhere. tests/test_distributed.py compares magnitudes with 1 process.
     module.set_gradient_divide_factor(float(d.world))
     return module
@@ -251,7 +251,7 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
 
 @contextlib.contextmanager
 def full_weights(module: torch.nn.Module):
-    """Context in which `unwrap(module).hf` holds full weights for generation (reference §1 step 5).
+    """Context in which `unwrap(module).hf` holds full weights for generation (notes §1 step 5).
 
     DDP / one process: every rank already holds them; a no-op. FSDP2: every sharded unit is all-gathered ONCE
     on entry (in `param_dtype`) and kept gathered for the whole phase (reshard-after-forward off), so the

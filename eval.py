@@ -1,4 +1,4 @@
-"""Benchmark evaluation in the Video-R1-eval format, plus a temporal-sensitivity report (reference §7, §8).
+"""Benchmark evaluation in the Video-R1-eval format, plus a temporal-sensitivity report (notes §7, §8).
 
     python eval.py                                     # tiny default on the built-in test split (CPU, a few minutes)
     python eval.py --shuffled true                     # also on shuffled frames: ordered vs shuffled accuracy and the gap
@@ -11,11 +11,11 @@ Per benchmark file `eval_{name}.json` (the Video-R1-eval schema, which is the RL
 1. Validation: every item's media file is opened (decord for videos, PIL for images). Missing and
    undecodable files are listed with counts and the items excluded, never scored, never replaced.
 2. Generation: `--batch-size` prompts per rollout.generate call, one completion each, prompt = the eval
-   template of reference §5 as one user turn (default system prompt; `--template train`: the T-GRPO/SFT
+   template of notes §5 as one user turn (default system prompt; `--template train`: the T-GRPO/SFT
    template instead, for a policy that has only ever seen that one, like the tiny model). Decoding is
-   near-greedy with every knob explicit (reference §9 item 17): temperature 0.01 and top_p 0.001 as the paper reports (the official
-   eval_bench.py uses temperature 0.1, reference §9 item 15), top_k off, repetition penalty 1.0, 1024 tokens.
-3. Scoring (report.py): rewards.eval_score (answer extraction with fallback to the raw output, reference §7): exact
+   near-greedy with every knob explicit (notes §9 item 17): temperature 0.01 and top_p 0.001 as the paper reports (the official
+   eval_bench.py uses temperature 0.1, notes §9 item 15), top_k off, repetition penalty 1.0, 1024 tokens.
+3. Scoring (report.py): rewards.eval_score (answer extraction with fallback to the raw output, notes §7): exact
    match for multiple choice, the numerical rule, MRA for regression. Score = mean accuracy x 100, except
    VSI-Bench = (mean accuracy over non-regression items + mean MRA over regression items) / 2 x 100.
 4. Output in --out-dir (default runs/eval/<model-name>): eval_{name}.json (per-item records + summary with the
@@ -27,15 +27,16 @@ Per benchmark file `eval_{name}.json` (the Video-R1-eval schema, which is the RL
 Records are appended to eval_{name}[_shuffled].records.jsonl after every batch; a rerun generates only
 the items missing there and rebuilds the JSON from it (its first line holds the settings, which must match).
 
-Frames and pixels (reference §4 "Frames and pixels", §8): eval defaults max_frames 16 at fps 2.0 (or a fixed
+Frames and pixels (notes §4 "Frames and pixels", §8): eval defaults max_frames 16 at fps 2.0 (or a fixed
 --nframes 16/32/64), video pixels 128*28*28 .. 256*28*28 per frame, images 3136 .. 200704, mRoPE time from
 the clip's sample fps (the official eval passes it). These are flags here, not module constants to edit by
-hand (reference §9 item 12).
-Departures from the official eval (src/eval_bench.py):
-  a. An item whose media cannot be read is excluded and listed; the official script scores every item of the
-     failing batch as "<answer>error</answer>", i.e. 0 (reference §7 "Prompt").
-  b. Default temperature 0.01 (paper) instead of 0.1 (code); with top_p 0.001 both are greedy in practice.
-  c. Generation is our KV-cache loop (rollout.generate), not vLLM.
+hand (notes §9 item 12).
+Departures from the official eval (docs/departures.md; the ID stands at the line):
+  E1  an item whose media cannot be read is excluded and listed; any other error stops the run
+  E2  temperature 0.01 as the paper reports (the official script: 0.1; both near-greedy with top-p 0.001)
+  E3  generation is our KV-cache loop (rollout.generate), not vLLM
+  E4  frames and pixels are flags with eval defaults, not module constants edited by hand
+  E5  the mRoPE time of the clip's sample fps is applied (whether vLLM 0.7.2 used it is unverified)
 """
 from __future__ import annotations
 
@@ -43,13 +44,13 @@ import json
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from tqdm import tqdm
 
+import common
 import config as cfglib
 import data
 import distributed as D
@@ -69,8 +70,8 @@ class Config:
     limit: int = field(default=0, metadata={"help": "> 0: only the first N items of each benchmark (smoke runs)"})
     shuffled: bool = field(default=False, metadata={"help": "also evaluate every item on shuffled frames (seeded) and report the gap"})
     seed: int = field(default=0, metadata={"help": "seed of the frame shuffles (per item) and of sampling (per rank)"})
-    template: str = field(default="eval", metadata={"help": "'eval': the official eval prompt (reference §5); 'train': the T-GRPO/SFT prompt the policy was trained with"})
-    # frames and pixels (reference §4, §8; eval values)
+    template: str = field(default="eval", metadata={"help": "'eval': the official eval prompt (notes §5); 'train': the T-GRPO/SFT prompt the policy was trained with"})
+    # frames and pixels (notes §4, §8; eval values)
     nframes: int = field(default=0, metadata={"help": "> 0: fixed frame count per video (16/32/64) instead of the fps rule"})
     max_frames: int = field(default=16, metadata={"help": "most frames per video under the fps rule (official FPS_MAX_FRAMES: 16, 32 or 64)"})
     min_frames: int = field(default=4, metadata={"help": "fewest frames per video under the fps rule"})
@@ -81,7 +82,7 @@ class Config:
     image_min_pixels: int = field(default=3136, metadata={"help": "image pixel floor"})
     image_max_pixels: int = field(default=256 * 28 * 28, metadata={"help": "image pixel budget"})
     rope_time: str = field(default="sample", metadata={"help": "'sample': mRoPE time from the clip's sample fps (official eval); 'official': fixed 2 fps (training)"})
-    # decoding (reference §7 "Engine")
+    # decoding (notes §7 "Engine")
     temperature: float = field(default=0.01, metadata={"help": "sampling temperature (paper 0.01; official script 0.1)"})
     top_p: float = field(default=0.001, metadata={"help": "nucleus mass (0.001: greedy in practice)"})
     top_k: int = field(default=0, metadata={"help": "top-k; 0 = off"})
@@ -93,11 +94,6 @@ class Config:
     precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16-mixed (fp32 weights, bf16 autocast) | bf16 (bf16 weights)"})
     dist_backend: str = field(default="auto", metadata={"help": "process-group backend: auto (gloo on CPU; cpu:gloo,cuda:nccl on CUDA) or a torch backend string"})
     preset: str = field(default="auto", metadata={"help": "auto: 'tiny' when --model is empty, else 'paper'; tiny | paper"})
-
-
-# What the tiny default was trained with (train.TINY_PRESET) and a short answer budget.
-TINY_PRESET = dict(max_frames=8, video_min_pixels=84 * 84, video_max_pixels=84 * 84, image_max_pixels=84 * 84,
-                   max_new_tokens=64)
 
 
 def merge_data_flags(argv: list[str]) -> list[str]:
@@ -115,12 +111,8 @@ def merge_data_flags(argv: list[str]) -> list[str]:
 
 def finish_config(cfg: Config, explicit: set[str]) -> Config:
     """Apply the tiny preset to fields not given, and check values. Raises ValueError naming the field."""
-    preset = cfg.preset if cfg.preset != "auto" else ("tiny" if not cfg.model else "paper")
-    if preset == "tiny":
-        for k, v in TINY_PRESET.items():
-            if k not in explicit:
-                setattr(cfg, k, v)
-    checks = {"preset": preset in ("tiny", "paper"), "template": cfg.template in ("train", "eval"),
+    common.apply_preset(cfg, explicit, common.EVAL_TINY, "eval.py")
+    checks = {"template": cfg.template in ("train", "eval"),
               "rope_time": cfg.rope_time in ("sample", "official"),
               "batch_size": cfg.batch_size >= 1, "max_new_tokens": cfg.max_new_tokens >= 1,
               "temperature": cfg.temperature > 0, "precision": cfg.precision in D.PRECISIONS, "top_p": 0 < cfg.top_p <= 1, "nframes": cfg.nframes >= 0,
@@ -129,7 +121,6 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
     if bad:
         raise ValueError(f"eval.py: invalid --{bad[0].replace('_', '-')}: {getattr(cfg, bad[0])!r}"
                          + (" (--name needs a single --data)" if bad[0] == "name" else ""))
-    cfg.preset = preset
     return cfg
 
 
@@ -197,7 +188,7 @@ def run_batch(indices, samples, shuffled, hf, tokenizer, media, sp, gen, cfg) ->
             frame_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
             prepared.append((i, rollout.prepare(samples[i], tokenizer, media, shuffled=shuffled, variant=cfg.template,
                                                 generator=frame_gen)))
-        except data.MediaError as e:   # only unreadable media exclude an item; any other error stops the run
+        except data.MediaError as e:   # E1: only unreadable media exclude an item; other errors stop the run
             failed.append((i, f"undecodable: {e}"))
     if not prepared:
         return [], failed
@@ -205,8 +196,7 @@ def run_batch(indices, samples, shuffled, hf, tokenizer, media, sp, gen, cfg) ->
     prompts = [p.shuffled_ids if s else p.prompt_ids for (_, p), s in zip(prepared, use_shuffled)]
     visuals = [p.shuffled_visual if s else p.visual for (_, p), s in zip(prepared, use_shuffled)]
     pad_id = tokenizer.pad_token_id
-    stop_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_id]
-    outs = rollout.generate(hf, prompts, visuals, [1] * len(prompts), sp, pad_id, stop_ids, gen)
+    outs = rollout.generate(hf, prompts, visuals, [1] * len(prompts), sp, pad_id, common.stop_ids(tokenizer), gen)
     records = []
     for (i, p), c, v in zip(prepared, outs, visuals):
         text = tokenizer.decode(c.ids[0].tolist(), skip_special_tokens=True)
@@ -277,16 +267,14 @@ def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, 
 # ---- entry point ----------------------------------------------------------------------------------
 def resolve(cfg: Config, d: D.Dist) -> tuple[str, list[tuple[str, str]]]:
     """The policy folder and [(benchmark name, JSON path)]; builds the tiny model and the built-in data (test
-    split, benchmark 'synthetic') like train.py when --model or --data is empty."""
-    import synthetic
-    import train
-    model = cfg.model
-    if not cfg.model or not cfg.data:
-        model, _ = train.resolve_model_and_data(SimpleNamespace(model=cfg.model, data="", cache_dir=cfg.cache_dir), d)
+    split, benchmark 'synthetic') when --model or --data is empty (common.builtin)."""
+    if cfg.model and cfg.data:
+        return cfg.model, [(cfg.name or benchmark_name(p), p) for p in cfg.data.split(",") if p]
+    paths = common.builtin(cfg.cache_dir, d, model=not cfg.model)
+    model = cfg.model or str(paths["tiny"])
     if not cfg.data:
-        return model, [(cfg.name or "synthetic", str(synthetic.make_dataset(Path(cfg.cache_dir) / "data")["test"]))]
-    paths = [p for p in cfg.data.split(",") if p]
-    return model, [(cfg.name or benchmark_name(p), p) for p in paths]
+        return model, [(cfg.name or "synthetic", str(paths["test"]))]
+    return model, [(cfg.name or benchmark_name(p), p) for p in cfg.data.split(",") if p]
 
 
 def model_name(model: str) -> str:
@@ -308,7 +296,7 @@ def main(argv=None) -> list[dict] | None:
     from model import load_policy
     hf, tokenizer = load_policy(model_dir, dtype, d.device)
     hf.eval()
-    media = rollout.MediaConfig(**{f.name: getattr(cfg, f.name) for f in fields(rollout.MediaConfig)})
+    media = common.media_config(cfg)
     sp = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_new_tokens)
     out_dir = Path(cfg.out_dir or Path("runs/eval") / model_name(model_dir))
     if d.main:

@@ -1,7 +1,7 @@
 """Background preparation of the next samples, so decoding and patchifying overlap the current step.
 
 The official trainer decodes a sample's video inside `compute_loss`, on the critical path, right before
-generation (reference §1 step 2); here a small pool of threads runs `rollout.prepare`'s work for the next
+generation (notes §1 step 2); here a small pool of threads runs `rollout.prepare`'s work for the next
 samples of the stream while the policy generates and trains on the current ones.
 
     pf = Prefetcher(stream, tokenizer, media, shuffled=True, seed=cfg.seed, rank=d.rank, cache=FrameCache(dir))
@@ -9,10 +9,10 @@ samples of the stream while the policy generates and trains on the current ones.
 
 Guarantees:
 1. Order and content are those of calling `rollout.prepare` on the stream in a loop: the only random step,
-   the shuffled-frame permutation (reference §1 step 4), uses a generator seeded from (seed, rank, sample
+   the shuffled-frame permutation (notes §1 step 4), uses a generator seeded from (seed, rank, sample
    index) by `sample_generator`, so neither the number of threads nor the order they finish in matters.
 2. A sample whose media fails to decode or is unusable (`data.MediaError`: also one frame, aspect ratio > 200,
-   ...) is skipped and counted, never replaced by other media (reference §9 item 9); its index is still
+   ...) is skipped and counted, never replaced by other media (notes §9 item 9); its index is still
    consumed, so later samples keep their generators. The first SKIP_PRINT_FULL skips are printed in full
    ("[skip] entry 17 of train.json (/data/x.mp4): reason"), later ones as a running count at 10, 100, 1000, ...
 3. `FrameCache` (optional) stores the sampled, resized uint8 frames and sample_fps of each media file, keyed
@@ -46,8 +46,24 @@ CACHE_FORMAT = 2  # bump when the stored layout or the decoding in data.py chang
 SKIP_PRINT_FULL = 5  # skips printed in full per Prefetcher; after that a count line at 10, 100, 1000, ...
 
 
+def prompt_stream(samples, d, seed: int, start: int = 0):
+    """Endless per-rank stream of samples from position `start`: each epoch one seeded permutation shared by
+    all ranks (numpy default_rng(seed + epoch)), rank r takes positions r, r + world, ... The position (an
+    int) is all that resume needs. `d` has .rank and .world (distributed.Dist). Raises ValueError when
+    there are fewer samples than ranks."""
+    per_rank = len(range(d.rank, len(samples), d.world))
+    if per_rank == 0:
+        raise ValueError(f"{len(samples)} samples cannot feed {d.world} ranks")
+    i = start
+    while True:
+        epoch, k = divmod(i, per_rank)
+        order = np.random.default_rng(seed + epoch).permutation(len(samples))[d.rank::d.world]
+        yield samples[order[k]]
+        i += 1
+
+
 def sample_generator(seed: int, rank: int, index: int) -> torch.Generator:
-    """A CPU torch.Generator for sample `index` (0-based position in this rank's stream) of rank `rank`.
+    """(L11) A CPU torch.Generator for sample `index` (0-based position in this rank's stream) of rank `rank`.
 
     Seeded with numpy's SeedSequence([seed, rank, index]) (a 64-bit hash of the three ints), so nearby
     seeds/ranks/indices give unrelated streams. Raises ValueError for negative arguments."""
@@ -152,7 +168,7 @@ class Prefetcher:
     """Prepared samples from a sample stream, in stream order, prepared `depth` samples ahead by `workers`
     threads.
 
-    Args: samples: an iterable of data.Sample (may be endless, e.g. `train.prompt_stream(...)`);
+    Args: samples: an iterable of data.Sample (may be endless, e.g. `prompt_stream(...)`);
     tokenizer, media, shuffled, variant: as rollout.prepare; seed, rank: seed the per-sample generators
     (`sample_generator(seed, rank, start_index + i)` for the i-th sample); depth >= 1: samples in flight;
     workers >= 1: threads; cache: an optional FrameCache; max_consecutive_skips: raise RuntimeError after

@@ -1,16 +1,11 @@
-"""The Qwen2.5-VL policy: load it, build the tiny default, render prompts, compute completion log-probs.
+"""The Qwen2.5-VL policy at run time: load it, render prompts, mRoPE positions, embed visuals, completion log-probs.
 
-Everything here works the same for the embedded tiny model (built and saved by `build_tiny`) and for a real
-Qwen2.5-VL-7B-Instruct folder: both are loaded with `from_pretrained(folder)`.
+Everything here works the same for the project's random models (tiny.py) and for a real Qwen2.5-VL-7B-Instruct
+folder: both are loaded with `from_pretrained(folder)`.
 
-    python model.py --out runs/cache/tiny        # build and save the tiny random Qwen2.5-VL
-
-Pieces (reference §1 steps 1, 3, 7 and §5 "GRPO message"):
-- `build_tiny`: a randomly initialised `Qwen2_5_VLForConditionalGeneration` with the real architecture
-  (windowed-attention vision tower with 2x2 patch merger, mRoPE decoder) and a byte-level BPE fast tokenizer
-  carrying Qwen2.5-VL's exact special-token strings and a chat template rendering Qwen2.5-VL's layout.
-- `build_builtin_tiny`: the default policy, `build_tiny` with its vision output centred on built-in clips
-  (`center_visual_features`, so that a from-scratch decoder can learn to read it).
+Pieces (notes §1 steps 1, 3, 7 and §5 "GRPO message"):
+- `load_policy` / `save_hf`: an HF folder in (checked to be a Qwen2.5-VL, weights checked finite), an HF folder
+  out (written atomically, with the tokenizer, chat template and processor settings).
 - `encode_prompt`: the chat-rendered prompt with exactly t*h*w/4 `<|video_pad|>` (or `<|image_pad|>`) tokens.
 - `rope_positions`: our own mRoPE positions under Qwen2.5-VL's rule (transformers 4.49-4.51 `get_rope_index`: text
   after a vision block starts at the block's largest t/h/w position + 1). We do not call 5.x's `get_rope_index`: it
@@ -25,7 +20,6 @@ Pieces (reference §1 steps 1, 3, 7 and §5 "GRPO message"):
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from dataclasses import dataclass
@@ -36,135 +30,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
-# Qwen2.5-VL's 22 added tokens, in id order (151643..151664 in the real tokenizer; reference §5, shared config).
-SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
-    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
-    "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>",
-    "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
-]
 PAD_TOKEN = {"image": "<|image_pad|>", "video": "<|video_pad|>"}
 DEFAULT_SYSTEM = "You are a helpful assistant."
-
-# Our own Jinja template producing Qwen2.5-VL's chat layout: a default system turn when the first message is not
-# a system message; string or list content; one <|vision_start|><|X_pad|><|vision_end|> per image/video item.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n" + DEFAULT_SYSTEM + "<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' or 'image' in part %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'video' or 'video' in part %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in part %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-# The tiny default: a few million parameters, every architectural feature of the 7B (reference §3 "policy class").
-TINY_TEXT = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=2,
-                 max_position_embeddings=8192, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                 rope_parameters={"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 1e6})
-TINY_VISION = dict(depth=4, hidden_size=96, intermediate_size=192, num_heads=4, out_hidden_size=192, patch_size=14,
-                   spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1, 3],
-                   tokens_per_second=2, in_channels=3)
-TINY_VOCAB = 1024  # BPE merges trained on the corpus; the special tokens come on top
-
-
-def build_tokenizer(corpus: list[str], vocab_size: int = TINY_VOCAB) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE fast tokenizer with Qwen2.5-VL's special tokens and chat template.
-
-    Args: corpus: training texts (prompts and reasoning of the built-in data); vocab_size: BPE size before the
-    22 special tokens. Returns a `PreTrainedTokenizerFast`: eos `<|im_end|>`, pad `<|endoftext|>`, no bos, like
-    the real Qwen2.5-VL tokenizer (shared config SOURCE.md). Deterministic for a given corpus.
-    Raises ValueError on an empty corpus.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    if not corpus:
-        raise ValueError("build_tokenizer: empty corpus")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
-    tok.train_from_iterator(corpus, trainer=trainer)
-    tok.add_special_tokens(SPECIAL_TOKENS)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   model_max_length=32768, padding_side="left", clean_up_tokenization_spaces=False)
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-def tiny_config(tokenizer) -> Qwen2_5_VLConfig:
-    """The tiny Qwen2.5-VL config with special-token ids taken from `tokenizer` (ids differ from the 7B's)."""
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    text = dict(TINY_TEXT, vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=ids["<|im_end|>"],
-                pad_token_id=ids["<|endoftext|>"])
-    return Qwen2_5_VLConfig(text_config=text, vision_config=dict(TINY_VISION), image_token_id=ids["<|image_pad|>"],
-                            video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                            vision_end_token_id=ids["<|vision_end|>"], eos_token_id=ids["<|im_end|>"],
-                            pad_token_id=ids["<|endoftext|>"], bos_token_id=None, tie_word_embeddings=False)
-
-
-def build_tiny(folder: str | Path, corpus: list[str], seed: int = 0, center_on: list[Visual] = ()) -> Path:
-    """Write a tiny randomly initialised Qwen2.5-VL HF folder (config, safetensors, tokenizer, chat template,
-    image-processor settings) to `folder` and return it. Idempotent: an existing complete folder is kept.
-
-    The weights are float32, drawn from HF's initialisers under `torch.manual_seed(seed)`; with `center_on`
-    (a few prompts' visuals) the vision tower's output is then centred on them (`center_visual_features`).
-    Raises ValueError on an empty corpus.
-    """
-    folder = Path(folder)
-    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
-        return folder
-    tokenizer = build_tokenizer(corpus)
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer)).float()
-    if center_on:
-        center_visual_features(model, list(center_on))
-    return save_hf(model, tokenizer, folder)                                 # atomic: never a partial folder
-
-
-@torch.no_grad()
-def center_visual_features(hf, visuals: list[Visual]) -> float:
-    """Subtract the mean visual feature over `visuals` from the patch merger's output bias; returns its norm.
-
-    A data-dependent initialisation (in the spirit of LSUV), used only for the tiny random model: its vision
-    tower maps the mostly-uniform background of every clip to one common vector (norm ~1.0, against ~0.15 of
-    content variation per token), the decoder's RMSNorm then scales the content down to a few percent, and
-    training from scratch learns to ignore it: measured on the built-in colour questions, swapping a clip
-    for another left the SFT loss unchanged after 750 steps. Centred features are mostly content, and the
-    decoder learns to read them within ~150 steps (with the vision tower frozen, see sft.py's TINY_PRESET).
-    visuals: Visual objects (pixel_values float (n_patches, 1176), grid_thw long (3,)); the features are
-    computed in the model's dtype and device. Returns the removed mean's L2 norm (float, feature units).
-    Modifies `hf` in place. Not in the paper or the reference: the real 7B's vision tower is pretrained.
-    """
-    merger = hf.model.visual.merger.mlp[-1]                                  # Linear(4*C_vis, D)
-    feats = torch.cat([hf.model.visual(v.pixel_values.to(merger.weight), grid_thw=v.grid_thw[None].to(merger.weight.device))
-                       .pooler_output for v in visuals])                     # (sum tokens, D)
-    mean = feats.float().mean(0)                                            # (D,)
-    merger.bias -= mean.to(merger.bias.dtype)
-    return float(mean.norm())
-
-
-def build_builtin_tiny(folder: str | Path, train_cot_json: str | Path, n_center: int = 64) -> Path:
-    """The project's default policy: `build_tiny` on the built-in COT split's text, its vision output centred
-    on the first `n_center` built-in samples decoded at the tiny preset's frames and pixels (train.TINY_PRESET).
-    Idempotent. Raises data.MediaError if a built-in clip cannot be decoded."""
-    from types import SimpleNamespace
-
-    import data
-    import rollout
-    import train
-    samples = data.load_samples(train_cot_json, require_process=True)
-    media = train.media_config(SimpleNamespace(**train.TINY_PRESET))        # the tiny preset's frames/pixels
-    visuals = [rollout.to_visual(*rollout.load_visual(s, media), s.data_type, media) for s in samples[:n_center]]
-    return build_tiny(folder, tokenizer_corpus(samples), center_on=visuals)
-
 
 def save_hf(model, tokenizer, folder: str | Path, state_dict: dict | None = None) -> Path:
     """Save an HF folder that plain transformers loads: config, safetensors, tokenizer with chat template,
@@ -264,7 +133,7 @@ def load_policy(folder: str | Path, dtype: torch.dtype = torch.float32, device: 
 
 
 def render_prompt(tokenizer, text: str, data_type: str, system: str | None = None) -> str:
-    """The chat-rendered prompt text with ONE pad token for the media (reference §5 "GRPO message").
+    """The chat-rendered prompt text with ONE pad token for the media (notes §5 "GRPO message").
 
     No system message by default, so the template inserts "You are a helpful assistant.". Raises ValueError
     for a data_type other than "image"/"video".
@@ -319,7 +188,7 @@ def mm_token_types(input_ids: torch.Tensor, config, prompt_len: int | None = Non
 
 
 def rope_positions(hf, input_ids, attention_mask, visuals: list[Visual], owner: list[int], prompt_len: int | None = None):
-    """mRoPE position ids of a batch under Qwen2.5-VL's rule (the project's rule; see the module docstring).
+    """mRoPE position ids of a batch under Qwen2.5-VL's rule (D6: ours, not transformers 5.x's; module docstring).
 
     Args: hf: the model (only `hf.config` is read: image_token_id, video_token_id,
     vision_config.spatial_merge_size, vision_config.tokens_per_second = mRoPE time steps per second of video);
@@ -411,7 +280,7 @@ def _chunk_logprobs(lm_head, hidden, targets):
 
 
 class PolicyLogprobs(nn.Module):
-    """Per-token log-probs of completions under a Qwen2.5-VL; the module DDP/FSDP wrap (reference §1 step 7).
+    """Per-token log-probs of completions under a Qwen2.5-VL; the module DDP/FSDP wrap (notes §1 step 7).
 
     forward(input_ids (N, T) long, attention_mask (N, T) long, prompt_len int, visuals list[Visual],
     owner list[int] of length N, media_in_prompt=True) -> (N, T - prompt_len) float32: log p(token t |
@@ -448,24 +317,3 @@ class PolicyLogprobs(nn.Module):
         return torch.cat(out, dim=1)                                           # (N, L) float32
 
 
-def main():
-    p = argparse.ArgumentParser(description="Build the tiny random Qwen2.5-VL (on the built-in data's text).")
-    p.add_argument("--out", default="runs/cache/tiny", help="output HF folder")
-    p.add_argument("--data", default="runs/cache/data", help="built-in dataset folder (made if missing)")
-    args = p.parse_args()
-    import synthetic
-    paths = synthetic.make_dataset(args.data)
-    print(build_builtin_tiny(args.out, paths["train_cot"]))
-
-
-def tokenizer_corpus(samples) -> list[str]:
-    """Texts the tiny tokenizer's BPE is trained on: templated prompts and `process + solution` answers."""
-    from data import build_prompt_text
-    texts = []
-    for s in samples:
-        texts += [build_prompt_text(s, "train"), build_prompt_text(s, "eval"), f"{s.process}\n{s.solution}"]
-    return texts
-
-
-if __name__ == "__main__":
-    main()

@@ -1,9 +1,9 @@
-"""Benchmark scoring and the report: per-item records -> benchmark numbers -> the paper's Table 1 (reference §7).
+"""Benchmark scoring and the report: per-item records -> benchmark numbers -> the paper's Table 1 (notes §7).
 
 Pure: strings and dicts in, dicts and markdown out (no model, no I/O), so every number eval.py prints can be
 checked by hand. Scores use rewards.eval_score: exact match for multiple choice, the numerical rule, MRA for
 regression, with the official fallback to the raw output when there is no <answer> block. VSI-Bench's score is
-(mean accuracy over non-regression items + mean MRA over regression items) / 2 (author, issue #121); every other
+(mean accuracy over non-regression items + mean MRA over regression items) / 2 (author, Video-R1#121); every other
 benchmark's is mean accuracy. The temporal-sensitivity table compares ordered with shuffled frames, per
 benchmark and per data_source category.
 """
@@ -19,7 +19,7 @@ BENCHMARKS = {"vsibench": "VSI-Bench", "videommmu": "VideoMMMU", "mmvu": "MMVU",
 CATEGORIES = ("temporal", "static")  # data_source components that name the built-in data's two kinds
 
 
-# ---- scoring (pure; reference §7 "Scoring", "Reporting") ------------------------------------------
+# ---- scoring (pure; notes §7 "Scoring", "Reporting") ------------------------------------------
 def think_block(output: str) -> str | None:
     """The stripped text of the first <think>...</think> block of an output, None when there is none."""
     start = output.find("<think>")
@@ -47,7 +47,7 @@ def summarize(name: str, records: list[dict]) -> dict:
 
     mean_acc: mean reward over non-regression items; mean_mra: mean reward (MRA) over regression items, 0 when
     there are none (official final_acc). score (percent): VSI-Bench (mean_acc + mean_mra) / 2 * 100 (author,
-    issue #121); other benchmarks mean_acc * 100 (mean_mra * 100 if a benchmark has only regression items).
+    Video-R1#121); other benchmarks mean_acc * 100 (mean_mra * 100 if a benchmark has only regression items).
     Also counts per problem type, and accuracy (percent) per data_source and per category.
     """
     acc = [r["reward"] for r in records if r["problem_type"] != "regression"]

@@ -1,6 +1,6 @@
 """Video-R1's rule rewards: pure functions from strings to scores in [0, 1].
 
-What is here (reference §2 for training, §7 for evaluation, §9 items 14-15 for the quirks):
+What is here (notes §2 for training, §7 for evaluation, §9 items 14-15 for the quirks):
 
 - `extract_answer`: the text of the first ``<answer>...</answer>`` block, stripped.
 - `accuracy_reward`: the accuracy column of the reward matrix, one formula per problem type
@@ -12,31 +12,16 @@ What is here (reference §2 for training, §7 for evaluation, §9 items 14-15 fo
 Nothing here touches a model, a file or the console. No input string makes a function raise; the one
 error is the ValueError that `accuracy_reward` and `eval_score` raise for an unknown problem type.
 
-Where this file departs from the official code (tulerfeng/Video-R1 `grpo.py` and `eval_bench.py`), and why:
-
-1. Regression, exact answers. The official reward is 1 - (|p - g| + 1e-9) / (|g| + 1e-9), so an exact
-   answer scores 0.9999999998 for g = 5 (§9 item 14). Here it is 1 - |p - g| / |g|, and an exact answer
-   scores exactly 1.0.
-2. Regression, g = 0. The official reward is always 0 when g = 0, even for p = 0, because
-   1e-9 / 1e-9 = 1 (§9 item 14). Here p = 0 scores 1.0 and any other p scores 0.0.
-3. Unknown problem type. The official code scores it 0.0 without a message. Here it raises ValueError,
-   because a misspelt type in a dataset would otherwise train on a reward that is always zero.
-4. Solution without tags. The official code extracts "" from a solution that has no ``<answer>`` block
-   and compares against "". Here the stripped solution itself is the ground truth. Solutions with tags,
-   as in every Video-R1 dataset, are read exactly as the official code reads them.
-5. Eval scoring of OCR and free-form. The official eval scores these 0. Here they get the training
-   accuracy. No benchmark has such items (§7), so no reported number changes.
-6. MRA value. The official code returns the float32 mean of the 10 threshold tests (0.6000000238 for
-   six passes). Here it is passes / 10 as a Python float (0.6). The comparisons are float32 as in the
-   official code, so the number of passes is always the same.
-7. Free-form cost. ROUGE is computed with the `rouge_score` tokenizer and F-measure, but our own ROUGE-1/2
-   counts and a bit-parallel LCS length replace the package's O(n*m) LCS table, so memory is linear. The
-   values are identical to `RougeScorer.score` (the tests check this). The prediction text is cut to
-   max(20 * len(gt), 20000) characters first; see `accuracy_reward` for why this changes no realistic score.
-8. Linear-time matching. `extract_answer` and `format_reward` give exactly the results of the official
-   regexes (the tests check this), but they scan the string in linear time. The regexes take quadratic
-   time on some inputs, for example a long run of spaces inside an answer block.
-9. No printing. The official code prints when a number cannot be parsed.
+Departures from the official code (docs/departures.md; the ID stands at the line):
+  R1  regression: 1 - |p - g| / |g|, so an exact answer scores 1.0 (the code: 0.9999999998)
+  R2  regression with g = 0: p = 0 scores 1.0, anything else 0.0 (the code: always 0)
+  R3  an unknown problem type raises ValueError (the code scores it 0.0 silently)
+  R4  a solution without <answer> tags is its own ground truth (the code compares against "")
+  R5  eval scores OCR and free-form with the training accuracy (the code: 0; no benchmark has them)
+  R6  MRA is passes / 10 as a Python float (the code: a float32 mean); the comparisons stay float32
+  R7  ROUGE with rouge_score's tokenizer, own counts and a bit-parallel LCS (linear memory, same values)
+  R8  answer extraction and the format check in linear time (same results as the code's regexes)
+  R9  nothing is printed (the code prints when a number does not parse)
 """
 
 import math
@@ -75,13 +60,13 @@ def _find_answer(text: str) -> str | None:
 
 
 def extract_answer(text: str) -> str:
-    """The answer of a completion or a dataset solution (reference §2, "Answer extraction").
+    """The answer of a completion or a dataset solution (notes §2, "Answer extraction").
 
     Args:
         text: any string.
     Returns:
         The first ``<answer>\\s*(.*?)\\s*</answer>`` match (DOTALL), stripped; "" when there is none.
-        Computed in linear time (departure 8 in the module header).
+        Computed in linear time (R8).
     """
     found = _find_answer(text)
     return "" if found is None else found
@@ -94,7 +79,7 @@ def _ground_truth(solution: str) -> str:
 
 
 def parse_number(text: str) -> float | None:
-    """The official numeric normalisation (reference §2): remove every ",", then float().
+    """The official numeric normalisation (notes §2): remove every ",", then float().
 
     Args:
         text: any string. Whatever float() accepts is a number, including "1e3", "  7 ", "1_000" and
@@ -120,7 +105,7 @@ def _numerical_score(pred: str, gt: str) -> float:
 
 
 def _regression_score(pred: str, gt: str) -> float:
-    """1 - |p - g| / |g| clipped to [0, 1]; exact answers score 1.0 (departures 1 and 2)."""
+    """1 - |p - g| / |g| clipped to [0, 1]; exact answers score 1.0 (R1, R2)."""
     p, g = parse_number(pred), parse_number(gt)
     if p is None or g is None:
         return 0.0
@@ -195,7 +180,7 @@ def _lcs_length(a: list[str], b: list[str]) -> int:
 
 def _free_form_score(pred: str, gt: str) -> float:
     """Mean of the ROUGE-1, ROUGE-2 and ROUGE-L F-measures (rouge_score, stemmer on), clipped (§2)."""
-    pred = pred[:max(_FREE_FORM_CAP_FACTOR * len(gt), _FREE_FORM_CAP_FLOOR)]  # departure 7
+    pred = pred[:max(_FREE_FORM_CAP_FACTOR * len(gt), _FREE_FORM_CAP_FLOOR)]  # R7
     ref = _ROUGE_TOKENIZER.tokenize(gt)
     hyp = _ROUGE_TOKENIZER.tokenize(pred)
     rouge_1 = _ngram_fmeasure(ref, hyp, 1)
@@ -227,7 +212,7 @@ def _accuracy(pred: str, gt: str, problem_type: str) -> float:
 
 
 def accuracy_reward(completion: str, solution: str, problem_type: str) -> float:
-    """Accuracy reward of one completion (reference §2, "Accuracy by problem_type").
+    """Accuracy reward of one completion (notes §2, "Accuracy by problem_type").
 
     The prediction is `extract_answer(completion)` ("" without tags, as in training). The GT is the answer
     block of `solution` ("<answer>GT</answer>"), or the stripped solution when it has no tags.
@@ -240,12 +225,12 @@ def accuracy_reward(completion: str, solution: str, problem_type: str) -> float:
       max(1, len(gt words)) more words than the GT, WER >= 1 and the score is 0 without running the DP.
     - free-form: mean of the ROUGE-1, ROUGE-2 and ROUGE-L F-measures of rouge_score's
       RougeScorer(['rouge1', 'rouge2', 'rougeL'], use_stemmer=True).score(gt, pred), clipped to [0, 1].
-      Same values, computed in linear memory (module header, departure 7). The prediction is first cut to
+      Same values, computed in linear memory (R7). The prediction is first cut to
       max(20 * len(gt), 20000) characters. A training completion (at most 768 tokens) is far shorter than
       20000 characters, so no realistic score changes; and for a prediction of N tokens against m GT
       tokens every F-measure is at most 2m / (m + N), already small for text that long.
     - regression: 1 - |p - g| / |g|, clipped to [0, 1]; exactly 1.0 when p == g; when g = 0, 1.0 for p = 0
-      and 0.0 otherwise (module header, departures 1 and 2).
+      and 0.0 otherwise (R1, R2).
 
     Args:
         completion: the decoded completion text (any string).
@@ -261,14 +246,14 @@ def accuracy_reward(completion: str, solution: str, problem_type: str) -> float:
 
 
 def format_reward(completion: str) -> float:
-    """Format reward (reference §2, "Format reward").
+    """Format reward (notes §2, "Format reward").
 
     Args:
         completion: the decoded completion text (any string).
     Returns:
         1.0 when ``re.fullmatch(r"<think>.*?</think>\\s*<answer>.*?</answer>", completion, re.DOTALL)``
         matches, else 0.0. A trailing newline or any text before <think> fails. Computed in linear time
-        (departure 8): the text must start with "<think>" and end with "</answer>", and some "</think>"
+        (R8): the text must start with "<think>" and end with "</answer>", and some "</think>"
         after the opening tag must be followed by whitespace and "<answer>". (No suffix of "<answer>" is a
         prefix of "</answer>", so the two tags never overlap.)
     """
@@ -292,7 +277,7 @@ def _float32(x: float) -> float:
 
 
 def mean_relative_accuracy(prediction: float, ground_truth: float) -> float:
-    """VSI-Bench mean relative accuracy, as the official eval computes it (reference §7).
+    """VSI-Bench mean relative accuracy, as the official eval computes it (notes §7).
 
     rel = |p - g| / (|g| + 1e-8), with every operation rounded to float32 like the official torch code.
     The result is the fraction of the 10 thresholds θ in {0.50, 0.55, ..., 0.95} with rel < 1 - θ
@@ -321,13 +306,13 @@ def mean_relative_accuracy(prediction: float, ground_truth: float) -> float:
 
 
 def eval_score(output: str, solution: str, problem_type: str) -> tuple[str, float]:
-    """The eval scorer of one benchmark item (reference §7, "Scoring").
+    """The eval scorer of one benchmark item (notes §7, "Scoring").
 
     The prediction is `extract_answer(output)`, or the whole stripped output when that is empty (the
     official eval does this; training does not). The GT is read from `solution` as in `accuracy_reward`.
     Multiple choice and numerical score as in training. Regression scores
     `mean_relative_accuracy(parse_number(prediction), parse_number(gt))`, 0.0 when either does not parse.
-    OCR and free-form get the training accuracy (module header, departure 5).
+    OCR and free-form get the training accuracy (R5).
 
     Args:
         output: the model's raw output text (any string).

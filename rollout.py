@@ -1,16 +1,16 @@
-"""Group sampling: G completions per prompt on ordered frames and G̃ on shuffled frames (reference §1 steps 4–6).
+"""Group sampling: G completions per prompt on ordered frames and G̃ on shuffled frames (notes §1 steps 4–6).
 
-How it avoids repeated work (the official trainer tiles pixels G times and prefills the prompt G times):
+How it avoids repeated work (L8; the official trainer tiles pixels G times and prefills the prompt G times):
 1. every distinct prompt (an ordered video, its shuffled copy, an image) is prefilled ONCE, its visual
    features computed once, in one left-padded batch;
 2. the KV cache is then expanded row-wise to G (or G̃) copies with `batch_select_indices`;
-3. all G + G̃ continuations of all prompts decode together, one token per step, with explicit sampling:
+3. all G + G̃ continuations of all prompts decode together, one token per step, with explicit sampling (L7):
    temperature, top-p, top-k, repetition penalty are always passed in, never read from the checkpoint's
-   generation_config (reference §9 item 17: a 7B checkpoint's config would make "sampling" near-greedy).
+   generation_config (notes §9 item 17: a 7B checkpoint's config would make "sampling" near-greedy).
 
-Stop tokens: `<|im_end|>` and `<|endoftext|>`; the completion mask runs up to and including the first stop
+Stop tokens (L4): `<|im_end|>` and `<|endoftext|>`; the completion mask runs up to and including the first stop
 token. (The official mask looks only for `<|im_end|>` and so masks a row ending in `<|endoftext|>` over its
-full padded width, reference §9 item 18; we count either as the end.)
+full padded width, notes §9 item 18; we count either as the end.)
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from model import Visual, embed_with_visuals, encode_prompt, rope_positions
 
 @dataclass
 class MediaConfig:
-    """Frames and pixels, per run (reference §4 "Frames and pixels", §8). Defaults: the official training values."""
+    """Frames and pixels, per run (notes §4 "Frames and pixels", §8). Defaults: the official training values."""
     fps: float = 2.0                      # sampling rate of the fps rule (frames per second of video)
     min_frames: int = 4
     max_frames: int = 16
@@ -36,13 +36,13 @@ class MediaConfig:
     video_total_pixels: int = 90316800
     image_min_pixels: int = 3136
     image_max_pixels: int = 256 * 28 * 28
-    rope_time: str = "sample"             # "sample": mRoPE time from the clip's real fps; "official": fixed 2 fps
+    rope_time: str = "sample"             # L1, S5: "sample": the clip's real fps; "official": fixed 2 fps
 
 
 @dataclass
 class Prepared:
     """One sample turned into policy inputs: prompt ids (P,) long and its Visual; for a video prompt that
-    gets a shuffled group, the shuffled copy (same text, same token count, permuted frames, reference §1 step 4)."""
+    gets a shuffled group, the shuffled copy (same text, same token count, permuted frames, notes §1 step 4)."""
     sample: data.Sample
     prompt_ids: torch.Tensor
     visual: Visual
@@ -64,7 +64,7 @@ def load_visual(sample: data.Sample, media: MediaConfig) -> tuple[torch.Tensor, 
 
 def to_visual(frames: torch.Tensor, sample_fps: float, data_type: str, media: MediaConfig) -> Visual:
     """Patchify frames (T, 3, H, W) into a Visual. second_per_grid = temporal_patch_size / fps: the clip's
-    real fps with rope_time "sample", 2.0 with "official" (reference §8 "What is passed to the model")."""
+    real fps with rope_time "sample", 2.0 with "official" (notes §8 "What is passed to the model")."""
     pixel_values, grid = data.patchify(frames)                               # (t*h*w, 1176), (3,)
     fps = 2.0 if media.rope_time == "official" or sample_fps <= 0 else sample_fps
     return Visual(data_type, pixel_values, grid, 2.0 / fps)
@@ -87,7 +87,7 @@ def prepare(sample: data.Sample, tokenizer, media: MediaConfig, shuffled: bool =
 
 @dataclass
 class SamplingParams:
-    """Every sampling knob, explicit (reference §1 step 5: temperature 1.0, top_p 0.95, 768 new tokens)."""
+    """Every sampling knob, explicit (notes §1 step 5: temperature 1.0, top_p 0.95, 768 new tokens)."""
     temperature: float = 1.0
     top_p: float = 0.95
     top_k: int = 0                  # 0 = off
@@ -100,7 +100,7 @@ class Completions:
     """n sampled continuations of one prompt.
 
     ids: long (n, L) padded with the pad id after the stop token; mask: float (n, L), 1 up to and including
-    the first stop token; lengths: long (n,) = mask.sum(1) (counts the stop token, reference §1 step 12);
+    the first stop token; lengths: long (n,) = mask.sum(1) (counts the stop token, notes §1 step 12);
     logprobs: float32 (n, L) log-probs of the sampled tokens under the sampling model at temperature 1
     (the "old" log-probs when num_iterations > 1; 0 where mask is 0).
     """
@@ -213,7 +213,7 @@ def generate(hf, prompts: list[torch.Tensor], visuals: list[Visual], n: list[int
 
 def completion_mask(ids: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
     """(R, L) long -> (R, L) float: 1 up to and including the first stop token; the whole row when there is
-    none (a truncated completion, reference §1 step 6)."""
+    none (a truncated completion, notes §1 step 6)."""
     is_stop = torch.isin(ids, torch.tensor(stop_ids, device=ids.device))      # (R, L)
     before = is_stop.long().cumsum(1) - is_stop.long()                         # stops strictly before t
     return (before == 0).float()
@@ -222,3 +222,66 @@ def completion_mask(ids: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
 def _empty(device) -> Completions:
     z = torch.zeros(0, 1, device=device)
     return Completions(z.long(), z, torch.zeros(0, dtype=torch.long, device=device), z)
+
+
+# ---- groups and the batch the loss eats (notes §1 steps 5–7) ----------------------------------------
+
+@dataclass
+class Group:
+    """One prompt's group: the prepared sample, its G completions on ordered frames and, for a video under
+    T-GRPO, its G̃ completions on shuffled frames (None for an image, or for plain GRPO)."""
+    prepared: Prepared
+    ordered: Completions
+    shuffled: Completions | None = None
+
+
+def rollout(model, batch: list[Prepared], G: int, G_shuffled: int, sp: SamplingParams, pad_id: int,
+            stop_ids: list[int], generator: torch.Generator | None = None) -> list[Group]:
+    """Sample every group of a batch in one `generate` call: G completions per prompt on ordered frames and
+    G̃ per prompt that has a shuffled copy (videos when the loader made one). `model` holds full weights
+    (distributed.full_weights). Returns one Group per prepared sample, in order."""
+    prompts, visuals, n = [], [], []
+    for p in batch:
+        prompts.append(p.prompt_ids); visuals.append(p.visual); n.append(G)
+        if p.shuffled_visual is not None:
+            prompts.append(p.shuffled_ids); visuals.append(p.shuffled_visual); n.append(G_shuffled)
+    outs = iter(generate(model, prompts, visuals, n, sp, pad_id, stop_ids, generator))
+    return [Group(p, next(outs), next(outs) if p.shuffled_visual is not None else None) for p in batch]
+
+
+@dataclass
+class PolicyBatch:
+    """What the log-prob pass eats: N = B·G sequences, left-padded prompt + right-padded completion.
+
+    input_ids (N, P+L) long; attention_mask (N, P+L) long; prompt_len P; completion_mask (N, L) float (1 up to
+    and including the stop token); old_logprobs (N, L) float32, the sampler's log-probs; visuals: one Visual per
+    group; owner (N,) list: row -> index into visuals."""
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_len: int
+    completion_mask: torch.Tensor
+    old_logprobs: torch.Tensor
+    visuals: list[Visual]
+    owner: list[int]
+
+    def to(self, device) -> PolicyBatch:
+        """The same batch with its tensors on `device`."""
+        return PolicyBatch(self.input_ids.to(device), self.attention_mask.to(device), self.prompt_len,
+                           self.completion_mask.to(device), self.old_logprobs.to(device), self.visuals, self.owner)
+
+
+def policy_batch(groups: list[Group], pad_id: int) -> PolicyBatch:
+    """Flatten groups into the loss's batch. Only ordered completions enter the loss: the shuffled-frame
+    completions only supply p̃ for the temporal bonus (notes §1 step 7), so they are left out here."""
+    prompts, owner = [], []
+    for b, g in enumerate(groups):
+        prompts += [g.prepared.prompt_ids] * g.ordered.ids.shape[0]
+        owner += [b] * g.ordered.ids.shape[0]
+    ids, attn = left_pad(prompts, pad_id)                                      # (N, P)
+    L = max(g.ordered.ids.shape[1] for g in groups)
+    pad = lambda t, v: F.pad(t.cpu(), (0, L - t.shape[1]), value=v)
+    cids = torch.cat([pad(g.ordered.ids, pad_id) for g in groups])            # (N, L)
+    cmask = torch.cat([pad(g.ordered.mask, 0.0) for g in groups])             # (N, L)
+    old = torch.cat([pad(g.ordered.logprobs, 0.0) for g in groups])           # (N, L)
+    return PolicyBatch(torch.cat([ids, cids], 1), torch.cat([attn, cmask.long()], 1), ids.shape[1], cmask, old,
+                       [g.prepared.visual for g in groups], owner)

@@ -1,4 +1,4 @@
-"""SFT cold start of Qwen2.5-VL on chain-of-thought data (Video-R1 stage 1, reference §6): raw PyTorch.
+"""SFT cold start of Qwen2.5-VL on chain-of-thought data (Video-R1 stage 1, notes §6): raw PyTorch.
 
     python sft.py                                      # tiny random Qwen2.5-VL on the built-in COT clips (CPU, ~2 min):
                                                        # format-reward rate 0.00 -> 0.98 on 64 held-out prompts
@@ -15,24 +15,16 @@ renders the T-GRPO user turn (rollout.prepare: same template, frames and pixels)
 `process + "\\n" + solution` + `<|im_end|>` + "\\n" exactly as the chat template renders it -> one right-padded
 forward per micro-batch (each sample with its own visual, mRoPE from model.rope_positions) -> token-level
 cross-entropy -> backward, clip (5.0), AdamW, linear decay.
-Where this departs from the official sft_video.py (reference §6, §9):
-  1. System prompt: by default the chat template's "You are a helpful assistant." -- the same prompt T-GRPO
-     sees (reference §5 "GRPO message"); the official SFT passes "You are a helpful assistant" (no period,
-     §9 item 10). `--system-prompt official` reproduces it.
-  2. Labels: by default only the assistant turn is trained (its content and the closing <|im_end|>). The
-     official collator masks only <|image_pad|>, so it also trains on the system and user prompt, the chat
-     tokens and every <|video_pad|> (§6 "Labels", §9 item 11). `--loss-on all` reproduces that.
-  3. Batching: several samples per device, each with its own media (the official collator would keep only
-     the last sample's media with batch > 1, §6 "Collate"; it runs batch 1).
-  4. Loss: the mean token-level cross-entropy over ALL trained tokens of an optimizer step (every micro-batch
-     and rank), so a long answer weighs more than a short one, whatever the batch layout.
-  5. mRoPE time: the clip's real sample fps, as in train.py (official SFT: fixed 2 fps; `--rope-time official`).
-  6. A sample whose media cannot be decoded is skipped and counted, never replaced by a fallback file.
-  7. Precision: `--precision auto` on CUDA is bf16-mixed: float32 weights and AdamW state, bf16 compute
-     (autocast under DDP, FSDP2's mixed-precision policy under FSDP), as DeepSpeed bf16 does; pure bf16
-     weights (`--precision bf16`) would round lr-1e-6 updates away.
+Departures from the official sft_video.py (docs/departures.md; the ID stands at the line):
+  S1  system prompt: the template's "You are a helpful assistant." as T-GRPO sees it (`--system-prompt official`)
+  S2  loss on the assistant turn and its <|im_end|> only (official: everything but <|image_pad|>; `--loss-on all`)
+  S3  several samples per device, each with its own media (the official collator keeps the last one's)
+  S4  the mean cross-entropy over all trained tokens of an optimizer step, whatever the batch layout
+  S5  mRoPE time from the clip's real sample fps, as train.py (`--rope-time official`: fixed 2 fps)
+  S6  a sample whose media cannot be used is skipped and counted, never replaced
+  S7  fp32 weights and AdamW state with bf16 compute on CUDA (`--precision bf16` would round lr-1e-6 updates away)
 The format-reward rate is measured on held-out prompts (the built-in test split, or `--eval-data`): one
-completion per prompt sampled like the T-GRPO rollout (temperature 1.0, top-p 0.95, reference §1 step 5),
+completion per prompt sampled like the T-GRPO rollout (temperature 1.0, top-p 0.95, notes §1 step 5),
 decoded with skip_special_tokens, scored with rewards.format_reward and rewards.accuracy_reward.
 Outputs under ./runs/sft/: metrics.jsonl (one JSON line per step and per evaluation), config.json, final/.
 """
@@ -40,26 +32,23 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 import checkpoint
+import common
 import config as cfglib
 import data
 import distributed as D
 import rewards
 import rollout
 import loader
-import train
 from model import PAD_TOKEN, PolicyLogprobs, Visual, encode_prompt, expand_media_tokens, load_policy
 
 SYSTEM_PROMPTS = {"default": None, "official": "You are a helpful assistant"}   # None: the template default
@@ -75,7 +64,7 @@ class Config:
     eval_data: str = field(default="", metadata={"help": "held-out JSON for the format-reward rate; empty: the built-in test split (none with --data)"})
     out_dir: str = field(default="runs/sft", metadata={"help": "metrics.jsonl, config.json and the final HF folder go here"})
     cache_dir: str = field(default="runs/cache", metadata={"help": "built-in data and tiny model are built here once"})
-    # the run (reference §4 SFT)
+    # the run (notes §4 SFT)
     epochs: float = field(default=1.0, metadata={"help": "passes over the data (paper: 1)"})
     steps: int = field(default=0, metadata={"help": "> 0: optimizer steps instead of epochs"})
     batch_size: int = field(default=1, metadata={"help": "samples per device per micro-batch (official: 1)"})
@@ -83,14 +72,14 @@ class Config:
     seed: int = field(default=42, metadata={"help": "base seed; rank r uses seed + r"})
     loss_on: str = field(default="assistant", metadata={"help": "'assistant': answer + <|im_end|>; 'all': everything but <|image_pad|> (official)"})
     system_prompt: str = field(default="default", metadata={"help": "'default': template's 'You are a helpful assistant.' (as T-GRPO); 'official': no period"})
-    # optimisation (reference §4 SFT)
+    # optimisation (notes §4 SFT)
     lr: float = field(default=1e-6, metadata={"help": "AdamW peak learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=5.0, metadata={"help": "gradient-norm clip"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps, then linear decay to 0"})
     freeze_vision: bool = field(default=False, metadata={"help": "keep the vision tower fixed (no gradients); the tiny preset's default, whose random tower collapses to a constant when trained from scratch"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers and vision blocks in backward (official: on for the 7B)"})
-    # frames and pixels (reference §4, §8): the same fields and defaults as train.py
+    # frames and pixels (notes §4, §8): the same fields and defaults as train.py
     fps: float = field(default=2.0, metadata={"help": "frames per second of video sampled by the fps rule"})
     min_frames: int = field(default=4, metadata={"help": "fewest frames per video"})
     max_frames: int = field(default=16, metadata={"help": "most frames per video (training: 16)"})
@@ -122,25 +111,9 @@ class Config:
     preset: str = field(default="auto", metadata={"help": "auto: 'tiny' when --model is empty, else 'paper'; tiny | paper"})
 
 
-MEDIA_FIELDS = {f.name for f in fields(rollout.MediaConfig)}
-# The tiny default: a randomly initialised ~2.6M-parameter model learns nothing at lr 1e-6. Frames and pixels are
-# train.py's tiny preset, so SFT and T-GRPO see identical prompts. The vision tower stays frozen: trained from
-# scratch it collapses to one constant output within ~50 steps (the decoder then cannot tell clips apart), while
-# its centred random features (model.center_visual_features) are informative enough to learn to read.
-TINY_PRESET = dict(epochs=6.0, batch_size=8, grad_accum=1, lr=2e-3, warmup_steps=20, freeze_vision=True,
-                   eval_max_new_tokens=128, **{k: v for k, v in train.TINY_PRESET.items() if k in MEDIA_FIELDS})
-
-
 def finish_config(cfg: Config, explicit: set[str]) -> Config:
     """Apply the preset to fields the user did not set and check values. Raises ValueError naming the field."""
-    preset = cfg.preset if cfg.preset != "auto" else ("tiny" if not cfg.model else "paper")
-    if preset not in ("tiny", "paper"):
-        raise ValueError(f"sft.py: --preset must be auto, tiny or paper, got {cfg.preset!r}")
-    if preset == "tiny":
-        for k, v in TINY_PRESET.items():
-            if k not in explicit:
-                setattr(cfg, k, v)
-    cfg.preset = preset
+    common.apply_preset(cfg, explicit, common.SFT_TINY, "sft.py")
     checks = {"loss_on": cfg.loss_on in LOSS_ON, "system_prompt": cfg.system_prompt in SYSTEM_PROMPTS,
               "batch_size": cfg.batch_size >= 1, "grad_accum": cfg.grad_accum >= 1,
               "epochs": cfg.epochs > 0 or cfg.steps > 0, "rope_time": cfg.rope_time in ("sample", "official"),
@@ -152,7 +125,7 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
     return cfg
 
 
-# ---- conversations and labels (reference §6 "Messages", "Labels") ---------------------------------------
+# ---- conversations and labels (notes §6 "Messages", "Labels") ---------------------------------------
 
 @dataclass
 class Example:
@@ -166,7 +139,7 @@ class Example:
 
 
 def assistant_text(sample: data.Sample) -> str:
-    """The assistant turn of the official SFT: process + "\\n" + solution (reference §6 "Messages")."""
+    """The assistant turn of the official SFT: process + "\\n" + solution (notes §6 "Messages")."""
     return sample.process + "\n" + sample.solution
 
 
@@ -248,7 +221,7 @@ def per_sample_losses(logprobs: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
 def lr_at(step: int, total: int, cfg) -> float:
     """LR of optimizer step `step` (0-based) of `total`: linear warm-up to cfg.lr over warmup_steps, then linear
-    decay to 0 at step `total` (HF's "linear" schedule, reference §4 SFT; official warm-up: none)."""
+    decay to 0 at step `total` (HF's "linear" schedule, notes §4 SFT; official warm-up: none)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     return cfg.lr * max(0.0, (total - step) / max(1, total - cfg.warmup_steps))
@@ -265,7 +238,7 @@ def evaluate(module, tokenizer, examples: list[Example], cfg, d: D.Dist, gen: to
     returns {"eval_format": rate of format_reward == 1, "eval_accuracy": mean accuracy_reward,
     "eval_length": mean completion tokens, "eval_n": prompts}, summed over ranks."""
     sampling = rollout.SamplingParams(1.0, 0.95, 50, 1.0, cfg.eval_max_new_tokens)    # as the T-GRPO rollout
-    stop_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
+    stop_ids = common.stop_ids(tokenizer)
     sums = torch.zeros(4, dtype=torch.float64)                                   # format, accuracy, length, n
     hf_train = D.unwrap(module).hf.training
     with D.full_weights(module) as hf, amp():
@@ -287,22 +260,21 @@ def evaluate(module, tokenizer, examples: list[Example], cfg, d: D.Dist, gen: to
 
 
 def resolve_paths(cfg, d: D.Dist) -> tuple[str, str, str]:
-    """(model folder, training JSON, eval JSON or "") with train.resolve_model_and_data's semantics: the built-in
-    data (COT split for training, test split for evaluation) and tiny model are built on rank 0 when not given."""
-    import synthetic
+    """(model folder, training JSON, eval JSON or ""): the built-in data (COT split for training, test split for
+    evaluation) and the tiny model are built on rank 0 when not given (common.builtin)."""
     if cfg.model and cfg.data:
         return cfg.model, cfg.data, cfg.eval_data
-    model_dir, _ = train.resolve_model_and_data(SimpleNamespace(model=cfg.model, data="", cache_dir=cfg.cache_dir), d)
-    paths = synthetic.make_dataset(Path(cfg.cache_dir) / "data")                  # idempotent: built above
-    return model_dir, cfg.data or str(paths["train_cot"]), cfg.eval_data or ("" if cfg.data else str(paths["test"]))
+    paths = common.builtin(cfg.cache_dir, d, model=not cfg.model)
+    return (cfg.model or str(paths["tiny"]), cfg.data or str(paths["train_cot"]),
+            cfg.eval_data or ("" if cfg.data else str(paths["test"])))
 
 
 def main(argv=None):
     cfg, explicit = cfglib.parse(Config, argv, description=__doc__)
     cfg = finish_config(cfg, explicit)
     d = D.init_distributed(cfg.device, cfg.dist_backend)
-    random.seed(cfg.seed + d.rank); np.random.seed(cfg.seed + d.rank); torch.manual_seed(cfg.seed + d.rank)
-    precision, dtype, compute = D.resolve_precision(cfg.precision, d)       # departure 7
+    common.seed_everything(cfg.seed, d)
+    precision, dtype, compute = D.resolve_precision(cfg.precision, d)       # S7
     model_dir, train_json, eval_json = resolve_paths(cfg, d)
     hf, tokenizer = load_policy(model_dir, dtype, d.device)
     hf.model.visual.requires_grad_(not cfg.freeze_vision)                   # before wrapping (DDP/FSDP see it)
@@ -311,7 +283,7 @@ def main(argv=None):
     amp = D.autocast(d, precision, module)                                  # FSDP casts through its own policy
     opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     samples = data.load_samples(train_json, cfg.media_root or None, require_process=True)
-    media = train.media_config(cfg)
+    media = common.media_config(cfg)
     per_step = cfg.batch_size * cfg.grad_accum * d.world
     total = cfg.steps if cfg.steps > 0 else max(1, math.ceil(cfg.epochs * len(samples) / per_step))
     eval_examples = []
@@ -340,7 +312,7 @@ def main(argv=None):
         if d.main:
             print(f"resumed from {resume_from} at step {start}" + (f" (changed: {'; '.join(changes)})" if changes else ""))
     # the next samples are decoded while the current step runs; undecodable media are skipped and counted
-    prefetch = loader.Prefetcher(train.prompt_stream(samples, d, cfg.seed, position), tokenizer, media, shuffled=False,
+    prefetch = loader.Prefetcher(loader.prompt_stream(samples, d, cfg.seed, position), tokenizer, media, shuffled=False,
                                  seed=cfg.seed, rank=d.rank, workers=cfg.data_workers, start_index=position,
                                  cache=loader.FrameCache(cfg.frame_cache) if cfg.frame_cache else None)
     if d.main:
@@ -387,7 +359,7 @@ def main(argv=None):
                 lp, lab = batch_logprobs(module, exs, pad_id, d.device, cfg.loss_on)  # (B, L), (B, L)
                 nll = -(lp * lab).sum()
                 # DDP averages gradients over ranks, hence * world: the step's gradient is that of the mean
-                # cross-entropy over all n_tok trained tokens (departure 4).
+                # cross-entropy over all n_tok trained tokens (S4).
                 (nll * d.world / max(n_tok, 1.0)).backward()
             nll_sum += nll.item()
         grad_norm = D.clip_grad_norm(module, cfg.max_grad_norm)
@@ -413,7 +385,7 @@ def main(argv=None):
         if preempted:
             break
         if cfg.export_every > 0 and (step + 1) % cfg.export_every == 0:
-            train.export(module, tokenizer, out_dir / f"step_{step + 1}", d)
+            common.export(module, tokenizer, out_dir / f"step_{step + 1}", d)
     prefetch.close()
     preemption.restore()
     if preempted:   # SIGTERM: the step finished and was checkpointed; no final evaluation or export
@@ -425,7 +397,7 @@ def main(argv=None):
         D.cleanup(d)
         sys.exit(128 + signal.SIGTERM)                                         # 143, the shell's code for SIGTERM
     run_eval(total)
-    final = train.export(module, tokenizer, out_dir / "final", d)
+    final = common.export(module, tokenizer, out_dir / "final", d)
     if d.main:
         metrics.close()
         print(f"done: metrics {out_dir / 'metrics.jsonl'} | checkpoint {final}")

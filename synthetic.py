@@ -2,9 +2,9 @@
 
 Each sample is a short mp4 clip (default 8 frames at 2 fps, 112x112 RGB, plain dark background, flat
 coloured circles, squares and triangles drawn with numpy, H.264 via PyAV) or a still PNG image, with one
-question written in the Video-R1 JSON schema (reference §5): `problem_id, problem, data_type,
+question written in the Video-R1 JSON schema (notes §5): `problem_id, problem, data_type,
 problem_type, options, solution, path, data_source`; the COT file adds `process: "<think>...</think>"`.
-With 8 frames at 2 fps (4 s) the official 2-fps sampling rule (reference §8, `smart_nframes`) keeps every
+With 8 frames at 2 fps (4 s) the official 2-fps sampling rule (notes §8, `smart_nframes`) keeps every
 frame, so the model sees exactly the frames drawn here.
 
 Question families (`data_source` names the family):
@@ -20,7 +20,7 @@ Question families (`data_source` names the family):
 Why the temporal answers depend on order: every temporal family is closed under time reversal with the
 same probability for a clip and its reverse, and reversing a clip flips (or changes) its answer while
 keeping the multiset of frames. So the unordered set of frames carries no information about the answer
-beyond chance; shuffling the frames (T-GRPO's G̃ group, reference §1 step 4) destroys it. Each family's
+beyond chance; shuffling the frames (T-GRPO's G̃ group, notes §1 step 4) destroys it. Each family's
 docstring gives the argument for that family. Videos are ~50/50 temporal vs static; answers are balanced
 across values.
 
@@ -383,7 +383,7 @@ def make_dataset(out_dir, seed: int = 0, n_train: int = 320, n_test: int = 96, i
     paths inside the JSON start with "./" and are relative to "root".
     If `out_dir/manifest.json` records the same parameters and every file exists, nothing is rendered; the
     manifest is written last, so an interrupted run is redone. Raises ValueError for bad arguments and
-    RuntimeError if decord cannot read a written clip back with `frames` frames. Schema: reference §5.
+    RuntimeError if decord cannot read a written clip back with `frames` frames. Schema: notes §5.
     Not safe for several processes rendering into one folder at once: in a distributed run call it on
     rank 0 and let the other ranks wait at a barrier.
     """

@@ -5,55 +5,34 @@ tensors out; no model, no I/O, no torch.distributed. Batches are laid out as B p
 ordered completions (and G̃ shuffled-frame completions for video prompts); sequences of the loss are the
 N = B·G ordered completions, flattened, each with L completion-token positions.
 
-Equations (reference = /work/shared/reference/video-r1.md):
+Equations (notes = docs/video-r1.md, the project's notes on the paper and the official code):
 
-  temporal reward r_t (paper, T-GRPO; reference §1 step 10), per prompt group of a video:
+  temporal reward r_t (paper, T-GRPO; notes §1 step 10), per prompt group of a video:
       p = mean_i acc_i  (G ordered completions),   p̃ = mean_j acc~_j  (G̃ shuffled completions)
       r_t = α  if p ≥ μ·p̃  else 0,   given only to completions with acc_i > threshold
-  length reward (paper, length control; reference §1 step 12):
+  length reward (paper, length control; notes §1 step 12):
       +ω to completions with acc_i > threshold and l_min ≤ len_i ≤ l_max, in groups with ≥ 2 such
-  group-relative advantage (GRPO, as in the paper; reference §3):
+  group-relative advantage (GRPO, as in the paper; notes §3):
       A_i = (R_i − mean(R)) / (std(R) + eps),  std unbiased (N − 1), eps = 1e-4
-  policy objective per token t of completion i (paper Eq. 4, reference §3):
+  policy objective per token t of completion i (paper Eq. 4, notes §3):
       ρ = exp(logπ − logπ_old),  s = min(ρ·A_i, clip(ρ, 1 − ε, 1 + ε_high)·A_i)
       KL = exp(x) − x − 1 with x = clamp(logπ_ref − logπ, −10, 10)   (k3 estimator)
       loss_t = −(s − β·KL),  then aggregated over tokens and sequences (see `policy_loss`)
 
-Departures from the paper and from the official code (tulerfeng/Video-R1, HF trainer), and why:
-
- 1. Temporal threshold: default μ = 0.8 compared with `>=`, as the official code does. Paper v1 writes
-    p > μ·p̃ (μ = 0.8); paper v4 writes p ≥ p̃ (i.e. μ = 1). The author says 1.0 was intended and
-    that both perform about the same (reference §9.2, issues #43, #74); pass mu=1.0 for paper v4.
- 2. "Correct" means accuracy > threshold = 0.1 (code), for both the temporal and the length bonus. The
-    paper speaks of correct answers (and suggests 0.5 for continuous rewards); accuracy is continuous for
-    OCR, free-form and regression, so p and p̃ are mean accuracies, not proportions (reference §9.3).
- 3. p and p̃ are computed per prompt group for any number of groups per batch. The official code averages
-    over the whole per-device batch, which is only right for one prompt per device (reference §9.1).
- 4. The clipped surrogate of paper Eq. 4 is real here, with old log-probs and ε (and DAPO's ε_high).
-    The official code has ratio ≡ exp(logπ − stopgrad(logπ)) = 1 and no clip (reference §9.6). With one
-    policy update per rollout (num_iterations = 1, `old_logprobs=None`) the two coincide in value and
-    gradient, because the clip is inactive at ρ = 1.
- 5. The length bonus's "at least 2 completions with accuracy > threshold" condition comes from the code,
-    not the paper. ω = 0.2 as in the code and paper v4 (paper v1 says 0.1) (reference §9.5).
- 6. The k3 KL's log-ratio is clamped to ±10 as in the code; the paper's KL has no clamp (reference §3).
- 7. Aggregation: the default "seq-mean-token-mean" is the official one (the GRPO form
-    1/G Σ_i 1/|o_i| Σ_t). "token-mean" (DAPO) and "seq-mean-token-sum-norm" (Dr. GRPO, normalised by a
-    constant N·max_len) are options; `group_advantages(scale="none")` is Dr. GRPO's unscaled advantage.
-    Normaliser arguments let micro-batch losses sum to exactly the whole-batch loss; the official trainer
-    has no micro-batching (batch 1 prompt per device, gradient accumulation 1).
- 8. Placement of the temporal bonus: `temporal_bonus` returns the bonus instead of applying it, so the
-    caller picks the place. The code adds it to the reward before normalisation:
-    `group_advantages(acc + bonus + fmt + len)`. Paper v4 notes r_t "could also be added to the
-    advantages directly": `group_advantages(acc + fmt + len) + bonus`. The second form exists because
-    group normalisation cancels the reward form whenever a group has only two reward levels (binary
-    accuracy, constant format): an affine map of a two-valued set standardises to the same advantages
-    (reference §1 "The bonus rarely changes advantages", §9.4, issue #51).
- 9. Degenerate groups: a group whose rewards are all equal gets exactly zero advantages (the official
-    code leaves rounding residue / eps, e.g. -1.2e-3 for eight float32 rewards of 1.3), and G = 1 gives
-    zeros (torch.std of one element is NaN, which the official code would propagate).
-10. Image groups get triggered = False and p̃ = NaN in `temporal_stats`; the official code logs a dummy
-    0.5 for them in its `temporal_rewards` metric (reference §1 step 10).
+Departures (docs/departures.md: paper, official code, ours, why and flag of each; the ID stands at the line):
+  T1  the trigger is p >= μ·p̃ with μ = 0.8, as the code (paper v4: p >= p̃, i.e. --mu 1.0)
+  T2  "correct" means accuracy > 0.1, as the code, for the temporal and the length bonus
+  T3  p and p̃ per prompt group, for any number of groups (the code averages over the device batch)
+  T4  a real clipped surrogate with old log-probs, ε and ε_high (the code's ratio is identically 1)
+  T5  the length bonus needs >= 2 correct completions, ω = 0.2, as the code
+  T6  the k3 KL's log-ratio is clamped to ±10, as the code (the paper has no clamp)
+  T7  aggregation seq-mean-token-mean (official) by default; token-mean (DAPO) and Dr. GRPO as options
+  T8  the bonus in the reward before normalisation (official) or on the advantages (paper v4's remark)
+  T9  a group whose rewards are all equal, and G = 1, get exactly 0 advantages
+  T10 image groups are not triggered and log p̃ = NaN (the code logs a dummy 0.5)
 """
+
+from dataclasses import dataclass
 
 import torch
 
@@ -79,7 +58,7 @@ def temporal_stats(accuracy: torch.Tensor, shuffled_accuracy: torch.Tensor, is_v
                    mu: float = 0.8) -> dict:
     """Per-group ordered and shuffled mean accuracy, and whether the temporal condition holds.
 
-    Paper: the T-GRPO condition p vs μ·p̃; reference §1 step 10 and §9.2 (`>=` with μ = 0.8, as in the
+    Paper: the T-GRPO condition p vs μ·p̃; notes §1 step 10 and §9 item 2 (`>=` with μ = 0.8, as in the
     official code).
 
     Args:
@@ -125,8 +104,8 @@ def temporal_bonus(accuracy: torch.Tensor, shuffled_accuracy: torch.Tensor, is_v
                    alpha: float = 0.3, mu: float = 0.8, threshold: float = 0.1) -> torch.Tensor:
     """The T-GRPO temporal reward r_t for every ordered completion.
 
-    Paper: temporal reward r_t; reference §1 step 10: in a video group where p ≥ μ·p̃, every ordered
-    completion with accuracy > threshold gets +α; image groups get nothing. Departures 1-3 and 8 of the
+    Paper: temporal reward r_t; notes §1 step 10: in a video group where p ≥ μ·p̃, every ordered
+    completion with accuracy > threshold gets +α; image groups get nothing. Departures T1–T3 and T8 of the
     header apply.
 
     Args:
@@ -136,7 +115,7 @@ def temporal_bonus(accuracy: torch.Tensor, shuffled_accuracy: torch.Tensor, is_v
         alpha: α, the bonus (0.3). mu: μ (0.8 code, 1.0 paper v4). threshold: "correct" means acc > this.
     Returns:
         (B, G) tensor of accuracy's dtype: α or 0 per completion. Add it to the reward (official) or to the
-        advantages (paper v4 remark); see departure 8.
+        advantages (paper v4 remark); see T8.
     Raises:
         ValueError: as `temporal_stats`.
     """
@@ -149,7 +128,7 @@ def length_bonus(accuracy: torch.Tensor, lengths: torch.Tensor, weight: float = 
                  max_len: int = 512, threshold: float = 0.1) -> torch.Tensor:
     """Length-control reward: +ω for correct completions of moderate length.
 
-    Paper: length control (ω = 0.2, l_min = 320, l_max = 512 in v4); reference §1 step 12 and §9.5: only
+    Paper: length control (ω = 0.2, l_min = 320, l_max = 512 in v4); notes §1 step 12 and §9 item 5: only
     in groups with at least two completions whose accuracy > threshold (the code's condition, not the
     paper's), and only to those completions whose length lies in [min_len, max_len], bounds inclusive.
 
@@ -176,9 +155,9 @@ def length_bonus(accuracy: torch.Tensor, lengths: torch.Tensor, weight: float = 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, scale: str = "group") -> torch.Tensor:
     """Group-relative advantages over the G completions of each prompt.
 
-    Paper: GRPO advantage; reference §3: A_i = (R_i − mean) / (std + eps) with the unbiased (N − 1)
+    Paper: GRPO advantage; notes §3: A_i = (R_i − mean) / (std + eps) with the unbiased (N − 1)
     std and eps = 1e-4. scale="none" gives Dr. GRPO's A_i = R_i − mean. Groups whose rewards are all
-    equal get exactly 0, and G = 1 gives 0 (header departure 9).
+    equal get exactly 0, and G = 1 gives 0 (T9).
 
     Args:
         rewards: (B, G) float, total reward per completion.
@@ -207,12 +186,64 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, scale: str = "gro
 # ---------------------------------------------------------------------------------------------- loss
 
 
+@dataclass
+class Advantages:
+    """The reward-to-advantage equation of one step, for B prompt groups of G ordered completions.
+
+    total (B, G): R_i = accuracy + format + length bonus, + the temporal bonus when it is placed in the reward;
+    advantages (B, G): A_i, what the loss multiplies; temporal (B, G): r_t paid to each completion (0 when not
+    triggered); length (B, G): ω paid to each completion; stats: `temporal_stats` plus "bonus_adv_shift"
+    (B, G) = |A_i − A_i without the bonus| (0 where group normalisation cancels a bonus in the reward), or
+    None without a temporal signal. All float, the dtype of the accuracy.
+    """
+    total: torch.Tensor
+    advantages: torch.Tensor
+    temporal: torch.Tensor
+    length: torch.Tensor
+    stats: dict | None
+
+
+def advantages(accuracy: torch.Tensor, format_reward: torch.Tensor, lengths: torch.Tensor,
+               shuffled_accuracy: torch.Tensor, is_video: torch.Tensor, *, temporal: bool = True, alpha: float = 0.3,
+               mu: float = 0.8, threshold: float = 0.1, len_control: bool = True, len_weight: float = 0.2,
+               min_len: int = 320, max_len: int = 512, placement: str = "reward", eps: float = 1e-4,
+               scale: str = "group") -> Advantages:
+    """The whole T-GRPO reward-to-advantage equation (module header; notes §1 steps 10–12, §3).
+
+    R_i = acc_i + fmt_i + length bonus_i (+ r_t,i with placement "reward", the official code's), then
+    A = group_advantages(R); with placement "advantage" (paper v4's alternative, T8) the bonus is
+    added after normalisation: A = group_advantages(acc + fmt + len) + r_t.
+    Args: accuracy, format_reward (B, G) float; lengths (B, G) completion tokens incl. the stop token;
+    shuffled_accuracy (B, G̃) float (G̃ may be 0); is_video (B,) bool (groups that have a shuffled set);
+    temporal: False gives plain GRPO (no bonus, no stats); the rest as temporal_bonus, length_bonus and
+    group_advantages. Returns Advantages. Raises ValueError for an unknown placement or mismatched shapes.
+    """
+    if placement not in ("reward", "advantage"):
+        raise ValueError(f"tgrpo.py: placement must be 'reward' or 'advantage', got {placement!r}")
+    bonus = temporal_bonus(accuracy, shuffled_accuracy, is_video, alpha, mu, threshold) if temporal \
+        else torch.zeros_like(accuracy)                                                      # (B, G)
+    length = length_bonus(accuracy, lengths, len_weight, min_len, max_len, threshold) if len_control \
+        else torch.zeros_like(accuracy)                                                      # (B, G)
+    base = group_advantages(accuracy + format_reward + length, eps, scale)                    # (B, G) without r_t
+    if placement == "reward":
+        total = accuracy + bonus + format_reward + length                                    # (B, G)
+        adv = group_advantages(total, eps, scale)                                            # (B, G)
+    else:
+        total = accuracy + format_reward + length                                            # (B, G)
+        adv = base + bonus                                                                   # (B, G)
+    stats = temporal_stats(accuracy, shuffled_accuracy, is_video, mu) if temporal and shuffled_accuracy.shape[1] > 0 \
+        else None
+    if stats is not None:
+        stats["bonus_adv_shift"] = (adv - base).abs()                                        # (B, G)
+    return Advantages(total, adv, bonus, length, stats)
+
+
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, ref_logprobs: torch.Tensor | None,
                 advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float = 0.2,
                 clip_eps_high: float | None = None, beta: float = 0.04, loss_agg: str = "seq-mean-token-mean",
                 *, num_sequences: int | None = None, num_tokens: float | None = None,
                 max_len: int | None = None) -> tuple[torch.Tensor, dict]:
-    """Clipped surrogate with k3 KL penalty, aggregated over completion tokens (paper Eq. 4, reference §3).
+    """Clipped surrogate with k3 KL penalty, aggregated over completion tokens (paper Eq. 4, notes §3).
 
     Per token: ρ = exp(logπ − logπ_old); s = min(ρ·A, clip(ρ, 1 − ε, 1 + ε_high)·A);
     KL = exp(x) − x − 1 with x = clamp(logπ_ref − logπ, −10, 10); loss_t = −(s − β·KL).
@@ -229,7 +260,7 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, ref_l
     Args:
         logprobs: (N, L) float, policy log-probs of the sampled completion tokens (requires grad).
         old_logprobs: (N, L) float, log-probs of the rollout policy; None means on-policy, old =
-            logprobs.detach() (ρ ≡ 1 in value, gradient ∇logπ·A: the official update, departure 4).
+            logprobs.detach() (ρ ≡ 1 in value, gradient ∇logπ·A: the official update, T4).
         ref_logprobs: (N, L) float, reference-model log-probs; may be None only when beta == 0.
         advantages: (N,) float, one advantage per completion (flattened (B, G)).
         mask: (N, L) bool or float, 1 on completion tokens up to and including the stop token (any

@@ -1,19 +1,26 @@
-"""Random Qwen2.5-VL models with the real 7B structure, built by the project (no download, no weights).
+"""Random Qwen2.5-VL models that the project builds itself: the tiny default, and the 7B's structure narrowed.
 
-    python tiny.py --out runs/narrow --width narrow --tokenizer ../shared/qwen2_5_vl_7b_instruct
-    python tiny.py --out runs/full8 --width full                 # the 7B's widths, 8 of its 28 decoder layers
+    python tiny.py                                               # the tiny default in runs/cache/tiny (+ built-in data)
+    python tiny.py --like-7b narrow --out runs/narrow --tokenizer ../shared/qwen2_5_vl_7b_instruct
+    python tiny.py --like-7b full --out runs/full8               # the 7B's widths, 8 of its 28 decoder layers
+
+The tiny default (`build_builtin_tiny`): a few million parameters with every architectural feature of the 7B
+(windowed-attention vision tower with the 2x2 patch merger, mRoPE decoder), a byte-level BPE tokenizer trained
+on the built-in data's text that carries Qwen2.5-VL's exact special-token strings, and a chat template that
+renders Qwen2.5-VL's layout. Its random vision output is centred on built-in clips (`center_visual_features`).
+It reads TINY_MEDIA: 8 frames at 84x84 (the frames and pixels of every tiny preset, declared here once).
 
 `build_like_7b` starts from Qwen2.5-VL-7B-Instruct's config (a folder's config.json, or plan.py's copy of it)
 and changes only sizes: every architectural feature stays (vocabulary 152,064, head_dim 128 with
 mrope_section [16, 24, 24], windowed vision blocks with full attention at the configured indexes, the 2x2
-patch merger, untied lm_head). Two presets:
+patch merger, untied lm_head). Two widths:
 - "narrow": hidden 512 (4 heads of 128, 2 KV heads), 2 decoder layers, vision depth 4 (full attention at
   blocks 1 and 3) -- small enough for 2 CPU cores, so CPU tests run the real structure end to end;
 - "full": the 7B's widths with 8 of its 28 decoder layers and the whole vision tower -- what one GPU holds
   with its optimizer state, for bench/gpu_check.sh.
 With a real tokenizer folder (tokenizer + chat template) the special-token ids are the real ones;
-without one, the tiny default's byte-level BPE tokenizer (model.build_tokenizer) is used and the config's
-special-token ids are set to its ids (the embedding keeps 152,064 rows).
+without one, the tiny BPE tokenizer is used and the config's special-token ids are set to its ids (the
+embedding keeps 152,064 rows).
 """
 from __future__ import annotations
 
@@ -21,6 +28,144 @@ import argparse
 from pathlib import Path
 
 import torch
+
+from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+from model import DEFAULT_SYSTEM, Visual, save_hf
+
+# Qwen2.5-VL's 22 added tokens, in id order (151643..151664 in the real tokenizer; notes §5, shared config).
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>",
+    "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+]
+# Our own Jinja template producing Qwen2.5-VL's chat layout: a default system turn when the first message is not
+# a system message; string or list content; one <|vision_start|><|X_pad|><|vision_end|> per image/video item.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n" + DEFAULT_SYSTEM + "<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' or 'image' in part %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' or 'video' in part %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in part %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+# The tiny default: a few million parameters, every architectural feature of the 7B (notes §3 "Policy class").
+TINY_TEXT = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=2,
+                 max_position_embeddings=8192, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                 rope_parameters={"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 1e6})
+TINY_VISION = dict(depth=4, hidden_size=96, intermediate_size=192, num_heads=4, out_hidden_size=192, patch_size=14,
+                   spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1, 3],
+                   tokens_per_second=2, in_channels=3)
+TINY_VOCAB = 1024  # BPE merges trained on the corpus; the special tokens come on top
+# The frames and pixels of every tiny preset (train, sft, eval, bench): 8 frames at 84x84 per clip, images at 84x84.
+TINY_MEDIA = dict(max_frames=8, video_min_pixels=84 * 84, video_max_pixels=84 * 84, image_max_pixels=84 * 84)
+
+
+def build_tokenizer(corpus: list[str], vocab_size: int = TINY_VOCAB) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE fast tokenizer with Qwen2.5-VL's special tokens and chat template.
+
+    Args: corpus: training texts (prompts and reasoning of the built-in data); vocab_size: BPE size before the
+    22 special tokens. Returns a `PreTrainedTokenizerFast`: eos `<|im_end|>`, pad `<|endoftext|>`, no bos, like
+    the real Qwen2.5-VL tokenizer (shared config SOURCE.md). Deterministic for a given corpus.
+    Raises ValueError on an empty corpus.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if not corpus:
+        raise ValueError("build_tokenizer: empty corpus")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   model_max_length=32768, padding_side="left", clean_up_tokenization_spaces=False)
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_config(tokenizer) -> Qwen2_5_VLConfig:
+    """The tiny Qwen2.5-VL config with special-token ids taken from `tokenizer` (ids differ from the 7B's)."""
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    text = dict(TINY_TEXT, vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=ids["<|im_end|>"],
+                pad_token_id=ids["<|endoftext|>"])
+    return Qwen2_5_VLConfig(text_config=text, vision_config=dict(TINY_VISION), image_token_id=ids["<|image_pad|>"],
+                            video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                            vision_end_token_id=ids["<|vision_end|>"], eos_token_id=ids["<|im_end|>"],
+                            pad_token_id=ids["<|endoftext|>"], bos_token_id=None, tie_word_embeddings=False)
+
+
+def build_tiny(folder: str | Path, corpus: list[str], seed: int = 0, center_on: list[Visual] = ()) -> Path:
+    """Write a tiny randomly initialised Qwen2.5-VL HF folder (config, safetensors, tokenizer, chat template,
+    image-processor settings) to `folder` and return it. Idempotent: an existing complete folder is kept.
+
+    The weights are float32, drawn from HF's initialisers under `torch.manual_seed(seed)`; with `center_on`
+    (a few prompts' visuals) the vision tower's output is then centred on them (`center_visual_features`).
+    Raises ValueError on an empty corpus.
+    """
+    folder = Path(folder)
+    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        return folder
+    tokenizer = build_tokenizer(corpus)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer)).float()
+    if center_on:
+        center_visual_features(model, list(center_on))
+    return save_hf(model, tokenizer, folder)                                 # atomic: never a partial folder
+
+
+@torch.no_grad()
+def center_visual_features(hf, visuals: list[Visual]) -> float:
+    """(D7) Subtract the mean visual feature over `visuals` from the patch merger's output bias; returns its norm.
+
+    A data-dependent initialisation (in the spirit of LSUV), used only for the tiny random model: its vision
+    tower maps the mostly-uniform background of every clip to one common vector (norm ~1.0, against ~0.15 of
+    content variation per token), the decoder's RMSNorm then scales the content down to a few percent, and
+    training from scratch learns to ignore it: measured on the built-in colour questions, swapping a clip
+    for another left the SFT loss unchanged after 750 steps. Centred features are mostly content, and the
+    decoder learns to read them within ~150 steps (with the vision tower frozen, common.SFT_TINY).
+    visuals: Visual objects (pixel_values float (n_patches, 1176), grid_thw long (3,)); the features are
+    computed in the model's dtype and device. Returns the removed mean's L2 norm (float, feature units).
+    Modifies `hf` in place. Not in the paper or the reference: the real 7B's vision tower is pretrained.
+    """
+    merger = hf.model.visual.merger.mlp[-1]                                  # Linear(4*C_vis, D)
+    feats = torch.cat([hf.model.visual(v.pixel_values.to(merger.weight), grid_thw=v.grid_thw[None].to(merger.weight.device))
+                       .pooler_output for v in visuals])                     # (sum tokens, D)
+    mean = feats.float().mean(0)                                            # (D,)
+    merger.bias -= mean.to(merger.bias.dtype)
+    return float(mean.norm())
+
+
+def build_builtin_tiny(folder: str | Path, train_cot_json: str | Path, n_center: int = 64) -> Path:
+    """The project's default policy: `build_tiny` on the built-in COT split's text, its vision output centred
+    on the first `n_center` built-in samples decoded at the tiny frames and pixels (TINY_MEDIA).
+    Idempotent. Raises data.MediaError if a built-in clip cannot be decoded."""
+    import data
+    import rollout
+    samples = data.load_samples(train_cot_json, require_process=True)
+    media = rollout.MediaConfig(**TINY_MEDIA)
+    visuals = [rollout.to_visual(*rollout.load_visual(s, media), s.data_type, media) for s in samples[:n_center]]
+    return build_tiny(folder, tokenizer_corpus(samples), center_on=visuals)
+
+
+def tokenizer_corpus(samples) -> list[str]:
+    """Texts the tiny tokenizer's BPE is trained on: templated prompts and `process + solution` answers."""
+    from data import build_prompt_text
+    texts = []
+    for s in samples:
+        texts += [build_prompt_text(s, "train"), build_prompt_text(s, "eval"), f"{s.process}\n{s.solution}"]
+    return texts
+
 
 WIDTHS = {
     "narrow": {"text": dict(hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
@@ -37,7 +182,6 @@ def config_like_7b(width: str, source: str = "preset:qwen2.5-vl-7b", tokenizer=N
     Returns a Qwen2_5_VLConfig. Raises ValueError for an unknown width, or when head_dim would not be 128
     or the vision out size would not equal the text hidden size (the structure would not be the 7B's)."""
     import plan
-    from transformers import Qwen2_5_VLConfig
     if width not in WIDTHS:
         raise ValueError(f"unknown width {width!r}; expected one of {sorted(WIDTHS)}")
     d = plan.load_config(source).to_dict()
@@ -66,9 +210,7 @@ def build_like_7b(folder: str | Path, width: str = "narrow", tokenizer_from: str
     tokenizer_from: a folder with the real Qwen2.5-VL tokenizer and chat template (e.g.
     ../shared/qwen2_5_vl_7b_instruct); None: the tiny BPE tokenizer. Weights: HF's initialisers under
     torch.manual_seed(seed). Raises ValueError as config_like_7b; FileNotFoundError for a missing folder."""
-    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
-
-    from model import build_tokenizer, save_hf
+    from transformers import AutoTokenizer
     folder = Path(folder)
     if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
         return folder
@@ -85,13 +227,18 @@ def build_like_7b(folder: str | Path, width: str = "narrow", tokenizer_from: str
 
 
 def main():
-    p = argparse.ArgumentParser(description="Build a random Qwen2.5-VL with the 7B's structure.")
-    p.add_argument("--out", required=True, help="output HF folder")
-    p.add_argument("--width", default="narrow", choices=sorted(WIDTHS), help="narrow (CPU tests) or full (one GPU)")
-    p.add_argument("--tokenizer", default="", help="folder with the real Qwen2.5-VL tokenizer; empty: the tiny one")
+    p = argparse.ArgumentParser(description="Build a random Qwen2.5-VL: the tiny default, or the 7B's structure.")
+    p.add_argument("--out", default="runs/cache/tiny", help="output HF folder")
+    p.add_argument("--data", default="runs/cache/data", help="built-in dataset folder for the tiny default (made if missing)")
+    p.add_argument("--like-7b", default="", choices=["", *sorted(WIDTHS)], help="narrow | full: the 7B's structure")
+    p.add_argument("--tokenizer", default="", help="with --like-7b: folder with the real Qwen2.5-VL tokenizer")
     p.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     a = p.parse_args()
-    print(build_like_7b(a.out, a.width, a.tokenizer or None, seed=a.seed))
+    if a.like_7b:
+        print(build_like_7b(a.out, a.like_7b, a.tokenizer or None, seed=a.seed))
+        return
+    import synthetic
+    print(build_builtin_tiny(a.out, synthetic.make_dataset(a.data)["train_cot"]))
 
 
 if __name__ == "__main__":

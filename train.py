@@ -14,21 +14,20 @@ On SIGTERM (a preempted job) every rank finishes the current step, a resumable c
 run exits with code 143; `--resume auto` continues it. Resuming with other settings (G, lr, seed, data, ...)
 is refused, listing the differences, unless `--allow-config-change true`.
 
-One step (DESIGN.md "How one training step flows"; reference §1):
-  each rank takes `prompts_per_rank` samples -> decodes frames -> G completions on ordered frames and, for
-  videos, G̃ on shuffled frames (rollout.py) -> rewards (rewards.py) -> temporal bonus, length bonus,
-  group-relative advantages (tgrpo.py) -> per-token log-probs of policy and frozen reference (model.py)
-  -> clipped surrogate with k3 KL (tgrpo.py) -> backward, clip, AdamW step.
-Where this departs from the official code, see the numbered header of tgrpo.py; train.py adds:
-  a. mRoPE time: by default the clip's real sample fps, in training as in eval (the official trainer uses a
-     fixed 2 fps in training and the real fps in eval, reference §9 item 8); `--rope-time official` restores it.
-  b. A sample whose media cannot be decoded is skipped and counted (`skipped_media`), never replaced by a
-     fixed fallback file (reference §1 step 2, §9 item 9).
-  c. Any number of prompts per rank (the official trainer requires exactly one, reference §9 item 1).
-  d. The completion mask also ends at <|endoftext|>, not only <|im_end|> (reference §9 item 18; rollout.py).
-  e. fp32 master weights with bf16 compute on GPU (the official run keeps DeepSpeed's bf16 optimizer path).
-  f. The next samples are decoded while the current step runs (loader.py); the official trainer decodes
-     inside the step.
+One step (notes §1), as main's loop reads:
+  prefetch.take (prompts_per_rank samples, decoded in the background by loader.py) -> rollout.rollout (a Group
+  per prompt: G completions on ordered frames and, for videos, G̃ on shuffled frames) -> score (rule rewards,
+  rewards.py) -> advantages (temporal bonus, length bonus, R_i, group normalisation: tgrpo.advantages) ->
+  train_step (rollout.policy_batch of the ordered completions -> log-probs of policy and frozen reference,
+  model.py -> clipped surrogate with k3 KL, tgrpo.policy_loss -> backward, clip, AdamW step) -> log -> save.
+Departures of the loop (docs/departures.md; the math's are T1–T10 in tgrpo.py; the ID stands at the line):
+  L1  mRoPE time from the clip's real sample fps in training as in eval (`--rope-time official`: fixed 2 fps)
+  L2  a sample whose media cannot be used is skipped and counted (`skipped_media`), never replaced
+  L3  any number of prompts per rank (the official trainer takes exactly one)
+  L5  fp32 master weights with bf16 compute on CUDA (the official run keeps DeepSpeed's bf16 weights)
+  L6  the next samples are decoded while the current step runs (loader.py)
+  L12 SIGTERM: finish the step, checkpoint, exit 143 (the official trainer loses the steps since its last save)
+  L13 a constant learning rate (what the official cosine over ~65.8k nominal steps amounts to at ~1k)
 Everything is written under ./runs/ by default: the built-in data and tiny model (runs/cache), the metrics
 (runs/tgrpo/metrics.jsonl, one JSON line per step) and the final HF folder (runs/tgrpo/final).
 """
@@ -36,18 +35,17 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 import checkpoint
+import common
 import config as cfglib
 import data
 import distributed as D
@@ -55,7 +53,7 @@ import loader
 import rewards
 import rollout
 import tgrpo
-from model import PolicyLogprobs, build_builtin_tiny, load_policy, save_hf
+from model import PolicyLogprobs, load_policy
 
 
 @dataclass
@@ -67,10 +65,10 @@ class Config:
     out_dir: str = field(default="runs/tgrpo", metadata={"help": "metrics.jsonl and the final HF folder go here"})
     cache_dir: str = field(default="runs/cache", metadata={"help": "built-in data and tiny model are built here once"})
     # the run
-    steps: int = field(default=1000, metadata={"help": "optimizer steps (paper: ~1k; reference §4)"})
+    steps: int = field(default=1000, metadata={"help": "optimizer steps (paper: ~1k; notes §4)"})
     prompts_per_rank: int = field(default=1, metadata={"help": "prompts per rank per step (official: exactly 1)"})
     seed: int = field(default=42, metadata={"help": "base seed; rank r uses seed + r"})
-    # T-GRPO (reference §1, §3; tgrpo.py)
+    # T-GRPO (notes §1, §3; tgrpo.py)
     G: int = field(default=8, metadata={"help": "G: completions per prompt on ordered frames"})
     G_shuffled: int = field(default=-1, metadata={"help": "G̃: completions on shuffled frames per video prompt; -1: G // 2"})
     temporal: bool = field(default=True, metadata={"help": "T-GRPO temporal reward; false gives the plain GRPO ablation"})
@@ -89,19 +87,19 @@ class Config:
     adv_scale: str = field(default="group", metadata={"help": "'group': divide by group std (GRPO); 'none': Dr. GRPO"})
     adv_eps: float = field(default=1e-4, metadata={"help": "added to the group std"})
     num_iterations: int = field(default=1, metadata={"help": "μ_GRPO: optimizer passes per rollout (1: on-policy like the official code)"})
-    # sampling (reference §1 step 5; all explicit, reference §9 item 17)
+    # sampling (notes §1 step 5; all explicit, notes §9 item 17)
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass"})
     top_k: int = field(default=50, metadata={"help": "top-k sampling; 0 = off (official: HF's default 50, its GenerationConfig sets none)"})
     repetition_penalty: float = field(default=1.0, metadata={"help": "1.0 = off"})
     max_completion_length: int = field(default=768, metadata={"help": "max new tokens per completion"})
-    # optimisation (reference §4)
+    # optimisation (notes §4)
     lr: float = field(default=1e-6, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=5.0, metadata={"help": "gradient-norm clip"})
     lr_schedule: str = field(default="constant", metadata={"help": "'constant' (what the official cosine over 65k steps amounts to at 1k) or 'cosine'"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
-    # frames and pixels (reference §4, §8)
+    # frames and pixels (notes §4, §8)
     fps: float = field(default=2.0, metadata={"help": "frames per second of video sampled by the fps rule"})
     min_frames: int = field(default=4, metadata={"help": "fewest frames per video"})
     max_frames: int = field(default=16, metadata={"help": "most frames per video (training: 16)"})
@@ -133,23 +131,9 @@ class Config:
     preset: str = field(default="auto", metadata={"help": "auto: 'tiny' when --model is empty, else 'paper'; tiny | paper"})
 
 
-# The tiny default's settings: what a randomly initialised few-million-parameter model on 2 CPU cores needs
-# (a frozen vision tower: see sft.py's TINY_PRESET).
-TINY_PRESET = dict(steps=30, prompts_per_rank=2, max_completion_length=96, min_len=40, max_len=80, lr=2e-5,
-                   max_frames=8, video_min_pixels=84 * 84, video_max_pixels=84 * 84, image_max_pixels=84 * 84,
-                   freeze_vision=True)
-
-
 def finish_config(cfg: Config, explicit: set[str]) -> Config:
     """Apply the preset to fields the user did not set, derive G̃, and check values. Raises ValueError."""
-    preset = cfg.preset if cfg.preset != "auto" else ("tiny" if not cfg.model else "paper")
-    if preset not in ("tiny", "paper"):
-        raise ValueError(f"--preset must be auto, tiny or paper, got {cfg.preset!r}")
-    if preset == "tiny":
-        for k, v in TINY_PRESET.items():
-            if k not in explicit:
-                setattr(cfg, k, v)
-    cfg.preset = preset
+    common.apply_preset(cfg, explicit, common.TRAIN_TINY, "train.py")
     if cfg.G_shuffled < 0:
         cfg.G_shuffled = cfg.G // 2
     if not cfg.temporal:
@@ -165,79 +149,31 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
     return cfg
 
 
-def media_config(cfg) -> rollout.MediaConfig:
-    """The frame/pixel fields of a config as a rollout.MediaConfig."""
-    names = {f.name for f in fields(rollout.MediaConfig)}
-    return rollout.MediaConfig(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
+def score(groups: list[rollout.Group], tokenizer, G_shuffled: int):
+    """Rule rewards of every completion (rewards.py), decoding with skip_special_tokens like the official code
+    (notes §2 "Inputs"). Returns accuracy (B, G), format (B, G), lengths (B, G) long (tokens incl. the
+    stop token), shuffled accuracy (B, G̃) and is_video (B,) bool (the groups that have a shuffled set)."""
+    B, G = len(groups), groups[0].ordered.ids.shape[0]
+    acc, fmt, sacc = torch.zeros(B, G), torch.zeros(B, G), torch.zeros(B, G_shuffled)
+    for b, g in enumerate(groups):
+        s = g.prepared.sample
+        for i, text in enumerate(tokenizer.batch_decode(g.ordered.ids, skip_special_tokens=True)):
+            acc[b, i] = rewards.accuracy_reward(text, s.solution, s.problem_type)
+            fmt[b, i] = rewards.format_reward(text)
+        if g.shuffled is not None:
+            for i, text in enumerate(tokenizer.batch_decode(g.shuffled.ids, skip_special_tokens=True)):
+                sacc[b, i] = rewards.accuracy_reward(text, s.solution, s.problem_type)
+    lengths = torch.stack([g.ordered.lengths.cpu() for g in groups])           # (B, G)
+    is_video = torch.tensor([g.prepared.sample.data_type == "video" and g.shuffled is not None for g in groups])
+    return acc, fmt, lengths, sacc, is_video
 
 
-def resolve_model_and_data(cfg, d: D.Dist) -> tuple[str, str]:
-    """Paths of the policy folder and the training JSON; builds the built-in data and tiny model on rank 0
-    when none are given (everyone else waits)."""
-    import synthetic
-    model, train_json = cfg.model, cfg.data
-    if not model or not train_json:
-        if d.main:
-            paths = synthetic.make_dataset(Path(cfg.cache_dir) / "data")
-            if not model:
-                build_builtin_tiny(Path(cfg.cache_dir) / "tiny", paths["train_cot"])
-        D.barrier(d)
-        paths = synthetic.make_dataset(Path(cfg.cache_dir) / "data")  # idempotent: returns the paths
-        model = model or str(Path(cfg.cache_dir) / "tiny")
-        train_json = train_json or str(paths["train"])
-    return model, train_json
-
-
-def prompt_stream(samples, d: D.Dist, seed: int, start: int = 0):
-    """Endless per-rank stream of samples from position `start`: each epoch one seeded permutation shared by
-    all ranks, rank r takes positions r, r + world, ... The position (an int) is all that resume needs."""
-    per_rank = len(range(d.rank, len(samples), d.world))
-    if per_rank == 0:
-        raise ValueError(f"{len(samples)} samples cannot feed {d.world} ranks")
-    i = start
-    while True:
-        epoch, k = divmod(i, per_rank)
-        order = np.random.default_rng(seed + epoch).permutation(len(samples))[d.rank::d.world]
-        yield samples[order[k]]
-        i += 1
-
-
-def score(batch, groups, tokenizer, cfg):
-    """Rewards for every completion: returns dict of (B, G) tensors (accuracy, format, length) and the (B, G̃)
-    shuffled accuracy, decoding with skip_special_tokens like the official code (reference §2 "Inputs")."""
-    B, G = len(batch), cfg.G
-    acc, fmt = torch.zeros(B, G), torch.zeros(B, G)
-    sacc = torch.zeros(B, cfg.G_shuffled)
-    for b, p in enumerate(batch):
-        ordered, shuffled = groups[b]
-        texts = tokenizer.batch_decode(ordered.ids, skip_special_tokens=True)
-        for g, t in enumerate(texts):
-            acc[b, g] = rewards.accuracy_reward(t, p.sample.solution, p.sample.problem_type)
-            fmt[b, g] = rewards.format_reward(t)
-        if shuffled is not None:
-            for g, t in enumerate(tokenizer.batch_decode(shuffled.ids, skip_special_tokens=True)):
-                sacc[b, g] = rewards.accuracy_reward(t, p.sample.solution, p.sample.problem_type)
-    lengths = torch.stack([groups[b][0].lengths.cpu() for b in range(B)])      # (B, G)
-    return acc, fmt, lengths, sacc
-
-
-def compute_advantages(acc, fmt, lengths, sacc, is_video, cfg):
-    """Total rewards (B, G), advantages (B, G) and the logged terms (reference §1 steps 10–12, §3)."""
-    bonus = tgrpo.temporal_bonus(acc, sacc, is_video, cfg.alpha, cfg.mu, cfg.correct_threshold) if cfg.temporal \
-        else torch.zeros_like(acc)                                              # (B, G)
-    length = tgrpo.length_bonus(acc, lengths, cfg.len_weight, cfg.min_len, cfg.max_len, cfg.correct_threshold) \
-        if cfg.len_control else torch.zeros_like(acc)                           # (B, G)
-    base = tgrpo.group_advantages(acc + fmt + length, cfg.adv_eps, cfg.adv_scale)   # (B, G) without the bonus
-    if cfg.bonus_placement == "reward":
-        total = acc + bonus + fmt + length                                      # (B, G)
-        adv = tgrpo.group_advantages(total, cfg.adv_eps, cfg.adv_scale)
-    else:
-        total = acc + fmt + length
-        adv = base + bonus
-    stats = tgrpo.temporal_stats(acc, sacc, is_video, cfg.mu) if cfg.temporal and cfg.G_shuffled > 0 else None
-    if stats is not None:   # how much the bonus moved the advantages (0 where normalisation cancels it, reference §1)
-        stats["bonus_adv_shift"] = (adv - base).abs()
-    return total, adv, bonus, length, stats
+def advantages(acc, fmt, lengths, sacc, is_video, cfg) -> tgrpo.Advantages:
+    """tgrpo.advantages with this config's T-GRPO settings."""
+    return tgrpo.advantages(acc, fmt, lengths, sacc, is_video, temporal=cfg.temporal, alpha=cfg.alpha, mu=cfg.mu,
+                            threshold=cfg.correct_threshold, len_control=cfg.len_control, len_weight=cfg.len_weight,
+                            min_len=cfg.min_len, max_len=cfg.max_len, placement=cfg.bonus_placement,
+                            eps=cfg.adv_eps, scale=cfg.adv_scale)
 
 
 def lr_at(step: int, cfg) -> float:
@@ -250,35 +186,80 @@ def lr_at(step: int, cfg) -> float:
     return cfg.lr
 
 
-def sequences(batch, groups, pad_id):
-    """Flatten groups into one left-padded prompt + right-padded completion batch.
+def train_step(policy, reference, opt, batch: rollout.PolicyBatch, adv: torch.Tensor, step: int, cfg,
+               d: D.Dist, amp) -> dict:
+    """One T-GRPO update on one rollout (picotron's train_step): reference log-probs, then `num_iterations`
+    passes of forward, clipped surrogate with KL (tgrpo.policy_loss), backward over micro-batches of
+    `groups_per_micro_batch` groups, gradient clip, non-finite guard, AdamW step.
 
-    Returns input_ids (N, P+L) long, attention_mask (N, P+L) long, P, completion mask (N, L) float,
-    rollout log-probs (N, L), visuals list and owner list (row -> visual), N = B·G."""
-    prompts, owner, comps = [], [], []
-    for b, p in enumerate(batch):
-        c = groups[b][0]
-        prompts += [p.prompt_ids] * c.ids.shape[0]
-        owner += [b] * c.ids.shape[0]
-        comps.append(c)
-    ids, attn = rollout.left_pad(prompts, pad_id)                              # (N, P)
-    L = max(c.ids.shape[1] for c in comps)
-    pad = lambda t, v: torch.nn.functional.pad(t.cpu(), (0, L - t.shape[1]), value=v)
-    cids = torch.cat([pad(c.ids, pad_id) for c in comps])                      # (N, L)
-    cmask = torch.cat([pad(c.mask, 0.0) for c in comps])                       # (N, L)
-    clp = torch.cat([pad(c.logprobs, 0.0) for c in comps])                     # (N, L)
-    return (torch.cat([ids, cids], 1), torch.cat([attn, cmask.long()], 1), ids.shape[1], cmask, clp,
-            [p.visual for p in batch], owner)
+    batch: the ordered completions (N = B·G rows) on the compute device; adv (N,) float advantages.
+    Loss normalisers (sequences, tokens) are averaged over ranks, so the micro-batch losses of all ranks sum to
+    the whole batch's loss. Returns the last pass's {"loss", "grad_norm", and policy_loss's terms averaged over
+    rows}. Raises FloatingPointError, on every rank alike, when the loss or the gradient norm is not finite:
+    before the optimizer step, so no checkpoint holds the damage.
+    """
+    N, rows = batch.input_ids.shape[0], cfg.G * cfg.groups_per_micro_batch
+    P, vis, owner = batch.prompt_len, batch.visuals, batch.owner
+    n_seq = float(D.all_reduce_sum(torch.tensor(float(N)), d)) / d.world
+    n_tok = float(D.all_reduce_sum(batch.completion_mask.sum().cpu(), d)) / d.world
+    micro = [slice(s, s + rows) for s in range(0, N, rows)]
+    ref_lp = None
+    if reference is not None:
+        with torch.no_grad(), amp():
+            ref_lp = torch.cat([reference(batch.input_ids[m], batch.attention_mask[m], P, vis, owner[m])
+                                for m in micro])                               # (N, L)
+    for _ in range(cfg.num_iterations):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss_sum, logs = 0.0, []
+        for m in micro:
+            with D.no_sync(policy, skip=m.stop < N):                          # reduce gradients once, at the end
+                with amp():
+                    lp = policy(batch.input_ids[m], batch.attention_mask[m], P, vis, owner[m])   # (n, L) float32
+                loss, terms = tgrpo.policy_loss(
+                    lp, batch.old_logprobs[m] if cfg.num_iterations > 1 else None,
+                    None if ref_lp is None else ref_lp[m], adv[m], batch.completion_mask[m], cfg.clip_eps,
+                    None if cfg.clip_eps_high < 0 else cfg.clip_eps_high, cfg.beta, cfg.loss_agg,
+                    num_sequences=n_seq, num_tokens=n_tok, max_len=cfg.max_completion_length)
+                loss.backward()
+            loss_sum += loss.item()
+            logs.append({k: float(v) * lp.shape[0] for k, v in terms.items()})
+        grad_norm = D.clip_grad_norm(policy, cfg.max_grad_norm)
+        bad = D.nonfinite({"loss": loss_sum, "grad_norm": grad_norm}, d)        # the same answer on every rank
+        if bad:
+            raise FloatingPointError(f"train.py: step {step + 1}: non-finite {' and '.join(bad)} (loss {loss_sum}, "
+                                     f"grad_norm {grad_norm}); stopped before the optimizer step and before "
+                                     f"any checkpoint of this step")
+        opt.step()
+        opt.zero_grad(set_to_none=True)   # free the gradients before the next rollout (plan.py counts it so)
+    return {"loss": loss_sum, "grad_norm": grad_norm, **{k: sum(l[k] for l in logs) / N for k in logs[0]}}
 
 
-def export(policy, tokenizer, folder: Path, d: D.Dist) -> Path:
-    """Write an HF folder (config, safetensors, tokenizer, chat template, processor settings) that plain
-    transformers loads, from the full state dict gathered on rank 0 (collective under FSDP)."""
-    state = D.full_state_dict(policy)
-    if d.main:
-        save_hf(D.unwrap(policy).hf, tokenizer, folder, state_dict=state)
-    D.barrier(d)
-    return folder
+def step_metrics(step: int, a: tgrpo.Advantages, acc, fmt, lengths, is_video, update: dict, skipped: int, cfg,
+                 d: D.Dist, t0: float) -> dict:
+    """One metrics row (notes §3 "Logged metrics"), averaged over ranks. Video-only terms (p, p̃, trigger
+    rate, bonus shift) are summed over the videos of every rank, with the same keys on every rank (even one
+    holding only images) so that the all-reduce matches across ranks."""
+    local = {"loss": update["loss"], "accuracy": acc.mean().item(), "format": fmt.mean().item(),
+             "reward": a.total.mean().item(), "reward_std": a.total.std(1).mean().item() if cfg.G > 1 else 0.0,
+             "temporal_bonus": a.temporal.mean().item(), "length_bonus": a.length.mean().item(),
+             "completion_length": lengths.float().mean().item(),
+             "zero_std_groups": (a.total.amax(1) == a.total.amin(1)).float().mean().item(),
+             **{k: v for k, v in update.items() if k not in ("loss", "grad_norm")}}
+    v, ts = is_video, a.stats
+    video = {"p": ts["p"][v].sum().item(), "p_shuffled": ts["p_shuffled"][v].sum().item(),
+             "temporal_rate": ts["triggered"][v].float().sum().item(),
+             "bonus_adv_shift": ts["bonus_adv_shift"][v].mean(1).sum().item()} if ts is not None else {}
+    keys, vkeys = sorted(local), sorted(video)
+    summed = D.all_reduce_sum(torch.tensor([local[k] for k in keys] + [1.0] + [video[k] for k in vkeys]
+                                           + [float(v.sum())], dtype=torch.float64), d)
+    row = {k: summed[i].item() / summed[len(keys)].item() for i, k in enumerate(keys)}
+    if vkeys and summed[-1].item() > 0:
+        row |= {k: summed[len(keys) + 1 + i].item() / summed[-1].item() for i, k in enumerate(vkeys)}
+    row["skipped_media"] = int(D.all_reduce_sum(torch.tensor(skipped), d))
+    return row | {"step": step + 1, "lr": lr_at(step, cfg), "grad_norm": float(update["grad_norm"]),
+                  "step_time": time.time() - t0}
 
 
 def main(argv=None):
@@ -289,10 +270,10 @@ def main(argv=None):
         print(plan.report(cfg))
         return
     d = D.init_distributed(cfg.device, cfg.dist_backend)
-    random.seed(cfg.seed + d.rank); np.random.seed(cfg.seed + d.rank); torch.manual_seed(cfg.seed + d.rank)
+    common.seed_everything(cfg.seed, d)
     mode = D.resolve_mode(cfg.dist, d)
-    precision, dtype, compute = D.resolve_precision(cfg.precision, d)       # departure e
-    model_dir, train_json = resolve_model_and_data(cfg, d)
+    precision, dtype, compute = D.resolve_precision(cfg.precision, d)       # L5
+    model_dir, train_json = common.resolve_model_and_data(cfg, d)
     hf, tokenizer = load_policy(model_dir, dtype, d.device)
     hf.model.visual.requires_grad_(not cfg.freeze_vision)                   # before wrapping (DDP/FSDP see it)
     policy = D.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), d, mode, cfg.activation_checkpointing, compute,
@@ -305,10 +286,10 @@ def main(argv=None):
                            param_dtype=compute, vision_unit=cfg.fsdp_vision_unit)
     opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     samples = data.load_samples(train_json, cfg.media_root or None)
-    media = media_config(cfg)
+    media = common.media_config(cfg)
     sampling = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)
     gen = torch.Generator(device=d.device).manual_seed(cfg.seed + d.rank)
-    pad_id, stop_ids = tokenizer.pad_token_id, [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
+    pad_id, stops = tokenizer.pad_token_id, common.stop_ids(tokenizer)
     out_dir = Path(cfg.out_dir)
     run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "world_size": d.world}
     start, position = 0, 0
@@ -325,7 +306,7 @@ def main(argv=None):
             print(f"resumed from {resume_from} at step {start}" + (f" (changed: {'; '.join(changes)})" if changes else ""))
     # Decoding and patchifying of the next samples overlaps the current step (loader.py); each sample's
     # shuffled-frame permutation is seeded by (seed, rank, position), so results do not depend on threads.
-    prefetch = loader.Prefetcher(prompt_stream(samples, d, cfg.seed, position), tokenizer, media,
+    prefetch = loader.Prefetcher(loader.prompt_stream(samples, d, cfg.seed, position), tokenizer, media,
                                  shuffled=cfg.temporal and cfg.G_shuffled > 0, seed=cfg.seed, rank=d.rank,
                                  workers=cfg.data_workers, start_index=position,
                                  cache=loader.FrameCache(cfg.frame_cache) if cfg.frame_cache else None)
@@ -339,96 +320,27 @@ def main(argv=None):
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not d.main, desc="T-GRPO")
     for step in bar:
         t0 = time.time()
-        batch, skipped = prefetch.take(cfg.prompts_per_rank)
-        # ---- rollout: G ordered + G̃ shuffled per video, one prefill per distinct prompt (reference §1 step 5)
-        prompts, visuals, n = [], [], []
-        for p in batch:
-            prompts.append(p.prompt_ids); visuals.append(p.visual); n.append(cfg.G)
-            if p.shuffled_visual is not None:
-                prompts.append(p.shuffled_ids); visuals.append(p.shuffled_visual); n.append(cfg.G_shuffled)
+        batch, skipped = prefetch.take(cfg.prompts_per_rank)                   # L2, L3, L6
         hf.eval()
-        with D.full_weights(policy) as gen_model, amp():
-            outs = rollout.generate(gen_model, prompts, visuals, n, sampling, pad_id, stop_ids, gen)
+        with D.full_weights(policy) as model, amp():                           # G ordered + G̃ shuffled per video
+            groups = rollout.rollout(model, batch, cfg.G, cfg.G_shuffled, sampling, pad_id, stops, gen)
         hf.train()
-        groups, k = [], 0
-        for p in batch:
-            has_shuffled = p.shuffled_visual is not None
-            groups.append((outs[k], outs[k + 1] if has_shuffled else None))
-            k += 2 if has_shuffled else 1
-        # ---- rewards, bonuses, advantages (reference §1 steps 8–12, §3)
-        acc, fmt, lengths, sacc = score(batch, groups, tokenizer, cfg)
-        is_video = torch.tensor([p.sample.data_type == "video" and p.shuffled_visual is not None for p in batch])
-        total, adv, bonus, length_b, tstats = compute_advantages(acc, fmt, lengths, sacc, is_video, cfg)
-        # ---- log-probs and loss, one or more passes over this rollout
-        ids, attn, P, cmask, old_lp, vis, owner = sequences(batch, groups, pad_id)
-        ids, attn, cmask, old_lp = ids.to(d.device), attn.to(d.device), cmask.to(d.device), old_lp.to(d.device)
-        flat_adv = adv.reshape(-1).to(d.device)                                # (N,)
-        N, rows_per_mb = ids.shape[0], cfg.G * cfg.groups_per_micro_batch
-        n_seq = float(D.all_reduce_sum(torch.tensor(float(N)), d)) / d.world
-        n_tok = float(D.all_reduce_sum(cmask.sum().cpu(), d)) / d.world
-        ref_lp = None
-        if reference is not None:
-            with torch.no_grad(), amp():
-                ref_lp = torch.cat([reference(ids[s:s + rows_per_mb], attn[s:s + rows_per_mb], P, vis, owner[s:s + rows_per_mb])
-                                    for s in range(0, N, rows_per_mb)])        # (N, L)
-        for it in range(cfg.num_iterations):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            opt.zero_grad(set_to_none=True)
-            loss_sum, logs = 0.0, []
-            for s in range(0, N, rows_per_mb):
-                sl = slice(s, s + rows_per_mb)
-                with D.no_sync(policy, skip=s + rows_per_mb < N):
-                    with amp():
-                        lp = policy(ids[sl], attn[sl], P, vis, owner[sl])      # (n, L) float32
-                    loss, m = tgrpo.policy_loss(lp, old_lp[sl] if cfg.num_iterations > 1 else None,
-                                                None if ref_lp is None else ref_lp[sl], flat_adv[sl], cmask[sl],
-                                                cfg.clip_eps, None if cfg.clip_eps_high < 0 else cfg.clip_eps_high,
-                                                cfg.beta, cfg.loss_agg, num_sequences=n_seq, num_tokens=n_tok,
-                                                max_len=cfg.max_completion_length)
-                    loss.backward()
-                loss_sum += loss.item()
-                logs.append({k: float(v) * lp.shape[0] for k, v in m.items()})
-            grad_norm = D.clip_grad_norm(policy, cfg.max_grad_norm)
-            bad = D.nonfinite({"loss": loss_sum, "grad_norm": grad_norm}, d)    # the same answer on every rank
-            if bad:
-                raise FloatingPointError(f"train.py: step {step + 1}: non-finite {' and '.join(bad)} (loss {loss_sum}, "
-                                         f"grad_norm {grad_norm}); stopped before the optimizer step and before "
-                                         f"any checkpoint of this step")
-            opt.step()
-            opt.zero_grad(set_to_none=True)   # free the gradients before the next rollout (plan.py counts it so)
-        # ---- metrics, averaged over ranks (reference §3 "Logged metrics")
-        local = {"loss": loss_sum, "accuracy": acc.mean().item(), "format": fmt.mean().item(),
-                 "reward": total.mean().item(), "reward_std": total.std(1).mean().item() if cfg.G > 1 else 0.0,
-                 "temporal_bonus": bonus.mean().item(), "length_bonus": length_b.mean().item(),
-                 "completion_length": lengths.float().mean().item(),
-                 "zero_std_groups": (total.amax(1) == total.amin(1)).float().mean().item(),
-                 **{k: sum(l[k] for l in logs) / N for k in logs[0]}}
-        # video-only terms are summed over the videos of every rank (the same keys on every rank, even one
-        # holding only images, so the all-reduce below matches across ranks)
-        v = is_video
-        video = {"p": tstats["p"][v].sum().item(), "p_shuffled": tstats["p_shuffled"][v].sum().item(),
-                 "temporal_rate": tstats["triggered"][v].float().sum().item(),
-                 "bonus_adv_shift": tstats["bonus_adv_shift"][v].mean(1).sum().item()} if tstats is not None else {}
-        keys, vkeys = sorted(local), sorted(video)
-        summed = D.all_reduce_sum(torch.tensor([local[k] for k in keys] + [1.0] + [video[k] for k in vkeys]
-                                               + [float(v.sum())], dtype=torch.float64), d)
-        row = {k: summed[i].item() / summed[len(keys)].item() for i, k in enumerate(keys)}
-        if vkeys and summed[-1].item() > 0:
-            row |= {k: summed[len(keys) + 1 + i].item() / summed[-1].item() for i, k in enumerate(vkeys)}
-        row["skipped_media"] = int(D.all_reduce_sum(torch.tensor(skipped), d))
-        row |= {"step": step + 1, "lr": lr_at(step, cfg), "grad_norm": float(grad_norm), "step_time": time.time() - t0}
+        acc, fmt, lengths, sacc, is_video = score(groups, tokenizer, cfg.G_shuffled)      # rule rewards
+        adv = advantages(acc, fmt, lengths, sacc, is_video, cfg)               # bonuses, R_i, A_i
+        update = train_step(policy, reference, opt, rollout.policy_batch(groups, pad_id).to(d.device),
+                            adv.advantages.reshape(-1).to(d.device), step, cfg, d, amp)
+        row = step_metrics(step, adv, acc, fmt, lengths, is_video, update, skipped, cfg, d, t0)
         if d.main:
             metrics_file.write(json.dumps(row) + "\n"); metrics_file.flush()
             bar.set_postfix(acc=f"{row['accuracy']:.2f}", fmt=f"{row['format']:.2f}", kl=f"{row.get('kl', 0):.3f}")
-        preempted = preemption.requested(d)                                    # every rank agrees
+        preempted = preemption.requested(d)                                    # L12: every rank agrees
         if (cfg.save_every > 0 and (step + 1) % cfg.save_every == 0) or preempted:
             extra = {"rng": checkpoint.rng_state({"sampling": gen}), "position": prefetch.consumed, "config": run_config}
             saved = checkpoint.save(out_dir, step + 1, policy, opt, d, extra, keep=cfg.keep_checkpoints)
         if preempted:
             break
         if cfg.export_every > 0 and (step + 1) % cfg.export_every == 0:
-            export(policy, tokenizer, out_dir / f"step_{step + 1}", d)
+            common.export(policy, tokenizer, out_dir / f"step_{step + 1}", d)
     prefetch.close()
     preemption.restore()
     if preempted:   # SIGTERM: the step finished and was checkpointed; the run is not complete, so no final/
@@ -439,7 +351,7 @@ def main(argv=None):
         del policy, reference
         D.cleanup(d)
         sys.exit(128 + signal.SIGTERM)                                         # 143, the shell's code for SIGTERM
-    final = export(policy, tokenizer, out_dir / "final", d)
+    final = common.export(policy, tokenizer, out_dir / "final", d)
     if d.main:
         metrics_file.close()
         print(f"done: metrics {out_dir / 'metrics.jsonl'} | checkpoint {final}")

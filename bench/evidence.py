@@ -9,13 +9,13 @@
 What it runs, every stage through the project's own entry points (subprocesses, `--jobs` at a time, one torch
 thread each):
 1. the built-in data (`synthetic.make_dataset(out/data, n_train, n_test)`) and the tiny model
-   (`model.build_builtin_tiny`), once;
+   (`tiny.build_builtin_tiny`), once;
 2. SFT once: `sft.py --preset tiny --epochs E --seed S` on the COT split -> out/sft/final (one SFT shared by
    all seeds: at this size SFT takes most of the budget; the seeds vary the RL stage and the evaluation);
 3. per seed s, from that same SFT checkpoint, with identical seeds and budgets (`train.py --preset tiny --lr LR
    --steps N --seed s`): plain GRPO (`--temporal false`), T-GRPO as the official code places the bonus
    (added to the reward before group normalisation) and T-GRPO with the bonus added to the advantages
-   (`--bonus-placement advantage`; reference §1 explains why the first can cancel);
+   (`--bonus-placement advantage`; notes §1 explains why the first can cancel);
 4. `eval.py --shuffled true --template train` on the held-out split for SFT and each RL checkpoint (per
    seed): ordered and shuffled frames, the prompt the policy was trained with (the tiny model has never seen
    the official eval prompt, which starts it on "<answer>"), sampled like the T-GRPO rollout (temperature
@@ -93,7 +93,7 @@ def pool(jobs: list[tuple[list[str], Path]], n: int) -> None:
 def stages(a: argparse.Namespace, out: Path, seeds: list[int]) -> None:
     """Stages 1-4; each skipped when its output exists."""
     import synthetic
-    from model import build_builtin_tiny
+    from tiny import build_builtin_tiny
 
     paths = synthetic.make_dataset(out / "data", n_train=a.n_train, n_test=a.n_test)
     tiny = build_builtin_tiny(out / "tiny", paths["train_cot"])
@@ -209,7 +209,7 @@ def report(out: Path, seeds: list[int]) -> dict:
         lines.append(f"| {m} | " + " | ".join("%+.1f" % (100 * g) for g in table[m]["temporal/gap"]) + " |")
     lines += ["", "Training side (mean over all steps and seeds; video-group terms over steps with a video group): the",
               "bonus's trigger rate, ordered minus shuffled rollout accuracy p − p̃, and the mean |change| the bonus",
-              "made to the advantages of video completions (0 when group normalisation cancels it, reference §1).", "",
+              "made to the advantages of video completions (0 when group normalisation cancels it, notes §1).", "",
               "| variant | accuracy reward | trigger rate | p − p̃ | bonus shift of advantages |", "|---|---|---|---|---|"]
     train_side = {}
     for v, slug in SLUG.items():

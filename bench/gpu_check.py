@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
 import config as cfglib  # noqa: E402
 import data  # noqa: E402
 import distributed as D  # noqa: E402
@@ -71,10 +72,10 @@ def main():
     reference = PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk)
     opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     videos = [s for s in data.load_samples(paths["train"]) if s.data_type == "video"]
-    media = train.media_config(cfg)
+    media = common.media_config(cfg)
     sp = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)
     gen = torch.Generator(device=d.device).manual_seed(0)
-    pad_id, stop_ids = tok.pad_token_id, [tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id]
+    pad_id, stop_ids = tok.pad_token_id, common.stop_ids(tok)
     times, peaks, tokens = {k: [] for k in PHASES}, {k: 0 for k in PHASES}, {}
 
     class phase:
@@ -96,15 +97,13 @@ def main():
         pr = loader.prepare(videos[step], tok, media, True, "train", loader.sample_generator(0, 0, step))
         hf.eval()
         with phase("rollout"), amp():
-            ordered, shuffled = rollout.generate(hf, [pr.prompt_ids, pr.shuffled_ids], [pr.visual, pr.shuffled_visual],
-                                                 [cfg.G, cfg.G_shuffled], sp, pad_id, stop_ids, gen)
+            groups = rollout.rollout(hf, [pr], cfg.G, cfg.G_shuffled, sp, pad_id, stop_ids, gen)
         hf.train()
-        groups = [(ordered, shuffled)]
         with phase("rewards"):
-            acc, fmt, lengths, sacc = train.score([pr], groups, tok, cfg)
-            _, adv, *_ = train.compute_advantages(acc, fmt, lengths, sacc, torch.tensor([True]), cfg)
-        ids, attn, P, cmask, _, vis, owner = train.sequences([pr], groups, pad_id)
-        ids, attn, cmask = ids.to(d.device), attn.to(d.device), cmask.to(d.device)
+            acc, fmt, lengths, sacc, is_video = train.score(groups, tok, cfg.G_shuffled)
+            adv = train.advantages(acc, fmt, lengths, sacc, is_video, cfg).advantages
+        b = rollout.policy_batch(groups, pad_id).to(d.device)
+        ids, attn, P, cmask, vis, owner = b.input_ids, b.attention_mask, b.prompt_len, b.completion_mask, b.visuals, b.owner
         with phase("reference log-probs"), torch.no_grad(), amp():
             ref_lp = reference(ids, attn, P, vis, owner)                       # (G, L)
         opt.zero_grad(set_to_none=True)
@@ -119,7 +118,7 @@ def main():
             D.clip_grad_norm(policy, cfg.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
-        new = int(ordered.lengths.sum() + shuffled.lengths.sum())
+        new = int(groups[0].ordered.lengths.sum() + groups[0].shuffled.lengths.sum())
         tokens = {"rollout": new, "reference log-probs": ids.numel(), "policy log-probs": ids.numel(),
                   "backward": ids.numel()}
         if step == 0:

@@ -1,6 +1,6 @@
 """Peak memory of the log-prob pass (forward + backward) at Qwen's real vocabulary (151,936): `model.PolicyLogprobs`
 (visual encoded once per prompt, lm_head + log_softmax in checkpointed chunks) against the naive computation of the
-official trainer (tiled pixels -> model forward -> (N, T, V) logits -> log_softmax -> gather; reference §1 step 7).
+official trainer (tiled pixels -> model forward -> (N, T, V) logits -> log_softmax -> gather; notes §1 step 7).
 
     python bench/logprob_memory.py                          # N = 4 rows, 64-token prompt, 512 completion tokens
     python bench/logprob_memory.py --N 4 --completion 256 --chunk 256

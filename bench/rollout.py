@@ -1,12 +1,12 @@
 """Group rollout speed: `rollout.generate` (one prefill per prompt, KV cache expanded to G rows) against HF
 `generate(num_return_sequences=G)`, which tiles the clip's pixels G times (the vision tower runs G times) and
-prefills the same prompt G times, as the official trainer does (reference §1 step 5).
+prefills the same prompt G times, as the official trainer does (notes §1 step 5).
 
     python bench/rollout.py        # tiny model, a built-in clip at 8 frames x 448x448 = 1024 video tokens, G = 8
     python bench/rollout.py --pixels 224 --new-tokens 256 --repeats 3
 
 The default clip has 1024 video tokens, about the official training prompt's 960 (16 frames at 224x420,
-reference §8 "Worked numbers"); the tiny model makes the vision tower and prefill cheap next to decoding, so the
+notes §8 "Worked numbers"); the tiny model makes the vision tower and prefill cheap next to decoding, so the
 speed-up shrinks as --new-tokens grows (decode steps cost the same on both sides).
 
 Both sides do equal work: the same prompt and pixels, G rows, temperature 1, top-p 0.95, no top-k, and
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import distributed as D  # noqa: E402
 import rollout  # noqa: E402
-import train  # noqa: E402
+import common  # noqa: E402
 from model import load_policy, mm_token_types  # noqa: E402
 
 
@@ -44,8 +44,8 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    cfg = train.finish_config(train.Config(cache_dir=a.cache_dir), set())
-    model_dir, train_json = train.resolve_model_and_data(cfg, D.Dist())
+    paths = common.builtin(a.cache_dir, D.Dist())
+    model_dir, train_json = paths["tiny"], paths["train"]
     hf, tok = load_policy(model_dir, torch.float32, a.device)
     hf.eval()
     sample = next(s for s in data.load_samples(train_json) if s.data_type == "video")

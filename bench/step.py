@@ -1,14 +1,13 @@
-"""Where a T-GRPO step's time goes: train.py's step re-run piece by piece with timers (its own functions).
+"""Where a T-GRPO step's time goes: train.py's own step functions, each timed.
 
-    python bench/step.py                          # tiny preset: 2 prompts/rank, G = 8, G̃ = 4, 48 new tokens
+    python bench/step.py                          # tiny preset: 2 prompts/rank, G = 8, G̃ = 4, <= 96 new tokens
     python bench/step.py --steps 4 --G 4
 
-Pieces (reference §1 steps 2–13): decode (media decode + patchify + prompt tokens, `loader.prepare`
-in the main thread; train.py overlaps it with the step through `loader.Prefetcher`),
-ordered rollout (G per prompt), shuffled rollout (G̃ per video prompt), rewards (+ bonuses and advantages),
-policy log-probs (forward with grad), reference log-probs (no grad), backward, optimizer (clip + AdamW).
-train.py runs the ordered and shuffled rollouts in one `rollout.generate` call; here they are two calls so
-each has its own time (one extra prefill batch). The first step is a warm-up and is not counted.
+The step is main's loop in train.py, call by call: decode (media decode + patchify + prompt tokens,
+`loader.prepare`, here in the main thread; train.py overlaps it with the step through `loader.Prefetcher`),
+rollout (`rollout.rollout`: G ordered + G̃ shuffled completions per prompt, one generate call), rewards
+(`train.score`), advantages (`train.advantages`), and the update (`train.train_step`: reference log-probs,
+policy forward, backward, clip, AdamW). The first step is a warm-up and is not counted.
 """
 from __future__ import annotations
 
@@ -17,16 +16,17 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
 import data  # noqa: E402
-import loader  # noqa: E402
 import distributed as D  # noqa: E402
+import loader  # noqa: E402
 import rollout  # noqa: E402
-import tgrpo  # noqa: E402
 import train  # noqa: E402
 from model import PolicyLogprobs, load_policy  # noqa: E402
 
@@ -43,19 +43,19 @@ def main():
     cfg = train.finish_config(*train.cfglib.parse(train.Config, argv, ""))
     d = D.Dist()
     torch.manual_seed(cfg.seed)
-    model_dir, train_json = train.resolve_model_and_data(cfg, d)
+    model_dir, train_json = common.resolve_model_and_data(cfg, d)
     hf, tok = load_policy(model_dir, torch.float32, d.device)
+    hf.model.visual.requires_grad_(not cfg.freeze_vision)                 # as train.py (frozen in the tiny preset)
     policy = PolicyLogprobs(hf, cfg.logprob_chunk)
     ref_hf, _ = load_policy(model_dir, torch.float32, d.device)
     reference = PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk)
-    hf.model.visual.requires_grad_(not cfg.freeze_vision)                 # as train.py (frozen in the tiny preset)
-    opt = torch.optim.AdamW([q for q in hf.parameters() if q.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    stream = train.prompt_stream(data.load_samples(train_json), d, cfg.seed)
-    media = train.media_config(cfg)
+    opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    stream = loader.prompt_stream(data.load_samples(train_json), d, cfg.seed)
+    media = common.media_config(cfg)
     sp = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)
     gen = torch.Generator().manual_seed(cfg.seed)
     shuffle = cfg.temporal and cfg.G_shuffled > 0
-    pad_id, stop_ids = tok.pad_token_id, [tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id]
+    pad_id = tok.pad_token_id
     times = defaultdict(list)
 
     class timer:
@@ -73,43 +73,25 @@ def main():
             batch = [loader.prepare(next(stream), tok, media, shuffle, "train", loader.sample_generator(cfg.seed, 0, i))
                      for i in range(step * cfg.prompts_per_rank, (step + 1) * cfg.prompts_per_rank)]
         hf.eval()
-        with timer("ordered rollout"):
-            ordered = rollout.generate(hf, [b.prompt_ids for b in batch], [b.visual for b in batch],
-                                       [cfg.G] * len(batch), sp, pad_id, stop_ids, gen)
-        sh = [b for b in batch if b.shuffled_visual is not None]
-        with timer("shuffled rollout"):
-            shuffled = rollout.generate(hf, [b.shuffled_ids for b in sh], [b.shuffled_visual for b in sh],
-                                        [cfg.G_shuffled] * len(sh), sp, pad_id, stop_ids, gen) if sh else []
+        with timer("rollout"):
+            groups = rollout.rollout(hf, batch, cfg.G, cfg.G_shuffled, sp, pad_id, common.stop_ids(tok), gen)
         hf.train()
-        it = iter(shuffled)
-        groups = [(o, next(it) if b.shuffled_visual is not None else None) for o, b in zip(ordered, batch)]
         with timer("rewards"):
-            acc, fmt, lengths, sacc = train.score(batch, groups, tok, cfg)
-            is_video = torch.tensor([b.shuffled_visual is not None for b in batch])
-            total, adv, *_ = train.compute_advantages(acc, fmt, lengths, sacc, is_video, cfg)
-        ids, attn, P, cmask, old_lp, vis, owner = train.sequences(batch, groups, pad_id)
-        with timer("reference log-probs"), torch.no_grad():
-            ref_lp = reference(ids, attn, P, vis, owner)                       # (N, L)
-        opt.zero_grad(set_to_none=True)
-        with timer("policy log-probs"):
-            lp = policy(ids, attn, P, vis, owner)                              # (N, L)
-            loss, _ = tgrpo.policy_loss(lp, None, ref_lp, adv.reshape(-1), cmask, cfg.clip_eps, None, cfg.beta,
-                                        cfg.loss_agg, num_sequences=float(ids.shape[0]), num_tokens=float(cmask.sum()),
-                                        max_len=cfg.max_completion_length)
-        with timer("backward"):
-            loss.backward()
-        with timer("optimizer"):
-            torch.nn.utils.clip_grad_norm_(hf.parameters(), cfg.max_grad_norm)
-            opt.step()
+            acc, fmt, lengths, sacc, is_video = train.score(groups, tok, cfg.G_shuffled)
+        with timer("advantages"):
+            adv = train.advantages(acc, fmt, lengths, sacc, is_video, cfg)
+        b = rollout.policy_batch(groups, pad_id)
+        with timer("train_step"):
+            train.train_step(policy, reference, opt, b, adv.advantages.reshape(-1), step, cfg, d, nullcontext)
         if step == 0:
             times.clear()
-            shape = (len(batch), ids.shape, sum(v.pixel_values.shape[0] for v in vis))
+            shape = (len(batch), tuple(b.input_ids.shape), sum(v.pixel_values.shape[0] for v in b.visuals))
     med = {k: statistics.median(v) for k, v in times.items()}
     total_t = sum(med.values())
     print(f"command: python bench/step.py --steps {a.steps} --G {a.G}")
     print(f"tiny preset: {cfg.prompts_per_rank} prompts, G = {cfg.G}, G̃ = {cfg.G_shuffled}, max {cfg.max_completion_length} "
           f"new tokens, frames <= {cfg.max_frames} at {cfg.video_max_pixels} px; warm-up step batch {shape[0]} prompts, "
-          f"sequences {tuple(shape[1])}, {shape[2]} patches; torch threads {torch.get_num_threads()}")
+          f"sequences {shape[1]}, {shape[2]} patches; torch threads {torch.get_num_threads()}")
     for k, v in med.items():
         print(f"{k:20s} {v * 1000:8.1f} ms  {100 * v / total_t:5.1f} %   runs {[round(x * 1000) for x in times[k]]}")
     print(f"{'step (sum of medians)':20s} {total_t * 1000:8.1f} ms")

@@ -11,7 +11,7 @@ AutoProcessor: transformers' Qwen2_5_VLProcessor always builds a video processor
 processor + our tokenizer); everything else is TRL's own code path.
 Images: the built-in 112x112 PNGs upscaled (bicubic, Pillow) to `--image-size` and written once to a temporary
 folder that both sides read; the default 448x448 is what the official recipe feeds the model for a typical
-photo (qwen_vl_utils MAX_PIXELS = 256*28*28: a 1000x1000 image becomes 448x448, reference §8), 256 image tokens.
+photo (qwen_vl_utils MAX_PIXELS = 256*28*28: a 1000x1000 image becomes 448x448, notes §8), 256 image tokens.
 Both sides: 1 prompt x G completions per step, temperature 1, top-p 0.95, no top-k, max 48 new tokens,
 accuracy + format rewards (rewards.py), β = 0.04 with a frozen reference, loss "grpo" (sequence mean, then
 batch mean), one optimizer pass per rollout. The first step of each side is a warm-up and is not counted.
@@ -33,7 +33,7 @@ import distributed as D  # noqa: E402
 import rewards  # noqa: E402
 import rollout  # noqa: E402
 import tgrpo  # noqa: E402
-import train  # noqa: E402
+import common  # noqa: E402
 from model import PolicyLogprobs, load_policy  # noqa: E402
 
 
@@ -58,10 +58,11 @@ def ours(model_dir, samples, a, pixels: int) -> list[float]:
         r = torch.tensor([[rewards.accuracy_reward(x, p.sample.solution, p.sample.problem_type) + rewards.format_reward(x)
                            for x in texts]])                                   # (1, G)
         adv = tgrpo.group_advantages(r).reshape(-1)                            # (G,)
-        ids, attn, P, cmask, _, vis, owner = train.sequences([p], [(c, None)], pad)
+        b = rollout.policy_batch([rollout.Group(p, c)], pad)                 # (G, P + L)
         with torch.no_grad():
-            ref_lp = reference(ids, attn, P, vis, owner)                       # (G, L)
-        loss, _ = tgrpo.policy_loss(policy(ids, attn, P, vis, owner), None, ref_lp, adv, cmask, beta=0.04)
+            ref_lp = reference(b.input_ids, b.attention_mask, b.prompt_len, b.visuals, b.owner)   # (G, L)
+        lp = policy(b.input_ids, b.attention_mask, b.prompt_len, b.visuals, b.owner)             # (G, L)
+        loss, _ = tgrpo.policy_loss(lp, None, ref_lp, adv, b.completion_mask, beta=0.04)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -150,8 +151,8 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    cfg = train.finish_config(train.Config(cache_dir=a.cache_dir), set())
-    model_dir, train_json = train.resolve_model_and_data(cfg, D.Dist())
+    paths = common.builtin(a.cache_dir, D.Dist())
+    model_dir, train_json = paths["tiny"], paths["train"]
     if a.image_size % 28:
         raise ValueError(f"--image-size must be a multiple of 28 (patch 14 x merge 2), got {a.image_size}")
     samples = upscaled([s for s in data.load_samples(train_json) if s.data_type == "image"], a.image_size,

@@ -5,7 +5,7 @@
 
 A diagnostic for the evidence run (bench/evidence.py): it separates "the features do not carry the answer" from
 "the decoder did not learn to read them". For every built-in clip it runs the tiny model's vision tower (frozen,
-centred: model.build_builtin_tiny) on the frames the tiny preset feeds it (8 frames at 84x84 -> grid (4, 6, 6),
+centred: tiny.build_builtin_tiny) on the frames the tiny preset feeds it (8 frames at 84x84 -> grid (4, 6, 6),
 36 merged tokens), pools the merged tokens of each temporal patch (mean and max over its 9 tokens, in time order:
 (4, 2 * 192) -> 1536 features), and fits one multinomial logistic regression per question family on the training
 split (standardised features, L2, full-batch Adam). It prints held-out accuracy on ordered frames and on
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -29,8 +28,8 @@ import data  # noqa: E402
 import rewards  # noqa: E402
 import rollout  # noqa: E402
 import synthetic  # noqa: E402
-import train  # noqa: E402
-from model import build_builtin_tiny, load_policy  # noqa: E402
+from model import load_policy  # noqa: E402
+from tiny import TINY_MEDIA, build_builtin_tiny  # noqa: E402
 
 
 @torch.no_grad()
@@ -102,7 +101,7 @@ def main():
     paths = synthetic.make_dataset(out / "data", n_train=a.n_train, n_test=a.n_test)   # idempotent
     hf, _ = load_policy(build_builtin_tiny(out / "tiny", paths["train_cot"]))
     hf.eval()
-    media = train.media_config(SimpleNamespace(**train.TINY_PRESET))
+    media = rollout.MediaConfig(**TINY_MEDIA)
     tr = [s for s in data.load_samples(paths["train"]) if s.data_type == "video"]
     te = [s for s in data.load_samples(paths["test"]) if s.data_type == "video"]
     Xtr, ftr, ytr = features(hf, tr, media, False, a.seed)

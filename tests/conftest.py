@@ -1,4 +1,7 @@
-"""Shared fixtures: the built-in dataset and the tiny model, built once per test session in a temp folder."""
+"""Shared fixtures and helpers: the built-in dataset and the tiny model (built once per test session in a temp
+folder), the narrow 7B-structured model, and launchers for entry points as subprocesses."""
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 def builtin(tmp_path_factory):
     """(paths of the built-in dataset, tiny model folder) in a session temp dir."""
     import synthetic
-    from model import build_builtin_tiny
+    from tiny import build_builtin_tiny
 
     root = tmp_path_factory.mktemp("cache")
     paths = synthetic.make_dataset(root / "data", n_train=48, n_test=16)
@@ -36,3 +39,14 @@ def narrow(tmp_path_factory):
         pytest.skip("../shared/qwen2_5_vl_7b_instruct absent (fresh clone)")
     import tiny
     return tiny.build_like_7b(tmp_path_factory.mktemp("narrow") / "model", "narrow", REAL)
+
+
+def run_train(args, tmp_path, nproc=1):
+    """train.py as a subprocess (1 process, or torchrun with `nproc` CPU ranks) with cache and output under
+    tmp_path; asserts exit code 0 and returns the CompletedProcess."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
+    cmd = launcher + [str(ROOT / "train.py"), "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "out")] + args
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc

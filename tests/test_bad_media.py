@@ -183,7 +183,6 @@ def test_prefetcher_quiet_after_a_few_skips_and_stops_on_a_wrong_media_root(buil
 
 # ---- train.py end to end -------------------------------------------------------------------------------
 def test_train_skips_and_counts_a_one_frame_clip(builtin, bad_files, tmp_path):
-    import train
     from distributed import Dist
     json_path, root = mixed_json(builtin, [bad_files["one_frame"]], tmp_path, 3, [2])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -196,7 +195,7 @@ def test_train_skips_and_counts_a_one_frame_clip(builtin, bad_files, tmp_path):
     # the bad entries the stream met while drawing the 2 x 2 good samples (one epoch holds all 4 entries)
     samples = data.load_samples(json_path, root)
     seed = json.loads((tmp_path / "out" / "config.json").read_text())["seed"]
-    stream, good, met = train.prompt_stream(samples, Dist(), seed), 0, 0
+    stream, good, met = loader.prompt_stream(samples, Dist(), seed), 0, 0
     while good < 4:
         s = next(stream)
         met += s.entry == 2

@@ -1,4 +1,4 @@
-"""Tests for data.py: schema validation, prompt text, frame/size rules (reference §5, §8), decoding,
+"""Tests for data.py: schema validation, prompt text, frame/size rules (notes §5, §8), decoding,
 resizing, and patchify against Hugging Face's Qwen2-VL image processor."""
 
 import json
@@ -44,7 +44,7 @@ def write_mp4(path, n_frames=60, fps=30, height=64, width=96):
     return str(path)
 
 
-# ---- frame and size rules (reference §8) ----------------------------------------------------------
+# ---- frame and size rules (notes §8) ----------------------------------------------------------
 def test_constants():
     assert data.VIDEO_MIN_PIXELS == data.VIDEO_MAX_PIXELS == 100352
     assert data.VIDEO_TOTAL_PIXELS == 90316800
@@ -84,7 +84,7 @@ def test_smart_nframes_examples_at_30fps(seconds, expected):
 
 def test_smart_nframes_rules():
     assert smart_nframes(491, 22.29) == 16
-    assert smart_nframes(491, 22.29, max_frames=64) == 44  # 22 s * 2 fps caps it (reference §10)
+    assert smart_nframes(491, 22.29, max_frames=64) == 44  # 22 s * 2 fps caps it (notes §10)
     assert smart_nframes(491, 22.29, nframes=32) == 32
     assert smart_nframes(100, 30.0, nframes=7) == 8 and smart_nframes(100, 30.0, nframes=5) == 4  # ties to even
     assert smart_nframes(3, 30.0) == 2  # max_frames = floor2(min(16, 3)) = 2
@@ -111,7 +111,7 @@ def test_effective_video_max_pixels():
     assert data.effective_video_max_pixels(20, 3136, 200704, 1_000_000) == 100000  # total_pixels / T * 2
 
 
-# ---- prompt text (reference §5) -------------------------------------------------------------------
+# ---- prompt text (notes §5) -------------------------------------------------------------------
 def make_sample(problem_type="multiple choice", options=("A. red", "B. blue")):
     return Sample(7, "What colour is the ball?", "video", problem_type, list(options), "<answer>B</answer>",
                   "./v.mp4", "/abs/v.mp4")

@@ -2,7 +2,7 @@
 
 tests/dist_check.py runs one step on a fixed global batch (a video and an image prompt, 2 completions each)
 as 1 process, and as 2 ranks under DDP and under FSDP2 (with activation checkpointing). Gradients must match
-in magnitude, not just direction (catches FSDP2-on-gloo summing instead of averaging, PyTorch #162338), and
+in magnitude, not just direction (catches FSDP2-on-gloo summing instead of averaging, pytorch/pytorch#162338), and
 the parameters after one AdamW step, gathered as the HF export state dict, must match too.
 """
 import os

@@ -1,4 +1,4 @@
-"""eval.py: scoring on hand-written outputs (reference §7), the report, resume, media validation, and an
+"""eval.py: scoring on hand-written outputs (notes §7), the report, resume, media validation, and an
 end-to-end run of the tiny model on the built-in test split as a subprocess (ordered and --shuffled)."""
 import json
 import os
@@ -87,7 +87,7 @@ def test_names_and_flags():
         ev.finish_config(ev.Config(model="m", data="a.json,b.json", name="x"), set())
     cfg = ev.finish_config(ev.Config(), {"max_frames"})          # tiny preset, but max_frames given explicitly
     assert (cfg.preset, cfg.max_frames, cfg.video_max_pixels, cfg.max_new_tokens) == ("tiny", 16, 84 * 84, 64)
-    cfg = ev.finish_config(ev.Config(model="m"), set())          # paper eval defaults (reference §4, §7)
+    cfg = ev.finish_config(ev.Config(model="m"), set())          # paper eval defaults (notes §4, §7)
     assert (cfg.max_frames, cfg.fps, cfg.video_min_pixels, cfg.video_max_pixels) == (16, 2.0, 100352, 200704)
     assert (cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_new_tokens) == (0.01, 0.001, 0, 1.0, 1024)
 
@@ -131,7 +131,7 @@ def bench(tmp_path_factory):
     """A 7-item benchmark file eval_mvbench.json from the built-in test split (static and temporal videos, one
     image), its media root and the tiny model."""
     import synthetic
-    from model import build_builtin_tiny
+    from tiny import build_builtin_tiny
     root = tmp_path_factory.mktemp("evalcache")
     paths = synthetic.make_dataset(root / "data", n_train=48, n_test=16)
     tiny = build_builtin_tiny(root / "tiny", paths["train_cot"])

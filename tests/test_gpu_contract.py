@@ -31,16 +31,16 @@ def run(cmd, tmp_path, ok=True):
 
 
 def arranged(src_json, out_json, kinds_per_rank, seed):
-    """Write a copy of the built-in JSON whose 2-rank prompt streams (train.prompt_stream with `seed`) draw media
+    """Write a copy of the built-in JSON whose 2-rank prompt streams (loader.prompt_stream with `seed`) draw media
     of the given kinds in order; returns the path. Media paths stay relative to the source's folder."""
     import distributed as D
-    import train
+    import loader
     pool = json.loads(src_json.read_text())
     by_kind = {k: [s for s in pool if s["data_type"] == k] for k in ("image", "video")}
     n = sum(len(k) for k in kinds_per_rank)
     slots = [None] * n
     for rank, kinds in enumerate(kinds_per_rank):
-        stream = train.prompt_stream(list(range(n)), D.Dist(rank=rank, world=2), seed)
+        stream = loader.prompt_stream(list(range(n)), D.Dist(rank=rank, world=2), seed)
         for kind in kinds:
             slots[next(stream)] = kind
     out_json.write_text(json.dumps([by_kind[k].pop() for k in slots]))

@@ -1,12 +1,12 @@
 """model.py: tokenizer and chat layout against the real Qwen2.5-VL files, prompt token counts, tiny model build."""
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
 import model as M
+import tiny as tiny_mod
 from conftest import SHARED
 
 REAL = SHARED / "qwen2_5_vl_7b_instruct"
@@ -91,10 +91,10 @@ def test_tiny_loads_with_plain_transformers(builtin):
 def test_build_tiny_is_idempotent(builtin):
     _, tiny = builtin
     before = (tiny / "model.safetensors").stat().st_mtime_ns
-    assert M.build_tiny(tiny, ["unused"]) == tiny
+    assert tiny_mod.build_tiny(tiny, ["unused"]) == tiny
     assert (tiny / "model.safetensors").stat().st_mtime_ns == before
     with pytest.raises(ValueError):
-        M.build_tokenizer([])
+        tiny_mod.build_tokenizer([])
 
 
 def test_logprobs_equal_hf_forward(builtin):
@@ -135,10 +135,9 @@ def test_builtin_tiny_visual_features_are_centred(builtin):
     preset's pixels): their mean feature is ~0 after saving and loading, while a fresh random tower's is ~1."""
     import data
     import rollout
-    import train
     paths, tiny = builtin
     hf, _ = M.load_policy(tiny)
-    media = train.media_config(SimpleNamespace(**train.TINY_PRESET))
+    media = rollout.MediaConfig(**tiny_mod.TINY_MEDIA)
     visuals = [rollout.to_visual(*rollout.load_visual(s, media), s.data_type, media)
                for s in data.load_samples(paths["train_cot"], require_process=True)[:64]]
     with torch.no_grad():
@@ -147,7 +146,7 @@ def test_builtin_tiny_visual_features_are_centred(builtin):
     torch.manual_seed(0)
     fresh = Qwen2_5_VLForConditionalGeneration(hf.config)
     bias = fresh.model.visual.merger.mlp[-1].bias.clone()
-    removed = M.center_visual_features(fresh, visuals[:8])
+    removed = tiny_mod.center_visual_features(fresh, visuals[:8])
     assert removed > 0.5                                                  # the common vector it took out
     with torch.no_grad():
         again = torch.cat([fresh.model.visual(v.pixel_values, grid_thw=v.grid_thw[None]).pooler_output for v in visuals[:8]])

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 import checkpoint
-from test_train import run_train
+from conftest import run_train
 
 TINY = ["--steps", "2", "--G", "2", "--max-completion-length", "6", "--prompts-per-rank", "1"]
 

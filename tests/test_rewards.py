@@ -64,7 +64,7 @@ def official_mra(pred, gt):
     return (rel < (1 - thresholds)).float().mean().item()
 
 
-# ---- Reference values (reference §2, §7) ----
+# ---- Reference values (notes §2, §7) ----
 
 def test_free_form_reference_values():
     assert acc(EGG_PRED, EGG_GT, "free-form") == pytest.approx(0.648366, abs=1e-6)

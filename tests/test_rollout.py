@@ -1,5 +1,4 @@
 """rollout.py: completion masks, explicit sampling filters, group generation mechanics and prepare()."""
-import json
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""Tests for tgrpo.py against hand-computed numbers (reference §1, §3, §9 of the Video-R1 notes)."""
+"""Tests for tgrpo.py against hand-computed numbers (notes §1, §3, §9 of the Video-R1 notes)."""
 
 import math
 
@@ -233,7 +233,7 @@ def test_on_policy_equals_unclipped_and_official_reinforce_form():
     for l, g in zip(losses[1:], grads[1:]):
         torch.testing.assert_close(l, losses[0])
         torch.testing.assert_close(g, grads[0])
-    # official (reference §3): gradient of -mean_i mean_t (A_i logp - β KL) with the ratio dropped
+    # official (notes §3): gradient of -mean_i mean_t (A_i logp - β KL) with the ratio dropped
     lp = logp.clone().requires_grad_()
     x = (ref - lp).clamp(-10, 10)
     per = -(adv[:, None] * lp - 0.04 * (x.exp() - x - 1)) * mask
@@ -310,7 +310,7 @@ def test_policy_loss_errors():
         policy_loss(logp, old, ref, adv, torch.zeros_like(mask))
 
 
-# ------------------------------------------------------------ issue #51: bonus vs normalisation
+# ------------------------------------------------------------ Video-R1#51: bonus vs normalisation
 
 
 def test_temporal_bonus_cancels_under_group_normalisation_issue_51():

@@ -1,6 +1,5 @@
 """train.py end to end as a subprocess: one process and torchrun with 2 CPU ranks (gloo), tiny budgets."""
 import json
-import os
 import subprocess
 import sys
 
@@ -8,20 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT
+from conftest import ROOT, run_train
 
 FIELDS = ["accuracy", "format", "temporal_bonus", "temporal_rate", "bonus_adv_shift", "p", "p_shuffled", "completion_length", "kl",
           "loss", "length_bonus", "clip_frac", "zero_std_groups", "reward", "skipped_media", "step"]
 QUICK = ["--steps", "2", "--G", "4", "--max-completion-length", "8", "--prompts-per-rank", "2"]
-
-
-def run_train(args, tmp_path, nproc=1):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
-    cmd = launcher + [str(ROOT / "train.py"), "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "out")] + args
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
@@ -67,11 +57,10 @@ def test_bonus_shift_of_advantages(placement, shift):
     """One video group, 2 of 4 ordered completions correct, all well formatted, shuffled 0/2 correct: the bonus
     triggers (0.5 >= 0.8 * 0). Added to the rewards [2.3, 2.3, 1, 1] it is cancelled by the group normalisation
     (same advantages as [2, 2, 1, 1]); added to the advantages it moves the two correct ones by α = 0.3, so the
-    logged mean |shift| is 0.15 (reference §1)."""
-    import train
-    cfg = train.finish_config(train.Config(bonus_placement=placement, len_control=False), set())
+    logged mean |shift| is 0.15 (notes §1)."""
+    import tgrpo
     acc, fmt = torch.tensor([[1.0, 1.0, 0.0, 0.0]]), torch.ones(1, 4)
     lengths, sacc, is_video = torch.full((1, 4), 10), torch.zeros(1, 2), torch.tensor([True])
-    total, adv, bonus, _, stats = train.compute_advantages(acc, fmt, lengths, sacc, is_video, cfg)
-    assert torch.allclose(bonus, torch.tensor([[0.3, 0.3, 0.0, 0.0]])) and stats["triggered"].tolist() == [True]
-    assert stats["bonus_adv_shift"].mean().item() == pytest.approx(shift, abs=1e-4)
+    a = tgrpo.advantages(acc, fmt, lengths, sacc, is_video, placement=placement, len_control=False)
+    assert torch.allclose(a.temporal, torch.tensor([[0.3, 0.3, 0.0, 0.0]])) and a.stats["triggered"].tolist() == [True]
+    assert a.stats["bonus_adv_shift"].mean().item() == pytest.approx(shift, abs=1e-4)

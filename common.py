@@ -1,0 +1,94 @@
+"""Glue shared by the entry points (train.py, sft.py, eval.py) and the bench scripts: the tiny presets, the built-in
+data and model, the frames/pixels of a config, seeding, stop ids, HF export. No entry point imports another;
+they all import this (nanochat's common.py pattern).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import distributed as D
+import rollout
+from model import save_hf
+from tiny import TINY_MEDIA, build_builtin_tiny
+
+# The tiny presets: what a randomly initialised few-million-parameter model on 2 CPU cores needs, applied to the
+# fields a user did not set when --model is empty (or with --preset tiny). The frames and pixels (TINY_MEDIA) are
+# the same in all three, so SFT, T-GRPO and eval see identical prompts. The vision tower stays frozen: trained from
+# scratch it collapses to one constant output within ~50 steps (the decoder then cannot tell clips apart), while
+# its centred random features (tiny.center_visual_features) are informative enough to learn to read.
+TRAIN_TINY = dict(steps=30, prompts_per_rank=2, max_completion_length=96, min_len=40, max_len=80, lr=2e-5,
+                  freeze_vision=True, **TINY_MEDIA)
+SFT_TINY = dict(epochs=6.0, batch_size=8, grad_accum=1, lr=2e-3, warmup_steps=20, freeze_vision=True,
+                eval_max_new_tokens=128, **TINY_MEDIA)
+EVAL_TINY = dict(max_new_tokens=64, **TINY_MEDIA)
+
+
+def apply_preset(cfg, explicit: set[str], tiny: dict, where: str) -> str:
+    """Resolve cfg.preset ("auto": tiny when --model is empty, else paper) and copy `tiny`'s values into the
+    fields not given on the command line when it is "tiny". Returns the preset. Raises ValueError naming
+    `where` (the entry point) for an unknown preset."""
+    preset = cfg.preset if cfg.preset != "auto" else ("tiny" if not cfg.model else "paper")
+    if preset not in ("tiny", "paper"):
+        raise ValueError(f"{where}: --preset must be auto, tiny or paper, got {cfg.preset!r}")
+    if preset == "tiny":
+        for k, v in tiny.items():
+            if k not in explicit:
+                setattr(cfg, k, v)
+    cfg.preset = preset
+    return preset
+
+
+def media_config(cfg) -> rollout.MediaConfig:
+    """The frame/pixel fields of a config as a rollout.MediaConfig (fields the config lacks keep their defaults)."""
+    names = {f.name for f in fields(rollout.MediaConfig)}
+    return rollout.MediaConfig(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
+
+
+def builtin(cache_dir: str | Path, d: D.Dist, model: bool = True) -> dict:
+    """The built-in dataset's paths (synthetic.make_dataset: "train", "train_cot", "test", ...), built on rank 0
+    under cache_dir/data while the other ranks wait; with `model`, also the tiny default in cache_dir/tiny
+    (returned as paths["tiny"]). Idempotent: a second call only returns the paths."""
+    import synthetic
+    cache = Path(cache_dir)
+    if d.main:
+        paths = synthetic.make_dataset(cache / "data")
+        if model:
+            build_builtin_tiny(cache / "tiny", paths["train_cot"])
+    D.barrier(d)
+    return synthetic.make_dataset(cache / "data") | ({"tiny": cache / "tiny"} if model else {})
+
+
+def resolve_model_and_data(cfg, d: D.Dist) -> tuple[str, str]:
+    """(policy folder, training JSON) of a config: cfg.model / cfg.data, or the tiny default and the built-in
+    training split when empty (built once under cfg.cache_dir)."""
+    if cfg.model and cfg.data:
+        return cfg.model, cfg.data
+    paths = builtin(cfg.cache_dir, d, model=not cfg.model)
+    return cfg.model or str(paths["tiny"]), cfg.data or str(paths["train"])
+
+
+def seed_everything(seed: int, d: D.Dist) -> None:
+    """Seed python, numpy and torch with seed + rank (a per-rank seed offset: ranks sample differently)."""
+    random.seed(seed + d.rank)
+    np.random.seed(seed + d.rank)
+    torch.manual_seed(seed + d.rank)
+
+
+def stop_ids(tokenizer) -> list[int]:
+    """The ids that end a completion: <|im_end|> and the pad token <|endoftext|> (rollout.py header)."""
+    return [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
+
+
+def export(module, tokenizer, folder: Path, d: D.Dist) -> Path:
+    """Write an HF folder (config, safetensors, tokenizer, chat template, processor settings) that plain
+    transformers loads, from the full state dict gathered on rank 0 (collective under FSDP; atomic)."""
+    state = D.full_state_dict(module)
+    if d.main:
+        save_hf(D.unwrap(module).hf, tokenizer, folder, state_dict=state)
+    D.barrier(d)
+    return folder

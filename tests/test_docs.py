@@ -1,0 +1,60 @@
+"""Every reference a reader follows resolves in a fresh clone: each "notes §N" (with its step, item or named
+sub-heading) cited in the code or the README exists in docs/video-r1.md, and each departure ID in a module header
+is a row of docs/departures.md."""
+import re
+
+from conftest import ROOT
+
+NOTES = (ROOT / "docs" / "video-r1.md").read_text()
+DEPARTURES = (ROOT / "docs" / "departures.md").read_text()
+SOURCES = sorted(list(ROOT.glob("*.py")) + list((ROOT / "bench").glob("*.py")) + list((ROOT / "tests").glob("*.py"))
+                 + [ROOT / "README.md", ROOT / "bench" / "README.md"])
+
+
+def sections() -> dict[str, str]:
+    """Section number -> its text (from its '## N.' heading to the next '## ')."""
+    parts = re.split(r"^## (\d+)\. ", NOTES, flags=re.M)
+    return {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
+
+
+def citations():
+    """(file, cited text after '§') for every 'notes §...' and every bare '§' continuing such a citation."""
+    for path in SOURCES:
+        text = path.read_text()
+        for m in re.finditer(r"notes (§[^;)\n]*)", text):
+            for part in re.findall(r"§(\d+(?: (?:step|steps|item|items) [\d–\-, ]+)?(?: \"[^\"]+\")?)", m.group(1)):
+                yield path.name, part
+
+
+def test_every_cited_section_step_item_and_heading_exists():
+    secs, missing, cites = sections(), [], list(citations())
+    assert len(cites) > 100                                                   # the scan finds the citations
+    for name, cite in cites:
+        m = re.match(r"(\d+)(?: (step|steps|item|items) ([\d–\-, ]+))?(?: \"([^\"]+)\")?", cite)
+        num, kind, numbers, heading = m.groups()
+        body = secs.get(num)
+        if body is None:
+            missing.append((name, cite)); continue
+        for k in re.findall(r"\d+", numbers or ""):
+            if not re.search(rf"^{k}\. \*\*", body, flags=re.M):
+                missing.append((name, cite))
+        if heading and f"### {heading}" not in body:
+            missing.append((name, cite))
+    assert not missing, missing
+
+
+def test_departure_ids_in_module_headers_are_rows_of_the_table():
+    rows = set(re.findall(r"^\| ([TRSLDE]\d+) \|", DEPARTURES, flags=re.M))
+    assert len(rows) > 40
+    listed = set()
+    for path in ROOT.glob("*.py"):
+        doc = path.read_text().split('"""')[1] if path.read_text().startswith('"""') else ""
+        listed |= set(re.findall(r"^  ([TRSLDE]\d+) ", doc, flags=re.M))
+    assert listed and listed <= rows, listed - rows
+
+
+def test_no_reference_outside_the_repository():
+    for path in [p for p in SOURCES if p.name != "test_docs.py"]:
+        text = path.read_text()
+        assert "/work/shared" not in text and "reference §" not in text, path.name
+        assert not re.search(r"(?<![\w/-])#\d{2,}\b", text), path.name    # issues as owner/repo#N or Video-R1#N
