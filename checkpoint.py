@@ -25,7 +25,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException   # a BaseException, not an Exception
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-import distributed as D
+import distributed
 from model import disk_message
 
 PATTERN = re.compile(r"^step_(\d{6,})$")
@@ -52,7 +52,7 @@ def set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
         g.set_state(state["generators"][k])
 
 
-def save(out_dir: str | Path, step: int, module, optimizer, d: D.Dist, extra: dict, keep: int = 2) -> Path:
+def save(out_dir: str | Path, step: int, module, optimizer, d: distributed.Dist, extra: dict, keep: int = 2) -> Path:
     """Save checkpoint `step` (the number of optimizer steps done) under out_dir/checkpoints; collective.
 
     module: the wrapped policy (DDP, FSDP2 or plain); its `.hf` is saved, under the same keys in every mode.
@@ -63,8 +63,8 @@ def save(out_dir: str | Path, step: int, module, optimizer, d: D.Dist, extra: di
     if d.main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    D.barrier(d)
-    model_sd, optim_sd = get_state_dict(D.unwrap(module), optimizer)
+    distributed.barrier(d)
+    model_sd, optim_sd = get_state_dict(distributed.unwrap(module), optimizer)
     try:
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
         torch.save({"step": step, **extra}, tmp / f"rank{d.rank:05d}.pt")
@@ -73,13 +73,13 @@ def save(out_dir: str | Path, step: int, module, optimizer, d: D.Dist, extra: di
         shutil.rmtree(tmp, ignore_errors=True)
         raise OSError(f"checkpoint {tmp}: writing failed on rank {d.rank}: {reason}; the previous "
                       f"checkpoint, if any, is intact") from e
-    D.barrier(d)
+    distributed.barrier(d)
     if d.main:
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in sorted(p for p in root.iterdir() if PATTERN.match(p.name))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    D.barrier(d)
+    distributed.barrier(d)
     return final
 
 
@@ -103,18 +103,39 @@ def resolve(resume: str, out_dir: str | Path) -> Path | None:
     return path
 
 
-def load(path: str | Path, module, optimizer, d: D.Dist) -> dict:
+def load(path: str | Path, module, optimizer, d: distributed.Dist) -> dict:
     """Load model and optimizer state in place (collective) and return this rank's extra dict (with "step").
     Raises FileNotFoundError when this rank's file is missing (a checkpoint from a smaller world size)."""
     path = Path(path)
     own = path / f"rank{d.rank:05d}.pt"
     if not own.exists():
         raise FileNotFoundError(f"{own}: checkpoint has no state for rank {d.rank} (saved with fewer ranks?)")
-    model_sd, optim_sd = get_state_dict(D.unwrap(module), optimizer)
+    model_sd, optim_sd = get_state_dict(distributed.unwrap(module), optimizer)
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(D.unwrap(module), optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(distributed.unwrap(module), optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return torch.load(own, weights_only=False)
+
+
+def resume(resume_flag: str, out_dir: str | Path, module, optimizer, d: distributed.Dist, run_config: dict,
+           allow_change: bool, generators: dict[str, torch.Generator], who: str) -> tuple[int, int]:
+    """What an entry point's --resume does: (step, stream position) to continue from, (0, 0) for a fresh run.
+
+    Loads the model and optimizer state in place (collective), restores the RNG states of `generators`, and
+    refuses a checkpoint written with other settings (`config_changes`) unless `allow_change`. Raises
+    ValueError naming `who` and listing the differences; FileNotFoundError as `resolve` and `load`."""
+    path = resolve(resume_flag, out_dir)
+    if path is None:
+        return 0, 0
+    extra = load(path, module, optimizer, d)
+    changes = config_changes(extra["config"], run_config) if "config" in extra else []
+    if changes and not allow_change:
+        raise ValueError(f"{who}: {path} was written with other settings: {'; '.join(changes)}. "
+                         f"Resume with the same settings, or pass --allow-config-change true")
+    set_rng_state(extra["rng"], generators)
+    if d.main:
+        print(f"resumed from {path} at step {extra['step']}" + (f" (changed: {'; '.join(changes)})" if changes else ""))
+    return extra["step"], extra["position"]
 
 
 # Settings that may differ between a checkpoint and the run resuming it: how long to run, how often to save, and

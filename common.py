@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import distributed as D
+import distributed
 import rollout
 from model import save_hf
 from tiny import TINY_MEDIA, build_builtin_tiny
@@ -49,7 +49,7 @@ def media_config(cfg) -> rollout.MediaConfig:
     return rollout.MediaConfig(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
 
 
-def builtin(cache_dir: str | Path, d: D.Dist, model: bool = True) -> dict:
+def builtin(cache_dir: str | Path, d: distributed.Dist, model: bool = True) -> dict:
     """The built-in dataset's paths (synthetic.make_dataset: "train", "train_cot", "test", ...), built on rank 0
     under cache_dir/data while the other ranks wait; with `model`, also the tiny default in cache_dir/tiny
     (returned as paths["tiny"]). Idempotent: a second call only returns the paths."""
@@ -59,11 +59,11 @@ def builtin(cache_dir: str | Path, d: D.Dist, model: bool = True) -> dict:
         paths = synthetic.make_dataset(cache / "data")
         if model:
             build_builtin_tiny(cache / "tiny", paths["train_cot"])
-    D.barrier(d)
+    distributed.barrier(d)
     return synthetic.make_dataset(cache / "data") | ({"tiny": cache / "tiny"} if model else {})
 
 
-def resolve_model_and_data(cfg, d: D.Dist) -> tuple[str, str]:
+def resolve_model_and_data(cfg, d: distributed.Dist) -> tuple[str, str]:
     """(policy folder, training JSON) of a config: cfg.model / cfg.data, or the tiny default and the built-in
     training split when empty (built once under cfg.cache_dir)."""
     if cfg.model and cfg.data:
@@ -72,7 +72,7 @@ def resolve_model_and_data(cfg, d: D.Dist) -> tuple[str, str]:
     return cfg.model or str(paths["tiny"]), cfg.data or str(paths["train"])
 
 
-def seed_everything(seed: int, d: D.Dist) -> None:
+def seed_everything(seed: int, d: distributed.Dist) -> None:
     """Seed python, numpy and torch with seed + rank (a per-rank seed offset: ranks sample differently)."""
     random.seed(seed + d.rank)
     np.random.seed(seed + d.rank)
@@ -84,11 +84,26 @@ def stop_ids(tokenizer) -> list[int]:
     return [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
 
 
-def export(module, tokenizer, folder: Path, d: D.Dist) -> Path:
+def clip_and_step(module, optimizer, max_grad_norm: float, loss: float, d: distributed.Dist, where: str) -> float:
+    """Clip the gradients to `max_grad_norm`, then take the optimizer step and free the gradients -- unless the
+    loss (this rank's sum, float) or the gradient norm is NaN or inf on any rank: then raise FloatingPointError
+    on every rank alike, naming `where` (e.g. "train.py: step 12") and the term, before the step and so before
+    any checkpoint could hold the damage. Returns the gradient norm before clipping (float, same on all ranks)."""
+    grad_norm = distributed.clip_grad_norm(module, max_grad_norm)
+    bad = distributed.nonfinite({"loss": loss, "grad_norm": grad_norm}, d)              # the same answer on every rank
+    if bad:
+        raise FloatingPointError(f"{where}: non-finite {' and '.join(bad)} (loss {loss}, grad_norm {grad_norm}); "
+                                 f"stopped before the optimizer step and before any checkpoint of this step")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)     # free the gradients before the next rollout (plan.py counts it so)
+    return grad_norm
+
+
+def export(module, tokenizer, folder: Path, d: distributed.Dist) -> Path:
     """Write an HF folder (config, safetensors, tokenizer, chat template, processor settings) that plain
     transformers loads, from the full state dict gathered on rank 0 (collective under FSDP; atomic)."""
-    state = D.full_state_dict(module)
+    state = distributed.full_state_dict(module)
     if d.main:
-        save_hf(D.unwrap(module).hf, tokenizer, folder, state_dict=state)
-    D.barrier(d)
+        save_hf(distributed.unwrap(module).hf, tokenizer, folder, state_dict=state)
+    distributed.barrier(d)
     return folder

@@ -53,7 +53,7 @@ from tqdm import tqdm
 import common
 import config as cfglib
 import data
-import distributed as D
+import distributed
 import rollout
 from report import report, score_item, settings_line, summarize
 
@@ -115,7 +115,7 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
     checks = {"template": cfg.template in ("train", "eval"),
               "rope_time": cfg.rope_time in ("sample", "official"),
               "batch_size": cfg.batch_size >= 1, "max_new_tokens": cfg.max_new_tokens >= 1,
-              "temperature": cfg.temperature > 0, "precision": cfg.precision in D.PRECISIONS, "top_p": 0 < cfg.top_p <= 1, "nframes": cfg.nframes >= 0,
+              "temperature": cfg.temperature > 0, "precision": cfg.precision in distributed.PRECISIONS, "top_p": 0 < cfg.top_p <= 1, "nframes": cfg.nframes >= 0,
               "name": not cfg.name or len([p for p in cfg.data.split(",") if p]) <= 1}
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
@@ -217,7 +217,7 @@ def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, 
             done = open_records(records_path, header)
         except ValueError as e:  # raised on every rank, not only rank 0 (the others would wait forever)
             error = str(e)
-    done_idx, error = D.broadcast_object((sorted(done), error), d)
+    done_idx, error = distributed.broadcast_object((sorted(done), error), d)
     if error:
         raise ValueError(error)
     done_idx = set(done_idx)
@@ -232,7 +232,7 @@ def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, 
     for b in tqdm(range(n_batches), desc=stem, disable=not d.main):
         recs, failed = run_batch(shard[b * cfg.batch_size:(b + 1) * cfg.batch_size], samples, shuffled, hf,
                                  tokenizer, media, sp, gen, cfg)
-        parts = D.all_gather_object((recs, failed), d)  # every rank takes part in every batch (equal n_batches)
+        parts = distributed.all_gather_object((recs, failed), d)  # every rank takes part in every batch (equal n_batches)
         if d.main:
             for recs_r, failed_r in parts:
                 for r in recs_r:
@@ -265,7 +265,7 @@ def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, 
 
 
 # ---- entry point ----------------------------------------------------------------------------------
-def resolve(cfg: Config, d: D.Dist) -> tuple[str, list[tuple[str, str]]]:
+def resolve(cfg: Config, d: distributed.Dist) -> tuple[str, list[tuple[str, str]]]:
     """The policy folder and [(benchmark name, JSON path)]; builds the tiny model and the built-in data (test
     split, benchmark 'synthetic') when --model or --data is empty (common.builtin)."""
     if cfg.model and cfg.data:
@@ -289,9 +289,9 @@ def main(argv=None) -> list[dict] | None:
     argv = merge_data_flags(list(sys.argv[1:] if argv is None else argv))
     cfg, explicit = cfglib.parse(Config, argv, description=__doc__)
     cfg = finish_config(cfg, explicit)
-    d = D.init_distributed(cfg.device, cfg.dist_backend)
-    precision, dtype, _ = D.resolve_precision(cfg.precision, d, cuda_default="bf16")   # inference: bf16 weights
-    amp = D.autocast(d, precision)
+    d = distributed.init_distributed(cfg.device, cfg.dist_backend)
+    precision, dtype, _ = distributed.resolve_precision(cfg.precision, d, cuda_default="bf16")   # inference: bf16 weights
+    amp = distributed.autocast(d, precision)
     model_dir, benches = resolve(cfg, d)
     from model import load_policy
     hf, tokenizer = load_policy(model_dir, dtype, d.device)
@@ -312,7 +312,7 @@ def main(argv=None) -> list[dict] | None:
             samples = samples[:cfg.limit]
         # validation pass: every item's media, sharded over ranks
         mine = [(i, check_media(samples[i])) for i in range(d.rank, len(samples), d.world)]
-        problems = {i: r for part in D.all_gather_object(mine, d) for i, r in part if r}
+        problems = {i: r for part in distributed.all_gather_object(mine, d) for i, r in part if r}
         if d.main:
             n_missing = sum(r.startswith("missing") for r in problems.values())
             print(f"validation {name}: {len(samples) - len(problems)} ok, {n_missing} missing, "
@@ -336,7 +336,7 @@ def main(argv=None) -> list[dict] | None:
         table = report(results)
         (out_dir / "results.md").write_text(table)
         print("\n" + table + f"\nwritten to {out_dir}")
-    D.cleanup(d)
+    distributed.cleanup(d)
     return results if d.main else None
 
 

@@ -45,7 +45,7 @@ import checkpoint
 import common
 import config as cfglib
 import data
-import distributed as D
+import distributed
 import rewards
 import rollout
 import loader
@@ -117,7 +117,7 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
     checks = {"loss_on": cfg.loss_on in LOSS_ON, "system_prompt": cfg.system_prompt in SYSTEM_PROMPTS,
               "batch_size": cfg.batch_size >= 1, "grad_accum": cfg.grad_accum >= 1,
               "epochs": cfg.epochs > 0 or cfg.steps > 0, "rope_time": cfg.rope_time in ("sample", "official"),
-              "precision": cfg.precision in D.PRECISIONS, "eval_batch": cfg.eval_batch >= 1,
+              "precision": cfg.precision in distributed.PRECISIONS, "eval_batch": cfg.eval_batch >= 1,
               "fsdp_vision_unit": cfg.fsdp_vision_unit in ("block", "tower")}
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
@@ -233,15 +233,15 @@ def prepare_example(sample, tokenizer, media, cfg) -> Example:
 
 
 @torch.no_grad()
-def evaluate(module, tokenizer, examples: list[Example], cfg, d: D.Dist, gen: torch.Generator, amp) -> dict:
+def evaluate(module, tokenizer, examples: list[Example], cfg, d: distributed.Dist, gen: torch.Generator, amp) -> dict:
     """One sampled completion per held-out prompt (temperature 1.0, top-p 0.95, like the T-GRPO rollout);
     returns {"eval_format": rate of format_reward == 1, "eval_accuracy": mean accuracy_reward,
     "eval_length": mean completion tokens, "eval_n": prompts}, summed over ranks."""
     sampling = rollout.SamplingParams(1.0, 0.95, 50, 1.0, cfg.eval_max_new_tokens)    # as the T-GRPO rollout
     stop_ids = common.stop_ids(tokenizer)
     sums = torch.zeros(4, dtype=torch.float64)                                   # format, accuracy, length, n
-    hf_train = D.unwrap(module).hf.training
-    with D.full_weights(module) as hf, amp():
+    hf_train = distributed.unwrap(module).hf.training
+    with distributed.full_weights(module) as hf, amp():
         hf.eval()
         for s in range(0, len(examples), cfg.eval_batch):
             chunk = examples[s:s + cfg.eval_batch]
@@ -253,13 +253,13 @@ def evaluate(module, tokenizer, examples: list[Example], cfg, d: D.Dist, gen: to
                                       rewards.accuracy_reward(text, e.sample.solution, e.sample.problem_type),
                                       float(c.lengths[0]), 1.0], dtype=torch.float64)
         hf.train(hf_train)
-    sums = D.all_reduce_sum(sums, d)
+    sums = distributed.all_reduce_sum(sums, d)
     n = max(1.0, sums[3].item())
     return {"eval_format": sums[0].item() / n, "eval_accuracy": sums[1].item() / n, "eval_length": sums[2].item() / n,
             "eval_n": int(sums[3].item())}
 
 
-def resolve_paths(cfg, d: D.Dist) -> tuple[str, str, str]:
+def resolve_paths(cfg, d: distributed.Dist) -> tuple[str, str, str]:
     """(model folder, training JSON, eval JSON or ""): the built-in data (COT split for training, test split for
     evaluation) and the tiny model are built on rank 0 when not given (common.builtin)."""
     if cfg.model and cfg.data:
@@ -272,15 +272,15 @@ def resolve_paths(cfg, d: D.Dist) -> tuple[str, str, str]:
 def main(argv=None):
     cfg, explicit = cfglib.parse(Config, argv, description=__doc__)
     cfg = finish_config(cfg, explicit)
-    d = D.init_distributed(cfg.device, cfg.dist_backend)
+    d = distributed.init_distributed(cfg.device, cfg.dist_backend)
     common.seed_everything(cfg.seed, d)
-    precision, dtype, compute = D.resolve_precision(cfg.precision, d)       # S7
+    precision, dtype, compute = distributed.resolve_precision(cfg.precision, d)       # S7
     model_dir, train_json, eval_json = resolve_paths(cfg, d)
     hf, tokenizer = load_policy(model_dir, dtype, d.device)
     hf.model.visual.requires_grad_(not cfg.freeze_vision)                   # before wrapping (DDP/FSDP see it)
-    module = D.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), d, cfg.dist, cfg.activation_checkpointing, compute,
+    module = distributed.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), d, cfg.dist, cfg.activation_checkpointing, compute,
                     cfg.fsdp_vision_unit)
-    amp = D.autocast(d, precision, module)                                  # FSDP casts through its own policy
+    amp = distributed.autocast(d, precision, module)                                  # FSDP casts through its own policy
     opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     samples = data.load_samples(train_json, cfg.media_root or None, require_process=True)
     media = common.media_config(cfg)
@@ -299,18 +299,8 @@ def main(argv=None):
     out_dir = Path(cfg.out_dir)
     run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "eval_data": eval_json, "world_size": d.world,
                                 "total_steps": total}
-    start, position = 0, 0
-    resume_from = checkpoint.resolve(cfg.resume, out_dir)
-    if resume_from is not None:                                             # as train.py
-        extra = checkpoint.load(resume_from, module, opt, d)
-        changes = checkpoint.config_changes(extra["config"], run_config)
-        if changes and not cfg.allow_config_change:
-            raise ValueError(f"sft.py: {resume_from} was written with other settings: {'; '.join(changes)}. "
-                             f"Resume with the same settings, or pass --allow-config-change true")
-        checkpoint.set_rng_state(extra["rng"], {"eval": gen})
-        position, start = extra["position"], extra["step"]
-        if d.main:
-            print(f"resumed from {resume_from} at step {start}" + (f" (changed: {'; '.join(changes)})" if changes else ""))
+    start, position = checkpoint.resume(cfg.resume, out_dir, module, opt, d, run_config, cfg.allow_config_change,
+                                        {"eval": gen}, "sft.py")
     # the next samples are decoded while the current step runs; undecodable media are skipped and counted
     prefetch = loader.Prefetcher(loader.prompt_stream(samples, d, cfg.seed, position), tokenizer, media, shuffled=False,
                                  seed=cfg.seed, rank=d.rank, workers=cfg.data_workers, start_index=position,
@@ -321,7 +311,7 @@ def main(argv=None):
         print(f"model {model_dir} | data {train_json} ({len(samples)} samples) | {total} steps of {per_step} samples "
               f"| {d.world} rank(s) on {d.device}\nframes/pixels: {asdict(media)}")
     metrics = checkpoint.open_metrics(out_dir / "metrics.jsonl", start) if d.main else None   # one row per step
-    preemption, preempted = D.Preemption(), False
+    preemption, preempted = distributed.Preemption(), False
 
     def log(row):
         if d.main:
@@ -349,28 +339,21 @@ def main(argv=None):
         if step == start:
             check_against_template(micro[0][0], tokenizer, SYSTEM_PROMPTS[cfg.system_prompt])
         local_tok = sum(int(e.labels.sum()) for exs in micro for e in exs)
-        n_tok = float(D.all_reduce_sum(torch.tensor(float(local_tok)), d))     # trained tokens, all ranks
+        n_tok = float(distributed.all_reduce_sum(torch.tensor(float(local_tok)), d))     # trained tokens, all ranks
         lr = lr_at(step, total, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
         nll_sum = 0.0
         for i, exs in enumerate(micro):
-            with D.no_sync(module, skip=i < len(micro) - 1), amp():
+            with distributed.no_sync(module, skip=i < len(micro) - 1), amp():
                 lp, lab = batch_logprobs(module, exs, pad_id, d.device, cfg.loss_on)  # (B, L), (B, L)
                 nll = -(lp * lab).sum()
                 # DDP averages gradients over ranks, hence * world: the step's gradient is that of the mean
                 # cross-entropy over all n_tok trained tokens (S4).
                 (nll * d.world / max(n_tok, 1.0)).backward()
             nll_sum += nll.item()
-        grad_norm = D.clip_grad_norm(module, cfg.max_grad_norm)
-        bad = D.nonfinite({"loss": nll_sum, "grad_norm": grad_norm}, d)         # the same answer on every rank
-        if bad:
-            raise FloatingPointError(f"sft.py: step {step + 1}: non-finite {' and '.join(bad)} (loss sum {nll_sum}, "
-                                     f"grad_norm {grad_norm}); stopped before the optimizer step and before any "
-                                     f"save of this step")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        summed = D.all_reduce_sum(torch.tensor([nll_sum, float(skipped)], dtype=torch.float64), d)
+        grad_norm = common.clip_and_step(module, opt, cfg.max_grad_norm, nll_sum, d, f"sft.py: step {step + 1}")
+        summed = distributed.all_reduce_sum(torch.tensor([nll_sum, float(skipped)], dtype=torch.float64), d)
         row = {"step": step + 1, "epoch": (step + 1) * per_step / len(samples), "loss": summed[0].item() / max(n_tok, 1.0),
                "lr": lr, "tokens": int(n_tok), "grad_norm": float(grad_norm), "skipped_media": int(summed[1].item()),
                "step_time": time.time() - t0}
@@ -394,7 +377,7 @@ def main(argv=None):
             print(f"SIGTERM: stopped after step {step + 1}; resumable checkpoint {saved}; rerun the same command "
                   f"with --resume auto to continue", flush=True)
         module = None
-        D.cleanup(d)
+        distributed.cleanup(d)
         sys.exit(128 + signal.SIGTERM)                                         # 143, the shell's code for SIGTERM
     run_eval(total)
     final = common.export(module, tokenizer, out_dir / "final", d)
@@ -402,7 +385,7 @@ def main(argv=None):
         metrics.close()
         print(f"done: metrics {out_dir / 'metrics.jsonl'} | checkpoint {final}")
     module = None           # drop the wrapper before the process group: a DDP reducer outliving it can hang gloo
-    D.cleanup(d)
+    distributed.cleanup(d)
 
 
 if __name__ == "__main__":

@@ -242,7 +242,7 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, ref_l
                 advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float = 0.2,
                 clip_eps_high: float | None = None, beta: float = 0.04, loss_agg: str = "seq-mean-token-mean",
                 *, num_sequences: int | None = None, num_tokens: float | None = None,
-                max_len: int | None = None) -> tuple[torch.Tensor, dict]:
+                norm_len: int | None = None) -> tuple[torch.Tensor, dict]:
     """Clipped surrogate with k3 KL penalty, aggregated over completion tokens (paper Eq. 4, notes §3).
 
     Per token: ρ = exp(logπ − logπ_old); s = min(ρ·A, clip(ρ, 1 − ε, 1 + ε_high)·A);
@@ -251,10 +251,10 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, ref_l
     Aggregation (m = mask, n_i = Σ_t m_it, the completion length of sequence i):
       "seq-mean-token-mean" (official, default): Σ_i (Σ_t m·loss / n_i) / num_sequences
       "token-mean" (DAPO):                        Σ_i Σ_t m·loss / num_tokens
-      "seq-mean-token-sum-norm" (Dr. GRPO):       Σ_i Σ_t m·loss / (num_sequences · max_len)
+      "seq-mean-token-sum-norm" (Dr. GRPO):       Σ_i Σ_t m·loss / (num_sequences · norm_len)
     The normalisers default to this call's values (N, Σ m, L). To split a batch into micro-batches whose
     summed losses (and gradients) equal the whole-batch loss, pass the whole batch's values to every call:
-    num_sequences = total sequences, num_tokens = total masked tokens, max_len = one fixed width (e.g. the
+    num_sequences = total sequences, num_tokens = total masked tokens, norm_len = one fixed width (e.g. the
     max completion length, which is what Dr. GRPO prescribes anyway).
 
     Args:
@@ -268,7 +268,7 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, ref_l
         clip_eps: ε, lower clip. clip_eps_high: ε_high (DAPO clip-higher); None means ε.
         beta: β, KL weight (0.04). beta == 0 ignores the reference entirely.
         loss_agg: one of LOSS_AGGS.
-        num_sequences, num_tokens, max_len: keyword-only normalisers for micro-batching (see above).
+        num_sequences, num_tokens, norm_len: keyword-only normalisers for micro-batching (see above).
     Returns:
         (loss, metrics): loss is a 0-d tensor; metrics holds detached 0-d tensors over this call's
         sequences only (call .item() to log; average over micro-batches yourself):
@@ -329,9 +329,9 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, ref_l
             raise ValueError(f"tgrpo.py: num_tokens must be positive, got {num_tokens}")
         loss = masked_sum.sum() / T  # ()
     else:
-        width = L if max_len is None else max_len
+        width = L if norm_len is None else norm_len
         if width <= 0:
-            raise ValueError(f"tgrpo.py: max_len must be positive, got {max_len}")
+            raise ValueError(f"tgrpo.py: norm_len must be positive, got {norm_len}")
         loss = masked_sum.sum() / (S * width)  # ()
 
     with torch.no_grad():

@@ -16,7 +16,7 @@ is refused, listing the differences, unless `--allow-config-change true`.
 
 One step (notes §1), as main's loop reads:
   prefetch.take (prompts_per_rank samples, decoded in the background by loader.py) -> rollout.rollout (a Group
-  per prompt: G completions on ordered frames and, for videos, G̃ on shuffled frames) -> score (rule rewards,
+  per prompt: G completions on ordered frames and, for videos, G̃ on shuffled frames) -> rule_rewards (
   rewards.py) -> advantages (temporal bonus, length bonus, R_i, group normalisation: tgrpo.advantages) ->
   train_step (rollout.policy_batch of the ordered completions -> log-probs of policy and frozen reference,
   model.py -> clipped surrogate with k3 KL, tgrpo.policy_loss -> backward, clip, AdamW step) -> log -> save.
@@ -48,7 +48,7 @@ import checkpoint
 import common
 import config as cfglib
 import data
-import distributed as D
+import distributed
 import loader
 import rewards
 import rollout
@@ -142,14 +142,14 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
               "loss_agg": cfg.loss_agg in tgrpo.LOSS_AGGS, "adv_scale": cfg.adv_scale in ("group", "none"),
               "num_iterations": cfg.num_iterations >= 1, "rope_time": cfg.rope_time in ("sample", "official"),
               "lr_schedule": cfg.lr_schedule in ("constant", "cosine"), "prompts_per_rank": cfg.prompts_per_rank >= 1,
-              "precision": cfg.precision in D.PRECISIONS, "fsdp_vision_unit": cfg.fsdp_vision_unit in ("block", "tower")}
+              "precision": cfg.precision in distributed.PRECISIONS, "fsdp_vision_unit": cfg.fsdp_vision_unit in ("block", "tower")}
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
         raise ValueError(f"invalid config value for {bad[0]}: {getattr(cfg, bad[0])!r}")
     return cfg
 
 
-def score(groups: list[rollout.Group], tokenizer, G_shuffled: int):
+def rule_rewards(groups: list[rollout.Group], tokenizer, G_shuffled: int):
     """Rule rewards of every completion (rewards.py), decoding with skip_special_tokens like the official code
     (notes §2 "Inputs"). Returns accuracy (B, G), format (B, G), lengths (B, G) long (tokens incl. the
     stop token), shuffled accuracy (B, G̃) and is_video (B,) bool (the groups that have a shuffled set)."""
@@ -187,7 +187,7 @@ def lr_at(step: int, cfg) -> float:
 
 
 def train_step(policy, reference, opt, batch: rollout.PolicyBatch, adv: torch.Tensor, step: int, cfg,
-               d: D.Dist, amp) -> dict:
+               d: distributed.Dist, amp) -> dict:
     """One T-GRPO update on one rollout (picotron's train_step): reference log-probs, then `num_iterations`
     passes of forward, clipped surrogate with KL (tgrpo.policy_loss), backward over micro-batches of
     `groups_per_micro_batch` groups, gradient clip, non-finite guard, AdamW step.
@@ -200,8 +200,8 @@ def train_step(policy, reference, opt, batch: rollout.PolicyBatch, adv: torch.Te
     """
     N, rows = batch.input_ids.shape[0], cfg.G * cfg.groups_per_micro_batch
     P, vis, owner = batch.prompt_len, batch.visuals, batch.owner
-    n_seq = float(D.all_reduce_sum(torch.tensor(float(N)), d)) / d.world
-    n_tok = float(D.all_reduce_sum(batch.completion_mask.sum().cpu(), d)) / d.world
+    n_seq = float(distributed.all_reduce_sum(torch.tensor(float(N)), d)) / d.world
+    n_tok = float(distributed.all_reduce_sum(batch.completion_mask.sum().cpu(), d)) / d.world
     micro = [slice(s, s + rows) for s in range(0, N, rows)]
     ref_lp = None
     if reference is not None:
@@ -214,30 +214,23 @@ def train_step(policy, reference, opt, batch: rollout.PolicyBatch, adv: torch.Te
         opt.zero_grad(set_to_none=True)
         loss_sum, logs = 0.0, []
         for m in micro:
-            with D.no_sync(policy, skip=m.stop < N):                          # reduce gradients once, at the end
+            with distributed.no_sync(policy, skip=m.stop < N):                          # reduce gradients once, at the end
                 with amp():
                     lp = policy(batch.input_ids[m], batch.attention_mask[m], P, vis, owner[m])   # (n, L) float32
                 loss, terms = tgrpo.policy_loss(
                     lp, batch.old_logprobs[m] if cfg.num_iterations > 1 else None,
                     None if ref_lp is None else ref_lp[m], adv[m], batch.completion_mask[m], cfg.clip_eps,
                     None if cfg.clip_eps_high < 0 else cfg.clip_eps_high, cfg.beta, cfg.loss_agg,
-                    num_sequences=n_seq, num_tokens=n_tok, max_len=cfg.max_completion_length)
+                    num_sequences=n_seq, num_tokens=n_tok, norm_len=cfg.max_completion_length)
                 loss.backward()
             loss_sum += loss.item()
             logs.append({k: float(v) * lp.shape[0] for k, v in terms.items()})
-        grad_norm = D.clip_grad_norm(policy, cfg.max_grad_norm)
-        bad = D.nonfinite({"loss": loss_sum, "grad_norm": grad_norm}, d)        # the same answer on every rank
-        if bad:
-            raise FloatingPointError(f"train.py: step {step + 1}: non-finite {' and '.join(bad)} (loss {loss_sum}, "
-                                     f"grad_norm {grad_norm}); stopped before the optimizer step and before "
-                                     f"any checkpoint of this step")
-        opt.step()
-        opt.zero_grad(set_to_none=True)   # free the gradients before the next rollout (plan.py counts it so)
+        grad_norm = common.clip_and_step(policy, opt, cfg.max_grad_norm, loss_sum, d, f"train.py: step {step + 1}")
     return {"loss": loss_sum, "grad_norm": grad_norm, **{k: sum(l[k] for l in logs) / N for k in logs[0]}}
 
 
 def step_metrics(step: int, a: tgrpo.Advantages, acc, fmt, lengths, is_video, update: dict, skipped: int, cfg,
-                 d: D.Dist, t0: float) -> dict:
+                 d: distributed.Dist, t0: float) -> dict:
     """One metrics row (notes §3 "Logged metrics"), averaged over ranks. Video-only terms (p, p̃, trigger
     rate, bonus shift) are summed over the videos of every rank, with the same keys on every rank (even one
     holding only images) so that the all-reduce matches across ranks."""
@@ -252,12 +245,12 @@ def step_metrics(step: int, a: tgrpo.Advantages, acc, fmt, lengths, is_video, up
              "temporal_rate": ts["triggered"][v].float().sum().item(),
              "bonus_adv_shift": ts["bonus_adv_shift"][v].mean(1).sum().item()} if ts is not None else {}
     keys, vkeys = sorted(local), sorted(video)
-    summed = D.all_reduce_sum(torch.tensor([local[k] for k in keys] + [1.0] + [video[k] for k in vkeys]
+    summed = distributed.all_reduce_sum(torch.tensor([local[k] for k in keys] + [1.0] + [video[k] for k in vkeys]
                                            + [float(v.sum())], dtype=torch.float64), d)
     row = {k: summed[i].item() / summed[len(keys)].item() for i, k in enumerate(keys)}
     if vkeys and summed[-1].item() > 0:
         row |= {k: summed[len(keys) + 1 + i].item() / summed[-1].item() for i, k in enumerate(vkeys)}
-    row["skipped_media"] = int(D.all_reduce_sum(torch.tensor(skipped), d))
+    row["skipped_media"] = int(distributed.all_reduce_sum(torch.tensor(skipped), d))
     return row | {"step": step + 1, "lr": lr_at(step, cfg), "grad_norm": float(update["grad_norm"]),
                   "step_time": time.time() - t0}
 
@@ -269,20 +262,20 @@ def main(argv=None):
         import plan
         print(plan.report(cfg))
         return
-    d = D.init_distributed(cfg.device, cfg.dist_backend)
+    d = distributed.init_distributed(cfg.device, cfg.dist_backend)
     common.seed_everything(cfg.seed, d)
-    mode = D.resolve_mode(cfg.dist, d)
-    precision, dtype, compute = D.resolve_precision(cfg.precision, d)       # L5
+    mode = distributed.resolve_mode(cfg.dist, d)
+    precision, dtype, compute = distributed.resolve_precision(cfg.precision, d)       # L5
     model_dir, train_json = common.resolve_model_and_data(cfg, d)
     hf, tokenizer = load_policy(model_dir, dtype, d.device)
     hf.model.visual.requires_grad_(not cfg.freeze_vision)                   # before wrapping (DDP/FSDP see it)
-    policy = D.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), d, mode, cfg.activation_checkpointing, compute,
+    policy = distributed.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), d, mode, cfg.activation_checkpointing, compute,
                     cfg.fsdp_vision_unit)
-    amp = D.autocast(d, precision, policy)
+    amp = distributed.autocast(d, precision, policy)
     reference = None
     if cfg.beta > 0:   # frozen, no optimizer; sharded like the policy under FSDP (no_grad forward only)
         ref_hf, _ = load_policy(model_dir, dtype, d.device)
-        reference = D.wrap(PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk), d, mode,
+        reference = distributed.wrap(PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk), d, mode,
                            param_dtype=compute, vision_unit=cfg.fsdp_vision_unit)
     opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     samples = data.load_samples(train_json, cfg.media_root or None)
@@ -292,18 +285,8 @@ def main(argv=None):
     pad_id, stops = tokenizer.pad_token_id, common.stop_ids(tokenizer)
     out_dir = Path(cfg.out_dir)
     run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "world_size": d.world}
-    start, position = 0, 0
-    resume_from = checkpoint.resolve(cfg.resume, out_dir)
-    if resume_from is not None:
-        extra = checkpoint.load(resume_from, policy, opt, d)
-        changes = checkpoint.config_changes(extra["config"], run_config) if "config" in extra else []
-        if changes and not cfg.allow_config_change:
-            raise ValueError(f"train.py: {resume_from} was written with other settings: {'; '.join(changes)}. "
-                             f"Resume with the same settings, or pass --allow-config-change true")
-        checkpoint.set_rng_state(extra["rng"], {"sampling": gen})
-        position, start = extra["position"], extra["step"]
-        if d.main:
-            print(f"resumed from {resume_from} at step {start}" + (f" (changed: {'; '.join(changes)})" if changes else ""))
+    start, position = checkpoint.resume(cfg.resume, out_dir, policy, opt, d, run_config, cfg.allow_config_change,
+                                        {"sampling": gen}, "train.py")
     # Decoding and patchifying of the next samples overlaps the current step (loader.py); each sample's
     # shuffled-frame permutation is seeded by (seed, rank, position), so results do not depend on threads.
     prefetch = loader.Prefetcher(loader.prompt_stream(samples, d, cfg.seed, position), tokenizer, media,
@@ -316,16 +299,16 @@ def main(argv=None):
         print(f"policy {model_dir} | data {train_json} ({len(samples)} samples) | {d.world} rank(s) on {d.device}")
         print(f"frames/pixels: {asdict(media)}")
     metrics_file = checkpoint.open_metrics(out_dir / "metrics.jsonl", start) if d.main else None   # one row per step
-    preemption, preempted = D.Preemption(), False
+    preemption, preempted = distributed.Preemption(), False
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not d.main, desc="T-GRPO")
     for step in bar:
         t0 = time.time()
         batch, skipped = prefetch.take(cfg.prompts_per_rank)                   # L2, L3, L6
         hf.eval()
-        with D.full_weights(policy) as model, amp():                           # G ordered + G̃ shuffled per video
+        with distributed.full_weights(policy) as model, amp():                           # G ordered + G̃ shuffled per video
             groups = rollout.rollout(model, batch, cfg.G, cfg.G_shuffled, sampling, pad_id, stops, gen)
         hf.train()
-        acc, fmt, lengths, sacc, is_video = score(groups, tokenizer, cfg.G_shuffled)      # rule rewards
+        acc, fmt, lengths, sacc, is_video = rule_rewards(groups, tokenizer, cfg.G_shuffled)      # rule rewards
         adv = advantages(acc, fmt, lengths, sacc, is_video, cfg)               # bonuses, R_i, A_i
         update = train_step(policy, reference, opt, rollout.policy_batch(groups, pad_id).to(d.device),
                             adv.advantages.reshape(-1).to(d.device), step, cfg, d, amp)
@@ -349,14 +332,14 @@ def main(argv=None):
             print(f"SIGTERM: stopped after step {step + 1}; resumable checkpoint {saved}; rerun the same command "
                   f"with --resume auto to continue", flush=True)
         del policy, reference
-        D.cleanup(d)
+        distributed.cleanup(d)
         sys.exit(128 + signal.SIGTERM)                                         # 143, the shell's code for SIGTERM
     final = common.export(policy, tokenizer, out_dir / "final", d)
     if d.main:
         metrics_file.close()
         print(f"done: metrics {out_dir / 'metrics.jsonl'} | checkpoint {final}")
     del policy, reference   # wrappers go before the process group: a DDP reducer outliving it can hang gloo at exit
-    D.cleanup(d)
+    distributed.cleanup(d)
 
 
 if __name__ == "__main__":

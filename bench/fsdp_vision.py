@@ -22,12 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
-import distributed as D  # noqa: E402
+import distributed  # noqa: E402
 import tiny  # noqa: E402
 from model import PolicyLogprobs, Visual  # noqa: E402
 
 
-def build(d: D.Dist):
+def build(d: distributed.Dist):
     from transformers import Qwen2_5_VLForConditionalGeneration
     cfg = tiny.config_like_7b("narrow")
     cfg.vision_config.depth, cfg.vision_config.fullatt_block_indexes = 32, [7, 15, 23, 31]
@@ -65,16 +65,16 @@ def main():
     p.add_argument("--pixels", type=int, default=84 * 84, help="pixels per frame (the paper trains at 128*28*28)")
     p.add_argument("--tokens", type=int, default=32, help="completion tokens per row")
     a = p.parse_args()
-    d = D.init_distributed(a.device)
+    d = distributed.init_distributed(a.device)
     result = {}
     for unit in ("block", "tower"):
         hf = build(d)
-        module = D.wrap(PolicyLogprobs(hf, 256), d, "fsdp", param_dtype=torch.float32, vision_unit=unit)
+        module = distributed.wrap(PolicyLogprobs(hf, 256), d, "fsdp", param_dtype=torch.float32, vision_unit=unit)
         ids, attn, P, vis, owner = batch(hf, a.pixels, a.tokens)
         ids, attn = ids.to(d.device), attn.to(d.device)
         times = []
         for it in range(a.iters + 1):
-            D.barrier(d)
+            distributed.barrier(d)
             t0 = time.perf_counter()
             module(ids, attn, P, vis, owner).sum().backward()
             if d.device.type == "cuda":
@@ -89,7 +89,7 @@ def main():
               f"{sum(v.pixel_values.shape[0] for v in vis)} patches per rank")
         for unit, t in result.items():
             print(f"vision FSDP unit = {unit:5s}: {t * 1000:8.1f} ms per forward+backward (median of {a.iters})")
-    D.cleanup(d)
+    distributed.cleanup(d)
 
 
 if __name__ == "__main__":

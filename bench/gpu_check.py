@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 import config as cfglib  # noqa: E402
 import data  # noqa: E402
-import distributed as D  # noqa: E402
+import distributed  # noqa: E402
 import loader  # noqa: E402
 import plan  # noqa: E402
 import rollout  # noqa: E402
@@ -62,9 +62,9 @@ def main():
     paths = synthetic.make_dataset(cache / "data")
     cfg = train.finish_config(*cfglib.parse(train.Config, argv + ["--model", str(model_dir), "--preset", "paper",
                                                                    "--prompts-per-rank", "1", "--nproc", "1"], ""))
-    d = D.Dist(device=torch.device("cuda:0" if cuda else "cpu"))
-    precision, dtype, _ = D.resolve_precision(cfg.precision, d)
-    amp = D.autocast(d, precision)
+    d = distributed.Dist(device=torch.device("cuda:0" if cuda else "cpu"))
+    precision, dtype, _ = distributed.resolve_precision(cfg.precision, d)
+    amp = distributed.autocast(d, precision)
     torch.manual_seed(0)
     hf, tok = load_policy(model_dir, dtype, d.device)
     ref_hf, _ = load_policy(model_dir, dtype, d.device)
@@ -100,7 +100,7 @@ def main():
             groups = rollout.rollout(hf, [pr], cfg.G, cfg.G_shuffled, sp, pad_id, stop_ids, gen)
         hf.train()
         with phase("rewards"):
-            acc, fmt, lengths, sacc, is_video = train.score(groups, tok, cfg.G_shuffled)
+            acc, fmt, lengths, sacc, is_video = train.rule_rewards(groups, tok, cfg.G_shuffled)
             adv = train.advantages(acc, fmt, lengths, sacc, is_video, cfg).advantages
         b = rollout.policy_batch(groups, pad_id).to(d.device)
         ids, attn, P, cmask, vis, owner = b.input_ids, b.attention_mask, b.prompt_len, b.completion_mask, b.visuals, b.owner
@@ -111,11 +111,11 @@ def main():
             lp = policy(ids, attn, P, vis, owner)                              # (G, L)
             loss, _ = tgrpo.policy_loss(lp, None, ref_lp, adv.reshape(-1).to(d.device), cmask, cfg.clip_eps, None,
                                         cfg.beta, cfg.loss_agg, num_sequences=float(ids.shape[0]),
-                                        num_tokens=float(cmask.sum()), max_len=cfg.max_completion_length)
+                                        num_tokens=float(cmask.sum()), norm_len=cfg.max_completion_length)
         with phase("backward"):
             loss.backward()
         with phase("optimizer"):
-            D.clip_grad_norm(policy, cfg.max_grad_norm)
+            distributed.clip_grad_norm(policy, cfg.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
         new = int(groups[0].ordered.lengths.sum() + groups[0].shuffled.lengths.sum())

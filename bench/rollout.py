@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
-import distributed as D  # noqa: E402
+import distributed  # noqa: E402
 import rollout  # noqa: E402
 import common  # noqa: E402
 from model import load_policy, mm_token_types  # noqa: E402
@@ -44,7 +44,7 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    paths = common.builtin(a.cache_dir, D.Dist())
+    paths = common.builtin(a.cache_dir, distributed.Dist())
     model_dir, train_json = paths["tiny"], paths["train"]
     hf, tok = load_policy(model_dir, torch.float32, a.device)
     hf.eval()

@@ -6,7 +6,7 @@
 The step is main's loop in train.py, call by call: decode (media decode + patchify + prompt tokens,
 `loader.prepare`, here in the main thread; train.py overlaps it with the step through `loader.Prefetcher`),
 rollout (`rollout.rollout`: G ordered + G̃ shuffled completions per prompt, one generate call), rewards
-(`train.score`), advantages (`train.advantages`), and the update (`train.train_step`: reference log-probs,
+(`train.rule_rewards`), advantages (`train.advantages`), and the update (`train.train_step`: reference log-probs,
 policy forward, backward, clip, AdamW). The first step is a warm-up and is not counted.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 import data  # noqa: E402
-import distributed as D  # noqa: E402
+import distributed  # noqa: E402
 import loader  # noqa: E402
 import rollout  # noqa: E402
 import train  # noqa: E402
@@ -41,7 +41,7 @@ def main():
     torch.set_num_threads(a.threads)
     argv = ["--G", str(a.G), "--cache-dir", a.cache_dir, "--device", "cpu"]
     cfg = train.finish_config(*train.cfglib.parse(train.Config, argv, ""))
-    d = D.Dist()
+    d = distributed.Dist()
     torch.manual_seed(cfg.seed)
     model_dir, train_json = common.resolve_model_and_data(cfg, d)
     hf, tok = load_policy(model_dir, torch.float32, d.device)
@@ -77,7 +77,7 @@ def main():
             groups = rollout.rollout(hf, batch, cfg.G, cfg.G_shuffled, sp, pad_id, common.stop_ids(tok), gen)
         hf.train()
         with timer("rewards"):
-            acc, fmt, lengths, sacc, is_video = train.score(groups, tok, cfg.G_shuffled)
+            acc, fmt, lengths, sacc, is_video = train.rule_rewards(groups, tok, cfg.G_shuffled)
         with timer("advantages"):
             adv = train.advantages(acc, fmt, lengths, sacc, is_video, cfg)
         b = rollout.policy_batch(groups, pad_id)

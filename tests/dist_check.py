@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
-import distributed as D  # noqa: E402
+import distributed  # noqa: E402
 import rollout  # noqa: E402
 from model import PolicyLogprobs, load_policy  # noqa: E402
 
@@ -49,51 +49,51 @@ def loss_of(policy, prompt_ids, visual, comp):
 def main():
     model_dir, train_json, out, run_name = sys.argv[1:5]
     mode, _, precision = run_name.partition("-")                                  # "fsdp-bf16-mixed" -> fsdp, bf16-mixed
-    d = D.init_distributed("cpu")
+    d = distributed.init_distributed("cpu")
     torch.manual_seed(0)
     hf, tok = load_policy(model_dir)
-    _, _, compute = D.resolve_precision(precision or "fp32", d)
-    policy = D.wrap(PolicyLogprobs(hf, chunk=4), d, mode, activation_checkpointing=mode == "fsdp", param_dtype=compute)
+    _, _, compute = distributed.resolve_precision(precision or "fp32", d)
+    policy = distributed.wrap(PolicyLogprobs(hf, chunk=4), d, mode, activation_checkpointing=mode == "fsdp", param_dtype=compute)
     opt = torch.optim.AdamW(hf.parameters(), lr=1e-3, weight_decay=0.01)
     items = batch(tok, train_json)
     mine = items if d.world == 1 else [items[d.rank]]
     total = 0.0
     for i, (prompt_ids, visual, comp, adv) in enumerate(mine):
-        with D.no_sync(policy, skip=i < len(mine) - 1):
+        with distributed.no_sync(policy, skip=i < len(mine) - 1):
             lp = loss_of(policy, prompt_ids, visual, comp)                     # (2, 6)
             loss = -(lp.mean(1) * adv).mean() * d.world / SHARDS
             loss.backward()
         total += float(loss.detach()) / d.world
-    total = float(D.all_reduce_sum(torch.tensor(total), d))
+    total = float(distributed.all_reduce_sum(torch.tensor(total), d))
     grads = {}
-    for name, p in D.unwrap(policy).hf.named_parameters():
+    for name, p in distributed.unwrap(policy).hf.named_parameters():
         g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
         grads[name] = g.detach().clone()
-    norm = D.clip_grad_norm(policy, 1e9)
+    norm = distributed.clip_grad_norm(policy, 1e9)
     opt.step()
-    params = D.full_state_dict(policy)
+    params = distributed.full_state_dict(policy)
     result = {"loss": total, "grads": grads, "params": params, "norm": norm}
     if d.world > 1:
         prompt_ids, visual = items[d.rank][0], items[d.rank][1]
         sp = rollout.SamplingParams(1.0, 1.0, 0, 1.0, [3, 7][d.rank])
-        with D.full_weights(policy) as gen_model:
+        with distributed.full_weights(policy) as gen_model:
             got = rollout.generate(gen_model, [prompt_ids], [visual], [2], sp, tok.pad_token_id, [],
                                    torch.Generator().manual_seed(5))[0].ids
         plain, _ = load_policy(model_dir)              # bf16-mixed: the same sampling from weights rounded to bf16
         plain.load_state_dict({k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in
-                               D.unwrap(policy).hf.state_dict().items()})
+                               distributed.unwrap(policy).hf.state_dict().items()})
         for p in plain.parameters():
             p.data = p.data.to(compute)
         want = rollout.generate(plain, [prompt_ids], [visual], [2], sp, tok.pad_token_id, [],
                                 torch.Generator().manual_seed(5))[0].ids
-        result["rollout_equal"] = D.all_reduce_sum(torch.tensor(int(torch.equal(got, want))), d).item()
-        result["rollout_lengths"] = D.all_reduce_sum(torch.tensor(got.shape[1]), d).item()
+        result["rollout_equal"] = distributed.all_reduce_sum(torch.tensor(int(torch.equal(got, want))), d).item()
+        result["rollout_lengths"] = distributed.all_reduce_sum(torch.tensor(got.shape[1]), d).item()
         lp_after = loss_of(policy, items[d.rank][0], items[d.rank][1], items[d.rank][2])   # forward still works
         result["finite_after_rollout"] = bool(torch.isfinite(lp_after).all())
     if d.main:
         torch.save(result, Path(out) / f"{run_name}.pt")
-    D.barrier(d)
-    D.cleanup(d)
+    distributed.barrier(d)
+    distributed.cleanup(d)
 
 
 if __name__ == "__main__":

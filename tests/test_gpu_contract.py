@@ -33,14 +33,14 @@ def run(cmd, tmp_path, ok=True):
 def arranged(src_json, out_json, kinds_per_rank, seed):
     """Write a copy of the built-in JSON whose 2-rank prompt streams (loader.prompt_stream with `seed`) draw media
     of the given kinds in order; returns the path. Media paths stay relative to the source's folder."""
-    import distributed as D
+    import distributed
     import loader
     pool = json.loads(src_json.read_text())
     by_kind = {k: [s for s in pool if s["data_type"] == k] for k in ("image", "video")}
     n = sum(len(k) for k in kinds_per_rank)
     slots = [None] * n
     for rank, kinds in enumerate(kinds_per_rank):
-        stream = loader.prompt_stream(list(range(n)), D.Dist(rank=rank, world=2), seed)
+        stream = loader.prompt_stream(list(range(n)), distributed.Dist(rank=rank, world=2), seed)
         for kind in kinds:
             slots[next(stream)] = kind
     out_json.write_text(json.dumps([by_kind[k].pop() for k in slots]))
@@ -48,11 +48,11 @@ def arranged(src_json, out_json, kinds_per_rank, seed):
 
 
 def test_backend_spec_serves_cpu_tensors_on_gpu_nodes():
-    import distributed as D
-    assert D.backend_spec("cuda") == "cpu:gloo,cuda:nccl"
-    assert D.backend_spec("cpu") == "gloo"
+    import distributed
+    assert distributed.backend_spec("cuda") == "cpu:gloo,cuda:nccl"
+    assert distributed.backend_spec("cpu") == "gloo"
     with pytest.raises(ValueError):
-        D.backend_spec("mps")
+        distributed.backend_spec("mps")
 
 
 COLLECTIVES = re.compile(r"\b(?:dist|tdist|torch\.distributed)\.(all_reduce|all_gather\w*|broadcast\w*|reduce\w*|"
@@ -71,9 +71,10 @@ def test_cuda_only_group_refuses_cpu_tensors(tmp_path):
     """The emulation is faithful: in a group that only the CUDA-only backend serves (what an NCCL-only group is),
     a CPU all-reduce fails with NCCL's own message; in the composite group it is served."""
     script = tmp_path / "probe.py"
-    script.write_text("import sys, torch\nsys.path.insert(0, %r)\nimport distributed as D\n"
-                      "d = D.init_distributed('cpu', sys.argv[1])\ntotal = float(D.all_reduce_sum(torch.ones(()), d))\n"
-                      "open(f'rank{d.rank}.txt', 'w').write(str(total))\nD.cleanup(d)\n" % str(ROOT))
+    script.write_text("import sys, torch\nsys.path.insert(0, %r)\nimport distributed\n"
+                      "d = distributed.init_distributed('cpu', sys.argv[1])\n"
+                      "total = float(distributed.all_reduce_sum(torch.ones(()), d))\n"
+                      "open(f'rank{d.rank}.txt', 'w').write(str(total))\ndistributed.cleanup(d)\n" % str(ROOT))
     bad = run(LAUNCH + [str(script), "cuda:cudaonly"], tmp_path, ok=False)
     assert bad.returncode != 0 and "No backend type associated with device type cpu" in bad.stdout + bad.stderr
     assert not list(tmp_path.glob("rank*.txt"))

@@ -247,7 +247,7 @@ def test_micro_batches_sum_to_whole_batch(agg):
     lp = logp.clone().requires_grad_()
     whole, _ = policy_loss(lp, old, ref, adv, mask, loss_agg=agg)
     whole.backward()
-    total = dict(num_sequences=6, num_tokens=int(mask.sum()), max_len=5)
+    total = dict(num_sequences=6, num_tokens=int(mask.sum()), norm_len=5)
     lp2 = logp.clone().requires_grad_()
     summed = 0.0
     for a, b in ((0, 2), (2, 3), (3, 6)):
