@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 import distributed
-import rollout
+import pixels
 from model import save_hf
 from tiny import TINY_MEDIA, build_builtin_tiny
 
@@ -43,10 +43,10 @@ def apply_preset(cfg, explicit: set[str], tiny: dict, where: str) -> str:
     return preset
 
 
-def media_config(cfg) -> rollout.MediaConfig:
-    """The frame/pixel fields of a config as a rollout.MediaConfig (fields the config lacks keep their defaults)."""
-    names = {f.name for f in fields(rollout.MediaConfig)}
-    return rollout.MediaConfig(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
+def media_config(cfg) -> pixels.MediaConfig:
+    """The frame/pixel fields of a config as a pixels.MediaConfig (fields the config lacks keep their defaults)."""
+    names = {f.name for f in fields(pixels.MediaConfig)}
+    return pixels.MediaConfig(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
 
 
 def builtin(cache_dir: str | Path, d: distributed.Dist, model: bool = True) -> dict:

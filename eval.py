@@ -54,6 +54,7 @@ import common
 import config as cfglib
 import data
 import distributed
+import pixels
 import rollout
 from report import report, score_item, settings_line, summarize
 
@@ -188,7 +189,7 @@ def run_batch(indices, samples, shuffled, hf, tokenizer, media, sp, gen, cfg) ->
             frame_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
             prepared.append((i, rollout.prepare(samples[i], tokenizer, media, shuffled=shuffled, variant=cfg.template,
                                                 generator=frame_gen)))
-        except data.MediaError as e:   # E1: only unreadable media exclude an item; other errors stop the run
+        except pixels.MediaError as e:   # E1: only unreadable media exclude an item; other errors stop the run
             failed.append((i, f"undecodable: {e}"))
     if not prepared:
         return [], failed

@@ -11,7 +11,7 @@ Guarantees:
 1. Order and content are those of calling `rollout.prepare` on the stream in a loop: the only random step,
    the shuffled-frame permutation (notes §1 step 4), uses a generator seeded from (seed, rank, sample
    index) by `sample_generator`, so neither the number of threads nor the order they finish in matters.
-2. A sample whose media fails to decode or is unusable (`data.MediaError`: also one frame, aspect ratio > 200,
+2. A sample whose media fails to decode or is unusable (`pixels.MediaError`: also one frame, aspect ratio > 200,
    ...) is skipped and counted, never replaced by other media (notes §9 item 9); its index is still
    consumed, so later samples keep their generators. The first SKIP_PRINT_FULL skips are printed in full
    ("[skip] entry 17 of train.json (/data/x.mp4): reason"), later ones as a running count at 10, 100, 1000, ...
@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 import data
+import pixels
 import rollout
-from model import encode_prompt
 
 VIDEO_KEYS = ("fps", "min_frames", "max_frames", "nframes", "video_min_pixels", "video_max_pixels", "video_total_pixels")
 IMAGE_KEYS = ("image_min_pixels", "image_max_pixels")
@@ -77,9 +77,9 @@ class FrameCache:
     """On-disk cache of decoded media: one `<sha256>.pt` file per (media file, frame/pixel settings) holding
     {"frames": uint8 (T, 3, H, W), "sample_fps": float, "key": the key dict}.
 
-    `load(sample, media)` returns what `rollout.load_visual(sample, media)` returns, bit for bit; `hits` and
+    `load(sample, media)` returns what `pixels.load_visual(sample, media)` returns, bit for bit; `hits` and
     `misses` count lookups. Writes are atomic (temp file + rename), so concurrent threads/ranks sharing a
-    folder are safe; an unreadable cache file is recomputed. Raises data.MediaError like load_visual.
+    folder are safe; an unreadable cache file is recomputed. Raises pixels.MediaError like load_visual.
     """
 
     def __init__(self, folder: str | Path):
@@ -88,14 +88,14 @@ class FrameCache:
         self.hits = self.misses = 0
         self._lock = threading.Lock()
 
-    def key(self, sample: data.Sample, media: rollout.MediaConfig) -> dict:
+    def key(self, sample: data.Sample, media: pixels.MediaConfig) -> dict:
         """The cache key of a sample's media: absolute path, mtime (ns), size (bytes), data_type, the
-        settings that change its frames. Raises data.MediaError when the file does not exist."""
+        settings that change its frames. Raises pixels.MediaError when the file does not exist."""
         path = os.path.abspath(sample.media_path)
         try:
             st = os.stat(path)
         except OSError as e:
-            raise data.MediaError(f"{path}: cannot read {sample.data_type}: {type(e).__name__}: {e}") from e
+            raise pixels.MediaError(f"{path}: cannot read {sample.data_type}: {type(e).__name__}: {e}") from e
         names = VIDEO_KEYS if sample.data_type == "video" else IMAGE_KEYS
         return {"format": CACHE_FORMAT, "path": path, "mtime_ns": st.st_mtime_ns, "size": st.st_size,
                 "data_type": sample.data_type, **{k: getattr(media, k) for k in names}}
@@ -104,7 +104,7 @@ class FrameCache:
         """Where the entry for `key` lives."""
         return self.folder / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest() + ".pt")
 
-    def load(self, sample: data.Sample, media: rollout.MediaConfig) -> tuple[torch.Tensor, float]:
+    def load(self, sample: data.Sample, media: pixels.MediaConfig) -> tuple[torch.Tensor, float]:
         """(frames uint8 (T, 3, H, W), sample_fps) from the cache, decoding and storing them on a miss."""
         key = self.key(sample, media)
         f = self.file(key)
@@ -117,31 +117,13 @@ class FrameCache:
                     return entry["frames"], float(entry["sample_fps"])
             except Exception as e:  # a truncated or foreign file: recompute it
                 print(f"[cache] {f}: unreadable ({type(e).__name__}), recomputing", file=sys.stderr)
-        frames, fps = rollout.load_visual(sample, media)
+        frames, fps = pixels.load_visual(sample, media)
         tmp = f.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         torch.save({"frames": frames.contiguous(), "sample_fps": float(fps), "key": key}, tmp)
         os.replace(tmp, f)
         with self._lock:
             self.misses += 1
         return frames, fps
-
-
-def prepare(sample: data.Sample, tokenizer, media: rollout.MediaConfig, shuffled: bool = False,
-            variant: str = "train", generator: torch.Generator | None = None,
-            cache: FrameCache | None = None) -> rollout.Prepared:
-    """`rollout.prepare`, with the frames optionally from a FrameCache (same output: tests/test_perf.py).
-    Raises data.MediaError for unreadable media."""
-    if cache is None:
-        return rollout.prepare(sample, tokenizer, media, shuffled, variant, generator)
-    frames, fps = cache.load(sample, media)                                   # (T, 3, H, W) uint8
-    visual = rollout.to_visual(frames, fps, sample.data_type, media)
-    ids = encode_prompt(tokenizer, data.build_prompt_text(sample, variant), sample.data_type, visual.grid_thw)
-    out = rollout.Prepared(sample, ids, visual)                               # ids (P,)
-    if shuffled and sample.data_type == "video":
-        perm_frames, _ = data.shuffle_frames(frames, generator)
-        out.shuffled_visual = rollout.to_visual(perm_frames, fps, "video", media)
-        out.shuffled_ids = ids
-    return out
 
 
 def skip_message(sample: data.Sample, index: int, error: Exception) -> str:
@@ -181,7 +163,7 @@ class Prefetcher:
     start_index=consumed). Call `close()` (or use `with`) to stop the threads.
     """
 
-    def __init__(self, samples: Iterable[data.Sample], tokenizer, media: rollout.MediaConfig, *, shuffled: bool,
+    def __init__(self, samples: Iterable[data.Sample], tokenizer, media: pixels.MediaConfig, *, shuffled: bool,
                  seed: int, rank: int = 0, variant: str = "train", depth: int = 4, workers: int = 1,
                  cache: FrameCache | None = None, start_index: int = 0, max_consecutive_skips: int = 1000):
         if depth < 1 or workers < 1:
@@ -198,7 +180,7 @@ class Prefetcher:
 
     def _work(self, sample: data.Sample, index: int) -> rollout.Prepared:
         gen = sample_generator(self.seed, self.rank, index)
-        return prepare(sample, self.tokenizer, self.media, self.shuffled, self.variant, gen, self.cache)
+        return rollout.prepare(sample, self.tokenizer, self.media, self.shuffled, self.variant, gen, self.cache)
 
     def _fill(self) -> None:
         while len(self._pending) < self.depth:
@@ -220,7 +202,7 @@ class Prefetcher:
             self.consumed = index + 1
             try:
                 out = fut.result()
-            except data.MediaError as e:
+            except pixels.MediaError as e:
                 self.skipped += 1
                 self._run += 1
                 msg = skip_message(sample, index, e)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,6 +30,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+from pixels import Visual
 
 PAD_TOKEN = {"image": "<|image_pad|>", "video": "<|video_pad|>"}
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -160,20 +161,10 @@ def encode_prompt(tokenizer, text: str, data_type: str, grid_thw, merge_size: in
     """Token ids of the chat-rendered prompt with exactly t*h*w/merge² media pad tokens.
 
     Args: text: the templated question (data.build_prompt_text); data_type: "image" | "video"; grid_thw: (3,)
-    LongTensor or ints (t, h, w) from data.patchify. Returns LongTensor (P,). Reference §1 step 3, §5.
+    LongTensor or ints (t, h, w) from pixels.patchify. Returns LongTensor (P,). Reference §1 step 3, §5.
     """
     full = expand_media_tokens(render_prompt(tokenizer, text, data_type, system), data_type, grid_thw, merge_size)
     return torch.tensor(tokenizer(full, add_special_tokens=False)["input_ids"], dtype=torch.long)
-
-
-@dataclass
-class Visual:
-    """One prompt's visual input. pixel_values: float (n_patches, 3*2*14*14); grid_thw: long (3,);
-    data_type "image" | "video"; second_per_grid: seconds per temporal grid (mRoPE time axis, videos only)."""
-    data_type: str
-    pixel_values: torch.Tensor
-    grid_thw: torch.Tensor
-    second_per_grid: float = 1.0
 
 
 def mm_token_types(input_ids: torch.Tensor, config, prompt_len: int | None = None) -> torch.Tensor:

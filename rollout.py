@@ -21,22 +21,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 import data
+import pixels
 from model import Visual, embed_with_visuals, encode_prompt, rope_positions
-
-
-@dataclass
-class MediaConfig:
-    """Frames and pixels, per run (notes §4 "Frames and pixels", §8). Defaults: the official training values."""
-    fps: float = 2.0                      # sampling rate of the fps rule (frames per second of video)
-    min_frames: int = 4
-    max_frames: int = 16
-    nframes: int = 0                      # > 0: a fixed frame count instead of the fps rule
-    video_min_pixels: int = 128 * 28 * 28
-    video_max_pixels: int = 128 * 28 * 28
-    video_total_pixels: int = 90316800
-    image_min_pixels: int = 3136
-    image_max_pixels: int = 256 * 28 * 28
-    rope_time: str = "sample"             # L1, S5: "sample": the clip's real fps; "official": fixed 2 fps
 
 
 @dataclass
@@ -50,37 +36,19 @@ class Prepared:
     shuffled_visual: Visual | None = None
 
 
-def load_visual(sample: data.Sample, media: MediaConfig) -> tuple[torch.Tensor, float]:
-    """Decode a sample's media: frames uint8 (T, 3, H, W) (T = 1 for an image) and sample_fps (0 for images).
-    Raises data.MediaError for a missing or undecodable file."""
-    if sample.data_type == "image":
-        return data.read_image(sample.media_path, min_pixels=media.image_min_pixels,
-                               max_pixels=media.image_max_pixels), 0.0
-    clip = data.read_video(sample.media_path, fps=media.fps, min_frames=media.min_frames, max_frames=media.max_frames,
-                           nframes=media.nframes or None, min_pixels=media.video_min_pixels,
-                           max_pixels=media.video_max_pixels, total_pixels=media.video_total_pixels)
-    return clip.frames, clip.sample_fps
-
-
-def to_visual(frames: torch.Tensor, sample_fps: float, data_type: str, media: MediaConfig) -> Visual:
-    """Patchify frames (T, 3, H, W) into a Visual. second_per_grid = temporal_patch_size / fps: the clip's
-    real fps with rope_time "sample", 2.0 with "official" (notes §8 "What is passed to the model")."""
-    pixel_values, grid = data.patchify(frames)                               # (t*h*w, 1176), (3,)
-    fps = 2.0 if media.rope_time == "official" or sample_fps <= 0 else sample_fps
-    return Visual(data_type, pixel_values, grid, 2.0 / fps)
-
-
-def prepare(sample: data.Sample, tokenizer, media: MediaConfig, shuffled: bool = False, variant: str = "train",
-            generator: torch.Generator | None = None) -> Prepared:
-    """Sample -> Prepared: decode media, patchify, render the chat prompt with t*h*w/4 pad tokens; with
-    `shuffled` and a video, also the shuffled-frame copy. Raises data.MediaError for unreadable media."""
-    frames, fps = load_visual(sample, media)
+def prepare(sample: data.Sample, tokenizer, media: pixels.MediaConfig, shuffled: bool = False, variant: str = "train",
+            generator: torch.Generator | None = None, cache=None) -> Prepared:
+    """Sample -> Prepared, the one place a sample is prepared: decode media (or take the frames from `cache`, a
+    loader.FrameCache: the same frames, bit for bit), patchify, render the chat prompt with t*h*w/4 pad tokens;
+    with `shuffled` and a video, also the shuffled-frame copy (its permutation from `generator`).
+    Raises pixels.MediaError for unreadable media."""
+    frames, fps = cache.load(sample, media) if cache is not None else pixels.load_visual(sample, media)   # (T, 3, H, W)
     text = data.build_prompt_text(sample, variant)
-    visual = to_visual(frames, fps, sample.data_type, media)
+    visual = pixels.to_visual(frames, fps, sample.data_type, media)
     out = Prepared(sample, encode_prompt(tokenizer, text, sample.data_type, visual.grid_thw), visual)
     if shuffled and sample.data_type == "video":
-        perm_frames, _ = data.shuffle_frames(frames, generator)
-        out.shuffled_visual = to_visual(perm_frames, fps, "video", media)
+        perm_frames, _ = pixels.shuffle_frames(frames, generator)
+        out.shuffled_visual = pixels.to_visual(perm_frames, fps, "video", media)
         out.shuffled_ids = out.prompt_ids                                    # same text and grid
     return out
 

@@ -46,6 +46,7 @@ import common
 import config as cfglib
 import data
 import distributed
+import pixels
 import rewards
 import rollout
 import loader
@@ -228,7 +229,7 @@ def lr_at(step: int, total: int, cfg) -> float:
 
 
 def prepare_example(sample, tokenizer, media, cfg) -> Example:
-    """Sample -> Example (decoded, patchified, tokenized). Raises data.MediaError for unreadable media."""
+    """Sample -> Example (decoded, patchified, tokenized). Raises pixels.MediaError for unreadable media."""
     return build_example(rollout.prepare(sample, tokenizer, media), tokenizer, cfg.loss_on, SYSTEM_PROMPTS[cfg.system_prompt])
 
 
@@ -292,7 +293,7 @@ def main(argv=None):
         for s in held[d.rank::d.world]:
             try:
                 eval_examples.append(prepare_example(s, tokenizer, media, cfg))
-            except data.MediaError as e:
+            except pixels.MediaError as e:
                 print(f"[skip eval] {e}", file=sys.stderr)
     gen = torch.Generator(device=d.device).manual_seed(cfg.seed + 7 + d.rank)
     pad_id = tokenizer.pad_token_id

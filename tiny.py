@@ -149,12 +149,12 @@ def center_visual_features(hf, visuals: list[Visual]) -> float:
 def build_builtin_tiny(folder: str | Path, train_cot_json: str | Path, n_center: int = 64) -> Path:
     """The project's default policy: `build_tiny` on the built-in COT split's text, its vision output centred
     on the first `n_center` built-in samples decoded at the tiny frames and pixels (TINY_MEDIA).
-    Idempotent. Raises data.MediaError if a built-in clip cannot be decoded."""
+    Idempotent. Raises pixels.MediaError if a built-in clip cannot be decoded."""
     import data
-    import rollout
+    import pixels
     samples = data.load_samples(train_cot_json, require_process=True)
-    media = rollout.MediaConfig(**TINY_MEDIA)
-    visuals = [rollout.to_visual(*rollout.load_visual(s, media), s.data_type, media) for s in samples[:n_center]]
+    media = pixels.MediaConfig(**TINY_MEDIA)
+    visuals = [pixels.to_visual(*pixels.load_visual(s, media), s.data_type, media) for s in samples[:n_center]]
     return build_tiny(folder, tokenizer_corpus(samples), center_on=visuals)
 
 

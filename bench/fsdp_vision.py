@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import data  # noqa: E402
 import distributed  # noqa: E402
+import pixels  # noqa: E402
 import tiny  # noqa: E402
 from model import PolicyLogprobs, Visual  # noqa: E402
 
@@ -35,14 +35,14 @@ def build(d: distributed.Dist):
     return Qwen2_5_VLForConditionalGeneration(cfg).float().to(d.device)
 
 
-def batch(hf, pixels: int, tokens: int, frames: int = 16):
+def batch(hf, n_pixels: int, tokens: int, frames: int = 16):
     """input_ids (4, P + tokens), attention mask, P, [video, image] Visuals, owner [0, 0, 1, 1]."""
     g = torch.Generator().manual_seed(0)
-    side = int(pixels ** 0.5) // 28 * 28
+    side = int(n_pixels ** 0.5) // 28 * 28
     clip = torch.randint(0, 256, (frames, 3, side, side), dtype=torch.uint8, generator=g)
     vis = []
     for kind, x in (("video", clip), ("image", clip[:1].expand(2, -1, -1, -1))):
-        pv, grid = data.patchify(x)
+        pv, grid = pixels.patchify(x)
         vis.append(Visual(kind, pv, grid, 1.0))
     c = hf.config
     rows = []

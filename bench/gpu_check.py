@@ -94,7 +94,7 @@ def main():
             times[self.name].append(time.perf_counter() - self.t)
 
     for step in range(a.steps + 1):
-        pr = loader.prepare(videos[step], tok, media, True, "train", loader.sample_generator(0, 0, step))
+        pr = rollout.prepare(videos[step], tok, media, True, "train", loader.sample_generator(0, 0, step))
         hf.eval()
         with phase("rollout"), amp():
             groups = rollout.rollout(hf, [pr], cfg.G, cfg.G_shuffled, sp, pad_id, stop_ids, gen)

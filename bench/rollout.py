@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import distributed  # noqa: E402
+import pixels  # noqa: E402
 import rollout  # noqa: E402
 import common  # noqa: E402
 from model import load_policy, mm_token_types  # noqa: E402
@@ -49,7 +50,7 @@ def main():
     hf, tok = load_policy(model_dir, torch.float32, a.device)
     hf.eval()
     sample = next(s for s in data.load_samples(train_json) if s.data_type == "video")
-    media = rollout.MediaConfig(max_frames=a.frames, nframes=a.frames, video_min_pixels=a.pixels ** 2,
+    media = pixels.MediaConfig(max_frames=a.frames, nframes=a.frames, video_min_pixels=a.pixels ** 2,
                                 video_max_pixels=a.pixels ** 2)
     prep = rollout.prepare(sample, tok, media)
     vis = prep.visual

@@ -4,7 +4,7 @@
     python bench/step.py --steps 4 --G 4
 
 The step is main's loop in train.py, call by call: decode (media decode + patchify + prompt tokens,
-`loader.prepare`, here in the main thread; train.py overlaps it with the step through `loader.Prefetcher`),
+`rollout.prepare`, here in the main thread; train.py overlaps it with the step through `loader.Prefetcher`),
 rollout (`rollout.rollout`: G ordered + G̃ shuffled completions per prompt, one generate call), rewards
 (`train.rule_rewards`), advantages (`train.advantages`), and the update (`train.train_step`: reference log-probs,
 policy forward, backward, clip, AdamW). The first step is a warm-up and is not counted.
@@ -70,7 +70,7 @@ def main():
 
     for step in range(a.steps + 1):
         with timer("decode"):
-            batch = [loader.prepare(next(stream), tok, media, shuffle, "train", loader.sample_generator(cfg.seed, 0, i))
+            batch = [rollout.prepare(next(stream), tok, media, shuffle, "train", loader.sample_generator(cfg.seed, 0, i))
                      for i in range(step * cfg.prompts_per_rank, (step + 1) * cfg.prompts_per_rank)]
         hf.eval()
         with timer("rollout"):

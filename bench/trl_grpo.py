@@ -43,7 +43,7 @@ def ours(model_dir, samples, a, pixels: int) -> list[float]:
     ref_hf, _ = load_policy(model_dir)
     policy, reference = PolicyLogprobs(hf), PolicyLogprobs(ref_hf.eval().requires_grad_(False))
     opt = torch.optim.AdamW(hf.parameters(), lr=a.lr, weight_decay=0.0)
-    media = rollout.MediaConfig(image_max_pixels=pixels)
+    media = pixels.MediaConfig(image_max_pixels=pixels)
     sp = rollout.SamplingParams(1.0, 0.95, 0, 1.0, a.new_tokens)
     gen = torch.Generator().manual_seed(0)
     pad, stop = tok.pad_token_id, [tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id]

@@ -10,7 +10,7 @@ centred: tiny.build_builtin_tiny) on the frames the tiny preset feeds it (8 fram
 (4, 2 * 192) -> 1536 features), and fits one multinomial logistic regression per question family on the training
 split (standardised features, L2, full-batch Adam). It prints held-out accuracy on ordered frames and on
 shuffled frames (the probe trained on ordered ones; the same seeded shuffle as T-GRPO's G̃ group,
-data.shuffle_frames), and chance. A probe that reads a temporal family on ordered frames but not on
+pixels.shuffle_frames), and chance. A probe that reads a temporal family on ordered frames but not on
 shuffled ones shows that the order is in the features.
 Classes (answer_class): the option text for multiple choice (the letter depends on the option order), the
 colour of the shape that appears first for appear_first, the number for the numerical families.
@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import rewards  # noqa: E402
-import rollout  # noqa: E402
+import pixels  # noqa: E402
 import synthetic  # noqa: E402
 from model import load_policy  # noqa: E402
 from tiny import TINY_MEDIA, build_builtin_tiny  # noqa: E402
@@ -36,14 +36,14 @@ from tiny import TINY_MEDIA, build_builtin_tiny  # noqa: E402
 def features(hf, samples, media, shuffled: bool, seed: int) -> tuple[torch.Tensor, list[str], list[str]]:
     """(n, t * 2 * D) float32 pooled features of the n video samples (t temporal patches, D = the merger's output
     width; mean then max over each temporal patch's merged tokens, in time order), their family names and answer
-    classes (answer_class). shuffled: frames permuted by data.shuffle_frames, seeded by (seed, index).
-    Raises data.MediaError for an unreadable clip."""
+    classes (answer_class). shuffled: frames permuted by pixels.shuffle_frames, seeded by (seed, index).
+    Raises pixels.MediaError for an unreadable clip."""
     X, fams, ys = [], [], []
     for i, s in enumerate(samples):
-        frames, fps = rollout.load_visual(s, media)                           # (T, 3, H, W) uint8
+        frames, fps = pixels.load_visual(s, media)                           # (T, 3, H, W) uint8
         if shuffled:
-            frames, _ = data.shuffle_frames(frames, torch.Generator().manual_seed(seed * 1_000_003 + i))
-        v = rollout.to_visual(frames, fps, "video", media)
+            frames, _ = pixels.shuffle_frames(frames, torch.Generator().manual_seed(seed * 1_000_003 + i))
+        v = pixels.to_visual(frames, fps, "video", media)
         f = hf.model.visual(v.pixel_values, grid_thw=v.grid_thw[None]).pooler_output   # (t*h*w/4, D)
         f = f.reshape(int(v.grid_thw[0]), -1, f.shape[-1])                   # (t, tokens per temporal patch, D)
         X.append(torch.cat([f.mean(1), f.amax(1)], -1).reshape(-1))         # (t * 2D,)
@@ -101,7 +101,7 @@ def main():
     paths = synthetic.make_dataset(out / "data", n_train=a.n_train, n_test=a.n_test)   # idempotent
     hf, _ = load_policy(build_builtin_tiny(out / "tiny", paths["train_cot"]))
     hf.eval()
-    media = rollout.MediaConfig(**TINY_MEDIA)
+    media = pixels.MediaConfig(**TINY_MEDIA)
     tr = [s for s in data.load_samples(paths["train"]) if s.data_type == "video"]
     te = [s for s in data.load_samples(paths["test"]) if s.data_type == "video"]
     Xtr, ftr, ytr = features(hf, tr, media, False, a.seed)

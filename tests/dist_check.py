@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import distributed  # noqa: E402
 import rollout  # noqa: E402
+import pixels  # noqa: E402
 from model import PolicyLogprobs, load_policy  # noqa: E402
 
 SHARDS = 2   # prompts in the global batch (one per rank with 2 ranks)
@@ -29,7 +30,7 @@ SHARDS = 2   # prompts in the global batch (one per rank with 2 ranks)
 def batch(tokenizer, train_json):
     """[(prompt_ids, visual, completions (2, 6), advantages (2,))] for a video and an image prompt."""
     samples = data.load_samples(train_json)
-    media = rollout.MediaConfig(max_frames=8, video_min_pixels=84 * 84, video_max_pixels=84 * 84, image_max_pixels=84 * 84)
+    media = pixels.MediaConfig(max_frames=8, video_min_pixels=84 * 84, video_max_pixels=84 * 84, image_max_pixels=84 * 84)
     picked = [next(s for s in samples if s.data_type == kind) for kind in ("video", "image")]
     g = torch.Generator().manual_seed(0)
     out = []

@@ -1,4 +1,4 @@
-"""Bad input never stops or corrupts a run: media the frame/size rules reject are data.MediaError naming the path,
+"""Bad input never stops or corrupts a run: media the frame/size rules reject are pixels.MediaError naming the path,
 skipped and counted by the prefetcher (and by train.py) without substitutes; bad data files fail loudly with the
 file and where; frame indices use the official float32 arithmetic. All on real files written here."""
 import json
@@ -15,9 +15,10 @@ from PIL import Image
 import data
 import loader
 import rollout
+import pixels
 from conftest import ROOT
 
-MEDIA = rollout.MediaConfig(max_frames=8, video_min_pixels=84 * 84, video_max_pixels=84 * 84, image_max_pixels=84 * 84)
+MEDIA = pixels.MediaConfig(max_frames=8, video_min_pixels=84 * 84, video_max_pixels=84 * 84, image_max_pixels=84 * 84)
 CODEC = "libx264" if "libx264" in av.codec.codecs_available else "mpeg4"
 
 
@@ -48,8 +49,8 @@ def bad_files(tmp_path):
 # ---- read_video / read_image: rule rejections are MediaError naming the path ----------------------------
 def test_one_frame_clip_is_media_error(bad_files):
     path = bad_files["one_frame"]
-    with pytest.raises(data.MediaError) as err:
-        data.read_video(path)
+    with pytest.raises(pixels.MediaError) as err:
+        pixels.read_video(path)
     msg = str(err.value)
     assert msg.startswith(f"{path}: ") and "too few frames (1 at" in msg and "total_frames=1" in msg
     assert isinstance(err.value.__cause__, ValueError)                        # raise ... from the rule's error
@@ -57,46 +58,46 @@ def test_one_frame_clip_is_media_error(bad_files):
 
 def test_clip_shorter_than_nframes_is_media_error(bad_files):
     path = bad_files["short"]
-    assert len(data.read_video(path, nframes=6).indices) == 6                 # the clip itself decodes
-    with pytest.raises(data.MediaError, match=r"six_frames\.mp4: unusable video: too few frames \(6 at") as err:
-        data.read_video(path, nframes=8)
+    assert len(pixels.read_video(path, nframes=6).indices) == 6                 # the clip itself decodes
+    with pytest.raises(pixels.MediaError, match=r"six_frames\.mp4: unusable video: too few frames \(6 at") as err:
+        pixels.read_video(path, nframes=8)
     assert "nframes=8" in str(err.value)
 
 
 def test_elongated_image_and_video_are_media_errors(bad_files):
-    with pytest.raises(data.MediaError) as err:
-        data.read_image(bad_files["wide_image"])
+    with pytest.raises(pixels.MediaError) as err:
+        pixels.read_image(bad_files["wide_image"])
     assert str(err.value).startswith(f"{bad_files['wide_image']}: unusable image size 10x2010: ")
     assert "aspect ratio" in str(err.value)
-    with pytest.raises(data.MediaError) as err:
-        data.read_video(bad_files["wide_video"])
+    with pytest.raises(pixels.MediaError) as err:
+        pixels.read_video(bad_files["wide_video"])
     assert str(err.value).startswith(f"{bad_files['wide_video']}: unusable video frame size 20x4020: ")
     assert "aspect ratio" in str(err.value)
 
 
 def test_pixel_budget_that_shrinks_a_side_to_zero_is_media_error(tmp_path):
     Image.new("RGB", (2800, 28), (1, 2, 3)).save(tmp_path / "strip.png")       # ratio 100: allowed
-    assert data.read_image(tmp_path / "strip.png").shape == (1, 3, 28, 2800)
-    with pytest.raises(data.MediaError, match=r"strip\.png: unusable image size 28x2800: .* gives 0x"):
-        data.read_image(tmp_path / "strip.png", max_pixels=3136)             # height 28 / 5 floors to 0
+    assert pixels.read_image(tmp_path / "strip.png").shape == (1, 3, 28, 2800)
+    with pytest.raises(pixels.MediaError, match=r"strip\.png: unusable image size 28x2800: .* gives 0x"):
+        pixels.read_image(tmp_path / "strip.png", max_pixels=3136)             # height 28 / 5 floors to 0
 
 
 def test_settings_no_file_can_meet_stay_value_errors(bad_files):
     with pytest.raises(ValueError, match="nframes must round to at least 2") as err:
-        data.read_video(bad_files["short"], nframes=1)
-    assert not isinstance(err.value, data.MediaError)
+        pixels.read_video(bad_files["short"], nframes=1)
+    assert not isinstance(err.value, pixels.MediaError)
     with pytest.raises(ValueError, match="need 2 <= nframes"):                 # the pure rule is unchanged
-        data.smart_nframes(1, 30.0)
+        pixels.smart_nframes(1, 30.0)
 
 
 # ---- frame indices: the official float32 arithmetic -----------------------------------------------------
 @pytest.mark.parametrize("total, n", [(135_435, 64), (66_771, 128)])
 def test_frame_indices_match_official_float32_linspace(total, n):
     official = torch.linspace(0, total - 1, n, dtype=torch.float32).round().long().tolist()
-    assert data.sample_frame_indices(total, n) == official
+    assert pixels.sample_frame_indices(total, n) == official
     float64 = np.linspace(0, total - 1, n).round().astype(np.int64).tolist()
     assert float64 != official                                                # why float32 matters here
-    assert data.sample_frame_indices(total, n // 2) == np.linspace(0, total - 1, n // 2).round().tolist()
+    assert pixels.sample_frame_indices(total, n // 2) == np.linspace(0, total - 1, n // 2).round().tolist()
 
 
 # ---- data files -----------------------------------------------------------------------------------------
@@ -144,7 +145,7 @@ def test_prefetcher_skips_bad_media_by_entry_and_path(builtin, bad_files, tmp_pa
     json_path, root = mixed_json(builtin, bad, tmp_path, 6, bad_at)
     samples = data.load_samples(json_path, root)
     assert [s.entry for s in samples] == list(range(10)) and {s.source for s in samples} == {str(json_path)}
-    media = rollout.MediaConfig(**{**MEDIA.__dict__, "nframes": 8})          # the 6-frame clip is too short
+    media = pixels.MediaConfig(**{**MEDIA.__dict__, "nframes": 8})          # the 6-frame clip is too short
     good = [i for i in range(10) if i not in bad_at]
     with loader.Prefetcher(samples, tok, media, shuffled=True, seed=3, workers=2, depth=3) as pf:
         got = list(pf)
@@ -209,5 +210,5 @@ def test_skip_message_of_a_hand_built_sample_gives_the_stream_position(tmp_path)
     path = str(tmp_path / "x.png")
     s = data.Sample(1, "q", "image", "free-form", [], "<answer>a</answer>", "./x.png", path)
     assert (s.entry, s.source) == (-1, "")
-    msg = loader.skip_message(s, 7, data.MediaError(f"{path}: cannot read image: OSError: truncated"))
+    msg = loader.skip_message(s, 7, pixels.MediaError(f"{path}: cannot read image: OSError: truncated"))
     assert msg == f"stream sample 7 ({path}): cannot read image: OSError: truncated"

@@ -1,4 +1,4 @@
-"""Tests for data.py: schema validation, prompt text, frame/size rules (notes §5, §8), decoding,
+"""Tests for data.py and pixels.py: schema validation, prompt text, frame/size rules (notes §5, §8), decoding,
 resizing, and patchify against Hugging Face's Qwen2-VL image processor."""
 
 import json
@@ -11,15 +11,17 @@ import torch
 from PIL import Image
 
 import data
-from data import (Sample, MediaError, build_prompt_text, build_question, load_samples, patchify, read_image,
-                  read_video, resize_frames, sample_frame_indices, shuffle_frames, smart_nframes, smart_resize)
+import pixels
+from data import Sample, build_prompt_text, build_question, load_samples
+from pixels import (MediaError, patchify, read_image, read_video, resize_frames, sample_frame_indices, shuffle_frames,
+                    smart_nframes, smart_resize)
 
 SHARED_MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 VIDEO1 = SHARED_MEDIA / "video1.mp4"
 RGBA_PNG = SHARED_MEDIA / "rgba_480x320.png"
 needs_shared = pytest.mark.skipif(not SHARED_MEDIA.is_dir(), reason="../shared/media is absent (fresh clone)")
 
-TRAIN_MAX = data.effective_video_max_pixels(16)  # 105369 with the shipped constants
+TRAIN_MAX = pixels.effective_video_max_pixels(16)  # 105369 with the shipped constants
 
 
 def hf_image_processor():
@@ -46,9 +48,9 @@ def write_mp4(path, n_frames=60, fps=30, height=64, width=96):
 
 # ---- frame and size rules (notes §8) ----------------------------------------------------------
 def test_constants():
-    assert data.VIDEO_MIN_PIXELS == data.VIDEO_MAX_PIXELS == 100352
-    assert data.VIDEO_TOTAL_PIXELS == 90316800
-    assert (data.IMAGE_MIN_PIXELS, data.IMAGE_MAX_PIXELS) == (3136, 200704)
+    assert pixels.VIDEO_MIN_PIXELS == pixels.VIDEO_MAX_PIXELS == 100352
+    assert pixels.VIDEO_TOTAL_PIXELS == 90316800
+    assert (pixels.IMAGE_MIN_PIXELS, pixels.IMAGE_MAX_PIXELS) == (3136, 200704)
     assert TRAIN_MAX == 105369
 
 
@@ -58,13 +60,13 @@ def test_constants():
     ((240, 320), TRAIN_MAX, (280, 392)), ((240, 320), 200704, (280, 392)), ((112, 112), TRAIN_MAX, (336, 336)),
 ])
 def test_smart_resize_video_worked_numbers(hw, max_pixels, expected):
-    assert smart_resize(*hw, 28, data.VIDEO_MIN_PIXELS, max_pixels) == expected
+    assert smart_resize(*hw, 28, pixels.VIDEO_MIN_PIXELS, max_pixels) == expected
 
 
 @pytest.mark.parametrize("hw, expected", [((1000, 1000), (448, 448)), ((50, 50), (56, 56)),
                                           ((3000, 4000), (364, 504)), ((320, 480), (308, 476))])
 def test_smart_resize_image_worked_numbers(hw, expected):
-    assert smart_resize(*hw, 28, data.IMAGE_MIN_PIXELS, data.IMAGE_MAX_PIXELS) == expected
+    assert smart_resize(*hw, 28, pixels.IMAGE_MIN_PIXELS, pixels.IMAGE_MAX_PIXELS) == expected
 
 
 def test_smart_resize_rounding_and_errors():
@@ -106,9 +108,9 @@ def test_sample_frame_indices():
 
 
 def test_effective_video_max_pixels():
-    assert data.effective_video_max_pixels(16, 100352, 100352, 90316800) == 105369  # int(100352 * 1.05)
-    assert data.effective_video_max_pixels(32, 100352, 200704, 90316800) == 200704
-    assert data.effective_video_max_pixels(20, 3136, 200704, 1_000_000) == 100000  # total_pixels / T * 2
+    assert pixels.effective_video_max_pixels(16, 100352, 100352, 90316800) == 105369  # int(100352 * 1.05)
+    assert pixels.effective_video_max_pixels(32, 100352, 200704, 90316800) == 200704
+    assert pixels.effective_video_max_pixels(20, 3136, 200704, 1_000_000) == 100000  # total_pixels / T * 2
 
 
 # ---- prompt text (notes §5) -------------------------------------------------------------------

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 import data
 import model as M
 import rollout
+import pixels
 
 import tiny
 
-MEDIA = rollout.MediaConfig(**tiny.TINY_MEDIA)
+MEDIA = pixels.MediaConfig(**tiny.TINY_MEDIA)
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,10 @@ from transformers import AutoTokenizer
 import data
 import loader
 import rollout
+import pixels
 import tiny
 
-MEDIA = rollout.MediaConfig(**tiny.TINY_MEDIA)
+MEDIA = pixels.MediaConfig(**tiny.TINY_MEDIA)
 
 
 def test_sample_generator_reproducible_and_distinct():
@@ -42,7 +43,7 @@ def test_prefetcher_equals_direct_prepare_and_skips_bad_media(builtin, tmp_path)
     for i, s in enumerate(samples):
         try:
             direct[i] = rollout.prepare(s, tok, MEDIA, shuffled=True, generator=loader.sample_generator(7, 1, i))
-        except data.MediaError:
+        except pixels.MediaError:
             pass
     assert sorted(direct) == [0, 1, 3, 4, 6]
     assert any(p.shuffled_visual is not None for p in direct.values())
@@ -69,15 +70,15 @@ def test_frame_cache_identical_frames_and_invalidation(builtin, tmp_path):
     copy.write_bytes(open(video.media_path, "rb").read())
     video = data.Sample(**{**video.__dict__, "media_path": str(copy)})
     cache = loader.FrameCache(tmp_path / "frames")
-    frames, fps = rollout.load_visual(video, MEDIA)                            # (T, 3, H, W) uint8
+    frames, fps = pixels.load_visual(video, MEDIA)                            # (T, 3, H, W) uint8
     for _ in range(2):
         got, got_fps = cache.load(video, MEDIA)
         assert torch.equal(got, frames) and got.dtype == torch.uint8 and got_fps == fps
     assert (cache.misses, cache.hits) == (1, 1)
-    fewer = rollout.MediaConfig(**{**MEDIA.__dict__, "max_frames": 4})        # a setting change: new entry
+    fewer = pixels.MediaConfig(**{**MEDIA.__dict__, "max_frames": 4})        # a setting change: new entry
     got, _ = cache.load(video, fewer)
-    assert cache.misses == 2 and torch.equal(got, rollout.load_visual(video, fewer)[0]) and got.shape[0] == 4
-    assert cache.key(video, MEDIA) == cache.key(video, rollout.MediaConfig(**{**MEDIA.__dict__, "image_max_pixels": 1}))
+    assert cache.misses == 2 and torch.equal(got, pixels.load_visual(video, fewer)[0]) and got.shape[0] == 4
+    assert cache.key(video, MEDIA) == cache.key(video, pixels.MediaConfig(**{**MEDIA.__dict__, "image_max_pixels": 1}))
     st = os.stat(copy)
     os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))                # the file changed: new entry
     cache.load(video, MEDIA)

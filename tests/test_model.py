@@ -6,6 +6,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
 import model as M
+import pixels
 import tiny as tiny_mod
 from conftest import SHARED
 
@@ -110,7 +111,7 @@ def test_logprobs_equal_hf_forward(builtin):
     inp = torch.cat([ids.expand(3, -1), comp], 1)
     attn = torch.ones_like(inp)
     with torch.no_grad():
-        ours = M.PolicyLogprobs(hf, chunk=4)(inp, attn, ids.numel(), [M.Visual("video", pix, grid, 0.5)], [0, 0, 0])
+        ours = M.PolicyLogprobs(hf, chunk=4)(inp, attn, ids.numel(), [pixels.Visual("video", pix, grid, 0.5)], [0, 0, 0])
         out = hf(input_ids=inp, attention_mask=attn, pixel_values_videos=pix.repeat(3, 1), video_grid_thw=grid.repeat(3, 1),
                  mm_token_type_ids=M.mm_token_types(inp, hf.config), second_per_grid_ts=torch.full((3,), 0.5))
     ref = torch.log_softmax(out.logits.float(), -1)[:, ids.numel() - 1:-1].gather(-1, comp[..., None])[..., 0]
@@ -126,7 +127,7 @@ def test_sampled_pad_token_in_completion_is_text(builtin):
     comp = torch.tensor([[hf.config.video_token_id, hf.config.image_token_id, 5]])
     inp = torch.cat([ids[None], comp], 1)
     with torch.no_grad():
-        lp = M.PolicyLogprobs(hf)(inp, torch.ones_like(inp), ids.numel(), [M.Visual("video", torch.randn(32, 1176), grid)], [0])
+        lp = M.PolicyLogprobs(hf)(inp, torch.ones_like(inp), ids.numel(), [pixels.Visual("video", torch.randn(32, 1176), grid)], [0])
     assert lp.shape == (1, 3) and torch.isfinite(lp).all()
 
 
@@ -134,11 +135,10 @@ def test_builtin_tiny_visual_features_are_centred(builtin):
     """build_builtin_tiny subtracts the mean merger output over the first built-in samples (decoded at the tiny
     preset's pixels): their mean feature is ~0 after saving and loading, while a fresh random tower's is ~1."""
     import data
-    import rollout
     paths, tiny = builtin
     hf, _ = M.load_policy(tiny)
-    media = rollout.MediaConfig(**tiny_mod.TINY_MEDIA)
-    visuals = [rollout.to_visual(*rollout.load_visual(s, media), s.data_type, media)
+    media = pixels.MediaConfig(**tiny_mod.TINY_MEDIA)
+    visuals = [pixels.to_visual(*pixels.load_visual(s, media), s.data_type, media)
                for s in data.load_samples(paths["train_cot"], require_process=True)[:64]]
     with torch.no_grad():
         feats = torch.cat([hf.model.visual(v.pixel_values, grid_thw=v.grid_thw[None]).pooler_output for v in visuals])

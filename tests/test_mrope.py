@@ -14,6 +14,7 @@ import torch
 
 import model as M
 import rollout as R
+import pixels
 
 IMG, VID, PAD = 90, 91, 0
 HF = SimpleNamespace(config=SimpleNamespace(image_token_id=IMG, video_token_id=VID, vision_config=SimpleNamespace(
@@ -21,11 +22,11 @@ HF = SimpleNamespace(config=SimpleNamespace(image_token_id=IMG, video_token_id=V
 
 
 def video(t, h, w, spg):
-    return M.Visual("video", torch.zeros(0), torch.tensor([t, h, w]), spg)
+    return pixels.Visual("video", torch.zeros(0), torch.tensor([t, h, w]), spg)
 
 
 def image(h, w):
-    return M.Visual("image", torch.zeros(0), torch.tensor([1, h, w]), 0.0)
+    return pixels.Visual("image", torch.zeros(0), torch.tensor([1, h, w]), 0.0)
 
 
 def positions(rows, visuals, owner, prompt_len=None):
@@ -87,7 +88,7 @@ def test_time_product_is_float32():
 
 def test_image_1x4x6_ignores_second_per_grid():
     # merged 1x2x3 at s = 3; an image's time factor is 0 whatever second_per_grid says; max 3 + 2 = 5
-    vis = M.Visual("image", torch.zeros(0), torch.tensor([1, 4, 6]), 7.5)
+    vis = pixels.Visual("image", torch.zeros(0), torch.tensor([1, 4, 6]), 7.5)
     pos, d = positions([[1, 2, 3] + [IMG] * 6 + [4, 5]], [vis], [0])
     assert pos == [[[0, 1, 2, 3, 3, 3, 3, 3, 3, 6, 7]],
                    [[0, 1, 2, 3, 3, 3, 4, 4, 4, 6, 7]],
@@ -160,8 +161,8 @@ def test_rollout_continuation_equals_rope_positions_over_prompt_and_completion(b
     hf, tok = M.load_policy(builtin[1])
     hf.eval()
     torch.manual_seed(0)
-    vis = [M.Visual("video", torch.randn(4 * 4 * 4, 1176), torch.tensor([4, 4, 4]), 2.5),   # t to 15 > h, w
-           M.Visual("image", torch.randn(1 * 4 * 6, 1176), torch.tensor([1, 4, 6]), 0.0)]
+    vis = [pixels.Visual("video", torch.randn(4 * 4 * 4, 1176), torch.tensor([4, 4, 4]), 2.5),   # t to 15 > h, w
+           pixels.Visual("image", torch.randn(1 * 4 * 6, 1176), torch.tensor([1, 4, 6]), 0.0)]
     prompts = [M.encode_prompt(tok, "What happens?", "video", vis[0].grid_thw),
                M.encode_prompt(tok, "What is shown here, in detail?", "image", vis[1].grid_thw)]
     seen = []

@@ -7,6 +7,7 @@ import torch
 import data
 import model as M
 import rollout as R
+import pixels
 
 
 def test_completion_mask_includes_first_stop_token():
@@ -56,7 +57,7 @@ def _setup(tok):
 
 def test_generate_group_shapes_stops_and_determinism(policy):
     hf, tok, samples = policy
-    media = R.MediaConfig(max_frames=8, video_min_pixels=56 * 56, video_max_pixels=56 * 56, image_max_pixels=56 * 56)
+    media = pixels.MediaConfig(max_frames=8, video_min_pixels=56 * 56, video_max_pixels=56 * 56, image_max_pixels=56 * 56)
     video = next(s for s in samples if s.data_type == "video")
     image = next(s for s in samples if s.data_type == "image")
     pv = R.prepare(video, tok, media, shuffled=True, generator=torch.Generator().manual_seed(0))
@@ -85,7 +86,7 @@ def test_generation_config_of_checkpoint_is_ignored(policy, tmp_path):
     §9 item 17): generate never reads it, so outputs under a fixed seed are identical with and without it."""
     hf, tok, samples = policy
     pad, stops = _setup(tok)
-    media = R.MediaConfig(max_frames=8, video_min_pixels=56 * 56, video_max_pixels=56 * 56)
+    media = pixels.MediaConfig(max_frames=8, video_min_pixels=56 * 56, video_max_pixels=56 * 56)
     p = R.prepare(next(s for s in samples if s.data_type == "video"), tok, media)
     sp = R.SamplingParams(max_new_tokens=10)
     before = R.generate(hf, [p.prompt_ids], [p.visual], [4], sp, pad, stops, torch.Generator().manual_seed(3))[0]
@@ -98,8 +99,8 @@ def test_generation_config_of_checkpoint_is_ignored(policy, tmp_path):
 def test_rope_time_uses_sample_fps(policy):
     hf, tok, samples = policy
     video = next(s for s in samples if s.data_type == "video")
-    real = R.prepare(video, tok, R.MediaConfig(max_frames=8, video_min_pixels=3136, video_max_pixels=3136))
-    official = R.prepare(video, tok, R.MediaConfig(max_frames=8, video_min_pixels=3136, video_max_pixels=3136, rope_time="official"))
+    real = R.prepare(video, tok, pixels.MediaConfig(max_frames=8, video_min_pixels=3136, video_max_pixels=3136))
+    official = R.prepare(video, tok, pixels.MediaConfig(max_frames=8, video_min_pixels=3136, video_max_pixels=3136, rope_time="official"))
     assert math.isclose(real.visual.second_per_grid, 2 / 2.0)         # built-in clips are 2 fps: 1 s per grid
     assert official.visual.second_per_grid == 1.0
 
@@ -108,5 +109,5 @@ def test_prepare_raises_media_error_for_missing_file(policy):
     hf, tok, samples = policy
     s = samples[0]
     s = data.Sample(**{**s.__dict__, "media_path": "/nonexistent/x.mp4", "data_type": "video"})
-    with pytest.raises(data.MediaError):
-        R.prepare(s, tok, R.MediaConfig())
+    with pytest.raises(pixels.MediaError):
+        R.prepare(s, tok, pixels.MediaConfig())

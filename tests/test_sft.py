@@ -10,11 +10,12 @@ from transformers import AutoTokenizer
 
 import data
 import rollout
+import pixels
 import sft
 from conftest import ROOT, SHARED
 from model import load_policy, mm_token_types, rope_positions
 
-TINY_MEDIA = rollout.MediaConfig(max_frames=8, video_min_pixels=84 * 84, video_max_pixels=84 * 84, image_max_pixels=84 * 84)
+TINY_MEDIA = pixels.MediaConfig(max_frames=8, video_min_pixels=84 * 84, video_max_pixels=84 * 84, image_max_pixels=84 * 84)
 MARK = "<|im_start|>assistant\n"
 
 
@@ -117,7 +118,7 @@ def test_batched_loss_equals_each_sample_alone(builtin, policy, loss_on):
     module = sft.PolicyLogprobs(hf)
     s = cot_samples(builtin)
     videos = [v for v in s["all"] if v.data_type == "video"]
-    small = rollout.MediaConfig(max_frames=4, video_min_pixels=56 * 56, video_max_pixels=56 * 56)
+    small = pixels.MediaConfig(max_frames=4, video_min_pixels=56 * 56, video_max_pixels=56 * 56)
     preps = [rollout.prepare(videos[0], tok, TINY_MEDIA), rollout.prepare(videos[1], tok, small),
              rollout.prepare(s["image"], tok, TINY_MEDIA)]
     assert preps[0].visual.grid_thw.tolist() != preps[1].visual.grid_thw.tolist()
