@@ -192,3 +192,30 @@ def test_sft_sigterm_checkpoints_and_resumes_to_the_same_weights(builtin, tmp_pa
     a, b = load_file(straight / "final" / "model.safetensors"), load_file(stopped / "final" / "model.safetensors")
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_export_killed_between_weights_and_tokenizer(builtin, tmp_path):
+    """SIGKILL in the middle of an HF export (after the weights, before the tokenizer: the case that used to leave
+    a folder that loads with a 1-token tokenizer): `final/` is absent on a first export, or still the complete
+    previous one on a re-export; the next export completes and clears the leftover temporary folder."""
+    script = tmp_path / "killed_export.py"
+    script.write_text(f"""
+import os, signal, sys
+sys.path.insert(0, {str(ROOT)!r})
+from model import load_policy, save_hf
+hf, tok = load_policy({str(builtin[1])!r})
+if sys.argv[2] == "kill":
+    tok.save_pretrained = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)   # dies after the weights
+save_hf(hf, tok, sys.argv[1])
+""")
+    final = tmp_path / "final"
+    proc = subprocess.run([sys.executable, str(script), str(final), "kill"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    assert not final.exists() and (tmp_path / "final.tmp" / "model.safetensors").exists()   # weights only, aside
+    run([sys.executable, str(script), str(final), "ok"], tmp_path)
+    complete = sorted(p.name for p in final.iterdir())
+    assert "tokenizer.json" in complete and not (tmp_path / "final.tmp").exists()
+    proc = subprocess.run([sys.executable, str(script), str(final), "kill"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL and sorted(p.name for p in final.iterdir()) == complete
+    from transformers import AutoTokenizer
+    assert len(AutoTokenizer.from_pretrained(final)) == len(AutoTokenizer.from_pretrained(builtin[1])) > 700
