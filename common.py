@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import checkpoint
 import distributed
 import pixels
 from model import save_hf
@@ -97,6 +98,18 @@ def clip_and_step(module, optimizer, max_grad_norm: float, loss: float, d: distr
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)     # free the gradients before the next rollout (plan.py counts it so)
     return grad_norm
+
+
+def checkpoint_if_due(step: int, cfg, preemption: distributed.Preemption, module, optimizer, d: distributed.Dist,
+                      generators: dict, position: int, run_config: dict) -> tuple[bool, Path | None]:
+    """After optimizer step `step` (1-based): every rank agrees whether SIGTERM arrived (L12), and a resumable
+    checkpoint (checkpoint.save, collective) is written every cfg.save_every steps and on SIGTERM, holding the
+    RNG states of `generators`, the stream `position` and `run_config`. Returns (stop now, folder or None)."""
+    stop = preemption.requested(d)
+    if (cfg.save_every > 0 and step % cfg.save_every == 0) or stop:
+        extra = {"rng": checkpoint.rng_state(generators), "position": position, "config": run_config}
+        return stop, checkpoint.save(cfg.out_dir, step, module, optimizer, d, extra, keep=cfg.keep_checkpoints)
+    return stop, None
 
 
 def export(module, tokenizer, folder: Path, d: distributed.Dist) -> Path:

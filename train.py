@@ -316,10 +316,8 @@ def main(argv=None):
         if d.main:
             metrics_file.write(json.dumps(row) + "\n"); metrics_file.flush()
             bar.set_postfix(acc=f"{row['accuracy']:.2f}", fmt=f"{row['format']:.2f}", kl=f"{row.get('kl', 0):.3f}")
-        preempted = preemption.requested(d)                                    # L12: every rank agrees
-        if (cfg.save_every > 0 and (step + 1) % cfg.save_every == 0) or preempted:
-            extra = {"rng": checkpoint.rng_state({"sampling": gen}), "position": prefetch.consumed, "config": run_config}
-            saved = checkpoint.save(out_dir, step + 1, policy, opt, d, extra, keep=cfg.keep_checkpoints)
+        preempted, saved = common.checkpoint_if_due(step + 1, cfg, preemption, policy, opt, d, {"sampling": gen},
+                                                    prefetch.consumed, run_config)     # L12: SIGTERM -> save, stop
         if preempted:
             break
         if cfg.export_every > 0 and (step + 1) % cfg.export_every == 0:

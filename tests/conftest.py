@@ -50,3 +50,13 @@ def run_train(args, tmp_path, nproc=1):
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
+
+
+def run_cmd(cmd, cwd, ok=True, timeout=600):
+    """A command as a subprocess with one torch thread and unbuffered output, in `cwd`; with `ok`, asserts exit
+    code 0 (showing the output's tail). Returns the CompletedProcess."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if ok:
+        assert proc.returncode == 0, " ".join(map(str, cmd[-20:])) + "\n" + proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT
+from conftest import ROOT, run_cmd as run
 
 QUICK = ["--preset", "tiny", "--G", "2", "--max-completion-length", "6", "--prompts-per-rank", "1"]
 
@@ -24,13 +24,6 @@ def train_cmd(builtin, out, *args, nproc=1):
     return launch + [str(ROOT / "train.py"), "--model", str(tiny), "--data", str(paths["train"]), "--out-dir", str(out),
                      *QUICK, *args]
 
-
-def run(cmd, cwd, ok=True):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if ok:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
 
 
 def steps(out):

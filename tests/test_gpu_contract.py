@@ -8,26 +8,17 @@ A CPU test passes where a GPU job dies unless it emulates the GPU's contract:
   the runs below give one rank only images and the other only videos, and mix both kinds in one micro-batch.
 """
 import json
-import os
 import re
-import subprocess
 import sys
 
 import pytest
 
-from conftest import GPU_CONTRACT as LAUNCH, GPU_GROUP, ROOT
+from conftest import GPU_CONTRACT as LAUNCH, GPU_GROUP, ROOT, run_cmd as run
 
 # Per rank, the media kind of each draw from its prompt stream: 2 per step, 2 steps. Step 1 mixes images and
 # videos on both ranks (in one micro-batch); in step 2 rank 0 holds only images and rank 1 only videos.
 UNEVEN = [["image", "video", "image", "image"], ["video", "image", "video", "video"]]
 
-
-def run(cmd, tmp_path, ok=True):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    if ok:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return proc
 
 
 def arranged(src_json, out_json, kinds_per_rank, seed):

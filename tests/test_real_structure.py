@@ -8,24 +8,16 @@ gradient reduction, the composite gloo + CUDA-only process group (tests/cuda_onl
 Skipped only where ../shared (the real tokenizer files) is absent.
 """
 import json
-import os
-import subprocess
 import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import GPU_CONTRACT, GPU_GROUP, ROOT
+from conftest import GPU_CONTRACT, GPU_GROUP, ROOT, run_cmd as run
 
 SMALL = ["--preset", "tiny", "--max-frames", "4"]          # 84x84 frames, 4 per clip: CPU-sized prompts
 
-
-def run(cmd, cwd):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, " ".join(map(str, cmd[-30:])) + "\n" + proc.stdout[-3000:] + proc.stderr[-6000:]
-    return proc
 
 
 def rows(path):
