@@ -25,6 +25,10 @@ def builtin(tmp_path_factory):
 
 
 REAL = SHARED / "qwen2_5_vl_7b_instruct"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a bench/ script's smoke run (CI runs them too; -m 'not slow' skips them)")
 # 2-rank launch under NCCL's contract emulated on CPU (tests/cuda_only_backend.py), with the flags that give the
 # process group a GPU node gets: gloo for CPU tensors, a CUDA-only backend in NCCL's place.
 GPU_CONTRACT = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_evidence_smoke_run(tmp_path):
     out = tmp_path / "ev"
     cmd = [sys.executable, str(ROOT / "bench" / "evidence.py"), "--seeds", "0", "--sft-epochs", "0.05", "--rl-steps", "2",
@@ -41,6 +44,7 @@ def test_evidence_smoke_run(tmp_path):
     assert again.returncode == 0 and json.loads((out / "results.json").read_text())["table"] == table
 
 
+@pytest.mark.slow
 def test_step_benchmark_smoke_run(tmp_path):
     """bench/step.py runs one timed step on the tiny preset and prints every piece of the breakdown."""
     cmd = [sys.executable, str(ROOT / "bench" / "step.py"), "--steps", "1", "--G", "2", "--cache-dir", str(tmp_path / "cache")]
@@ -50,6 +54,7 @@ def test_step_benchmark_smoke_run(tmp_path):
         assert any(line.startswith(piece) and " ms" in line for line in proc.stdout.splitlines()), (piece, proc.stdout)
 
 
+@pytest.mark.slow
 def test_vision_probe_smoke_run(tmp_path):
     """bench/vision_probe.py builds its data and model when missing and prints one row per family."""
     cmd = [sys.executable, str(ROOT / "bench" / "vision_probe.py"), "--out", str(tmp_path / "ev"), "--n-train", "60",

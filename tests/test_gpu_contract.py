@@ -124,6 +124,7 @@ def test_nonfinite_loss_stops_sft_before_the_optimizer_step_and_save(builtin, tm
     assert sorted(p.name for p in (tmp_path / "out").glob("step_*")) == ["step_1"]
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run(tmp_path):
     """bench/gpu_check.sh --dry-run: the GPU check's code path on CPU (narrow model, small settings), so it still
     runs when a GPU is lent."""
