@@ -50,6 +50,7 @@ import config as cfglib
 import data
 import distributed
 import loader
+import pixels
 import rewards
 import rollout
 import tgrpo
@@ -100,14 +101,14 @@ class Config:
     lr_schedule: str = field(default="constant", metadata={"help": "'constant' (what the official cosine over 65k steps amounts to at 1k) or 'cosine'"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
     # frames and pixels (notes §4, §8)
-    fps: float = field(default=2.0, metadata={"help": "frames per second of video sampled by the fps rule"})
-    min_frames: int = field(default=4, metadata={"help": "fewest frames per video"})
-    max_frames: int = field(default=16, metadata={"help": "most frames per video (training: 16)"})
+    fps: float = field(default=pixels.FPS, metadata={"help": "frames per second of video sampled by the fps rule"})
+    min_frames: int = field(default=pixels.FPS_MIN_FRAMES, metadata={"help": "fewest frames per video"})
+    max_frames: int = field(default=pixels.FPS_MAX_FRAMES, metadata={"help": "most frames per video (training: 16)"})
     nframes: int = field(default=0, metadata={"help": "> 0: fixed frame count instead of the fps rule"})
-    video_min_pixels: int = field(default=128 * 28 * 28, metadata={"help": "per-frame pixel floor"})
-    video_max_pixels: int = field(default=128 * 28 * 28, metadata={"help": "per-frame pixel budget (training 128·28·28)"})
-    image_min_pixels: int = field(default=3136, metadata={"help": "image pixel floor"})
-    image_max_pixels: int = field(default=256 * 28 * 28, metadata={"help": "image pixel budget"})
+    video_min_pixels: int = field(default=pixels.VIDEO_MIN_PIXELS, metadata={"help": "per-frame pixel floor"})
+    video_max_pixels: int = field(default=pixels.VIDEO_MAX_PIXELS, metadata={"help": "per-frame pixel budget (training 128·28·28)"})
+    image_min_pixels: int = field(default=pixels.IMAGE_MIN_PIXELS, metadata={"help": "image pixel floor"})
+    image_max_pixels: int = field(default=pixels.IMAGE_MAX_PIXELS, metadata={"help": "image pixel budget"})
     rope_time: str = field(default="sample", metadata={"help": "'sample': mRoPE time from the clip's real fps; 'official': fixed 2 fps"})
     # machinery
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
