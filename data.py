@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 
 
+import torch
+
 from rewards import PROBLEM_TYPES
 
 # ---- samples (notes §5) ----------------------------------------------------------------------
@@ -188,3 +190,42 @@ def build_prompt_text(sample: Sample, variant: str = "train") -> str:
         raise ValueError(f"build_prompt_text: problem {sample.problem_id}: unknown problem_type {sample.problem_type!r}")
     template = QUESTION_TEMPLATE if variant == "train" else QUESTION_TEMPLATE_EVAL
     return template.format(Question=build_question(sample)) + TYPE_TEMPLATE[sample.problem_type]
+
+
+# ---- the chat-rendered prompt (notes §5 "GRPO message"): the text above, in Qwen2.5-VL's chat layout ----------
+PAD_TOKEN = {"image": "<|image_pad|>", "video": "<|video_pad|>"}
+DEFAULT_SYSTEM = "You are a helpful assistant."
+
+
+def render_prompt(tokenizer, text: str, data_type: str, system: str | None = None) -> str:
+    """The chat-rendered prompt text with ONE pad token for the media (notes §5 "GRPO message").
+
+    No system message by default, so the template inserts "You are a helpful assistant.". Raises ValueError
+    for a data_type other than "image"/"video".
+    """
+    if data_type not in PAD_TOKEN:
+        raise ValueError(f"data_type must be 'image' or 'video', got {data_type!r}")
+    messages = [{"role": "user", "content": [{"type": data_type}, {"type": "text", "text": text}]}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def expand_media_tokens(rendered: str, data_type: str, grid_thw, merge_size: int = 2) -> str:
+    """Replace the single `<|video_pad|>`/`<|image_pad|>` of a rendered prompt by t*h*w/merge² copies, as the
+    Qwen2.5-VL processor does. grid_thw: (3,) ints. Raises ValueError if the text has not exactly one pad."""
+    pad = PAD_TOKEN[data_type]
+    if rendered.count(pad) != 1:
+        raise ValueError(f"expected exactly one {pad} in the rendered prompt, found {rendered.count(pad)}")
+    t, h, w = (int(x) for x in grid_thw)
+    return rendered.replace(pad, pad * (t * h * w // merge_size**2))
+
+
+def encode_prompt(tokenizer, text: str, data_type: str, grid_thw, merge_size: int = 2, system: str | None = None):
+    """Token ids of the chat-rendered prompt with exactly t*h*w/merge² media pad tokens.
+
+    Args: text: the templated question (data.build_prompt_text); data_type: "image" | "video"; grid_thw: (3,)
+    LongTensor or ints (t, h, w) from pixels.patchify. Returns LongTensor (P,). Reference §1 step 3, §5.
+    """
+    full = expand_media_tokens(render_prompt(tokenizer, text, data_type, system), data_type, grid_thw, merge_size)
+    return torch.tensor(tokenizer(full, add_special_tokens=False)["input_ids"], dtype=torch.long)

@@ -187,7 +187,7 @@ def run_batch(indices, samples, shuffled, hf, tokenizer, media, sp, gen, cfg) ->
     for i in indices:
         try:  # the shuffle of item i depends only on (seed, i): the same on any rank, batch or resume
             frame_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
-            prepared.append((i, rollout.prepare(samples[i], tokenizer, media, shuffled=shuffled, variant=cfg.template,
+            prepared.append((i, pixels.prepare(samples[i], tokenizer, media, shuffled=shuffled, variant=cfg.template,
                                                 generator=frame_gen)))
         except pixels.MediaError as e:   # E1: only unreadable media exclude an item; other errors stop the run
             failed.append((i, f"undecodable: {e}"))

@@ -1,14 +1,14 @@
 """Background preparation of the next samples, so decoding and patchifying overlap the current step.
 
 The official trainer decodes a sample's video inside `compute_loss`, on the critical path, right before
-generation (notes §1 step 2); here a small pool of threads runs `rollout.prepare`'s work for the next
+generation (notes §1 step 2); here a small pool of threads runs `pixels.prepare`'s work for the next
 samples of the stream while the policy generates and trains on the current ones.
 
     pf = Prefetcher(stream, tokenizer, media, shuffled=True, seed=cfg.seed, rank=d.rank, cache=FrameCache(dir))
-    batch, skipped = pf.take(cfg.prompts_per_rank)      # list[rollout.Prepared], undecodable samples skipped
+    batch, skipped = pf.take(cfg.prompts_per_rank)      # list[pixels.Prepared], undecodable samples skipped
 
 Guarantees:
-1. Order and content are those of calling `rollout.prepare` on the stream in a loop: the only random step,
+1. Order and content are those of calling `pixels.prepare` on the stream in a loop: the only random step,
    the shuffled-frame permutation (notes §1 step 4), uses a generator seeded from (seed, rank, sample
    index) by `sample_generator`, so neither the number of threads nor the order they finish in matters.
 2. A sample whose media fails to decode or is unusable (`pixels.MediaError`: also one frame, aspect ratio > 200,
@@ -38,7 +38,6 @@ import torch
 
 import data
 import pixels
-import rollout
 
 VIDEO_KEYS = ("fps", "min_frames", "max_frames", "nframes", "video_min_pixels", "video_max_pixels", "video_total_pixels")
 IMAGE_KEYS = ("image_min_pixels", "image_max_pixels")
@@ -151,12 +150,12 @@ class Prefetcher:
     threads.
 
     Args: samples: an iterable of data.Sample (may be endless, e.g. `prompt_stream(...)`);
-    tokenizer, media, shuffled, variant: as rollout.prepare; seed, rank: seed the per-sample generators
+    tokenizer, media, shuffled, variant: as pixels.prepare; seed, rank: seed the per-sample generators
     (`sample_generator(seed, rank, start_index + i)` for the i-th sample); depth >= 1: samples in flight;
     workers >= 1: threads; cache: an optional FrameCache; max_consecutive_skips: raise RuntimeError after
     more than this many unusable samples in a row (a wrong media root); its message says to check
     --media-root and names the last path.
-    Iterating yields (index, rollout.Prepared); `skipped` counts skipped samples, `skipped_errors` keeps the
+    Iterating yields (index, pixels.Prepared); `skipped` counts skipped samples, `skipped_errors` keeps the
     last 100 messages ("entry 17 of train.json (/data/x.mp4): reason", see `skip_message`); `consumed` is
     start_index + the samples handed out or skipped so far: the stream position to checkpoint (the threads
     read up to `depth` samples further ahead; to resume, rebuild the stream at `consumed` and pass
@@ -178,9 +177,9 @@ class Prefetcher:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch")
         self._fill()
 
-    def _work(self, sample: data.Sample, index: int) -> rollout.Prepared:
+    def _work(self, sample: data.Sample, index: int) -> pixels.Prepared:
         gen = sample_generator(self.seed, self.rank, index)
-        return rollout.prepare(sample, self.tokenizer, self.media, self.shuffled, self.variant, gen, self.cache)
+        return pixels.prepare(sample, self.tokenizer, self.media, self.shuffled, self.variant, gen, self.cache)
 
     def _fill(self) -> None:
         while len(self._pending) < self.depth:
@@ -192,10 +191,10 @@ class Prefetcher:
                                   self._pool.submit(self._work, sample, self._next_index)))
             self._next_index += 1
 
-    def __iter__(self) -> Iterator[tuple[int, rollout.Prepared]]:
+    def __iter__(self) -> Iterator[tuple[int, pixels.Prepared]]:
         return self
 
-    def __next__(self) -> tuple[int, rollout.Prepared]:
+    def __next__(self) -> tuple[int, pixels.Prepared]:
         while self._pending:
             index, sample, fut = self._pending.popleft()
             self._fill()                                                      # keep `depth` in flight
@@ -221,7 +220,7 @@ class Prefetcher:
             return index, out
         raise StopIteration
 
-    def take(self, n: int) -> tuple[list[rollout.Prepared], int]:
+    def take(self, n: int) -> tuple[list[pixels.Prepared], int]:
         """The next n prepared samples and how many were skipped to get them (what train.py's step takes).
         Raises StopIteration if a finite stream ends first."""
         before = self.skipped

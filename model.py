@@ -1,4 +1,4 @@
-"""The Qwen2.5-VL policy at run time: load it, render prompts, mRoPE positions, embed visuals, completion log-probs.
+"""The Qwen2.5-VL policy at run time: load it, mRoPE positions, embed visuals, completion log-probs.
 
 Everything here works the same for the project's random models (tiny.py) and for a real Qwen2.5-VL-7B-Instruct
 folder: both are loaded with `from_pretrained(folder)`.
@@ -6,7 +6,7 @@ folder: both are loaded with `from_pretrained(folder)`.
 Pieces (notes §1 steps 1, 3, 7 and §5 "GRPO message"):
 - `load_policy` / `save_hf`: an HF folder in (checked to be a Qwen2.5-VL, weights checked finite), an HF folder
   out (written atomically, with the tokenizer, chat template and processor settings).
-- `encode_prompt`: the chat-rendered prompt with exactly t*h*w/4 `<|video_pad|>` (or `<|image_pad|>`) tokens.
+  (Prompts are rendered and tokenised by data.encode_prompt; frames and pixels come from pixels.py.)
 - `rope_positions`: our own mRoPE positions under Qwen2.5-VL's rule (transformers 4.49-4.51 `get_rope_index`: text
   after a vision block starts at the block's largest t/h/w position + 1). We do not call 5.x's `get_rope_index`: it
   restarts the text at block start + max(h, w)/merge, ignoring the clip's time extent, while the released checkpoints
@@ -33,8 +33,6 @@ from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
 from pixels import Visual
 
-PAD_TOKEN = {"image": "<|image_pad|>", "video": "<|video_pad|>"}
-DEFAULT_SYSTEM = "You are a helpful assistant."
 
 def save_hf(model, tokenizer, folder: str | Path, state_dict: dict | None = None) -> Path:
     """Save an HF folder that plain transformers loads: config, safetensors, tokenizer with chat template,
@@ -131,40 +129,6 @@ def load_policy(folder: str | Path, dtype: torch.dtype = torch.float32, device: 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "left"
     return model, tokenizer
-
-
-def render_prompt(tokenizer, text: str, data_type: str, system: str | None = None) -> str:
-    """The chat-rendered prompt text with ONE pad token for the media (notes §5 "GRPO message").
-
-    No system message by default, so the template inserts "You are a helpful assistant.". Raises ValueError
-    for a data_type other than "image"/"video".
-    """
-    if data_type not in PAD_TOKEN:
-        raise ValueError(f"data_type must be 'image' or 'video', got {data_type!r}")
-    messages = [{"role": "user", "content": [{"type": data_type}, {"type": "text", "text": text}]}]
-    if system is not None:
-        messages.insert(0, {"role": "system", "content": system})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def expand_media_tokens(rendered: str, data_type: str, grid_thw, merge_size: int = 2) -> str:
-    """Replace the single `<|video_pad|>`/`<|image_pad|>` of a rendered prompt by t*h*w/merge² copies, as the
-    Qwen2.5-VL processor does. grid_thw: (3,) ints. Raises ValueError if the text has not exactly one pad."""
-    pad = PAD_TOKEN[data_type]
-    if rendered.count(pad) != 1:
-        raise ValueError(f"expected exactly one {pad} in the rendered prompt, found {rendered.count(pad)}")
-    t, h, w = (int(x) for x in grid_thw)
-    return rendered.replace(pad, pad * (t * h * w // merge_size**2))
-
-
-def encode_prompt(tokenizer, text: str, data_type: str, grid_thw, merge_size: int = 2, system: str | None = None):
-    """Token ids of the chat-rendered prompt with exactly t*h*w/merge² media pad tokens.
-
-    Args: text: the templated question (data.build_prompt_text); data_type: "image" | "video"; grid_thw: (3,)
-    LongTensor or ints (t, h, w) from pixels.patchify. Returns LongTensor (P,). Reference §1 step 3, §5.
-    """
-    full = expand_media_tokens(render_prompt(tokenizer, text, data_type, system), data_type, grid_thw, merge_size)
-    return torch.tensor(tokenizer(full, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 
 def mm_token_types(input_ids: torch.Tensor, config, prompt_len: int | None = None) -> torch.Tensor:

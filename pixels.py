@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import data
+
 # ---- constants (notes §8, the shipped training values) ------------------------------------
 IMAGE_FACTOR = 28  # patch_size 14 * merge_size 2
 MAX_RATIO = 200
@@ -345,3 +347,32 @@ def to_visual(frames: torch.Tensor, sample_fps: float, data_type: str, media: Me
     pixel_values, grid = patchify(frames)                               # (t*h*w, 1176), (3,)
     fps = 2.0 if media.rope_time == "official" or sample_fps <= 0 else sample_fps
     return Visual(data_type, pixel_values, grid, 2.0 / fps)
+
+
+# ---- one sample prepared for the policy ------------------------------------------------------------
+@dataclass
+class Prepared:
+    """One sample turned into policy inputs: prompt ids (P,) long and its Visual; for a video prompt that
+    gets a shuffled group, the shuffled copy (same text, same token count, permuted frames, notes §1 step 4)."""
+    sample: data.Sample
+    prompt_ids: torch.Tensor
+    visual: Visual
+    shuffled_ids: torch.Tensor | None = None
+    shuffled_visual: Visual | None = None
+
+
+def prepare(sample: data.Sample, tokenizer, media: MediaConfig, shuffled: bool = False, variant: str = "train",
+            generator: torch.Generator | None = None, cache=None) -> Prepared:
+    """Sample -> Prepared, the one place a sample is prepared: decode media (or take the frames from `cache`, a
+    loader.FrameCache: the same frames, bit for bit), patchify, render the chat prompt with t*h*w/4 pad tokens;
+    with `shuffled` and a video, also the shuffled-frame copy (its permutation from `generator`).
+    Raises MediaError for unreadable media."""
+    frames, fps = cache.load(sample, media) if cache is not None else load_visual(sample, media)   # (T, 3, H, W)
+    text = data.build_prompt_text(sample, variant)
+    visual = to_visual(frames, fps, sample.data_type, media)
+    out = Prepared(sample, data.encode_prompt(tokenizer, text, sample.data_type, visual.grid_thw), visual)
+    if shuffled and sample.data_type == "video":
+        perm_frames, _ = shuffle_frames(frames, generator)
+        out.shuffled_visual = to_visual(perm_frames, fps, "video", media)
+        out.shuffled_ids = out.prompt_ids                                    # same text and grid
+    return out

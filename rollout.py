@@ -20,37 +20,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-import data
-import pixels
-from model import Visual, embed_with_visuals, encode_prompt, rope_positions
-
-
-@dataclass
-class Prepared:
-    """One sample turned into policy inputs: prompt ids (P,) long and its Visual; for a video prompt that
-    gets a shuffled group, the shuffled copy (same text, same token count, permuted frames, notes §1 step 4)."""
-    sample: data.Sample
-    prompt_ids: torch.Tensor
-    visual: Visual
-    shuffled_ids: torch.Tensor | None = None
-    shuffled_visual: Visual | None = None
-
-
-def prepare(sample: data.Sample, tokenizer, media: pixels.MediaConfig, shuffled: bool = False, variant: str = "train",
-            generator: torch.Generator | None = None, cache=None) -> Prepared:
-    """Sample -> Prepared, the one place a sample is prepared: decode media (or take the frames from `cache`, a
-    loader.FrameCache: the same frames, bit for bit), patchify, render the chat prompt with t*h*w/4 pad tokens;
-    with `shuffled` and a video, also the shuffled-frame copy (its permutation from `generator`).
-    Raises pixels.MediaError for unreadable media."""
-    frames, fps = cache.load(sample, media) if cache is not None else pixels.load_visual(sample, media)   # (T, 3, H, W)
-    text = data.build_prompt_text(sample, variant)
-    visual = pixels.to_visual(frames, fps, sample.data_type, media)
-    out = Prepared(sample, encode_prompt(tokenizer, text, sample.data_type, visual.grid_thw), visual)
-    if shuffled and sample.data_type == "video":
-        perm_frames, _ = pixels.shuffle_frames(frames, generator)
-        out.shuffled_visual = pixels.to_visual(perm_frames, fps, "video", media)
-        out.shuffled_ids = out.prompt_ids                                    # same text and grid
-    return out
+from model import Visual, embed_with_visuals, rope_positions
+from pixels import Prepared
 
 
 @dataclass
@@ -116,7 +87,7 @@ def generate(hf, prompts: list[torch.Tensor], visuals: list[Visual], n: list[int
     """Sample n[i] completions for prompt i, sharing one prefill per prompt.
 
     Args: hf: a Qwen2_5_VLForConditionalGeneration with full (unsharded) weights; prompts: list of (P_i,) long
-    prompt ids from model.encode_prompt; visuals[i]: the prompt's visual input; n[i] >= 0; generator: seeds the
+    prompt ids from data.encode_prompt; visuals[i]: the prompt's visual input; n[i] >= 0; generator: seeds the
     sampling. Returns one Completions per prompt (ids (n[i], L) with L the longest completion of the batch).
     Raises ValueError when lengths of prompts/visuals/n differ.
     """

@@ -11,7 +11,7 @@
 On SIGTERM every rank finishes the current step, writes a resumable checkpoint and exits with code 143 (as train.py).
 
 One optimizer step: each rank takes `grad_accum` micro-batches of `batch_size` samples -> decodes frames and
-renders the T-GRPO user turn (rollout.prepare: same template, frames and pixels) -> appends the assistant turn
+renders the T-GRPO user turn (pixels.prepare: same template, frames and pixels) -> appends the assistant turn
 `process + "\\n" + solution` + `<|im_end|>` + "\\n" exactly as the chat template renders it -> one right-padded
 forward per micro-batch (each sample with its own visual, mRoPE from model.rope_positions) -> token-level
 cross-entropy -> backward, clip (5.0), AdamW, linear decay.
@@ -50,7 +50,8 @@ import pixels
 import rewards
 import rollout
 import loader
-from model import PAD_TOKEN, PolicyLogprobs, Visual, encode_prompt, expand_media_tokens, load_policy
+from data import PAD_TOKEN, encode_prompt, expand_media_tokens
+from model import PolicyLogprobs, Visual, load_policy
 
 SYSTEM_PROMPTS = {"default": None, "official": "You are a helpful assistant"}   # None: the template default
 LOSS_ON = ("assistant", "all")
@@ -144,10 +145,10 @@ def assistant_text(sample: data.Sample) -> str:
     return sample.process + "\n" + sample.solution
 
 
-def build_example(prepared: rollout.Prepared, tokenizer, loss_on: str = "assistant", system: str | None = None) -> Example:
+def build_example(prepared: pixels.Prepared, tokenizer, loss_on: str = "assistant", system: str | None = None) -> Example:
     """Token ids and label mask of one conversation, built as the chat template renders [user, assistant].
 
-    The prompt is rollout.prepare's T-GRPO prompt (re-encoded when `system` is not None); the assistant ids are
+    The prompt is pixels.prepare's T-GRPO prompt (re-encoded when `system` is not None); the assistant ids are
     tokenizer(answer + "<|im_end|>") followed by tokenizer("\\n"). loss_on "assistant": labels on the answer and
     <|im_end|>; "all": every position >= 1 except <|image_pad|> (official, §6 "Labels").
     Raises ValueError for another loss_on.
@@ -230,7 +231,7 @@ def lr_at(step: int, total: int, cfg) -> float:
 
 def prepare_example(sample, tokenizer, media, cfg) -> Example:
     """Sample -> Example (decoded, patchified, tokenized). Raises pixels.MediaError for unreadable media."""
-    return build_example(rollout.prepare(sample, tokenizer, media), tokenizer, cfg.loss_on, SYSTEM_PROMPTS[cfg.system_prompt])
+    return build_example(pixels.prepare(sample, tokenizer, media), tokenizer, cfg.loss_on, SYSTEM_PROMPTS[cfg.system_prompt])
 
 
 @torch.no_grad()

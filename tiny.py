@@ -31,7 +31,8 @@ import torch
 
 from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from model import DEFAULT_SYSTEM, Visual, save_hf
+from data import DEFAULT_SYSTEM
+from model import Visual, save_hf
 
 # Qwen2.5-VL's 22 added tokens, in id order (151643..151664 in the real tokenizer; notes §5, shared config).
 SPECIAL_TOKENS = [

@@ -28,6 +28,7 @@ import config as cfglib  # noqa: E402
 import data  # noqa: E402
 import distributed  # noqa: E402
 import loader  # noqa: E402
+import pixels  # noqa: E402
 import plan  # noqa: E402
 import rollout  # noqa: E402
 import synthetic  # noqa: E402
@@ -94,7 +95,7 @@ def main():
             times[self.name].append(time.perf_counter() - self.t)
 
     for step in range(a.steps + 1):
-        pr = rollout.prepare(videos[step], tok, media, True, "train", loader.sample_generator(0, 0, step))
+        pr = pixels.prepare(videos[step], tok, media, True, "train", loader.sample_generator(0, 0, step))
         hf.eval()
         with phase("rollout"), amp():
             groups = rollout.rollout(hf, [pr], cfg.G, cfg.G_shuffled, sp, pad_id, stop_ids, gen)

@@ -52,7 +52,7 @@ def main():
     sample = next(s for s in data.load_samples(train_json) if s.data_type == "video")
     media = pixels.MediaConfig(max_frames=a.frames, nframes=a.frames, video_min_pixels=a.pixels ** 2,
                                 video_max_pixels=a.pixels ** 2)
-    prep = rollout.prepare(sample, tok, media)
+    prep = pixels.prepare(sample, tok, media)
     vis = prep.visual
     n_video = int(vis.grid_thw.prod()) // 4
     sp = rollout.SamplingParams(temperature=1.0, top_p=0.95, top_k=0, max_new_tokens=a.new_tokens)

@@ -4,7 +4,7 @@
     python bench/step.py --steps 4 --G 4
 
 The step is main's loop in train.py, call by call: decode (media decode + patchify + prompt tokens,
-`rollout.prepare`, here in the main thread; train.py overlaps it with the step through `loader.Prefetcher`),
+`pixels.prepare`, here in the main thread; train.py overlaps it with the step through `loader.Prefetcher`),
 rollout (`rollout.rollout`: G ordered + G̃ shuffled completions per prompt, one generate call), rewards
 (`train.rule_rewards`), advantages (`train.advantages`), and the update (`train.train_step`: reference log-probs,
 policy forward, backward, clip, AdamW). The first step is a warm-up and is not counted.
@@ -26,6 +26,7 @@ import common  # noqa: E402
 import data  # noqa: E402
 import distributed  # noqa: E402
 import loader  # noqa: E402
+import pixels  # noqa: E402
 import rollout  # noqa: E402
 import train  # noqa: E402
 from model import PolicyLogprobs, load_policy  # noqa: E402
@@ -70,7 +71,7 @@ def main():
 
     for step in range(a.steps + 1):
         with timer("decode"):
-            batch = [rollout.prepare(next(stream), tok, media, shuffle, "train", loader.sample_generator(cfg.seed, 0, i))
+            batch = [pixels.prepare(next(stream), tok, media, shuffle, "train", loader.sample_generator(cfg.seed, 0, i))
                      for i in range(step * cfg.prompts_per_rank, (step + 1) * cfg.prompts_per_rank)]
         hf.eval()
         with timer("rollout"):

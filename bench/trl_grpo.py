@@ -50,7 +50,7 @@ def ours(model_dir, samples, a, pixels: int) -> list[float]:
     times = []
     for step in range(a.steps + 1):
         t = time.perf_counter()
-        p = rollout.prepare(samples[step % len(samples)], tok, media)
+        p = pixels.prepare(samples[step % len(samples)], tok, media)
         hf.eval()
         c = rollout.generate(hf, [p.prompt_ids], [p.visual], [a.G], sp, pad, stop, gen)[0]
         hf.train()

@@ -35,7 +35,7 @@ def batch(tokenizer, train_json):
     g = torch.Generator().manual_seed(0)
     out = []
     for s in picked:
-        p = rollout.prepare(s, tokenizer, media)
+        p = pixels.prepare(s, tokenizer, media)
         comp = torch.randint(0, len(tokenizer) - 30, (2, 6), generator=g)     # (2, 6) ordinary tokens
         out.append((p.prompt_ids, p.visual, comp, torch.randn(2, generator=g)))
     return out

@@ -14,7 +14,6 @@ from PIL import Image
 
 import data
 import loader
-import rollout
 import pixels
 from conftest import ROOT
 
@@ -153,7 +152,7 @@ def test_prefetcher_skips_bad_media_by_entry_and_path(builtin, bad_files, tmp_pa
         assert [i for i, _ in got] == good                                    # in order, nothing in their place
         for i, p in got:
             assert p.sample is samples[i] and p.sample.entry == i
-            direct = rollout.prepare(samples[i], tok, media, shuffled=True, generator=loader.sample_generator(3, 0, i))
+            direct = pixels.prepare(samples[i], tok, media, shuffled=True, generator=loader.sample_generator(3, 0, i))
             assert torch.equal(p.visual.pixel_values, direct.visual.pixel_values)
             assert torch.equal(p.prompt_ids, direct.prompt_ids)
         errors = list(pf.skipped_errors)

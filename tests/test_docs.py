@@ -58,3 +58,29 @@ def test_no_reference_outside_the_repository():
         text = path.read_text()
         assert "/work/shared" not in text and "reference §" not in text, path.name
         assert not re.search(r"(?<![\w/-])#\d{2,}\b", text), path.name    # issues as owner/repo#N or Video-R1#N
+
+
+def test_layers_no_entry_point_imported_and_no_import_cycle():
+    """No top-level module imports an entry point (train.py, sft.py, eval.py), so the entry points never import
+    each other either, and the top-level modules have no import cycle, function-level imports included."""
+    import ast
+    mods = {p.stem: p for p in ROOT.glob("*.py")}
+    graph = {}
+    for name, path in mods.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                deps.add(node.module.split(".")[0])
+        graph[name] = {d for d in deps if d in mods and d != name}
+    entry = {"train", "sft", "eval"}
+    assert all(not (graph[m] & entry) for m in graph), {m: graph[m] & entry for m in graph if graph[m] & entry}
+
+    def reach(start):
+        seen, todo = set(), [start]
+        while todo:
+            for m in graph[todo.pop()] - seen:
+                seen.add(m); todo.append(m)
+        return seen
+    assert not [m for m in graph if m in reach(m)]

@@ -29,8 +29,8 @@ def setup(builtin):
                 p.normal_(0, 0.1)
     hf.eval()
     samples = data.load_samples(paths["train"])
-    video = rollout.prepare(next(s for s in samples if s.data_type == "video"), tok, MEDIA)
-    image = rollout.prepare(next(s for s in samples if s.data_type == "image"), tok, MEDIA)
+    video = pixels.prepare(next(s for s in samples if s.data_type == "video"), tok, MEDIA)
+    image = pixels.prepare(next(s for s in samples if s.data_type == "image"), tok, MEDIA)
     assert video.prompt_ids.numel() != image.prompt_ids.numel()               # a real left-padding case
     stop = [tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id]
     return hf, tok, video, image, stop

@@ -1,4 +1,4 @@
-"""loader.py: per-sample generators, the prefetcher and the frame cache give exactly what rollout.prepare gives;
+"""loader.py: per-sample generators, the prefetcher and the frame cache give exactly what pixels.prepare gives;
 unreadable media are skipped and counted with their JSON entry."""
 import os
 
@@ -8,7 +8,6 @@ from transformers import AutoTokenizer
 
 import data
 import loader
-import rollout
 import pixels
 import tiny
 
@@ -23,7 +22,7 @@ def test_sample_generator_reproducible_and_distinct():
         loader.sample_generator(0, 0, -1)
 
 
-def assert_same_prepared(a: rollout.Prepared, b: rollout.Prepared):
+def assert_same_prepared(a: pixels.Prepared, b: pixels.Prepared):
     assert a.sample == b.sample and torch.equal(a.prompt_ids, b.prompt_ids)
     for va, vb in ((a.visual, b.visual), (a.shuffled_visual, b.shuffled_visual)):
         assert (va is None) == (vb is None)
@@ -42,7 +41,7 @@ def test_prefetcher_equals_direct_prepare_and_skips_bad_media(builtin, tmp_path)
     direct = {}
     for i, s in enumerate(samples):
         try:
-            direct[i] = rollout.prepare(s, tok, MEDIA, shuffled=True, generator=loader.sample_generator(7, 1, i))
+            direct[i] = pixels.prepare(s, tok, MEDIA, shuffled=True, generator=loader.sample_generator(7, 1, i))
         except pixels.MediaError:
             pass
     assert sorted(direct) == [0, 1, 3, 4, 6]

@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
+import data
 import model as M
 import pixels
 import tiny as tiny_mod
@@ -26,13 +27,13 @@ def test_special_tokens_are_qwen_strings(builtin):
 def test_rendered_prompt_layout(builtin):
     _, tiny = builtin
     tok = AutoTokenizer.from_pretrained(tiny)
-    assert M.render_prompt(tok, TEXT, "video") == (
+    assert data.render_prompt(tok, TEXT, "video") == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
         f"<|vision_start|><|video_pad|><|vision_end|>{TEXT}<|im_end|>\n<|im_start|>assistant\n")
-    assert "<|image_pad|>" in M.render_prompt(tok, TEXT, "image")
-    assert M.render_prompt(tok, TEXT, "video", system="S").startswith("<|im_start|>system\nS<|im_end|>\n")
+    assert "<|image_pad|>" in data.render_prompt(tok, TEXT, "image")
+    assert data.render_prompt(tok, TEXT, "video", system="S").startswith("<|im_start|>system\nS<|im_end|>\n")
     with pytest.raises(ValueError):
-        M.render_prompt(tok, TEXT, "audio")
+        data.render_prompt(tok, TEXT, "audio")
 
 
 @pytest.mark.skipif(not REAL.exists(), reason="../shared/qwen2_5_vl_7b_instruct absent (fresh clone)")
@@ -41,9 +42,9 @@ def test_same_text_as_real_qwen_tokenizer(builtin, data_type):
     _, tiny = builtin
     ours, real = AutoTokenizer.from_pretrained(tiny), AutoTokenizer.from_pretrained(REAL)
     for system in (None, "You are a helpful assistant"):
-        assert M.render_prompt(ours, TEXT, data_type, system) == M.render_prompt(real, TEXT, data_type, system)
+        assert data.render_prompt(ours, TEXT, data_type, system) == data.render_prompt(real, TEXT, data_type, system)
     # the real tokenizer's ids: exactly t*h*w/4 pads between vision_start/end, the real pad id 151656 / 151655
-    ids = M.encode_prompt(real, TEXT, data_type, torch.tensor([8, 16, 30]))
+    ids = data.encode_prompt(real, TEXT, data_type, torch.tensor([8, 16, 30]))
     pad = {"video": 151656, "image": 151655}[data_type]
     assert int((ids == pad).sum()) == 8 * 16 * 30 // 4 == 960
     pos = (ids == pad).nonzero()[:, 0]
@@ -69,12 +70,12 @@ def test_encode_prompt_pad_count(builtin):
     tok = AutoTokenizer.from_pretrained(tiny)
     cfg = AutoConfig.from_pretrained(tiny)
     for grid, kind, tid in [((4, 6, 6), "video", cfg.video_token_id), ((1, 8, 12), "image", cfg.image_token_id)]:
-        ids = M.encode_prompt(tok, TEXT, kind, torch.tensor(grid))
+        ids = data.encode_prompt(tok, TEXT, kind, torch.tensor(grid))
         t, h, w = grid
         assert int((ids == tid).sum()) == t * h * w // 4
         assert tok.decode(ids).count("<|vision_start|>") == 1
     with pytest.raises(ValueError):
-        M.expand_media_tokens("no pad here", "video", (2, 4, 4))
+        data.expand_media_tokens("no pad here", "video", (2, 4, 4))
 
 
 def test_tiny_loads_with_plain_transformers(builtin):
@@ -106,7 +107,7 @@ def test_logprobs_equal_hf_forward(builtin):
     torch.manual_seed(0)
     grid = torch.tensor([2, 4, 6])
     pix = torch.randn(48, 3 * 2 * 14 * 14)
-    ids = M.encode_prompt(tok, TEXT, "video", grid)
+    ids = data.encode_prompt(tok, TEXT, "video", grid)
     comp = torch.randint(0, 200, (3, 9))
     inp = torch.cat([ids.expand(3, -1), comp], 1)
     attn = torch.ones_like(inp)
@@ -123,7 +124,7 @@ def test_sampled_pad_token_in_completion_is_text(builtin):
     _, tiny = builtin
     hf, tok = M.load_policy(tiny)
     grid = torch.tensor([2, 4, 4])
-    ids = M.encode_prompt(tok, TEXT, "video", grid)
+    ids = data.encode_prompt(tok, TEXT, "video", grid)
     comp = torch.tensor([[hf.config.video_token_id, hf.config.image_token_id, 5]])
     inp = torch.cat([ids[None], comp], 1)
     with torch.no_grad():

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import data
 import model as M
 import rollout as R
 import pixels
@@ -163,8 +164,8 @@ def test_rollout_continuation_equals_rope_positions_over_prompt_and_completion(b
     torch.manual_seed(0)
     vis = [pixels.Visual("video", torch.randn(4 * 4 * 4, 1176), torch.tensor([4, 4, 4]), 2.5),   # t to 15 > h, w
            pixels.Visual("image", torch.randn(1 * 4 * 6, 1176), torch.tensor([1, 4, 6]), 0.0)]
-    prompts = [M.encode_prompt(tok, "What happens?", "video", vis[0].grid_thw),
-               M.encode_prompt(tok, "What is shown here, in detail?", "image", vis[1].grid_thw)]
+    prompts = [data.encode_prompt(tok, "What happens?", "video", vis[0].grid_thw),
+               data.encode_prompt(tok, "What is shown here, in detail?", "image", vis[1].grid_thw)]
     seen = []
     lm, forward = hf.model.language_model, hf.model.language_model.forward
     monkeypatch.setattr(lm, "forward", lambda *a, **kw: seen.append(kw["position_ids"].clone()) or forward(*a, **kw))

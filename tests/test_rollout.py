@@ -60,8 +60,8 @@ def test_generate_group_shapes_stops_and_determinism(policy):
     media = pixels.MediaConfig(max_frames=8, video_min_pixels=56 * 56, video_max_pixels=56 * 56, image_max_pixels=56 * 56)
     video = next(s for s in samples if s.data_type == "video")
     image = next(s for s in samples if s.data_type == "image")
-    pv = R.prepare(video, tok, media, shuffled=True, generator=torch.Generator().manual_seed(0))
-    pi = R.prepare(image, tok, media, shuffled=True)
+    pv = pixels.prepare(video, tok, media, shuffled=True, generator=torch.Generator().manual_seed(0))
+    pi = pixels.prepare(image, tok, media, shuffled=True)
     assert pi.shuffled_visual is None and pv.shuffled_visual is not None
     assert torch.equal(pv.shuffled_ids, pv.prompt_ids)
     assert not torch.equal(pv.shuffled_visual.pixel_values, pv.visual.pixel_values)
@@ -87,7 +87,7 @@ def test_generation_config_of_checkpoint_is_ignored(policy, tmp_path):
     hf, tok, samples = policy
     pad, stops = _setup(tok)
     media = pixels.MediaConfig(max_frames=8, video_min_pixels=56 * 56, video_max_pixels=56 * 56)
-    p = R.prepare(next(s for s in samples if s.data_type == "video"), tok, media)
+    p = pixels.prepare(next(s for s in samples if s.data_type == "video"), tok, media)
     sp = R.SamplingParams(max_new_tokens=10)
     before = R.generate(hf, [p.prompt_ids], [p.visual], [4], sp, pad, stops, torch.Generator().manual_seed(3))[0]
     hf.generation_config.top_k, hf.generation_config.temperature, hf.generation_config.repetition_penalty = 1, 1e-6, 1.05
@@ -99,8 +99,8 @@ def test_generation_config_of_checkpoint_is_ignored(policy, tmp_path):
 def test_rope_time_uses_sample_fps(policy):
     hf, tok, samples = policy
     video = next(s for s in samples if s.data_type == "video")
-    real = R.prepare(video, tok, pixels.MediaConfig(max_frames=8, video_min_pixels=3136, video_max_pixels=3136))
-    official = R.prepare(video, tok, pixels.MediaConfig(max_frames=8, video_min_pixels=3136, video_max_pixels=3136, rope_time="official"))
+    real = pixels.prepare(video, tok, pixels.MediaConfig(max_frames=8, video_min_pixels=3136, video_max_pixels=3136))
+    official = pixels.prepare(video, tok, pixels.MediaConfig(max_frames=8, video_min_pixels=3136, video_max_pixels=3136, rope_time="official"))
     assert math.isclose(real.visual.second_per_grid, 2 / 2.0)         # built-in clips are 2 fps: 1 s per grid
     assert official.visual.second_per_grid == 1.0
 
@@ -110,4 +110,4 @@ def test_prepare_raises_media_error_for_missing_file(policy):
     s = samples[0]
     s = data.Sample(**{**s.__dict__, "media_path": "/nonexistent/x.mp4", "data_type": "video"})
     with pytest.raises(pixels.MediaError):
-        R.prepare(s, tok, pixels.MediaConfig())
+        pixels.prepare(s, tok, pixels.MediaConfig())

@@ -9,7 +9,6 @@ import torch
 from transformers import AutoTokenizer
 
 import data
-import rollout
 import pixels
 import sft
 from conftest import ROOT, SHARED
@@ -39,7 +38,7 @@ def tokenizers(builtin):
 def test_ids_and_labels_match_the_chat_template(builtin, data_type, system):
     sample = cot_samples(builtin)[data_type]
     for tok in tokenizers(builtin):
-        prep = rollout.prepare(sample, tok, TINY_MEDIA)
+        prep = pixels.prepare(sample, tok, TINY_MEDIA)
         t, h, w = prep.visual.grid_thw.tolist()
         pad = {"video": "<|video_pad|>", "image": "<|image_pad|>"}[data_type]
         # independent construction: the chat template's text of [system?, user, assistant], split at the assistant header
@@ -76,7 +75,7 @@ def test_ids_and_labels_match_the_chat_template(builtin, data_type, system):
 
 def test_build_example_rejects_unknown_loss_on(builtin):
     tok = AutoTokenizer.from_pretrained(builtin[1])
-    prep = rollout.prepare(cot_samples(builtin)["image"], tok, TINY_MEDIA)
+    prep = pixels.prepare(cot_samples(builtin)["image"], tok, TINY_MEDIA)
     with pytest.raises(ValueError, match="loss_on"):
         sft.build_example(prep, tok, "prompt")
 
@@ -92,7 +91,7 @@ def test_logprobs_equal_hf_forward(builtin, policy):
     hf, tok = policy
     module = sft.PolicyLogprobs(hf, chunk=50)                             # several lm_head chunks
     for kind in ("video", "image"):
-        ex = sft.build_example(rollout.prepare(cot_samples(builtin)[kind], tok, TINY_MEDIA), tok, "all")
+        ex = sft.build_example(pixels.prepare(cot_samples(builtin)[kind], tok, TINY_MEDIA), tok, "all")
         with torch.no_grad():
             lp, lab = sft.batch_logprobs(module, [ex], tok.pad_token_id, "cpu", "all")   # (1, T-1)
             ids = ex.ids[None]
@@ -119,8 +118,8 @@ def test_batched_loss_equals_each_sample_alone(builtin, policy, loss_on):
     s = cot_samples(builtin)
     videos = [v for v in s["all"] if v.data_type == "video"]
     small = pixels.MediaConfig(max_frames=4, video_min_pixels=56 * 56, video_max_pixels=56 * 56)
-    preps = [rollout.prepare(videos[0], tok, TINY_MEDIA), rollout.prepare(videos[1], tok, small),
-             rollout.prepare(s["image"], tok, TINY_MEDIA)]
+    preps = [pixels.prepare(videos[0], tok, TINY_MEDIA), pixels.prepare(videos[1], tok, small),
+             pixels.prepare(s["image"], tok, TINY_MEDIA)]
     assert preps[0].visual.grid_thw.tolist() != preps[1].visual.grid_thw.tolist()
     exs = [sft.build_example(p, tok, loss_on) for p in preps]
     assert len({e.ids.numel() for e in exs}) > 1                                 # real padding happens
