@@ -167,12 +167,12 @@ def rope_positions(hf, input_ids, attention_mask, visuals: list[Visual], owner: 
     """
     m, tps = hf.config.vision_config.spatial_merge_size, hf.config.vision_config.tokens_per_second
     B, T = input_ids.shape
-    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.device)  # (B, T)
+    mask = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).cpu()   # (B, T), one copy
     kinds = mm_token_types(input_ids, hf.config, prompt_len).cpu()            # (B, T) 0 text, 1 image, 2 video
     pos = torch.ones(3, B, T, dtype=torch.long)                                # (3, B, T) padding keeps 1
     top = torch.zeros(B, dtype=torch.long)                                     # (B,) largest position per row
     for b in range(B):
-        real = mask[b].cpu().nonzero()[:, 0]                                   # (n,) indices of real tokens
+        real = mask[b].nonzero()[:, 0]                                         # (n,) indices of real tokens
         k = kinds[b, real]                                                     # (n,)
         edges = torch.diff(k, prepend=k.new_zeros(1), append=k.new_zeros(1)).nonzero()[:, 0].tolist()
         blocks = [(s, e) for s, e in zip(edges[:-1], edges[1:]) if k[s] != 0]  # [start, end) of each pad run

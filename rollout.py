@@ -178,7 +178,9 @@ def rollout(model, batch: list[Prepared], G: int, G_shuffled: int, sp: SamplingP
             stop_ids: list[int], generator: torch.Generator | None = None) -> list[Group]:
     """Sample every group of a batch in one `generate` call: G completions per prompt on ordered frames and
     G̃ per prompt that has a shuffled copy (videos when the loader made one). `model` holds full weights
-    (distributed.full_weights). Returns one Group per prepared sample, in order."""
+    (distributed.full_weights); sp, pad_id, stop_ids, generator as `generate`. Returns one Group per prepared
+    sample, in order: ordered ids (G, L) long, shuffled ids (G̃, L) or None (see Completions). Raises ValueError
+    as `generate` (e.g. temperature <= 0)."""
     prompts, visuals, n = [], [], []
     for p in batch:
         prompts.append(p.prompt_ids); visuals.append(p.visual); n.append(G)

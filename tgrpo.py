@@ -227,7 +227,7 @@ def advantages(accuracy: torch.Tensor, format_reward: torch.Tensor, lengths: tor
     base = group_advantages(accuracy + format_reward + length, eps, scale)                    # (B, G) without r_t
     if placement == "reward":
         total = accuracy + bonus + format_reward + length                                    # (B, G)
-        adv = group_advantages(total, eps, scale)                                            # (B, G)
+        adv = group_advantages(total, eps, scale) if temporal else base                      # (B, G) no bonus: R = base's
     else:
         total = accuracy + format_reward + length                                            # (B, G)
         adv = base + bonus                                                                   # (B, G)
