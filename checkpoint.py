@@ -52,7 +52,7 @@ def set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
         g.set_state(state["generators"][k])
 
 
-def save(out_dir: str | Path, step: int, module, optimizer, d: distributed.Dist, extra: dict, keep: int = 2) -> Path:
+def save(out_dir: str | Path, step: int, module, optimizer, proc: distributed.Dist, extra: dict, keep: int = 2) -> Path:
     """Save checkpoint `step` (the number of optimizer steps done) under out_dir/checkpoints; collective.
 
     module: the wrapped policy (DDP, FSDP2 or plain); its `.hf` is saved, under the same keys in every mode.
@@ -60,26 +60,26 @@ def save(out_dir: str | Path, step: int, module, optimizer, d: distributed.Dist,
     """
     root = Path(out_dir) / "checkpoints"
     final, tmp = root / f"step_{step:06d}", root / f"step_{step:06d}.tmp"
-    if d.main:
+    if proc.main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    distributed.barrier(d)
+    distributed.barrier(proc)
     model_sd, optim_sd = get_state_dict(distributed.unwrap(module), optimizer)
     try:
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-        torch.save({"step": step, **extra}, tmp / f"rank{d.rank:05d}.pt")
+        torch.save({"step": step, **extra}, tmp / f"rank{proc.rank:05d}.pt")
     except (Exception, CheckpointException) as e:   # a full disk: "unexpected pos 704 vs 598" from torch.save
         reason = disk_message(e, root)                                        # before the partial files go
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OSError(f"checkpoint {tmp}: writing failed on rank {d.rank}: {reason}; the previous "
+        raise OSError(f"checkpoint {tmp}: writing failed on rank {proc.rank}: {reason}; the previous "
                       f"checkpoint, if any, is intact") from e
-    distributed.barrier(d)
-    if d.main:
+    distributed.barrier(proc)
+    if proc.main:
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in sorted(p for p in root.iterdir() if PATTERN.match(p.name))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    distributed.barrier(d)
+    distributed.barrier(proc)
     return final
 
 
@@ -103,13 +103,13 @@ def resolve(resume: str, out_dir: str | Path) -> Path | None:
     return path
 
 
-def load(path: str | Path, module, optimizer, d: distributed.Dist) -> dict:
+def load(path: str | Path, module, optimizer, proc: distributed.Dist) -> dict:
     """Load model and optimizer state in place (collective) and return this rank's extra dict (with "step").
     Raises FileNotFoundError when this rank's file is missing (a checkpoint from a smaller world size)."""
     path = Path(path)
-    own = path / f"rank{d.rank:05d}.pt"
+    own = path / f"rank{proc.rank:05d}.pt"
     if not own.exists():
-        raise FileNotFoundError(f"{own}: checkpoint has no state for rank {d.rank} (saved with fewer ranks?)")
+        raise FileNotFoundError(f"{own}: checkpoint has no state for rank {proc.rank} (saved with fewer ranks?)")
     model_sd, optim_sd = get_state_dict(distributed.unwrap(module), optimizer)
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, checkpoint_id=str(path))
@@ -117,7 +117,7 @@ def load(path: str | Path, module, optimizer, d: distributed.Dist) -> dict:
     return torch.load(own, weights_only=False)
 
 
-def resume(resume_flag: str, out_dir: str | Path, module, optimizer, d: distributed.Dist, run_config: dict,
+def resume(resume_flag: str, out_dir: str | Path, module, optimizer, proc: distributed.Dist, run_config: dict,
            allow_change: bool, generators: dict[str, torch.Generator], who: str) -> tuple[int, int]:
     """What an entry point's --resume does: (step, stream position) to continue from, (0, 0) for a fresh run.
 
@@ -127,13 +127,13 @@ def resume(resume_flag: str, out_dir: str | Path, module, optimizer, d: distribu
     path = resolve(resume_flag, out_dir)
     if path is None:
         return 0, 0
-    extra = load(path, module, optimizer, d)
+    extra = load(path, module, optimizer, proc)
     changes = config_changes(extra["config"], run_config) if "config" in extra else []
     if changes and not allow_change:
         raise ValueError(f"{who}: {path} was written with other settings: {'; '.join(changes)}. "
                          f"Resume with the same settings, or pass --allow-config-change true")
     set_rng_state(extra["rng"], generators)
-    if d.main:
+    if proc.main:
         print(f"resumed from {path} at step {extra['step']}" + (f" (changed: {'; '.join(changes)})" if changes else ""))
     return extra["step"], extra["position"]
 

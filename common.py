@@ -50,34 +50,34 @@ def media_config(cfg) -> pixels.MediaConfig:
     return pixels.MediaConfig(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
 
 
-def builtin(cache_dir: str | Path, d: distributed.Dist, model: bool = True) -> dict:
+def builtin(cache_dir: str | Path, proc: distributed.Dist, model: bool = True) -> dict:
     """The built-in dataset's paths (synthetic.make_dataset: "train", "train_cot", "test", ...), built on rank 0
     under cache_dir/data while the other ranks wait; with `model`, also the tiny default in cache_dir/tiny
     (returned as paths["tiny"]). Idempotent: a second call only returns the paths."""
     import synthetic
     cache = Path(cache_dir)
-    if d.main:
+    if proc.main:
         paths = synthetic.make_dataset(cache / "data")
         if model:
             build_builtin_tiny(cache / "tiny", paths["train_cot"])
-    distributed.barrier(d)
+    distributed.barrier(proc)
     return synthetic.make_dataset(cache / "data") | ({"tiny": cache / "tiny"} if model else {})
 
 
-def resolve_model_and_data(cfg, d: distributed.Dist) -> tuple[str, str]:
+def resolve_model_and_data(cfg, proc: distributed.Dist) -> tuple[str, str]:
     """(policy folder, training JSON) of a config: cfg.model / cfg.data, or the tiny default and the built-in
     training split when empty (built once under cfg.cache_dir)."""
     if cfg.model and cfg.data:
         return cfg.model, cfg.data
-    paths = builtin(cfg.cache_dir, d, model=not cfg.model)
+    paths = builtin(cfg.cache_dir, proc, model=not cfg.model)
     return cfg.model or str(paths["tiny"]), cfg.data or str(paths["train"])
 
 
-def seed_everything(seed: int, d: distributed.Dist) -> None:
+def seed_everything(seed: int, proc: distributed.Dist) -> None:
     """Seed python, numpy and torch with seed + rank (a per-rank seed offset: ranks sample differently)."""
-    random.seed(seed + d.rank)
-    np.random.seed(seed + d.rank)
-    torch.manual_seed(seed + d.rank)
+    random.seed(seed + proc.rank)
+    np.random.seed(seed + proc.rank)
+    torch.manual_seed(seed + proc.rank)
 
 
 def stop_ids(tokenizer) -> list[int]:
@@ -85,13 +85,13 @@ def stop_ids(tokenizer) -> list[int]:
     return [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
 
 
-def clip_and_step(module, optimizer, max_grad_norm: float, loss: float, d: distributed.Dist, where: str) -> float:
+def clip_and_step(module, optimizer, max_grad_norm: float, loss: float, proc: distributed.Dist, where: str) -> float:
     """Clip the gradients to `max_grad_norm`, then take the optimizer step and free the gradients -- unless the
     loss (this rank's sum, float) or the gradient norm is NaN or inf on any rank: then raise FloatingPointError
     on every rank alike, naming `where` (e.g. "train.py: step 12") and the term, before the step and so before
     any checkpoint could hold the damage. Returns the gradient norm before clipping (float, same on all ranks)."""
     grad_norm = distributed.clip_grad_norm(module, max_grad_norm)
-    bad = distributed.nonfinite({"loss": loss, "grad_norm": grad_norm}, d)              # the same answer on every rank
+    bad = distributed.nonfinite({"loss": loss, "grad_norm": grad_norm}, proc)              # the same answer on every rank
     if bad:
         raise FloatingPointError(f"{where}: non-finite {' and '.join(bad)} (loss {loss}, grad_norm {grad_norm}); "
                                  f"stopped before the optimizer step and before any checkpoint of this step")
@@ -100,23 +100,23 @@ def clip_and_step(module, optimizer, max_grad_norm: float, loss: float, d: distr
     return grad_norm
 
 
-def checkpoint_if_due(step: int, cfg, preemption: distributed.Preemption, module, optimizer, d: distributed.Dist,
+def checkpoint_if_due(step: int, cfg, preemption: distributed.Preemption, module, optimizer, proc: distributed.Dist,
                       generators: dict, position: int, run_config: dict) -> tuple[bool, Path | None]:
     """After optimizer step `step` (1-based): every rank agrees whether SIGTERM arrived (L12), and a resumable
     checkpoint (checkpoint.save, collective) is written every cfg.save_every steps and on SIGTERM, holding the
     RNG states of `generators`, the stream `position` and `run_config`. Returns (stop now, folder or None)."""
-    stop = preemption.requested(d)
+    stop = preemption.requested(proc)
     if (cfg.save_every > 0 and step % cfg.save_every == 0) or stop:
         extra = {"rng": checkpoint.rng_state(generators), "position": position, "config": run_config}
-        return stop, checkpoint.save(cfg.out_dir, step, module, optimizer, d, extra, keep=cfg.keep_checkpoints)
+        return stop, checkpoint.save(cfg.out_dir, step, module, optimizer, proc, extra, keep=cfg.keep_checkpoints)
     return stop, None
 
 
-def export(module, tokenizer, folder: Path, d: distributed.Dist) -> Path:
+def export(module, tokenizer, folder: Path, proc: distributed.Dist) -> Path:
     """Write an HF folder (config, safetensors, tokenizer, chat template, processor settings) that plain
     transformers loads, from the full state dict gathered on rank 0 (collective under FSDP; atomic)."""
     state = distributed.full_state_dict(module)
-    if d.main:
+    if proc.main:
         save_hf(distributed.unwrap(module).hf, tokenizer, folder, state_dict=state)
-    distributed.barrier(d)
+    distributed.barrier(proc)
     return folder

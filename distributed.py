@@ -71,35 +71,35 @@ def init_distributed(device: str = "auto", backend: str = "auto") -> Dist:
     return Dist(rank, world, local, dev)
 
 
-def barrier(d: Dist) -> None:
+def barrier(proc: Dist) -> None:
     """Wait for every rank (no-op for one process)."""
-    if d.world > 1:
+    if proc.world > 1:
         dist.barrier()
 
 
-def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
+def all_reduce_sum(t: torch.Tensor, proc: Dist) -> torch.Tensor:
     """Sum a tensor over ranks; returns a new tensor on the input's device (the input itself for one process).
     Any shape, float or int, on CPU (served by gloo) or on the compute device. Every collective of the
     project goes through this module (tests/test_gpu_contract.py checks that none is called elsewhere)."""
-    if d.world > 1:
+    if proc.world > 1:
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
-def nonfinite(values: dict[str, float], d: Dist) -> list[str]:
+def nonfinite(values: dict[str, float], proc: Dist) -> list[str]:
     """Names of the `values` that are NaN or inf on ANY rank (the same list on every rank, so that every rank
     stops at the same step; one all-reduce, issued whatever the values). `values`: name -> float."""
     names = sorted(values)
     bad = torch.tensor([0.0 if math.isfinite(values[k]) else 1.0 for k in names], dtype=torch.float64)  # (K,)
-    bad = all_reduce_sum(bad, d)
+    bad = all_reduce_sum(bad, proc)
     return [k for k, b in zip(names, bad.tolist()) if b > 0]
 
 
 class Preemption:
     """SIGTERM (what SLURM and Kubernetes send before killing a job) as a request to stop after the current step.
 
-    The handler only sets a flag; `requested(d)` all-reduces it once per call, so every rank agrees to stop
+    The handler only sets a flag; `requested(proc)` all-reduces it once per call, so every rank agrees to stop
     after the same step even when the signal reached only some of them (torchrun forwards it to its workers
     and gives them 30 s before SIGKILL). Install in the main thread. `signum` is the signal that was seen.
     """
@@ -111,29 +111,29 @@ class Preemption:
     def _handle(self, signum, frame):
         self.signum = signum
 
-    def requested(self, d: Dist) -> bool:
+    def requested(self, proc: Dist) -> bool:
         """True on every rank when any rank has received SIGTERM (one all-reduce, made on every call)."""
-        return bool(all_reduce_sum(torch.tensor(float(self.signum != 0)), d) > 0)
+        return bool(all_reduce_sum(torch.tensor(float(self.signum != 0)), proc) > 0)
 
     def restore(self) -> None:
         """Put back the handler that was there before."""
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def broadcast_object(obj, d: Dist):
+def broadcast_object(obj, proc: Dist):
     """Rank 0's Python object on every rank (the object travels through gloo on CPU)."""
-    if d.world == 1:
+    if proc.world == 1:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
-def all_gather_object(obj, d: Dist) -> list:
+def all_gather_object(obj, proc: Dist) -> list:
     """Every rank's Python object, in rank order (a one-element list for one process)."""
-    if d.world == 1:
+    if proc.world == 1:
         return [obj]
-    box = [None] * d.world
+    box = [None] * proc.world
     dist.all_gather_object(box, obj)
     return box
 
@@ -141,19 +141,19 @@ def all_gather_object(obj, d: Dist) -> list:
 DECODER_BLOCK, VISION_BLOCK = "Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"   # the units checkpointed one by one
 
 
-def resolve_mode(mode: str, d: Dist) -> str:
+def resolve_mode(mode: str, proc: Dist) -> str:
     """--dist value to the mode used: "auto" is fsdp on CUDA and ddp on CPU. Raises ValueError if unknown."""
     if mode not in ("auto", "fsdp", "ddp", "none"):
         raise ValueError(f"unknown --dist mode {mode!r}; expected auto, fsdp, ddp or none")
     if mode == "auto":
-        return "fsdp" if d.device.type == "cuda" else "ddp"
+        return "fsdp" if proc.device.type == "cuda" else "ddp"
     return mode
 
 
 PRECISIONS = ("auto", "fp32", "bf16-mixed", "bf16")
 
 
-def resolve_precision(flag: str, d: Dist, cuda_default: str = "bf16-mixed") -> tuple[str, torch.dtype, torch.dtype]:
+def resolve_precision(flag: str, proc: Dist, cuda_default: str = "bf16-mixed") -> tuple[str, torch.dtype, torch.dtype]:
     """--precision to (name, weight dtype, compute dtype).
 
     "fp32": fp32 weights and compute. "bf16-mixed": fp32 weights (the master copy AdamW updates: an lr-1e-6
@@ -164,16 +164,16 @@ def resolve_precision(flag: str, d: Dist, cuda_default: str = "bf16-mixed") -> t
     """
     if flag not in PRECISIONS:
         raise ValueError(f"unknown --precision {flag!r}; expected one of {PRECISIONS}")
-    name = (cuda_default if d.device.type == "cuda" else "fp32") if flag == "auto" else flag
+    name = (cuda_default if proc.device.type == "cuda" else "fp32") if flag == "auto" else flag
     weights = torch.bfloat16 if name == "bf16" else torch.float32
     return name, weights, torch.float32 if name == "fp32" else torch.bfloat16
 
 
-def autocast(d: Dist, precision: str, module: torch.nn.Module | None = None):
-    """A context factory for the forward passes: torch.autocast to bf16 on `d.device` for "bf16-mixed" unless
+def autocast(proc: Dist, precision: str, module: torch.nn.Module | None = None):
+    """A context factory for the forward passes: torch.autocast to bf16 on `proc.device` for "bf16-mixed" unless
     `module` is FSDP-sharded (FSDP casts the gathered parameters itself); a null context otherwise."""
     if precision == "bf16-mixed" and not (module is not None and is_fsdp(module)):
-        return lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)
+        return lambda: torch.autocast(proc.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
 
@@ -191,7 +191,7 @@ def enable_activation_checkpointing(module: torch.nn.Module) -> None:
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def wrap(module: torch.nn.Module, d: Dist, mode: str = "ddp", activation_checkpointing: bool = False,
+def wrap(module: torch.nn.Module, proc: Dist, mode: str = "ddp", activation_checkpointing: bool = False,
          param_dtype: torch.dtype = torch.float32, vision_unit: str = "block") -> torch.nn.Module:
     """Wrap the log-prob module (a module with an `.hf` Qwen2.5-VL) for data parallelism.
 
@@ -209,21 +209,21 @@ def wrap(module: torch.nn.Module, d: Dist, mode: str = "ddp", activation_checkpo
     tower once (model.embed_with_visuals), so every rank issues the same all-gathers whatever its media.
     Raises ValueError for an unknown mode or vision_unit.
     """
-    mode = resolve_mode(mode, d)
+    mode = resolve_mode(mode, proc)
     if vision_unit not in ("block", "tower"):
         raise ValueError(f"vision_unit must be block or tower, got {vision_unit!r}")
     if activation_checkpointing:
         enable_activation_checkpointing(module)
-    if d.world == 1 or mode == "none":
+    if proc.world == 1 or mode == "none":
         return module
     if mode == "ddp":
         if not any(p.requires_grad for p in module.parameters()):
             return module
-        return DDP(module, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        return DDP(module, device_ids=[proc.device.index] if proc.device.type == "cuda" else None)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    mesh = init_device_mesh(d.device.type, (d.world,))
+    mesh = init_device_mesh(proc.device.type, (proc.world,))
     names = (DECODER_BLOCK, VISION_BLOCK) if vision_unit == "block" else (DECODER_BLOCK,)
     units = [m for m in module.modules() if type(m).__name__ in names]
     if vision_unit == "tower":
@@ -234,7 +234,7 @@ def wrap(module: torch.nn.Module, d: Dist, mode: str = "ddp", activation_checkpo
     # Average gradients over ranks explicitly: FSDP2's default divide factor has been wrong on gloo in some
     # releases (pytorch/pytorch#162338: gradients summed). torch 2.13's default already averages on gloo; the
     # explicit factor keeps it so elsewhere. tests/test_distributed.py compares magnitudes with 1 process.
-    module.set_gradient_divide_factor(float(d.world))
+    module.set_gradient_divide_factor(float(proc.world))
     return module
 
 
@@ -321,12 +321,12 @@ def full_state_dict(module: torch.nn.Module) -> dict:
     return {k[len("hf."):]: v for k, v in sd.items() if k.startswith("hf.")}
 
 
-def cleanup(d: Dist) -> None:
+def cleanup(proc: Dist) -> None:
     """Wait for every rank, then destroy the process group if one was started.
 
     Drop every DDP/FSDP-wrapped module first (`del`): a DDP reducer freed after the group is destroyed joins a
     gloo worker thread in its destructor, which was seen to hang the process at exit."""
-    if d.world > 1 and dist.is_initialized():
+    if proc.world > 1 and dist.is_initialized():
         gc.collect()
         dist.barrier()
         dist.destroy_process_group()

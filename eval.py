@@ -206,42 +206,42 @@ def run_batch(indices, samples, shuffled, hf, tokenizer, media, sp, gen, cfg) ->
     return records, failed
 
 
-def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, tokenizer, media, sp, cfg, d) -> dict | None:
+def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, tokenizer, media, sp, cfg, proc) -> dict | None:
     """One benchmark, one variant (ordered or shuffled frames): resume from the records file, generate what is
     missing (sharded over ranks, gathered on rank 0 after every batch), write eval_{name}[_shuffled].json.
     `problems` maps item index -> reason for items excluded by validation. Returns the result dict on rank 0."""
     stem = f"eval_{name}" + ("_shuffled" if shuffled else "")
     records_path = out_dir / f"{stem}.records.jsonl"
     done, error = {}, None
-    if d.main:
+    if proc.main:
         try:
             done = open_records(records_path, header)
         except ValueError as e:  # raised on every rank, not only rank 0 (the others would wait forever)
             error = str(e)
-    done_idx, error = distributed.broadcast_object((sorted(done), error), d)
+    done_idx, error = distributed.broadcast_object((sorted(done), error), proc)
     if error:
         raise ValueError(error)
     done_idx = set(done_idx)
     todo = [i for i in range(len(samples)) if i not in done_idx and i not in problems]
-    if d.main:
+    if proc.main:
         print(f"{stem}: {len(done_idx)} items already done, {len(todo)} to generate")
-    shard = todo[d.rank::d.world]
-    n_batches = math.ceil(math.ceil(len(todo) / d.world) / cfg.batch_size) if todo else 0
-    gen = torch.Generator(device=d.device).manual_seed(cfg.seed + d.rank)
+    shard = todo[proc.rank::proc.world]
+    n_batches = math.ceil(math.ceil(len(todo) / proc.world) / cfg.batch_size) if todo else 0
+    gen = torch.Generator(device=proc.device).manual_seed(cfg.seed + proc.rank)
     failed_all = []
-    f = open(records_path, "a", encoding="utf-8") if d.main else None
-    for b in tqdm(range(n_batches), desc=stem, disable=not d.main):
+    f = open(records_path, "a", encoding="utf-8") if proc.main else None
+    for b in tqdm(range(n_batches), desc=stem, disable=not proc.main):
         recs, failed = run_batch(shard[b * cfg.batch_size:(b + 1) * cfg.batch_size], samples, shuffled, hf,
                                  tokenizer, media, sp, gen, cfg)
-        parts = distributed.all_gather_object((recs, failed), d)  # every rank takes part in every batch (equal n_batches)
-        if d.main:
+        parts = distributed.all_gather_object((recs, failed), proc)  # every rank takes part in every batch (equal n_batches)
+        if proc.main:
             for recs_r, failed_r in parts:
                 for r in recs_r:
                     f.write(json.dumps(r, ensure_ascii=False) + "\n")
                     done[r["index"]] = r
                 failed_all += failed_r
             f.flush()
-    if not d.main:
+    if not proc.main:
         return None
     f.close()
     excluded = sorted([(i, problems[i]) for i in problems] + failed_all)
@@ -250,7 +250,7 @@ def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, 
     records = [done[i] for i in sorted(done) if i < len(samples) and i not in problems]  # --limit, media gone since
     result = {"benchmark": name, "variant": "shuffled" if shuffled else "ordered", "data": str(json_path),
               "model": header["model"], "settings": {"media": header["media"], "sampling": header["sampling"],
-                                                     "seed": cfg.seed, "batch_size": cfg.batch_size, "world_size": d.world},
+                                                     "seed": cfg.seed, "batch_size": cfg.batch_size, "world_size": proc.world},
               "summary": summarize(name, records) | {"n_items": len(samples), "n_excluded": len(excluded)},
               "excluded": [{"index": i, "problem_id": samples[i].problem_id, "path": samples[i].path, "reason": r}
                            for i, r in excluded],
@@ -266,12 +266,12 @@ def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, 
 
 
 # ---- entry point ----------------------------------------------------------------------------------
-def resolve(cfg: Config, d: distributed.Dist) -> tuple[str, list[tuple[str, str]]]:
+def resolve(cfg: Config, proc: distributed.Dist) -> tuple[str, list[tuple[str, str]]]:
     """The policy folder and [(benchmark name, JSON path)]; builds the tiny model and the built-in data (test
     split, benchmark 'synthetic') when --model or --data is empty (common.builtin)."""
     if cfg.model and cfg.data:
         return cfg.model, [(cfg.name or benchmark_name(p), p) for p in cfg.data.split(",") if p]
-    paths = common.builtin(cfg.cache_dir, d, model=not cfg.model)
+    paths = common.builtin(cfg.cache_dir, proc, model=not cfg.model)
     model = cfg.model or str(paths["tiny"])
     if not cfg.data:
         return model, [(cfg.name or "synthetic", str(paths["test"]))]
@@ -290,19 +290,19 @@ def main(argv=None) -> list[dict] | None:
     argv = merge_data_flags(list(sys.argv[1:] if argv is None else argv))
     cfg, explicit = cfglib.parse(Config, argv, description=__doc__)
     cfg = finish_config(cfg, explicit)
-    d = distributed.init_distributed(cfg.device, cfg.dist_backend)
-    precision, dtype, _ = distributed.resolve_precision(cfg.precision, d, cuda_default="bf16")   # inference: bf16 weights
-    amp = distributed.autocast(d, precision)
-    model_dir, benches = resolve(cfg, d)
+    proc = distributed.init_distributed(cfg.device, cfg.dist_backend)
+    precision, dtype, _ = distributed.resolve_precision(cfg.precision, proc, cuda_default="bf16")   # inference: bf16 weights
+    amp = distributed.autocast(proc, precision)
+    model_dir, benches = resolve(cfg, proc)
     from model import load_policy
-    hf, tokenizer = load_policy(model_dir, dtype, d.device)
+    hf, tokenizer = load_policy(model_dir, dtype, proc.device)
     hf.eval()
     media = common.media_config(cfg)
     sp = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_new_tokens)
     out_dir = Path(cfg.out_dir or Path("runs/eval") / model_name(model_dir))
-    if d.main:
+    if proc.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        print(f"policy {model_dir} | {len(benches)} benchmark(s) | {d.world} rank(s) on {d.device} | out {out_dir}")
+        print(f"policy {model_dir} | {len(benches)} benchmark(s) | {proc.world} rank(s) on {proc.device} | out {out_dir}")
         print(f"decoding: temperature {sp.temperature} (paper; official script 0.1), top_p {sp.top_p}, top_k "
               f"{sp.top_k} (off), repetition_penalty {sp.repetition_penalty}, max_new_tokens {sp.max_new_tokens}")
         print(f"frames/pixels: {asdict(media)}")
@@ -312,9 +312,9 @@ def main(argv=None) -> list[dict] | None:
         if cfg.limit > 0:
             samples = samples[:cfg.limit]
         # validation pass: every item's media, sharded over ranks
-        mine = [(i, check_media(samples[i])) for i in range(d.rank, len(samples), d.world)]
-        problems = {i: r for part in distributed.all_gather_object(mine, d) for i, r in part if r}
-        if d.main:
+        mine = [(i, check_media(samples[i])) for i in range(proc.rank, len(samples), proc.world)]
+        problems = {i: r for part in distributed.all_gather_object(mine, proc) for i, r in part if r}
+        if proc.main:
             n_missing = sum(r.startswith("missing") for r in problems.values())
             print(f"validation {name}: {len(samples) - len(problems)} ok, {n_missing} missing, "
                   f"{len(problems) - n_missing} undecodable (of {len(samples)})")
@@ -326,10 +326,10 @@ def main(argv=None) -> list[dict] | None:
                       "media": asdict(media), "sampling": asdict(sp)}
             with amp():
                 result = evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, tokenizer,
-                                  media, sp, cfg, d)
+                                  media, sp, cfg, proc)
             if result is not None:
                 results.append(result)
-    if d.main:
+    if proc.main:
         names = {f"eval_{r['benchmark']}" + ("_shuffled" if r["variant"] == "shuffled" else "") for r in results}
         for path in sorted(out_dir.glob("eval_*.json")):  # earlier runs into the same folder join the table
             if path.stem not in names:
@@ -337,8 +337,8 @@ def main(argv=None) -> list[dict] | None:
         table = report(results)
         (out_dir / "results.md").write_text(table)
         print("\n" + table + f"\nwritten to {out_dir}")
-    distributed.cleanup(d)
-    return results if d.main else None
+    distributed.cleanup(proc)
+    return results if proc.main else None
 
 
 if __name__ == "__main__":

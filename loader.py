@@ -4,7 +4,7 @@ The official trainer decodes a sample's video inside `compute_loss`, on the crit
 generation (notes §1 step 2); here a small pool of threads runs `pixels.prepare`'s work for the next
 samples of the stream while the policy generates and trains on the current ones.
 
-    pf = Prefetcher(stream, tokenizer, media, shuffled=True, seed=cfg.seed, rank=d.rank, cache=FrameCache(dir))
+    pf = Prefetcher(stream, tokenizer, media, shuffled=True, seed=cfg.seed, rank=proc.rank, cache=FrameCache(dir))
     batch, skipped = pf.take(cfg.prompts_per_rank)      # list[pixels.Prepared], undecodable samples skipped
 
 Guarantees:
@@ -45,18 +45,18 @@ CACHE_FORMAT = 2  # bump when the stored layout or the decoding in data.py chang
 SKIP_PRINT_FULL = 5  # skips printed in full per Prefetcher; after that a count line at 10, 100, 1000, ...
 
 
-def prompt_stream(samples, d, seed: int, start: int = 0):
+def prompt_stream(samples, proc, seed: int, start: int = 0):
     """Endless per-rank stream of samples from position `start`: each epoch one seeded permutation shared by
     all ranks (numpy default_rng(seed + epoch)), rank r takes positions r, r + world, ... The position (an
-    int) is all that resume needs. `d` has .rank and .world (distributed.Dist). Raises ValueError when
+    int) is all that resume needs. `proc` has .rank and .world (distributed.Dist). Raises ValueError when
     there are fewer samples than ranks."""
-    per_rank = len(range(d.rank, len(samples), d.world))
+    per_rank = len(range(proc.rank, len(samples), proc.world))
     if per_rank == 0:
-        raise ValueError(f"{len(samples)} samples cannot feed {d.world} ranks")
+        raise ValueError(f"{len(samples)} samples cannot feed {proc.world} ranks")
     i = start
     while True:
         epoch, k = divmod(i, per_rank)
-        order = np.random.default_rng(seed + epoch).permutation(len(samples))[d.rank::d.world]
+        order = np.random.default_rng(seed + epoch).permutation(len(samples))[proc.rank::proc.world]
         yield samples[order[k]]
         i += 1
 

@@ -235,7 +235,7 @@ def prepare_example(sample, tokenizer, media, cfg) -> Example:
 
 
 @torch.no_grad()
-def evaluate(module, tokenizer, examples: list[Example], cfg, d: distributed.Dist, gen: torch.Generator, amp) -> dict:
+def evaluate(module, tokenizer, examples: list[Example], cfg, proc: distributed.Dist, gen: torch.Generator, amp) -> dict:
     """One sampled completion per held-out prompt (temperature 1.0, top-p 0.95, like the T-GRPO rollout);
     returns {"eval_format": rate of format_reward == 1, "eval_accuracy": mean accuracy_reward,
     "eval_length": mean completion tokens, "eval_n": prompts}, summed over ranks."""
@@ -255,18 +255,18 @@ def evaluate(module, tokenizer, examples: list[Example], cfg, d: distributed.Dis
                                       rewards.accuracy_reward(text, e.sample.solution, e.sample.problem_type),
                                       float(c.lengths[0]), 1.0], dtype=torch.float64)
         hf.train(hf_train)
-    sums = distributed.all_reduce_sum(sums, d)
+    sums = distributed.all_reduce_sum(sums, proc)
     n = max(1.0, sums[3].item())
     return {"eval_format": sums[0].item() / n, "eval_accuracy": sums[1].item() / n, "eval_length": sums[2].item() / n,
             "eval_n": int(sums[3].item())}
 
 
-def resolve_paths(cfg, d: distributed.Dist) -> tuple[str, str, str]:
+def resolve_paths(cfg, proc: distributed.Dist) -> tuple[str, str, str]:
     """(model folder, training JSON, eval JSON or ""): the built-in data (COT split for training, test split for
     evaluation) and the tiny model are built on rank 0 when not given (common.builtin)."""
     if cfg.model and cfg.data:
         return cfg.model, cfg.data, cfg.eval_data
-    paths = common.builtin(cfg.cache_dir, d, model=not cfg.model)
+    paths = common.builtin(cfg.cache_dir, proc, model=not cfg.model)
     return (cfg.model or str(paths["tiny"]), cfg.data or str(paths["train_cot"]),
             cfg.eval_data or ("" if cfg.data else str(paths["test"])))
 
@@ -274,63 +274,63 @@ def resolve_paths(cfg, d: distributed.Dist) -> tuple[str, str, str]:
 def main(argv=None):
     cfg, explicit = cfglib.parse(Config, argv, description=__doc__)
     cfg = finish_config(cfg, explicit)
-    d = distributed.init_distributed(cfg.device, cfg.dist_backend)
-    common.seed_everything(cfg.seed, d)
-    precision, dtype, compute = distributed.resolve_precision(cfg.precision, d)       # S7
-    model_dir, train_json, eval_json = resolve_paths(cfg, d)
-    hf, tokenizer = load_policy(model_dir, dtype, d.device)
+    proc = distributed.init_distributed(cfg.device, cfg.dist_backend)
+    common.seed_everything(cfg.seed, proc)
+    precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)       # S7
+    model_dir, train_json, eval_json = resolve_paths(cfg, proc)
+    hf, tokenizer = load_policy(model_dir, dtype, proc.device)
     hf.model.visual.requires_grad_(not cfg.freeze_vision)                   # before wrapping (DDP/FSDP see it)
-    module = distributed.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), d, cfg.dist, cfg.activation_checkpointing, compute,
+    module = distributed.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), proc, cfg.dist, cfg.activation_checkpointing, compute,
                     cfg.fsdp_vision_unit)
-    amp = distributed.autocast(d, precision, module)                                  # FSDP casts through its own policy
+    amp = distributed.autocast(proc, precision, module)                                  # FSDP casts through its own policy
     opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     samples = data.load_samples(train_json, cfg.media_root or None, require_process=True)
     media = common.media_config(cfg)
-    per_step = cfg.batch_size * cfg.grad_accum * d.world
+    per_step = cfg.batch_size * cfg.grad_accum * proc.world
     total = cfg.steps if cfg.steps > 0 else max(1, math.ceil(cfg.epochs * len(samples) / per_step))
     eval_examples = []
     if eval_json and cfg.eval_samples > 0:
         held = data.load_samples(eval_json, (cfg.media_root or None) if cfg.eval_data else None)[:cfg.eval_samples]
-        for s in held[d.rank::d.world]:
+        for s in held[proc.rank::proc.world]:
             try:
                 eval_examples.append(prepare_example(s, tokenizer, media, cfg))
             except pixels.MediaError as e:
                 print(f"[skip eval] {e}", file=sys.stderr)
-    gen = torch.Generator(device=d.device).manual_seed(cfg.seed + 7 + d.rank)
+    gen = torch.Generator(device=proc.device).manual_seed(cfg.seed + 7 + proc.rank)
     pad_id = tokenizer.pad_token_id
     out_dir = Path(cfg.out_dir)
-    run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "eval_data": eval_json, "world_size": d.world,
+    run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "eval_data": eval_json, "world_size": proc.world,
                                 "total_steps": total}
-    start, position = checkpoint.resume(cfg.resume, out_dir, module, opt, d, run_config, cfg.allow_config_change,
+    start, position = checkpoint.resume(cfg.resume, out_dir, module, opt, proc, run_config, cfg.allow_config_change,
                                         {"eval": gen}, "sft.py")
     # the next samples are decoded while the current step runs; undecodable media are skipped and counted
-    prefetch = loader.Prefetcher(loader.prompt_stream(samples, d, cfg.seed, position), tokenizer, media, shuffled=False,
-                                 seed=cfg.seed, rank=d.rank, workers=cfg.data_workers, start_index=position,
+    prefetch = loader.Prefetcher(loader.prompt_stream(samples, proc, cfg.seed, position), tokenizer, media, shuffled=False,
+                                 seed=cfg.seed, rank=proc.rank, workers=cfg.data_workers, start_index=position,
                                  cache=loader.FrameCache(cfg.frame_cache) if cfg.frame_cache else None)
-    if d.main:
+    if proc.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(run_config, indent=2))
         print(f"model {model_dir} | data {train_json} ({len(samples)} samples) | {total} steps of {per_step} samples "
-              f"| {d.world} rank(s) on {d.device}\nframes/pixels: {asdict(media)}")
-    metrics = checkpoint.open_metrics(out_dir / "metrics.jsonl", start) if d.main else None   # one row per step
+              f"| {proc.world} rank(s) on {proc.device}\nframes/pixels: {asdict(media)}")
+    metrics = checkpoint.open_metrics(out_dir / "metrics.jsonl", start) if proc.main else None   # one row per step
     preemption, preempted = distributed.Preemption(), False
 
     def log(row):
-        if d.main:
+        if proc.main:
             metrics.write(json.dumps(row) + "\n"); metrics.flush()
 
     def run_eval(step):
         if cfg.eval_samples > 0 and eval_json:
-            row = {"step": step} | evaluate(module, tokenizer, eval_examples, cfg, d, gen, amp)
+            row = {"step": step} | evaluate(module, tokenizer, eval_examples, cfg, proc, gen, amp)
             log(row)
-            if d.main:
+            if proc.main:
                 tqdm.write(f"eval @ step {step}: format {row['eval_format']:.3f} accuracy {row['eval_accuracy']:.3f} "
                            f"length {row['eval_length']:.1f} (n={row['eval_n']})")
 
     if start == 0:
         run_eval(0)
     hf.train()
-    bar = tqdm(range(start, total), initial=start, total=total, disable=not d.main, desc="SFT")
+    bar = tqdm(range(start, total), initial=start, total=total, disable=not proc.main, desc="SFT")
     for step in bar:
         t0 = time.time()
         micro, skipped = [], 0
@@ -341,21 +341,21 @@ def main(argv=None):
         if step == start:
             check_against_template(micro[0][0], tokenizer, SYSTEM_PROMPTS[cfg.system_prompt])
         local_tok = sum(int(e.labels.sum()) for exs in micro for e in exs)
-        n_tok = float(distributed.all_reduce_sum(torch.tensor(float(local_tok)), d))     # trained tokens, all ranks
+        n_tok = float(distributed.all_reduce_sum(torch.tensor(float(local_tok)), proc))     # trained tokens, all ranks
         lr = lr_at(step, total, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
         nll_sum = 0.0
         for i, exs in enumerate(micro):
             with distributed.no_sync(module, skip=i < len(micro) - 1), amp():
-                lp, lab = batch_logprobs(module, exs, pad_id, d.device, cfg.loss_on)  # (B, L), (B, L)
+                lp, lab = batch_logprobs(module, exs, pad_id, proc.device, cfg.loss_on)  # (B, L), (B, L)
                 nll = -(lp * lab).sum()
                 # DDP averages gradients over ranks, hence * world: the step's gradient is that of the mean
                 # cross-entropy over all n_tok trained tokens (S4).
-                (nll * d.world / max(n_tok, 1.0)).backward()
+                (nll * proc.world / max(n_tok, 1.0)).backward()
             nll_sum += nll.item()
-        grad_norm = common.clip_and_step(module, opt, cfg.max_grad_norm, nll_sum, d, f"sft.py: step {step + 1}")
-        summed = distributed.all_reduce_sum(torch.tensor([nll_sum, float(skipped)], dtype=torch.float64), d)
+        grad_norm = common.clip_and_step(module, opt, cfg.max_grad_norm, nll_sum, proc, f"sft.py: step {step + 1}")
+        summed = distributed.all_reduce_sum(torch.tensor([nll_sum, float(skipped)], dtype=torch.float64), proc)
         row = {"step": step + 1, "epoch": (step + 1) * per_step / len(samples), "loss": summed[0].item() / max(n_tok, 1.0),
                "lr": lr, "tokens": int(n_tok), "grad_norm": float(grad_norm), "skipped_media": int(summed[1].item()),
                "step_time": time.time() - t0}
@@ -363,29 +363,29 @@ def main(argv=None):
         bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.1e}")
         if cfg.eval_every > 0 and (step + 1) % cfg.eval_every == 0 and step + 1 < total:
             run_eval(step + 1)
-        preempted, saved = common.checkpoint_if_due(step + 1, cfg, preemption, module, opt, d, {"eval": gen},
+        preempted, saved = common.checkpoint_if_due(step + 1, cfg, preemption, module, opt, proc, {"eval": gen},
                                                     prefetch.consumed, run_config)     # SIGTERM -> save, stop
         if preempted:
             break
         if cfg.export_every > 0 and (step + 1) % cfg.export_every == 0:
-            common.export(module, tokenizer, out_dir / f"step_{step + 1}", d)
+            common.export(module, tokenizer, out_dir / f"step_{step + 1}", proc)
     prefetch.close()
     preemption.restore()
     if preempted:   # SIGTERM: the step finished and was checkpointed; no final evaluation or export
-        if d.main:
+        if proc.main:
             metrics.close()
             print(f"SIGTERM: stopped after step {step + 1}; resumable checkpoint {saved}; rerun the same command "
                   f"with --resume auto to continue", flush=True)
         module = None
-        distributed.cleanup(d)
+        distributed.cleanup(proc)
         sys.exit(128 + signal.SIGTERM)                                         # 143, the shell's code for SIGTERM
     run_eval(total)
-    final = common.export(module, tokenizer, out_dir / "final", d)
-    if d.main:
+    final = common.export(module, tokenizer, out_dir / "final", proc)
+    if proc.main:
         metrics.close()
         print(f"done: metrics {out_dir / 'metrics.jsonl'} | checkpoint {final}")
     module = None           # drop the wrapper before the process group: a DDP reducer outliving it can hang gloo
-    distributed.cleanup(d)
+    distributed.cleanup(proc)
 
 
 if __name__ == "__main__":

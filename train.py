@@ -188,7 +188,7 @@ def lr_at(step: int, cfg) -> float:
 
 
 def train_step(policy, reference, opt, batch: rollout.PolicyBatch, adv: torch.Tensor, step: int, cfg,
-               d: distributed.Dist, amp) -> dict:
+               proc: distributed.Dist, amp) -> dict:
     """One T-GRPO update on one rollout (picotron's train_step): reference log-probs, then `num_iterations`
     passes of forward, clipped surrogate with KL (tgrpo.policy_loss), backward over micro-batches of
     `groups_per_micro_batch` groups, gradient clip, non-finite guard, AdamW step.
@@ -201,8 +201,8 @@ def train_step(policy, reference, opt, batch: rollout.PolicyBatch, adv: torch.Te
     """
     N, rows = batch.input_ids.shape[0], cfg.G * cfg.groups_per_micro_batch
     P, vis, owner = batch.prompt_len, batch.visuals, batch.owner
-    n_seq = float(distributed.all_reduce_sum(torch.tensor(float(N)), d)) / d.world
-    n_tok = float(distributed.all_reduce_sum(batch.completion_mask.sum().cpu(), d)) / d.world
+    n_seq = float(distributed.all_reduce_sum(torch.tensor(float(N)), proc)) / proc.world
+    n_tok = float(distributed.all_reduce_sum(batch.completion_mask.sum().cpu(), proc)) / proc.world
     micro = [slice(s, s + rows) for s in range(0, N, rows)]
     ref_lp = None
     if reference is not None:
@@ -226,12 +226,12 @@ def train_step(policy, reference, opt, batch: rollout.PolicyBatch, adv: torch.Te
                 loss.backward()
             loss_sum += loss.item()
             logs.append({k: float(v) * lp.shape[0] for k, v in terms.items()})
-        grad_norm = common.clip_and_step(policy, opt, cfg.max_grad_norm, loss_sum, d, f"train.py: step {step + 1}")
+        grad_norm = common.clip_and_step(policy, opt, cfg.max_grad_norm, loss_sum, proc, f"train.py: step {step + 1}")
     return {"loss": loss_sum, "grad_norm": grad_norm, **{k: sum(l[k] for l in logs) / N for k in logs[0]}}
 
 
 def step_metrics(step: int, a: tgrpo.Advantages, acc, fmt, lengths, is_video, update: dict, skipped: int, cfg,
-                 d: distributed.Dist, t0: float) -> dict:
+                 proc: distributed.Dist, t0: float) -> dict:
     """One metrics row (notes §3 "Logged metrics"), averaged over ranks. Video-only terms (p, p̃, trigger
     rate, bonus shift) are summed over the videos of every rank, with the same keys on every rank (even one
     holding only images) so that the all-reduce matches across ranks."""
@@ -247,11 +247,11 @@ def step_metrics(step: int, a: tgrpo.Advantages, acc, fmt, lengths, is_video, up
              "bonus_adv_shift": ts["bonus_adv_shift"][v].mean(1).sum().item()} if ts is not None else {}
     keys, vkeys = sorted(local), sorted(video)
     summed = distributed.all_reduce_sum(torch.tensor([local[k] for k in keys] + [1.0] + [video[k] for k in vkeys]
-                                           + [float(v.sum())], dtype=torch.float64), d)
+                                           + [float(v.sum())], dtype=torch.float64), proc)
     row = {k: summed[i].item() / summed[len(keys)].item() for i, k in enumerate(keys)}
     if vkeys and summed[-1].item() > 0:
         row |= {k: summed[len(keys) + 1 + i].item() / summed[-1].item() for i, k in enumerate(vkeys)}
-    row["skipped_media"] = int(distributed.all_reduce_sum(torch.tensor(skipped), d))
+    row["skipped_media"] = int(distributed.all_reduce_sum(torch.tensor(skipped), proc))
     return row | {"step": step + 1, "lr": lr_at(step, cfg), "grad_norm": float(update["grad_norm"]),
                   "step_time": time.time() - t0}
 
@@ -263,45 +263,45 @@ def main(argv=None):
         import plan
         print(plan.report(cfg))
         return
-    d = distributed.init_distributed(cfg.device, cfg.dist_backend)
-    common.seed_everything(cfg.seed, d)
-    mode = distributed.resolve_mode(cfg.dist, d)
-    precision, dtype, compute = distributed.resolve_precision(cfg.precision, d)       # L5
-    model_dir, train_json = common.resolve_model_and_data(cfg, d)
-    hf, tokenizer = load_policy(model_dir, dtype, d.device)
+    proc = distributed.init_distributed(cfg.device, cfg.dist_backend)
+    common.seed_everything(cfg.seed, proc)
+    mode = distributed.resolve_mode(cfg.dist, proc)
+    precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)       # L5
+    model_dir, train_json = common.resolve_model_and_data(cfg, proc)
+    hf, tokenizer = load_policy(model_dir, dtype, proc.device)
     hf.model.visual.requires_grad_(not cfg.freeze_vision)                   # before wrapping (DDP/FSDP see it)
-    policy = distributed.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), d, mode, cfg.activation_checkpointing, compute,
+    policy = distributed.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), proc, mode, cfg.activation_checkpointing, compute,
                     cfg.fsdp_vision_unit)
-    amp = distributed.autocast(d, precision, policy)
+    amp = distributed.autocast(proc, precision, policy)
     reference = None
     if cfg.beta > 0:   # frozen, no optimizer; sharded like the policy under FSDP (no_grad forward only)
-        ref_hf, _ = load_policy(model_dir, dtype, d.device)
-        reference = distributed.wrap(PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk), d, mode,
+        ref_hf, _ = load_policy(model_dir, dtype, proc.device)
+        reference = distributed.wrap(PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk), proc, mode,
                            param_dtype=compute, vision_unit=cfg.fsdp_vision_unit)
     opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     samples = data.load_samples(train_json, cfg.media_root or None)
     media = common.media_config(cfg)
     sampling = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)
-    gen = torch.Generator(device=d.device).manual_seed(cfg.seed + d.rank)
+    gen = torch.Generator(device=proc.device).manual_seed(cfg.seed + proc.rank)
     pad_id, stops = tokenizer.pad_token_id, common.stop_ids(tokenizer)
     out_dir = Path(cfg.out_dir)
-    run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "world_size": d.world}
-    start, position = checkpoint.resume(cfg.resume, out_dir, policy, opt, d, run_config, cfg.allow_config_change,
+    run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "world_size": proc.world}
+    start, position = checkpoint.resume(cfg.resume, out_dir, policy, opt, proc, run_config, cfg.allow_config_change,
                                         {"sampling": gen}, "train.py")
     # Decoding and patchifying of the next samples overlaps the current step (loader.py); each sample's
     # shuffled-frame permutation is seeded by (seed, rank, position), so results do not depend on threads.
-    prefetch = loader.Prefetcher(loader.prompt_stream(samples, d, cfg.seed, position), tokenizer, media,
-                                 shuffled=cfg.temporal and cfg.G_shuffled > 0, seed=cfg.seed, rank=d.rank,
+    prefetch = loader.Prefetcher(loader.prompt_stream(samples, proc, cfg.seed, position), tokenizer, media,
+                                 shuffled=cfg.temporal and cfg.G_shuffled > 0, seed=cfg.seed, rank=proc.rank,
                                  workers=cfg.data_workers, start_index=position,
                                  cache=loader.FrameCache(cfg.frame_cache) if cfg.frame_cache else None)
-    if d.main:
+    if proc.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(run_config, indent=2))
-        print(f"policy {model_dir} | data {train_json} ({len(samples)} samples) | {d.world} rank(s) on {d.device}")
+        print(f"policy {model_dir} | data {train_json} ({len(samples)} samples) | {proc.world} rank(s) on {proc.device}")
         print(f"frames/pixels: {asdict(media)}")
-    metrics_file = checkpoint.open_metrics(out_dir / "metrics.jsonl", start) if d.main else None   # one row per step
+    metrics_file = checkpoint.open_metrics(out_dir / "metrics.jsonl", start) if proc.main else None   # one row per step
     preemption, preempted = distributed.Preemption(), False
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not d.main, desc="T-GRPO")
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not proc.main, desc="T-GRPO")
     for step in bar:
         t0 = time.time()
         batch, skipped = prefetch.take(cfg.prompts_per_rank)                   # L2, L3, L6
@@ -311,34 +311,34 @@ def main(argv=None):
         hf.train()
         acc, fmt, lengths, sacc, is_video = rule_rewards(groups, tokenizer, cfg.G_shuffled)      # rule rewards
         adv = advantages(acc, fmt, lengths, sacc, is_video, cfg)               # bonuses, R_i, A_i
-        update = train_step(policy, reference, opt, rollout.policy_batch(groups, pad_id).to(d.device),
-                            adv.advantages.reshape(-1).to(d.device), step, cfg, d, amp)
-        row = step_metrics(step, adv, acc, fmt, lengths, is_video, update, skipped, cfg, d, t0)
-        if d.main:
+        update = train_step(policy, reference, opt, rollout.policy_batch(groups, pad_id).to(proc.device),
+                            adv.advantages.reshape(-1).to(proc.device), step, cfg, proc, amp)
+        row = step_metrics(step, adv, acc, fmt, lengths, is_video, update, skipped, cfg, proc, t0)
+        if proc.main:
             metrics_file.write(json.dumps(row) + "\n"); metrics_file.flush()
             bar.set_postfix(acc=f"{row['accuracy']:.2f}", fmt=f"{row['format']:.2f}", kl=f"{row.get('kl', 0):.3f}")
-        preempted, saved = common.checkpoint_if_due(step + 1, cfg, preemption, policy, opt, d, {"sampling": gen},
+        preempted, saved = common.checkpoint_if_due(step + 1, cfg, preemption, policy, opt, proc, {"sampling": gen},
                                                     prefetch.consumed, run_config)     # L12: SIGTERM -> save, stop
         if preempted:
             break
         if cfg.export_every > 0 and (step + 1) % cfg.export_every == 0:
-            common.export(policy, tokenizer, out_dir / f"step_{step + 1}", d)
+            common.export(policy, tokenizer, out_dir / f"step_{step + 1}", proc)
     prefetch.close()
     preemption.restore()
     if preempted:   # SIGTERM: the step finished and was checkpointed; the run is not complete, so no final/
-        if d.main:
+        if proc.main:
             metrics_file.close()
             print(f"SIGTERM: stopped after step {step + 1}; resumable checkpoint {saved}; rerun the same command "
                   f"with --resume auto to continue", flush=True)
         del policy, reference
-        distributed.cleanup(d)
+        distributed.cleanup(proc)
         sys.exit(128 + signal.SIGTERM)                                         # 143, the shell's code for SIGTERM
-    final = common.export(policy, tokenizer, out_dir / "final", d)
-    if d.main:
+    final = common.export(policy, tokenizer, out_dir / "final", proc)
+    if proc.main:
         metrics_file.close()
         print(f"done: metrics {out_dir / 'metrics.jsonl'} | checkpoint {final}")
     del policy, reference   # wrappers go before the process group: a DDP reducer outliving it can hang gloo at exit
-    distributed.cleanup(d)
+    distributed.cleanup(proc)
 
 
 if __name__ == "__main__":

@@ -27,12 +27,12 @@ import tiny  # noqa: E402
 from model import PolicyLogprobs, Visual  # noqa: E402
 
 
-def build(d: distributed.Dist):
+def build(proc: distributed.Dist):
     from transformers import Qwen2_5_VLForConditionalGeneration
     cfg = tiny.config_like_7b("narrow")
     cfg.vision_config.depth, cfg.vision_config.fullatt_block_indexes = 32, [7, 15, 23, 31]
     torch.manual_seed(0)
-    return Qwen2_5_VLForConditionalGeneration(cfg).float().to(d.device)
+    return Qwen2_5_VLForConditionalGeneration(cfg).float().to(proc.device)
 
 
 def batch(hf, n_pixels: int, tokens: int, frames: int = 16):
@@ -65,31 +65,31 @@ def main():
     p.add_argument("--pixels", type=int, default=84 * 84, help="pixels per frame (the paper trains at 128*28*28)")
     p.add_argument("--tokens", type=int, default=32, help="completion tokens per row")
     a = p.parse_args()
-    d = distributed.init_distributed(a.device)
+    proc = distributed.init_distributed(a.device)
     result = {}
     for unit in ("block", "tower"):
-        hf = build(d)
-        module = distributed.wrap(PolicyLogprobs(hf, 256), d, "fsdp", param_dtype=torch.float32, vision_unit=unit)
+        hf = build(proc)
+        module = distributed.wrap(PolicyLogprobs(hf, 256), proc, "fsdp", param_dtype=torch.float32, vision_unit=unit)
         ids, attn, P, vis, owner = batch(hf, a.pixels, a.tokens)
-        ids, attn = ids.to(d.device), attn.to(d.device)
+        ids, attn = ids.to(proc.device), attn.to(proc.device)
         times = []
         for it in range(a.iters + 1):
-            distributed.barrier(d)
+            distributed.barrier(proc)
             t0 = time.perf_counter()
             module(ids, attn, P, vis, owner).sum().backward()
-            if d.device.type == "cuda":
+            if proc.device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         result[unit] = statistics.median(times[1:])
         del module, hf
-    if d.main:
-        print(f"command: torchrun --nproc_per_node {d.world} bench/fsdp_vision.py --device {a.device} --iters {a.iters} "
+    if proc.main:
+        print(f"command: torchrun --nproc_per_node {proc.world} bench/fsdp_vision.py --device {a.device} --iters {a.iters} "
               f"--pixels {a.pixels} --tokens {a.tokens}")
-        print(f"{d.world} ranks on {d.device}; vision depth 32; forward + backward of 4 rows ({ids.shape[1]} tokens), "
+        print(f"{proc.world} ranks on {proc.device}; vision depth 32; forward + backward of 4 rows ({ids.shape[1]} tokens), "
               f"{sum(v.pixel_values.shape[0] for v in vis)} patches per rank")
         for unit, t in result.items():
             print(f"vision FSDP unit = {unit:5s}: {t * 1000:8.1f} ms per forward+backward (median of {a.iters})")
-    distributed.cleanup(d)
+    distributed.cleanup(proc)
 
 
 if __name__ == "__main__":

@@ -63,19 +63,19 @@ def main():
     paths = synthetic.make_dataset(cache / "data")
     cfg = train.finish_config(*cfglib.parse(train.Config, argv + ["--model", str(model_dir), "--preset", "paper",
                                                                    "--prompts-per-rank", "1", "--nproc", "1"], ""))
-    d = distributed.Dist(device=torch.device("cuda:0" if cuda else "cpu"))
-    precision, dtype, _ = distributed.resolve_precision(cfg.precision, d)
-    amp = distributed.autocast(d, precision)
+    proc = distributed.Dist(device=torch.device("cuda:0" if cuda else "cpu"))
+    precision, dtype, _ = distributed.resolve_precision(cfg.precision, proc)
+    amp = distributed.autocast(proc, precision)
     torch.manual_seed(0)
-    hf, tok = load_policy(model_dir, dtype, d.device)
-    ref_hf, _ = load_policy(model_dir, dtype, d.device)
+    hf, tok = load_policy(model_dir, dtype, proc.device)
+    ref_hf, _ = load_policy(model_dir, dtype, proc.device)
     policy = PolicyLogprobs(hf, cfg.logprob_chunk)
     reference = PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk)
     opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     videos = [s for s in data.load_samples(paths["train"]) if s.data_type == "video"]
     media = common.media_config(cfg)
     sp = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)
-    gen = torch.Generator(device=d.device).manual_seed(0)
+    gen = torch.Generator(device=proc.device).manual_seed(0)
     pad_id, stop_ids = tok.pad_token_id, common.stop_ids(tok)
     times, peaks, tokens = {k: [] for k in PHASES}, {k: 0 for k in PHASES}, {}
 
@@ -103,14 +103,14 @@ def main():
         with phase("rewards"):
             acc, fmt, lengths, sacc, is_video = train.rule_rewards(groups, tok, cfg.G_shuffled)
             adv = train.advantages(acc, fmt, lengths, sacc, is_video, cfg).advantages
-        b = rollout.policy_batch(groups, pad_id).to(d.device)
+        b = rollout.policy_batch(groups, pad_id).to(proc.device)
         ids, attn, P, cmask, vis, owner = b.input_ids, b.attention_mask, b.prompt_len, b.completion_mask, b.visuals, b.owner
         with phase("reference log-probs"), torch.no_grad(), amp():
             ref_lp = reference(ids, attn, P, vis, owner)                       # (G, L)
         opt.zero_grad(set_to_none=True)
         with phase("policy log-probs"), amp():
             lp = policy(ids, attn, P, vis, owner)                              # (G, L)
-            loss, _ = tgrpo.policy_loss(lp, None, ref_lp, adv.reshape(-1).to(d.device), cmask, cfg.clip_eps, None,
+            loss, _ = tgrpo.policy_loss(lp, None, ref_lp, adv.reshape(-1).to(proc.device), cmask, cfg.clip_eps, None,
                                         cfg.beta, cfg.loss_agg, num_sequences=float(ids.shape[0]),
                                         num_tokens=float(cmask.sum()), norm_len=cfg.max_completion_length)
         with phase("backward"):

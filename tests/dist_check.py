@@ -50,22 +50,22 @@ def loss_of(policy, prompt_ids, visual, comp):
 def main():
     model_dir, train_json, out, run_name = sys.argv[1:5]
     mode, _, precision = run_name.partition("-")                                  # "fsdp-bf16-mixed" -> fsdp, bf16-mixed
-    d = distributed.init_distributed("cpu")
+    proc = distributed.init_distributed("cpu")
     torch.manual_seed(0)
     hf, tok = load_policy(model_dir)
-    _, _, compute = distributed.resolve_precision(precision or "fp32", d)
-    policy = distributed.wrap(PolicyLogprobs(hf, chunk=4), d, mode, activation_checkpointing=mode == "fsdp", param_dtype=compute)
+    _, _, compute = distributed.resolve_precision(precision or "fp32", proc)
+    policy = distributed.wrap(PolicyLogprobs(hf, chunk=4), proc, mode, activation_checkpointing=mode == "fsdp", param_dtype=compute)
     opt = torch.optim.AdamW(hf.parameters(), lr=1e-3, weight_decay=0.01)
     items = batch(tok, train_json)
-    mine = items if d.world == 1 else [items[d.rank]]
+    mine = items if proc.world == 1 else [items[proc.rank]]
     total = 0.0
     for i, (prompt_ids, visual, comp, adv) in enumerate(mine):
         with distributed.no_sync(policy, skip=i < len(mine) - 1):
             lp = loss_of(policy, prompt_ids, visual, comp)                     # (2, 6)
-            loss = -(lp.mean(1) * adv).mean() * d.world / SHARDS
+            loss = -(lp.mean(1) * adv).mean() * proc.world / SHARDS
             loss.backward()
-        total += float(loss.detach()) / d.world
-    total = float(distributed.all_reduce_sum(torch.tensor(total), d))
+        total += float(loss.detach()) / proc.world
+    total = float(distributed.all_reduce_sum(torch.tensor(total), proc))
     grads = {}
     for name, p in distributed.unwrap(policy).hf.named_parameters():
         g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
@@ -74,9 +74,9 @@ def main():
     opt.step()
     params = distributed.full_state_dict(policy)
     result = {"loss": total, "grads": grads, "params": params, "norm": norm}
-    if d.world > 1:
-        prompt_ids, visual = items[d.rank][0], items[d.rank][1]
-        sp = rollout.SamplingParams(1.0, 1.0, 0, 1.0, [3, 7][d.rank])
+    if proc.world > 1:
+        prompt_ids, visual = items[proc.rank][0], items[proc.rank][1]
+        sp = rollout.SamplingParams(1.0, 1.0, 0, 1.0, [3, 7][proc.rank])
         with distributed.full_weights(policy) as gen_model:
             got = rollout.generate(gen_model, [prompt_ids], [visual], [2], sp, tok.pad_token_id, [],
                                    torch.Generator().manual_seed(5))[0].ids
@@ -87,14 +87,14 @@ def main():
             p.data = p.data.to(compute)
         want = rollout.generate(plain, [prompt_ids], [visual], [2], sp, tok.pad_token_id, [],
                                 torch.Generator().manual_seed(5))[0].ids
-        result["rollout_equal"] = distributed.all_reduce_sum(torch.tensor(int(torch.equal(got, want))), d).item()
-        result["rollout_lengths"] = distributed.all_reduce_sum(torch.tensor(got.shape[1]), d).item()
-        lp_after = loss_of(policy, items[d.rank][0], items[d.rank][1], items[d.rank][2])   # forward still works
+        result["rollout_equal"] = distributed.all_reduce_sum(torch.tensor(int(torch.equal(got, want))), proc).item()
+        result["rollout_lengths"] = distributed.all_reduce_sum(torch.tensor(got.shape[1]), proc).item()
+        lp_after = loss_of(policy, items[proc.rank][0], items[proc.rank][1], items[proc.rank][2])   # forward still works
         result["finite_after_rollout"] = bool(torch.isfinite(lp_after).all())
-    if d.main:
+    if proc.main:
         torch.save(result, Path(out) / f"{run_name}.pt")
-    distributed.barrier(d)
-    distributed.cleanup(d)
+    distributed.barrier(proc)
+    distributed.cleanup(proc)
 
 
 if __name__ == "__main__":

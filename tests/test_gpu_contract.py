@@ -63,9 +63,9 @@ def test_cuda_only_group_refuses_cpu_tensors(tmp_path):
     a CPU all-reduce fails with NCCL's own message; in the composite group it is served."""
     script = tmp_path / "probe.py"
     script.write_text("import sys, torch\nsys.path.insert(0, %r)\nimport distributed\n"
-                      "d = distributed.init_distributed('cpu', sys.argv[1])\n"
-                      "total = float(distributed.all_reduce_sum(torch.ones(()), d))\n"
-                      "open(f'rank{d.rank}.txt', 'w').write(str(total))\ndistributed.cleanup(d)\n" % str(ROOT))
+                      "proc = distributed.init_distributed('cpu', sys.argv[1])\n"
+                      "total = float(distributed.all_reduce_sum(torch.ones(()), proc))\n"
+                      "open(f'rank{proc.rank}.txt', 'w').write(str(total))\ndistributed.cleanup(proc)\n" % str(ROOT))
     bad = run(LAUNCH + [str(script), "cuda:cudaonly"], tmp_path, ok=False)
     assert bad.returncode != 0 and "No backend type associated with device type cpu" in bad.stdout + bad.stderr
     assert not list(tmp_path.glob("rank*.txt"))
