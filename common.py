@@ -4,7 +4,10 @@ they all import this (nanochat's common.py pattern).
 """
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -64,13 +67,38 @@ def builtin(cache_dir: str | Path, proc: distributed.Dist, model: bool = True) -
     return synthetic.make_dataset(cache / "data") | ({"tiny": cache / "tiny"} if model else {})
 
 
+ROOT = Path(__file__).resolve().parent
+# set by torchrun: a child process that inherited them would try to join the parent's process group
+LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+                "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+                "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE")
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment without the launcher's rank variables (LAUNCHER_ENV): for a single-process child."""
+    return {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV}
+
+
+def coldstart(cache_dir: str | Path, proc: distributed.Dist) -> Path:
+    """The built-in cold start, cache_dir/coldstart/final (an HF folder): built on rank 0 by `python coldstart.py`
+    (a child process, minutes on CPU, with its progress bars) when missing, while the other ranks wait.
+    Raises subprocess.CalledProcessError when the build fails."""
+    final = Path(cache_dir) / "coldstart" / "final"
+    if proc.main and not (final / "config.json").exists():
+        print(f"building the built-in cold start in {final.parent} (once): python coldstart.py", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "coldstart.py"), "--cache-dir", str(cache_dir)], cwd=ROOT,
+                       env=child_env(), check=True)
+    distributed.barrier(proc)
+    return final
+
+
 def resolve_model_and_data(cfg, proc: distributed.Dist) -> tuple[str, str]:
-    """(policy folder, training JSON) of a config: cfg.model / cfg.data, or the tiny default and the built-in
-    training split when empty (built once under cfg.cache_dir)."""
+    """(policy folder, training JSON) of a T-GRPO config: cfg.model / cfg.data, or the built-in cold start
+    (`coldstart`) and the built-in training split when empty (built once under cfg.cache_dir)."""
     if cfg.model and cfg.data:
         return cfg.model, cfg.data
-    paths = builtin(cfg.cache_dir, proc, model=not cfg.model)
-    return cfg.model or str(paths["tiny"]), cfg.data or str(paths["train"])
+    paths = builtin(cfg.cache_dir, proc, model=False)
+    return cfg.model or str(coldstart(cfg.cache_dir, proc)), cfg.data or str(paths["train"])
 
 
 def seed_everything(seed: int, proc: distributed.Dist) -> None:

@@ -26,7 +26,8 @@ Departures from the official sft_video.py (docs/departures.md; the ID stands at 
 The format-reward rate is measured on held-out prompts (the built-in test split, or `--eval-data`): one
 completion per prompt sampled like the T-GRPO rollout (temperature 1.0, top-p 0.95, notes §1 step 5),
 decoded with skip_special_tokens, scored with rewards.format_reward and rewards.accuracy_reward.
-Outputs under ./runs/sft/: metrics.jsonl (one JSON line per step and per evaluation), config.json, final/.
+Outputs under ./runs/sft/: metrics.jsonl (one JSON line per step and per evaluation), curves.png (curves.py:
+loss and the held-out format / accuracy rates, drawn at the end), config.json, final/.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from tqdm import tqdm
 
 import checkpoint
 import common
+import curves
 import config as cfglib
 import data
 import distributed
@@ -374,6 +376,7 @@ def main(argv=None):
     if preempted:   # SIGTERM: the step finished and was checkpointed; no final evaluation or export
         if proc.main:
             metrics.close()
+            curves.draw(out_dir / "metrics.jsonl")
             print(f"SIGTERM: stopped after step {step + 1}; resumable checkpoint {saved}; rerun the same command "
                   f"with --resume auto to continue", flush=True)
         module = None
@@ -383,7 +386,8 @@ def main(argv=None):
     final = common.export(module, tokenizer, out_dir / "final", proc)
     if proc.main:
         metrics.close()
-        print(f"done: metrics {out_dir / 'metrics.jsonl'} | checkpoint {final}")
+        print(f"done: metrics {out_dir / 'metrics.jsonl'} | curves {curves.draw(out_dir / 'metrics.jsonl')} | "
+              f"checkpoint {final}")
     module = None           # drop the wrapper before the process group: a DDP reducer outliving it can hang gloo
     distributed.cleanup(proc)
 

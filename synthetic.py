@@ -48,13 +48,14 @@ from pathlib import Path
 
 import numpy as np
 
-VERSION = 2  # bump when the rendering or the questions change: a new version re-renders the data
+VERSION = 3  # bump when the rendering or the questions change: a new version re-renders the data
 COLORS = {"red": (220, 50, 50), "green": (50, 180, 70), "blue": (50, 100, 240),
           "yellow": (240, 220, 50), "purple": (160, 70, 210), "orange": (245, 140, 30)}
 SHAPES = ("circle", "square", "triangle")
 TEMPORAL_FAMILIES = ("direction", "appear_first", "size_change", "count_before")
 STATIC_FAMILIES = ("color", "shape", "count")
 LETTERS = "ABCDEFGH"
+BACKGROUND = 28  # grey level of every frame: one constant, so the vision features vary with the shapes only
 # count_before: P(m flashes after the marker | k flashes before it). With k uniform on {0,1,2} this makes
 # the joint P(k, m) symmetric (P(k,m) = P(m,k)), so a clip and its reverse are equally likely.
 _M_GIVEN_K = {0: ((1, 2), (1 / 3, 2 / 3)), 1: ((0, 1, 2), (1 / 3, 1 / 3, 1 / 3)), 2: ((0, 1), (2 / 3, 1 / 3))}
@@ -139,7 +140,7 @@ def _direction(rng, T, size, answer):
     so only the order of the frames tells the two apart. An optional static distractor sits off the path."""
     color, dcolor = _pick(rng, COLORS, 2)
     shape, dshape = _pick(rng, SHAPES, 2)
-    r, travel = size * rng.uniform(0.07, 0.10), size * rng.uniform(0.35, 0.6)
+    r, travel = size * rng.uniform(0.10, 0.13), size * rng.uniform(0.5, 0.65)   # crosses >= 2 merged tokens (28 px)
     x0 = rng.uniform(r + 2, size - r - 2 - travel)
     xs = np.linspace(x0, x0 + travel, T)[:: 1 if answer == "right" else -1]  # (T,) pixels
     y = rng.uniform(r + 2, size - r - 2)
@@ -164,10 +165,13 @@ def _appear_first(rng, T, size, answer):
     s1 < s2 <= e1 < e2 (X in first and out first), drawn uniformly from all such tuples. Shuffling destroys
     the answer: time reversal maps this set onto itself with X and Y swapped (Y then appears first), and the
     reversed clip has the same multiset of frames (X only, both, Y only, empty), equally likely."""
-    tuples = [(a, b, c, d) for a in range(T) for b in range(a + 1, T) for c in range(b, T) for d in range(c + 1, T)]
+    # The two entries (and the two exits) fall in different temporal patches (frames 2k, 2k+1 form patch k; for
+    # an even T this set is still closed under time reversal): within one patch the tiny model cannot order them.
+    tuples = [(a, b, c, d) for a in range(T) for b in range(a + 1, T) for c in range(b, T) for d in range(c + 1, T)
+              if a // 2 < b // 2 and c // 2 < d // 2]
     s1, s2, e1, e2 = tuples[rng.integers(len(tuples))]
     (c1, c2), (h1, h2) = _pick(rng, COLORS, 2), _pick(rng, SHAPES, 2)
-    r = size * rng.uniform(0.08, 0.12)
+    r = size * rng.uniform(0.12, 0.16)
     (p1, p2) = _place(rng, size, [r, r])
     first, second = (h1, c1, p1[0], p1[1], r), (h2, c2, p2[0], p2[1], r)
     frames = [[o for o, (s, e) in ((first, (s1, e1)), (second, (s2, e2))) if s <= t <= e] for t in range(T)]
@@ -216,7 +220,7 @@ def _count_before(rng, T, size, answer):
     for i, tok in enumerate(tokens):
         seq += [tok] + ["B"] * ((gaps[i] if i < len(gaps) else 0) + int(spread[i + 1]))
     cs, cm = _pick(rng, COLORS, 2)
-    rs, rm = size * rng.uniform(0.045, 0.06), size * rng.uniform(0.09, 0.12)
+    rs, rm = size * rng.uniform(0.08, 0.10), size * rng.uniform(0.12, 0.15)
     (ps, pm) = _place(rng, size, [rs, rm])
     square, circle = ("square", cs, ps[0], ps[1], rs), ("circle", cm, pm[0], pm[1], rm)
     frames = [[square] if s == "F" else [circle] if s == "M" else [] for s in seq]
@@ -249,7 +253,8 @@ def _static(rng, T, size, answer, family, medium):
     n = answer if family == "count" else 1
     colors = [answer] if family == "color" else _pick(rng, COLORS, n)
     shapes = [answer] if family == "shape" else [SHAPES[i] for i in rng.integers(0, 3, size=n)]
-    radii = [size * rng.uniform(0.07, 0.12 if n < 4 else 0.09) for _ in range(n)]
+    lo, hi = {1: (0.15, 0.22), 2: (0.10, 0.14)}.get(n, (0.08, 0.11))   # one shape: several patches wide
+    radii = [size * rng.uniform(lo, hi) for _ in range(n)]
     where = _moving(rng, T, size, radii)  # (T, n, 2)
     frames = [[(shapes[i], colors[i], float(where[t, i, 0]), float(where[t, i, 1]), radii[i]) for i in range(n)]
               for t in range(T)]
@@ -282,7 +287,19 @@ def _answers(family: str):
 # The sentence of each family's reasoning (the COT `process`) that states the answer, as the model learns to write it.
 _STATED = {"direction": r"moves to the (left|right)\b", "appear_first": r"So (the \w+ \w+) appears first",
            "size_change": r"gets (bigger|smaller) over time", "count_before": r"flashed (\d+) times? before",
-           "color": r"and it is (\w+)\.", "shape": r"so it is an? (\w+)\.", "count": r"That makes (\d+) shapes?"}
+           "color": r"and it is (\w+)\.", "shape": r"[Ss]o it is an? (\w+)\.", "count": r"That makes (\d+) shapes?"}
+
+
+def fact(family: str, said: str) -> str:
+    """The one sentence of a family's reasoning that states the answer `said` (the right option's text, or the
+    number), worded so that `stated_answer` finds it: the whole reasoning of the perception split.
+    Raises KeyError for an unknown family."""
+    n = int(said) if family in ("count_before", "count") else 0
+    return {"direction": f"It moves to the {said}.", "appear_first": f"So {said} appears first.",
+            "size_change": f"It gets {said} over time.",
+            "count_before": f"The square flashed {n} time{'s' * (n != 1)} before the circle appeared.",
+            "color": f"There is one shape, and it is {said}.", "shape": f"So it is a{'n' * said.startswith('a')} {said}.",
+            "count": f"That makes {n} shape{'s' * (n != 1)}."}[family]
 
 
 def stated_answer(family: str, text: str) -> str | None:
@@ -321,8 +338,9 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _make_split(root: Path, split: str, stream: int, n: int, seed: int, image_fraction: float, frames: int,
-                fps: float, size: int) -> tuple[list[dict], list[dict]]:
-    """Render one split's media and return its (entries, cot_entries)."""
+                fps: float, size: int, short: bool = False) -> tuple[list[dict], list[dict]]:
+    """Render one split's media and return its (entries, cot_entries); with `short`, the COT entries' reasoning is
+    the one sentence that states the answer (`fact`), as the perception split has it."""
     import decord
 
     plan_rng = np.random.default_rng([seed, stream])
@@ -343,7 +361,7 @@ def _make_split(root: Path, split: str, stream: int, n: int, seed: int, image_fr
         rng = np.random.default_rng([seed, stream, 1, i])
         answer = plans[family].pop()
         T = frames if data_type == "video" else 1
-        background = int(rng.integers(10, 45))
+        background = BACKGROUND
         if family in TEMPORAL_FAMILIES:
             make = {"direction": _direction, "appear_first": _appear_first, "size_change": _size_change,
                     "count_before": _count_before}[family]
@@ -366,20 +384,25 @@ def _make_split(root: Path, split: str, stream: int, n: int, seed: int, image_fr
                  "solution": f"<answer>{sol}</answer>", "path": f"./{rel}",
                  "data_source": f"synthetic/{'temporal' if family in TEMPORAL_FAMILIES else 'static'}/{family}"}
         entries.append(entry)
+        said = options[LETTERS.index(sol)].split(". ", 1)[1] if options else sol   # the right option's text
+        if short:   # the perception split: the reasoning is only the sentence that states the answer
+            process = fact(family, said)
         cots.append({**entry, "process": f"<think>{process} The answer is {sol}.</think>"})
     return entries, cots
 
 
 def make_dataset(out_dir, seed: int = 0, n_train: int = 320, n_test: int = 96, image_fraction: float = 0.15,
-                 frames: int = 8, fps: float = 2.0, size: int = 112) -> dict[str, Path]:
+                 frames: int = 8, fps: float = 2.0, size: int = 112, n_perception: int = 960) -> dict[str, Path]:
     """Render the synthetic dataset under `out_dir` (idempotent) and return its paths.
 
     Args: out_dir: folder (created). seed: int >= 0; the same seed gives byte-identical JSON and identical
     decoded frames; train and test use different random streams. n_train, n_test: number of samples
-    (problem_id 0..n-1 in each file). image_fraction: share of still-image samples (static questions).
+    (problem_id 0..n-1 in each file). n_perception: samples of the perception split (its own clips and random
+    stream; the reasoning is one sentence, `fact`: the built-in recipe's stage 0, notes §9). image_fraction: share of still-image samples (static questions).
     frames: frames per clip (>= 6). fps: clip frame rate (frames per second). size: frame side in pixels,
     a multiple of 28 (Qwen2.5-VL's 14-px patches merged 2x2).
-    Returns {"train": train.json, "train_cot": train_cot.json, "test": test.json, "root": out_dir}; media
+    Returns {"train": train.json, "train_cot": train_cot.json, "test": test.json, "train_perception":
+    train_perception.json, "root": out_dir}; media
     paths inside the JSON start with "./" and are relative to "root".
     If `out_dir/manifest.json` records the same parameters and every file exists, nothing is rendered; the
     manifest is written last, so an interrupted run is redone. Raises ValueError for bad arguments and
@@ -388,19 +411,20 @@ def make_dataset(out_dir, seed: int = 0, n_train: int = 320, n_test: int = 96, i
     rank 0 and let the other ranks wait at a barrier.
     """
     root = Path(out_dir)
-    params = {"version": VERSION, "seed": seed, "n_train": n_train, "n_test": n_test,
+    params = {"version": VERSION, "seed": seed, "n_train": n_train, "n_test": n_test, "n_perception": n_perception,
               "image_fraction": image_fraction, "frames": frames, "fps": fps, "size": size}
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"synthetic.make_dataset: seed must be an int >= 0, got {seed!r}")
-    if n_train < 1 or n_test < 0:
-        raise ValueError(f"synthetic.make_dataset: need n_train >= 1 and n_test >= 0, got {n_train}, {n_test}")
+    if n_train < 1 or n_test < 0 or n_perception < 0:
+        raise ValueError(f"synthetic.make_dataset: need n_train >= 1, n_test >= 0 and n_perception >= 0, got "
+                         f"{n_train}, {n_test}, {n_perception}")
     if not 0.0 <= image_fraction < 1.0:
         raise ValueError(f"synthetic.make_dataset: image_fraction must be in [0, 1), got {image_fraction}")
     if frames < 6 or fps <= 0 or size < 56 or size % 28:
         raise ValueError(f"synthetic.make_dataset: need frames >= 6, fps > 0 and size a multiple of 28 >= 56, "
                          f"got frames={frames}, fps={fps}, size={size}")
     paths = {"train": root / "train.json", "train_cot": root / "train_cot.json", "test": root / "test.json",
-             "root": root}
+             "train_perception": root / "train_perception.json", "root": root}
     manifest = root / "manifest.json"
     if manifest.exists():
         try:
@@ -414,9 +438,11 @@ def make_dataset(out_dir, seed: int = 0, n_train: int = 320, n_test: int = 96, i
     (root / "images").mkdir(parents=True, exist_ok=True)
     train, train_cot = _make_split(root, "train", 0, n_train, seed, image_fraction, frames, fps, size)
     test, _ = _make_split(root, "test", 1, n_test, seed, image_fraction, frames, fps, size)
-    for key, obj in (("train", train), ("train_cot", train_cot), ("test", test)):
+    seen, perception = _make_split(root, "perception", 2, n_perception, seed, image_fraction, frames, fps, size, short=True)
+    for key, obj in (("train", train), ("train_cot", train_cot), ("test", test), ("train_perception", perception)):
         _write_json(paths[key], obj)
-    files = ["train.json", "train_cot.json", "test.json"] + [e["path"][2:] for e in train + test]
+    files = (["train.json", "train_cot.json", "test.json", "train_perception.json"]
+             + [e["path"][2:] for e in train + test + seen])
     _write_json(manifest, {"params": params, "files": files})
     return paths
 
@@ -428,16 +454,17 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="random seed (>= 0)")
     ap.add_argument("--n-train", type=int, default=320, help="training samples (train.json, train_cot.json)")
     ap.add_argument("--n-test", type=int, default=96, help="held-out samples (test.json)")
+    ap.add_argument("--n-perception", type=int, default=960, help="perception-split samples (train_perception.json)")
     ap.add_argument("--image-fraction", type=float, default=0.15, help="share of still-image samples")
     ap.add_argument("--frames", type=int, default=8, help="frames per clip")
     ap.add_argument("--fps", type=float, default=2.0, help="clip frame rate (frames per second)")
     ap.add_argument("--size", type=int, default=112, help="frame side in pixels (multiple of 28)")
     a = ap.parse_args(argv)
     start = time.perf_counter()
-    paths = make_dataset(a.out, seed=a.seed, n_train=a.n_train, n_test=a.n_test, image_fraction=a.image_fraction,
+    paths = make_dataset(a.out, seed=a.seed, n_train=a.n_train, n_test=a.n_test, n_perception=a.n_perception, image_fraction=a.image_fraction,
                          frames=a.frames, fps=a.fps, size=a.size)
     print(f"synthetic data in {paths['root']} ({time.perf_counter() - start:.1f} s)")
-    for key in ("train", "train_cot", "test"):
+    for key in ("train", "train_cot", "test", "train_perception"):
         print(f"  {key}: {paths[key]}")
 
 

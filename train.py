@@ -29,7 +29,8 @@ Departures of the loop (docs/departures.md; the math's are T1–T10 in tgrpo.py;
   L12 SIGTERM: finish the step, checkpoint, exit 143 (the official trainer loses the steps since its last save)
   L13 a constant learning rate (what the official cosine over ~65.8k nominal steps amounts to at ~1k)
 Everything is written under ./runs/ by default: the built-in data and tiny model (runs/cache), the metrics
-(runs/tgrpo/metrics.jsonl, one JSON line per step) and the final HF folder (runs/tgrpo/final).
+(runs/tgrpo/metrics.jsonl, one JSON line per step; curves.png beside it, drawn at the end by curves.py) and
+the final HF folder (runs/tgrpo/final).
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ from tqdm import tqdm
 
 import checkpoint
 import common
+import curves
 import config as cfglib
 import data
 import distributed
@@ -328,6 +330,7 @@ def main(argv=None):
     if preempted:   # SIGTERM: the step finished and was checkpointed; the run is not complete, so no final/
         if proc.main:
             metrics_file.close()
+            curves.draw(out_dir / "metrics.jsonl")
             print(f"SIGTERM: stopped after step {step + 1}; resumable checkpoint {saved}; rerun the same command "
                   f"with --resume auto to continue", flush=True)
         del policy, reference
@@ -336,7 +339,8 @@ def main(argv=None):
     final = common.export(policy, tokenizer, out_dir / "final", proc)
     if proc.main:
         metrics_file.close()
-        print(f"done: metrics {out_dir / 'metrics.jsonl'} | checkpoint {final}")
+        print(f"done: metrics {out_dir / 'metrics.jsonl'} | curves {curves.draw(out_dir / 'metrics.jsonl')} | "
+              f"checkpoint {final}")
     del policy, reference   # wrappers go before the process group: a DDP reducer outliving it can hang gloo at exit
     distributed.cleanup(proc)
 

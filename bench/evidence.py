@@ -40,6 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from seeing import accuracies, reasoning  # noqa: E402  (bench/seeing.py: the one place they live)
 
 VARIANTS = {  # name -> extra train.py flags
     "GRPO": ["--temporal", "false"],
@@ -120,46 +121,6 @@ def stages(a: argparse.Namespace, out: Path, seeds: list[int]) -> None:
                             "--seed", str(s), "--out-dir", str(dst), "--preset", "tiny"], out / f"s{s}" / f"eval_{name}.log"))
     print(f"stage 4: evaluation ({len(ev)} to run)", flush=True)
     pool(ev, a.jobs)
-
-
-def accuracies(folder: Path) -> dict:
-    """{(order, group): accuracy} from an eval folder's records; group 'temporal', 'static' or a family name."""
-    out = {}
-    for order, name in (("ordered", "eval_test.records.jsonl"), ("shuffled", "eval_test_shuffled.records.jsonl")):
-        hits: dict[str, list[float]] = {}
-        for line in (folder / name).read_text().splitlines():
-            r = json.loads(line)
-            if "data_source" not in r:   # the settings line
-                continue
-            _, category, family = r["data_source"].split("/")
-            for g in (category, family):
-                hits.setdefault(g, []).append(float(r["correct"]))
-        out.update({(order, g): sum(v) / len(v) for g, v in hits.items()})
-    return out
-
-
-def reasoning(folder: Path, test: dict) -> dict:
-    """{(order, family): (stated, follows)} from an eval folder's records: the fraction of completions whose
-    reasoning states the right answer (synthetic.stated_answer, in the COT's words), and the fraction whose
-    final answer is the one its reasoning states (for multiple choice: the letter of that option). Completions
-    without a stating sentence count as wrong on both. test: {problem_id: entry of the held-out JSON}."""
-    import synthetic
-    out = {}
-    for order, name in (("ordered", "eval_test.records.jsonl"), ("shuffled", "eval_test_shuffled.records.jsonl")):
-        hits: dict[str, list[tuple[bool, bool]]] = {}
-        for line in (folder / name).read_text().splitlines():
-            r = json.loads(line)
-            if "data_source" not in r:
-                continue
-            family, e = r["data_source"].split("/")[-1], test[r["problem_id"]]
-            text = {o.split(". ", 1)[0]: o.split(". ", 1)[1] for o in e["options"]}   # letter -> option text
-            gt = e["solution"].removeprefix("<answer>").removesuffix("</answer>").strip()
-            said = synthetic.stated_answer(family, r["output"])
-            pred = text.get(str(r["prediction"])) if text else str(r["prediction"])
-            hits.setdefault(family, []).append((said is not None and said == text.get(gt, gt),
-                                                said is not None and pred == said))
-        out.update({(order, f): tuple(sum(h[i] for h in v) / len(v) for i in (0, 1)) for f, v in hits.items()})
-    return out
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:

@@ -45,9 +45,13 @@ def narrow(tmp_path_factory):
     return tiny.build_like_7b(tmp_path_factory.mktemp("narrow") / "model", "narrow", REAL)
 
 
-def run_train(args, tmp_path, nproc=1):
+def run_train(args, tmp_path, nproc=1, builtin=None):
     """train.py as a subprocess (1 process, or torchrun with `nproc` CPU ranks) with cache and output under
-    tmp_path; asserts exit code 0 and returns the CompletedProcess."""
+    tmp_path; `builtin` (the fixture's (paths, tiny)): --model is the tiny random model and --data the built-in
+    training split (without it train.py builds its default, the built-in cold start: minutes). Asserts exit code
+    0 and returns the CompletedProcess."""
+    if builtin is not None:
+        args = ["--model", str(builtin[1]), "--data", str(builtin[0]["train"]), *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
     cmd = launcher + [str(ROOT / "train.py"), "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "out")] + args

@@ -15,18 +15,18 @@ def _weights(folder):
     return load_file(folder / "final" / "model.safetensors")
 
 
-def test_fsdp_resume_is_exact_and_export_equals_ddp(tmp_path):
+def test_fsdp_resume_is_exact_and_export_equals_ddp(tmp_path, builtin):
     (tmp_path / "a").mkdir(); (tmp_path / "b").mkdir(); (tmp_path / "c").mkdir()
-    run_train(TINY + ["--dist", "fsdp"], tmp_path / "a", nproc=2)
-    run_train(TINY + ["--dist", "fsdp", "--steps", "1", "--save-every", "1"], tmp_path / "b", nproc=2)
+    run_train(TINY + ["--dist", "fsdp"], tmp_path / "a", nproc=2, builtin=builtin)
+    run_train(TINY + ["--dist", "fsdp", "--steps", "1", "--save-every", "1"], tmp_path / "b", nproc=2, builtin=builtin)
     ck = tmp_path / "b" / "out" / "checkpoints"
     assert [p.name for p in ck.iterdir()] == ["step_000001"]
     assert {"rank00000.pt", "rank00001.pt", ".metadata"} <= {p.name for p in (ck / "step_000001").iterdir()}
-    proc = run_train(TINY + ["--dist", "fsdp", "--resume", "auto"], tmp_path / "b", nproc=2)
+    proc = run_train(TINY + ["--dist", "fsdp", "--resume", "auto"], tmp_path / "b", nproc=2, builtin=builtin)
     assert "resumed from" in proc.stdout and "at step 1" in proc.stdout
-    run_train(TINY + ["--dist", "ddp"], tmp_path / "c", nproc=2)
+    run_train(TINY + ["--dist", "ddp"], tmp_path / "c", nproc=2, builtin=builtin)
     straight, resumed, ddp = _weights(tmp_path / "a" / "out"), _weights(tmp_path / "b" / "out"), _weights(tmp_path / "c" / "out")
-    before = load_file(tmp_path / "a" / "cache" / "tiny" / "model.safetensors")
+    before = load_file(builtin[1] / "model.safetensors")
     assert straight.keys() == resumed.keys() == ddp.keys() == before.keys()
     assert any(not torch.equal(before[k], straight[k]) for k in before)      # training moved the weights
     for k in straight:

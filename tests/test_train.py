@@ -15,8 +15,8 @@ QUICK = ["--steps", "2", "--G", "4", "--max-completion-length", "8", "--prompts-
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
-def test_train_runs_logs_and_saves(tmp_path, nproc):
-    proc = run_train(QUICK, tmp_path, nproc)
+def test_train_runs_logs_and_saves(tmp_path, nproc, builtin):
+    proc = run_train(QUICK, tmp_path, nproc, builtin)
     out = tmp_path / "out"
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
@@ -30,7 +30,7 @@ def test_train_runs_logs_and_saves(tmp_path, nproc):
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
     Qwen2_5_VLForConditionalGeneration.from_pretrained(out / "final")
     AutoTokenizer.from_pretrained(out / "final")
-    before, after = load_file(tmp_path / "cache" / "tiny" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
+    before, after = load_file(builtin[1] / "model.safetensors"), load_file(out / "final" / "model.safetensors")
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before if "visual" not in k)
     # the tiny preset freezes the vision tower (--freeze-vision): its weights are exactly the initial ones
@@ -46,8 +46,9 @@ def test_help_lists_every_field():
         assert flag in proc.stdout, flag
 
 
-def test_plain_grpo_has_no_shuffled_rollout(tmp_path):
-    run_train(["--steps", "1", "--G", "2", "--max-completion-length", "4", "--temporal", "false"], tmp_path)
+def test_plain_grpo_has_no_shuffled_rollout(tmp_path, builtin):
+    run_train(["--steps", "1", "--G", "2", "--max-completion-length", "4", "--temporal", "false"], tmp_path,
+              builtin=builtin)
     row = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
     assert "p_shuffled" not in row and "bonus_adv_shift" not in row and row["temporal_bonus"] == 0.0
 

@@ -1,0 +1,97 @@
+"""The built-in cold start: the tiny default learns to see (stage 0, ours), then to reason (stage 1, Video-R1's SFT).
+
+    python coldstart.py                              # runs/cache/coldstart/final, ~5 min on 2 CPU cores (once)
+    python coldstart.py --perception-epochs 0        # Video-R1's recipe alone: COT SFT of the random tiny model
+    python train.py                                  # builds this first when it is missing, then T-GRPO from it
+    python bench/seeing.py                           # what the result sees, per question family
+
+The built-in recipe (D8 in docs/departures.md; for the tiny default only) has three stages:
+  0. perception SFT (ours): `sft.py` on the built-in perception split, where the reasoning is the one sentence that
+     states the answer ("It gets bigger over time."); a few-million-parameter decoder trained from scratch on the
+     chain of thought first learns the text and never the pixels, trained on the short answers it learns to read
+     the frozen vision features;
+  1. COT SFT (Video-R1 stage 1): `sft.py` on the built-in COT split, starting from stage 0's export;
+  2. T-GRPO (Video-R1 stage 2): `train.py --model runs/cache/coldstart/final` -- what `python train.py` does.
+Each stage is a plain `sft.py` run (a subprocess, its own metrics.jsonl and curves.png under out/<stage>/) so
+that nothing here re-implements training; a stage whose export exists is not run again. The vision tower stays
+frozen in both stages (common.SFT_TINY says why), so every exported folder is a plain Qwen2.5-VL.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import common
+import config as cfglib
+import distributed
+
+ROOT = Path(__file__).resolve().parent
+
+
+@dataclass
+class Config:
+    cache_dir: str = field(default="runs/cache", metadata={"help": "built-in data (data/) and tiny model (tiny/) are built here once"})
+    out_dir: str = field(default="", metadata={"help": "where the stages go; empty: <cache_dir>/coldstart (final/ is the result)"})
+    perception_epochs: float = field(default=6.0, metadata={"help": "stage 0: passes over the perception split (0: skip the stage)"})
+    perception_lr: float = field(default=2e-3, metadata={"help": "stage 0: AdamW peak learning rate"})
+    cot_epochs: float = field(default=6.0, metadata={"help": "stage 1: passes over the COT split"})
+    cot_lr: float = field(default=1e-3, metadata={"help": "stage 1: AdamW peak learning rate"})
+    eval_samples: int = field(default=64, metadata={"help": "held-out prompts of sft.py's format/accuracy evaluation before and after each stage"})
+    seed: int = field(default=42, metadata={"help": "seed of both sft.py runs"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda, passed to sft.py"})
+
+
+def stage_commands(cfg: Config, data: Path, tiny: Path, out: Path) -> list[tuple[str, list[str]]]:
+    """The (name, argv) of each stage's sft.py run, in order; stage 1 starts from stage 0's export (or from the
+    tiny default when stage 0 is skipped). data: the built-in dataset folder; tiny: the tiny default folder."""
+    common = ["--preset", "tiny", "--seed", str(cfg.seed), "--device", cfg.device, "--eval-data", str(data / "test.json"),
+              "--eval-samples", str(cfg.eval_samples)]
+    stages, start = [], tiny
+    if cfg.perception_epochs > 0:
+        stages.append(("perception", ["--model", str(start), "--data", str(data / "train_perception.json"),
+                                      "--epochs", str(cfg.perception_epochs), "--lr", str(cfg.perception_lr)]))
+        start = out / "perception" / "final"
+    stages.append(("cot", ["--model", str(start), "--data", str(data / "train_cot.json"),
+                           "--epochs", str(cfg.cot_epochs), "--lr", str(cfg.cot_lr)]))
+    return [(name, [sys.executable, str(ROOT / "sft.py"), *argv, *common, "--out-dir", str(out / name)])
+            for name, argv in stages]
+
+
+def build(cfg: Config) -> Path:
+    """Run the stages that have no export yet and return out/final (the last stage's export, copied). Idempotent.
+    Raises subprocess.CalledProcessError naming the stage's command when an sft.py run fails."""
+    out = Path(cfg.out_dir or Path(cfg.cache_dir) / "coldstart")
+    final = out / "final"
+    if (final / "config.json").exists():
+        return final
+    paths = common.builtin(cfg.cache_dir, distributed.Dist())
+    env = common.child_env()
+    for name, cmd in stage_commands(cfg, Path(paths["root"]), Path(paths["tiny"]), out):
+        if (out / name / "final" / "config.json").exists():
+            print(f"coldstart: stage {name}: done before ({out / name / 'final'})", flush=True)
+            continue
+        print(f"coldstart: stage {name}: {' '.join(cmd[1:])}", flush=True)
+        t0 = time.time()
+        subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+        print(f"coldstart: stage {name} took {time.time() - t0:.0f} s", flush=True)
+    tmp = out / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(out / name / "final", tmp)
+    os.replace(tmp, final)                                               # atomic: final/ is whole or absent
+    return final
+
+
+def main(argv=None):
+    cfg, _ = cfglib.parse(Config, argv, description=__doc__)
+    t0 = time.time()
+    final = build(cfg)
+    print(f"coldstart: {final} ({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The built-in cold start (coldstart.py): its stages, a tiny subprocess run of both, a tower that still tells
+clips apart afterwards, and train.py's default starting from it."""
+import json
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+import coldstart
+from conftest import ROOT, run_cmd
+
+
+def test_stages_chain_perception_then_cot(tmp_path):
+    cfg = coldstart.Config(perception_epochs=2.0, cot_epochs=3.0)
+    (p_name, p_cmd), (c_name, c_cmd) = coldstart.stage_commands(cfg, tmp_path / "data", tmp_path / "tiny", tmp_path / "out")
+    assert (p_name, c_name) == ("perception", "cot")
+    arg = lambda cmd, flag: cmd[cmd.index(flag) + 1]
+    assert arg(p_cmd, "--model") == str(tmp_path / "tiny") and arg(p_cmd, "--data").endswith("train_perception.json")
+    assert arg(c_cmd, "--model") == str(tmp_path / "out" / "perception" / "final")    # stage 1 starts from stage 0
+    assert arg(c_cmd, "--data").endswith("train_cot.json") and arg(c_cmd, "--epochs") == "3.0"
+    only = coldstart.stage_commands(coldstart.Config(perception_epochs=0), tmp_path / "data", tmp_path / "tiny", tmp_path / "out")
+    assert [n for n, _ in only] == ["cot"] and arg(only[0][1], "--model") == str(tmp_path / "tiny")
+
+
+def _features(folder, sample, media):
+    import pixels
+    from model import load_policy
+    hf, _ = load_policy(folder, torch.float32, torch.device("cpu"))
+    v = pixels.to_visual(*pixels.load_visual(sample, media), sample.data_type, media)
+    with torch.no_grad():
+        return hf.model.visual(v.pixel_values, grid_thw=v.grid_thw[None]).pooler_output      # (tokens, D)
+
+
+def test_coldstart_runs_and_train_starts_from_it(tmp_path):
+    cache = tmp_path / "cache"
+    out = run_cmd([sys.executable, str(ROOT / "coldstart.py"), "--cache-dir", str(cache), "--perception-epochs", "0.02",
+                   "--cot-epochs", "0.02", "--eval-samples", "2"], tmp_path).stdout
+    final = cache / "coldstart" / "final"
+    assert "stage perception" in out and "stage cot" in out and str(final) in out
+    for stage in ("perception", "cot"):
+        rows = [json.loads(l) for l in (cache / "coldstart" / stage / "metrics.jsonl").read_text().splitlines()]
+        assert any("loss" in r for r in rows) and any("eval_format" in r for r in rows)
+        assert (cache / "coldstart" / stage / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the vision tower is frozen in both stages: its weights are the tiny default's, and two clips still differ
+    tiny, trained = load_file(cache / "tiny" / "model.safetensors"), load_file(final / "model.safetensors")
+    assert all(torch.equal(tiny[k], trained[k]) for k in tiny if k.startswith("visual."))
+    assert any(not torch.equal(tiny[k], trained[k]) for k in tiny if not k.startswith("visual."))
+    import data
+    import pixels
+    from tiny import TINY_MEDIA
+    samples = data.load_samples(cache / "data" / "test.json")
+    a, b = [s for s in samples if s.data_type == "video"][:2]
+    fa, fb = _features(final, a, pixels.MediaConfig(**TINY_MEDIA)), _features(final, b, pixels.MediaConfig(**TINY_MEDIA))
+    assert fa.shape == fb.shape
+    assert (fa - fb).norm() > 0.2 * fa.norm()                                 # not collapsed to one output
+    # a second run finds it built; train.py without --model starts from it
+    assert "coldstart: " + str(final) in run_cmd([sys.executable, str(ROOT / "coldstart.py"), "--cache-dir", str(cache)],
+                                                 tmp_path).stdout
+    train = run_cmd([sys.executable, str(ROOT / "train.py"), "--cache-dir", str(cache), "--out-dir", str(tmp_path / "rl"),
+                     "--steps", "1", "--G", "2", "--max-completion-length", "4", "--prompts-per-rank", "1"], tmp_path)
+    assert f"policy {final}" in train.stdout and (tmp_path / "rl" / "curves.png").exists()
