@@ -41,7 +41,7 @@ class Config:
     perception_lr: float = field(default=2e-3, metadata={"help": "stage 0: AdamW peak learning rate"})
     cot_epochs: float = field(default=6.0, metadata={"help": "stage 1: passes over the COT split"})
     cot_lr: float = field(default=1e-3, metadata={"help": "stage 1: AdamW peak learning rate"})
-    eval_samples: int = field(default=64, metadata={"help": "held-out prompts of sft.py's format/accuracy evaluation before and after each stage"})
+    eval_samples: int = field(default=32, metadata={"help": "held-out prompts of sft.py's format/accuracy evaluation before and after each stage"})
     seed: int = field(default=42, metadata={"help": "seed of both sft.py runs"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda, passed to sft.py"})
 
