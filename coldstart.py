@@ -6,11 +6,13 @@
     python bench/seeing.py                           # what the result sees, per question family
 
 The built-in recipe (D8 in docs/departures.md; for the tiny default only) has three stages:
-  0. perception SFT (ours): `sft.py` on the built-in perception split, where the reasoning is the one sentence that
-     states the answer ("It gets bigger over time."); a few-million-parameter decoder trained from scratch on the
-     chain of thought first learns the text and never the pixels, trained on the short answers it learns to read
-     the frozen vision features;
-  1. COT SFT (Video-R1 stage 1): `sft.py` on the built-in COT split, starting from stage 0's export;
+  0. perception SFT (ours): `sft.py` on the built-in perception split, where the reasoning is only the right
+     answer's words ("<think>bigger</think>"); a few-million-parameter decoder trained from scratch on the chain
+     of thought learns its text and not the pixels, while on answers that start with what is seen it learns to
+     read the frozen vision features (synthetic.py's docstring gives the measurement);
+  1. COT SFT (Video-R1 stage 1): `sft.py` on the built-in COT split, starting from stage 0's export, with
+     `--cot-perception` perception samples mixed in (the COT reasoning starts with the same words, so the two
+     agree; without them the COT stage undoes much of stage 0: synthetic.py's docstring, "Reasoning");
   2. T-GRPO (Video-R1 stage 2): `train.py --model runs/cache/coldstart/final` -- what `python train.py` does.
 Each stage is a plain `sft.py` run (a subprocess, its own metrics.jsonl and curves.png under out/<stage>/) so
 that nothing here re-implements training; a stage whose export exists is not run again. The vision tower stays
@@ -18,6 +20,7 @@ frozen in both stages (common.SFT_TINY says why), so every exported folder is a 
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -38,9 +41,10 @@ class Config:
     cache_dir: str = field(default="runs/cache", metadata={"help": "built-in data (data/) and tiny model (tiny/) are built here once"})
     out_dir: str = field(default="", metadata={"help": "where the stages go; empty: <cache_dir>/coldstart (final/ is the result)"})
     perception_epochs: float = field(default=6.0, metadata={"help": "stage 0: passes over the perception split (0: skip the stage)"})
-    perception_lr: float = field(default=2e-3, metadata={"help": "stage 0: AdamW peak learning rate"})
+    perception_lr: float = field(default=1e-3, metadata={"help": "stage 0: AdamW peak learning rate"})
     cot_epochs: float = field(default=6.0, metadata={"help": "stage 1: passes over the COT split"})
-    cot_lr: float = field(default=1e-3, metadata={"help": "stage 1: AdamW peak learning rate"})
+    cot_lr: float = field(default=5e-4, metadata={"help": "stage 1: AdamW peak learning rate"})
+    cot_perception: int = field(default=320, metadata={"help": "stage 1: perception samples mixed into the COT split (0: the COT split alone)"})
     eval_samples: int = field(default=32, metadata={"help": "held-out prompts of sft.py's format/accuracy evaluation before and after each stage"})
     seed: int = field(default=42, metadata={"help": "seed of both sft.py runs"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda, passed to sft.py"})
@@ -56,22 +60,40 @@ def stage_commands(cfg: Config, data: Path, tiny: Path, out: Path) -> list[tuple
         stages.append(("perception", ["--model", str(start), "--data", str(data / "train_perception.json"),
                                       "--epochs", str(cfg.perception_epochs), "--lr", str(cfg.perception_lr)]))
         start = out / "perception" / "final"
-    stages.append(("cot", ["--model", str(start), "--data", str(data / "train_cot.json"),
-                           "--epochs", str(cfg.cot_epochs), "--lr", str(cfg.cot_lr)]))
+    cot = (["--data", str(out / "cot_mix.json"), "--media-root", str(data)] if cfg.cot_perception > 0
+           else ["--data", str(data / "train_cot.json")])
+    stages.append(("cot", ["--model", str(start), *cot, "--epochs", str(cfg.cot_epochs), "--lr", str(cfg.cot_lr)]))
     return [(name, [sys.executable, str(ROOT / "sft.py"), *argv, *common, "--out-dir", str(out / name)])
             for name, argv in stages]
+
+
+def cot_mix(data: Path, out: Path, n_perception: int) -> Path:
+    """Write out/cot_mix.json: the COT split followed by the first `n_perception` perception samples (their
+    problem_id becomes "perception_<id>"); media paths stay relative to `data`. Returns the path. Raises
+    ValueError when the perception split has fewer samples."""
+    cot = json.loads((data / "train_cot.json").read_text())
+    perception = json.loads((data / "train_perception.json").read_text())
+    if len(perception) < n_perception:
+        raise ValueError(f"coldstart: {data / 'train_perception.json'} has {len(perception)} samples, "
+                         f"--cot-perception asks for {n_perception}")
+    mixed = cot + [{**e, "problem_id": f"perception_{e['problem_id']}"} for e in perception[:n_perception]]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cot_mix.json").write_text(json.dumps(mixed, indent=1) + "\n")
+    return out / "cot_mix.json"
 
 
 def build(cfg: Config) -> Path:
     """Run the stages that have no export yet and return out/final (the last stage's export, copied). Idempotent.
     Raises subprocess.CalledProcessError naming the stage's command when an sft.py run fails."""
-    out = Path(cfg.out_dir or Path(cfg.cache_dir) / "coldstart")
+    out = Path(cfg.out_dir or Path(cfg.cache_dir) / "coldstart").resolve()       # the sft.py children run in ROOT
     final = out / "final"
     if (final / "config.json").exists():
         return final
     paths = common.builtin(cfg.cache_dir, distributed.Dist())
     env = common.child_env()
-    for name, cmd in stage_commands(cfg, Path(paths["root"]), Path(paths["tiny"]), out):
+    if cfg.cot_perception > 0:
+        cot_mix(Path(paths["root"]).resolve(), out, cfg.cot_perception)
+    for name, cmd in stage_commands(cfg, Path(paths["root"]).resolve(), Path(paths["tiny"]).resolve(), out):
         if (out / name / "final" / "config.json").exists():
             print(f"coldstart: stage {name}: done before ({out / name / 'final'})", flush=True)
             continue

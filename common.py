@@ -24,8 +24,11 @@ from tiny import TINY_MEDIA, build_builtin_tiny
 # fields a user did not set when --model is empty (or with --preset tiny). The frames and pixels (TINY_MEDIA) are
 # the same in all three, so SFT, T-GRPO and eval see identical prompts. The vision tower stays frozen: trained from
 # scratch it collapses to one constant output within ~50 steps (the decoder then cannot tell clips apart), while
-# its centred random features (tiny.center_visual_features) are informative enough to learn to read.
-TRAIN_TINY = dict(steps=30, prompts_per_rank=2, max_completion_length=96, min_len=40, max_len=80, lr=2e-5,
+# its centred random features (tiny.center_visual_features) are informative enough to learn to read. Measured on the
+# perception stage (720 steps): trained with each clip's mean gradient removed (a training-only change that keeps
+# the model plain Qwen2.5-VL), the mean pairwise cosine of 32 clips' features still went 0.045 -> 0.95 and the
+# colour was stated right for 0.31 of held-out clips, against 1.00 with the tower frozen.
+TRAIN_TINY = dict(steps=30, prompts_per_rank=4, max_completion_length=96, min_len=40, max_len=80, lr=2e-5,
                   freeze_vision=True, **TINY_MEDIA)
 SFT_TINY = dict(epochs=6.0, batch_size=8, grad_accum=1, lr=2e-3, warmup_steps=20, freeze_vision=True,
                 eval_max_new_tokens=128, **TINY_MEDIA)
@@ -86,7 +89,7 @@ def coldstart(cache_dir: str | Path, proc: distributed.Dist) -> Path:
     final = Path(cache_dir) / "coldstart" / "final"
     if proc.main and not (final / "config.json").exists():
         print(f"building the built-in cold start in {final.parent} (once): python coldstart.py", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "coldstart.py"), "--cache-dir", str(cache_dir)], cwd=ROOT,
+        subprocess.run([sys.executable, str(ROOT / "coldstart.py"), "--cache-dir", str(Path(cache_dir).resolve())], cwd=ROOT,
                        env=child_env(), check=True)
     distributed.barrier(proc)
     return final

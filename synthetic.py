@@ -24,6 +24,26 @@ beyond chance; shuffling the frames (T-GRPO's G̃ group, notes §1 step 4) destr
 docstring gives the argument for that family. Videos are ~50/50 temporal vs static; answers are balanced
 across values.
 
+Reasoning (VERSION 3): the COT split's `process` starts with the right answer's own words, then checks them
+frame by frame ("<think>bigger. Let me think. In the first frame ... It gets bigger over time. The answer is
+A.</think>"); the perception split (`train_perception.json`: clips of its own random stream, the same
+questions; stage 0 of the built-in recipe, coldstart.py, D8) has only the words ("<think>bigger</think>",
+"<think>the red circle</think>", "<think>3</think>"). Measured on 200 held-out clips (tiny model, frozen tower):
+with the answer's words first the decoder learns to read the features (after 720 perception steps of 8: colour
+stated 1.00, size change 0.74 ordered / 0.52 shuffled); with a full sentence first ("It gets bigger over
+time.") or with the chain of thought alone (VERSION 2's, words last) every family stays at chance; and a COT
+stage whose reasoning does not start with the words undoes most of the perception stage (colour stated 0.84
+but answered 0.24, size change 0.52), one that does keeps more (colour 0.98 / 0.60, appear-first 0.70 / 0.52
+on ordered / shuffled frames).
+
+Rendering for the tiny resolution (VERSION 3): the tiny presets feed 84x84 frames, 6x6 patches of 14 px merged
+into 3x3 tokens of 28 px, two frames per temporal patch. So shapes are larger than a patch (one static shape
+0.15-0.22 of the side in half-size, moving ones 0.10-0.16), a moving shape travels 0.5-0.65 of the side (it
+crosses at least two merged tokens), the background is one constant grey (BACKGROUND: clip-to-clip variation
+was the largest feature variation), and appear_first's two entries (and two exits) fall in different temporal
+patches. With these the frozen features' linear probe (bench/vision_probe.py) reads colour 0.99 (was 0.82),
+direction 0.90 (0.78), shape 0.62 (0.49), size change 1.00 (1.00).
+
 Option order: each family lists its options in one fixed order (colours in COLORS order, shapes in SHAPES
 order, "bigger" before "smaller", "left" before "right"; `_option_rank`), as some benchmarks do, not in a
 random order. Measured reason (VERSION 1 shuffled them): after SFT the tiny model's reasoning named the right
@@ -34,7 +54,7 @@ sees (bench/evidence.py's "seeing vs answering" table). With a fixed order a con
 chance in expectation: the correct option's place follows its value, and the values are balanced (colour: the
 correct colour is uniform and the distractors random, so each of the 4 places has probability 1/4).
 
-Run:  python synthetic.py --out runs/data [--seed 0 --n-train 320 --n-test 96]
+Run:  python synthetic.py --out runs/data [--seed 0 --n-train 320 --n-test 200]
 """
 
 from __future__ import annotations
@@ -290,18 +310,6 @@ _STATED = {"direction": r"moves to the (left|right)\b", "appear_first": r"So (th
            "color": r"and it is (\w+)\.", "shape": r"[Ss]o it is an? (\w+)\.", "count": r"That makes (\d+) shapes?"}
 
 
-def fact(family: str, said: str) -> str:
-    """The one sentence of a family's reasoning that states the answer `said` (the right option's text, or the
-    number), worded so that `stated_answer` finds it: the whole reasoning of the perception split.
-    Raises KeyError for an unknown family."""
-    n = int(said) if family in ("count_before", "count") else 0
-    return {"direction": f"It moves to the {said}.", "appear_first": f"So {said} appears first.",
-            "size_change": f"It gets {said} over time.",
-            "count_before": f"The square flashed {n} time{'s' * (n != 1)} before the circle appeared.",
-            "color": f"There is one shape, and it is {said}.", "shape": f"So it is a{'n' * said.startswith('a')} {said}.",
-            "count": f"That makes {n} shape{'s' * (n != 1)}."}[family]
-
-
 def stated_answer(family: str, text: str) -> str | None:
     """The answer a completion's reasoning states, in the words of the built-in COT (e.g. "bigger", "the red
     circle", "2"), or None if the reasoning has no such sentence. Separates seeing from answering: the option
@@ -340,7 +348,7 @@ def _write_json(path: Path, obj) -> None:
 def _make_split(root: Path, split: str, stream: int, n: int, seed: int, image_fraction: float, frames: int,
                 fps: float, size: int, short: bool = False) -> tuple[list[dict], list[dict]]:
     """Render one split's media and return its (entries, cot_entries); with `short`, the COT entries' reasoning is
-    the one sentence that states the answer (`fact`), as the perception split has it."""
+    only the words of the right answer ("<think>bigger</think>"), as the perception split has it."""
     import decord
 
     plan_rng = np.random.default_rng([seed, stream])
@@ -385,20 +393,21 @@ def _make_split(root: Path, split: str, stream: int, n: int, seed: int, image_fr
                  "data_source": f"synthetic/{'temporal' if family in TEMPORAL_FAMILIES else 'static'}/{family}"}
         entries.append(entry)
         said = options[LETTERS.index(sol)].split(". ", 1)[1] if options else sol   # the right option's text
-        if short:   # the perception split: the reasoning is only the sentence that states the answer
-            process = fact(family, said)
-        cots.append({**entry, "process": f"<think>{process} The answer is {sol}.</think>"})
+        # Both splits' reasoning starts with the right answer's own words ("bigger", "red", "3"): the perception
+        # split's is only that, the COT split's goes on to check it frame by frame (module docstring, "Reasoning").
+        cots.append({**entry, "process": f"<think>{said}</think>" if short else
+                     f"<think>{said}. {process} The answer is {sol}.</think>"})
     return entries, cots
 
 
-def make_dataset(out_dir, seed: int = 0, n_train: int = 320, n_test: int = 96, image_fraction: float = 0.15,
-                 frames: int = 8, fps: float = 2.0, size: int = 112, n_perception: int = 960) -> dict[str, Path]:
+def make_dataset(out_dir, seed: int = 0, n_train: int = 320, n_test: int = 200, image_fraction: float = 0.15,
+                 frames: int = 8, fps: float = 2.0, size: int = 112, n_perception: int | None = None) -> dict[str, Path]:
     """Render the synthetic dataset under `out_dir` (idempotent) and return its paths.
 
     Args: out_dir: folder (created). seed: int >= 0; the same seed gives byte-identical JSON and identical
     decoded frames; train and test use different random streams. n_train, n_test: number of samples
-    (problem_id 0..n-1 in each file). n_perception: samples of the perception split (its own clips and random
-    stream; the reasoning is one sentence, `fact`: the built-in recipe's stage 0, notes §9). image_fraction: share of still-image samples (static questions).
+    (problem_id 0..n-1 in each file). n_perception: samples of the perception split (None: 3 * n_train; its own clips and random
+    stream; the reasoning is the right answer's words, "<think>bigger</think>": the built-in recipe's stage 0, D8). image_fraction: share of still-image samples (static questions).
     frames: frames per clip (>= 6). fps: clip frame rate (frames per second). size: frame side in pixels,
     a multiple of 28 (Qwen2.5-VL's 14-px patches merged 2x2).
     Returns {"train": train.json, "train_cot": train_cot.json, "test": test.json, "train_perception":
@@ -411,6 +420,7 @@ def make_dataset(out_dir, seed: int = 0, n_train: int = 320, n_test: int = 96, i
     rank 0 and let the other ranks wait at a barrier.
     """
     root = Path(out_dir)
+    n_perception = 3 * n_train if n_perception is None else n_perception
     params = {"version": VERSION, "seed": seed, "n_train": n_train, "n_test": n_test, "n_perception": n_perception,
               "image_fraction": image_fraction, "frames": frames, "fps": fps, "size": size}
     if not isinstance(seed, int) or seed < 0:
@@ -453,8 +463,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True, help="output folder (e.g. runs/data)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (>= 0)")
     ap.add_argument("--n-train", type=int, default=320, help="training samples (train.json, train_cot.json)")
-    ap.add_argument("--n-test", type=int, default=96, help="held-out samples (test.json)")
-    ap.add_argument("--n-perception", type=int, default=960, help="perception-split samples (train_perception.json)")
+    ap.add_argument("--n-test", type=int, default=200, help="held-out samples (test.json)")
+    ap.add_argument("--n-perception", type=int, default=None, help="perception-split samples (train_perception.json; default 3 x --n-train)")
     ap.add_argument("--image-fraction", type=float, default=0.15, help="share of still-image samples")
     ap.add_argument("--frames", type=int, default=8, help="frames per clip")
     ap.add_argument("--fps", type=float, default=2.0, help="clip frame rate (frames per second)")

@@ -1,6 +1,6 @@
 """Where a T-GRPO step's time goes: train.py's own step functions, each timed.
 
-    python bench/step.py                          # tiny preset: 2 prompts/rank, G = 8, G̃ = 4, <= 96 new tokens
+    python bench/step.py                          # tiny preset: 4 prompts/rank, G = 8, G̃ = 4, <= 96 new tokens
     python bench/step.py --steps 4 --G 4
 
 The step is main's loop in train.py, call by call: decode (media decode + patchify + prompt tokens,

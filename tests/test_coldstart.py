@@ -3,6 +3,7 @@ clips apart afterwards, and train.py's default starting from it."""
 import json
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -17,9 +18,25 @@ def test_stages_chain_perception_then_cot(tmp_path):
     arg = lambda cmd, flag: cmd[cmd.index(flag) + 1]
     assert arg(p_cmd, "--model") == str(tmp_path / "tiny") and arg(p_cmd, "--data").endswith("train_perception.json")
     assert arg(c_cmd, "--model") == str(tmp_path / "out" / "perception" / "final")    # stage 1 starts from stage 0
-    assert arg(c_cmd, "--data").endswith("train_cot.json") and arg(c_cmd, "--epochs") == "3.0"
-    only = coldstart.stage_commands(coldstart.Config(perception_epochs=0), tmp_path / "data", tmp_path / "tiny", tmp_path / "out")
+    assert arg(c_cmd, "--data") == str(tmp_path / "out" / "cot_mix.json") and arg(c_cmd, "--epochs") == "3.0"
+    assert arg(c_cmd, "--media-root") == str(tmp_path / "data")          # the mixed file's media stay in data/
+    only = coldstart.stage_commands(coldstart.Config(perception_epochs=0, cot_perception=0), tmp_path / "data",
+                                    tmp_path / "tiny", tmp_path / "out")
     assert [n for n, _ in only] == ["cot"] and arg(only[0][1], "--model") == str(tmp_path / "tiny")
+    assert arg(only[0][1], "--data") == str(tmp_path / "data" / "train_cot.json") and "--media-root" not in only[0][1]
+
+
+def test_cot_mix_appends_perception_samples(tmp_path):
+    (tmp_path / "data").mkdir()
+    cot = [{"problem_id": 0, "process": "<think>bigger. Let me think.</think>"}]
+    per = [{"problem_id": i, "process": "<think>red</think>"} for i in range(3)]
+    (tmp_path / "data" / "train_cot.json").write_text(json.dumps(cot))
+    (tmp_path / "data" / "train_perception.json").write_text(json.dumps(per))
+    mixed = json.loads(coldstart.cot_mix(tmp_path / "data", tmp_path / "out", 2).read_text())
+    assert mixed == cot + [{"problem_id": "perception_0", "process": "<think>red</think>"},
+                           {"problem_id": "perception_1", "process": "<think>red</think>"}]
+    with pytest.raises(ValueError, match="train_perception.json has 3 samples"):
+        coldstart.cot_mix(tmp_path / "data", tmp_path / "out", 4)
 
 
 def _features(folder, sample, media):
@@ -34,7 +51,7 @@ def _features(folder, sample, media):
 def test_coldstart_runs_and_train_starts_from_it(tmp_path):
     cache = tmp_path / "cache"
     out = run_cmd([sys.executable, str(ROOT / "coldstart.py"), "--cache-dir", str(cache), "--perception-epochs", "0.02",
-                   "--cot-epochs", "0.02", "--eval-samples", "2"], tmp_path).stdout
+                   "--cot-epochs", "0.02", "--cot-perception", "16", "--eval-samples", "2"], tmp_path).stdout
     final = cache / "coldstart" / "final"
     assert "stage perception" in out and "stage cot" in out and str(final) in out
     for stage in ("perception", "cot"):

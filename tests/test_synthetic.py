@@ -315,3 +315,19 @@ def test_stated_answer_reads_every_cot(data):
     assert synthetic.stated_answer("size_change", "<think>It is big.</think><answer>A</answer>") is None
     # the reasoning counts, not the answer after </think>
     assert synthetic.stated_answer("direction", "<think>so it moves to the left.</think> moves to the right") == "left"
+
+
+def test_perception_split_answers_with_the_right_words(data):
+    """The perception split (D8): 3 x n_train samples on clips of their own, the same schema and questions, and a
+    reasoning that is only the right answer's words: the option text for multiple choice, the number otherwise."""
+    paths, train, _, _ = data
+    per = json.loads(paths["train_perception"].read_text())
+    assert len(per) == 3 * 48
+    assert not {e["path"] for e in per} & {e["path"] for e in train}
+    for e in per:
+        assert set(FIELDS) <= set(e) and (paths["root"] / e["path"][2:]).exists()
+        letter = re.fullmatch(r"<answer>(.+)</answer>", e["solution"]).group(1)
+        words = dict(o.split(". ", 1) for o in e["options"]).get(letter, letter)
+        assert e["process"] == f"<think>{words}</think>", e
+    families = {e["data_source"].split("/")[-1] for e in per}
+    assert families == set(synthetic.TEMPORAL_FAMILIES) | set(synthetic.STATIC_FAMILIES)
