@@ -37,10 +37,13 @@ def main():
     p.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
     p.add_argument("--G", type=int, default=8)
     p.add_argument("--cache-dir", default="runs/cache")
+    p.add_argument("--model", default="", help="policy folder; empty: the built-in cold start (built once, minutes)")
+    p.add_argument("--data", default="", help="training JSON; empty: the built-in training split")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: stable figures on a shared CPU)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    argv = ["--G", str(a.G), "--cache-dir", a.cache_dir, "--device", "cpu"]
+    argv = ["--G", str(a.G), "--cache-dir", a.cache_dir, "--device", "cpu", "--model", a.model, "--data", a.data,
+            "--preset", "tiny"]
     cfg = train.finish_config(*train.cfglib.parse(train.Config, argv, ""))
     proc = distributed.Dist()
     torch.manual_seed(cfg.seed)

@@ -45,9 +45,10 @@ def test_evidence_smoke_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_step_benchmark_smoke_run(tmp_path):
+def test_step_benchmark_smoke_run(tmp_path, builtin):
     """bench/step.py runs one timed step on the tiny preset and prints every piece of the breakdown."""
-    cmd = [sys.executable, str(ROOT / "bench" / "step.py"), "--steps", "1", "--G", "2", "--cache-dir", str(tmp_path / "cache")]
+    cmd = [sys.executable, str(ROOT / "bench" / "step.py"), "--steps", "1", "--G", "2", "--cache-dir", str(tmp_path / "cache"),
+           "--model", str(builtin[1]), "--data", str(builtin[0]["train"])]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for piece in ("decode", "rollout", "rewards", "advantages", "train_step", "step (sum of medians)"):
