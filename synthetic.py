@@ -310,14 +310,24 @@ _STATED = {"direction": r"moves to the (left|right)\b", "appear_first": r"So (th
            "color": r"and it is (\w+)\.", "shape": r"[Ss]o it is an? (\w+)\.", "count": r"That makes (\d+) shapes?"}
 
 
+# The answer's own words, as the reasoning of both splits starts with them ("<think>bigger. ..." / "<think>bigger</think>").
+_WORDS = {"direction": r"left|right", "appear_first": r"the \w+ \w+", "size_change": r"bigger|smaller",
+          "count_before": r"\d+", "color": r"\w+", "shape": r"\w+", "count": r"\d+"}
+
+
 def stated_answer(family: str, text: str) -> str | None:
-    """The answer a completion's reasoning states, in the words of the built-in COT (e.g. "bigger", "the red
-    circle", "2"), or None if the reasoning has no such sentence. Separates seeing from answering: the option
-    letter must also be matched to it. family: a name in TEMPORAL_FAMILIES or STATIC_FAMILIES (KeyError
-    otherwise); text: the completion (its <think> part is searched; the last match counts)."""
+    """The answer a completion's reasoning states, in the words of the built-in data (e.g. "bigger", "the red
+    circle", "2"): the last sentence of the family's COT conclusion ("It gets bigger over time.") when there is
+    one, else the words the reasoning starts with ("<think>bigger</think>", "<think>bigger. Let me ..."), else
+    None. Separates seeing from answering: the option letter must also be matched to it. family: a name in
+    TEMPORAL_FAMILIES or STATIC_FAMILIES (KeyError otherwise); text: the completion (its <think> part is read)."""
     import re
-    found = re.findall(_STATED[family], text.split("</think>")[0])
-    return found[-1] if found else None
+    think = text.split("</think>")[0]
+    found = re.findall(_STATED[family], think)
+    if found:
+        return found[-1]
+    lead = re.match(r"\s*<think>\s*([^.<]*?)\s*(?:\.|$)", think)
+    return lead.group(1) if lead and re.fullmatch(_WORDS[family], lead.group(1)) else None
 
 
 def write_video(path: Path, frames: np.ndarray, fps: float) -> None:

@@ -331,3 +331,16 @@ def test_perception_split_answers_with_the_right_words(data):
         assert e["process"] == f"<think>{words}</think>", e
     families = {e["data_source"].split("/")[-1] for e in per}
     assert families == set(synthetic.TEMPORAL_FAMILIES) | set(synthetic.STATIC_FAMILIES)
+
+
+def test_stated_answer_reads_the_conclusion_then_the_leading_words():
+    """The COT's concluding sentence wins; without one, the words the reasoning starts with, when they have the
+    family's form; otherwise None."""
+    say = synthetic.stated_answer
+    assert say("size_change", "<think>smaller. Let me think. It gets bigger over time. The answer is A.</think>") == "bigger"
+    assert say("size_change", "<think>bigger</think>\n<answer>A</answer>") == "bigger"
+    assert say("appear_first", "<think>the red circle</think><answer>A</answer>") == "the red circle"
+    assert say("count", "<think>3. Let me count.</think>") == "3"
+    assert say("direction", "<think>Let me think</think>") is None          # not the family's form
+    assert say("count", "<think>three</think>") is None
+    assert say("color", "no reasoning") is None
