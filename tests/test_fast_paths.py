@@ -22,7 +22,7 @@ def setup(builtin):
     std 0.1 so that greedy decoding does not repeat one token and the visual input changes the output."""
     paths, tiny = builtin
     hf, tok = M.load_policy(tiny)
-    torch.manual_seed(0)
+    torch.manual_seed(1)
     with torch.no_grad():
         for p in hf.parameters():
             if p.dim() >= 2:
