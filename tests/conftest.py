@@ -24,6 +24,18 @@ def builtin(tmp_path_factory):
     return paths, tiny
 
 
+@pytest.fixture(scope="session")
+def answering(builtin, tmp_path_factory):
+    """(paths, a tiny model that answers): the `builtin` tiny model after 120 SFT steps on the perception split
+    (short answers, "<think>red</think><answer>B</answer>"), so its completions earn varied rewards and T-GRPO
+    has non-zero advantages (a random model's all score 0: nothing would move)."""
+    paths, tiny = builtin
+    out = tmp_path_factory.mktemp("answering")
+    run_cmd([sys.executable, str(ROOT / "sft.py"), "--model", str(tiny), "--data", str(paths["train_perception"]),
+             "--preset", "tiny", "--steps", "120", "--lr", "2e-3", "--eval-samples", "0", "--out-dir", str(out)], out)
+    return paths, out / "final"
+
+
 REAL = SHARED / "qwen2_5_vl_7b_instruct"
 
 
@@ -51,7 +63,7 @@ def run_train(args, tmp_path, nproc=1, builtin=None):
     training split (without it train.py builds its default, the built-in cold start: minutes). Asserts exit code
     0 and returns the CompletedProcess."""
     if builtin is not None:
-        args = ["--model", str(builtin[1]), "--data", str(builtin[0]["train"]), *args]
+        args = ["--model", str(builtin[1]), "--data", str(builtin[0]["train"]), "--preset", "tiny", *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
     cmd = launcher + [str(ROOT / "train.py"), "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "out")] + args

@@ -8,25 +8,25 @@ from safetensors.torch import load_file
 import checkpoint
 from conftest import run_train
 
-TINY = ["--steps", "2", "--G", "2", "--max-completion-length", "6", "--prompts-per-rank", "1"]
+TINY = ["--steps", "2", "--G", "4", "--max-completion-length", "12", "--prompts-per-rank", "1"]
 
 
 def _weights(folder):
     return load_file(folder / "final" / "model.safetensors")
 
 
-def test_fsdp_resume_is_exact_and_export_equals_ddp(tmp_path, builtin):
+def test_fsdp_resume_is_exact_and_export_equals_ddp(tmp_path, answering):
     (tmp_path / "a").mkdir(); (tmp_path / "b").mkdir(); (tmp_path / "c").mkdir()
-    run_train(TINY + ["--dist", "fsdp"], tmp_path / "a", nproc=2, builtin=builtin)
-    run_train(TINY + ["--dist", "fsdp", "--steps", "1", "--save-every", "1"], tmp_path / "b", nproc=2, builtin=builtin)
+    run_train(TINY + ["--dist", "fsdp"], tmp_path / "a", nproc=2, builtin=answering)
+    run_train(TINY + ["--dist", "fsdp", "--steps", "1", "--save-every", "1"], tmp_path / "b", nproc=2, builtin=answering)
     ck = tmp_path / "b" / "out" / "checkpoints"
     assert [p.name for p in ck.iterdir()] == ["step_000001"]
     assert {"rank00000.pt", "rank00001.pt", ".metadata"} <= {p.name for p in (ck / "step_000001").iterdir()}
-    proc = run_train(TINY + ["--dist", "fsdp", "--resume", "auto"], tmp_path / "b", nproc=2, builtin=builtin)
+    proc = run_train(TINY + ["--dist", "fsdp", "--resume", "auto"], tmp_path / "b", nproc=2, builtin=answering)
     assert "resumed from" in proc.stdout and "at step 1" in proc.stdout
-    run_train(TINY + ["--dist", "ddp"], tmp_path / "c", nproc=2, builtin=builtin)
+    run_train(TINY + ["--dist", "ddp"], tmp_path / "c", nproc=2, builtin=answering)
     straight, resumed, ddp = _weights(tmp_path / "a" / "out"), _weights(tmp_path / "b" / "out"), _weights(tmp_path / "c" / "out")
-    before = load_file(builtin[1] / "model.safetensors")
+    before = load_file(answering[1] / "model.safetensors")
     assert straight.keys() == resumed.keys() == ddp.keys() == before.keys()
     assert any(not torch.equal(before[k], straight[k]) for k in before)      # training moved the weights
     for k in straight:
