@@ -1,6 +1,7 @@
 """T-GRPO training of Qwen2.5-VL (Video-R1, arXiv 2503.21776): the RL stage, raw PyTorch.
 
-    python train.py                                    # tiny random Qwen2.5-VL on the built-in clips (CPU, minutes)
+    python train.py                                    # T-GRPO of the built-in cold start on the built-in clips (CPU,
+                                                       # ~7 min the first time: coldstart.py builds the start once)
     torchrun --nproc_per_node 2 train.py               # the same on 2 ranks (gloo on CPU, nccl on GPU)
     torchrun --nproc_per_node 8 train.py --model runs/sft/final --data Video-R1-260k.json \\
         --media-root Video-R1-data                     # the paper's recipe from an SFT checkpoint
@@ -62,7 +63,7 @@ from model import PolicyLogprobs, load_policy
 @dataclass
 class Config:
     # where things are
-    model: str = field(default="", metadata={"help": "HF folder of the policy (e.g. the SFT output); empty: build the tiny random Qwen2.5-VL in cache_dir"})
+    model: str = field(default="", metadata={"help": "HF folder of the policy (e.g. the SFT output); empty: the built-in cold start in cache_dir/coldstart/final (coldstart.py builds it once)"})
     data: str = field(default="", metadata={"help": "Video-R1-260k-schema JSON/JSONL; empty: the built-in synthetic clips (train split)"})
     media_root: str = field(default="", metadata={"help": "folder the JSON's ./paths are relative to; empty: the JSON's folder"})
     out_dir: str = field(default="runs/tgrpo", metadata={"help": "metrics.jsonl and the final HF folder go here"})
