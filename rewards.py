@@ -73,7 +73,8 @@ def extract_answer(text: str) -> str:
 
 
 def _ground_truth(solution: str) -> str:
-    """The GT of a dataset solution: its answer block, or the stripped solution when it has no tags."""
+    """The GT of a dataset solution: its answer block ("<answer>GT</answer>"), or the stripped solution when it
+    has no tags (R4)."""
     found = _find_answer(solution)
     return solution.strip() if found is None else found
 
@@ -95,7 +96,8 @@ def parse_number(text: str) -> float | None:
 
 
 def _numerical_score(pred: str, gt: str) -> float:
-    """1.0 iff both parse and agree to 2 decimals, after the official decimal-consistency rule (§2)."""
+    """Numerical accuracy (notes §2): 0.0 if exactly one of GT and prediction contains "." or ","; else 1.0 iff
+    both parse (`parse_number`) and round(g, 2) == round(p, 2)."""
     if ("." in gt or "," in gt) != ("." in pred or "," in pred):
         return 0.0  # "3.0" vs "3" and "1,000" vs "1000" score 0, as in the official code
     p, g = parse_number(pred), parse_number(gt)
@@ -105,7 +107,8 @@ def _numerical_score(pred: str, gt: str) -> float:
 
 
 def _regression_score(pred: str, gt: str) -> float:
-    """1 - |p - g| / |g| clipped to [0, 1]; exact answers score 1.0 (R1, R2)."""
+    """Regression accuracy: 1 - |p - g| / |g|, clipped to [0, 1]; exactly 1.0 when p == g; when g = 0, 1.0 for
+    p = 0 and 0.0 otherwise (R1, R2). 0.0 when either does not parse."""
     p, g = parse_number(pred), parse_number(gt)
     if p is None or g is None:
         return 0.0
@@ -136,7 +139,9 @@ def _edit_distance(ref: list[str], hyp: list[str]) -> int:
 
 
 def _ocr_score(pred: str, gt: str) -> float:
-    """1 - WER, clipped to [0, 1], with whitespace-split words of gt as the reference (§2)."""
+    """OCR accuracy (notes §2): 1 - WER, clipped to [0, 1]. WER = word-level Levenshtein distance between
+    gt.split() and pred.split(), divided by max(1, len(gt words)). Shortcut, exact: when the prediction has at
+    least max(1, len(gt words)) more words than the GT, WER >= 1 and the score is 0 without running the DP."""
     ref, hyp = gt.split(), pred.split()
     n_ref = max(1, len(ref))
     if len(hyp) - len(ref) >= n_ref:
@@ -179,7 +184,12 @@ def _lcs_length(a: list[str], b: list[str]) -> int:
 
 
 def _free_form_score(pred: str, gt: str) -> float:
-    """Mean of the ROUGE-1, ROUGE-2 and ROUGE-L F-measures (rouge_score, stemmer on), clipped (§2)."""
+    """Free-form accuracy (notes §2): mean of the ROUGE-1, ROUGE-2 and ROUGE-L F-measures of rouge_score's
+    RougeScorer(['rouge1', 'rouge2', 'rougeL'], use_stemmer=True).score(gt, pred), clipped to [0, 1]. Same
+    values, computed in linear memory (R7). The prediction is first cut to max(20 * len(gt), 20000) characters.
+    A training completion (at most 768 tokens) is far shorter than 20000 characters, so no realistic score
+    changes; and for a prediction of N tokens against m GT tokens every F-measure is at most 2m / (m + N),
+    already small for text that long."""
     pred = pred[:max(_FREE_FORM_CAP_FACTOR * len(gt), _FREE_FORM_CAP_FLOOR)]  # R7
     ref = _ROUGE_TOKENIZER.tokenize(gt)
     hyp = _ROUGE_TOKENIZER.tokenize(pred)
@@ -214,23 +224,12 @@ def _accuracy(pred: str, gt: str, problem_type: str) -> float:
 def accuracy_reward(completion: str, solution: str, problem_type: str) -> float:
     """Accuracy reward of one completion (notes §2, "Accuracy by problem_type").
 
-    The prediction is `extract_answer(completion)` ("" without tags, as in training). The GT is the answer
-    block of `solution` ("<answer>GT</answer>"), or the stripped solution when it has no tags.
+    The prediction is `extract_answer(completion)` ("" without tags, as in training); the GT is
+    `_ground_truth(solution)`.
 
-    - multiple choice: 1.0 iff the prediction equals the GT exactly (case-sensitive, no letter parsing).
-    - numerical: 0.0 if exactly one of GT and prediction contains "." or ","; else 1.0 iff both parse
-      (`parse_number`) and round(g, 2) == round(p, 2).
-    - OCR: 1 - WER, clipped to [0, 1]. WER = word-level Levenshtein distance between gt.split() and
-      pred.split(), divided by max(1, len(gt words)). Shortcut, exact: when the prediction has at least
-      max(1, len(gt words)) more words than the GT, WER >= 1 and the score is 0 without running the DP.
-    - free-form: mean of the ROUGE-1, ROUGE-2 and ROUGE-L F-measures of rouge_score's
-      RougeScorer(['rouge1', 'rouge2', 'rougeL'], use_stemmer=True).score(gt, pred), clipped to [0, 1].
-      Same values, computed in linear memory (R7). The prediction is first cut to
-      max(20 * len(gt), 20000) characters. A training completion (at most 768 tokens) is far shorter than
-      20000 characters, so no realistic score changes; and for a prediction of N tokens against m GT
-      tokens every F-measure is at most 2m / (m + N), already small for text that long.
-    - regression: 1 - |p - g| / |g|, clipped to [0, 1]; exactly 1.0 when p == g; when g = 0, 1.0 for p = 0
-      and 0.0 otherwise (R1, R2).
+    - multiple choice: 1.0 iff the prediction equals the GT exactly (case-sensitive, no letter parsing);
+    - numerical, OCR, free-form, regression: `_numerical_score`, `_ocr_score`, `_free_form_score`,
+      `_regression_score` (each states its rule).
 
     Args:
         completion: the decoded completion text (any string).
