@@ -9,10 +9,10 @@ The built-in recipe (D8 in docs/departures.md; for the tiny default only) has th
   0. perception SFT (ours): `sft.py` on the built-in perception split, where the reasoning is only the right
      answer's words ("<think>bigger</think>"); a few-million-parameter decoder trained from scratch on the chain
      of thought learns its text and not the pixels, while on answers that start with what is seen it learns to
-     read the frozen vision features (synthetic.py's docstring gives the measurement);
+     read the frozen vision features (scenes.py's docstring gives the measurement);
   1. COT SFT (Video-R1 stage 1): `sft.py` on the built-in COT split, starting from stage 0's export, with
      `--cot-perception` perception samples mixed in (the COT reasoning starts with the same words, so the two
-     agree; without them the COT stage undoes much of stage 0: synthetic.py's docstring, "Reasoning");
+     agree; without them the COT stage undoes much of stage 0: scenes.py's docstring, "Reasoning");
   2. T-GRPO (Video-R1 stage 2): `train.py --model runs/cache/coldstart/final` -- what `python train.py` does.
 Each stage is a plain `sft.py` run (a subprocess, its own metrics.jsonl and curves.png under out/<stage>/) so
 that nothing here re-implements training; a stage whose export exists is not run again. The vision tower stays
@@ -85,15 +85,15 @@ def cot_mix(data: Path, out: Path, n_perception: int) -> Path:
 def build(cfg: Config) -> Path:
     """Run the stages that have no export yet and return out/final (the last stage's export, copied). Idempotent.
     Raises subprocess.CalledProcessError naming the stage's command when an sft.py run fails."""
-    out = Path(cfg.out_dir or Path(cfg.cache_dir) / "coldstart").resolve()       # the sft.py children run in ROOT
+    out = Path(cfg.out_dir or common.coldstart_dir(cfg.cache_dir)).resolve()   # the sft.py children run in ROOT
     final = out / "final"
     if (final / "config.json").exists():
         return final
     paths = common.builtin(cfg.cache_dir, distributed.Dist())
-    env = common.child_env()
+    data, env = Path(paths["root"]).resolve(), common.child_env()
     if cfg.cot_perception > 0:
-        cot_mix(Path(paths["root"]).resolve(), out, cfg.cot_perception)
-    for name, cmd in stage_commands(cfg, Path(paths["root"]).resolve(), Path(paths["tiny"]).resolve(), out):
+        cot_mix(data, out, cfg.cot_perception)
+    for name, cmd in stage_commands(cfg, data, Path(paths["tiny"]).resolve(), out):
         if (out / name / "final" / "config.json").exists():
             print(f"coldstart: stage {name}: done before ({out / name / 'final'})", flush=True)
             continue

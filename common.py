@@ -82,11 +82,16 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV}
 
 
+def coldstart_dir(cache_dir: str | Path) -> Path:
+    """Where the built-in cold start lives: cache_dir/coldstart (its stages in subfolders, the result in final/)."""
+    return Path(cache_dir) / "coldstart"
+
+
 def coldstart(cache_dir: str | Path, proc: distributed.Dist) -> Path:
     """The built-in cold start, cache_dir/coldstart/final (an HF folder): built on rank 0 by `python coldstart.py`
     (a child process, minutes on CPU, with its progress bars) when missing, while the other ranks wait.
     Raises subprocess.CalledProcessError when the build fails."""
-    final = Path(cache_dir) / "coldstart" / "final"
+    final = coldstart_dir(cache_dir) / "final"
     if proc.main and not (final / "config.json").exists():
         print(f"building the built-in cold start in {final.parent} (once): python coldstart.py", flush=True)
         subprocess.run([sys.executable, str(ROOT / "coldstart.py"), "--cache-dir", str(Path(cache_dir).resolve())], cwd=ROOT,

@@ -156,7 +156,7 @@ def report(out: Path, seeds: list[int]) -> dict:
     test = {e["problem_id"]: e for e in json.loads((out / "data" / "test.json").read_text())}
     said = {m: [reasoning(out / f"s{s}" / f"eval_{slug}", test) for s in seeds] for m, slug in models.items()}
     lines += ["", "Seeing vs answering, per family: how often the reasoning states the right answer (in the words of",
-              "the built-in chain of thought: synthetic.stated_answer) on ordered frames, [shuffled frames], and how often",
+              "the built-in chain of thought: scenes.stated_answer) on ordered frames, [shuffled frames], and how often",
               "the final answer is the one the reasoning states (ordered frames); mean over seeds, %:", "",
               "| model | " + " | ".join(fams) + " |", "|---|" + "---|" * len(fams)]
     for m in models:

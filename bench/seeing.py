@@ -7,10 +7,10 @@ and do its frozen vision features carry the answer at all? Ordered vs shuffled f
 
 For a model folder and the built-in held-out split (synthetic.make_dataset(<cache-dir>/data)["test"], as built
 there: common.builtin's defaults; `--n` keeps the first N items of each family) it prints one row per question family
-(synthetic.TEMPORAL_FAMILIES + STATIC_FAMILIES), each on ordered and on shuffled frames:
+(scenes.TEMPORAL_FAMILIES + STATIC_FAMILIES), each on ordered and on shuffled frames:
 - answer: the fraction of completions whose final answer is correct (eval.py's per-item "correct");
 - reasoning: the fraction whose reasoning states the right fact in the built-in COT's words
-  (synthetic.stated_answer against the right option's text, or the number); follows: the fraction whose final
+  (scenes.stated_answer against the right option's text, or the number); follows: the fraction whose final
   answer is the one its own reasoning states (a completion without a stating sentence counts as wrong on both);
 - probe: held-out accuracy of a linear probe of the model's frozen vision features (bench/vision_probe.py: one
   probe per family fitted on the training split's ordered clips, tested on the held-out video clips, ordered and
@@ -37,9 +37,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import common  # noqa: E402
+import scenes  # noqa: E402
 import synthetic  # noqa: E402
 
-FAMILIES = synthetic.TEMPORAL_FAMILIES + synthetic.STATIC_FAMILIES
+FAMILIES = scenes.TEMPORAL_FAMILIES + scenes.STATIC_FAMILIES
 ORDERS = (("ordered", "eval_test.records.jsonl"), ("shuffled", "eval_test_shuffled.records.jsonl"))
 
 
@@ -77,7 +79,7 @@ def accuracies(folder: Path) -> dict:
 
 def reasoning(folder: Path, test: dict) -> dict:
     """{(order, family): (stated, follows)} from an eval folder's records: the fraction of completions whose
-    reasoning states the right answer (synthetic.stated_answer, in the COT's words), and the fraction whose
+    reasoning states the right answer (scenes.stated_answer, in the COT's words), and the fraction whose
     final answer is the one its reasoning states (for multiple choice: the letter of that option). Completions
     without a stating sentence count as wrong on both. test: {problem_id: entry of the held-out JSON}."""
     out = {}
@@ -90,7 +92,7 @@ def reasoning(folder: Path, test: dict) -> dict:
             family, e = r["data_source"].split("/")[-1], test[r["problem_id"]]
             text = {o.split(". ", 1)[0]: o.split(". ", 1)[1] for o in e["options"]}   # letter -> option text
             gt = e["solution"].removeprefix("<answer>").removesuffix("</answer>").strip()
-            said = synthetic.stated_answer(family, r["output"])
+            said = scenes.stated_answer(family, r["output"])
             pred = text.get(str(r["prediction"])) if text else str(r["prediction"])
             hits.setdefault(family, []).append((said is not None and said == text.get(gt, gt),
                                                 said is not None and pred == said))
@@ -191,7 +193,7 @@ def table(folder: Path, entries: list[dict], probe: dict | None, guess: dict[str
     for fam in FAMILIES:
         n = sum(e["data_source"].split("/")[-1] == fam for e in entries)
         stated = {o: said.get((o, fam), (None, None)) for o, _ in ORDERS}   # None: no record (no item, or excluded)
-        rows[fam] = {"kind": "temporal" if fam in synthetic.TEMPORAL_FAMILIES else "static", "n": n,
+        rows[fam] = {"kind": "temporal" if fam in scenes.TEMPORAL_FAMILIES else "static", "n": n,
                      "answer": {o: acc.get((o, fam)) for o, _ in ORDERS}, "reasoning": {o: stated[o][0] for o in stated},
                      "follows": {o: stated[o][1] for o in stated}, "probe": (probe or {}).get(fam), "chance": guess.get(fam)}
     cats = {c: {o: acc.get((o, c)) for o, _ in ORDERS} for c in ("temporal", "static")}
@@ -218,7 +220,7 @@ def main(argv=None) -> dict:
     (SystemExit) when the model folder has no config.json; RuntimeError when eval.py fails."""
     a = parse(argv)
     cache, out = Path(a.cache_dir).resolve(), Path(a.out_dir).resolve()
-    model = Path(a.model).resolve() if a.model else cache / "coldstart" / "final"
+    model = Path(a.model).resolve() if a.model else common.coldstart_dir(cache) / "final"
     if not (model / "config.json").exists():
         raise SystemExit(f"seeing: no HF model folder at {model}; pass --model (the default is the built-in cold start, "
                          f"<cache-dir>/coldstart)")

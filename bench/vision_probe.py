@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import rewards  # noqa: E402
 import pixels  # noqa: E402
+import scenes  # noqa: E402
 import synthetic  # noqa: E402
 from model import load_policy  # noqa: E402
 from tiny import TINY_MEDIA, build_builtin_tiny  # noqa: E402
@@ -111,7 +112,7 @@ def main():
     print(f"{len(tr)} training and {len(te)} held-out video clips; features {Xtr.shape[1]} per clip "
           f"(frames {media.max_frames} at {media.video_max_pixels} px)")
     print(f"{'family':14s} {'kind':9s} {'n train':>7s} {'n test':>6s} {'ordered':>8s} {'shuffled':>8s} {'chance':>7s}")
-    for fam in synthetic.TEMPORAL_FAMILIES + synthetic.STATIC_FAMILIES:
+    for fam in scenes.TEMPORAL_FAMILIES + scenes.STATIC_FAMILIES:
         itr = [i for i, f in enumerate(ftr) if f == fam]
         ite = [i for i, f in enumerate(fte) if f == fam]
         ys = [ytr[i] for i in itr]
@@ -122,7 +123,7 @@ def main():
                              a.steps, a.wd)
         # chance: always answering the held-out split's most common answer
         chance = max([yte[i] for i in ite].count(c) for c in set(yte[i] for i in ite)) / len(ite)
-        kind = "temporal" if fam in synthetic.TEMPORAL_FAMILIES else "static"
+        kind = "temporal" if fam in scenes.TEMPORAL_FAMILIES else "static"
         print(f"{fam:14s} {kind:9s} {len(itr):7d} {len(ite):6d} {acc_o:8.2f} {acc_s:8.2f} {chance:7.2f}")
 
 

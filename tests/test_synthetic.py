@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import synthetic
-from synthetic import COLORS, make_dataset
+import scenes
+from scenes import COLORS
+from synthetic import make_dataset
 
 FIELDS = {"problem_id": int, "problem": str, "data_type": str, "problem_type": str, "options": list,
           "solution": str, "path": str, "data_source": str}
@@ -88,7 +89,7 @@ def test_files_and_schema(data):
     assert {k[0] for k in kinds} == {"video", "image"}
     assert {k[1] for k in kinds} == {"multiple choice", "numerical"}
     assert {k[2] for k in kinds} == {"temporal", "static"}
-    assert {e["data_source"].split("/")[2] for e in train} == set(synthetic.TEMPORAL_FAMILIES + synthetic.STATIC_FAMILIES)
+    assert {e["data_source"].split("/")[2] for e in train} == set(scenes.TEMPORAL_FAMILIES + scenes.STATIC_FAMILIES)
 
 
 def test_balance(data):
@@ -97,9 +98,9 @@ def test_balance(data):
     assert len([e for e in train if e["data_type"] == "image"]) == round(0.15 * 48)
     kinds = Counter(e["data_source"].split("/")[1] for e in videos)
     assert abs(kinds["temporal"] - kinds["static"]) <= 1
-    for fam in synthetic.TEMPORAL_FAMILIES + synthetic.STATIC_FAMILIES:
+    for fam in scenes.TEMPORAL_FAMILIES + scenes.STATIC_FAMILIES:
         fam_entries = [e for e in train if e["data_source"].endswith("/" + fam)]
-        values, n_opt = synthetic._answers(fam)
+        values, n_opt = scenes.answers(fam)
         if fam == "appear_first":   # no answer values: the first shape is the correct option, at either place
             assert set(Counter(e["solution"] for e in fam_entries)) == {"<answer>A</answer>", "<answer>B</answer>"}
             continue
@@ -114,17 +115,17 @@ def test_options_in_fixed_order(data):
     for e in train + test:
         if e["options"]:
             texts = [o[3:] for o in e["options"]]
-            assert texts == sorted(texts, key=synthetic._option_rank), e
+            assert texts == sorted(texts, key=scenes._option_rank), e
             if e["data_source"].endswith(("/direction", "/size_change")):
                 assert texts in (["left", "right"], ["bigger", "smaller"])
             if e["data_source"].endswith("/shape"):
-                assert texts == list(synthetic.SHAPES)
+                assert texts == list(scenes.SHAPES)
 
 
 def test_count_before_law_is_time_symmetric():
     # k uniform on {0,1,2} times P(m | k) must give P(k, m) = P(m, k): a clip and its reverse equally likely.
     joint = np.zeros((3, 3))
-    for k, (ms, ps) in synthetic._M_GIVEN_K.items():
+    for k, (ms, ps) in scenes._M_GIVEN_K.items():
         assert abs(sum(ps) - 1) < 1e-12
         for m, p in zip(ms, ps):
             joint[k, m] = p / 3
@@ -305,16 +306,16 @@ def test_cli(tmp_path):
 
 
 def test_stated_answer_reads_every_cot(data):
-    """synthetic.stated_answer finds, in every built-in reasoning, the answer in the COT's words (the option text
+    """scenes.stated_answer finds, in every built-in reasoning, the answer in the COT's words (the option text
     for multiple choice, the number otherwise), and None in a text without the stating sentence."""
     _, _, cot, _ = data
     for e in cot:
         fam = e["data_source"].split("/")[-1]
         truth = answer_text(e) if e["options"] else re.fullmatch(r"<answer>(.*)</answer>", e["solution"]).group(1)
-        assert synthetic.stated_answer(fam, e["process"] + "\n<answer>X</answer>") == truth, e
-    assert synthetic.stated_answer("size_change", "<think>It is big.</think><answer>A</answer>") is None
+        assert scenes.stated_answer(fam, e["process"] + "\n<answer>X</answer>") == truth, e
+    assert scenes.stated_answer("size_change", "<think>It is big.</think><answer>A</answer>") is None
     # the reasoning counts, not the answer after </think>
-    assert synthetic.stated_answer("direction", "<think>so it moves to the left.</think> moves to the right") == "left"
+    assert scenes.stated_answer("direction", "<think>so it moves to the left.</think> moves to the right") == "left"
 
 
 def test_perception_split_answers_with_the_right_words(data):
@@ -330,13 +331,13 @@ def test_perception_split_answers_with_the_right_words(data):
         words = dict(o.split(". ", 1) for o in e["options"]).get(letter, letter)
         assert e["process"] == f"<think>{words}</think>", e
     families = {e["data_source"].split("/")[-1] for e in per}
-    assert families == set(synthetic.TEMPORAL_FAMILIES) | set(synthetic.STATIC_FAMILIES)
+    assert families == set(scenes.TEMPORAL_FAMILIES) | set(scenes.STATIC_FAMILIES)
 
 
 def test_stated_answer_reads_the_conclusion_then_the_leading_words():
     """The COT's concluding sentence wins; without one, the words the reasoning starts with, when they have the
     family's form; otherwise None."""
-    say = synthetic.stated_answer
+    say = scenes.stated_answer
     assert say("size_change", "<think>smaller. Let me think. It gets bigger over time. The answer is A.</think>") == "bigger"
     assert say("size_change", "<think>bigger</think>\n<answer>A</answer>") == "bigger"
     assert say("appear_first", "<think>the red circle</think><answer>A</answer>") == "the red circle"
