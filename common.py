@@ -10,14 +10,16 @@ import subprocess
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 import checkpoint
 import distributed
+import lora
 import pixels
-from model import save_hf
+from model import PolicyLogprobs, load_policy, save_hf
 from tiny import TINY_MEDIA, build_builtin_tiny
 
 # The tiny presets: what a randomly initialised few-million-parameter model on 2 CPU cores needs, applied to the
@@ -148,9 +150,45 @@ def checkpoint_if_due(step: int, cfg, preemption: distributed.Preemption, module
     return stop, None
 
 
-def export(module, tokenizer, folder: Path, proc: distributed.Dist) -> Path:
+class Policy(NamedTuple):
+    """What an entry point trains: the HF model `hf` (adapters inside under LoRA), its tokenizer, the wrapped
+    log-prob module `module` (DDP / FSDP2 / plain), `adapters` (the PeftModel, or None), the starting folder
+    `base_dir`, and the AdamW optimizer over the trainable parameters."""
+    hf: torch.nn.Module
+    tokenizer: object
+    module: torch.nn.Module
+    adapters: object
+    base_dir: str
+    opt: torch.optim.Optimizer
+
+
+def build_policy(cfg, model_dir: str, proc: distributed.Dist, weights: torch.dtype, compute: torch.dtype) -> Policy:
+    """Load the policy from `model_dir`, add LoRA adapters (cfg.lora_rank > 0, lora.attach) or freeze the vision
+    tower (cfg.freeze_vision), wrap it (distributed.wrap: cfg.dist, activation checkpointing, FSDP units, CPU
+    offload) and build AdamW(lr, weight_decay) over the trainable parameters.
+
+    Under LoRA with the vision tower frozen, the frozen base is held in the compute dtype (bf16 on GPU; fp32
+    master weights are only needed for what AdamW updates, L5) and the adapters in fp32. With cfg.cpu_offload
+    the model is loaded on the CPU and FSDP2 keeps its shards there."""
+    base_in_compute = cfg.lora_rank > 0 and cfg.lora_vision == "frozen"
+    hf, tokenizer = load_policy(model_dir, compute if base_in_compute else weights,
+                                "cpu" if cfg.cpu_offload else proc.device)
+    adapters = lora.attach(hf, cfg, cfg.seed)
+    if adapters is None:
+        hf.model.visual.requires_grad_(not cfg.freeze_vision)               # before wrapping (DDP/FSDP see it)
+    module = distributed.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), proc, cfg.dist, cfg.activation_checkpointing,
+                              compute, cfg.fsdp_vision_unit, offload=cfg.cpu_offload)
+    opt = torch.optim.AdamW(lora.trainable(hf), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return Policy(hf, tokenizer, module, adapters, model_dir, opt)
+
+
+def export(module, tokenizer, folder: Path, proc: distributed.Dist, adapters=None, base_dir: str = "") -> Path:
     """Write an HF folder (config, safetensors, tokenizer, chat template, processor settings) that plain
-    transformers loads, from the full state dict gathered on rank 0 (collective under FSDP; atomic)."""
+    transformers loads, from the full state dict gathered on rank 0 (collective under FSDP; atomic). Under LoRA
+    (`adapters`, the PeftModel, and `base_dir`, the starting folder) the adapters are merged in and also written
+    to `<folder>_lora` (lora.export)."""
+    if adapters is not None:
+        return lora.export(module, adapters, tokenizer, base_dir, folder, proc)
     state = distributed.full_state_dict(module)
     if proc.main:
         save_hf(distributed.unwrap(module).hf, tokenizer, folder, state_dict=state)

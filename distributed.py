@@ -192,7 +192,7 @@ def enable_activation_checkpointing(module: torch.nn.Module) -> None:
 
 
 def wrap(module: torch.nn.Module, proc: Dist, mode: str = "ddp", activation_checkpointing: bool = False,
-         param_dtype: torch.dtype = torch.float32, vision_unit: str = "block") -> torch.nn.Module:
+         param_dtype: torch.dtype = torch.float32, vision_unit: str = "block", offload: bool = False) -> torch.nn.Module:
     """Wrap the log-prob module (a module with an `.hf` Qwen2.5-VL) for data parallelism.
 
     mode: "ddp" (default; DistributedDataParallel), "fsdp" (FSDP2 `fully_shard` on every decoder layer and on
@@ -207,30 +207,39 @@ def wrap(module: torch.nn.Module, proc: Dist, mode: str = "ddp", activation_chec
     vision_unit: "block" (one FSDP unit per vision block) or "tower" (the whole vision tower one unit,
     torchtitan's choice for encoders; bench/fsdp_vision.py times both). Either way every forward calls the
     tower once (model.embed_with_visuals), so every rank issues the same all-gathers whatever its media.
-    Raises ValueError for an unknown mode or vision_unit.
+    offload: FSDP2's CPUOffloadPolicy: parameter shards, gradients and AdamW state live in host memory and the
+    optimizer step runs on the CPU; each unit is copied to the GPU for its forward and backward. Needs mode
+    "fsdp"; applied with one process too (a one-rank process group over an in-memory store), since that is
+    what lets one GPU train a model whose fp32 state does not fit it. Load the model on the CPU for it.
+    Raises ValueError for an unknown mode or vision_unit, or offload without fsdp.
     """
     mode = resolve_mode(mode, proc)
     if vision_unit not in ("block", "tower"):
         raise ValueError(f"vision_unit must be block or tower, got {vision_unit!r}")
+    if offload and mode != "fsdp":
+        raise ValueError(f"CPU offload is FSDP2's: it needs --dist fsdp, got {mode!r}")
     if activation_checkpointing:
         enable_activation_checkpointing(module)
-    if proc.world == 1 or mode == "none":
+    if (proc.world == 1 and not offload) or mode == "none":
         return module
     if mode == "ddp":
         if not any(p.requires_grad for p in module.parameters()):
             return module
         return DDP(module, device_ids=[proc.device.index] if proc.device.type == "cuda" else None)
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+    if not dist.is_initialized():                 # one process with offload: a one-rank group, no rendezvous
+        dist.init_process_group(backend_spec(proc.device.type), store=dist.HashStore(), rank=0, world_size=1)
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    policy = CPUOffloadPolicy(pin_memory=proc.device.type == "cuda") if offload else OffloadPolicy()
     mesh = init_device_mesh(proc.device.type, (proc.world,))
     names = (DECODER_BLOCK, VISION_BLOCK) if vision_unit == "block" else (DECODER_BLOCK,)
     units = [m for m in module.modules() if type(m).__name__ in names]
     if vision_unit == "tower":
         units.append(unwrap(module).hf.model.visual)
     for unit in units:
-        fully_shard(unit, mesh=mesh, mp_policy=mp)
-    fully_shard(module, mesh=mesh, mp_policy=mp)
+        fully_shard(unit, mesh=mesh, mp_policy=mp, offload_policy=policy)
+    fully_shard(module, mesh=mesh, mp_policy=mp, offload_policy=policy)
     # Average gradients over ranks explicitly: FSDP2's default divide factor has been wrong on gloo in some
     # releases (pytorch/pytorch#162338: gradients summed). torch 2.13's default already averages on gloo; the
     # explicit factor keeps it so elsewhere. tests/test_distributed.py compares magnitudes with 1 process.
@@ -326,7 +335,7 @@ def cleanup(proc: Dist) -> None:
 
     Drop every DDP/FSDP-wrapped module first (`del`): a DDP reducer freed after the group is destroyed joins a
     gloo worker thread in its destructor, which was seen to hang the process at exit."""
-    if proc.world > 1 and dist.is_initialized():
+    if dist.is_initialized():
         gc.collect()
         dist.barrier()
         dist.destroy_process_group()

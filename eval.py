@@ -56,6 +56,7 @@ import data
 import distributed
 import pixels
 import rollout
+import tracking
 from report import report, score_item, settings_line, summarize
 
 
@@ -95,6 +96,11 @@ class Config:
     precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16-mixed (fp32 weights, bf16 autocast) | bf16 (bf16 weights)"})
     dist_backend: str = field(default="auto", metadata={"help": "process-group backend: auto (gloo on CPU; cpu:gloo,cuda:nccl on CUDA) or a torch backend string"})
     preset: str = field(default="auto", metadata={"help": "auto: 'tiny' when --model is empty, else 'paper'; tiny | paper"})
+    # tracking (tracking.py): each benchmark's summary (eval/<benchmark>[_shuffled]/score, ...) to TensorBoard/wandb
+    report_to: str = tracking.option("report_to")
+    run_name: str = tracking.option("run_name")
+    wandb_project: str = tracking.option("wandb_project")
+    wandb_mode: str = tracking.option("wandb_mode")
 
 
 def merge_data_flags(argv: list[str]) -> list[str]:
@@ -122,6 +128,7 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
     if bad:
         raise ValueError(f"eval.py: invalid --{bad[0].replace('_', '-')}: {getattr(cfg, bad[0])!r}"
                          + (" (--name needs a single --data)" if bad[0] == "name" else ""))
+    tracking.parse_backends(cfg.report_to)
     return cfg
 
 
@@ -337,6 +344,10 @@ def main(argv=None) -> list[dict] | None:
         table = report(results)
         (out_dir / "results.md").write_text(table)
         print("\n" + table + f"\nwritten to {out_dir}")
+        tracker = tracking.Tracker(cfg, out_dir, asdict(cfg) | {"model": model_dir}, proc.main)
+        tracker.log({"step": 0, **{f"eval_{r['benchmark']}{'_shuffled' if r['variant'] == 'shuffled' else ''}/{k}":
+                                   r["summary"][k] for r in results for k in ("score", "mean_acc", "mean_mra", "n_scored")}})
+        tracker.close()
     distributed.cleanup(proc)
     return results if proc.main else None
 

@@ -52,8 +52,10 @@ import pixels
 import rewards
 import rollout
 import loader
+import lora
+import tracking
 from data import PAD_TOKEN, encode_prompt, expand_media_tokens
-from model import PolicyLogprobs, Visual, load_policy
+from model import Visual
 
 SYSTEM_PROMPTS = {"default": None, "official": "You are a helpful assistant"}   # None: the template default
 LOSS_ON = ("assistant", "all")
@@ -82,6 +84,13 @@ class Config:
     max_grad_norm: float = field(default=5.0, metadata={"help": "gradient-norm clip"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps, then linear decay to 0"})
     freeze_vision: bool = field(default=False, metadata={"help": "keep the vision tower fixed (no gradients); the tiny preset's default, whose random tower collapses to a constant when trained from scratch"})
+    cpu_offload: bool = field(default=False, metadata={"help": "FSDP2 CPU offload of parameters, gradients and AdamW state (needs --dist fsdp; one GPU too): full fine-tuning on fewer GPUs"})
+    # LoRA (lora.py, through PEFT)
+    lora_rank: int = lora.option("lora_rank")
+    lora_alpha: float = lora.option("lora_alpha")
+    lora_dropout: float = lora.option("lora_dropout")
+    lora_targets: str = lora.option("lora_targets")
+    lora_vision: str = lora.option("lora_vision")
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers and vision blocks in backward (official: on for the 7B)"})
     # frames and pixels (notes §4, §8): the same fields and defaults as train.py
     fps: float = field(default=pixels.FPS, metadata={"help": "frames per second of video sampled by the fps rule"})
@@ -113,6 +122,11 @@ class Config:
     allow_config_change: bool = field(default=False, metadata={"help": "resume even when the checkpoint was written with other settings (the differences are printed)"})
     export_every: int = field(default=0, metadata={"help": "> 0: also write an HF folder out_dir/step_N every this many steps"})
     preset: str = field(default="auto", metadata={"help": "auto: 'tiny' when --model is empty, else 'paper'; tiny | paper"})
+    # tracking (tracking.py): the metrics.jsonl rows, namespaced, to TensorBoard and/or wandb
+    report_to: str = tracking.option("report_to")
+    run_name: str = tracking.option("run_name")
+    wandb_project: str = tracking.option("wandb_project")
+    wandb_mode: str = tracking.option("wandb_mode")
 
 
 def finish_config(cfg: Config, explicit: set[str]) -> Config:
@@ -126,6 +140,8 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
         raise ValueError(f"sft.py: invalid config value for {bad[0]}: {getattr(cfg, bad[0])!r}")
+    tracking.parse_backends(cfg.report_to)
+    lora.check(cfg)
     return cfg
 
 
@@ -280,12 +296,8 @@ def main(argv=None):
     common.seed_everything(cfg.seed, proc)
     precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)       # S7
     model_dir, train_json, eval_json = resolve_paths(cfg, proc)
-    hf, tokenizer = load_policy(model_dir, dtype, proc.device)
-    hf.model.visual.requires_grad_(not cfg.freeze_vision)                   # before wrapping (DDP/FSDP see it)
-    module = distributed.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), proc, cfg.dist, cfg.activation_checkpointing, compute,
-                    cfg.fsdp_vision_unit)
+    hf, tokenizer, module, adapters, _, opt = common.build_policy(cfg, model_dir, proc, dtype, compute)
     amp = distributed.autocast(proc, precision, module)                                  # FSDP casts through its own policy
-    opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     samples = data.load_samples(train_json, cfg.media_root or None, require_process=True)
     media = common.media_config(cfg)
     per_step = cfg.batch_size * cfg.grad_accum * proc.world
@@ -315,11 +327,13 @@ def main(argv=None):
         print(f"model {model_dir} | data {train_json} ({len(samples)} samples) | {total} steps of {per_step} samples "
               f"| {proc.world} rank(s) on {proc.device}\nframes/pixels: {asdict(media)}")
     metrics = checkpoint.open_metrics(out_dir / "metrics.jsonl", start) if proc.main else None   # one row per step
+    tracker = tracking.Tracker(cfg, out_dir, run_config, proc.main)          # the same rows to TensorBoard / wandb
     preemption, preempted = distributed.Preemption(), False
 
     def log(row):
         if proc.main:
             metrics.write(json.dumps(row) + "\n"); metrics.flush()
+            tracker.log(row)
 
     def run_eval(step):
         if cfg.eval_samples > 0 and eval_json:
@@ -370,10 +384,11 @@ def main(argv=None):
         if preempted:
             break
         if cfg.export_every > 0 and (step + 1) % cfg.export_every == 0:
-            common.export(module, tokenizer, out_dir / f"step_{step + 1}", proc)
+            common.export(module, tokenizer, out_dir / f"step_{step + 1}", proc, adapters, model_dir)
     prefetch.close()
     preemption.restore()
     if preempted:   # SIGTERM: the step finished and was checkpointed; no final evaluation or export
+        tracker.close()
         if proc.main:
             metrics.close()
             curves.draw(out_dir / "metrics.jsonl")
@@ -383,7 +398,8 @@ def main(argv=None):
         distributed.cleanup(proc)
         sys.exit(128 + signal.SIGTERM)                                         # 143, the shell's code for SIGTERM
     run_eval(total)
-    final = common.export(module, tokenizer, out_dir / "final", proc)
+    tracker.close()
+    final = common.export(module, tokenizer, out_dir / "final", proc, adapters, model_dir)
     if proc.main:
         metrics.close()
         print(f"done: metrics {out_dir / 'metrics.jsonl'} | curves {curves.draw(out_dir / 'metrics.jsonl')} | "

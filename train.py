@@ -53,10 +53,12 @@ import config as cfglib
 import data
 import distributed
 import loader
+import lora
 import pixels
 import rewards
 import rollout
 import tgrpo
+import tracking
 from model import PolicyLogprobs, load_policy
 
 
@@ -120,6 +122,13 @@ class Config:
     fsdp_vision_unit: str = field(default="block", metadata={"help": "FSDP units of the vision tower: block (one per vision block) | tower (one for the whole tower)"})
     dist: str = field(default="auto", metadata={"help": "auto (fsdp on CUDA, ddp on CPU) | fsdp (FSDP2 per block + root) | ddp | none"})
     freeze_vision: bool = field(default=False, metadata={"help": "keep the vision tower fixed (no gradients); the tiny preset's default, whose random tower cannot be trained from scratch here"})
+    cpu_offload: bool = field(default=False, metadata={"help": "FSDP2 CPU offload of parameters, gradients and AdamW state (needs --dist fsdp; one GPU too): full fine-tuning on fewer GPUs"})
+    # LoRA (lora.py, through PEFT)
+    lora_rank: int = lora.option("lora_rank")
+    lora_alpha: float = lora.option("lora_alpha")
+    lora_dropout: float = lora.option("lora_dropout")
+    lora_targets: str = lora.option("lora_targets")
+    lora_vision: str = lora.option("lora_vision")
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers and vision blocks in backward (saves activation memory)"})
     save_every: int = field(default=0, metadata={"help": "> 0: resumable checkpoint (DCP) every this many steps under out_dir/checkpoints"})
     keep_checkpoints: int = field(default=2, metadata={"help": "resumable checkpoints kept (oldest deleted)"})
@@ -133,6 +142,11 @@ class Config:
     frame_cache: str = field(default="", metadata={"help": "folder for an on-disk cache of sampled, resized frames; empty: no cache"})
     groups_per_micro_batch: int = field(default=1, metadata={"help": "prompt groups per forward/backward in the log-prob pass"})
     preset: str = field(default="auto", metadata={"help": "auto: 'tiny' when --model is empty, else 'paper'; tiny | paper"})
+    # tracking (tracking.py): the metrics.jsonl rows, namespaced, to TensorBoard and/or wandb
+    report_to: str = tracking.option("report_to")
+    run_name: str = tracking.option("run_name")
+    wandb_project: str = tracking.option("wandb_project")
+    wandb_mode: str = tracking.option("wandb_mode")
 
 
 def finish_config(cfg: Config, explicit: set[str]) -> Config:
@@ -150,6 +164,8 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
         raise ValueError(f"invalid config value for {bad[0]}: {getattr(cfg, bad[0])!r}")
+    tracking.parse_backends(cfg.report_to)
+    lora.check(cfg)
     return cfg
 
 
@@ -271,17 +287,15 @@ def main(argv=None):
     mode = distributed.resolve_mode(cfg.dist, proc)
     precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)       # L5
     model_dir, train_json = common.resolve_model_and_data(cfg, proc)
-    hf, tokenizer = load_policy(model_dir, dtype, proc.device)
-    hf.model.visual.requires_grad_(not cfg.freeze_vision)                   # before wrapping (DDP/FSDP see it)
-    policy = distributed.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), proc, mode, cfg.activation_checkpointing, compute,
-                    cfg.fsdp_vision_unit)
+    hf, tokenizer, policy, adapters, _, opt = common.build_policy(cfg, model_dir, proc, dtype, compute)
     amp = distributed.autocast(proc, precision, policy)
     reference = None
-    if cfg.beta > 0:   # frozen, no optimizer; sharded like the policy under FSDP (no_grad forward only)
-        ref_hf, _ = load_policy(model_dir, dtype, proc.device)
+    if cfg.beta > 0 and adapters is not None:   # LoRA: the policy with its adapters off, no second copy (D9)
+        reference = lora.Reference(policy, adapters)
+    elif cfg.beta > 0:   # frozen, no optimizer; sharded like the policy under FSDP (no_grad forward only)
+        ref_hf, _ = load_policy(model_dir, dtype, "cpu" if cfg.cpu_offload else proc.device)
         reference = distributed.wrap(PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk), proc, mode,
-                           param_dtype=compute, vision_unit=cfg.fsdp_vision_unit)
-    opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+                                     param_dtype=compute, vision_unit=cfg.fsdp_vision_unit, offload=cfg.cpu_offload)
     samples = data.load_samples(train_json, cfg.media_root or None)
     media = common.media_config(cfg)
     sampling = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)
@@ -303,6 +317,7 @@ def main(argv=None):
         print(f"policy {model_dir} | data {train_json} ({len(samples)} samples) | {proc.world} rank(s) on {proc.device}")
         print(f"frames/pixels: {asdict(media)}")
     metrics_file = checkpoint.open_metrics(out_dir / "metrics.jsonl", start) if proc.main else None   # one row per step
+    tracker = tracking.Tracker(cfg, out_dir, run_config, proc.main)          # the same rows to TensorBoard / wandb
     preemption, preempted = distributed.Preemption(), False
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not proc.main, desc="T-GRPO")
     for step in bar:
@@ -319,15 +334,17 @@ def main(argv=None):
         row = step_metrics(step, adv, acc, fmt, lengths, is_video, update, skipped, cfg, proc, t0)
         if proc.main:
             metrics_file.write(json.dumps(row) + "\n"); metrics_file.flush()
+            tracker.log(row)
             bar.set_postfix(acc=f"{row['accuracy']:.2f}", fmt=f"{row['format']:.2f}", kl=f"{row.get('kl', 0):.3f}")
         preempted, saved = common.checkpoint_if_due(step + 1, cfg, preemption, policy, opt, proc, {"sampling": gen},
                                                     prefetch.consumed, run_config)     # L12: SIGTERM -> save, stop
         if preempted:
             break
         if cfg.export_every > 0 and (step + 1) % cfg.export_every == 0:
-            common.export(policy, tokenizer, out_dir / f"step_{step + 1}", proc)
+            common.export(policy, tokenizer, out_dir / f"step_{step + 1}", proc, adapters, model_dir)
     prefetch.close()
     preemption.restore()
+    tracker.close()
     if preempted:   # SIGTERM: the step finished and was checkpointed; the run is not complete, so no final/
         if proc.main:
             metrics_file.close()
@@ -337,7 +354,7 @@ def main(argv=None):
         del policy, reference
         distributed.cleanup(proc)
         sys.exit(128 + signal.SIGTERM)                                         # 143, the shell's code for SIGTERM
-    final = common.export(policy, tokenizer, out_dir / "final", proc)
+    final = common.export(policy, tokenizer, out_dir / "final", proc, adapters, model_dir)
     if proc.main:
         metrics_file.close()
         print(f"done: metrics {out_dir / 'metrics.jsonl'} | curves {curves.draw(out_dir / 'metrics.jsonl')} | "

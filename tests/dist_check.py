@@ -3,6 +3,8 @@
     python tests/dist_check.py MODEL TRAIN_JSON OUT none                          # the 1-process reference
     torchrun --nproc_per_node 2 tests/dist_check.py MODEL TRAIN_JSON OUT fsdp     # (or ddp)
     torchrun --nproc_per_node 2 tests/dist_check.py MODEL TRAIN_JSON OUT fsdp-bf16-mixed   # a GPU's precision path
+    ... OUT none-lora | ddp-lora | fsdp-lora    # LoRA adapters (rank 4) on the decoder, everything else frozen
+    ... OUT fsdp-offload                        # FSDP2 CPU offload (also with one process: a one-rank group)
 
 The global batch: one video prompt and one image prompt, each with 2 fixed random completions (4 rows) and
 fixed advantages. With W ranks, rank r takes prompt r; the 1-process run loops over both prompts and
@@ -14,12 +16,14 @@ unsharded copy of the model generates with the same seed.
 """
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import distributed  # noqa: E402
+import lora  # noqa: E402
 import rollout  # noqa: E402
 import pixels  # noqa: E402
 from model import PolicyLogprobs, load_policy  # noqa: E402
@@ -49,13 +53,25 @@ def loss_of(policy, prompt_ids, visual, comp):
 
 def main():
     model_dir, train_json, out, run_name = sys.argv[1:5]
-    mode, _, precision = run_name.partition("-")                                  # "fsdp-bf16-mixed" -> fsdp, bf16-mixed
+    parts = run_name.split("-")                    # "fsdp-bf16-mixed" -> fsdp, bf16-mixed; "-lora", "-offload" flags
+    use_lora, offload = "lora" in parts, "offload" in parts
+    parts = [p for p in parts if p not in ("lora", "offload")]
+    mode, precision = parts[0], "-".join(parts[1:])
     proc = distributed.init_distributed("cpu")
-    torch.manual_seed(0)
+    torch.manual_seed(proc.rank)                   # ranks differ, as seed + rank in train.py: LoRA must not care
     hf, tok = load_policy(model_dir)
+    if use_lora:
+        settings = SimpleNamespace(lora_rank=4, lora_alpha=8.0, lora_dropout=0.0, lora_targets=lora.DECODER_TARGETS,
+                                   lora_vision="frozen")
+        lora.attach(hf, settings, seed=0)
+        for name, p in hf.named_parameters():      # B = 0 at the start would give A no gradient: set B too
+            if "lora_B" in name:
+                with torch.no_grad():
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.1)
     _, _, compute = distributed.resolve_precision(precision or "fp32", proc)
-    policy = distributed.wrap(PolicyLogprobs(hf, chunk=4), proc, mode, activation_checkpointing=mode == "fsdp", param_dtype=compute)
-    opt = torch.optim.AdamW(hf.parameters(), lr=1e-3, weight_decay=0.01)
+    policy = distributed.wrap(PolicyLogprobs(hf, chunk=4), proc, mode, activation_checkpointing=mode == "fsdp",
+                              param_dtype=compute, offload=offload)
+    opt = torch.optim.AdamW(lora.trainable(hf), lr=1e-3, weight_decay=0.01)
     items = batch(tok, train_json)
     mine = items if proc.world == 1 else [items[proc.rank]]
     total = 0.0
@@ -68,13 +84,15 @@ def main():
     total = float(distributed.all_reduce_sum(torch.tensor(total), proc))
     grads = {}
     for name, p in distributed.unwrap(policy).hf.named_parameters():
+        if p.grad is None:
+            continue
         g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
         grads[name] = g.detach().clone()
     norm = distributed.clip_grad_norm(policy, 1e9)
     opt.step()
     params = distributed.full_state_dict(policy)
     result = {"loss": total, "grads": grads, "params": params, "norm": norm}
-    if proc.world > 1:
+    if proc.world > 1 and not use_lora:
         prompt_ids, visual = items[proc.rank][0], items[proc.rank][1]
         sp = rollout.SamplingParams(1.0, 1.0, 0, 1.0, [3, 7][proc.rank])
         with distributed.full_weights(policy) as gen_model:

@@ -51,6 +51,40 @@ def test_two_ranks_equal_one_process(builtin, single, tmp_path, mode):
     assert got["finite_after_rollout"]
 
 
+@pytest.fixture(scope="module")
+def single_lora(builtin, tmp_path_factory):
+    return _run(builtin, tmp_path_factory.mktemp("one_lora"), "none-lora", 1)
+
+
+def _same_step(got, want):
+    """The same loss, gradient norm, gradients and parameters after the AdamW step (tolerances of the test above)."""
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+    assert got["norm"] == pytest.approx(want["norm"], rel=1e-5)
+    assert got["grads"].keys() == want["grads"].keys() and got["params"].keys() == want["params"].keys()
+    for k, g in want["grads"].items():
+        torch.testing.assert_close(got["grads"][k], g, rtol=1e-4, atol=1e-6, msg=k)
+    for k, p in want["params"].items():
+        torch.testing.assert_close(got["params"][k], p, rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("mode", ["ddp-lora", "fsdp-lora"])
+def test_two_ranks_equal_one_process_with_lora(builtin, single_lora, tmp_path, mode):
+    """LoRA (lora.py) on 2 ranks is the 1-process step, as without LoRA; the ranks seed their RNGs differently, so
+    this also checks that the adapters are initialised alike on every rank (FSDP2 would mix the two otherwise)."""
+    got = _run(builtin, tmp_path, mode, 2)
+    _same_step(got, single_lora)
+    assert all("lora_" in k for k in single_lora["grads"])                     # only adapters have gradients
+    assert len(single_lora["grads"]) == 2 * 7 * 4          # A and B of 7 projections in each of the 4 decoder layers
+    assert single_lora["norm"] > 1e-3
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_cpu_offload_gives_the_same_step(builtin, single, tmp_path, nproc):
+    """FSDP2 CPU offload (--cpu-offload) takes the same step as no offload: with one process (a one-rank group,
+    the one-GPU case) and on 2 ranks."""
+    _same_step(_run(builtin, tmp_path, "fsdp-offload", nproc), single)
+
+
 def test_fsdp_bf16_mixed_precision_path(builtin, single, tmp_path):
     """What CUDA runs get by default (--precision auto = bf16-mixed), chosen by the flag and run here on 2 CPU
     ranks: bf16 compute through FSDP2's MixedPrecisionPolicy, fp32 gradient reduction and fp32 master weights.

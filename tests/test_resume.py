@@ -2,13 +2,17 @@
 
 N = 2 steps straight must equal 1 step + checkpoint + resume + 1 step (same parameters), and the FSDP export
 after N steps must equal the DDP export (same rollouts, same averaged gradients)."""
+import json
+
 import torch
 from safetensors.torch import load_file
 
 import checkpoint
 from conftest import run_train
 
-TINY = ["--steps", "2", "--G", "4", "--max-completion-length", "12", "--prompts-per-rank", "1"]
+# 24 tokens: the answering model's whole "<think>..</think><answer>..</answer>" (at 12 every answer was cut short,
+# every reward 0, and the weights moved by weight decay alone)
+TINY = ["--steps", "2", "--G", "4", "--max-completion-length", "24", "--prompts-per-rank", "1"]
 
 
 def _weights(folder):
@@ -29,6 +33,8 @@ def test_fsdp_resume_is_exact_and_export_equals_ddp(tmp_path, answering):
     before = load_file(answering[1] / "model.safetensors")
     assert straight.keys() == resumed.keys() == ddp.keys() == before.keys()
     assert any(not torch.equal(before[k], straight[k]) for k in before)      # training moved the weights
+    rows = [json.loads(l) for l in (tmp_path / "a" / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert min(r["zero_std_groups"] for r in rows) < 1                       # ... by non-zero advantages
     for k in straight:
         torch.testing.assert_close(resumed[k], straight[k], rtol=0, atol=1e-6, msg=k)
         torch.testing.assert_close(ddp[k], straight[k], rtol=1e-5, atol=1e-6, msg=k)

@@ -1,0 +1,118 @@
+"""LoRA through PEFT (`--lora-rank`): low-rank adapters on the decoder, the frozen base as the KL reference.
+
+    python train.py --lora-rank 64 --lora-alpha 128                       # T-GRPO with adapters (built-in run)
+    python train.py --model runs/sft/final --data ... --lora-rank 64 --activation-checkpointing
+                                                       # the paper's 7B T-GRPO on one 80 GB GPU (plan.py, README)
+    python sft.py --lora-rank 64                                          # the SFT cold start with adapters
+
+What is trained: PEFT's LoRA layers on the decoder's attention and MLP projections (DECODER_TARGETS: q, k, v, o,
+gate, up, down of every language-model layer; the vision tower's own MLPs share those names, the pattern leaves
+them out), each W x + (alpha / r) B A x with B = 0 at the start, so step 0 is the base model. The vision tower
+is frozen, or trained in full with `--lora-vision merger|tower` (PEFT `modules_to_save`: a trained copy beside the
+frozen original). Everything else stays frozen, so AdamW holds state for the adapters only.
+
+The KL reference is the policy with its adapters disabled (PEFT `disable_adapter`, `Reference`): the base
+weights are shared, so no second copy of the model is loaded (D9 in docs/departures.md). It is exactly the
+model the run started from, as the full fine-tuning reference is.
+
+Adapters are created with one seed on every rank (FSDP2 shards each rank's own tensors and never broadcasts:
+ranks initialised differently would train a mixture). Export (`export`) writes the adapter folder
+(`<folder>_lora`, loadable with `peft.PeftModel.from_pretrained`) and a plain HF folder with the adapters merged
+into the base weights by PEFT's `merge_and_unload` (loadable by transformers without peft).
+"""
+from __future__ import annotations
+
+from dataclasses import field
+from pathlib import Path
+
+import torch
+
+import distributed
+
+DECODER_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+VISION = {"frozen": None, "merger": ["visual.merger"], "tower": ["visual"]}   # --lora-vision -> modules_to_save
+
+# The entry points' LoRA fields (train.py and sft.py declare them with `option`): name -> (default, help)
+OPTIONS = {
+    "lora_rank": (0, "r: LoRA rank (lora.py); 0 = full fine-tuning"),
+    "lora_alpha": (16.0, "LoRA alpha: the adapter's output is scaled by alpha / r"),
+    "lora_dropout": (0.0, "dropout on the adapters' input"),
+    "lora_targets": (DECODER_TARGETS, "modules that get adapters: a regular expression on module names (PEFT target_modules)"),
+    "lora_vision": ("frozen", "the vision tower under LoRA: frozen | merger (the merger trained in full) | tower (all of it trained in full)"),
+}
+
+
+def option(name: str):
+    """A dataclass field for LoRA option `name` (OPTIONS), with its default and help."""
+    default, text = OPTIONS[name]
+    return field(default=default, metadata={"help": text})
+
+
+def check(cfg) -> None:
+    """Raise ValueError for LoRA settings that cannot work (negative rank, unknown --lora-vision)."""
+    if cfg.lora_rank < 0 or cfg.lora_alpha <= 0 or not 0 <= cfg.lora_dropout < 1:
+        raise ValueError(f"LoRA: need lora_rank >= 0, lora_alpha > 0, 0 <= lora_dropout < 1; got "
+                         f"{cfg.lora_rank}, {cfg.lora_alpha}, {cfg.lora_dropout}")
+    if cfg.lora_vision not in VISION:
+        raise ValueError(f"--lora-vision must be one of {sorted(VISION)}, got {cfg.lora_vision!r}")
+
+
+def attach(hf, cfg, seed: int):
+    """Add LoRA adapters to `hf` (a Qwen2_5_VLForConditionalGeneration) in place and freeze everything else.
+
+    The adapters (fp32 even when the base is bf16: PEFT's autocast_adapter_dtype) are initialised from `seed` on
+    every rank alike; the global RNG state is left as it was. Returns the `peft.PeftModel` around `hf` (for
+    disabling the adapters and saving them), or None when cfg.lora_rank is 0. `hf` keeps its own module tree, with
+    LoRA layers in place of the targeted Linears. Raises ValueError when no module matches cfg.lora_targets.
+    """
+    if cfg.lora_rank == 0:
+        return None
+    from peft import LoraConfig, get_peft_model
+    config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                        target_modules=cfg.lora_targets, modules_to_save=VISION[cfg.lora_vision], bias="none")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        adapters = get_peft_model(hf, config, autocast_adapter_dtype=True)
+    if adapters.base_model.model is not hf:
+        raise RuntimeError("peft did not wrap the model in place")
+    return adapters
+
+
+def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters the optimizer updates: those with requires_grad (adapters under LoRA; all but a frozen tower
+    otherwise)."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+class Reference:
+    """The KL reference under LoRA: the wrapped policy called with its adapters disabled (no second copy).
+
+    policy: the wrapped log-prob module (DDP, FSDP2 or plain); adapters: `attach`'s PeftModel. Called like the
+    policy, under torch.no_grad(): returns the base model's per-token log-probs (N, L) float32. Every rank makes the
+    same calls, so FSDP's all-gathers match; the disabled adapters' weights are gathered but unused.
+    """
+
+    def __init__(self, policy, adapters):
+        self.policy, self.adapters = policy, adapters
+
+    def __call__(self, *args, **kwargs):
+        with self.adapters.disable_adapter():
+            return self.policy(*args, **kwargs)
+
+
+def export(module, adapters, tokenizer, base_dir: str | Path, folder: Path, proc: distributed.Dist) -> Path:
+    """Write the adapters to `<folder>_lora` (PEFT format) and a plain HF folder `folder` with them merged into the
+    base weights of `base_dir` (the run's starting model, which LoRA leaves unchanged). Collective under FSDP
+    (every rank calls it); rank 0 writes. Returns `folder`. Raises OSError naming the folder when writing fails."""
+    from peft import PeftModel
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from model import save_hf
+    state = distributed.full_state_dict(module)                                   # hf keys, rank 0 only
+    if proc.main:
+        adapter_dir = folder.with_name(folder.name + "_lora")
+        adapters.save_pretrained(adapter_dir, state_dict={"base_model.model." + k: v for k, v in state.items()})
+        base = Qwen2_5_VLForConditionalGeneration.from_pretrained(base_dir, dtype=torch.float32)
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+        save_hf(merged, tokenizer, folder)
+    distributed.barrier(proc)
+    return folder

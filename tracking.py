@@ -1,0 +1,109 @@
+"""Experiment tracking with the standard libraries: TensorBoard and Weights & Biases (`--report-to`).
+
+    python train.py --report-to tensorboard            # runs/tgrpo/tensorboard/; view: tensorboard --logdir runs
+    python train.py --report-to tensorboard,wandb      # both; wandb offline by default (no network needed):
+    wandb sync runs/tgrpo/wandb/offline-run-*          # ...uploads the offline run later
+
+`metrics.jsonl` stays the record of a run (always written, one JSON line per step); a tracker receives the same
+rows, rank 0 only, under the same metric names grouped into namespaces a dashboard shows as panels (NAMESPACES:
+`reward/accuracy`, `temporal/p_shuffled`, `policy/kl`, `perf/step_time`, `eval/format`, ...), with the step as
+the x axis and the run's full config recorded (TensorBoard: a `config` text entry; wandb: the run config).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import field
+from pathlib import Path
+
+BACKENDS = ("tensorboard", "wandb")
+# metric name (as in metrics.jsonl) -> dashboard namespace; names not listed go to "policy/"; "eval_x" -> "eval/x"
+NAMESPACES = {
+    "reward": ("reward", "reward_std", "accuracy", "format", "length_bonus", "zero_std_groups"),
+    "temporal": ("temporal_bonus", "temporal_rate", "p", "p_shuffled", "bonus_adv_shift"),
+    "perf": ("step_time", "skipped_media", "tokens", "epoch"),
+}
+_SPACE = {name: space for space, names in NAMESPACES.items() for name in names}
+
+# The entry points' tracking fields (train.py, sft.py, eval.py declare them with `option`, so each means the same
+# everywhere): name -> (default, help)
+OPTIONS = {
+    "report_to": ("none", "none | tensorboard | wandb, or a comma-separated list (tracking.py); metrics.jsonl is always written"),
+    "run_name": ("", "the run's name in TensorBoard/wandb; empty: the out_dir's folder name"),
+    "wandb_project": ("video-r1", "wandb project"),
+    "wandb_mode": ("offline", "offline (no network; `wandb sync` the folder later) | online | disabled"),
+}
+
+
+def option(name: str):
+    """A dataclass field for tracking option `name` (OPTIONS), with its default and help."""
+    default, text = OPTIONS[name]
+    return field(default=default, metadata={"help": text})
+
+
+def parse_backends(report_to: str) -> list[str]:
+    """`--report-to` text to the backends it names ("none" or "" -> []). Raises ValueError for an unknown name."""
+    names = [n.strip() for n in report_to.split(",") if n.strip() and n.strip() != "none"]
+    bad = [n for n in names if n not in BACKENDS]
+    if bad:
+        raise ValueError(f"--report-to: unknown backend {bad[0]!r}; expected none or any of {BACKENDS}")
+    return names
+
+
+def namespaced(row: dict) -> dict:
+    """One metrics row (name -> number) as dashboard keys: "accuracy" -> "reward/accuracy", "eval_format" ->
+    "eval/format", "kl" -> "policy/kl" (NAMESPACES). "step" is dropped (it is the x axis); non-numbers too."""
+    out = {}
+    for k, v in row.items():
+        if k == "step" or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        key = f"eval/{k[5:]}" if k.startswith("eval_") else f"{_SPACE.get(k, 'policy')}/{k}"
+        out[key] = v
+    return out
+
+
+class Tracker:
+    """The run's trackers (rank 0 only: on other ranks, and with --report-to none, every call does nothing).
+
+    cfg: an entry point's config with the OPTIONS fields; out_dir: the run folder (TensorBoard writes to
+    out_dir/tensorboard, wandb to out_dir/wandb); config: the full run config to record (JSON-serialisable).
+    Raises ValueError for an unknown backend; ImportError naming the package when a backend is not installed.
+    """
+
+    def __init__(self, cfg, out_dir: str | Path, config: dict, main: bool = True):
+        self.backends = parse_backends(cfg.report_to) if main else []
+        out_dir = Path(out_dir)
+        name = cfg.run_name or out_dir.resolve().name
+        self.tb = self.wandb = None
+        if "tensorboard" in self.backends:
+            from torch.utils.tensorboard import SummaryWriter     # needs the `tensorboard` package
+            self.tb = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+            self.tb.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```", 0)
+        if "wandb" in self.backends:
+            import wandb
+            (out_dir / "wandb").parent.mkdir(parents=True, exist_ok=True)
+            self.wandb = wandb.init(project=cfg.wandb_project, name=name, dir=str(out_dir), mode=cfg.wandb_mode,
+                                    config=json.loads(json.dumps(config, default=str)), reinit="finish_previous")
+
+    def log(self, row: dict) -> None:
+        """Send one metrics row (with its "step") to every backend, under `namespaced` names."""
+        if not self.backends:
+            return
+        step, values = int(row["step"]), namespaced(row)
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def close(self) -> None:
+        """Flush and close every backend (prints the `wandb sync` command for an offline run)."""
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            offline = self.wandb.settings.mode == "offline"
+            folder = self.wandb.dir
+            self.wandb.finish()
+            if offline:
+                print(f"wandb: offline run in {Path(folder).parent}; upload it with `wandb sync {Path(folder).parent}`")
+        self.backends, self.tb, self.wandb = [], None, None
