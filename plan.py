@@ -21,6 +21,19 @@ estimates in bytes per GPU, W = --nproc, for the config's frames, pixels, G, G̃
               lm_head: chunk of 128 positions, fp32 logits, log-softmax and its gradient: 3·M·128·V·4;
               vision tower (once per distinct visual, Pv patch tokens): 2·(6Dv + 4Iv)·Pv per block
               (checkpointed: 2Dv per block + one block); the reference's no-grad pass needs far less.
+LoRA (--lora-rank r > 0; lora.py): Φ_A = Σ r·(in + out) over the targeted Linears (counted on the meta model);
+the frozen base is held in bf16 (2Φ, sharded under fsdp) and the adapters in fp32 (4Φ_A); grads 4Φ_A, AdamW
+8Φ_A; no reference copy (the reference is the base with the adapters off); no bf16 cache of the base (it is
+bf16 already); `--lora-vision merger|tower` adds the trained copy of those modules in fp32 with its grads and
+AdamW state (16 bytes per parameter) and keeps the base in fp32. LoRA's own activations (r values per token
+per targeted Linear) are negligible next to the block's.
+CPU offload (--cpu-offload, FSDP2): params, grads, optimizer and the reference shards move to host memory
+("host", per rank); the GPU keeps the gathered copies (2Φ for the rollout, one block at a time in the
+log-prob pass), the KV cache and the activations.
+Under fsdp the log-prob pass also holds the root unit (embeddings, lm_head, norms, patch embed and merger: Φ_root)
+gathered in bf16 with its gradient before the fp32 reduce-scatter: 6Φ_root.
+`--plan` also prints the settings that fit `--gpu-memory-gib` (full fine-tuning, LoRA, offload, checkpointing)
+for --nproc GPUs.
 P (prompt tokens) = frames/2 · pixels/28² visual tokens + 250 text tokens for a video (the 2x2 merger and
 the temporal patch of 2 each shrink the token count); L = max_completion_length. Allocator fragmentation,
 CUDA context (~1 GB) and NCCL buffers come on top: keep the total under ~85 % of the GPU.
@@ -64,21 +77,40 @@ def load_config(model: str):
     return AutoConfig.from_pretrained(model)
 
 
-def count_params(config) -> tuple[int, int]:
-    """(total, vision tower) parameter counts of the model built on the meta device (no memory used)."""
+def count_params(config) -> tuple[int, int, int]:
+    """(total, vision tower, root) parameter counts of the model built on the meta device (no memory used); root:
+    the parameters outside the decoder layers and vision blocks (embeddings, lm_head, norms, patch embed, merger),
+    FSDP2's root unit."""
     from transformers import Qwen2_5_VLForConditionalGeneration
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration(config)
-    return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.model.visual.parameters())
+    blocks = sum(p.numel() for m in [*model.model.language_model.layers, *model.model.visual.blocks] for p in m.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    return total, sum(p.numel() for p in model.model.visual.parameters()), total - blocks
+
+
+def lora_params(config, cfg) -> tuple[int, int]:
+    """(Φ_A, trained vision copy) parameter counts for cfg's LoRA settings: Σ r·(in + out) over the Linears whose
+    names match cfg.lora_targets (re.fullmatch, as PEFT), and the modules --lora-vision trains in full."""
+    import re
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    phi_a = sum(cfg.lora_rank * (m.in_features + m.out_features) for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear) and re.fullmatch(cfg.lora_targets, n))
+    trained = {"frozen": None, "merger": model.model.visual.merger, "tower": model.model.visual}[cfg.lora_vision]
+    return phi_a, 0 if trained is None else sum(p.numel() for p in trained.parameters())
 
 
 def estimate(config, cfg) -> dict:
     """Bytes per GPU for each term of the module docstring; cfg is train.Config (after finish_config).
-    Returns {"phi": Φ, "phi_vision": ..., "P": prompt tokens, term name: bytes, "total": peak estimate}."""
-    phi, phi_v = count_params(config)
+    Returns {"phi": Φ, "phi_vision": ..., "phi_lora": Φ_A, "P": prompt tokens, term name: bytes, "host": bytes of
+    host memory per rank (offload), "total": peak estimate on the GPU, "mode": the sharding}."""
+    phi, phi_v, root = count_params(config)
     tc, vc = config.text_config, config.vision_config
     W = max(1, cfg.nproc)
-    mode = ("fsdp" if cfg.dist in ("auto", "fsdp") else "ddp") if W > 1 else "one GPU"
+    offload = getattr(cfg, "cpu_offload", False)
+    mode = ("fsdp" if cfg.dist in ("auto", "fsdp") else "ddp") if W > 1 or offload else "one GPU"
     D, I, layers, V = tc.hidden_size, tc.intermediate_size, tc.num_hidden_layers, tc.vocab_size
     head_dim = D // tc.num_attention_heads
     kv = tc.num_key_value_heads * head_dim
@@ -87,13 +119,23 @@ def estimate(config, cfg) -> dict:
     patches = visual_tokens * 4                                                 # vision tokens before the merger
     P, L = visual_tokens + 250, cfg.max_completion_length
     T, M = P + L, cfg.G * cfg.groups_per_micro_batch
-    out = {"phi": phi, "phi_vision": phi_v, "P": P}
-    if mode == "fsdp":
-        out |= {"params": 4 * phi / W, "grads": 4 * phi / W, "optimizer": 8 * phi / W,
-                "reference": 4 * phi / W if cfg.beta > 0 else 0, "gathered": 2 * phi}
+    shard = W if mode == "fsdp" else 1
+    ref = cfg.beta > 0
+    if getattr(cfg, "lora_rank", 0) > 0:
+        phi_a, phi_t = lora_params(config, cfg)
+        trained = phi_a + phi_t
+        base = (2 if phi_t == 0 else 4) * phi
+        out = {"params": (base + 4 * trained) / shard, "grads": 4 * trained * (2 if mode == "ddp" else 1) / shard,
+               "optimizer": 8 * trained / shard, "reference": 0,
+               "gathered": 2 * phi if mode == "fsdp" else 2 * trained}
     else:
-        out |= {"params": 4 * phi, "grads": 8 * phi if mode == "ddp" else 4 * phi, "optimizer": 8 * phi,
-                "reference": 4 * phi if cfg.beta > 0 else 0, "gathered": 2 * phi}
+        phi_a = 0
+        out = {"params": 4 * phi / shard, "grads": 4 * phi * (2 if mode == "ddp" else 1) / shard,
+               "optimizer": 8 * phi / shard, "reference": 4 * phi / shard if ref else 0, "gathered": 2 * phi}
+    out |= {"phi": phi, "phi_vision": phi_v, "phi_lora": phi_a, "P": P, "host": 0}
+    if offload:
+        out["host"] = out["params"] + out["grads"] + out["optimizer"] + out["reference"]
+        out["params"] = out["grads"] = out["optimizer"] = out["reference"] = 0
     rows = cfg.prompts_per_rank * (cfg.G + cfg.G_shuffled)
     out["kv_cache"] = rows * T * layers * 2 * kv * 2
     full_layer = 2 * (6 * D + 2 * kv + 4 * I)                                  # bytes per token per layer
@@ -108,24 +150,52 @@ def estimate(config, cfg) -> dict:
     out["activations"] = dec + vis + 3 * M * min(128, L) * V * 4
     train_peak = out["params"] + out["grads"] + out["optimizer"] + out["reference"] + out["activations"]
     rollout_peak = out["params"] + out["optimizer"] + out["reference"] + out["gathered"] + out["kv_cache"]
-    if mode == "fsdp":
-        train_peak += 2 * (phi - phi_v) / layers                                # one gathered block at a time
+    if mode == "fsdp":   # one gathered block at a time, and the root unit gathered (bf16) with its fp32 gradient
+        train_peak += 2 * (phi - phi_v) / layers + 6 * root
     out["total"] = max(train_peak, rollout_peak)
     out["mode"] = mode
     return out
 
 
+TERMS = ("params", "grads", "optimizer", "reference", "gathered", "kv_cache", "activations", "total", "host")
+FIT = 0.85   # keep the estimate under this share of the GPU (fragmentation, CUDA context, NCCL buffers)
+
+
+def options(config, cfg) -> list[tuple[str, dict]]:
+    """The estimate for each way of running cfg on cfg.nproc GPUs: full fine-tuning or LoRA (cfg's rank, else
+    64), with or without activation checkpointing, and CPU offload for full fine-tuning. [(label, estimate)]."""
+    from dataclasses import replace
+    rank = cfg.lora_rank or 64
+    ways = []
+    for lora_rank, offload in ((0, False), (0, True), (rank, False)):
+        for ckpt in (False, True):
+            c = replace(cfg, lora_rank=lora_rank, cpu_offload=offload, activation_checkpointing=ckpt,
+                        dist="fsdp" if offload else cfg.dist)
+            label = (f"LoRA r={lora_rank}" if lora_rank else "full") + (" + offload" if offload else "") + \
+                    (" + act. ckpt" if ckpt else "")
+            ways.append((label, estimate(config, c)))
+    return ways
+
+
 def report(cfg) -> str:
-    """The plan as a printable table (GiB per GPU). Raises ValueError when --model is not usable."""
+    """The plan as a printable table (GiB per GPU), then which settings fit cfg.gpu_memory_gib on cfg.nproc
+    GPUs. Raises ValueError when --model is not usable."""
     if not cfg.model:
         raise ValueError("--plan needs --model (an HF folder or preset:qwen2.5-vl-7b)")
     config = load_config(cfg.model)
     e = estimate(config, cfg)
+    lora = f" | LoRA r={cfg.lora_rank}: {e['phi_lora'] / 1e6:.1f}M adapter parameters" if cfg.lora_rank else ""
     lines = [f"memory plan: {cfg.model} | {e['phi'] / 1e9:.2f}B parameters ({e['phi_vision'] / 1e9:.2f}B vision) | "
-             f"--dist {e['mode']} on {cfg.nproc} GPU(s) | activation checkpointing {cfg.activation_checkpointing}",
+             f"--dist {e['mode']} on {cfg.nproc} GPU(s) | activation checkpointing {cfg.activation_checkpointing} | "
+             f"CPU offload {cfg.cpu_offload}{lora}",
              f"G={cfg.G} G̃={cfg.G_shuffled} prompts/rank={cfg.prompts_per_rank} frames={cfg.nframes or cfg.max_frames} "
              f"pixels/frame={cfg.video_max_pixels} prompt≈{e['P']} tokens, completion≤{cfg.max_completion_length}",
              f"{'term':<14}{'GiB/GPU':>10}"]
-    for k in ("params", "grads", "optimizer", "reference", "gathered", "kv_cache", "activations", "total"):
-        lines.append(f"{k:<14}{e[k] / GIB:>10.2f}")
+    for k in TERMS:
+        lines.append(f"{k if k != 'host' else 'host (rank)':<14}{e[k] / GIB:>10.2f}")
+    lines += ["", f"fits {cfg.nproc} x {cfg.gpu_memory_gib:g} GiB (estimate <= {FIT:.0%} of the GPU)?",
+              f"{'setting':<32}{'GiB/GPU':>10}{'host GiB/rank':>15}  fits"]
+    for label, est in options(config, cfg):
+        fits = est["total"] <= FIT * cfg.gpu_memory_gib * GIB
+        lines.append(f"{label:<32}{est['total'] / GIB:>10.1f}{est['host'] / GIB:>15.1f}  {'yes' if fits else 'no'}")
     return "\n".join(lines)

@@ -137,6 +137,7 @@ class Config:
     export_every: int = field(default=0, metadata={"help": "> 0: also write an HF folder out_dir/step_N every this many steps"})
     plan: bool = field(default=False, metadata={"help": "print the per-GPU memory plan for --model (folder or preset:qwen2.5-vl-7b) and exit"})
     nproc: int = field(default=8, metadata={"help": "GPUs assumed by --plan"})
+    gpu_memory_gib: float = field(default=80.0, metadata={"help": "GPU memory assumed by --plan when it lists the settings that fit"})
     logprob_chunk: int = field(default=256, metadata={"help": "tokens (rows x positions) per lm_head call in the log-prob pass; bounds the fp32 logits memory"})
     data_workers: int = field(default=1, metadata={"help": "threads decoding and patchifying the next samples while the current step runs"})
     frame_cache: str = field(default="", metadata={"help": "folder for an on-disk cache of sampled, resized frames; empty: no cache"})

@@ -1,0 +1,69 @@
+"""The memory plan (plan.py, `train.py --plan`): Qwen2.5-VL-7B built on the meta device, every term against numbers
+computed by hand, LoRA and CPU offload, and the table of settings that fit a GPU."""
+import subprocess
+import sys
+
+import pytest
+
+import plan
+import train
+from conftest import ROOT
+
+
+def _cfg(**kw):
+    return train.finish_config(train.Config(model="preset:qwen2.5-vl-7b", **kw), {"model", *kw})
+
+
+def test_plan_for_the_7b_preset():
+    """`train.py --plan true` builds Qwen2.5-VL-7B on the meta device: 8.29B parameters incl. the vision tower
+    (675M), and sharding over more GPUs shrinks the sharded terms by exactly the GPU ratio."""
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--plan", "true", "--model", "preset:qwen2.5-vl-7b",
+                           "--nproc", "8", "--activation-checkpointing", "true"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "8.29B parameters" in proc.stdout and "0.68B vision" in proc.stdout
+    for term in ["params", "grads", "optimizer", "reference", "gathered", "kv_cache", "activations", "total"]:
+        assert term in proc.stdout, term
+    cfg = _cfg(nproc=4, activation_checkpointing=True)
+    e4 = plan.estimate(plan.load_config(cfg.model), cfg)
+    assert 8.28e9 < e4["phi"] < 8.30e9
+    assert e4["optimizer"] == 8 * e4["phi"] / 4 and e4["gathered"] == 2 * e4["phi"]
+    cfg.nproc = 8
+    e8 = plan.estimate(plan.load_config(cfg.model), cfg)
+    assert e8["params"] * 2 == e4["params"] and e8["kv_cache"] == e4["kv_cache"]
+    # KV cache by hand: 12 rows x (1274 + 768) tokens x 28 layers x K,V x 4 heads x 128 dims x 2 bytes
+    assert e4["kv_cache"] == 12 * (1274 + 768) * 28 * 2 * 4 * 128 * 2
+
+
+def test_lora_plan_by_hand():
+    """r = 64 on q, k, v, o, gate, up, down of the 28 layers: 64 * (in + out) summed = 64 * 90112 per layer; one
+    GPU holds the bf16 base (2Φ) and fp32 adapters, AdamW state for the adapters only, no reference copy."""
+    cfg = _cfg(nproc=1, lora_rank=64, activation_checkpointing=True)
+    e = plan.estimate(plan.load_config(cfg.model), cfg)
+    per_layer = (3584 + 3584) + (3584 + 512) * 2 + (3584 + 3584) + (3584 + 18944) * 3
+    assert per_layer == 90112 and e["phi_lora"] == 64 * 28 * per_layer
+    assert e["params"] == 2 * e["phi"] + 4 * e["phi_lora"]
+    assert e["grads"] == 4 * e["phi_lora"] and e["optimizer"] == 8 * e["phi_lora"] and e["reference"] == 0
+    tower = plan.estimate(plan.load_config(cfg.model), _cfg(nproc=1, lora_rank=64, lora_vision="tower"))
+    assert tower["params"] == 4 * e["phi"] + 4 * (e["phi_lora"] + e["phi_vision"])     # fp32 base, trained copy
+
+
+def test_offload_moves_the_sharded_state_to_the_host():
+    on = plan.estimate(plan.load_config("preset:qwen2.5-vl-7b"), _cfg(nproc=2, cpu_offload=True, dist="fsdp"))
+    off = plan.estimate(plan.load_config("preset:qwen2.5-vl-7b"), _cfg(nproc=2, dist="fsdp"))
+    assert on["params"] == on["grads"] == on["optimizer"] == on["reference"] == 0
+    assert on["host"] == off["params"] + off["grads"] + off["optimizer"] + off["reference"] == 20 * on["phi"] / 2
+    assert on["kv_cache"] == off["kv_cache"] and on["gathered"] == off["gathered"] == 2 * on["phi"]
+
+
+@pytest.mark.parametrize("nproc, fits", [
+    (1, {"LoRA r=64 + act. ckpt"}),                                            # the paper's 7B T-GRPO on one 80 GB GPU
+    (2, {"full + offload + act. ckpt", "LoRA r=64 + act. ckpt"}),              # full fine-tuning on two, with offload
+])
+def test_settings_that_fit_80_gib(nproc, fits):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--plan", "--model", "preset:qwen2.5-vl-7b",
+                           "--nproc", str(nproc), "--gpu-memory-gib", "80"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = proc.stdout.split(f"fits {nproc} x 80 GiB")[1].splitlines()[2:]
+    got = {line[:32].strip(): line.split()[-1] for line in table}
+    assert {k for k, v in got.items() if v == "yes"} >= fits
+    assert got["full"] == "no" and got["full + act. ckpt"] == "no"
