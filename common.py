@@ -168,7 +168,7 @@ def build_policy(cfg, model_dir: str, proc: distributed.Dist, weights: torch.dty
     offload) and build AdamW(lr, weight_decay) over the trainable parameters.
 
     Under LoRA with the vision tower frozen, the frozen base is held in the compute dtype (bf16 on GPU; fp32
-    master weights are only needed for what AdamW updates, L5) and the adapters in fp32. With cfg.cpu_offload
+    master weights are only needed for what AdamW updates, L5 and L14) and the adapters in fp32. With cfg.cpu_offload
     the model is loaded on the CPU and FSDP2 keeps its shards there."""
     base_in_compute = cfg.lora_rank > 0 and cfg.lora_vision == "frozen"
     hf, tokenizer = load_policy(model_dir, compute if base_in_compute else weights,

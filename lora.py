@@ -12,7 +12,7 @@ is frozen, or trained in full with `--lora-vision merger|tower` (PEFT `modules_t
 frozen original). Everything else stays frozen, so AdamW holds state for the adapters only.
 
 The KL reference is the policy with its adapters disabled (PEFT `disable_adapter`, `Reference`): the base
-weights are shared, so no second copy of the model is loaded (D9 in docs/departures.md). It is exactly the
+weights are shared, so no second copy of the model is loaded (L14 in docs/departures.md; notes §3). It is exactly the
 model the run started from, as the full fine-tuning reference is.
 
 Adapters are created with one seed on every rank (FSDP2 shards each rank's own tensors and never broadcasts:

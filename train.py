@@ -6,6 +6,11 @@
     torchrun --nproc_per_node 8 train.py --model runs/sft/final --data Video-R1-260k.json \\
         --media-root Video-R1-data                     # the paper's recipe from an SFT checkpoint
     python train.py --help                             # every knob, with its help
+    python train.py --model runs/sft/final --data Video-R1-260k.json --media-root Video-R1-data --lora-rank 64 \
+        --lora-alpha 128 --lr 1e-5 --activation-checkpointing --report-to tensorboard
+                                                       # 7B T-GRPO with LoRA on ONE 80 GB GPU (lr: see README)
+    torchrun --nproc_per_node 2 train.py --model ... --dist fsdp --cpu-offload --activation-checkpointing
+                                                       # full fine-tuning on two 80 GB GPUs (~80 GB host RAM per rank)
     python train.py --plan --model preset:qwen2.5-vl-7b --nproc 8 --activation-checkpointing
                                                        # per-GPU memory plan (plan.py), no GPU needed
     torchrun --nnodes 2 --nproc_per_node 4 --rdzv-backend c10d --rdzv-endpoint HOST0:29500 --rdzv-id vr1 \
@@ -29,6 +34,7 @@ Departures of the loop (docs/departures.md; the math's are T1–T10 in tgrpo.py;
   L6  the next samples are decoded while the current step runs (loader.py)
   L12 SIGTERM: finish the step, checkpoint, exit 143 (the official trainer loses the steps since its last save)
   L13 a constant learning rate (what the official cosine over ~65.8k nominal steps amounts to at ~1k)
+  L14 LoRA as an option (lora.py): the reference is the policy with its adapters off; the frozen base in bf16 on CUDA
 Everything is written under ./runs/ by default: the built-in data and tiny model (runs/cache), the metrics
 (runs/tgrpo/metrics.jsonl, one JSON line per step; curves.png beside it, drawn at the end by curves.py) and
 the final HF folder (runs/tgrpo/final).
@@ -291,7 +297,7 @@ def main(argv=None):
     hf, tokenizer, policy, adapters, _, opt = common.build_policy(cfg, model_dir, proc, dtype, compute)
     amp = distributed.autocast(proc, precision, policy)
     reference = None
-    if cfg.beta > 0 and adapters is not None:   # LoRA: the policy with its adapters off, no second copy (D9)
+    if cfg.beta > 0 and adapters is not None:   # LoRA: the policy with its adapters off, no second copy (L14)
         reference = lora.Reference(policy, adapters)
     elif cfg.beta > 0:   # frozen, no optimizer; sharded like the policy under FSDP (no_grad forward only)
         ref_hf, _ = load_policy(model_dir, dtype, "cpu" if cfg.cpu_offload else proc.device)

@@ -29,6 +29,7 @@ import data  # noqa: E402
 import distributed  # noqa: E402
 import loader  # noqa: E402
 import pixels  # noqa: E402
+import lora  # noqa: E402
 import plan  # noqa: E402
 import rollout  # noqa: E402
 import synthetic  # noqa: E402
@@ -45,6 +46,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--width", default="narrow", choices=sorted(tiny.WIDTHS), help="tiny.py width preset")
     p.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up step)")
+    p.add_argument("--lora-rank", type=int, default=0, help="> 0: LoRA adapters of this rank (lora.py): bf16 base, "
+                   "adapters in fp32, the reference = the policy with its adapters off")
     p.add_argument("--dry-run", action="store_true", help="CPU, narrow, 4 frames at 84x84, 8 new tokens, G = 2")
     p.add_argument("--cache-dir", default="runs/cache", help="built-in clips and the random models go here")
     p.add_argument("--tokenizer", default=str(Path(__file__).resolve().parents[2] / "shared" / "qwen2_5_vl_7b_instruct"),
@@ -62,16 +65,21 @@ def main():
     model_dir = tiny.build_like_7b(cache / f"like7b_{a.width}{'_realtok' if tok_dir else ''}", a.width, tok_dir)
     paths = synthetic.make_dataset(cache / "data")
     cfg = train.finish_config(*cfglib.parse(train.Config, argv + ["--model", str(model_dir), "--preset", "paper",
-                                                                   "--prompts-per-rank", "1", "--nproc", "1"], ""))
+                                                                   "--prompts-per-rank", "1", "--nproc", "1",
+                                                                   "--lora-rank", str(a.lora_rank)], ""))
     proc = distributed.Dist(device=torch.device("cuda:0" if cuda else "cpu"))
-    precision, dtype, _ = distributed.resolve_precision(cfg.precision, proc)
+    precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)
     amp = distributed.autocast(proc, precision)
     torch.manual_seed(0)
-    hf, tok = load_policy(model_dir, dtype, proc.device)
-    ref_hf, _ = load_policy(model_dir, dtype, proc.device)
+    hf, tok = load_policy(model_dir, compute if cfg.lora_rank else dtype, proc.device)   # as common.build_policy
+    adapters = lora.attach(hf, cfg, cfg.seed)
     policy = PolicyLogprobs(hf, cfg.logprob_chunk)
-    reference = PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk)
-    opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if adapters is not None:
+        reference = lora.Reference(policy, adapters)
+    else:
+        ref_hf, _ = load_policy(model_dir, dtype, proc.device)
+        reference = PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk)
+    opt = torch.optim.AdamW(lora.trainable(hf), lr=cfg.lr, weight_decay=cfg.weight_decay)
     videos = [s for s in data.load_samples(paths["train"]) if s.data_type == "video"]
     media = common.media_config(cfg)
     sp = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)
@@ -126,7 +134,8 @@ def main():
             times = {k: [] for k in PHASES}
             shape = (tuple(ids.shape), P, int(pr.visual.pixel_values.shape[0]))
     est = plan.estimate(hf.config, cfg)
-    print(f"command: python bench/gpu_check.py --width {a.width} --steps {a.steps}{' --dry-run' if a.dry_run else ''}")
+    print(f"command: python bench/gpu_check.py --width {a.width} --steps {a.steps}{' --dry-run' if a.dry_run else ''}"
+          + (f" --lora-rank {a.lora_rank} ({est['phi_lora'] / 1e6:.1f}M adapter parameters)" if a.lora_rank else ""))
     print(f"model {model_dir}: {est['phi'] / 1e9:.3f}B parameters ({est['phi_vision'] / 1e9:.3f}B vision), "
           f"{hf.config.text_config.num_hidden_layers} decoder layers, hidden {hf.config.text_config.hidden_size}, "
           f"vocab {hf.config.text_config.vocab_size}, tokenizer {'real' if tok_dir else 'tiny'}")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for a lent GPU (one H200, at most ~8 minutes): T-GRPO steps of the narrow and of the full-width
-# 7B-structured random model at the paper's settings, per phase time, tokens/s and peak memory next to plan.py.
+# 7B-structured random model at the paper's settings (the full one also with LoRA r = 64), per phase time, tokens/s and peak memory next to plan.py.
 #
 #     bash bench/gpu_check.sh              # on the GPU machine; prints two tables
 #     bash bench/gpu_check.sh --dry-run    # on CPU: the narrow model at small settings (CI runs this)
@@ -16,3 +16,4 @@ python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no C
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python bench/gpu_check.py --width narrow --steps 2
 python bench/gpu_check.py --width full --steps 2
+python bench/gpu_check.py --width full --steps 2 --lora-rank 64      # LoRA: bf16 base, no reference copy
