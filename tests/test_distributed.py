@@ -11,8 +11,9 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from conftest import ROOT
+from conftest import ROOT, run_train
 
 CHECK = ROOT / "tests" / "dist_check.py"
 
@@ -101,3 +102,19 @@ def test_fsdp_bf16_mixed_precision_path(builtin, single, tmp_path):
             assert cos(got["grads"][k].flatten(), g.flatten(), dim=0) > 0.95, k
     assert all(p.dtype == torch.float32 for p in got["params"].values())        # the master copy stays fp32
     assert got["rollout_lengths"] == 10 and got["finite_after_rollout"]
+
+
+def test_train_with_cpu_offload_on_one_process_equals_plain(tmp_path, answering):
+    """`train.py --dist fsdp --cpu-offload` with one process (the one-GPU case: FSDP2 over a one-rank group) runs
+    the whole loop, checkpoint and export included, and ends with the weights of the plain one-process run."""
+    args = ["--steps", "2", "--G", "4", "--max-completion-length", "24", "--prompts-per-rank", "2", "--save-every", "2"]
+    (tmp_path / "off").mkdir(); (tmp_path / "plain").mkdir()
+    run_train(args + ["--dist", "fsdp", "--cpu-offload"], tmp_path / "off", builtin=answering)
+    run_train(args + ["--dist", "none"], tmp_path / "plain", builtin=answering)
+    off = load_file(tmp_path / "off" / "out" / "final" / "model.safetensors")
+    plain = load_file(tmp_path / "plain" / "out" / "final" / "model.safetensors")
+    before = load_file(answering[1] / "model.safetensors")
+    assert off.keys() == plain.keys() and any(not torch.equal(before[k], plain[k]) for k in before)
+    for k in plain:
+        torch.testing.assert_close(off[k], plain[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert (tmp_path / "off" / "out" / "checkpoints" / "step_000002" / ".metadata").exists()

@@ -12,7 +12,7 @@ import data
 import pixels
 import sft
 from conftest import ROOT, SHARED
-from model import load_policy, mm_token_types, rope_positions
+from model import PolicyLogprobs, load_policy, mm_token_types, rope_positions
 
 TINY_MEDIA = pixels.MediaConfig(max_frames=8, video_min_pixels=84 * 84, video_max_pixels=84 * 84, image_max_pixels=84 * 84)
 MARK = "<|im_start|>assistant\n"
@@ -89,7 +89,7 @@ def policy(builtin):
 def test_logprobs_equal_hf_forward(builtin, policy):
     """PolicyLogprobs on right-padded conversations (media anywhere) gives the HF model's own forward's log-probs."""
     hf, tok = policy
-    module = sft.PolicyLogprobs(hf, chunk=50)                             # several lm_head chunks
+    module = PolicyLogprobs(hf, chunk=50)                             # several lm_head chunks
     for kind in ("video", "image"):
         ex = sft.build_example(pixels.prepare(cot_samples(builtin)[kind], tok, TINY_MEDIA), tok, "all")
         with torch.no_grad():
@@ -114,7 +114,7 @@ def test_batched_loss_equals_each_sample_alone(builtin, policy, loss_on):
     """Two videos of different frame counts and sizes (plus an image) in one right-padded batch: each row's loss
     is the loss of that sample alone, so every row uses its own visual and positions."""
     hf, tok = policy
-    module = sft.PolicyLogprobs(hf)
+    module = PolicyLogprobs(hf)
     s = cot_samples(builtin)
     videos = [v for v in s["all"] if v.data_type == "video"]
     small = pixels.MediaConfig(max_frames=4, video_min_pixels=56 * 56, video_max_pixels=56 * 56)
