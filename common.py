@@ -169,7 +169,10 @@ def build_policy(cfg, model_dir: str, proc: distributed.Dist, weights: torch.dty
 
     Under LoRA with the vision tower frozen, the frozen base is held in the compute dtype (bf16 on GPU; fp32
     master weights are only needed for what AdamW updates, L5 and L14) and the adapters in fp32. With cfg.cpu_offload
-    the model is loaded on the CPU and FSDP2 keeps its shards there."""
+    the model is loaded on the CPU and FSDP2 keeps its shards there. Raises ValueError, before loading anything,
+    when --cpu-offload is asked for without FSDP."""
+    if cfg.cpu_offload and distributed.resolve_mode(cfg.dist, proc) != "fsdp":
+        raise ValueError(f"--cpu-offload is FSDP2's: it needs --dist fsdp (got --dist {cfg.dist} on {proc.device.type})")
     base_in_compute = cfg.lora_rank > 0 and cfg.lora_vision == "frozen"
     hf, tokenizer = load_policy(model_dir, compute if base_in_compute else weights,
                                 "cpu" if cfg.cpu_offload else proc.device)

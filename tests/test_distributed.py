@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, run_train
+from conftest import ROOT, run_cmd, run_train
 
 CHECK = ROOT / "tests" / "dist_check.py"
 
@@ -118,3 +118,9 @@ def test_train_with_cpu_offload_on_one_process_equals_plain(tmp_path, answering)
     for k in plain:
         torch.testing.assert_close(off[k], plain[k], rtol=1e-5, atol=1e-6, msg=k)
     assert (tmp_path / "off" / "out" / "checkpoints" / "step_000002" / ".metadata").exists()
+
+
+def test_cpu_offload_without_fsdp_is_refused(tmp_path, builtin):
+    proc = run_cmd([sys.executable, str(ROOT / "train.py"), "--model", str(builtin[1]), "--data", str(builtin[0]["train"]),
+                    "--preset", "tiny", "--cpu-offload", "--dist", "ddp", "--out-dir", str(tmp_path / "out")], tmp_path, ok=False)
+    assert proc.returncode != 0 and "--cpu-offload is FSDP2's: it needs --dist fsdp (got --dist ddp" in proc.stderr
