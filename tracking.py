@@ -7,11 +7,13 @@
 `metrics.jsonl` stays the record of a run (always written, one JSON line per step); a tracker receives the same
 rows, rank 0 only, under the same metric names grouped into namespaces a dashboard shows as panels (NAMESPACES:
 `reward/accuracy`, `temporal/p_shuffled`, `policy/kl`, `perf/step_time`, `eval/format`, ...), with the step as
-the x axis and the run's full config recorded (TensorBoard: a `config` text entry; wandb: the run config).
+the x axis and the run's full config recorded (TensorBoard: a `config` text entry; wandb: the run config). A run
+continued with `--resume` writes into the same TensorBoard folder and the same wandb run id (out_dir/wandb/run_id).
 """
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import field
 from pathlib import Path
 
@@ -80,8 +82,12 @@ class Tracker:
             self.tb.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```", 0)
         if "wandb" in self.backends:
             import wandb
-            (out_dir / "wandb").parent.mkdir(parents=True, exist_ok=True)
+            id_file = out_dir / "wandb" / "run_id"          # a resumed run (--resume) continues the same wandb run
+            id_file.parent.mkdir(parents=True, exist_ok=True)
+            if not id_file.exists():
+                id_file.write_text(secrets.token_hex(4))                # wandb run ids: [a-z0-9]
             self.wandb = wandb.init(project=cfg.wandb_project, name=name, dir=str(out_dir), mode=cfg.wandb_mode,
+                                    id=id_file.read_text().strip(), resume="allow",
                                     config=json.loads(json.dumps(config, default=str)), reinit="finish_previous")
 
     def log(self, row: dict) -> None:
