@@ -38,7 +38,7 @@ OPTIONS = {
     "lora_alpha": (16.0, "LoRA alpha: the adapter's output is scaled by alpha / r"),
     "lora_dropout": (0.0, "dropout on the adapters' input"),
     "lora_targets": (DECODER_TARGETS, "modules that get adapters: a regular expression on module names (PEFT target_modules)"),
-    "lora_vision": ("frozen", "the vision tower under LoRA: frozen | merger (the merger trained in full) | tower (all of it trained in full)"),
+    "lora_vision": ("frozen", "the vision tower under LoRA (which ignores --freeze-vision): frozen | merger (the merger trained in full) | tower (all of it trained in full)"),
 }
 
 

@@ -120,3 +120,15 @@ def test_fsdp_lora_resume_is_exact(tmp_path, answering):
     a_rows = [json.loads(l) for l in (tmp_path / "a" / "out" / "metrics.jsonl").read_text().splitlines()]
     assert min(r["zero_std_groups"] for r in a_rows) < 1                       # some advantages were non-zero
     assert (tmp_path / "b" / "out" / "final_lora" / "adapter_config.json").exists()
+
+
+def test_gpu_lora_path_bf16_base_fp32_adapters_under_fsdp(tmp_path, answering):
+    """What a GPU run with LoRA gets (--precision bf16-mixed, the CUDA default): the frozen base loaded in bf16,
+    the adapters in fp32, FSDP2 gathering both in bf16. Chosen by the flag and run here on 2 CPU ranks: the
+    adapters train, stay fp32, and the export merges them into the fp32 base from the starting folder."""
+    run_train(TINY + ["--precision", "bf16-mixed"], tmp_path, nproc=2, builtin=answering)
+    adapters = load_file(tmp_path / "out" / "final_lora" / "adapter_model.safetensors")
+    assert adapters and all(v.dtype == torch.float32 for v in adapters.values())
+    assert any(v.abs().max() > 0 for k, v in adapters.items() if "lora_B" in k)   # B left 0: it trained
+    merged = load_file(tmp_path / "out" / "final" / "model.safetensors")
+    assert all(v.dtype == torch.float32 for v in merged.values())
