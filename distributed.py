@@ -14,7 +14,7 @@ import gc
 import math
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -189,6 +189,12 @@ def enable_activation_checkpointing(module: torch.nn.Module) -> None:
         hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def offload_option():
+    """The entry points' `--cpu-offload` field (train.py, sft.py): FSDP2's CPU offload, see `wrap`."""
+    return field(default=False, metadata={"help": "FSDP2 CPU offload of parameters, gradients and AdamW state (needs "
+                                                  "--dist fsdp; one GPU too): full fine-tuning on fewer GPUs"})
 
 
 def wrap(module: torch.nn.Module, proc: Dist, mode: str = "ddp", activation_checkpointing: bool = False,

@@ -84,7 +84,7 @@ class Config:
     max_grad_norm: float = field(default=5.0, metadata={"help": "gradient-norm clip"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps, then linear decay to 0"})
     freeze_vision: bool = field(default=False, metadata={"help": "keep the vision tower fixed (no gradients); the tiny preset's default, whose random tower collapses to a constant when trained from scratch"})
-    cpu_offload: bool = field(default=False, metadata={"help": "FSDP2 CPU offload of parameters, gradients and AdamW state (needs --dist fsdp; one GPU too): full fine-tuning on fewer GPUs"})
+    cpu_offload: bool = distributed.offload_option()
     # LoRA (lora.py, through PEFT)
     lora_rank: int = lora.option("lora_rank")
     lora_alpha: float = lora.option("lora_alpha")

@@ -128,7 +128,7 @@ class Config:
     fsdp_vision_unit: str = field(default="block", metadata={"help": "FSDP units of the vision tower: block (one per vision block) | tower (one for the whole tower)"})
     dist: str = field(default="auto", metadata={"help": "auto (fsdp on CUDA, ddp on CPU) | fsdp (FSDP2 per block + root) | ddp | none"})
     freeze_vision: bool = field(default=False, metadata={"help": "keep the vision tower fixed (no gradients); the tiny preset's default, whose random tower cannot be trained from scratch here"})
-    cpu_offload: bool = field(default=False, metadata={"help": "FSDP2 CPU offload of parameters, gradients and AdamW state (needs --dist fsdp; one GPU too): full fine-tuning on fewer GPUs"})
+    cpu_offload: bool = distributed.offload_option()
     # LoRA (lora.py, through PEFT)
     lora_rank: int = lora.option("lora_rank")
     lora_alpha: float = lora.option("lora_alpha")
