@@ -76,8 +76,8 @@ def test_files_and_schema(data):
             inner = re.fullmatch(r"<answer>(.+)</answer>", e["solution"]).group(1)
             if e["problem_type"] == "multiple choice":
                 letters = [o[0] for o in e["options"]]
-                assert letters == list("ABCD"[: len(letters)]) and len(letters) >= 2
-                assert all(re.fullmatch(r"[A-D]\. \S.*", o) for o in e["options"])
+                assert letters == list("ABCDEF"[: len(letters)]) and len(letters) >= 2
+                assert all(re.fullmatch(r"[A-F]\. \S.*", o) for o in e["options"])
                 assert len(set(o[3:] for o in e["options"])) == len(letters)
                 assert inner in letters
             else:
