@@ -152,13 +152,12 @@ def checkpoint_if_due(step: int, cfg, preemption: distributed.Preemption, module
 
 class Policy(NamedTuple):
     """What an entry point trains: the HF model `hf` (adapters inside under LoRA), its tokenizer, the wrapped
-    log-prob module `module` (DDP / FSDP2 / plain), `adapters` (the PeftModel, or None), the starting folder
-    `base_dir`, and the AdamW optimizer over the trainable parameters."""
+    log-prob module `module` (DDP / FSDP2 / plain), `adapters` (the PeftModel, or None) and the AdamW optimizer
+    over the trainable parameters."""
     hf: torch.nn.Module
     tokenizer: object
     module: torch.nn.Module
     adapters: object
-    base_dir: str
     opt: torch.optim.Optimizer
 
 
@@ -169,8 +168,10 @@ def build_policy(cfg, model_dir: str, proc: distributed.Dist, weights: torch.dty
 
     Under LoRA with the vision tower frozen, the frozen base is held in the compute dtype (bf16 on GPU; fp32
     master weights are only needed for what AdamW updates, L5 and L14) and the adapters in fp32. With cfg.cpu_offload
-    the model is loaded on the CPU and FSDP2 keeps its shards there. Raises ValueError, before loading anything,
-    when --cpu-offload is asked for without FSDP."""
+    the model is loaded on the CPU and FSDP2 keeps its shards there. weights / compute: the torch dtypes of
+    distributed.resolve_precision (fp32 / bf16 on CUDA's bf16-mixed). Raises ValueError, before loading anything,
+    when --cpu-offload is asked for without FSDP; load_policy's errors (FileNotFoundError, ValueError) for a
+    folder that is not a usable Qwen2.5-VL."""
     if cfg.cpu_offload and distributed.resolve_mode(cfg.dist, proc) != "fsdp":
         raise ValueError(f"--cpu-offload is FSDP2's: it needs --dist fsdp (got --dist {cfg.dist} on {proc.device.type})")
     base_in_compute = cfg.lora_rank > 0 and cfg.lora_vision == "frozen"
@@ -182,7 +183,22 @@ def build_policy(cfg, model_dir: str, proc: distributed.Dist, weights: torch.dty
     module = distributed.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), proc, cfg.dist, cfg.activation_checkpointing,
                               compute, cfg.fsdp_vision_unit, offload=cfg.cpu_offload)
     opt = torch.optim.AdamW(lora.trainable(hf), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return Policy(hf, tokenizer, module, adapters, model_dir, opt)
+    return Policy(hf, tokenizer, module, adapters, opt)
+
+
+def build_reference(cfg, policy: Policy, model_dir: str, proc: distributed.Dist, weights: torch.dtype,
+                    compute: torch.dtype):
+    """The frozen KL reference for β > 0 (notes §3), called like `policy.module` under torch.no_grad(): under LoRA
+    the policy with its adapters disabled (lora.Reference, no second copy; L14), otherwise a second copy of
+    `model_dir` without gradients or optimizer, wrapped like the policy (FSDP-sharded and offloaded alike).
+    Returns None when cfg.beta is 0 (no reference is loaded)."""
+    if cfg.beta <= 0:
+        return None
+    if policy.adapters is not None:
+        return lora.Reference(policy.module, policy.adapters)
+    ref_hf, _ = load_policy(model_dir, weights, "cpu" if cfg.cpu_offload else proc.device)
+    return distributed.wrap(PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk), proc, cfg.dist,
+                            param_dtype=compute, vision_unit=cfg.fsdp_vision_unit, offload=cfg.cpu_offload)
 
 
 def export(module, tokenizer, folder: Path, proc: distributed.Dist, adapters=None, base_dir: str = "") -> Path:

@@ -77,13 +77,25 @@ def load_config(model: str):
     return AutoConfig.from_pretrained(model)
 
 
+_META: dict[int, tuple] = {}
+
+
+def meta_model(config):
+    """Qwen2_5_VLForConditionalGeneration(config) on the meta device (no memory, no weights), built once per config
+    object: `--plan` estimates several settings of one model."""
+    hit = _META.get(id(config))
+    if hit is None or hit[0] is not config:
+        from transformers import Qwen2_5_VLForConditionalGeneration
+        with torch.device("meta"):
+            hit = _META[id(config)] = (config, Qwen2_5_VLForConditionalGeneration(config))
+    return hit[1]
+
+
 def count_params(config) -> tuple[int, int, int]:
     """(total, vision tower, root) parameter counts of the model built on the meta device (no memory used); root:
     the parameters outside the decoder layers and vision blocks (embeddings, lm_head, norms, patch embed, merger),
     FSDP2's root unit."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-    with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration(config)
+    model = meta_model(config)
     blocks = sum(p.numel() for m in [*model.model.language_model.layers, *model.model.visual.blocks] for p in m.parameters())
     total = sum(p.numel() for p in model.parameters())
     return total, sum(p.numel() for p in model.model.visual.parameters()), total - blocks
@@ -93,9 +105,7 @@ def lora_params(config, cfg) -> tuple[int, int]:
     """(Φ_A, trained vision copy) parameter counts for cfg's LoRA settings: Σ r·(in + out) over the Linears whose
     names match cfg.lora_targets (re.fullmatch, as PEFT), and the modules --lora-vision trains in full."""
     import re
-    from transformers import Qwen2_5_VLForConditionalGeneration
-    with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration(config)
+    model = meta_model(config)
     phi_a = sum(cfg.lora_rank * (m.in_features + m.out_features) for n, m in model.named_modules()
                 if isinstance(m, torch.nn.Linear) and re.fullmatch(cfg.lora_targets, n))
     trained = {"frozen": None, "merger": model.model.visual.merger, "tower": model.model.visual}[cfg.lora_vision]

@@ -296,7 +296,7 @@ def main(argv=None):
     common.seed_everything(cfg.seed, proc)
     precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)       # S7
     model_dir, train_json, eval_json = resolve_paths(cfg, proc)
-    hf, tokenizer, module, adapters, _, opt = common.build_policy(cfg, model_dir, proc, dtype, compute)
+    hf, tokenizer, module, adapters, opt = common.build_policy(cfg, model_dir, proc, dtype, compute)
     amp = distributed.autocast(proc, precision, module)                                  # FSDP casts through its own policy
     samples = data.load_samples(train_json, cfg.media_root or None, require_process=True)
     media = common.media_config(cfg)

@@ -65,7 +65,6 @@ import rewards
 import rollout
 import tgrpo
 import tracking
-from model import PolicyLogprobs, load_policy
 
 
 @dataclass
@@ -291,18 +290,12 @@ def main(argv=None):
         return
     proc = distributed.init_distributed(cfg.device, cfg.dist_backend)
     common.seed_everything(cfg.seed, proc)
-    mode = distributed.resolve_mode(cfg.dist, proc)
     precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)       # L5
     model_dir, train_json = common.resolve_model_and_data(cfg, proc)
-    hf, tokenizer, policy, adapters, _, opt = common.build_policy(cfg, model_dir, proc, dtype, compute)
+    built = common.build_policy(cfg, model_dir, proc, dtype, compute)
+    hf, tokenizer, policy, adapters, opt = built
     amp = distributed.autocast(proc, precision, policy)
-    reference = None
-    if cfg.beta > 0 and adapters is not None:   # LoRA: the policy with its adapters off, no second copy (L14)
-        reference = lora.Reference(policy, adapters)
-    elif cfg.beta > 0:   # frozen, no optimizer; sharded like the policy under FSDP (no_grad forward only)
-        ref_hf, _ = load_policy(model_dir, dtype, "cpu" if cfg.cpu_offload else proc.device)
-        reference = distributed.wrap(PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk), proc, mode,
-                                     param_dtype=compute, vision_unit=cfg.fsdp_vision_unit, offload=cfg.cpu_offload)
+    reference = common.build_reference(cfg, built, model_dir, proc, dtype, compute)   # LoRA: adapters off (L14)
     samples = data.load_samples(train_json, cfg.media_root or None)
     media = common.media_config(cfg)
     sampling = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)

@@ -29,14 +29,12 @@ import data  # noqa: E402
 import distributed  # noqa: E402
 import loader  # noqa: E402
 import pixels  # noqa: E402
-import lora  # noqa: E402
 import plan  # noqa: E402
 import rollout  # noqa: E402
 import synthetic  # noqa: E402
 import tgrpo  # noqa: E402
 import tiny  # noqa: E402
 import train  # noqa: E402
-from model import PolicyLogprobs, load_policy  # noqa: E402
 
 GIB = 1024 ** 3
 PHASES = ["rollout", "rewards", "reference log-probs", "policy log-probs", "backward", "optimizer"]
@@ -71,15 +69,9 @@ def main():
     precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)
     amp = distributed.autocast(proc, precision)
     torch.manual_seed(0)
-    hf, tok = load_policy(model_dir, compute if cfg.lora_rank else dtype, proc.device)   # as common.build_policy
-    adapters = lora.attach(hf, cfg, cfg.seed)
-    policy = PolicyLogprobs(hf, cfg.logprob_chunk)
-    if adapters is not None:
-        reference = lora.Reference(policy, adapters)
-    else:
-        ref_hf, _ = load_policy(model_dir, dtype, proc.device)
-        reference = PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk)
-    opt = torch.optim.AdamW(lora.trainable(hf), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    built = common.build_policy(cfg, str(model_dir), proc, dtype, compute)   # one process: nothing is wrapped
+    hf, tok, policy, opt = built.hf, built.tokenizer, built.module, built.opt
+    reference = common.build_reference(cfg, built, str(model_dir), proc, dtype, compute)   # LoRA: adapters off
     videos = [s for s in data.load_samples(paths["train"]) if s.data_type == "video"]
     media = common.media_config(cfg)
     sp = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)
