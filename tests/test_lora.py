@@ -84,6 +84,13 @@ def test_merged_export_gives_the_adapted_logprobs(builtin, stepped, tmp_path):
     assert (tmp_path / "final_lora" / "adapter_model.safetensors").exists()
     merged_sd = load_file(folder / "model.safetensors")
     assert not any("lora" in k or "base_layer" in k for k in merged_sd)        # plain Qwen2.5-VL keys
+    # the LoRA rule by hand, independent of PEFT's forward and merge: W' = W + (alpha / r) B A
+    adapter, base = load_file(tmp_path / "final_lora" / "adapter_model.safetensors"), load_file(builtin[1] / "model.safetensors")
+    module, saved = "model.language_model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.q_proj.weight"  # module / file key
+    A, B = adapter[f"base_model.model.{module}.lora_A.weight"], adapter[f"base_model.model.{module}.lora_B.weight"]  # (r, in), (out, r)
+    assert B.abs().max() > 0
+    torch.testing.assert_close(merged_sd[saved], base[saved] + SETTINGS.lora_alpha / SETTINGS.lora_rank * B @ A,
+                               rtol=1e-5, atol=1e-6)
     plain = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder)        # transformers alone, no peft
     assert type(plain.model.language_model.layers[0].self_attn.q_proj) is torch.nn.Linear
     with torch.no_grad():
