@@ -85,6 +85,21 @@ def test_train_fsdp_uneven_ranks_under_nccl_contract(builtin, tmp_path):
     assert (tmp_path / "out" / "final" / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize("extra", [["--lora-rank", "4"], ["--cpu-offload"]], ids=["lora", "offload"])
+def test_train_lora_and_offload_uneven_ranks_under_nccl_contract(builtin, tmp_path, extra):
+    """LoRA (the reference = adapters off) and FSDP2 CPU offload under the GPU node's process group, with one rank
+    holding only images and the other only videos in step 2: the same collectives on both ranks."""
+    paths, tiny = builtin
+    data = arranged(paths["train"], tmp_path / "uneven.json", UNEVEN, seed=3)
+    run(LAUNCH + [str(ROOT / "train.py"), "--model", str(tiny), "--data", str(data), "--media-root",
+                  str(paths["train"].parent), "--preset", "tiny", "--seed", "3", "--steps", "2", "--G", "2",
+                  "--max-completion-length", "6", "--prompts-per-rank", "2", "--groups-per-micro-batch", "2",
+                  "--out-dir", str(tmp_path / "out"), *extra] + GPU_GROUP, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["skipped_media"] == 0 for r in rows)
+    assert (tmp_path / "out" / "final" / "model.safetensors").exists()
+
+
 def test_sft_fsdp_uneven_ranks_under_nccl_contract(builtin, tmp_path):
     paths, tiny = builtin
     data = arranged(paths["train_cot"], tmp_path / "uneven_cot.json", UNEVEN, seed=3)
