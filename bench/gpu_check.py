@@ -1,5 +1,6 @@
 """T-GRPO steps of a random 7B-structured Qwen2.5-VL on one GPU: per-phase time, tokens/s and peak memory
-next to plan.py's estimate for the same model and settings (bench/gpu_check.sh runs it twice).
+next to plan.py's estimate for the same model and settings (bench/gpu_check.sh runs it three times: narrow,
+full width, full width with LoRA; figures from one H200 in bench/README.md).
 
     python bench/gpu_check.py --width narrow              # hidden 512, 2 layers (tiny.py), paper settings, CUDA
     python bench/gpu_check.py --width full --steps 3      # the 7B's widths, 8 of 28 decoder layers

@@ -2,7 +2,8 @@
 # One command for a lent GPU (one H200, at most ~8 minutes): T-GRPO steps of the narrow and of the full-width
 # 7B-structured random model at the paper's settings (the full one also with LoRA r = 64), per phase time, tokens/s and peak memory next to plan.py.
 #
-#     bash bench/gpu_check.sh              # on the GPU machine; prints two tables
+#     bash bench/gpu_check.sh              # on the GPU machine; prints three tables
+#     bash bench/gpu_check.sh --tokenizer DIR   # the real Qwen2.5-VL tokenizer from DIR (default ../shared/...)
 #     bash bench/gpu_check.sh --dry-run    # on CPU: the narrow model at small settings (CI runs this)
 #
 # The figures go to bench/README.md ("GPU check"). The random models are built under runs/cache on first use.
@@ -14,6 +15,6 @@ if [[ "${1:-}" == "--dry-run" ]]; then
 fi
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: use --dry-run')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python bench/gpu_check.py --width narrow --steps 2
-python bench/gpu_check.py --width full --steps 2
-python bench/gpu_check.py --width full --steps 2 --lora-rank 64      # LoRA: bf16 base, no reference copy
+python bench/gpu_check.py --width narrow --steps 2 "$@"
+python bench/gpu_check.py --width full --steps 2 "$@"
+python bench/gpu_check.py --width full --steps 2 --lora-rank 64 "$@"      # LoRA: bf16 base, no reference copy
