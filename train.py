@@ -20,12 +20,13 @@ On SIGTERM (a preempted job) every rank finishes the current step, a resumable c
 run exits with code 143; `--resume auto` continues it. Resuming with other settings (G, lr, seed, data, ...)
 is refused, listing the differences, unless `--allow-config-change true`.
 
-One step (notes §1), as main's loop reads:
+One step (notes §1), as main's loop reads; read this file, then loader.py, rollout.py, rewards.py and tgrpo.py,
+each once, in that order (the step's calls into them come in that order; tests/test_docs.py checks it):
   prefetch.take (prompts_per_rank samples, decoded in the background by loader.py) -> rollout.rollout (a Group
-  per prompt: G completions on ordered frames and, for videos, G̃ on shuffled frames) -> rule_rewards (
-  rewards.py) -> advantages (temporal bonus, length bonus, R_i, group normalisation: tgrpo.advantages) ->
-  train_step (rollout.policy_batch of the ordered completions -> log-probs of policy and frozen reference,
-  model.py -> clipped surrogate with k3 KL, tgrpo.policy_loss -> backward, clip, AdamW step) -> log -> save.
+  per prompt: G completions on ordered frames and, for videos, G̃ on shuffled frames) -> rollout.policy_batch
+  (the ordered completions only) -> rule_rewards (rewards.py) -> advantages (temporal bonus, length bonus, R_i,
+  group normalisation: tgrpo.advantages) -> train_step (log-probs of policy and frozen reference, model.py's
+  module -> clipped surrogate with k3 KL, tgrpo.policy_loss -> backward, clip, AdamW step) -> log -> save.
 Departures of the loop (docs/departures.md; the math's are T1–T10 in tgrpo.py; the ID stands at the line):
   L1  mRoPE time from the clip's real sample fps in training as in eval (`--rope-time official`: fixed 2 fps)
   L2  a sample whose media cannot be used is skipped and counted (`skipped_media`), never replaced
@@ -327,10 +328,11 @@ def main(argv=None):
         with distributed.full_weights(policy) as model, amp():                           # G ordered + G̃ shuffled per video
             groups = rollout.rollout(model, batch, cfg.G, cfg.G_shuffled, sampling, pad_id, stops, gen)
         hf.train()
+        ordered = rollout.policy_batch(groups, pad_id).to(proc.device)          # B·G ordered rows: what the loss sees
         acc, fmt, lengths, sacc, is_video = rule_rewards(groups, tokenizer, cfg.G_shuffled)      # rule rewards
         adv = advantages(acc, fmt, lengths, sacc, is_video, cfg)               # bonuses, R_i, A_i
-        update = train_step(policy, reference, opt, rollout.policy_batch(groups, pad_id).to(proc.device),
-                            adv.advantages.reshape(-1).to(proc.device), step, cfg, proc, amp)
+        update = train_step(policy, reference, opt, ordered, adv.advantages.reshape(-1).to(proc.device), step, cfg,
+                            proc, amp)
         row = step_metrics(step, adv, acc, fmt, lengths, is_video, update, skipped, cfg, proc, t0)
         if proc.main:
             metrics_file.write(json.dumps(row) + "\n"); metrics_file.flush()

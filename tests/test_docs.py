@@ -84,3 +84,47 @@ def test_layers_no_entry_point_imported_and_no_import_cycle():
                 seen.add(m); todo.append(m)
         return seen
     assert not [m for m in graph if m in reach(m)]
+
+
+def step_calls() -> list[tuple[str, str]]:
+    """(module, function) of every call into a top-level module that one T-GRPO step makes, from the sample to
+    the optimizer step, in source order: train.main's loop up to train_step, with train.py's own helpers
+    (rule_rewards, advantages, train_step) read in place. A method of an object that main built from a module
+    (`prefetch = loader.Prefetcher(...)`) counts as that module's."""
+    import ast
+    tree = ast.parse((ROOT / "train.py").read_text())
+    funcs = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
+    mods = {p.stem for p in ROOT.glob("*.py")}
+    owner = {}
+    for node in ast.walk(funcs["main"]):
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name) and isinstance(node.value.func, ast.Attribute)
+                and isinstance(node.value.func.value, ast.Name) and node.value.func.value.id in mods):
+            owner[node.targets[0].id] = node.value.func.value.id
+
+    def calls(nodes):
+        found = sorted((n for root in nodes for n in ast.walk(root) if isinstance(n, ast.Call)),
+                       key=lambda n: (n.lineno, n.col_offset))
+        for c in found:
+            f = c.func
+            if isinstance(f, ast.Name) and f.id in ("rule_rewards", "advantages", "train_step"):
+                yield from calls(funcs[f.id].body)
+            elif isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name):
+                mod = f.value.id if f.value.id in mods else owner.get(f.value.id)
+                if mod:
+                    yield mod, f.attr
+
+    loop = next(n for n in ast.walk(funcs["main"]) if isinstance(n, ast.For))
+    end = next(i for i, s in enumerate(loop.body) if "train_step(" in ast.unparse(s))
+    return list(calls(loop.body[:end + 1]))
+
+
+def test_one_step_reads_in_five_files_in_order_without_returning():
+    """README "Reading one step": the paper's step is train.py, then loader.py, rollout.py, rewards.py and
+    tgrpo.py, each entered once: its calls come in one run, in that order. distributed.py (sharding and
+    collectives) and common.py (the clip-and-step guard shared with sft.py) are plumbing, named at the line."""
+    seq = [m for m, _ in step_calls() if m not in ("distributed", "common")]
+    runs = [m for i, m in enumerate(seq) if i == 0 or seq[i - 1] != m]
+    assert runs == ["loader", "rollout", "rewards", "tgrpo"], (runs, step_calls())
+    assert ("tgrpo", "advantages") in step_calls() and ("tgrpo", "policy_loss") in step_calls()
+    assert {m for m, _ in step_calls()} <= {"loader", "rollout", "rewards", "tgrpo", "distributed", "common"}
