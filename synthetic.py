@@ -116,7 +116,8 @@ def make_dataset(out_dir, seed: int = 0, n_train: int = 320, n_test: int = 200, 
 
     Args: out_dir: folder (created). seed: int >= 0; the same seed gives byte-identical JSON and identical
     decoded frames; train and test use different random streams. n_train, n_test: number of samples
-    (problem_id 0..n-1 in each file). n_perception: samples of the perception split (None: 3 * n_train; its own clips and random
+    (problem_id 0..n-1 in each file). n_perception: samples of the perception split (None: 9 * n_train, enough distinct temporal clips for
+    coldstart.py's temporal stage; its own clips and random
     stream; the reasoning is the right answer's words, "<think>bigger</think>": the built-in recipe's stage 0, D8). image_fraction: share of still-image samples (static questions).
     frames: frames per clip (>= 6). fps: clip frame rate (frames per second). size: frame side in pixels,
     a multiple of 28 (Qwen2.5-VL's 14-px patches merged 2x2).
@@ -130,7 +131,7 @@ def make_dataset(out_dir, seed: int = 0, n_train: int = 320, n_test: int = 200, 
     rank 0 and let the other ranks wait at a barrier.
     """
     root = Path(out_dir)
-    n_perception = 3 * n_train if n_perception is None else n_perception
+    n_perception = 9 * n_train if n_perception is None else n_perception
     params = {"version": VERSION, "seed": seed, "n_train": n_train, "n_test": n_test, "n_perception": n_perception,
               "image_fraction": image_fraction, "frames": frames, "fps": fps, "size": size}
     if not isinstance(seed, int) or seed < 0:

@@ -1,4 +1,4 @@
-"""The built-in cold start (coldstart.py): its stages, a tiny subprocess run of both, a tower that still tells
+"""The built-in cold start (coldstart.py): its stages, a tiny subprocess run of all three, a tower that still tells
 clips apart afterwards, and train.py's default starting from it."""
 import json
 import sys
@@ -11,19 +11,40 @@ import coldstart
 from conftest import ROOT, run_cmd
 
 
-def test_stages_chain_perception_then_cot(tmp_path):
-    cfg = coldstart.Config(perception_epochs=2.0, cot_epochs=3.0)
-    (p_name, p_cmd), (c_name, c_cmd) = coldstart.stage_commands(cfg, tmp_path / "data", tmp_path / "tiny", tmp_path / "out")
-    assert (p_name, c_name) == ("perception", "cot")
+def test_stages_chain_perception_temporal_then_cot(tmp_path):
+    cfg = coldstart.Config(perception_epochs=2.0, temporal_steps=50, cot_epochs=3.0)
+    stages = coldstart.stage_commands(cfg, tmp_path / "data", tmp_path / "tiny", tmp_path / "out")
+    assert [n for n, _ in stages] == ["perception", "temporal", "cot"]
+    (_, p_cmd), (_, t_cmd), (_, c_cmd) = stages
     arg = lambda cmd, flag: cmd[cmd.index(flag) + 1]
     assert arg(p_cmd, "--model") == str(tmp_path / "tiny") and arg(p_cmd, "--data").endswith("train_perception.json")
-    assert arg(c_cmd, "--model") == str(tmp_path / "out" / "perception" / "final")    # stage 1 starts from stage 0
+    assert arg(t_cmd, "--model") == str(tmp_path / "out" / "perception" / "final")   # stage 0b starts from stage 0
+    assert arg(t_cmd, "--data") == str(tmp_path / "out" / "perception_temporal.json") and arg(t_cmd, "--steps") == "50"
+    assert arg(t_cmd, "--media-root") == str(tmp_path / "data")
+    assert arg(c_cmd, "--model") == str(tmp_path / "out" / "temporal" / "final")     # stage 1 starts from stage 0b
     assert arg(c_cmd, "--data") == str(tmp_path / "out" / "cot_mix.json") and arg(c_cmd, "--epochs") == "3.0"
     assert arg(c_cmd, "--media-root") == str(tmp_path / "data")          # the mixed file's media stay in data/
-    only = coldstart.stage_commands(coldstart.Config(perception_epochs=0, cot_perception=0), tmp_path / "data",
-                                    tmp_path / "tiny", tmp_path / "out")
+    no_temporal = coldstart.stage_commands(coldstart.Config(temporal_steps=0), tmp_path / "data", tmp_path / "tiny",
+                                           tmp_path / "out")
+    assert [n for n, _ in no_temporal] == ["perception", "cot"]
+    assert arg(no_temporal[1][1], "--model") == str(tmp_path / "out" / "perception" / "final")
+    only = coldstart.stage_commands(coldstart.Config(perception_epochs=0, temporal_steps=0, cot_perception=0),
+                                    tmp_path / "data", tmp_path / "tiny", tmp_path / "out")
     assert [n for n, _ in only] == ["cot"] and arg(only[0][1], "--model") == str(tmp_path / "tiny")
     assert arg(only[0][1], "--data") == str(tmp_path / "data" / "train_cot.json") and "--media-root" not in only[0][1]
+
+
+def test_perception_temporal_keeps_the_order_dependent_families(tmp_path):
+    (tmp_path / "data").mkdir()
+    per = [{"problem_id": 0, "data_source": "synthetic/static/color"},
+           {"problem_id": 1, "data_source": "synthetic/temporal/size_change"},
+           {"problem_id": 2, "data_source": "synthetic/temporal/direction"}]
+    (tmp_path / "data" / "train_perception.json").write_text(json.dumps(per))
+    kept = json.loads(coldstart.perception_temporal(tmp_path / "data", tmp_path / "out").read_text())
+    assert kept == per[1:]
+    (tmp_path / "data" / "train_perception.json").write_text(json.dumps(per[:1]))
+    with pytest.raises(ValueError, match="no synthetic/temporal/ samples"):
+        coldstart.perception_temporal(tmp_path / "data", tmp_path / "out")
 
 
 def test_cot_mix_appends_perception_samples(tmp_path):
@@ -51,14 +72,15 @@ def _features(folder, sample, media):
 def test_coldstart_runs_and_train_starts_from_it(tmp_path):
     cache = tmp_path / "cache"
     out = run_cmd([sys.executable, str(ROOT / "coldstart.py"), "--cache-dir", str(cache), "--perception-epochs", "0.02",
-                   "--cot-epochs", "0.02", "--cot-perception", "16", "--eval-samples", "2"], tmp_path).stdout
+                   "--temporal-steps", "2", "--cot-epochs", "0.02", "--cot-perception", "16", "--eval-samples", "2"],
+                  tmp_path).stdout
     final = cache / "coldstart" / "final"
-    assert "stage perception" in out and "stage cot" in out and str(final) in out
-    for stage in ("perception", "cot"):
+    assert "stage perception" in out and "stage temporal" in out and "stage cot" in out and str(final) in out
+    for stage in ("perception", "temporal", "cot"):
         rows = [json.loads(l) for l in (cache / "coldstart" / stage / "metrics.jsonl").read_text().splitlines()]
         assert any("loss" in r for r in rows) and any("eval_format" in r for r in rows)
         assert (cache / "coldstart" / stage / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the vision tower is frozen in both stages: its weights are the tiny default's, and two clips still differ
+    # the vision tower is frozen in every stage: its weights are the tiny default's, and two clips still differ
     tiny, trained = load_file(cache / "tiny" / "model.safetensors"), load_file(final / "model.safetensors")
     assert all(torch.equal(tiny[k], trained[k]) for k in tiny if k.startswith("visual."))
     assert any(not torch.equal(tiny[k], trained[k]) for k in tiny if not k.startswith("visual."))

@@ -319,11 +319,11 @@ def test_stated_answer_reads_every_cot(data):
 
 
 def test_perception_split_answers_with_the_right_words(data):
-    """The perception split (D8): 3 x n_train samples on clips of their own, the same schema and questions, and a
+    """The perception split (D8): 9 x n_train samples on clips of their own, the same schema and questions, and a
     reasoning that is only the right answer's words: the option text for multiple choice, the number otherwise."""
     paths, train, _, _ = data
     per = json.loads(paths["train_perception"].read_text())
-    assert len(per) == 3 * 48
+    assert len(per) == 9 * 48
     assert not {e["path"] for e in per} & {e["path"] for e in train}
     for e in per:
         assert set(FIELDS) <= set(e) and (paths["root"] / e["path"][2:]).exists()
