@@ -10,6 +10,7 @@ Equations (notes = docs/video-r1.md, the project's notes on the paper and the of
   temporal reward r_t (paper, T-GRPO; notes §1 step 10), per prompt group of a video:
       p = mean_i acc_i  (G ordered completions),   p̃ = mean_j acc~_j  (G̃ shuffled completions)
       r_t = α  if p ≥ μ·p̃  else 0,   given only to completions with acc_i > threshold
+      (trigger "contrast", T11: r_t = α if p > p̃ + margin: succeed on ordered frames AND fail on shuffled ones)
   length reward (paper, length control; notes §1 step 12):
       +ω to completions with acc_i > threshold and l_min ≤ len_i ≤ l_max, in groups with ≥ 2 such
   group-relative advantage (GRPO, as in the paper; notes §3):
@@ -30,6 +31,7 @@ Departures (docs/departures.md: paper, official code, ours, why and flag of each
   T8  the bonus in the reward before normalisation (official) or on the advantages (paper v4's remark)
   T9  a group whose rewards are all equal, and G = 1, get exactly 0 advantages
   T10 image groups are not triggered and log p̃ = NaN (the code logs a dummy 0.5)
+  T11 a strict contrast trigger as an option (ours): p > p̃ + margin (`--temporal-trigger contrast`)
 """
 
 from dataclasses import dataclass
@@ -54,27 +56,38 @@ def _check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) ->
 # ------------------------------------------------------------------------------------------- rewards
 
 
+TRIGGERS = ("official", "contrast")
+
+
 def temporal_stats(accuracy: torch.Tensor, shuffled_accuracy: torch.Tensor, is_video: torch.Tensor,
-                   mu: float = 0.8) -> dict:
+                   mu: float = 0.8, trigger: str = "official", margin: float = 0.0) -> dict:
     """Per-group ordered and shuffled mean accuracy, and whether the temporal condition holds.
 
     Paper: the T-GRPO condition p vs μ·p̃; notes §1 step 10 and §9 item 2 (`>=` with μ = 0.8, as in the
-    official code).
+    official code). trigger "official": p ≥ μ·p̃. trigger "contrast" (T11, ours): p > p̃ + margin, the
+    paper's own summary of the idea (reward success on ordered frames that fails on shuffled ones); unlike
+    the official rule it does not fire when p ≈ p̃, as for a model answering from one frame's content.
 
     Args:
         accuracy: (B, G) float, accuracy reward of each ordered-frame completion.
         shuffled_accuracy: (B, G̃) float, accuracy of each shuffled-frame completion. Rows of image groups
             are ignored (fill them with anything). G̃ may be 0 only when no group is a video.
         is_video: (B,) bool, True for groups whose prompt is a video.
-        mu: μ, the factor on p̃ in the condition p ≥ μ·p̃ (0.8 code / v1, 1.0 paper v4).
+        mu: μ, the factor on p̃ in the condition p ≥ μ·p̃ (0.8 code / v1, 1.0 paper v4); trigger "official" only.
+        trigger: "official" or "contrast". margin: the contrast rule's p − p̃ must exceed this (>= 0).
     Returns:
         dict with
           "p": (B,) float, mean ordered accuracy per group (defined for images too),
           "p_shuffled": (B,) float, p̃ per group, NaN for image groups,
-          "triggered": (B,) bool, is_video & (p ≥ μ·p̃). Log `triggered[is_video].float().mean()`.
+          "triggered": (B,) bool, is_video & the trigger rule. Log `triggered[is_video].float().mean()`.
     Raises:
-        ValueError: wrong dimensions, mismatched B, non-bool is_video, or G̃ = 0 with a video group.
+        ValueError: wrong dimensions, mismatched B, non-bool is_video, G̃ = 0 with a video group, an unknown
+        trigger or a negative margin.
     """
+    if trigger not in TRIGGERS:
+        raise ValueError(f"tgrpo.py: trigger must be one of {TRIGGERS}, got {trigger!r}")
+    if margin < 0:
+        raise ValueError(f"tgrpo.py: the contrast trigger's margin must be >= 0, got {margin}")
     _check_2d("accuracy", accuracy)
     _check_2d("shuffled_accuracy", shuffled_accuracy)
     B = accuracy.shape[0]
@@ -95,13 +108,15 @@ def temporal_stats(accuracy: torch.Tensor, shuffled_accuracy: torch.Tensor, is_v
         triggered = torch.zeros_like(is_video)  # (B,)
     else:
         p_shuffled = shuffled_accuracy.to(p.dtype).mean(dim=1)  # (B,)
-        triggered = is_video & (p >= mu * p_shuffled)  # (B,)
+        fires = p >= mu * p_shuffled if trigger == "official" else p > p_shuffled + margin  # (B,) T1 / T11
+        triggered = is_video & fires  # (B,)
         p_shuffled = torch.where(is_video, p_shuffled, torch.full_like(p_shuffled, float("nan")))  # (B,)
     return {"p": p, "p_shuffled": p_shuffled, "triggered": triggered}
 
 
 def temporal_bonus(accuracy: torch.Tensor, shuffled_accuracy: torch.Tensor, is_video: torch.Tensor,
-                   alpha: float = 0.3, mu: float = 0.8, threshold: float = 0.1) -> torch.Tensor:
+                   alpha: float = 0.3, mu: float = 0.8, threshold: float = 0.1, trigger: str = "official",
+                   margin: float = 0.0) -> torch.Tensor:
     """The T-GRPO temporal reward r_t for every ordered completion.
 
     Paper: temporal reward r_t; notes §1 step 10: in a video group where p ≥ μ·p̃, every ordered
@@ -113,13 +128,14 @@ def temporal_bonus(accuracy: torch.Tensor, shuffled_accuracy: torch.Tensor, is_v
         shuffled_accuracy: (B, G̃) float, shuffled-frame accuracy; (B, 0) allowed when no group is a video.
         is_video: (B,) bool.
         alpha: α, the bonus (0.3). mu: μ (0.8 code, 1.0 paper v4). threshold: "correct" means acc > this.
+        trigger, margin: the trigger rule, as `temporal_stats`.
     Returns:
         (B, G) tensor of accuracy's dtype: α or 0 per completion. Add it to the reward (official) or to the
         advantages (paper v4 remark); see T8.
     Raises:
         ValueError: as `temporal_stats`.
     """
-    triggered = temporal_stats(accuracy, shuffled_accuracy, is_video, mu=mu)["triggered"]  # (B,)
+    triggered = temporal_stats(accuracy, shuffled_accuracy, is_video, mu, trigger, margin)["triggered"]  # (B,)
     gets = triggered[:, None] & (accuracy > threshold)  # (B, G)
     return gets.to(accuracy.dtype) * alpha  # (B, G)
 
@@ -183,6 +199,16 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, scale: str = "gro
     return torch.where(flat, torch.zeros_like(centred), centred)  # (B, G)
 
 
+def variant(temporal: bool, trigger: str, mu: float, margin: float, placement: str, scale: str) -> str:
+    """The name of a reward-to-advantage combination for logs and reports, e.g. "T-GRPO[p>=0.8p~, reward,
+    std]" (the official code's), "T-GRPO[p>p~+0.1, advantage, none]" or "GRPO[std]". Raises nothing."""
+    scale_name = "std" if scale == "group" else scale
+    if not temporal:
+        return f"GRPO[{scale_name}]"
+    rule = f"p>={mu:g}p~" if trigger == "official" else f"p>p~+{margin:g}"
+    return f"T-GRPO[{rule}, {placement}, {scale_name}]"
+
+
 # ---------------------------------------------------------------------------------------------- loss
 
 
@@ -207,7 +233,7 @@ def advantages(accuracy: torch.Tensor, format_reward: torch.Tensor, lengths: tor
                shuffled_accuracy: torch.Tensor, is_video: torch.Tensor, *, temporal: bool = True, alpha: float = 0.3,
                mu: float = 0.8, threshold: float = 0.1, len_control: bool = True, len_weight: float = 0.2,
                min_len: int = 320, max_len: int = 512, placement: str = "reward", eps: float = 1e-4,
-               scale: str = "group") -> Advantages:
+               scale: str = "group", trigger: str = "official", margin: float = 0.0) -> Advantages:
     """The whole T-GRPO reward-to-advantage equation (module header; notes §1 steps 10–12, §3).
 
     R_i = acc_i + fmt_i + length bonus_i (+ r_t,i with placement "reward", the official code's), then
@@ -215,12 +241,12 @@ def advantages(accuracy: torch.Tensor, format_reward: torch.Tensor, lengths: tor
     added after normalisation: A = group_advantages(acc + fmt + len) + r_t.
     Args: accuracy, format_reward (B, G) float; lengths (B, G) completion tokens incl. the stop token;
     shuffled_accuracy (B, G̃) float (G̃ may be 0); is_video (B,) bool (groups that have a shuffled set);
-    temporal: False gives plain GRPO (no bonus, no stats); the rest as temporal_bonus, length_bonus and
-    group_advantages. Returns Advantages. Raises ValueError for an unknown placement or mismatched shapes.
+    temporal: False gives plain GRPO (no bonus, no stats); the rest as temporal_bonus (trigger, margin: T1 /
+    T11), length_bonus and group_advantages. `variant` names a combination for logs and reports. Returns Advantages. Raises ValueError for an unknown placement or mismatched shapes.
     """
     if placement not in ("reward", "advantage"):
         raise ValueError(f"tgrpo.py: placement must be 'reward' or 'advantage', got {placement!r}")
-    bonus = temporal_bonus(accuracy, shuffled_accuracy, is_video, alpha, mu, threshold) if temporal \
+    bonus = temporal_bonus(accuracy, shuffled_accuracy, is_video, alpha, mu, threshold, trigger, margin) if temporal \
         else torch.zeros_like(accuracy)                                                      # (B, G)
     length = length_bonus(accuracy, lengths, len_weight, min_len, max_len, threshold) if len_control \
         else torch.zeros_like(accuracy)                                                      # (B, G)
@@ -231,7 +257,8 @@ def advantages(accuracy: torch.Tensor, format_reward: torch.Tensor, lengths: tor
     else:
         total = accuracy + format_reward + length                                            # (B, G)
         adv = base + bonus                                                                   # (B, G)
-    stats = temporal_stats(accuracy, shuffled_accuracy, is_video, mu) if temporal and shuffled_accuracy.shape[1] > 0 \
+    stats = temporal_stats(accuracy, shuffled_accuracy, is_video, mu, trigger, margin) \
+        if temporal and shuffled_accuracy.shape[1] > 0 \
         else None
     if stats is not None:
         stats["bonus_adv_shift"] = (adv - base).abs()                                        # (B, G)

@@ -27,7 +27,7 @@ each once, in that order (the step's calls into them come in that order; tests/t
   (the ordered completions only) -> rule_rewards (rewards.py) -> advantages (temporal bonus, length bonus, R_i,
   group normalisation: tgrpo.advantages) -> train_step (log-probs of policy and frozen reference, model.py's
   module -> clipped surrogate with k3 KL, tgrpo.policy_loss -> backward, clip, AdamW step) -> log -> save.
-Departures of the loop (docs/departures.md; the math's are T1–T10 in tgrpo.py; the ID stands at the line):
+Departures of the loop (docs/departures.md; the math's are T1–T11 in tgrpo.py; the ID stands at the line):
   L1  mRoPE time from the clip's real sample fps in training as in eval (`--rope-time official`: fixed 2 fps)
   L2  a sample whose media cannot be used is skipped and counted (`skipped_media`), never replaced
   L3  any number of prompts per rank (the official trainer takes exactly one)
@@ -85,7 +85,9 @@ class Config:
     G_shuffled: int = field(default=-1, metadata={"help": "G̃: completions on shuffled frames per video prompt; -1: G // 2"})
     temporal: bool = field(default=True, metadata={"help": "T-GRPO temporal reward; false gives the plain GRPO ablation"})
     alpha: float = field(default=0.3, metadata={"help": "α: temporal bonus added to correct ordered completions"})
-    mu: float = field(default=0.8, metadata={"help": "μ: bonus when p >= μ·p̃ (code 0.8; paper v4 ≈ 1.0)"})
+    mu: float = field(default=0.8, metadata={"help": "μ: bonus when p >= μ·p̃ (code 0.8; paper v4 ≈ 1.0); the official trigger only"})
+    temporal_trigger: str = field(default="official", metadata={"help": "'official': bonus when p >= μ·p̃; 'contrast' (T11, ours): when p > p̃ + --trigger-margin"})
+    trigger_margin: float = field(default=0.0, metadata={"help": "the contrast trigger's margin on p − p̃ (>= 0)"})
     correct_threshold: float = field(default=0.1, metadata={"help": "accuracy above which a completion counts as correct"})
     bonus_placement: str = field(default="reward", metadata={"help": "'reward' (official) or 'advantage': add α after normalisation"})
     len_control: bool = field(default=True, metadata={"help": "length bonus ω for correct completions of length in [min_len, max_len]"})
@@ -164,6 +166,7 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
     if not cfg.temporal:
         cfg.G_shuffled = 0
     checks = {"G": cfg.G >= 1, "bonus_placement": cfg.bonus_placement in ("reward", "advantage"),
+              "temporal_trigger": cfg.temporal_trigger in tgrpo.TRIGGERS, "trigger_margin": cfg.trigger_margin >= 0,
               "loss_agg": cfg.loss_agg in tgrpo.LOSS_AGGS, "adv_scale": cfg.adv_scale in ("group", "none"),
               "num_iterations": cfg.num_iterations >= 1, "rope_time": cfg.rope_time in ("sample", "official"),
               "lr_schedule": cfg.lr_schedule in ("constant", "cosine"), "prompts_per_rank": cfg.prompts_per_rank >= 1,
@@ -200,7 +203,14 @@ def advantages(acc, fmt, lengths, sacc, is_video, cfg) -> tgrpo.Advantages:
     return tgrpo.advantages(acc, fmt, lengths, sacc, is_video, temporal=cfg.temporal, alpha=cfg.alpha, mu=cfg.mu,
                             threshold=cfg.correct_threshold, len_control=cfg.len_control, len_weight=cfg.len_weight,
                             min_len=cfg.min_len, max_len=cfg.max_len, placement=cfg.bonus_placement,
-                            eps=cfg.adv_eps, scale=cfg.adv_scale)
+                            eps=cfg.adv_eps, scale=cfg.adv_scale, trigger=cfg.temporal_trigger,
+                            margin=cfg.trigger_margin)
+
+
+def variant(cfg) -> str:
+    """This config's reward-to-advantage combination by name (tgrpo.variant), as logged and reported."""
+    return tgrpo.variant(cfg.temporal, cfg.temporal_trigger, cfg.mu, cfg.trigger_margin, cfg.bonus_placement,
+                         cfg.adv_scale)
 
 
 def lr_at(step: int, cfg) -> float:
@@ -303,7 +313,7 @@ def main(argv=None):
     gen = torch.Generator(device=proc.device).manual_seed(cfg.seed + proc.rank)
     pad_id, stops = tokenizer.pad_token_id, common.stop_ids(tokenizer)
     out_dir = Path(cfg.out_dir)
-    run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "world_size": proc.world}
+    run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "world_size": proc.world, "variant": variant(cfg)}
     start, position = checkpoint.resume(cfg.resume, out_dir, policy, opt, proc, run_config, cfg.allow_config_change,
                                         {"sampling": gen}, "train.py")
     # Decoding and patchifying of the next samples overlaps the current step (loader.py); each sample's
@@ -317,6 +327,7 @@ def main(argv=None):
         (out_dir / "config.json").write_text(json.dumps(run_config, indent=2))
         print(f"policy {model_dir} | data {train_json} ({len(samples)} samples) | {proc.world} rank(s) on {proc.device}")
         print(f"frames/pixels: {asdict(media)}")
+        print(f"reward -> advantage: {variant(cfg)}")
     metrics_file = checkpoint.open_metrics(out_dir / "metrics.jsonl", start) if proc.main else None   # one row per step
     tracker = tracking.Tracker(cfg, out_dir, run_config, proc.main)          # the same rows to TensorBoard / wandb
     preemption, preempted = distributed.Preemption(), False

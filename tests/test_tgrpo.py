@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tgrpo import group_advantages, length_bonus, policy_loss, temporal_bonus, temporal_stats
+from tgrpo import advantages, group_advantages, length_bonus, policy_loss, temporal_bonus, temporal_stats, variant
 
 LN2 = math.log(2.0)
 AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
@@ -100,6 +100,51 @@ def test_temporal_mu_boundary_is_inclusive(dtype):
     # paper v4: μ = 1 -> 0.5 >= 0.625 fails; but p = p̃ passes
     assert not temporal_stats(acc, shuf, vid, mu=1.0)["triggered"].item()
     assert temporal_stats(acc, acc.flip(1), vid, mu=1.0)["triggered"].item()
+
+
+def test_contrast_trigger_by_hand():
+    """T11: p > p̃ + margin. Three video groups of G = 4, G̃ = 2:
+    group 0: p = 0.75, p̃ = 0.5  -> 0.75 > 0.5 + 0.2 fires; official 0.75 >= 0.4 fires too;
+    group 1: p = 0.5,  p̃ = 0.5  -> a static shortcut (p ≈ p̃): contrast does not fire, official does (0.5 >= 0.4);
+    group 2: p = 0.5,  p̃ = 0.0  -> fires under both; with margin 0.5, 0.5 > 0.5 is false (strict)."""
+    acc = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 1.0, 0.0]])
+    shuf = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    vid = torch.tensor([True, True, True])
+    assert temporal_stats(acc, shuf, vid)["triggered"].tolist() == [True, True, True]
+    assert temporal_stats(acc, shuf, vid, trigger="contrast", margin=0.2)["triggered"].tolist() == [True, False, True]
+    assert temporal_stats(acc, shuf, vid, trigger="contrast", margin=0.5)["triggered"].tolist() == [False, False, False]
+    assert temporal_stats(acc, shuf, vid, trigger="contrast")["triggered"].tolist() == [True, False, True]  # margin 0
+    torch.testing.assert_close(temporal_bonus(acc, shuf, vid, trigger="contrast", margin=0.2),
+                               torch.tensor([[0.3, 0.3, 0.3, 0], [0, 0, 0, 0], [0.3, 0, 0.3, 0]]))
+    zeros = torch.zeros(2, 4), torch.zeros(2, 2)                         # all wrong: official fires (0 >= 0), contrast not
+    assert temporal_stats(*zeros, torch.tensor([True, True]), trigger="contrast")["triggered"].tolist() == [False, False]
+    with pytest.raises(ValueError, match="trigger must be one of"):
+        temporal_stats(acc, shuf, vid, trigger="strict")
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        temporal_stats(acc, shuf, vid, trigger="contrast", margin=-0.1)
+
+
+def test_variants_placement_and_scale_by_hand():
+    """One video group, G = 4: acc [1, 1, 0, 0], format 1, no length bonus, p̃ = 0 (contrast fires).
+    Reward placement, group std: R = [2.3, 2.3, 1, 1] has two levels, so A = ±0.65 / (0.75056 + 1e-4) equals the
+    no-bonus A = ±0.5 / (0.57735 + 1e-4) up to eps: the bonus cancels. Dr. GRPO (no std): A = R − mean = [0.65, 0.65, −0.65,
+    −0.65] against [0.5, 0.5, −0.5, −0.5] without the bonus: it moves by 0.15. Advantage placement: A = base + r_t."""
+    acc = torch.tensor([[1.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
+    fmt, lengths, shuf, vid = torch.ones_like(acc), torch.full((1, 4), 10), torch.zeros(1, 2, dtype=torch.float64), torch.tensor([True])
+    kw = dict(len_control=False, trigger="contrast", margin=0.1)
+    std = 0.5 / (math.sqrt(1 / 3) + 1e-4)                                  # unbiased std of [1, 1, 0, 0] is sqrt(1/3)
+    a = advantages(acc, fmt, lengths, shuf, vid, placement="reward", scale="group", **kw)
+    torch.testing.assert_close(a.total, torch.tensor([[2.3, 2.3, 1.0, 1.0]], dtype=torch.float64))
+    std_b = 0.65 / (math.sqrt(1.3 ** 2 / 3) + 1e-4)
+    torch.testing.assert_close(a.advantages, torch.tensor([[std_b, std_b, -std_b, -std_b]], dtype=torch.float64))
+    assert abs(std_b - std) < 1e-3                                           # cancels up to eps
+    d = advantages(acc, fmt, lengths, shuf, vid, placement="reward", scale="none", **kw)
+    torch.testing.assert_close(d.advantages, torch.tensor([[0.65, 0.65, -0.65, -0.65]], dtype=torch.float64))
+    e = advantages(acc, fmt, lengths, shuf, vid, placement="advantage", scale="group", **kw)
+    torch.testing.assert_close(e.advantages, torch.tensor([[std + 0.3, std + 0.3, -std, -std]], dtype=torch.float64))
+    assert variant(True, "official", 0.8, 0.0, "reward", "group") == "T-GRPO[p>=0.8p~, reward, std]"
+    assert variant(True, "contrast", 0.8, 0.1, "advantage", "none") == "T-GRPO[p>p~+0.1, advantage, none]"
+    assert variant(False, "official", 0.8, 0.0, "reward", "none") == "GRPO[none]"
 
 
 def test_temporal_all_zero_group_triggers_but_gets_nothing():
