@@ -27,6 +27,8 @@ def test_train_runs_logs_and_saves(tmp_path, nproc, answering):
     assert "checkpoint" in proc.stdout and str(out / "final") in proc.stdout
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["world_size"] == nproc and cfg["G_shuffled"] == 2
+    assert cfg["variant"] == "T-GRPO[p>=0.8p~, reward, std]"                # the official combination, by name
+    assert "reward -> advantage: T-GRPO[p>=0.8p~, reward, std]" in proc.stdout
     # the saved folder loads with plain transformers, and training changed the parameters
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
     Qwen2_5_VLForConditionalGeneration.from_pretrained(out / "final")
@@ -48,10 +50,23 @@ def test_help_lists_every_field():
 
 
 def test_plain_grpo_has_no_shuffled_rollout(tmp_path, builtin):
-    run_train(["--steps", "1", "--G", "2", "--max-completion-length", "4", "--temporal", "false"], tmp_path,
-              builtin=builtin)
+    proc = run_train(["--steps", "1", "--G", "2", "--max-completion-length", "4", "--temporal", "false"], tmp_path,
+                     builtin=builtin)
     row = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
     assert "p_shuffled" not in row and "bonus_adv_shift" not in row and row["temporal_bonus"] == 0.0
+    assert "reward -> advantage: GRPO[std]" in proc.stdout
+
+
+def test_contrast_trigger_runs_and_bad_values_are_refused(tmp_path, builtin):
+    proc = run_train(["--steps", "1", "--G", "2", "--max-completion-length", "4", "--temporal-trigger", "contrast",
+                      "--trigger-margin", "0.25", "--bonus-placement", "advantage", "--adv-scale", "none"], tmp_path,
+                     builtin=builtin)
+    assert "reward -> advantage: T-GRPO[p>p~+0.25, advantage, none]" in proc.stdout
+    import config
+    import train
+    for flag, value in (("--temporal-trigger", "strict"), ("--trigger-margin", "-0.1")):
+        with pytest.raises(ValueError, match=f"invalid config value for {flag[2:].replace('-', '_')}"):
+            train.finish_config(*config.parse(train.Config, [flag, value], ""))
 
 
 @pytest.mark.parametrize("placement,shift", [("reward", 0.0), ("advantage", 0.15)])
