@@ -1,6 +1,6 @@
 """The built-in cold start: the tiny default learns to see (stage 0, ours), then to reason (stage 1, Video-R1's SFT).
 
-    python coldstart.py                              # runs/cache/coldstart/final, ~7 min on 2 CPU cores (once)
+    python coldstart.py                              # runs/cache/coldstart/final, ~7.5 min on 2 CPU cores (once)
     python coldstart.py --perception-epochs 0 --temporal-steps 0   # Video-R1's recipe alone: COT SFT of the random tiny model
     python train.py                                  # builds this first when it is missing, then T-GRPO from it
     python bench/seeing.py                           # what the result sees, per question family

@@ -1,7 +1,7 @@
 """T-GRPO training of Qwen2.5-VL (Video-R1, arXiv 2503.21776): the RL stage, raw PyTorch.
 
     python train.py                                    # T-GRPO of the built-in cold start on the built-in clips (CPU,
-                                                       # ~7 min the first time: coldstart.py builds the start once)
+                                                       # ~9 min the first time: coldstart.py builds the start once)
     torchrun --nproc_per_node 2 train.py               # the same on 2 ranks (gloo on CPU, nccl on GPU)
     torchrun --nproc_per_node 8 train.py --model runs/sft/final --data Video-R1-260k.json \\
         --media-root Video-R1-data                     # the paper's recipe from an SFT checkpoint
