@@ -62,6 +62,10 @@ SHAPES = ("circle", "square", "triangle")
 TEMPORAL_FAMILIES = ("direction", "appear_first", "size_change", "count_before")
 STATIC_FAMILIES = ("color", "shape", "count")
 LETTERS = "ABCDEFGH"
+# The static shortcut of shortcut.py's benchmark: in these order-dependent families the moving shape's colour
+# can predict the answer (warm colours with one answer, cool ones with the other).
+CUES = {"size_change": {"bigger": ("red", "orange", "yellow"), "smaller": ("green", "blue", "purple")},
+        "direction": {"right": ("red", "orange", "yellow"), "left": ("green", "blue", "purple")}}
 BACKGROUND = 28  # grey level of every frame: one constant, so the vision features vary with the shapes only
 # count_before: P(m flashes after the marker | k flashes before it). With k uniform on {0,1,2} this makes
 # the joint P(k, m) symmetric (P(k,m) = P(m,k)), so a clip and its reverse are equally likely.
@@ -135,11 +139,25 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _direction(rng, T, size, answer):
+def _cue_color(rng, family: str, answer, cue: str | None) -> str:
+    """The moving shape's colour: any colour (cue None or "free"), one of the answer's CUES palette ("follow")
+    or of the other answer's ("reverse"). Raises KeyError for a family without a cue, ValueError for a bad cue."""
+    if cue in (None, "free"):
+        return _pick(rng, COLORS, 1)[0]
+    if cue not in ("follow", "reverse"):
+        raise ValueError(f"scenes: cue must be None, 'free', 'follow' or 'reverse', got {cue!r}")
+    palettes = CUES[family]
+    key = answer if cue == "follow" else next(a for a in palettes if a != answer)
+    return _pick(rng, palettes[key], 1)[0]
+
+
+def _direction(rng, T, size, answer, cue=None):
     """Does the shape move left or right (MC)? Shuffling destroys the answer: a left-moving clip played
     backwards is an equally likely right-moving clip over exactly the same frames (same set of positions),
-    so only the order of the frames tells the two apart. An optional static distractor sits off the path."""
-    color, dcolor = _pick(rng, COLORS, 2)
+    so only the order of the frames tells the two apart. An optional static distractor sits off the path.
+    cue: the moving shape's colour as a static shortcut (_cue_color; None draws as before)."""
+    color, dcolor = _pick(rng, COLORS, 2) if cue is None else (c := _cue_color(rng, "direction", answer, cue),
+                                                                 _pick(rng, COLORS, 1, exclude=[c])[0])
     shape, dshape = _pick(rng, SHAPES, 2)
     r, travel = size * rng.uniform(0.10, 0.13), size * rng.uniform(0.5, 0.65)   # crosses >= 2 merged tokens (28 px)
     x0 = rng.uniform(r + 2, size - r - 2 - travel)
@@ -185,11 +203,13 @@ def _appear_first(rng, T, size, answer):
     return frames, "Which shape appears first?", options, sol, process
 
 
-def _size_change(rng, T, size, answer):
+def _size_change(rng, T, size, answer, cue=None):
     """Does the shape get bigger or smaller (MC)? The half-size follows a geometric ramp between a small and
     a large value. Shuffling destroys the answer: the reversed clip is an equally likely clip of the other
-    answer made of the very same frames; only their order says which way the size changes."""
-    color, dcolor = _pick(rng, COLORS, 2)
+    answer made of the very same frames; only their order says which way the size changes.
+    cue: the shape's colour as a static shortcut (_cue_color; None draws as before)."""
+    color, dcolor = _pick(rng, COLORS, 2) if cue is None else (c := _cue_color(rng, "size_change", answer, cue),
+                                                                 _pick(rng, COLORS, 1, exclude=[c])[0])
     shape, dshape = _pick(rng, SHAPES, 2)
     rs = np.geomspace(size * rng.uniform(0.04, 0.07), size * rng.uniform(0.15, 0.2), T)  # (T,) pixels
     rs = rs[:: 1 if answer == "bigger" else -1]
@@ -285,14 +305,20 @@ def answers(family: str):
             "count": ((1, 2, 3, 4), 0)}[family]
 
 
-def scene(family: str, rng, T: int, size: int, answer, medium: str):
+def scene(family: str, rng, T: int, size: int, answer, medium: str, cue: str | None = None):
     """One sample of `family` with the given answer (a value of `answers(family)`): (frames, problem, options,
     solution, process). frames: T lists of (shape, colour, cx, cy, r) objects for render_frame, positions and
     half-sizes in pixels of a size x size frame; options: ["A. ...", ...] or [] (numerical); solution: a letter
     or a number as text; process: the reasoning without tags. rng: numpy Generator; medium: "video" or "image"
-    (static families only). Raises KeyError for an unknown family."""
+    (static families only). cue (families in CUES only): "follow" / "reverse" draws the shape's colour from
+    the answer's / the other answer's palette, "free" from all colours (shortcut.py's benchmark); None: the
+    built-in dataset's draw. Raises KeyError for an unknown family or a cue for a family without one."""
     temporal = {"direction": _direction, "appear_first": _appear_first, "size_change": _size_change,
                 "count_before": _count_before}
+    if cue is not None and family not in CUES:
+        raise KeyError(f"scenes.scene: family {family!r} has no static cue (CUES: {sorted(CUES)})")
+    if family in CUES:
+        return temporal[family](rng, T, size, answer, cue)
     if family in temporal:
         return temporal[family](rng, T, size, answer)
     if family not in STATIC_FAMILIES:

@@ -8,7 +8,8 @@ With 8 frames at 2 fps (4 s) the official 2-fps sampling rule (notes §8, `smart
 frame, so the model sees exactly the frames drawn here.
 
 Question families, rendering, reasoning and option order: scenes.py (its docstring). Splits: train.json,
-train_cot.json (with `process`), test.json and train_perception.json (make_dataset).
+train_cot.json (with `process`), test.json and train_perception.json (make_dataset). shortcut.py renders its
+benchmark with the same `render_sample`.
 
 
 Run:  python synthetic.py --out runs/data [--seed 0 --n-train 320 --n-test 200]
@@ -28,7 +29,7 @@ import numpy as np
 from scenes import BACKGROUND, LETTERS, STATIC_FAMILIES, TEMPORAL_FAMILIES, VERSION, answers, render_frame, scene
 
 
-def _balanced(rng, values, n: int) -> list:
+def balanced(rng, values, n: int) -> list:
     """n items, each value as equally often as possible (the remainder picked at random), shuffled."""
     values = list(values)
     out = values * (n // len(values)) + [values[i] for i in rng.permutation(len(values))[: n % len(values)]]
@@ -54,59 +55,68 @@ def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
         container.mux(stream.encode())
 
 
-def _write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
     """Write JSON through a temporary file and an atomic rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=1) + "\n")
     os.replace(tmp, path)
 
 
+def render_sample(root: Path, split: str, i: int, data_type: str, family: str, answer, rng, frames: int, fps: float,
+                  size: int, short: bool = False, cue: str | None = None) -> tuple[dict, dict]:
+    """Render sample `i` of a split (scenes.scene with `answer` and `cue`), write its media under `root`
+    (videos/<split>_<i>.mp4 or images/<split>_<i>.png) and return (entry, cot_entry) in the Video-R1 schema;
+    with `short` the COT entry's reasoning is only the right answer's words. rng: numpy Generator of this sample.
+    Raises RuntimeError if decord cannot read the written clip back with `frames` frames."""
+    import decord
+
+    T = frames if data_type == "video" else 1
+    objects, problem, options, sol, process = scene(family, rng, T, size, answer, data_type, cue)
+    pixels = np.stack([render_frame(objs, size, BACKGROUND) for objs in objects])  # (T, size, size, 3) uint8
+    if data_type == "video":
+        rel = f"videos/{split}_{i:05d}.mp4"
+        write_video(root / rel, pixels, fps)
+        if len(decord.VideoReader(str(root / rel))) != frames:
+            raise RuntimeError(f"synthetic: decord does not read {frames} frames from {root / rel}")
+    else:
+        from PIL import Image
+
+        rel = f"images/{split}_{i:05d}.png"
+        Image.fromarray(pixels[0]).save(root / rel)
+    entry = {"problem_id": i, "problem": problem, "data_type": data_type,
+             "problem_type": "multiple choice" if options else "numerical", "options": options,
+             "solution": f"<answer>{sol}</answer>", "path": f"./{rel}",
+             "data_source": f"synthetic/{'temporal' if family in TEMPORAL_FAMILIES else 'static'}/{family}"}
+    said = options[LETTERS.index(sol)].split(". ", 1)[1] if options else sol   # the right option's text
+    # Both splits' reasoning starts with the right answer's own words ("bigger", "red", "3"): the perception
+    # split's is only that, the COT split's goes on to check it frame by frame (scenes.py's docstring, "Reasoning").
+    return entry, {**entry, "process": f"<think>{said}</think>" if short else
+                   f"<think>{said}. {process} The answer is {sol}.</think>"}
+
+
 def _make_split(root: Path, split: str, stream: int, n: int, seed: int, image_fraction: float, frames: int,
                 fps: float, size: int, short: bool = False) -> tuple[list[dict], list[dict]]:
     """Render one split's media and return its (entries, cot_entries); with `short`, the COT entries' reasoning is
     only the words of the right answer ("<think>bigger</think>"), as the perception split has it."""
-    import decord
-
     plan_rng = np.random.default_rng([seed, stream])
     n_img = int(round(image_fraction * n))
-    kinds = _balanced(plan_rng, ("temporal", "static"), n - n_img)
+    kinds = balanced(plan_rng, ("temporal", "static"), n - n_img)
     n_temporal = kinds.count("temporal")
-    specs = ([("video", f) for f in _balanced(plan_rng, TEMPORAL_FAMILIES, n_temporal)]
-             + [("video", f) for f in _balanced(plan_rng, STATIC_FAMILIES, n - n_img - n_temporal)]
-             + [("image", f) for f in _balanced(plan_rng, STATIC_FAMILIES, n_img)])
+    specs = ([("video", f) for f in balanced(plan_rng, TEMPORAL_FAMILIES, n_temporal)]
+             + [("video", f) for f in balanced(plan_rng, STATIC_FAMILIES, n - n_img - n_temporal)]
+             + [("image", f) for f in balanced(plan_rng, STATIC_FAMILIES, n_img)])
     specs = [specs[i] for i in plan_rng.permutation(n)]
     plans = {}
     for family in TEMPORAL_FAMILIES + STATIC_FAMILIES:
         values, _ = answers(family)
         count = sum(f == family for _, f in specs)
-        plans[family] = _balanced(plan_rng, values, count)
+        plans[family] = balanced(plan_rng, values, count)
     entries, cots = [], []
     for i, (data_type, family) in enumerate(specs):
-        rng = np.random.default_rng([seed, stream, 1, i])
-        answer = plans[family].pop()
-        T = frames if data_type == "video" else 1
-        objects, problem, options, sol, process = scene(family, rng, T, size, answer, data_type)
-        pixels = np.stack([render_frame(objs, size, BACKGROUND) for objs in objects])  # (T, size, size, 3) uint8
-        if data_type == "video":
-            rel = f"videos/{split}_{i:05d}.mp4"
-            write_video(root / rel, pixels, fps)
-            if len(decord.VideoReader(str(root / rel))) != frames:
-                raise RuntimeError(f"synthetic: decord does not read {frames} frames from {root / rel}")
-        else:
-            from PIL import Image
-
-            rel = f"images/{split}_{i:05d}.png"
-            Image.fromarray(pixels[0]).save(root / rel)
-        entry = {"problem_id": i, "problem": problem, "data_type": data_type,
-                 "problem_type": "multiple choice" if options else "numerical", "options": options,
-                 "solution": f"<answer>{sol}</answer>", "path": f"./{rel}",
-                 "data_source": f"synthetic/{'temporal' if family in TEMPORAL_FAMILIES else 'static'}/{family}"}
+        entry, cot = render_sample(root, split, i, data_type, family, plans[family].pop(),
+                                   np.random.default_rng([seed, stream, 1, i]), frames, fps, size, short)
         entries.append(entry)
-        said = options[LETTERS.index(sol)].split(". ", 1)[1] if options else sol   # the right option's text
-        # Both splits' reasoning starts with the right answer's own words ("bigger", "red", "3"): the perception
-        # split's is only that, the COT split's goes on to check it frame by frame (module docstring, "Reasoning").
-        cots.append({**entry, "process": f"<think>{said}</think>" if short else
-                     f"<think>{said}. {process} The answer is {sol}.</think>"})
+        cots.append(cot)
     return entries, cots
 
 
@@ -146,26 +156,36 @@ def make_dataset(out_dir, seed: int = 0, n_train: int = 320, n_test: int = 200, 
                          f"got frames={frames}, fps={fps}, size={size}")
     paths = {"train": root / "train.json", "train_cot": root / "train_cot.json", "test": root / "test.json",
              "train_perception": root / "train_perception.json", "root": root}
-    manifest = root / "manifest.json"
-    if manifest.exists():
-        try:
-            old = json.loads(manifest.read_text())
-        except (json.JSONDecodeError, OSError):
-            old = {}
-        if old.get("params") == params and all((root / p).exists() for p in old.get("files", [])):
-            return paths
-        manifest.unlink()
+    if is_built(root, params):
+        return paths
     (root / "videos").mkdir(parents=True, exist_ok=True)
     (root / "images").mkdir(parents=True, exist_ok=True)
     train, train_cot = _make_split(root, "train", 0, n_train, seed, image_fraction, frames, fps, size)
     test, _ = _make_split(root, "test", 1, n_test, seed, image_fraction, frames, fps, size)
     seen, perception = _make_split(root, "perception", 2, n_perception, seed, image_fraction, frames, fps, size, short=True)
     for key, obj in (("train", train), ("train_cot", train_cot), ("test", test), ("train_perception", perception)):
-        _write_json(paths[key], obj)
+        write_json(paths[key], obj)
     files = (["train.json", "train_cot.json", "test.json", "train_perception.json"]
              + [e["path"][2:] for e in train + test + seen])
-    _write_json(manifest, {"params": params, "files": files})
+    write_json(root / "manifest.json", {"params": params, "files": files})
     return paths
+
+
+def is_built(root: Path, params: dict) -> bool:
+    """True when root/manifest.json records exactly `params` and every file it lists exists; otherwise removes a
+    stale manifest (the folder is then rendered again; the manifest is written last, so an interrupted render is
+    redone) and returns False."""
+    manifest = root / "manifest.json"
+    if not manifest.exists():
+        return False
+    try:
+        old = json.loads(manifest.read_text())
+    except (json.JSONDecodeError, OSError):
+        old = {}
+    if old.get("params") == params and all((root / p).exists() for p in old.get("files", [])):
+        return True
+    manifest.unlink()
+    return False
 
 
 def main(argv=None) -> None:
@@ -175,7 +195,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="random seed (>= 0)")
     ap.add_argument("--n-train", type=int, default=320, help="training samples (train.json, train_cot.json)")
     ap.add_argument("--n-test", type=int, default=200, help="held-out samples (test.json)")
-    ap.add_argument("--n-perception", type=int, default=None, help="perception-split samples (train_perception.json; default 3 x --n-train)")
+    ap.add_argument("--n-perception", type=int, default=None, help="perception-split samples (train_perception.json; default 9 x --n-train)")
     ap.add_argument("--image-fraction", type=float, default=0.15, help="share of still-image samples")
     ap.add_argument("--frames", type=int, default=8, help="frames per clip")
     ap.add_argument("--fps", type=float, default=2.0, help="clip frame rate (frames per second)")
