@@ -11,6 +11,9 @@ Question families (`data_source` names the family):
 - `synthetic/static/color`, `synthetic/static/shape` (MC), `synthetic/static/count` (numerical):
   controls answerable from any single frame; the only families used for still images.
 
+`scene(..., cue=...)` draws size change's and direction's shape colour from a palette tied to the answer
+(CUES): the static shortcut of shortcut.py's benchmark. The built-in dataset never sets it.
+
 Why the temporal answers depend on order: every temporal family is closed under time reversal with the
 same probability for a clip and its reverse, and reversing a clip flips (or changes) its answer while
 keeping the multiset of frames. So the unordered set of frames carries no information about the answer
