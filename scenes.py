@@ -67,8 +67,8 @@ STATIC_FAMILIES = ("color", "shape", "count")
 LETTERS = "ABCDEFGH"
 # The static shortcut of shortcut.py's benchmark: in these order-dependent families the moving shape's colour
 # can predict the answer (warm colours with one answer, cool ones with the other).
-CUES = {"size_change": {"bigger": ("red", "orange", "yellow"), "smaller": ("green", "blue", "purple")},
-        "direction": {"right": ("red", "orange", "yellow"), "left": ("green", "blue", "purple")}}
+WARM, COOL = ("red", "orange", "yellow"), ("green", "blue", "purple")
+CUES = {"size_change": {"bigger": WARM, "smaller": COOL}, "direction": {"right": WARM, "left": COOL}}
 BACKGROUND = 28  # grey level of every frame: one constant, so the vision features vary with the shapes only
 # count_before: P(m flashes after the marker | k flashes before it). With k uniform on {0,1,2} this makes
 # the joint P(k, m) symmetric (P(k,m) = P(m,k)), so a clip and its reverse are equally likely.
@@ -142,25 +142,26 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _cue_color(rng, family: str, answer, cue: str | None) -> str:
-    """The moving shape's colour: any colour (cue None or "free"), one of the answer's CUES palette ("follow")
-    or of the other answer's ("reverse"). Raises KeyError for a family without a cue, ValueError for a bad cue."""
-    if cue in (None, "free"):
-        return _pick(rng, COLORS, 1)[0]
-    if cue not in ("follow", "reverse"):
+def _colors(rng, family: str, answer, cue: str | None) -> tuple[str, str]:
+    """(the moving shape's colour, the distractor's), distinct. cue None: two random colours, drawn as the
+    built-in dataset always has; "free": the shape's from all colours; "follow" / "reverse": from the answer's /
+    the other answer's CUES palette. Raises KeyError for a family without a cue, ValueError for a bad cue."""
+    if cue is None:
+        return tuple(_pick(rng, COLORS, 2))
+    if cue not in ("follow", "reverse", "free"):
         raise ValueError(f"scenes: cue must be None, 'free', 'follow' or 'reverse', got {cue!r}")
     palettes = CUES[family]
     key = answer if cue == "follow" else next(a for a in palettes if a != answer)
-    return _pick(rng, palettes[key], 1)[0]
+    color = _pick(rng, COLORS if cue == "free" else palettes[key], 1)[0]
+    return color, _pick(rng, COLORS, 1, exclude=[color])[0]
 
 
 def _direction(rng, T, size, answer, cue=None):
     """Does the shape move left or right (MC)? Shuffling destroys the answer: a left-moving clip played
     backwards is an equally likely right-moving clip over exactly the same frames (same set of positions),
     so only the order of the frames tells the two apart. An optional static distractor sits off the path.
-    cue: the moving shape's colour as a static shortcut (_cue_color; None draws as before)."""
-    color, dcolor = _pick(rng, COLORS, 2) if cue is None else (c := _cue_color(rng, "direction", answer, cue),
-                                                                 _pick(rng, COLORS, 1, exclude=[c])[0])
+    cue: the moving shape's colour as a static shortcut (_colors; None draws as before)."""
+    color, dcolor = _colors(rng, "direction", answer, cue)
     shape, dshape = _pick(rng, SHAPES, 2)
     r, travel = size * rng.uniform(0.10, 0.13), size * rng.uniform(0.5, 0.65)   # crosses >= 2 merged tokens (28 px)
     x0 = rng.uniform(r + 2, size - r - 2 - travel)
@@ -210,9 +211,8 @@ def _size_change(rng, T, size, answer, cue=None):
     """Does the shape get bigger or smaller (MC)? The half-size follows a geometric ramp between a small and
     a large value. Shuffling destroys the answer: the reversed clip is an equally likely clip of the other
     answer made of the very same frames; only their order says which way the size changes.
-    cue: the shape's colour as a static shortcut (_cue_color; None draws as before)."""
-    color, dcolor = _pick(rng, COLORS, 2) if cue is None else (c := _cue_color(rng, "size_change", answer, cue),
-                                                                 _pick(rng, COLORS, 1, exclude=[c])[0])
+    cue: the shape's colour as a static shortcut (_colors; None draws as before)."""
+    color, dcolor = _colors(rng, "size_change", answer, cue)
     shape, dshape = _pick(rng, SHAPES, 2)
     rs = np.geomspace(size * rng.uniform(0.04, 0.07), size * rng.uniform(0.15, 0.2), T)  # (T,) pixels
     rs = rs[:: 1 if answer == "bigger" else -1]

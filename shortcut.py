@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -39,18 +40,15 @@ def _plan(rng, split: str, n: int, q: float) -> list[tuple[str, object, str | No
     if split == "train":
         k = n // 2
         follow = round(q * k)
-        cue_specs = [(f, c) for f, c in zip(balanced(rng, cue_families, k), ["follow"] * follow + ["reverse"] * (k - follow))]
-        specs = cue_specs + [(f, None) for f in balanced(rng, static, n - k)]
+        specs = (list(zip(balanced(rng, cue_families, k), ["follow"] * follow + ["reverse"] * (k - follow)))
+                 + [(f, None) for f in balanced(rng, static, n - k)])
     elif split == "test_static":
         specs = [(f, None) for f in balanced(rng, static, n)]
     else:
         cue = {"test_following": "follow", "test_reversed": "reverse", "test_free": "free"}[split]
         specs = [(f, cue) for f in balanced(rng, cue_families, n)]
     # answers balanced within each (family, cue) cell, so the cue's agreement does not depend on the answer
-    cells = {}
-    for f, c in specs:
-        cells.setdefault((f, c), []).append(None)
-    pools = {key: balanced(rng, answers(key[0])[0], len(v)) for key, v in cells.items()}
+    pools = {cell: balanced(rng, answers(cell[0])[0], count) for cell, count in Counter(specs).items()}
     out = [(f, pools[(f, c)].pop(), c) for f, c in specs]
     return [out[i] for i in rng.permutation(len(out))]
 
