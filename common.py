@@ -30,7 +30,7 @@ from tiny import TINY_MEDIA, build_builtin_tiny
 # perception stage (720 steps): trained with each clip's mean gradient removed (a training-only change that keeps
 # the model plain Qwen2.5-VL), the mean pairwise cosine of 32 clips' features still went 0.045 -> 0.95 and the
 # colour was stated right for 0.31 of held-out clips, against 1.00 with the tower frozen.
-TRAIN_TINY = dict(steps=30, prompts_per_rank=4, max_completion_length=96, min_len=40, max_len=80, lr=2e-5,
+TRAIN_TINY = dict(steps=30, prompts_per_rank=4, eval_samples=128, max_completion_length=96, min_len=40, max_len=80, lr=2e-5,
                   freeze_vision=True, **TINY_MEDIA)
 SFT_TINY = dict(epochs=6.0, batch_size=8, grad_accum=1, lr=2e-3, warmup_steps=20, freeze_vision=True,
                 eval_max_new_tokens=128, **TINY_MEDIA)

@@ -48,8 +48,8 @@ import curves
 import config as cfglib
 import data
 import distributed
+import heldout
 import pixels
-import rewards
 import rollout
 import loader
 import lora
@@ -247,38 +247,6 @@ def lr_at(step: int, total: int, cfg) -> float:
     return cfg.lr * max(0.0, (total - step) / max(1, total - cfg.warmup_steps))
 
 
-def prepare_example(sample, tokenizer, media, cfg) -> Example:
-    """Sample -> Example (decoded, patchified, tokenized). Raises pixels.MediaError for unreadable media."""
-    return build_example(pixels.prepare(sample, tokenizer, media), tokenizer, cfg.loss_on, SYSTEM_PROMPTS[cfg.system_prompt])
-
-
-@torch.no_grad()
-def evaluate(module, tokenizer, examples: list[Example], cfg, proc: distributed.Dist, gen: torch.Generator, amp) -> dict:
-    """One sampled completion per held-out prompt (temperature 1.0, top-p 0.95, like the T-GRPO rollout);
-    returns {"eval_format": rate of format_reward == 1, "eval_accuracy": mean accuracy_reward,
-    "eval_length": mean completion tokens, "eval_n": prompts}, summed over ranks."""
-    sampling = rollout.SamplingParams(1.0, 0.95, 50, 1.0, cfg.eval_max_new_tokens)    # as the T-GRPO rollout
-    stop_ids = common.stop_ids(tokenizer)
-    sums = torch.zeros(4, dtype=torch.float64)                                   # format, accuracy, length, n
-    hf_train = distributed.unwrap(module).hf.training
-    with distributed.full_weights(module) as hf, amp():
-        hf.eval()
-        for s in range(0, len(examples), cfg.eval_batch):
-            chunk = examples[s:s + cfg.eval_batch]
-            outs = rollout.generate(hf, [e.ids[:e.prompt_len] for e in chunk], [e.visual for e in chunk], [1] * len(chunk),
-                                    sampling, tokenizer.pad_token_id, stop_ids, gen)
-            for e, c in zip(chunk, outs):
-                text = tokenizer.decode(c.ids[0], skip_special_tokens=True)
-                sums += torch.tensor([rewards.format_reward(text) == 1.0,
-                                      rewards.accuracy_reward(text, e.sample.solution, e.sample.problem_type),
-                                      float(c.lengths[0]), 1.0], dtype=torch.float64)
-        hf.train(hf_train)
-    sums = distributed.all_reduce_sum(sums, proc)
-    n = max(1.0, sums[3].item())
-    return {"eval_format": sums[0].item() / n, "eval_accuracy": sums[1].item() / n, "eval_length": sums[2].item() / n,
-            "eval_n": int(sums[3].item())}
-
-
 def resolve_paths(cfg, proc: distributed.Dist) -> tuple[str, str, str]:
     """(model folder, training JSON, eval JSON or ""): the built-in data (COT split for training, test split for
     evaluation) and the tiny model are built on rank 0 when not given (common.builtin)."""
@@ -302,21 +270,19 @@ def main(argv=None):
     media = common.media_config(cfg)
     per_step = cfg.batch_size * cfg.grad_accum * proc.world
     total = cfg.steps if cfg.steps > 0 else max(1, math.ceil(cfg.epochs * len(samples) / per_step))
-    eval_examples = []
+    eval_prompts = []                                     # (prompt ids, visual, sample): the SFT prompt, its system line
     if eval_json and cfg.eval_samples > 0:
-        held = data.load_samples(eval_json, (cfg.media_root or None) if cfg.eval_data else None)[:cfg.eval_samples]
-        for s in held[proc.rank::proc.world]:
-            try:
-                eval_examples.append(prepare_example(s, tokenizer, media, cfg))
-            except pixels.MediaError as e:
-                print(f"[skip eval] {e}", file=sys.stderr)
-    gen = torch.Generator(device=proc.device).manual_seed(cfg.seed + 7 + proc.rank)
+        for p in heldout.load(eval_json, (cfg.media_root or None) if cfg.eval_data else None, cfg.eval_samples,
+                              tokenizer, media, proc):
+            e = build_example(p, tokenizer, cfg.loss_on, SYSTEM_PROMPTS[cfg.system_prompt])
+            eval_prompts.append((e.ids[:e.prompt_len], e.visual, e.sample))
+    eval_sampling = rollout.SamplingParams(1.0, 0.95, 50, 1.0, cfg.eval_max_new_tokens)  # as the T-GRPO rollout
     pad_id = tokenizer.pad_token_id
     out_dir = Path(cfg.out_dir)
     run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "eval_data": eval_json, "world_size": proc.world,
                                 "total_steps": total}
     start, position = checkpoint.resume(cfg.resume, out_dir, module, opt, proc, run_config, cfg.allow_config_change,
-                                        {"eval": gen}, "sft.py")
+                                        {}, "sft.py")
     # the next samples are decoded while the current step runs; undecodable media are skipped and counted
     prefetch = loader.Prefetcher(loader.prompt_stream(samples, proc, cfg.seed, position), tokenizer, media, shuffled=False,
                                  seed=cfg.seed, rank=proc.rank, workers=cfg.data_workers, start_index=position,
@@ -337,11 +303,11 @@ def main(argv=None):
 
     def run_eval(step):
         if cfg.eval_samples > 0 and eval_json:
-            row = {"step": step} | evaluate(module, tokenizer, eval_examples, cfg, proc, gen, amp)
+            row = {"step": step} | heldout.evaluate(module, tokenizer, eval_prompts, eval_sampling, cfg.eval_batch, proc,
+                                                    cfg.seed + 7, amp)
             log(row)
             if proc.main:
-                tqdm.write(f"eval @ step {step}: format {row['eval_format']:.3f} accuracy {row['eval_accuracy']:.3f} "
-                           f"length {row['eval_length']:.1f} (n={row['eval_n']})")
+                tqdm.write(heldout.line(row))
 
     if start == 0:
         run_eval(0)
@@ -379,7 +345,7 @@ def main(argv=None):
         bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.1e}")
         if cfg.eval_every > 0 and (step + 1) % cfg.eval_every == 0 and step + 1 < total:
             run_eval(step + 1)
-        preempted, saved = common.checkpoint_if_due(step + 1, cfg, preemption, module, opt, proc, {"eval": gen},
+        preempted, saved = common.checkpoint_if_due(step + 1, cfg, preemption, module, opt, proc, {},
                                                     prefetch.consumed, run_config)     # SIGTERM -> save, stop
         if preempted:
             break

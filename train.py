@@ -59,6 +59,7 @@ import curves
 import config as cfglib
 import data
 import distributed
+import heldout
 import loader
 import lora
 import pixels
@@ -80,6 +81,11 @@ class Config:
     steps: int = field(default=1000, metadata={"help": "optimizer steps (paper: ~1k; notes §4)"})
     prompts_per_rank: int = field(default=1, metadata={"help": "prompts per rank per step (official: exactly 1)"})
     seed: int = field(default=42, metadata={"help": "base seed; rank r uses seed + r"})
+    # held-out evaluation (heldout.py): did the policy get better on prompts it never trains on?
+    eval_data: str = field(default="", metadata={"help": "held-out JSON evaluated before the first step, every --eval-every steps and after the last; empty: the built-in test split (none with --data)"})
+    eval_samples: int = field(default=0, metadata={"help": "held-out prompts per evaluation, one completion each, sampled like the rollout (0: no evaluation)"})
+    eval_every: int = field(default=0, metadata={"help": "> 0: also evaluate every this many steps"})
+    eval_batch: int = field(default=16, metadata={"help": "held-out prompts per generate call"})
     # T-GRPO (notes §1, §3; tgrpo.py)
     G: int = field(default=8, metadata={"help": "G: completions per prompt on ordered frames"})
     G_shuffled: int = field(default=-1, metadata={"help": "G̃: completions on shuffled frames per video prompt; -1: G // 2"})
@@ -170,7 +176,8 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
               "loss_agg": cfg.loss_agg in tgrpo.LOSS_AGGS, "adv_scale": cfg.adv_scale in ("group", "none"),
               "num_iterations": cfg.num_iterations >= 1, "rope_time": cfg.rope_time in ("sample", "official"),
               "lr_schedule": cfg.lr_schedule in ("constant", "cosine"), "prompts_per_rank": cfg.prompts_per_rank >= 1,
-              "precision": cfg.precision in distributed.PRECISIONS, "fsdp_vision_unit": cfg.fsdp_vision_unit in ("block", "tower")}
+              "precision": cfg.precision in distributed.PRECISIONS, "fsdp_vision_unit": cfg.fsdp_vision_unit in ("block", "tower"),
+              "eval_samples": cfg.eval_samples >= 0, "eval_batch": cfg.eval_batch >= 1}
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
         raise ValueError(f"invalid config value for {bad[0]}: {getattr(cfg, bad[0])!r}")
@@ -312,8 +319,12 @@ def main(argv=None):
     sampling = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)
     gen = torch.Generator(device=proc.device).manual_seed(cfg.seed + proc.rank)
     pad_id, stops = tokenizer.pad_token_id, common.stop_ids(tokenizer)
+    eval_json = cfg.eval_data or ("" if cfg.data else str(common.builtin(cfg.cache_dir, proc, model=False)["test"]))
+    held = [(p.prompt_ids, p.visual, p.sample) for p in heldout.load(eval_json, (cfg.media_root or None) if cfg.eval_data
+            else None, cfg.eval_samples, tokenizer, media, proc)] if eval_json and cfg.eval_samples > 0 else None
     out_dir = Path(cfg.out_dir)
-    run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "world_size": proc.world, "variant": variant(cfg)}
+    run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "eval_data": eval_json, "world_size": proc.world,
+                                "variant": variant(cfg)}
     start, position = checkpoint.resume(cfg.resume, out_dir, policy, opt, proc, run_config, cfg.allow_config_change,
                                         {"sampling": gen}, "train.py")
     # Decoding and patchifying of the next samples overlaps the current step (loader.py); each sample's
@@ -331,6 +342,17 @@ def main(argv=None):
     metrics_file = checkpoint.open_metrics(out_dir / "metrics.jsonl", start) if proc.main else None   # one row per step
     tracker = tracking.Tracker(cfg, out_dir, run_config, proc.main)          # the same rows to TensorBoard / wandb
     preemption, preempted = distributed.Preemption(), False
+
+    def run_eval(step: int, module) -> None:                                   # a collective: every rank calls it
+        if held is not None:
+            row = {"step": step} | heldout.evaluate(module, tokenizer, held, sampling, cfg.eval_batch, proc, cfg.seed + 7, amp)
+            if proc.main:
+                metrics_file.write(json.dumps(row) + "\n"); metrics_file.flush()
+                tracker.log(row)
+                tqdm.write(heldout.line(row))
+
+    if start == 0:
+        run_eval(0, policy)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not proc.main, desc="T-GRPO")
     for step in bar:
         t0 = time.time()
@@ -355,6 +377,8 @@ def main(argv=None):
             break
         if cfg.export_every > 0 and (step + 1) % cfg.export_every == 0:
             common.export(policy, tokenizer, out_dir / f"step_{step + 1}", proc, adapters, model_dir)
+        if cfg.eval_every > 0 and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            run_eval(step + 1, policy)
     prefetch.close()
     preemption.restore()
     tracker.close()
@@ -367,6 +391,7 @@ def main(argv=None):
         del policy, reference
         distributed.cleanup(proc)
         sys.exit(128 + signal.SIGTERM)                                         # 143, the shell's code for SIGTERM
+    run_eval(cfg.steps, policy)
     final = common.export(policy, tokenizer, out_dir / "final", proc, adapters, model_dir)
     if proc.main:
         metrics_file.close()
