@@ -1,30 +1,33 @@
-"""Evidence that it learns: SFT -> T-GRPO vs SFT -> GRPO on the built-in temporal benchmark, on a CPU.
+"""Evidence: does T-GRPO move a policy off a static shortcut? GRPO against T-GRPO's temporal-signal variants
+on the static-shortcut benchmark (shortcut.py), from the built-in cold start, on a CPU.
 
-    python bench/evidence.py                                  # the full comparison (3 seeds; see bench/README.md
-                                                              # for its wall time on 2 CPU cores)
-    python bench/evidence.py --seeds 0 --sft-epochs 0.05 --rl-steps 2 --n-train 48 --n-test 16 \
-        --out runs/evidence-smoke                             # the smoke run the tests use (about a minute)
-    python bench/evidence.py --report-only                    # re-aggregate an existing --out folder
+    python bench/evidence.py                              # the reported comparison: 4 seeds x 4 variants, ~40 min
+                                                          # on 2 CPU cores (bench/evidence/README.md: protocol, results)
+    python bench/evidence.py --seeds 0 --rl-steps 2 --n-train 24 --n-test 8 --cold-start runs/cache/tiny \\
+        --out runs/evidence-smoke                         # the smoke run the tests use (a random start; minutes)
+    python bench/evidence.py --report-only                # re-aggregate an existing --out folder
 
-What it runs, every stage through the project's own entry points (subprocesses, `--jobs` at a time, one torch
-thread each):
-1. the built-in data (`synthetic.make_dataset(out/data, n_train, n_test)`) and the tiny model
-   (`tiny.build_builtin_tiny`), once;
-2. SFT once: `sft.py --preset tiny --epochs E --seed S` on the COT split -> out/sft/final (one SFT shared by
-   all seeds: at this size SFT takes most of the budget; the seeds vary the RL stage and the evaluation);
-3. per seed s, from that same SFT checkpoint, with identical seeds and budgets (`train.py --preset tiny --lr LR
-   --steps N --seed s`): plain GRPO (`--temporal false`), T-GRPO as the official code places the bonus
-   (added to the reward before group normalisation) and T-GRPO with the bonus added to the advantages
-   (`--bonus-placement advantage`; notes §1 explains why the first can cancel);
-4. `eval.py --shuffled true --template train` on the held-out split for SFT and each RL checkpoint (per
-   seed): ordered and shuffled frames, the prompt the policy was trained with (the tiny model has never seen
-   the official eval prompt, which starts it on "<answer>"), sampled like the T-GRPO rollout (temperature
-   1.0, top-p 0.95; near-greedy decoding of a tiny model mostly repeats itself), seeded by s;
-5. the report: out/results.md and out/results.json (accuracy on ordered / shuffled frames and the gap, for
-   order-dependent ("synthetic/temporal/...") and static questions, mean ± std over seeds; per-family
-   accuracies) and out/curves.png (accuracy reward, temporal-bonus trigger rate, completion length vs step,
-   mean over seeds with a ±1 std band, smoothed over `--smooth` steps).
+What it runs, every stage through the project's own entry points (subprocesses, `--jobs` at a time):
+1. the cold start: the built-in one (`coldstart.py`, cached in runs/cache/coldstart/final, the start of
+   `python train.py`; ~7.5 min on 2 cores the first time), or `--cold-start DIR`;
+2. the benchmark's data: `shortcut.make_shortcut_dataset(out/data, q=--q)`: size change and direction where
+   the moving shape's colour agrees with the answer in a share q of the training clips, the static controls
+   beside them, and four test splits (cue following, cue reversed, cue free, static controls);
+3. per seed s, from that same cold start, with identical seeds and budgets (`train.py --preset tiny --data
+   out/data/train.json --steps 60 --lr 1e-4 --seed s`: the same prompts in the same order for every variant),
+   every variant of VARIANTS: plain GRPO, T-GRPO as the official code does it, the official trigger with the
+   bonus on the advantages (so that normalisation cannot cancel it) and the strict contrast trigger there too;
+4. `eval.py --shuffled true --template train` on the four test splits for the cold start and every RL
+   checkpoint, per seed: ordered and shuffled frames, the prompt the policy was trained with, sampled like the
+   rollout (temperature 1.0, top-p 0.95, top-k 50; seeded by s): what RL changes in this budget is the sampled
+   policy (its answers sharpen), which near-greedy decoding of the cold start already shows;
+5. the report: out/results.md and out/results.json (accuracy per split on ordered / shuffled frames, the
+   ordered − shuffled gap on the cue-free split, shortcut reliance = accuracy on cue-following minus on
+   cue-reversed clips (ordered frames); mean ± std over seeds) and out/curves.png (accuracy reward, trigger
+   rate, p − p̃ and the bonus's shift of the advantages vs step; mean over seeds with a ±1 std band).
 Stages whose output exists are skipped, so an interrupted run resumes; delete out/ to start over.
+The defaults are the protocol, fixed on pilot seeds 10 and 11 before the reported run (bench/evidence/README.md
+says what the pilots showed and why q, the steps and the learning rate are what they are).
 """
 from __future__ import annotations
 
@@ -40,31 +43,37 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from seeing import accuracies, reasoning  # noqa: E402  (bench/seeing.py: the one place they live)
 
-VARIANTS = {  # name -> extra train.py flags
-    "GRPO": ["--temporal", "false"],
-    "T-GRPO": [],
-    "T-GRPO (bonus on advantages)": ["--bonus-placement", "advantage"],
+# name -> extra train.py flags; the name is what tgrpo.variant logs for those flags (checked by the report)
+VARIANTS = {
+    "GRPO[std]": ["--temporal", "false"],
+    "T-GRPO[p>=0.8p~, reward, std]": [],                                              # the official code's
+    "T-GRPO[p>=0.8p~, advantage, std]": ["--bonus-placement", "advantage"],           # T8: the bonus survives normalisation
+    "T-GRPO[p>p~+0, advantage, std]": ["--temporal-trigger", "contrast", "--bonus-placement", "advantage"],  # T11
 }
-SLUG = {"GRPO": "grpo", "T-GRPO": "tgrpo", "T-GRPO (bonus on advantages)": "tgrpo_adv"}
-CURVES = (("accuracy", "accuracy reward (ordered rollouts)"), ("temporal_rate", "temporal-bonus trigger rate (video groups)"),
-          ("completion_length", "completion length (tokens)"))
+SLUG = {"GRPO[std]": "grpo", "T-GRPO[p>=0.8p~, reward, std]": "official", "T-GRPO[p>=0.8p~, advantage, std]": "official_adv",
+        "T-GRPO[p>p~+0, advantage, std]": "contrast_adv"}
+SPLITS = ("test_reversed", "test_free", "test_static", "test_following")
+CURVES = (("accuracy", "accuracy reward (ordered rollouts)"), ("temporal_rate", "trigger rate (video groups)"),
+          ("p_gap", "p − p̃ (video groups)"), ("bonus_adv_shift", "|shift of A_i| by the bonus"))
 
 
 def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="runs/evidence", help="output folder (data, model, runs, report)")
-    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each runs SFT, every variant and eval")
-    ap.add_argument("--sft-seed", type=int, default=0, help="seed of the one SFT run")
-    ap.add_argument("--n-train", type=int, default=2000, help="built-in training samples (SFT uses the COT copy)")
-    ap.add_argument("--n-test", type=int, default=480, help="held-out samples for the evaluation (~205 order-dependent)")
-    ap.add_argument("--sft-epochs", type=float, default=6.0, help="SFT passes over the COT split")
-    ap.add_argument("--rl-steps", type=int, default=60, help="optimizer steps of every RL variant")
-    ap.add_argument("--rl-lr", type=float, default=1e-4,
-                    help="learning rate of every RL variant (the tiny preset's 2e-5 leaves the SFT policy unchanged: KL ~1e-4 "
-                         "after 60 steps; 5e-4 collapses it; see the README's evidence section)")
-    ap.add_argument("--jobs", type=int, default=2, help="subprocesses at a time (each with one torch thread)")
+    ap.add_argument("--out", default="runs/evidence", help="output folder (data, runs, evaluations, report)")
+    ap.add_argument("--seeds", default="0,1,2,3", help="comma-separated seeds of the RL runs")
+    ap.add_argument("--cold-start", default="", help="HF folder every RL run starts from; empty: the built-in cold start "
+                                                     "(coldstart.py, built once under --cache-dir)")
+    ap.add_argument("--cache-dir", default="runs/cache", help="where the built-in cold start is built once (train.py's too)")
+    ap.add_argument("--q", type=float, default=0.8, help="share of training cue-family clips whose colour follows the answer")
+    ap.add_argument("--n-train", type=int, default=320, help="benchmark training clips (half cue families, half static)")
+    ap.add_argument("--n-test", type=int, default=80, help="clips per test split")
+    ap.add_argument("--variants", default=",".join(SLUG.values()), help="comma-separated variants to run (of: "
+                    + ", ".join(f"{slug} = {v}" for v, slug in SLUG.items()) + ")")
+    ap.add_argument("--rl-steps", type=int, default=60, help="optimizer steps of every RL run (4 prompts each)")
+    ap.add_argument("--rl-lr", type=float, default=1e-4, help="learning rate of every RL run")
+    ap.add_argument("--max-new-tokens", type=int, default=128, help="evaluation: max new tokens per answer")
+    ap.add_argument("--jobs", type=int, default=2, help="subprocesses at a time (the cores split between them)")
     ap.add_argument("--smooth", type=int, default=5, help="moving-average window of the curves, in steps")
     ap.add_argument("--report-only", action="store_true", help="only rebuild results.md/json and curves.png")
     return ap.parse_args(argv)
@@ -80,7 +89,7 @@ def run(cmd: list[str], log: Path, threads: int = 1) -> None:
         rc = subprocess.call([sys.executable, *cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
     if rc != 0:
         raise RuntimeError(f"evidence: `{' '.join(cmd)}` failed with exit code {rc}; see {log}")
-    print(f"  done in {time.perf_counter() - start:5.0f} s: {' '.join(cmd[:1] + cmd[-4:])}", flush=True)
+    print(f"  done in {time.perf_counter() - start:5.0f} s: {log.relative_to(log.parents[1])}", flush=True)
 
 
 def pool(jobs: list[tuple[list[str], Path]], n: int) -> None:
@@ -91,133 +100,161 @@ def pool(jobs: list[tuple[list[str], Path]], n: int) -> None:
             fut.result()
 
 
-def stages(a: argparse.Namespace, out: Path, seeds: list[int]) -> None:
-    """Stages 1-4; each skipped when its output exists."""
-    import synthetic
-    from tiny import build_builtin_tiny
+def cold_start(a: argparse.Namespace) -> Path:
+    """The folder every RL run starts from: --cold-start, or the built-in cold start (built when missing)."""
+    if a.cold_start:
+        return Path(a.cold_start).resolve()
+    cache = Path(a.cache_dir).resolve()
+    final = cache / "coldstart" / "final"
+    if not (final / "config.json").exists():
+        print(f"stage 1: the built-in cold start -> {final} (once; python coldstart.py)", flush=True)
+        run(["coldstart.py", "--cache-dir", str(cache)], cache / "coldstart.log", threads=os.cpu_count() or 1)
+    return final
 
-    paths = synthetic.make_dataset(out / "data", n_train=a.n_train, n_test=a.n_test)
-    tiny = build_builtin_tiny(out / "tiny", paths["train_cot"])
-    common = ["--preset", "tiny"]
-    sft = [(["sft.py", "--model", str(tiny), "--data", str(paths["train_cot"]), "--eval-data", str(paths["test"]),
-             "--epochs", str(a.sft_epochs), "--seed", str(a.sft_seed), "--out-dir", str(out / "sft"), *common],
-            out / "sft.log")] if not (out / "sft" / "final" / "config.json").exists() else []
-    print(f"stage 2: SFT ({len(sft)} to run)", flush=True)
-    pool(sft, a.jobs)
-    rl = [(["train.py", "--model", str(out / "sft" / "final"), "--data", str(paths["train"]),
-            "--steps", str(a.rl_steps), "--lr", str(a.rl_lr), "--seed", str(s), "--out-dir", str(out / f"s{s}" / SLUG[v]), *VARIANTS[v], *common],
-           out / f"s{s}" / f"{SLUG[v]}.log") for s in seeds for v in VARIANTS
-          if not (out / f"s{s}" / SLUG[v] / "final" / "config.json").exists()]
+
+def chosen(names: str) -> dict[str, str]:
+    """{variant name: slug} of the comma-separated slugs in `names`, in VARIANTS' order. Raises ValueError."""
+    want = [x.strip() for x in names.split(",") if x.strip()]
+    bad = [x for x in want if x not in SLUG.values()]
+    if bad or not want:
+        raise ValueError(f"evidence: --variants {names!r}: unknown {bad}; choose from {', '.join(SLUG.values())}")
+    return {v: slug for v, slug in SLUG.items() if slug in want}
+
+
+def stages(a: argparse.Namespace, out: Path, seeds: list[int], variants: dict[str, str]) -> None:
+    """Stages 1-4; each skipped when its output exists."""
+    from shortcut import make_shortcut_dataset
+
+    start = cold_start(a)
+    paths = make_shortcut_dataset(out / "data", q=a.q, n_train=a.n_train, n_test=a.n_test)
+    (out / "cold_start.txt").write_text(str(start) + "\n")
+    rl = [(["train.py", "--preset", "tiny", "--model", str(start), "--data", str(paths["train"]), "--steps", str(a.rl_steps),
+            "--lr", str(a.rl_lr), "--seed", str(s), "--out-dir", str(out / f"s{s}" / slug), *VARIANTS[v]],
+           out / f"s{s}" / f"{slug}.log") for s in seeds for v, slug in variants.items()
+          if not (out / f"s{s}" / slug / "final" / "config.json").exists()]
     print(f"stage 3: RL ({len(rl)} to run)", flush=True)
     pool(rl, a.jobs)
     ev = []
     for s in seeds:
-        for name in ["sft", *SLUG.values()]:
-            dst = out / f"s{s}" / f"eval_{name}"
-            if not (dst / "eval_test_shuffled.json").exists():
-                model = out / "sft" if name == "sft" else out / f"s{s}" / name
-                ev.append((["eval.py", "--model", str(model / "final"), "--data", str(paths["test"]),
-                            "--shuffled", "true", "--template", "train", "--temperature", "1.0", "--top-p", "0.95", "--max-new-tokens", "128",
-                            "--seed", str(s), "--out-dir", str(dst), "--preset", "tiny"], out / f"s{s}" / f"eval_{name}.log"))
+        for slug, model in {"coldstart": start, **{x: out / f"s{s}" / x / "final" for x in variants.values()}}.items():
+            dst = out / f"s{s}" / f"eval_{slug}"
+            if all((dst / f"eval_{sp}_shuffled.json").exists() for sp in SPLITS):
+                continue
+            data = [x for sp in SPLITS for x in ("--data", str(paths[sp]))]
+            ev.append((["eval.py", "--preset", "tiny", "--model", str(model), *data, "--shuffled", "true", "--template", "train",
+                        "--temperature", "1.0", "--top-p", "0.95", "--top-k", "50", "--max-new-tokens", str(a.max_new_tokens),
+                        "--seed", str(s), "--out-dir", str(dst)], out / f"s{s}" / f"eval_{slug}.log"))
     print(f"stage 4: evaluation ({len(ev)} to run)", flush=True)
     pool(ev, a.jobs)
+
+
+def split_accuracy(folder: Path) -> dict[str, float]:
+    """{"<split>/<order>": accuracy} and {"<split>/<family>/<order>": accuracy} from an eval folder's records."""
+    out = {}
+    for sp in SPLITS:
+        for order, suffix in (("ordered", ""), ("shuffled", "_shuffled")):
+            hits: dict[str, list[float]] = {}
+            for line in (folder / f"eval_{sp}{suffix}.records.jsonl").read_text().splitlines():
+                r = json.loads(line)
+                if "data_source" in r:                                  # not the settings line
+                    for key in (f"{sp}/{order}", f"{sp}/{r['data_source'].split('/')[-1]}/{order}"):
+                        hits.setdefault(key, []).append(float(r["correct"]))
+            out.update({k: sum(v) / len(v) for k, v in hits.items()})
+    out["gap"] = out["test_free/ordered"] - out["test_free/shuffled"]
+    out["reliance"] = out["test_following/ordered"] - out["test_reversed/ordered"]
+    return out
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def report(out: Path, seeds: list[int]) -> dict:
-    """Write results.json and results.md; return the aggregated table {model: {key: [per-seed values]}}."""
-    models = {"SFT": "sft", **SLUG}
-    table: dict = {m: {} for m in models}
-    for m, slug in models.items():
+COLUMNS = (("test_reversed/ordered", "cue reversed, ordered"), ("test_reversed/shuffled", "cue reversed, shuffled"),
+           ("test_free/ordered", "cue free, ordered"), ("test_free/shuffled", "cue free, shuffled"),
+           ("gap", "gap (free)"), ("test_following/ordered", "cue following, ordered"),
+           ("reliance", "shortcut reliance"), ("test_static/ordered", "static, ordered"),
+           ("test_static/shuffled", "static, shuffled"))
+
+
+def report(out: Path, seeds: list[int], variants: dict[str, str]) -> dict:
+    """Write results.json and results.md; return {model: {key: [per-seed values]}} (+ "training").
+    Raises ValueError when a run's logged variant differs from its row's name."""
+    rows = {"cold start": [out / f"s{s}" / "eval_coldstart" for s in seeds]}
+    rows |= {v: [out / f"s{s}" / f"eval_{slug}" for s in seeds] for v, slug in variants.items()}
+    for v, slug in variants.items():
         for s in seeds:
-            acc = accuracies(out / f"s{s}" / f"eval_{slug}")
-            for (order, g), v in acc.items():
-                table[m].setdefault(f"{g}/{order}", []).append(v)
-            for g in ("temporal", "static"):
-                table[m].setdefault(f"{g}/gap", []).append(acc[("ordered", g)] - acc[("shuffled", g)])
-    fmt = lambda xs: "%.1f ± %.1f" % tuple(100 * x for x in mean_std(xs))
-    lines = [f"Seeds {', '.join(map(str, seeds))}; accuracy in %, mean ± std over seeds (n = {len(seeds)}).", "",
-             "| model | temporal, ordered | temporal, shuffled | temporal gap | static, ordered | static, shuffled | static gap |",
-             "|---|---|---|---|---|---|---|"]
-    for m in models:
-        t = table[m]
-        lines.append(f"| {m} | " + " | ".join(fmt(t[k]) for k in ("temporal/ordered", "temporal/shuffled", "temporal/gap",
-                                                                    "static/ordered", "static/shuffled", "static/gap")) + " |")
-    fams = sorted({k.split("/")[0] for k in table["SFT"]} - {"temporal", "static"})
-    lines += ["", "Per family, ordered frames (shuffled in brackets):", "",
-              "| model | " + " | ".join(fams) + " |", "|---|" + "---|" * len(fams)]
-    for m in models:
-        t = table[m]
-        lines.append(f"| {m} | " + " | ".join("%.0f (%.0f)" % (100 * statistics.fmean(t[f"{f}/ordered"]),
-                                                             100 * statistics.fmean(t[f"{f}/shuffled"])) for f in fams) + " |")
-    test = {e["problem_id"]: e for e in json.loads((out / "data" / "test.json").read_text())}
-    said = {m: [reasoning(out / f"s{s}" / f"eval_{slug}", test) for s in seeds] for m, slug in models.items()}
-    lines += ["", "Seeing vs answering, per family: how often the reasoning states the right answer (in the words of",
-              "the built-in chain of thought: scenes.stated_answer) on ordered frames, [shuffled frames], and how often",
-              "the final answer is the one the reasoning states (ordered frames); mean over seeds, %:", "",
-              "| model | " + " | ".join(fams) + " |", "|---|" + "---|" * len(fams)]
-    for m in models:
-        cell = lambda f: "%.0f [%.0f], %.0f" % tuple(100 * statistics.fmean(r[(o, f)][i] for r in said[m])
-                                                      for o, i in (("ordered", 0), ("shuffled", 0), ("ordered", 1)))
-        lines.append(f"| {m} | " + " | ".join(cell(f) for f in fams) + " |")
-        table[m]["reasoning"] = {f"{f}/{o}": [r[(o, f)] for r in said[m]] for f in fams for o in ("ordered", "shuffled")}
-    lines += ["", "Temporal gap (ordered − shuffled accuracy on order-dependent questions) per seed, in points:", "",
+            logged = json.loads((out / f"s{s}" / slug / "config.json").read_text())["variant"]
+            if logged != v:
+                raise ValueError(f"evidence: {out / f's{s}' / slug / 'config.json'}: variant {logged!r}, expected {v!r}")
+    table = {m: {} for m in rows}
+    for m, folders in rows.items():
+        for folder in folders:
+            for k, x in split_accuracy(folder).items():
+                table[m].setdefault(k, []).append(x)
+    pct = lambda xs: "%.1f ± %.1f" % tuple(100 * x for x in mean_std(xs))
+    lines = [f"Seeds {', '.join(map(str, seeds))}; accuracy in %, mean ± std over the seeds' RL runs (n = {len(seeds)}); "
+             "the cold start is one model, evaluated with each seed's sampling.", "",
+             "| model | " + " | ".join(c for _, c in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    lines += [f"| {m} | " + " | ".join(pct(table[m][k]) for k, _ in COLUMNS) + " |" for m in rows]
+    lines += ["", "Per family (cue reversed / cue free / cue following, ordered frames), mean over seeds, %:", "",
+              "| model | size change | direction |", "|---|---|---|"]
+    fam = lambda m, f: " / ".join("%.0f" % (100 * statistics.fmean(table[m][f"{sp}/{f}/ordered"]))
+                                 for sp in ("test_reversed", "test_free", "test_following"))
+    lines += [f"| {m} | {fam(m, 'size_change')} | {fam(m, 'direction')} |" for m in rows]
+    lines += ["", "Per seed: accuracy on cue-reversed clips, ordered frames, and shortcut reliance, in points:", "",
               "| model | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
-    for m in models:
-        lines.append(f"| {m} | " + " | ".join("%+.1f" % (100 * g) for g in table[m]["temporal/gap"]) + " |")
-    lines += ["", "Training side (mean over all steps and seeds; video-group terms over steps with a video group): the",
-              "bonus's trigger rate, ordered minus shuffled rollout accuracy p − p̃, and the mean |change| the bonus",
-              "made to the advantages of video completions (0 when group normalisation cancels it, notes §1).", "",
+    lines += [f"| {m} | " + " | ".join("%.1f, %+.1f" % (100 * r, 100 * g) for r, g in
+                                       zip(table[m]["test_reversed/ordered"], table[m]["reliance"])) + " |" for m in variants]
+    lines += ["", "Training side (mean over all steps and seeds; video-group terms over steps with a video group):",
+              "accuracy reward, the bonus's trigger rate, p − p̃ (ordered minus shuffled rollout accuracy) and the mean",
+              "|change| the bonus made to the advantages of video completions (0 where group normalisation cancels it).", "",
               "| variant | accuracy reward | trigger rate | p − p̃ | bonus shift of advantages |", "|---|---|---|---|---|"]
     train_side = {}
-    for v, slug in SLUG.items():
-        rows = [json.loads(x) for s in seeds for x in (out / f"s{s}" / slug / "metrics.jsonl").read_text().splitlines()]
+    for v, slug in variants.items():
+        steps = [r for s in seeds for r in map(json.loads, (out / f"s{s}" / slug / "metrics.jsonl").read_text().splitlines())
+                 if "accuracy" in r]                                        # step rows (not held-out evaluation rows)
+        vid = [r for r in steps if "p" in r]
         avg = lambda key, rs: statistics.fmean(r[key] for r in rs) if rs else float("nan")
-        vid = [r for r in rows if "p" in r]
-        train_side[v] = {"accuracy": avg("accuracy", rows), "temporal_rate": avg("temporal_rate", vid),
-                         "p_minus_p_shuffled": statistics.fmean(r["p"] - r["p_shuffled"] for r in vid) if vid else float("nan"),
-                         "bonus_adv_shift": avg("bonus_adv_shift", vid)}
-        t = train_side[v]
-        lines.append(f"| {v} | {t['accuracy']:.3f} | " + (" | ".join(f"{t[k]:.3f}" for k in ("temporal_rate", "p_minus_p_shuffled", "bonus_adv_shift"))
-                                                         if vid else "– | – | –") + " |")
+        t = train_side[v] = {"accuracy": avg("accuracy", steps), "temporal_rate": avg("temporal_rate", vid),
+                             "p_minus_p_shuffled": statistics.fmean(r["p"] - r["p_shuffled"] for r in vid) if vid else float("nan"),
+                             "bonus_adv_shift": avg("bonus_adv_shift", vid)}
+        lines.append(f"| {v} | {t['accuracy']:.3f} | " + (" | ".join(f"{t[k]:.3f}" for k in ("temporal_rate", "p_minus_p_shuffled",
+                                                                                  "bonus_adv_shift")) if vid else "– | – | –") + " |")
     table["training"] = train_side
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps({"seeds": seeds, "table": table}, indent=1) + "\n")
     return table
 
 
-def curves(out: Path, seeds: list[int], smooth: int) -> Path:
+def curves(out: Path, seeds: list[int], variants: dict[str, str], smooth: int) -> Path:
     """Plot the RL training curves (mean over seeds, ±1 std band) to out/curves.png."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 3.6))
-    for i, (v, slug) in enumerate(SLUG.items()):
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.6 * len(CURVES), 3.6))
+    for i, (v, slug) in enumerate(variants.items()):
         runs = []
         for s in seeds:
             rows = [json.loads(x) for x in (out / f"s{s}" / slug / "metrics.jsonl").read_text().splitlines()]
-            runs.append([r for r in rows if "accuracy" in r])
+            runs.append([r | ({"p_gap": r["p"] - r["p_shuffled"]} if "p" in r else {}) for r in rows if "accuracy" in r])
         n = min(len(r) for r in runs)
         for ax, (key, title) in zip(axes, CURVES):
-            if key == "temporal_rate" and slug == "grpo":
-                continue   # plain GRPO has no shuffled group, hence no trigger
-            # temporal_rate is logged only for steps with a video group (NaN otherwise, filled by the run's mean)
+            # the video-group terms are logged only for steps with a video group (NaN otherwise, filled by the run's mean)
             vals = np.array([[r.get(key, np.nan) for r in run[:n]] for run in runs], dtype=float)   # (seeds, steps)
+            if not np.isfinite(vals).any() or (key != "accuracy" and slug == "grpo"):
+                continue                                          # plain GRPO has no shuffled group, hence no trigger
             k = max(1, min(smooth, n))
             sm = np.array([np.convolve(np.nan_to_num(x, nan=np.nanmean(x) if np.isfinite(x).any() else 0.0),
                                        np.ones(k) / k, mode="valid") for x in vals])
             steps = np.arange(k, n + 1)
             mu, sd = sm.mean(0), sm.std(0)
-            ax.plot(steps, mu, label=v, color=f"C{i}")   # one colour per variant in every panel
+            ax.plot(steps, mu, label=v, color=f"C{i}")             # one colour per variant in every panel
             ax.fill_between(steps, mu - sd, mu + sd, alpha=0.2, color=f"C{i}")
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("step")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     path = out / "curves.png"
     fig.savefig(path, dpi=110)
@@ -229,11 +266,12 @@ def main(argv=None) -> None:
     a = parse(argv)
     out = Path(a.out).resolve()
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    variants = chosen(a.variants)
     start = time.perf_counter()
     if not a.report_only:
-        stages(a, out, seeds)
-    report(out, seeds)
-    png = curves(out, seeds, a.smooth)
+        stages(a, out, seeds, variants)
+    report(out, seeds, variants)
+    png = curves(out, seeds, variants, a.smooth)
     print((out / "results.md").read_text())
     print(f"written: {out / 'results.md'}, {out / 'results.json'}, {png}  ({time.perf_counter() - start:.0f} s)")
     print("command: python bench/evidence.py " + " ".join(argv if argv is not None else sys.argv[1:]))

@@ -1,5 +1,6 @@
-"""Benchmarks as smoke runs: bench/evidence.py end to end as a subprocess at a smoke budget (every stage
-runs through the real entry points; the report, the JSON and the curves figure are written) and bench/step.py."""
+"""Benchmarks as smoke runs: bench/evidence.py (the static-shortcut comparison) end to end as a subprocess at a
+smoke budget (every stage runs through the real entry points; the report, the JSON and the curves figure are
+written), bench/step.py and bench/vision_probe.py."""
 import json
 import os
 import subprocess
@@ -11,32 +12,43 @@ from conftest import ROOT
 
 
 @pytest.mark.slow
-def test_evidence_smoke_run(tmp_path):
+def test_evidence_smoke_run(tmp_path, answering):
+    """The static-shortcut comparison end to end at a smoke budget: every variant trains from the given cold start
+    with its own flags (its logged variant is the row's name), every model is evaluated on the four test splits
+    on ordered and shuffled frames, and the report's derived columns are what they say."""
     out = tmp_path / "ev"
-    cmd = [sys.executable, str(ROOT / "bench" / "evidence.py"), "--seeds", "0", "--sft-epochs", "0.05", "--rl-steps", "2",
-           "--n-train", "48", "--n-test", "16", "--out", str(out)]
+    cmd = [sys.executable, str(ROOT / "bench" / "evidence.py"), "--seeds", "0", "--rl-steps", "2", "--n-train", "24",
+           "--n-test", "8", "--max-new-tokens", "24", "--cold-start", str(answering[1]), "--out", str(out)]
     proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for slug in ("grpo", "tgrpo", "tgrpo_adv"):
+    flags = {"grpo": (False, "official", "reward"), "official": (True, "official", "reward"),
+             "official_adv": (True, "official", "advantage"), "contrast_adv": (True, "contrast", "advantage")}
+    for slug, want in flags.items():
         rows = [json.loads(x) for x in (out / "s0" / slug / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == [1, 2]
         cfg = json.loads((out / "s0" / slug / "config.json").read_text())
-        assert cfg["model"] == str(out / "sft" / "final") and cfg["seed"] == 0 and cfg["steps"] == 2
-        assert cfg["lr"] == 1e-4                          # --rl-lr's default reaches every variant
-        assert (cfg["temporal"], cfg["bonus_placement"]) == {"grpo": (False, "reward"), "tgrpo": (True, "reward"),
-                                                            "tgrpo_adv": (True, "advantage")}[slug]
+        assert cfg["model"] == str(answering[1]) and cfg["seed"] == 0 and cfg["steps"] == 2 and cfg["lr"] == 1e-4
+        assert cfg["data"] == str(out / "data" / "train.json")
+        assert (cfg["temporal"], cfg["temporal_trigger"], cfg["bonus_placement"]) == want
     table = json.loads((out / "results.json").read_text())["table"]
-    assert set(table) == {"SFT", "GRPO", "T-GRPO", "T-GRPO (bonus on advantages)", "training"}
-    for model in ("SFT", "GRPO", "T-GRPO"):
-        t = table[model]
-        assert {"temporal/ordered", "temporal/shuffled", "temporal/gap", "static/ordered", "static/gap"} <= set(t)
-        assert t["temporal/gap"][0] == t["temporal/ordered"][0] - t["temporal/shuffled"][0]
+    assert set(table) == {"cold start", "GRPO[std]", "T-GRPO[p>=0.8p~, reward, std]", "T-GRPO[p>=0.8p~, advantage, std]",
+                          "T-GRPO[p>p~+0, advantage, std]", "training"}
+    for model, t in table.items():
+        if model == "training":
+            continue
+        for split in ("test_reversed", "test_free", "test_static", "test_following"):
+            for order in ("ordered", "shuffled"):
+                assert 0.0 <= t[f"{split}/{order}"][0] <= 1.0
+        assert t["gap"][0] == t["test_free/ordered"][0] - t["test_free/shuffled"][0]
+        assert t["reliance"][0] == t["test_following/ordered"][0] - t["test_reversed/ordered"][0]
+    # the records behind one cell, counted by hand
+    recs = [json.loads(x) for x in (out / "s0" / "eval_official" / "eval_test_reversed.records.jsonl").read_text().splitlines()]
+    recs = [r for r in recs if "data_source" in r]
+    assert len(recs) == 8 and table["T-GRPO[p>=0.8p~, reward, std]"]["test_reversed/ordered"][0] == sum(r["correct"] for r in recs) / 8
+    assert table["training"]["GRPO[std]"]["temporal_rate"] != table["training"]["GRPO[std]"]["temporal_rate"]   # NaN: no trigger
     md = (out / "results.md").read_text()
-    assert "| model | temporal, ordered | temporal, shuffled | temporal gap |" in md and "| T-GRPO |" in md
-    assert "Seeing vs answering" in md
-    for seeds_values in table["SFT"]["reasoning"].values():           # per seed: (stated right, answer follows)
-        assert all(0.0 <= x <= 1.0 for pair in seeds_values for x in pair)
+    assert "| model | cue reversed, ordered | cue reversed, shuffled |" in md and "| T-GRPO[p>p~+0, advantage, std] |" in md
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "command: python bench/evidence.py --seeds 0" in proc.stdout
     # re-aggregating the same folder gives the same numbers
@@ -67,3 +79,22 @@ def test_vision_probe_smoke_run(tmp_path):
         assert fam in rows, proc.stdout
         if rows[fam][1] in ("temporal", "static"):                      # a fitted row: 3 accuracies in [0, 1]
             assert all(0.0 <= float(x) <= 1.0 for x in rows[fam][-3:])
+
+
+def test_evidence_variant_names_are_what_train_logs_for_their_flags():
+    """Each row of the comparison is named by tgrpo.variant for the train.py flags it runs with; --variants
+    picks rows by slug, in the table's order, and refuses an unknown one."""
+    import importlib.util
+
+    import config as cfglib
+    import train
+    spec = importlib.util.spec_from_file_location("evidence", ROOT / "bench" / "evidence.py")
+    evidence = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evidence)
+    for name, flags in evidence.VARIANTS.items():
+        cfg = train.finish_config(*cfglib.parse(train.Config, flags + ["--model", "m", "--data", "d"]))
+        assert train.variant(cfg) == name
+    assert set(evidence.SLUG) == set(evidence.VARIANTS)
+    assert list(evidence.chosen("contrast_adv, grpo").values()) == ["grpo", "contrast_adv"]
+    with pytest.raises(ValueError, match="unknown"):
+        evidence.chosen("grpo,nope")
