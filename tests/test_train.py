@@ -41,14 +41,13 @@ def test_train_runs_logs_and_saves(tmp_path, nproc, answering):
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("visual."))
 
 
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_heldout_evaluation_before_and_after(tmp_path, nproc, answering):
+def test_heldout_evaluation_before_and_after(tmp_path, answering):
     """--eval-samples: an evaluation row before the first step and one after the last, over every rank's share of
     the held-out prompts (5 on 2 ranks: 3 + 2, uneven). At learning rate 0 the policy does not change, and the
     two evaluations draw the same random numbers (heldout.evaluate reseeds), so they are identical: a
     before/after difference is the policy's, not the sampler's."""
     proc = run_train(QUICK + ["--lr", "0", "--eval-samples", "5", "--eval-data", str(answering[0]["test"])], tmp_path,
-                     nproc, answering)
+                     2, answering)
     rows = [json.loads(l) for l in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     ev = [r for r in rows if "eval_accuracy" in r]
     assert [r["step"] for r in rows] == [0, 1, 2, 2] and [r["step"] for r in ev] == [0, 2]
