@@ -1,9 +1,9 @@
 """Can the tiny model's frozen vision features answer the built-in questions? Linear probes, per family.
 
-    python bench/vision_probe.py                          # reuses runs/evidence (data, tiny model) or builds them
-    python bench/vision_probe.py --out runs/evidence --steps 500
+    python bench/vision_probe.py                          # reuses runs/vision_probe (data, tiny model) or builds them
+    python bench/vision_probe.py --out runs/vision_probe --steps 500
 
-A diagnostic for the evidence run (bench/evidence.py): it separates "the features do not carry the answer" from
+A diagnostic of the tiny model's vision (bench/seeing.py prints it beside what the model answers): it separates "the features do not carry the answer" from
 "the decoder did not learn to read them". For every built-in clip it runs the tiny model's vision tower (frozen,
 centred: tiny.build_builtin_tiny) on the frames the tiny preset feeds it (8 frames at 84x84 -> grid (4, 6, 6),
 36 merged tokens), pools the merged tokens of each temporal patch (mean and max over its 9 tokens, in time order:
@@ -90,7 +90,7 @@ def probe(Xtr, ytr, Xte_sets, steps: int, wd: float) -> list[float]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="runs/evidence", help="bench/evidence.py's folder (data/, tiny/); built if missing")
+    ap.add_argument("--out", default="runs/vision_probe", help="folder of the built-in data (data/) and tiny model (tiny/); built if missing")
     ap.add_argument("--n-train", type=int, default=2000, help="built-in training samples, if the data is built here")
     ap.add_argument("--n-test", type=int, default=480, help="held-out samples, if the data is built here")
     ap.add_argument("--steps", type=int, default=500, help="Adam steps of each probe")
