@@ -36,6 +36,10 @@ Departures of the loop (docs/departures.md; the math's are T1–T11 in tgrpo.py;
   L12 SIGTERM: finish the step, checkpoint, exit 143 (the official trainer loses the steps since its last save)
   L13 a constant learning rate (what the official cosine over ~65.8k nominal steps amounts to at ~1k)
   L14 LoRA as an option (lora.py): the reference is the policy with its adapters off; the frozen base in bf16 on CUDA
+With --eval-samples N (the tiny preset: 128 of the built-in test split) the policy answers N held-out prompts,
+sampled like the rollout, before the first step and after the last (heldout.py): the "eval_*" rows of
+metrics.jsonl, the one figure that says whether the policy got better (the accuracy reward also moves with the
+prompts each step drew).
 Everything is written under ./runs/ by default: the built-in data and tiny model (runs/cache), the metrics
 (runs/tgrpo/metrics.jsonl, one JSON line per step; curves.png beside it, drawn at the end by curves.py) and
 the final HF folder (runs/tgrpo/final).
