@@ -102,13 +102,15 @@ def coldstart(cache_dir: str | Path, proc: distributed.Dist) -> Path:
     return final
 
 
-def resolve_model_and_data(cfg, proc: distributed.Dist) -> tuple[str, str]:
-    """(policy folder, training JSON) of a T-GRPO config: cfg.model / cfg.data, or the built-in cold start
-    (`coldstart`) and the built-in training split when empty (built once under cfg.cache_dir)."""
+def resolve_model_and_data(cfg, proc: distributed.Dist) -> tuple[str, str, str]:
+    """(policy folder, training JSON, held-out JSON or "") of a T-GRPO config: cfg.model / cfg.data /
+    cfg.eval_data, or the built-in cold start (`coldstart`) and the built-in training and test splits when empty
+    (built once under cfg.cache_dir); no held-out JSON when cfg.data is given without cfg.eval_data."""
     if cfg.model and cfg.data:
-        return cfg.model, cfg.data
+        return cfg.model, cfg.data, cfg.eval_data
     paths = builtin(cfg.cache_dir, proc, model=False)
-    return cfg.model or str(coldstart(cfg.cache_dir, proc)), cfg.data or str(paths["train"])
+    return (cfg.model or str(coldstart(cfg.cache_dir, proc)), cfg.data or str(paths["train"]),
+            cfg.eval_data or ("" if cfg.data else str(paths["test"])))
 
 
 def seed_everything(seed: int, proc: distributed.Dist) -> None:

@@ -313,7 +313,7 @@ def main(argv=None):
     proc = distributed.init_distributed(cfg.device, cfg.dist_backend)
     common.seed_everything(cfg.seed, proc)
     precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)       # L5
-    model_dir, train_json = common.resolve_model_and_data(cfg, proc)
+    model_dir, train_json, eval_json = common.resolve_model_and_data(cfg, proc)
     built = common.build_policy(cfg, model_dir, proc, dtype, compute)
     hf, tokenizer, policy, adapters, opt = built
     amp = distributed.autocast(proc, precision, policy)
@@ -323,9 +323,10 @@ def main(argv=None):
     sampling = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)
     gen = torch.Generator(device=proc.device).manual_seed(cfg.seed + proc.rank)
     pad_id, stops = tokenizer.pad_token_id, common.stop_ids(tokenizer)
-    eval_json = cfg.eval_data or ("" if cfg.data else str(common.builtin(cfg.cache_dir, proc, model=False)["test"]))
-    held = [(p.prompt_ids, p.visual, p.sample) for p in heldout.load(eval_json, (cfg.media_root or None) if cfg.eval_data
-            else None, cfg.eval_samples, tokenizer, media, proc)] if eval_json and cfg.eval_samples > 0 else None
+    held = None                                                               # (prompt ids, visual, sample) per prompt
+    if eval_json and cfg.eval_samples > 0:
+        held = [(p.prompt_ids, p.visual, p.sample) for p in heldout.load(
+            eval_json, (cfg.media_root or None) if cfg.eval_data else None, cfg.eval_samples, tokenizer, media, proc)]
     out_dir = Path(cfg.out_dir)
     run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "eval_data": eval_json, "world_size": proc.world,
                                 "variant": variant(cfg)}

@@ -149,17 +149,16 @@ def stages(a: argparse.Namespace, out: Path, seeds: list[int], variants: dict[st
 
 
 def split_accuracy(folder: Path) -> dict[str, float]:
-    """{"<split>/<order>": accuracy} and {"<split>/<family>/<order>": accuracy} from an eval folder's records."""
+    """{"<split>/<order>": accuracy} and {"<split>/<family>/<order>": accuracy} from an eval folder's records
+    (bench/seeing.py's `accuracies`; every split holds one category, temporal or static, whose accuracy is the
+    split's), plus "gap" and "reliance"."""
+    from seeing import accuracies
+
     out = {}
     for sp in SPLITS:
-        for order, suffix in (("ordered", ""), ("shuffled", "_shuffled")):
-            hits: dict[str, list[float]] = {}
-            for line in (folder / f"eval_{sp}{suffix}.records.jsonl").read_text().splitlines():
-                r = json.loads(line)
-                if "data_source" in r:                                  # not the settings line
-                    for key in (f"{sp}/{order}", f"{sp}/{r['data_source'].split('/')[-1]}/{order}"):
-                        hits.setdefault(key, []).append(float(r["correct"]))
-            out.update({k: sum(v) / len(v) for k, v in hits.items()})
+        acc = accuracies(folder, (("ordered", f"eval_{sp}.records.jsonl"), ("shuffled", f"eval_{sp}_shuffled.records.jsonl")))
+        out |= {f"{sp}/{order}" if group in ("temporal", "static") else f"{sp}/{group}/{order}": v
+                for (order, group), v in acc.items()}
     out["gap"] = out["test_free/ordered"] - out["test_free/shuffled"]
     out["reliance"] = out["test_following/ordered"] - out["test_reversed/ordered"]
     return out

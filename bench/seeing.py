@@ -61,10 +61,11 @@ def parse(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def accuracies(folder: Path) -> dict:
-    """{(order, group): accuracy} from an eval folder's records; group 'temporal', 'static' or a family name."""
+def accuracies(folder: Path, orders=ORDERS) -> dict:
+    """{(order, group): accuracy} from an eval folder's records; group 'temporal', 'static' or a family name.
+    orders: (order, records file name) pairs, by default the built-in test split's two."""
     out = {}
-    for order, name in ORDERS:
+    for order, name in orders:
         hits: dict[str, list[float]] = {}
         for line in (folder / name).read_text().splitlines():
             r = json.loads(line)

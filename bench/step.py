@@ -47,7 +47,7 @@ def main():
     cfg = train.finish_config(*train.cfglib.parse(train.Config, argv, ""))
     proc = distributed.Dist()
     torch.manual_seed(cfg.seed)
-    model_dir, train_json = common.resolve_model_and_data(cfg, proc)
+    model_dir, train_json, _ = common.resolve_model_and_data(cfg, proc)
     hf, tok = load_policy(model_dir, torch.float32, proc.device)
     hf.model.visual.requires_grad_(not cfg.freeze_vision)                 # as train.py (frozen in the tiny preset)
     policy = PolicyLogprobs(hf, cfg.logprob_chunk)
