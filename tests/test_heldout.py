@@ -1,0 +1,66 @@
+"""heldout.evaluate's arithmetic with K completions per prompt, against counts made by hand (the generator is
+replaced by fixed completions, so only the scoring and the averaging are under test)."""
+import contextlib
+
+import torch
+
+import data
+import distributed
+import heldout
+import rollout
+
+TEXTS = {  # token id -> completion text; format = <think>..</think><answer>..</answer>, accuracy = answer == GT
+    1: "<think>red</think><answer>B</answer>",       # format 1, right for GT "B"
+    2: "<think>red</think><answer>A</answer>",       # format 1, wrong
+    3: "B",                                          # format 0, accuracy 0 (no answer tags)
+    4: "<think>3</think><answer>3</answer>",         # format 1, right for GT "3"
+}
+
+
+class Tok:
+    pad_token_id = 0
+
+    def convert_tokens_to_ids(self, token):
+        return 9
+
+    def batch_decode(self, ids, skip_special_tokens=True):
+        return [TEXTS[int(row[0])] for row in ids]
+
+
+class Holder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hf = torch.nn.Linear(1, 1)
+
+
+def sample(solution, problem_type):
+    return data.Sample(problem_id=0, problem="q", data_type="image", problem_type=problem_type, options=[],
+                       solution=f"<answer>{solution}</answer>", path="", media_path="")
+
+
+def test_k_completions_per_prompt_are_averaged(monkeypatch):
+    # prompt 1 (GT "B"): completions 1, 2, 3 -> accuracy 1, 0, 0; format 1, 1, 0; lengths 5, 7, 2
+    # prompt 2 (GT "3"): completions 4, 4, 2 -> accuracy 1, 1, 0; format 1, 1, 1; lengths 4, 4, 6
+    made = [[1, 2, 3], [4, 4, 2]]
+    lengths = [[5, 7, 2], [4, 4, 6]]
+    asked = []
+
+    def generate(hf, ids, visuals, n, sampling, pad_id, stops, gen):
+        asked.append(list(n))
+        outs = []
+        for i in range(len(ids)):
+            k = len(asked) - 1 + i                                   # batch 1: one prompt per call
+            rows = torch.tensor(made[k])[:, None]
+            outs.append(rollout.Completions(ids=rows, mask=torch.ones(3, 1), lengths=torch.tensor(lengths[k]),
+                                            logprobs=torch.zeros(3, 1)))
+        return outs
+
+    monkeypatch.setattr(heldout.rollout, "generate", generate)
+    monkeypatch.setattr(heldout.common, "stop_ids", lambda tok: [9])
+    prompts = [(torch.zeros(1, dtype=torch.long), None, sample("B", "multiple choice")),
+               (torch.zeros(1, dtype=torch.long), None, sample("3", "numerical"))]
+    out = heldout.evaluate(Holder(), Tok(), prompts, None, 1, distributed.Dist(), 0, contextlib.nullcontext, 3)
+    assert asked == [[3], [3]]                                       # K = 3 completions asked per prompt
+    assert out["eval_n"] == 2                                        # prompts, not completions
+    assert out["eval_accuracy"] == 3 / 6 and out["eval_format"] == 5 / 6
+    assert out["eval_length"] == (5 + 7 + 2 + 4 + 4 + 6) / 6
