@@ -2,8 +2,14 @@
 
     python coldstart.py                              # runs/cache/coldstart/final, ~7.5 min on 2 CPU cores (once)
     python coldstart.py --perception-epochs 0 --temporal-steps 0   # Video-R1's recipe alone: COT SFT of the random tiny model
-    python train.py                                  # builds this first when it is missing, then T-GRPO from it
+    python train.py                                  # T-GRPO from it (from the shipped copy when it was not built here)
     python bench/seeing.py                           # what the result sees, per question family
+    rm -r assets/coldstart && cp -r runs/cache/coldstart/final assets/coldstart   # ship a rebuilt one (commit it)
+
+assets/coldstart is this command's result at the default settings, committed (10 MB), so that a first
+`python train.py` spends its minutes on T-GRPO; its common.RECORD file (`record`) says what made it, and
+tests/test_coldstart.py fails when the recipe's defaults, the built-in data or the tiny default change without
+a rebuilt copy. A folder built here (runs/cache/coldstart/final) takes precedence over it (common.coldstart).
 
 The built-in recipe (D8 in docs/departures.md; for the tiny default only) has four stages:
   0. perception SFT (ours): `sft.py` on the built-in perception split, where the reasoning is only the right
@@ -32,7 +38,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import common
@@ -131,8 +137,16 @@ def build(cfg: Config) -> Path:
     tmp = out / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(out / name / "final", tmp)
+    (tmp / common.RECORD).write_text(json.dumps(record(cfg, data), indent=1) + "\n")
     os.replace(tmp, final)                                               # atomic: final/ is whole or absent
     return final
+
+
+def record(cfg: Config, data: Path) -> dict:
+    """What made a cold start (common.RECORD in its folder): {"recipe": cfg's fields that change the result (all
+    but the folders and the device), "data": the parameters in data/manifest.json (synthetic.make_dataset)}."""
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("cache_dir", "out_dir", "device")}
+    return {"recipe": recipe, "data": json.loads((data / "manifest.json").read_text())["params"]}
 
 
 def main(argv=None):

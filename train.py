@@ -1,7 +1,7 @@
 """T-GRPO training of Qwen2.5-VL (Video-R1, arXiv 2503.21776): the RL stage, raw PyTorch.
 
     python train.py                                    # T-GRPO of the built-in cold start on the built-in clips (CPU,
-                                                       # ~9 min the first time: coldstart.py builds the start once)
+                                                       # ~4 min; the cold start ships in assets/coldstart)
     torchrun --nproc_per_node 2 train.py               # the same on 2 ranks (gloo on CPU, nccl on GPU)
     torchrun --nproc_per_node 8 train.py --model runs/sft/final --data Video-R1-260k.json \\
         --media-root Video-R1-data                     # the paper's recipe from an SFT checkpoint
@@ -36,10 +36,10 @@ Departures of the loop (docs/departures.md; the math's are T1–T11 in tgrpo.py;
   L12 SIGTERM: finish the step, checkpoint, exit 143 (the official trainer loses the steps since its last save)
   L13 a constant learning rate (what the official cosine over ~65.8k nominal steps amounts to at ~1k)
   L14 LoRA as an option (lora.py): the reference is the policy with its adapters off; the frozen base in bf16 on CUDA
-With --eval-samples N (the tiny preset: 128 of the built-in test split) the policy answers N held-out prompts,
-sampled like the rollout, before the first step and after the last (heldout.py): the "eval_*" rows of
-metrics.jsonl, the one figure that says whether the policy got better (the accuracy reward also moves with the
-prompts each step drew).
+With --eval-samples N (the tiny preset: the 200 prompts of the built-in test split, 4 completions each) the
+policy answers N held-out prompts, sampled like the rollout, before the first step, every --eval-every steps and
+after the last (heldout.py): the "eval_*" rows of metrics.jsonl, the one figure that says whether the policy got
+better (the accuracy reward also moves with the prompts each step drew).
 Everything is written under ./runs/ by default: the built-in data and tiny model (runs/cache), the metrics
 (runs/tgrpo/metrics.jsonl, one JSON line per step; curves.png beside it, drawn at the end by curves.py) and
 the final HF folder (runs/tgrpo/final).
@@ -76,7 +76,7 @@ import tracking
 @dataclass
 class Config:
     # where things are
-    model: str = field(default="", metadata={"help": "HF folder of the policy (e.g. the SFT output); empty: the built-in cold start in cache_dir/coldstart/final (coldstart.py builds it once)"})
+    model: str = field(default="", metadata={"help": "HF folder of the policy (e.g. the SFT output); empty: the built-in cold start (common.coldstart: cache_dir/coldstart/final if coldstart.py built it there, else the shipped assets/coldstart)"})
     data: str = field(default="", metadata={"help": "Video-R1-260k-schema JSON/JSONL; empty: the built-in synthetic clips (train split)"})
     media_root: str = field(default="", metadata={"help": "folder the JSON's ./paths are relative to; empty: the JSON's folder"})
     out_dir: str = field(default="runs/tgrpo", metadata={"help": "metrics.jsonl and the final HF folder go here"})
@@ -88,6 +88,7 @@ class Config:
     # held-out evaluation (heldout.py): did the policy get better on prompts it never trains on?
     eval_data: str = field(default="", metadata={"help": "held-out JSON evaluated before the first step, every --eval-every steps and after the last; empty: the built-in test split (none with --data)"})
     eval_samples: int = field(default=0, metadata={"help": "held-out prompts per evaluation, one completion each, sampled like the rollout (0: no evaluation)"})
+    eval_completions: int = field(default=1, metadata={"help": "sampled completions per held-out prompt (K: the figure's noise shrinks like 1/sqrt(K x prompts))"})
     eval_every: int = field(default=0, metadata={"help": "> 0: also evaluate every this many steps"})
     eval_batch: int = field(default=16, metadata={"help": "held-out prompts per generate call"})
     # T-GRPO (notes §1, §3; tgrpo.py)
@@ -181,7 +182,7 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
               "num_iterations": cfg.num_iterations >= 1, "rope_time": cfg.rope_time in ("sample", "official"),
               "lr_schedule": cfg.lr_schedule in ("constant", "cosine"), "prompts_per_rank": cfg.prompts_per_rank >= 1,
               "precision": cfg.precision in distributed.PRECISIONS, "fsdp_vision_unit": cfg.fsdp_vision_unit in ("block", "tower"),
-              "eval_samples": cfg.eval_samples >= 0, "eval_batch": cfg.eval_batch >= 1}
+              "eval_samples": cfg.eval_samples >= 0, "eval_completions": cfg.eval_completions >= 1, "eval_batch": cfg.eval_batch >= 1}
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
         raise ValueError(f"invalid config value for {bad[0]}: {getattr(cfg, bad[0])!r}")
@@ -350,7 +351,8 @@ def main(argv=None):
 
     def run_eval(step: int, module) -> None:                                   # a collective: every rank calls it
         if held is not None:
-            row = {"step": step} | heldout.evaluate(module, tokenizer, held, sampling, cfg.eval_batch, proc, cfg.seed + 7, amp)
+            row = {"step": step} | heldout.evaluate(module, tokenizer, held, sampling, cfg.eval_batch, proc, cfg.seed + 7,
+                                                    amp, cfg.eval_completions)
             if proc.main:
                 metrics_file.write(json.dumps(row) + "\n"); metrics_file.flush()
                 tracker.log(row)

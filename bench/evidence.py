@@ -43,6 +43,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import common  # noqa: E402
+import distributed  # noqa: E402
 
 # name -> extra train.py flags; the name is what tgrpo.variant logs for those flags (checked by the report)
 VARIANTS = {
@@ -101,11 +103,15 @@ def pool(jobs: list[tuple[list[str], Path]], n: int) -> None:
 
 
 def cold_start(a: argparse.Namespace) -> Path:
-    """The folder every RL run starts from: --cold-start, or the built-in cold start (built when missing)."""
+    """The folder every RL run starts from: --cold-start, or the built-in cold start train.py takes: <cache-dir>'s
+    build, else the shipped one (common.shipped_coldstart), else built (coldstart.py, logged to a file)."""
     if a.cold_start:
         return Path(a.cold_start).resolve()
     cache = Path(a.cache_dir).resolve()
     final = cache / "coldstart" / "final"
+    data = common.builtin(cache, distributed.Dist(), model=False)["root"]
+    if not (final / "config.json").exists() and (shipped := common.shipped_coldstart(data)):
+        return shipped                                   # what train.py takes (common.coldstart), built by the same recipe
     if not (final / "config.json").exists():
         print(f"stage 1: the built-in cold start -> {final} (once; python coldstart.py)", flush=True)
         run(["coldstart.py", "--cache-dir", str(cache)], cache / "coldstart.log", threads=os.cpu_count() or 1)

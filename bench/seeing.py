@@ -1,7 +1,7 @@
 """The seeing table: per question family, does the model answer right, does its reasoning state the right fact,
 and do its frozen vision features carry the answer at all? Ordered vs shuffled frames.
 
-    python bench/seeing.py                                    # the built-in cold start (runs/cache/coldstart/final)
+    python bench/seeing.py                                    # the built-in cold start train.py starts from
     python bench/seeing.py --model runs/tgrpo/final           # any HF folder of the tiny model's kind
     python bench/seeing.py --model runs/tgrpo/final --n 8 --max-new-tokens 64 --no-probe   # a quick look
 
@@ -38,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
+import distributed  # noqa: E402
 import scenes  # noqa: E402
 import synthetic  # noqa: E402
 
@@ -48,7 +49,7 @@ ORDERS = (("ordered", "eval_test.records.jsonl"), ("shuffled", "eval_test_shuffl
 def parse(argv=None) -> argparse.Namespace:
     """The command line (argv: list of strings; None: sys.argv[1:]) as a Namespace; exits on a bad flag."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="", help="HF folder of the policy; empty: the built-in cold start, <cache-dir>/coldstart/final")
+    ap.add_argument("--model", default="", help="HF folder of the policy; empty: the built-in cold start train.py starts from (common.coldstart: <cache-dir>/coldstart/final, else the shipped assets/coldstart, else built)")
     ap.add_argument("--cache-dir", default="runs/cache", help="the built-in data: <cache-dir>/data (built with the defaults if missing)")
     ap.add_argument("--out-dir", default="runs/seeing", help="seeing.json and eval.py's records (eval/) go here")
     ap.add_argument("--n", type=int, default=0, help="> 0: only the first N held-out items of each family")
@@ -221,11 +222,10 @@ def main(argv=None) -> dict:
     (SystemExit) when the model folder has no config.json; RuntimeError when eval.py fails."""
     a = parse(argv)
     cache, out = Path(a.cache_dir).resolve(), Path(a.out_dir).resolve()
-    model = Path(a.model).resolve() if a.model else common.coldstart_dir(cache) / "final"
-    if not (model / "config.json").exists():
-        raise SystemExit(f"seeing: no HF model folder at {model}; pass --model (the default is the built-in cold start, "
-                         f"<cache-dir>/coldstart)")
     paths = builtin_data(cache / "data")
+    model = Path(a.model).resolve() if a.model else common.coldstart(cache, distributed.Dist())   # what train.py takes
+    if not (model / "config.json").exists():
+        raise SystemExit(f"seeing: no HF model folder at {model}; pass --model (the default is the built-in cold start)")
     entries = json.loads(Path(paths["test"]).read_text())
     test_json, guess = Path(paths["test"]), chance(entries)           # chance over the whole split, not the --n subset
     if a.n > 0:   # the first N of each family, in a file of its own (eval.py refuses records of another subset)

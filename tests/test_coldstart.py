@@ -1,5 +1,6 @@
 """The built-in cold start (coldstart.py): its stages, a tiny subprocess run of all three, a tower that still tells
-clips apart afterwards, and train.py's default starting from it."""
+clips apart afterwards, train.py's default starting from it, and the shipped one (assets/coldstart) being what
+the current recipe makes from the current built-in data and tiny default."""
 import json
 import sys
 
@@ -8,6 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 import coldstart
+import common
+import distributed
 from conftest import ROOT, run_cmd
 
 
@@ -98,3 +101,38 @@ def test_coldstart_runs_and_train_starts_from_it(tmp_path):
     train = run_cmd([sys.executable, str(ROOT / "train.py"), "--cache-dir", str(cache), "--out-dir", str(tmp_path / "rl"),
                      "--steps", "1", "--G", "2", "--max-completion-length", "4", "--prompts-per-rank", "1"], tmp_path)
     assert f"policy {final}" in train.stdout and (tmp_path / "rl" / "curves.png").exists()
+    # what it recorded: the flags it ran with and the built-in data it was built for
+    made = json.loads((final / common.RECORD).read_text())
+    assert made["recipe"]["perception_epochs"] == 0.02 and made["recipe"]["temporal_steps"] == 2
+    assert made["data"] == json.loads((cache / "data" / "manifest.json").read_text())["params"]
+    # the shipped cold start: the default recipe on this (the default) built-in data, from this tiny default --
+    # so a change of the recipe's defaults, the data or the tiny model fails here until it is rebuilt and committed
+    shipped = common.SHIPPED_COLDSTART
+    assert json.loads((shipped / common.RECORD).read_text()) == coldstart.record(coldstart.Config(), cache / "data")
+    assert common.shipped_coldstart(cache / "data") == shipped
+    assert (shipped / "tokenizer.json").read_text() == (cache / "tiny" / "tokenizer.json").read_text()
+    sent = load_file(shipped / "model.safetensors")
+    assert sent.keys() == tiny.keys()
+    for k in tiny:
+        if k.startswith("visual."):                                          # frozen in every stage
+            torch.testing.assert_close(sent[k], tiny[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_train_default_takes_the_shipped_cold_start_only_for_its_data(tmp_path, capsys):
+    shipped, data = tmp_path / "shipped", tmp_path / "cache" / "data"
+    shipped.mkdir()
+    data.mkdir(parents=True)
+    params = {"version": 4, "seed": 0, "n_train": 320}
+    (shipped / common.RECORD).write_text(json.dumps({"recipe": {}, "data": params}))
+    assert common.shipped_coldstart(data, shipped) is None                  # no built-in data yet
+    (data / "manifest.json").write_text(json.dumps({"params": params, "files": []}))
+    assert common.coldstart(tmp_path / "cache", distributed.Dist(), shipped) == shipped
+    (data / "manifest.json").write_text(json.dumps({"params": params | {"version": 5}, "files": []}))
+    assert common.shipped_coldstart(data, shipped) is None
+    said = capsys.readouterr().out
+    assert "was built for the built-in data" in said and "'version': 5" in said    # says why it is not used
+    built = tmp_path / "cache" / "coldstart" / "final"                     # python coldstart.py's own build wins
+    built.mkdir(parents=True)
+    (built / "config.json").write_text("{}")
+    (data / "manifest.json").write_text(json.dumps({"params": params, "files": []}))
+    assert common.coldstart(tmp_path / "cache", distributed.Dist(), shipped) == built
