@@ -25,7 +25,8 @@ The built-in recipe (D8 in docs/departures.md; for the tiny default only) has fo
   1. COT SFT (Video-R1 stage 1): `sft.py` on the built-in COT split, starting from stage 0b's export, with
      `--cot-perception` perception samples mixed in (the COT reasoning starts with the same words, so the two
      agree; without them the COT stage undoes much of stage 0: scenes.py's docstring, "Reasoning");
-  2. T-GRPO (Video-R1 stage 2): `train.py --model runs/cache/coldstart/final` -- what `python train.py` does.
+  2. T-GRPO (Video-R1 stage 2): `train.py --model runs/cache/coldstart/final` -- what `python train.py` does
+     (from the shipped copy, assets/coldstart, when nothing was built here).
 Each stage is a plain `sft.py` run (a subprocess, its own metrics.jsonl and curves.png under out/<stage>/) so
 that nothing here re-implements training; a stage whose export exists is not run again. The vision tower stays
 frozen in every stage (common.SFT_TINY says why), so every exported folder is a plain Qwen2.5-VL.

@@ -8,8 +8,8 @@ on the static-shortcut benchmark (shortcut.py), from the built-in cold start, on
     python bench/evidence.py --report-only                # re-aggregate an existing --out folder
 
 What it runs, every stage through the project's own entry points (subprocesses, `--jobs` at a time):
-1. the cold start: the built-in one (`coldstart.py`, cached in runs/cache/coldstart/final, the start of
-   `python train.py`; ~7.5 min on 2 cores the first time), or `--cold-start DIR`;
+1. the cold start: the built-in one `python train.py` starts from (runs/cache/coldstart/final when coldstart.py
+   built it there, else the shipped assets/coldstart, the same recipe's result), or `--cold-start DIR`;
 2. the benchmark's data: `shortcut.make_shortcut_dataset(out/data, q=--q)`: size change and direction where
    the moving shape's colour agrees with the answer in a share q of the training clips, the static controls
    beside them, and four test splits (cue following, cue reversed, cue free, static controls);
