@@ -103,11 +103,17 @@ RECORD = "coldstart.json"
 def shipped_coldstart(data_dir: str | Path, shipped: str | Path = SHIPPED_COLDSTART) -> Path | None:
     """`shipped` (an HF folder with its RECORD) when its record's "data" parameters equal those of the built-in
     data in `data_dir` (its manifest.json, synthetic.make_dataset), else None, printing why when the folder exists
-    but was built for other data (e.g. a newer scenes.VERSION: python coldstart.py then builds a matching one)."""
+    but was built for other data (e.g. a newer scenes.VERSION: python coldstart.py then builds a matching one).
+    Raises ValueError naming the file when RECORD is not JSON with a "data" entry."""
     shipped, manifest = Path(shipped), Path(data_dir) / "manifest.json"
     if not (shipped / RECORD).exists() or not manifest.exists():
         return None
-    made_for, have = json.loads((shipped / RECORD).read_text())["data"], json.loads(manifest.read_text())["params"]
+    try:
+        made_for = json.loads((shipped / RECORD).read_text())["data"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{shipped / RECORD}: not a cold start record with a \"data\" entry ({e!r}); "
+                         f"coldstart.py writes one") from e
+    have = json.loads(manifest.read_text())["params"]
     if made_for != have:
         print(f"{shipped / RECORD} was built for the built-in data {made_for}; {manifest} has {have}: not using it",
               flush=True)

@@ -136,3 +136,6 @@ def test_train_default_takes_the_shipped_cold_start_only_for_its_data(tmp_path, 
     (built / "config.json").write_text("{}")
     (data / "manifest.json").write_text(json.dumps({"params": params, "files": []}))
     assert common.coldstart(tmp_path / "cache", distributed.Dist(), shipped) == built
+    (shipped / common.RECORD).write_text('{"recipe": {}}')
+    with pytest.raises(ValueError, match="coldstart.json: not a cold start record"):
+        common.shipped_coldstart(data, shipped)
