@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import common
 from conftest import ROOT, run_cmd as run
 
 QUICK = ["--preset", "tiny", "--G", "2", "--max-completion-length", "6", "--prompts-per-rank", "1"]
@@ -122,7 +123,8 @@ def test_resume_with_other_settings_is_refused(builtin, tmp_path):
     run(train_cmd(builtin, out, "--steps", "1", "--save-every", "1"), tmp_path)
     proc = run(train_cmd(builtin, out, "--steps", "2", "--resume", "auto", "--G", "4", "--lr", "1e-3"), tmp_path, ok=False)
     assert proc.returncode != 0
-    assert "G: 2 -> 4" in proc.stderr and "lr: 2e-05 -> 0.001" in proc.stderr and "--allow-config-change" in proc.stderr
+    lr = common.TRAIN_TINY["lr"]                                              # the tiny preset's, as the first run had it
+    assert "G: 2 -> 4" in proc.stderr and f"lr: {lr} -> 0.001" in proc.stderr and "--allow-config-change" in proc.stderr
     assert json.loads((out / "config.json").read_text())["G"] == 2             # the run's config was not overwritten
     proc = run(train_cmd(builtin, out, "--steps", "2", "--resume", "auto", "--G", "4", "--allow-config-change", "true"),
                tmp_path)
