@@ -121,20 +121,26 @@ def shipped_coldstart(data_dir: str | Path, shipped: str | Path = SHIPPED_COLDST
     return shipped
 
 
-def coldstart(cache_dir: str | Path, proc: distributed.Dist, shipped: str | Path = SHIPPED_COLDSTART) -> Path:
-    """The built-in cold start (an HF folder), the first of: cache_dir/coldstart/final (what `python coldstart.py`
-    built there); the shipped one (`shipped_coldstart`, for the built-in data already in cache_dir/data); else
-    built on rank 0 by `python coldstart.py` (a child process, minutes on CPU, with its progress bars) into
-    cache_dir/coldstart/final while the other ranks wait. Raises subprocess.CalledProcessError when the build fails."""
+def existing_coldstart(cache_dir: str | Path, shipped: str | Path = SHIPPED_COLDSTART) -> Path | None:
+    """The built-in cold start that needs no build, the first of: cache_dir/coldstart/final (what `python
+    coldstart.py` built there); the shipped one (`shipped_coldstart`, for the built-in data already in
+    cache_dir/data). None when neither applies. Raises what shipped_coldstart raises."""
     final = coldstart_dir(cache_dir) / "final"
-    if not (final / "config.json").exists() and (found := shipped_coldstart(Path(cache_dir) / "data", shipped)):
-        return found
-    if proc.main and not (final / "config.json").exists():
+    return final if (final / "config.json").exists() else shipped_coldstart(Path(cache_dir) / "data", shipped)
+
+
+def coldstart(cache_dir: str | Path, proc: distributed.Dist, shipped: str | Path = SHIPPED_COLDSTART) -> Path:
+    """The built-in cold start (an HF folder): `existing_coldstart`, else built on rank 0 by `python coldstart.py`
+    (a child process, minutes on CPU, with its progress bars) into cache_dir/coldstart/final while the other ranks
+    wait (one barrier on every rank either way). Raises subprocess.CalledProcessError when the build fails."""
+    found = existing_coldstart(cache_dir, shipped)
+    final = coldstart_dir(cache_dir) / "final"
+    if proc.main and found is None:
         print(f"building the built-in cold start in {final.parent} (once): python coldstart.py", flush=True)
         subprocess.run([sys.executable, str(ROOT / "coldstart.py"), "--cache-dir", str(Path(cache_dir).resolve())], cwd=ROOT,
                        env=child_env(), check=True)
     distributed.barrier(proc)
-    return final
+    return found or final
 
 
 def resolve_model_and_data(cfg, proc: distributed.Dist) -> tuple[str, str, str]:

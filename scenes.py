@@ -47,8 +47,9 @@ random order. Measured reason (VERSION 1 shuffled them): after SFT the tiny mode
 answer to size_change questions in 78 % of held-out clips with ordered frames (50 % shuffled), but the letter
 it then gave matched its own reasoning only 41 % of the time. Binding a word to a letter that moves between
 questions is a skill the from-scratch decoder does not learn within the CPU budget, and it hid what the model
-sees (measured with the first evidence protocol's "seeing vs answering" table, now bench/seeing.py's). With a fixed order a constant letter still scores
-chance in expectation: the correct option's place follows its value, and the values are balanced.
+sees (measured with the first evidence protocol's "seeing vs answering" table, now bench/seeing.py's). With a
+fixed order a constant letter still scores chance in expectation: the correct option's place follows its value,
+and the values are balanced.
 Colour lists all six colours (VERSION 4): with the right colour and three random others (VERSION 3) the letter
 of "red" moved with the distractors, and a tiny model that named the colour for 0.97 of held-out clips chose
 its letter for 0.58. Now each colour has one letter, as each shape, size change and direction already had.

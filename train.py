@@ -87,7 +87,7 @@ class Config:
     seed: int = field(default=42, metadata={"help": "base seed; rank r uses seed + r"})
     # held-out evaluation (heldout.py): did the policy get better on prompts it never trains on?
     eval_data: str = field(default="", metadata={"help": "held-out JSON evaluated before the first step, every --eval-every steps and after the last; empty: the built-in test split (none with --data)"})
-    eval_samples: int = field(default=0, metadata={"help": "held-out prompts per evaluation, one completion each, sampled like the rollout (0: no evaluation)"})
+    eval_samples: int = field(default=0, metadata={"help": "held-out prompts per evaluation, --eval-completions each, sampled like the rollout (0: no evaluation)"})
     eval_completions: int = field(default=1, metadata={"help": "sampled completions per held-out prompt (K: the figure's noise shrinks like 1/sqrt(K x prompts))"})
     eval_every: int = field(default=0, metadata={"help": "> 0: also evaluate every this many steps"})
     eval_batch: int = field(default=16, metadata={"help": "held-out prompts per generate call"})

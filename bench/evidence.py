@@ -104,18 +104,17 @@ def pool(jobs: list[tuple[list[str], Path]], n: int) -> None:
 
 def cold_start(a: argparse.Namespace) -> Path:
     """The folder every RL run starts from: --cold-start, or the built-in cold start train.py takes: <cache-dir>'s
-    build, else the shipped one (common.shipped_coldstart), else built (coldstart.py, logged to a file)."""
+    build, else the shipped one (common.existing_coldstart), else built (coldstart.py, logged to a file)."""
     if a.cold_start:
         return Path(a.cold_start).resolve()
     cache = Path(a.cache_dir).resolve()
-    final = cache / "coldstart" / "final"
-    data = common.builtin(cache, distributed.Dist(), model=False)["root"]
-    if not (final / "config.json").exists() and (shipped := common.shipped_coldstart(data)):
-        return shipped                                   # what train.py takes (common.coldstart), built by the same recipe
-    if not (final / "config.json").exists():
-        print(f"stage 1: the built-in cold start -> {final} (once; python coldstart.py)", flush=True)
+    common.builtin(cache, distributed.Dist(), model=False)          # the shipped one is taken only for this data
+    found = common.existing_coldstart(cache)                         # what train.py takes (common.coldstart)
+    if found is None:
+        found = common.coldstart_dir(cache) / "final"
+        print(f"stage 1: the built-in cold start -> {found} (once; python coldstart.py)", flush=True)
         run(["coldstart.py", "--cache-dir", str(cache)], cache / "coldstart.log", threads=os.cpu_count() or 1)
-    return final
+    return found
 
 
 def chosen(names: str) -> dict[str, str]:
