@@ -93,9 +93,10 @@ def coldstart_dir(cache_dir: str | Path) -> Path:
     return Path(cache_dir) / "coldstart"
 
 
-# The built-in cold start as `python coldstart.py` builds it at its default settings, committed to the repository
-# (10 MB) so that a first `python train.py` spends its minutes on T-GRPO. RECORD in a cold start folder says what made
-# it: {"recipe": coldstart.py's settings, "data": the built-in data's parameters (synthetic.make_dataset's manifest)}.
+# The built-in cold start (the built-in recipe, D8 in docs/departures.md) as `python coldstart.py` builds it at its
+# default settings, committed to the repository (10 MB) so that a first `python train.py` spends its minutes on
+# T-GRPO. RECORD in a cold start folder says what made it: {"recipe": coldstart.py's settings, "data": the built-in
+# data's parameters (synthetic.make_dataset's manifest)}.
 SHIPPED_COLDSTART = ROOT / "assets" / "coldstart"
 RECORD = "coldstart.json"
 
