@@ -113,9 +113,15 @@ def test_coldstart_runs_and_train_starts_from_it(tmp_path):
     assert (shipped / "tokenizer.json").read_text() == (cache / "tiny" / "tokenizer.json").read_text()
     sent = load_file(shipped / "model.safetensors")
     assert sent.keys() == tiny.keys()
+    centred = "visual.merger.mlp.2.bias"                                     # tiny.center_visual_features
     for k in tiny:
-        if k.startswith("visual."):                                          # frozen in every stage
-            torch.testing.assert_close(sent[k], tiny[k], rtol=0, atol=1e-6, msg=k)
+        if k.startswith("visual.") and k != centred:                         # frozen in every stage, seeded draws:
+            assert torch.equal(sent[k], tiny[k]), k                          # the same bits on every CPU
+    # The centred bias is float32 arithmetic on decoded, resized clips; on another CPU the resize (D3) can round a
+    # few pixels one level the other way (measured: one level up or down on 1 % of the pixel values moves it by
+    # 6.7e-6, on all of them 7.1e-5). A changed centring moves it more: 64 -> 63 clips 2.9e-4, none 0.25.
+    gap = (sent[centred] - tiny[centred]).abs().max().item()
+    assert gap < 1e-4, f"{centred}: the shipped cold start differs from this build by {gap:.2e} (max abs)"
 
 
 def test_train_default_takes_the_shipped_cold_start_only_for_its_data(tmp_path, capsys):
