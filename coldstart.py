@@ -145,7 +145,8 @@ def build(cfg: Config) -> Path:
 
 def record(cfg: Config, data: Path) -> dict:
     """What made a cold start (common.RECORD in its folder): {"recipe": cfg's fields that change the result (all
-    but the folders and the device), "data": the parameters in data/manifest.json (synthetic.make_dataset)}."""
+    but the folders and the device), "data": the parameters in data/manifest.json (synthetic.make_dataset)}.
+    Raises FileNotFoundError when `data` has no manifest.json."""
     recipe = {k: v for k, v in asdict(cfg).items() if k not in ("cache_dir", "out_dir", "device")}
     return {"recipe": recipe, "data": json.loads((data / "manifest.json").read_text())["params"]}
 
