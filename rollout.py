@@ -3,8 +3,10 @@
 How it avoids repeated work (L8; the official trainer tiles pixels G times and prefills the prompt G times):
 1. every distinct prompt (an ordered video, its shuffled copy, an image) is prefilled ONCE, its visual
    features computed once, in one left-padded batch;
-2. the KV cache is then expanded row-wise to G (or G̃) copies with `batch_select_indices`;
-3. all G + G̃ continuations of all prompts decode together, one token per step, with explicit sampling (L7):
+2. each row's prompt K/V is copied from the prefill's cache into the decoder's static cache, G (or G̃) rows per
+   prompt (decode.py);
+3. all G + G̃ continuations of all prompts decode together, one token per step, through `decode.decode_step`
+   (L15: eager or compiled, no host sync per token), with explicit sampling (L7):
    temperature, top-p, top-k, repetition penalty are always passed in, never read from the checkpoint's
    generation_config (notes §9 item 17: a 7B checkpoint's config would make "sampling" near-greedy).
 
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
+
+from decode import Decoder
 
 from model import Visual, embed_with_visuals, rope_positions
 from pixels import Prepared
@@ -60,36 +64,17 @@ def left_pad(seqs: list[torch.Tensor], pad_id: int):
     return ids, mask
 
 
-def filter_logits(logits: torch.Tensor, sp: SamplingParams, seen: torch.Tensor | None) -> torch.Tensor:
-    """Apply repetition penalty, temperature, top-k and top-p to logits (R, V) float32; returns (R, V) with
-    excluded entries at -inf. `seen` (R, V) bool marks tokens already in the prompt or completion (for the
-    penalty). Raises ValueError for temperature <= 0 or top_p outside (0, 1]."""
-    if sp.temperature <= 0 or not 0 < sp.top_p <= 1:
-        raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got {sp.temperature}, {sp.top_p}")
-    if sp.repetition_penalty != 1.0 and seen is not None:
-        penalised = torch.where(logits > 0, logits / sp.repetition_penalty, logits * sp.repetition_penalty)
-        logits = torch.where(seen, penalised, logits)
-    logits = logits / sp.temperature
-    if sp.top_k > 0:
-        kth = torch.topk(logits, min(sp.top_k, logits.shape[-1]), dim=-1).values[..., -1:]   # (R, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if sp.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)     # (R, V)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= sp.top_p                     # keep the smallest set with mass >= p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return logits
-
-
 @torch.no_grad()
 def generate(hf, prompts: list[torch.Tensor], visuals: list[Visual], n: list[int], sp: SamplingParams,
-             pad_id: int, stop_ids: list[int], generator: torch.Generator | None = None) -> list[Completions]:
+             pad_id: int, stop_ids: list[int], generator: torch.Generator | None = None,
+             decoder: Decoder | None = None) -> list[Completions]:
     """Sample n[i] completions for prompt i, sharing one prefill per prompt.
 
     Args: hf: a Qwen2_5_VLForConditionalGeneration with full (unsharded) weights; prompts: list of (P_i,) long
-    prompt ids from data.encode_prompt; visuals[i]: the prompt's visual input; n[i] >= 0; generator: seeds the
-    sampling. Returns one Completions per prompt (ids (n[i], L) with L the longest completion of the batch).
-    Raises ValueError when lengths of prompts/visuals/n differ.
+    prompt ids from data.encode_prompt; visuals[i]: the prompt's visual input; n[i] >= 0; generator: draws the
+    sampling noise; decoder: the run's `decode.Decoder` (its weight copy, cache and compiled step are reused
+    across calls; default: a new eager one). Returns one Completions per prompt (ids (n[i], L) with L the longest
+    completion of the batch). Raises ValueError when lengths of prompts/visuals/n differ, or as decode.sample.
     """
     if not len(prompts) == len(visuals) == len(n):
         raise ValueError(f"prompts ({len(prompts)}), visuals ({len(visuals)}) and n ({len(n)}) must match")
@@ -103,44 +88,23 @@ def generate(hf, prompts: list[torch.Tensor], visuals: list[Visual], n: list[int
     out = hf.model.language_model(inputs_embeds=embeds, attention_mask=attn, position_ids=position_ids,
                                   past_key_values=cache, use_cache=True)
     last = out.last_hidden_state[:, -1]                                        # (B, D)
-
     rows = torch.tensor([i for i, k in enumerate(n) for _ in range(k)], dtype=torch.long, device=device)  # (R,)
-    R = rows.numel()
-    if R == 0:
+    if rows.numel() == 0:
         return [_empty(device) for _ in prompts]
-    cache.batch_select_indices(rows)                                           # KV (B, ...) -> (R, ...)
     logits = hf.lm_head(last[rows]).float()                                    # (R, V)
-    attn = attn[rows]                                                          # (R, P)
     # Completion token j sits at (last prompt position + 1 + j) on all three mRoPE axes: the same positions a
     # full-sequence forward (model.rope_positions over prompt + completion) gives, so the log-prob pass matches.
-    next_pos = position_ids[0, :, -1:][rows] + 1                               # (R, 1)
-    V = logits.shape[-1]
+    next_pos = position_ids[0, :, -1][rows] + 1                                # (R,)
     seen = None
     if sp.repetition_penalty != 1.0:
-        seen = torch.zeros(R, V, dtype=torch.long, device=device).scatter_add_(1, ids[rows], attn) > 0  # (R, V)
-    stop = torch.tensor(stop_ids, device=device)
-    done = torch.zeros(R, dtype=torch.bool, device=device)
-    tokens, logps = [], []
-    for step in range(sp.max_new_tokens):
-        logp = F.log_softmax(logits, dim=-1)                                   # (R, V) temperature-1 log-probs
-        probs = filter_logits(logits, sp, seen).softmax(-1)
-        tok = torch.multinomial(probs, 1, generator=generator)[:, 0]           # (R,)
-        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-        tokens.append(tok)
-        logps.append(torch.where(done, torch.zeros_like(tok, dtype=logp.dtype), logp.gather(1, tok[:, None])[:, 0]))
-        done = done | torch.isin(tok, stop)
-        if bool(done.all()) or step == sp.max_new_tokens - 1:
-            break
-        if seen is not None:
-            seen.scatter_(1, tok[:, None], True)
-        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)          # (R, P + step + 1)
-        pos = (next_pos + step).view(1, R, 1).expand(3, R, 1)                  # (3, R, 1) text token: same t/h/w
-        h = hf.model.language_model(inputs_embeds=hf.model.get_input_embeddings()(tok[:, None]), attention_mask=attn,
-                                    position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state
-        logits = hf.lm_head(h[:, -1]).float()                                  # (R, V)
-    comp = torch.stack(tokens, 1)                                              # (R, L)
-    lp = torch.stack(logps, 1)                                                 # (R, L)
-    mask = completion_mask(comp, stop_ids)                                     # (R, L)
+        seen = torch.zeros(len(rows), logits.shape[-1], dtype=torch.long, device=device).scatter_add_(
+            1, ids[rows], attn[rows]) > 0                                      # (R, V) prompt tokens
+    comp, lp = (decoder or Decoder("off")).run(hf, cache, rows, attn[rows], logits, next_pos, seen, sp, pad_id,
+                                               stop_ids, generator)           # (R, N) each
+    del cache, out
+    mask = completion_mask(comp, stop_ids)                                     # (R, N)
+    L = int(mask.sum(1).max())                                                 # the longest completion
+    comp, mask, lp = comp[:, :L], mask[:, :L], lp[:, :L]                       # (R, L)
     comp = torch.where(mask.bool(), comp, torch.full_like(comp, pad_id))
     result, start = [], 0
     for k in n:

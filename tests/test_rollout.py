@@ -6,6 +6,7 @@ import torch
 
 import data
 import model as M
+import decode as D
 import rollout as R
 import pixels
 
@@ -24,23 +25,23 @@ def test_left_pad():
 def test_top_p_keeps_smallest_set_with_mass_p():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     logits = probs.log()
-    keep = lambda p: torch.isfinite(R.filter_logits(logits, R.SamplingParams(top_p=p), None))[0].tolist()
+    keep = lambda p: torch.isfinite(D.filter_logits(logits, R.SamplingParams(top_p=p), None))[0].tolist()
     assert keep(0.5) == [True, False, False, False]        # 0.5 alone reaches 0.5
     assert keep(0.6) == [True, True, False, False]
     assert keep(0.95) == [True, True, True, False]         # 0.95 reached with three tokens
     assert keep(1.0) == [True, True, True, True]
-    top1 = R.filter_logits(logits, R.SamplingParams(top_p=1.0, top_k=1), None)
+    top1 = D.filter_logits(logits, R.SamplingParams(top_p=1.0, top_k=1), None)
     assert torch.isfinite(top1).sum() == 1 and torch.isfinite(top1[0, 0])
-    scaled = R.filter_logits(logits, R.SamplingParams(top_p=1.0, temperature=0.5), None)
+    scaled = D.filter_logits(logits, R.SamplingParams(top_p=1.0, temperature=0.5), None)
     assert torch.allclose(scaled, logits / 0.5)
     with pytest.raises(ValueError):
-        R.filter_logits(logits, R.SamplingParams(temperature=0.0), None)
+        D.filter_logits(logits, R.SamplingParams(temperature=0.0), None)
 
 
 def test_repetition_penalty_follows_hf_rule():
     logits = torch.tensor([[2.0, -1.0, 0.5]])
     seen = torch.tensor([[True, True, False]])
-    out = R.filter_logits(logits, R.SamplingParams(top_p=1.0, repetition_penalty=2.0), seen)
+    out = D.filter_logits(logits, R.SamplingParams(top_p=1.0, repetition_penalty=2.0), seen)
     assert out.tolist() == [[1.0, -2.0, 0.5]]
 
 

@@ -1,0 +1,390 @@
+"""The decode step: one new token per row over a static KV cache, one pure function run eager or compiled (L15).
+
+gpt-fast's recipe in plain PyTorch. `rollout.generate` prefills every distinct prompt once with the HF model (visual
+features, 3-D mRoPE), then hands the prompt's K/V to a `Decoder`, which copies them into a cache allocated once and
+calls `decode_step` once per new token. The step reads nothing the graph cannot keep: the decoder's weights live in
+a persistent copy (`Weights`, stacked per layer, in the dtype the rollout computes in) refreshed in place at every
+`Decoder.run`, so after each optimizer step; the cache, the sampled tokens and the noise live in buffers
+(`State`) that the step updates in place. So `torch.compile(decode_step, fullgraph=True)` traces it once per
+bucket of shapes, and on CUDA ("reduce-overhead") replays it as one CUDA graph per token instead of ~100 kernel
+launches per layer.
+
+    python bench/rollout.py                        # eager vs compiled ms per decode step (CPU: tiny and narrow 7B)
+    python train.py --compile-decode on            # compiled on CPU too (auto: compiled on CUDA, eager on CPU)
+
+What the step computes, per row (R rows: a prompt's G ordered and G̃ shuffled continuations, plus dummy rows):
+- the Qwen2.5-VL decoder for one text token. A text token carries the same position on mRoPE's three axes
+  (model.rope_positions), and mRoPE only chooses, per frequency band, which axis's position to rotate by: with
+  equal positions every band rotates by the same one, so mRoPE is plain 1-D RoPE at the row's position here;
+- grouped-query attention over the cache that reads each KV head once: the H query heads are viewed as
+  (KV heads, H / KV) and multiplied with their own head's keys (no `repeat_kv` copy);
+- the lm_head, then the sampler (`sample`): `filter_logits` (repetition penalty, temperature, top-k,
+  top-p) and an exact categorical draw by the exponential race, argmax(p / E) with E ~ Exp(1) drawn outside the
+  step from the run's generator (P(argmax = i) = p_i / Σ p: the same distribution as `torch.multinomial`).
+
+No host sync per token: "all rows done" is read every DONE_EVERY steps; a finished row keeps emitting the pad id
+with log-prob 0, and the output is cut to the longest completion, so the result is the one an every-step check
+gives. When compiled, rows are padded with dummy rows to a multiple of ROW_MULTIPLE and the cache length rounded up
+to a multiple of CACHE_MULTIPLE; a state grows only, and a smaller call reuses it, so a run compiles one graph per
+growth (logged by `Decoder.summary`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+DONE_EVERY = 32          # decode steps between host reads of "all rows done"
+ROW_MULTIPLE = 8         # compiled: rows padded with dummy rows to a multiple of this
+CACHE_MULTIPLE = 256     # compiled: cache length rounded up to a multiple of this (tokens)
+COMPILE_MODES = ("auto", "on", "off")
+
+
+def compile_option():
+    """The entry points' `--compile-decode` field (train.py, sft.py, eval.py)."""
+    return field(default="auto", metadata={"help": "compile the decode step (decode.py): auto (on CUDA: compiled with "
+                                                   "CUDA graphs; on CPU: eager, where compiling measured slower) | on | off"})
+
+
+@dataclass
+class Weights:
+    """The decoder's weights as the decode step reads them, stacked per layer (NL layers, width D, H query heads and
+    KV key/value heads of head_dim hd, MLP width I, vocabulary V), in one dtype on one device:
+    embed (V, D); ln1, ln2 (NL, D); qkv (NL, (H + 2 KV)·hd, D) with qkv_bias (NL, (H + 2 KV)·hd): q, k, v
+    projections stacked; o (NL, D, H·hd); gate_up (NL, 2I, D): gate then up; down (NL, D, I); norm (D,);
+    lm_head (V, D); inv_freq (hd/2,) float32, RoPE's inverse frequencies; rope_scale: RoPE's attention scaling."""
+    embed: torch.Tensor
+    ln1: torch.Tensor
+    qkv: torch.Tensor
+    qkv_bias: torch.Tensor
+    o: torch.Tensor
+    ln2: torch.Tensor
+    gate_up: torch.Tensor
+    down: torch.Tensor
+    norm: torch.Tensor
+    lm_head: torch.Tensor
+    inv_freq: torch.Tensor
+    heads: int
+    kv_heads: int
+    head_dim: int
+    eps: float
+    rope_scale: float
+
+
+def allocate_weights(hf, dtype: torch.dtype, device) -> Weights:
+    """Empty `Weights` for the decoder of `hf` (a Qwen2.5-VL; only its config and rotary embedding are read).
+    Raises ValueError for a decoder the step does not implement (sliding-window layers, an activation other
+    than SiLU)."""
+    c = hf.config.text_config
+    if getattr(c, "use_sliding_window", False) or c.hidden_act != "silu":
+        raise ValueError(f"decode step: needs full attention and SiLU, got use_sliding_window="
+                         f"{getattr(c, 'use_sliding_window', False)}, hidden_act={c.hidden_act!r}")
+    NL, D, I, V = c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.vocab_size
+    H, KV = c.num_attention_heads, c.num_key_value_heads
+    hd = getattr(c, "head_dim", None) or D // H
+    rot = hf.model.language_model.rotary_emb
+    e = lambda *shape: torch.zeros(*shape, dtype=dtype, device=device)
+    return Weights(e(V, D), e(NL, D), e(NL, (H + 2 * KV) * hd, D), e(NL, (H + 2 * KV) * hd), e(NL, D, H * hd),
+                   e(NL, D), e(NL, 2 * I, D), e(NL, D, I), e(D), e(V, D),
+                   rot.inv_freq.detach().float().to(device).clone(), H, KV, hd, float(c.rms_norm_eps),
+                   float(rot.attention_scaling))
+
+
+def effective_weight(linear: torch.nn.Module) -> torch.Tensor:
+    """The weight a Linear applies: its own, or under PEFT LoRA the base weight plus each active adapter's
+    delta (alpha / r) B A from PEFT's `get_delta_weight`, computed in float32. Raises ValueError for a weight
+    that is still an FSDP shard (call inside distributed.full_weights) or for a DoRA adapter."""
+    base = getattr(linear, "base_layer", None)
+    w = (base if base is not None else linear).weight
+    if type(w.data).__name__ == "DTensor":
+        raise ValueError("decode weights: an FSDP-sharded weight; refresh inside distributed.full_weights")
+    if base is None or linear.merged or linear.disable_adapters:
+        return w.detach()
+    w = w.detach().float()
+    for name in linear.active_adapters:
+        if name in linear.lora_A:
+            if linear.use_dora.get(name, False):
+                raise ValueError(f"decode weights: DoRA adapter {name!r} cannot be merged into the decode copy")
+            w = w + linear.get_delta_weight(name).float()
+    return w
+
+
+def refresh(w: Weights, hf) -> None:
+    """Copy `hf`'s current decoder, embedding, final norm and lm_head into `w` in place (LoRA adapters merged), so
+    the compiled step's inputs keep their addresses. Call with full weights (distributed.full_weights)."""
+    lm = hf.model.language_model
+    bias = lambda m: (getattr(m, "base_layer", m)).bias
+    with torch.no_grad():
+        w.embed.copy_(lm.embed_tokens.weight)
+        w.norm.copy_(lm.norm.weight)
+        w.lm_head.copy_(hf.lm_head.weight)
+        for i, layer in enumerate(lm.layers):
+            a, mlp = layer.self_attn, layer.mlp
+            w.ln1[i].copy_(layer.input_layernorm.weight)
+            w.ln2[i].copy_(layer.post_attention_layernorm.weight)
+            start = 0
+            for proj in (a.q_proj, a.k_proj, a.v_proj):
+                wt = effective_weight(proj)                                    # (out, D)
+                w.qkv[i, start:start + wt.shape[0]].copy_(wt)
+                w.qkv_bias[i, start:start + wt.shape[0]].copy_(bias(proj))
+                start += wt.shape[0]
+            w.o[i].copy_(effective_weight(a.o_proj))
+            I = w.gate_up.shape[1] // 2
+            w.gate_up[i, :I].copy_(effective_weight(mlp.gate_proj))
+            w.gate_up[i, I:].copy_(effective_weight(mlp.up_proj))
+            w.down[i].copy_(effective_weight(mlp.down_proj))
+
+
+@dataclass
+class State:
+    """The buffers one decode step reads and updates in place (Rb rows incl. dummies, cache length S, N new
+    tokens at most, vocabulary V, NL layers, KV heads of hd):
+    k, v (NL, Rb, KV, S, hd): post-RoPE keys and values, prompt in columns [0, P), new tokens from P;
+    key_ok (Rb, S) bool: columns a row attends to; tok (Rb,) long: the last sampled token, fed next; pos (Rb,)
+    long: its position; col (1,) long: its cache column; j (1,) long: the output column of the next token;
+    done (Rb,) bool; seen (Rb, V) bool: tokens in the prompt or completion (repetition penalty); noise (Rb, V)
+    float32: Exp(1) draws for the next token; ids (Rb, N) long, logps (Rb, N) float32: the output."""
+    k: torch.Tensor
+    v: torch.Tensor
+    key_ok: torch.Tensor
+    tok: torch.Tensor
+    pos: torch.Tensor
+    col: torch.Tensor
+    j: torch.Tensor
+    done: torch.Tensor
+    seen: torch.Tensor
+    noise: torch.Tensor
+    ids: torch.Tensor
+    logps: torch.Tensor
+
+
+def allocate_state(w: Weights, rows: int, length: int, new_tokens: int) -> State:
+    """Zeroed `State` for `rows` rows, a cache of `length` tokens and `new_tokens` outputs, on w's device."""
+    NL, dev, V = w.ln1.shape[0], w.embed.device, w.embed.shape[0]
+    z = lambda *shape, dtype=torch.long: torch.zeros(*shape, dtype=dtype, device=dev)
+    kv = (NL, rows, w.kv_heads, length, w.head_dim)
+    return State(z(*kv, dtype=w.embed.dtype), z(*kv, dtype=w.embed.dtype), z(rows, length, dtype=torch.bool),
+                 z(rows), z(rows), z(1), z(1), z(rows, dtype=torch.bool), z(rows, V, dtype=torch.bool),
+                 torch.ones(rows, V, device=dev), z(rows, new_tokens), z(rows, new_tokens, dtype=torch.float32))
+
+
+def _rms_norm(x, weight, eps):
+    """Qwen2RMSNorm: normalise in float32, scale in the input dtype. x (R, D) -> (R, D)."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def _rotate(x, cos, sin):
+    """RoPE on x (R, heads, hd) with cos, sin (R, 1, hd): x·cos + rotate_half(x)·sin."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def forward_token(w: Weights, s: State) -> torch.Tensor:
+    """The decoder on one token per row: embeds s.tok at position s.pos, writes its K/V to cache column s.col (and
+    marks the column in s.key_ok), attends to every marked column. Returns logits (Rb, V) float32."""
+    R, H, KV, hd = s.tok.shape[0], w.heads, w.kv_heads, w.head_dim
+    x = w.embed[s.tok]                                                         # (R, D)
+    freqs = s.pos[:, None].float() * w.inv_freq                                # (R, hd/2) float32, as HF's rotary
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None]                           # (R, 1, hd): all 3 mRoPE axes equal
+    cos, sin = (emb.cos() * w.rope_scale).to(x.dtype), (emb.sin() * w.rope_scale).to(x.dtype)
+    s.key_ok.index_fill_(1, s.col, True)
+    mask = s.key_ok[:, None, None, :]                                          # (R, 1, 1, S)
+    for i in range(w.ln1.shape[0]):
+        h = _rms_norm(x, w.ln1[i], w.eps)
+        qkv = F.linear(h, w.qkv[i], w.qkv_bias[i])                             # (R, (H + 2KV)·hd)
+        q, k, v = qkv.split([H * hd, KV * hd, KV * hd], dim=-1)
+        q = _rotate(q.view(R, H, hd), cos, sin)                                # (R, H, hd)
+        k = _rotate(k.view(R, KV, hd), cos, sin)                               # (R, KV, hd)
+        s.k[i].index_copy_(2, s.col, k[:, :, None])                            # cache (R, KV, S, hd), column col
+        s.v[i].index_copy_(2, s.col, v.view(R, KV, 1, hd))
+        qg = q.view(R, KV, H // KV, hd)                                        # query heads grouped by KV head
+        att = (qg @ s.k[i].transpose(-1, -2)).float() * hd ** -0.5             # (R, KV, H/KV, S)
+        att = att.masked_fill(~mask, float("-inf")).softmax(-1).to(x.dtype)
+        o = (att @ s.v[i]).reshape(R, H * hd)                                  # (R, KV, H/KV, hd) -> (R, H·hd)
+        x = x + F.linear(o, w.o[i])
+        gate, up = F.linear(_rms_norm(x, w.ln2[i], w.eps), w.gate_up[i]).chunk(2, dim=-1)   # (R, I) each
+        x = x + F.linear(F.silu(gate) * up, w.down[i])
+    return F.linear(_rms_norm(x, w.norm, w.eps), w.lm_head).float()            # (R, V)
+
+
+def filter_logits(logits: torch.Tensor, sp, seen: torch.Tensor | None) -> torch.Tensor:
+    """Apply repetition penalty (HF's rule), temperature, top-k and top-p to logits (R, V) float32; returns (R, V)
+    with excluded entries at -inf. sp: rollout.SamplingParams; `seen` (R, V) bool marks tokens already in the
+    prompt or completion (for the penalty). Raises ValueError for temperature <= 0 or top_p outside (0, 1]."""
+    if sp.temperature <= 0 or not 0 < sp.top_p <= 1:
+        raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got {sp.temperature}, {sp.top_p}")
+    if sp.repetition_penalty != 1.0 and seen is not None:
+        penalised = torch.where(logits > 0, logits / sp.repetition_penalty, logits * sp.repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    logits = logits / sp.temperature
+    if sp.top_k > 0:
+        kth = torch.topk(logits, min(sp.top_k, logits.shape[-1]), dim=-1).values[..., -1:]   # (R, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sp.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)     # (R, V)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= sp.top_p                     # keep the smallest set with mass >= p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def sample(logits, noise, seen, done, sp, pad_id: int, stop_ids: tuple[int, ...]):
+    """One token per row. logits (R, V) float32; noise (R, V) float32 Exp(1) draws; seen (R, V) bool (used when
+    sp.repetition_penalty != 1); done (R,) bool: rows already stopped get pad_id and log-prob 0.
+    Returns (tok (R,) long, logp (R,) float32 = log-softmax of the unfiltered logits at the token, i.e. at
+    temperature 1, done (R,) bool updated with the stop ids). The draw: argmax over p / E of p = softmax of
+    `filter_logits` (the exponential race; tokens filtered out have p = 0 and are never drawn).
+    Raises ValueError as filter_logits (temperature <= 0, top_p outside (0, 1])."""
+    logp = F.log_softmax(logits, dim=-1)                                       # (R, V)
+    probs = filter_logits(logits, sp, seen if sp.repetition_penalty != 1.0 else None).softmax(-1)
+    tok = (probs / noise).argmax(-1)                                           # (R,)
+    lp = torch.where(done, torch.zeros_like(logp[:, 0]), logp.gather(1, tok[:, None])[:, 0])
+    tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+    stop = torch.zeros_like(done)
+    for t in stop_ids:
+        stop = stop | (tok == t)
+    return tok, lp, done | stop
+
+
+def decode_step(w: Weights, s: State, sp, pad_id: int, stop_ids: tuple[int, ...]) -> None:
+    """Feed s.tok, sample the next token from s.noise, write it and its log-prob to output column s.j, and advance
+    (tok, pos, col, j, done, seen) in place. Pure in what it computes: every input is an argument, every output a
+    write into `s`. The same function runs eager or under torch.compile."""
+    logits = forward_token(w, s)                                               # (Rb, V)
+    tok, lp, done = sample(logits, s.noise, s.seen, s.done, sp, pad_id, stop_ids)
+    s.ids.index_copy_(1, s.j, tok[:, None])
+    s.logps.index_copy_(1, s.j, lp[:, None])
+    s.seen.scatter_(1, tok[:, None], True)
+    s.tok.copy_(tok)
+    s.done.copy_(done)
+    s.pos.add_(1)
+    s.col.add_(1)
+    s.j.add_(1)
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+class Decoder:
+    """The decode loop of one run: the weight copy, the cache, the (compiled) step and its compile record.
+
+    compile: "auto" (compiled on CUDA, eager on CPU), "on" or "off"; bucket: pad rows and round the cache length
+    (default: when compiled). One Decoder serves every generate call of a run (train.py's rollout and held-out
+    evaluation share one). Raises ValueError for an unknown compile mode.
+    """
+
+    def __init__(self, compile: str = "auto", bucket: bool | None = None, done_every: int = DONE_EVERY):
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"--compile-decode must be one of {COMPILE_MODES}, got {compile!r}")
+        self.mode, self.bucket, self.done_every = compile, bucket, done_every
+        self.weights: Weights | None = None
+        self.state: State | None = None
+        self.compiled = None
+        self.graphs: list[tuple] = []            # (rows, cache length, sampling) of each compiled graph
+        self.compile_seconds = 0.0
+
+    def is_compiled(self, device: torch.device) -> bool:
+        """Whether the step runs compiled on `device` (the "auto" rule)."""
+        return self.mode == "on" or (self.mode == "auto" and device.type == "cuda")
+
+    def _weights(self, hf, dtype, device) -> Weights:
+        w = self.weights
+        if w is None or w.embed.dtype != dtype or w.embed.device != device:
+            self.weights = w = allocate_weights(hf, dtype, device)
+            self.state = None
+            if self.is_compiled(device):
+                for t in vars(w).values():
+                    if isinstance(t, torch.Tensor):
+                        torch._dynamo.mark_static_address(t)
+        refresh(w, hf)
+        return w
+
+    def _state(self, w: Weights, rows: int, length: int, new_tokens: int, bucket: bool) -> State:
+        if not bucket:
+            return allocate_state(w, rows, length, new_tokens)
+        rows, length = _round_up(rows, ROW_MULTIPLE), _round_up(length, CACHE_MULTIPLE)
+        s = self.state
+        if s is None or s.tok.shape[0] < rows or s.key_ok.shape[1] < length or s.ids.shape[1] != new_tokens:
+            if s is not None:                                                  # grow: never smaller than before
+                rows, length = max(rows, s.tok.shape[0]), max(length, s.key_ok.shape[1])
+            self.state = s = None                                              # free the old cache first
+            self.state = s = allocate_state(w, rows, length, new_tokens)
+            if self.is_compiled(w.embed.device):
+                for t in vars(s).values():
+                    torch._dynamo.mark_static_address(t)
+        return s
+
+    def _step_fn(self, device):
+        if not self.is_compiled(device):
+            return decode_step
+        if self.compiled is None:
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            mode = "reduce-overhead" if device.type == "cuda" else None
+            self.compiled = torch.compile(decode_step, mode=mode, fullgraph=True, dynamic=False)
+        return self.compiled
+
+    @torch.no_grad()
+    def run(self, hf, cache, rows: torch.Tensor, attn: torch.Tensor, logits: torch.Tensor, next_pos: torch.Tensor,
+            seen: torch.Tensor | None, sp, pad_id: int, stop_ids: list[int], generator=None):
+        """Sample up to sp.max_new_tokens tokens per row after a prefill.
+
+        hf: the model with full weights (read into the weight copy); cache: the prefill's DynamicCache over B
+        prompts of P tokens; rows (R,) long: the prompt of each row; attn (R, P) long: the rows' prompt masks;
+        logits (R, V) float32: the prefill's next-token logits; next_pos (R,) long: the first completion token's
+        position; seen (R, V) bool or None: prompt tokens (repetition penalty); generator: draws the noise.
+        Returns (ids (R, N) long, logps (R, N) float32), N = sp.max_new_tokens: after a row's first stop token
+        pad_id and 0 (the caller cuts the columns after the longest completion).
+        """
+        device, (R, P), N = logits.device, attn.shape, sp.max_new_tokens
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else hf.lm_head.weight.dtype
+        compiled = self.is_compiled(device)
+        bucket = compiled if self.bucket is None else self.bucket
+        stops = tuple(int(t) for t in stop_ids)
+        with torch.autocast(device.type, enabled=False):
+            w = self._weights(hf, dtype, device)
+            s = self._state(w, R, P + N, N, bucket)
+            Rb = s.tok.shape[0]
+            s.key_ok.zero_(); s.key_ok[:R, :P] = attn.bool(); s.key_ok[R:, 0] = True   # dummy rows: one column
+            for i, layer in enumerate(cache.layers):                           # prompt K/V (B, KV, P, hd) -> rows
+                s.k[i, :R, :, :P] = layer.keys.index_select(0, rows)
+                s.v[i, :R, :, :P] = layer.values.index_select(0, rows)
+            s.seen.zero_()
+            if seen is not None:
+                s.seen[:R] = seen
+            s.done.zero_(); s.done[R:] = True
+            s.ids.fill_(pad_id); s.logps.zero_()
+            s.noise[:R].exponential_(generator=generator)
+            tok, lp, done = sample(logits, s.noise[:R], s.seen[:R], s.done[:R], sp, pad_id, stops)   # token 0
+            s.ids[:R, 0], s.logps[:R, 0], s.done[:R] = tok, lp, done
+            s.seen[:R].scatter_(1, tok[:, None], True)
+            s.tok.fill_(pad_id); s.tok[:R] = tok
+            s.pos.zero_(); s.pos[:R] = next_pos
+            s.col.fill_(P); s.j.fill_(1)
+            step = self._step_fn(device)
+            key = (Rb, s.key_ok.shape[1], N, repr(sp), stops, pad_id, str(dtype))
+            for n in range(1, N):
+                if (n - 1) % self.done_every == 0 and bool(s.done.all()):     # the only host sync, every K steps
+                    break
+                s.noise[:R].exponential_(generator=generator)
+                if compiled and key not in self.graphs:
+                    t0 = time.perf_counter()
+                    step(w, s, sp, pad_id, stops)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    self.compile_seconds += time.perf_counter() - t0
+                    self.graphs.append(key)
+                else:
+                    step(w, s, sp, pad_id, stops)
+            return s.ids[:R].clone(), s.logps[:R].clone()
+
+    def summary(self) -> str:
+        """One line for the run's log: eager, or the graphs compiled (rows x cache length) and their seconds."""
+        if not self.graphs:
+            return f"decode step: {'compiled, no graph yet' if self.compiled is not None else 'eager'}"
+        shapes = ", ".join(f"{g[0]}x{g[1]}" for g in self.graphs)
+        return f"decode step: compiled {len(self.graphs)} graph(s) (rows x cache length: {shapes}) in {self.compile_seconds:.1f} s"
