@@ -53,6 +53,7 @@ from tqdm import tqdm
 import common
 import config as cfglib
 import data
+import decode
 import distributed
 import pixels
 import rollout
@@ -90,6 +91,7 @@ class Config:
     top_k: int = field(default=0, metadata={"help": "top-k; 0 = off"})
     repetition_penalty: float = field(default=1.0, metadata={"help": "1.0 = off"})
     max_new_tokens: int = field(default=1024, metadata={"help": "max new tokens per answer"})
+    compile_decode: str = decode.compile_option()
     batch_size: int = field(default=8, metadata={"help": "prompts per generate call per rank (official: 64 on vLLM)"})
     # machinery
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
@@ -123,6 +125,7 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
               "rope_time": cfg.rope_time in ("sample", "official"),
               "batch_size": cfg.batch_size >= 1, "max_new_tokens": cfg.max_new_tokens >= 1,
               "temperature": cfg.temperature > 0, "precision": cfg.precision in distributed.PRECISIONS, "top_p": 0 < cfg.top_p <= 1, "nframes": cfg.nframes >= 0,
+              "compile_decode": cfg.compile_decode in decode.COMPILE_MODES,
               "name": not cfg.name or len([p for p in cfg.data.split(",") if p]) <= 1}
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
@@ -187,9 +190,10 @@ def open_records(path: Path, header: dict) -> dict[int, dict]:
 
 
 # ---- generation ----------------------------------------------------------------------------------
-def run_batch(indices, samples, shuffled, hf, tokenizer, media, sp, gen, cfg) -> tuple[list[dict], list]:
+def run_batch(indices, samples, shuffled, hf, tokenizer, media, sp, gen, cfg, decoder=None) -> tuple[list[dict], list]:
     """Prepare, generate (one completion per prompt, one rollout.generate call) and score a batch of items.
-    Returns (records, [(index, reason)] of items whose media failed to decode: excluded, not scored)."""
+    decoder: the run's decode.Decoder (default: a new eager one). Returns (records, [(index, reason)] of items whose
+    media failed to decode: excluded, not scored)."""
     prepared, failed = [], []
     for i in indices:
         try:  # the shuffle of item i depends only on (seed, i): the same on any rank, batch or resume
@@ -204,7 +208,8 @@ def run_batch(indices, samples, shuffled, hf, tokenizer, media, sp, gen, cfg) ->
     prompts = [p.shuffled_ids if s else p.prompt_ids for (_, p), s in zip(prepared, use_shuffled)]
     visuals = [p.shuffled_visual if s else p.visual for (_, p), s in zip(prepared, use_shuffled)]
     pad_id = tokenizer.pad_token_id
-    outs = rollout.generate(hf, prompts, visuals, [1] * len(prompts), sp, pad_id, common.stop_ids(tokenizer), gen)
+    outs = rollout.generate(hf, prompts, visuals, [1] * len(prompts), sp, pad_id, common.stop_ids(tokenizer), gen,
+                            decoder)
     records = []
     for (i, p), c, v in zip(prepared, outs, visuals):
         text = tokenizer.decode(c.ids[0].tolist(), skip_special_tokens=True)
@@ -213,7 +218,8 @@ def run_batch(indices, samples, shuffled, hf, tokenizer, media, sp, gen, cfg) ->
     return records, failed
 
 
-def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, tokenizer, media, sp, cfg, proc) -> dict | None:
+def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, tokenizer, media, sp, cfg, proc,
+             decoder=None) -> dict | None:
     """One benchmark, one variant (ordered or shuffled frames): resume from the records file, generate what is
     missing (sharded over ranks, gathered on rank 0 after every batch), write eval_{name}[_shuffled].json.
     `problems` maps item index -> reason for items excluded by validation. Returns the result dict on rank 0."""
@@ -239,7 +245,7 @@ def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, 
     f = open(records_path, "a", encoding="utf-8") if proc.main else None
     for b in tqdm(range(n_batches), desc=stem, disable=not proc.main):
         recs, failed = run_batch(shard[b * cfg.batch_size:(b + 1) * cfg.batch_size], samples, shuffled, hf,
-                                 tokenizer, media, sp, gen, cfg)
+                                 tokenizer, media, sp, gen, cfg, decoder)
         parts = distributed.all_gather_object((recs, failed), proc)  # every rank takes part in every batch (equal n_batches)
         if proc.main:
             for recs_r, failed_r in parts:
@@ -307,6 +313,7 @@ def main(argv=None) -> list[dict] | None:
     media = common.media_config(cfg)
     sp = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_new_tokens)
     out_dir = Path(cfg.out_dir or Path("runs/eval") / model_name(model_dir))
+    decoder = decode.Decoder(cfg.compile_decode)                             # greedy-like decoding, same step (L15)
     if proc.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         print(f"policy {model_dir} | {len(benches)} benchmark(s) | {proc.world} rank(s) on {proc.device} | out {out_dir}")
@@ -333,7 +340,7 @@ def main(argv=None) -> list[dict] | None:
                       "media": asdict(media), "sampling": asdict(sp)}
             with amp():
                 result = evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, tokenizer,
-                                  media, sp, cfg, proc)
+                                  media, sp, cfg, proc, decoder)
             if result is not None:
                 results.append(result)
     if proc.main:
@@ -343,7 +350,7 @@ def main(argv=None) -> list[dict] | None:
                 results.append(json.loads(path.read_text()))
         table = report(results)
         (out_dir / "results.md").write_text(table)
-        print("\n" + table + f"\nwritten to {out_dir}")
+        print("\n" + table + f"\nwritten to {out_dir}\n{decoder.summary()}")
         tracker = tracking.Tracker(cfg, out_dir, asdict(cfg) | {"model": model_dir}, proc.main)
         tracker.log({"step": 0, **{f"eval_{r['benchmark']}{'_shuffled' if r['variant'] == 'shuffled' else ''}/{k}":
                                    r["summary"][k] for r in results for k in ("score", "mean_acc", "mean_mra", "n_scored")}})

@@ -38,7 +38,7 @@ def load(path: str, media_root: str | None, n: int, tokenizer, media: pixels.Med
 @torch.no_grad()
 def evaluate(module, tokenizer, prompts: list[tuple[torch.Tensor, pixels.Visual, data.Sample]],
              sampling: rollout.SamplingParams, batch: int, proc: distributed.Dist, seed: int, amp,
-             completions: int = 1) -> dict:
+             completions: int = 1, decoder=None) -> dict:
     """Sample `completions` (K >= 1) completions per prompt and score each (rewards.py): with K the figure's
     sampling noise shrinks like 1/sqrt(K x prompts) (one completion on 128 prompts: about ±0.044).
 
@@ -46,7 +46,8 @@ def evaluate(module, tokenizer, prompts: list[tuple[torch.Tensor, pixels.Visual,
     mode is restored); prompts: (prompt ids (P,) long, Visual, Sample) of this rank; sampling: as the
     rollout's (T-GRPO) or the SFT default (temperature 1.0, top-p 0.95, top-k 50); batch: prompts per
     generate call; seed: the sampling generator is seeded with seed + rank at every call, so two
-    evaluations of one policy draw the same random numbers and a before/after difference is the policy's.
+    evaluations of one policy draw the same random numbers and a before/after difference is the policy's;
+    decoder: the run's decode.Decoder (default: a new eager one).
     Returns {"eval_format": share with format reward 1, "eval_accuracy": mean accuracy reward (0..1),
     "eval_length": mean completion tokens (incl. the stop token), "eval_n": prompts} over all completions of all ranks
     (a collective: every rank calls it, with any number of prompts, 0 included). Raises nothing of its own.
@@ -60,7 +61,7 @@ def evaluate(module, tokenizer, prompts: list[tuple[torch.Tensor, pixels.Visual,
         for s in range(0, len(prompts), batch):
             chunk = prompts[s:s + batch]
             outs = rollout.generate(hf, [p[0] for p in chunk], [p[1] for p in chunk], [completions] * len(chunk),
-                                    sampling, tokenizer.pad_token_id, stops, gen)
+                                    sampling, tokenizer.pad_token_id, stops, gen, decoder)
             for (_, _, sample), c in zip(chunk, outs):                   # c.ids: (K, L) long, c.lengths: (K,)
                 for k, text in enumerate(tokenizer.batch_decode(c.ids, skip_special_tokens=True)):
                     sums += torch.tensor([rewards.format_reward(text) == 1.0,

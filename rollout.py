@@ -139,10 +139,10 @@ class Group:
 
 
 def rollout(model, batch: list[Prepared], G: int, G_shuffled: int, sp: SamplingParams, pad_id: int,
-            stop_ids: list[int], generator: torch.Generator | None = None) -> list[Group]:
+            stop_ids: list[int], generator: torch.Generator | None = None, decoder: Decoder | None = None) -> list[Group]:
     """Sample every group of a batch in one `generate` call: G completions per prompt on ordered frames and
     G̃ per prompt that has a shuffled copy (videos when the loader made one). `model` holds full weights
-    (distributed.full_weights); sp, pad_id, stop_ids, generator as `generate`. Returns one Group per prepared
+    (distributed.full_weights); sp, pad_id, stop_ids, generator, decoder as `generate`. Returns one Group per prepared
     sample, in order: ordered ids (G, L) long, shuffled ids (G̃, L) or None (see Completions). Raises ValueError
     as `generate` (e.g. temperature <= 0)."""
     prompts, visuals, n = [], [], []
@@ -150,7 +150,7 @@ def rollout(model, batch: list[Prepared], G: int, G_shuffled: int, sp: SamplingP
         prompts.append(p.prompt_ids); visuals.append(p.visual); n.append(G)
         if p.shuffled_visual is not None:
             prompts.append(p.shuffled_ids); visuals.append(p.shuffled_visual); n.append(G_shuffled)
-    outs = iter(generate(model, prompts, visuals, n, sp, pad_id, stop_ids, generator))
+    outs = iter(generate(model, prompts, visuals, n, sp, pad_id, stop_ids, generator, decoder))
     return [Group(p, next(outs), next(outs) if p.shuffled_visual is not None else None) for p in batch]
 
 

@@ -47,6 +47,7 @@ import common
 import curves
 import config as cfglib
 import data
+import decode
 import distributed
 import heldout
 import pixels
@@ -109,6 +110,7 @@ class Config:
     eval_samples: int = field(default=64, metadata={"help": "held-out prompts per evaluation (0: no evaluation)"})
     eval_batch: int = field(default=16, metadata={"help": "prompts per generate call"})
     eval_max_new_tokens: int = field(default=768, metadata={"help": "max new tokens per evaluation completion"})
+    compile_decode: str = decode.compile_option()
     # machinery
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16-mixed on CUDA, fp32 on CPU) | fp32 | bf16-mixed (fp32 weights, bf16 compute, fp32 grad reduction) | bf16 (bf16 weights)"})
@@ -136,6 +138,7 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
               "batch_size": cfg.batch_size >= 1, "grad_accum": cfg.grad_accum >= 1,
               "epochs": cfg.epochs > 0 or cfg.steps > 0, "rope_time": cfg.rope_time in ("sample", "official"),
               "precision": cfg.precision in distributed.PRECISIONS, "eval_batch": cfg.eval_batch >= 1,
+              "compile_decode": cfg.compile_decode in decode.COMPILE_MODES,
               "fsdp_vision_unit": cfg.fsdp_vision_unit in ("block", "tower")}
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
@@ -277,6 +280,7 @@ def main(argv=None):
             e = build_example(p, tokenizer, cfg.loss_on, SYSTEM_PROMPTS[cfg.system_prompt])
             eval_prompts.append((e.ids[:e.prompt_len], e.visual, e.sample))
     eval_sampling = rollout.SamplingParams(1.0, 0.95, 50, 1.0, cfg.eval_max_new_tokens)  # as the T-GRPO rollout
+    decoder = decode.Decoder(cfg.compile_decode)                             # the held-out evaluation's decode step
     pad_id = tokenizer.pad_token_id
     out_dir = Path(cfg.out_dir)
     run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "eval_data": eval_json, "world_size": proc.world,
@@ -304,7 +308,7 @@ def main(argv=None):
     def run_eval(step):
         if cfg.eval_samples > 0 and eval_json:
             row = {"step": step} | heldout.evaluate(module, tokenizer, eval_prompts, eval_sampling, cfg.eval_batch, proc,
-                                                    cfg.seed + 7, amp)
+                                                    cfg.seed + 7, amp, decoder=decoder)
             log(row)
             if proc.main:
                 tqdm.write(heldout.line(row))
@@ -368,6 +372,7 @@ def main(argv=None):
     final = common.export(module, tokenizer, out_dir / "final", proc, adapters, model_dir)
     if proc.main:
         metrics.close()
+        print(decoder.summary())
         print(f"done: metrics {out_dir / 'metrics.jsonl'} | curves {curves.draw(out_dir / 'metrics.jsonl')} | "
               f"checkpoint {final}")
     module = None           # drop the wrapper before the process group: a DDP reducer outliving it can hang gloo

@@ -62,6 +62,7 @@ import common
 import curves
 import config as cfglib
 import data
+import decode
 import distributed
 import heldout
 import loader
@@ -118,6 +119,7 @@ class Config:
     top_k: int = field(default=50, metadata={"help": "top-k sampling; 0 = off (official: HF's default 50, its GenerationConfig sets none)"})
     repetition_penalty: float = field(default=1.0, metadata={"help": "1.0 = off"})
     max_completion_length: int = field(default=768, metadata={"help": "max new tokens per completion"})
+    compile_decode: str = decode.compile_option()
     # optimisation (notes §4)
     lr: float = field(default=1e-6, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
@@ -182,7 +184,8 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
               "num_iterations": cfg.num_iterations >= 1, "rope_time": cfg.rope_time in ("sample", "official"),
               "lr_schedule": cfg.lr_schedule in ("constant", "cosine"), "prompts_per_rank": cfg.prompts_per_rank >= 1,
               "precision": cfg.precision in distributed.PRECISIONS, "fsdp_vision_unit": cfg.fsdp_vision_unit in ("block", "tower"),
-              "eval_samples": cfg.eval_samples >= 0, "eval_completions": cfg.eval_completions >= 1, "eval_batch": cfg.eval_batch >= 1}
+              "eval_samples": cfg.eval_samples >= 0, "eval_completions": cfg.eval_completions >= 1, "eval_batch": cfg.eval_batch >= 1,
+              "compile_decode": cfg.compile_decode in decode.COMPILE_MODES}
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
         raise ValueError(f"invalid config value for {bad[0]}: {getattr(cfg, bad[0])!r}")
@@ -324,6 +327,7 @@ def main(argv=None):
     sampling = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)
     gen = torch.Generator(device=proc.device).manual_seed(cfg.seed + proc.rank)
     pad_id, stops = tokenizer.pad_token_id, common.stop_ids(tokenizer)
+    decoder = decode.Decoder(cfg.compile_decode)                             # one weight copy and cache per run
     held = None                                                               # (prompt ids, visual, sample) per prompt
     if eval_json and cfg.eval_samples > 0:
         held = [(p.prompt_ids, p.visual, p.sample) for p in heldout.load(
@@ -352,7 +356,7 @@ def main(argv=None):
     def run_eval(step: int, module) -> None:                                   # a collective: every rank calls it
         if held is not None:
             row = {"step": step} | heldout.evaluate(module, tokenizer, held, sampling, cfg.eval_batch, proc, cfg.seed + 7,
-                                                    amp, cfg.eval_completions)
+                                                    amp, cfg.eval_completions, decoder)
             if proc.main:
                 metrics_file.write(json.dumps(row) + "\n"); metrics_file.flush()
                 tracker.log(row)
@@ -366,7 +370,7 @@ def main(argv=None):
         batch, skipped = prefetch.take(cfg.prompts_per_rank)                   # L2, L3, L6
         hf.eval()
         with distributed.full_weights(policy) as model, amp():                           # G ordered + G̃ shuffled per video
-            groups = rollout.rollout(model, batch, cfg.G, cfg.G_shuffled, sampling, pad_id, stops, gen)
+            groups = rollout.rollout(model, batch, cfg.G, cfg.G_shuffled, sampling, pad_id, stops, gen, decoder)
         hf.train()
         ordered = rollout.policy_batch(groups, pad_id).to(proc.device)          # B·G ordered rows: what the loss sees
         acc, fmt, lengths, sacc, is_video = rule_rewards(groups, tokenizer, cfg.G_shuffled)      # rule rewards
@@ -402,6 +406,7 @@ def main(argv=None):
     final = common.export(policy, tokenizer, out_dir / "final", proc, adapters, model_dir)
     if proc.main:
         metrics_file.close()
+        print(decoder.summary())
         print(f"done: metrics {out_dir / 'metrics.jsonl'} | curves {curves.draw(out_dir / 'metrics.jsonl')} | "
               f"checkpoint {final}")
     del policy, reference   # wrappers go before the process group: a DDP reducer outliving it can hang gloo at exit

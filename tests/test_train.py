@@ -97,3 +97,16 @@ def test_bonus_shift_of_advantages(placement, shift):
     a = tgrpo.advantages(acc, fmt, lengths, sacc, is_video, placement=placement, len_control=False)
     assert torch.allclose(a.temporal, torch.tensor([[0.3, 0.3, 0.0, 0.0]])) and a.stats["triggered"].tolist() == [True]
     assert a.stats["bonus_adv_shift"].mean().item() == pytest.approx(shift, abs=1e-4)
+
+
+def test_compiled_decode_logs_the_same_steps(tmp_path, answering):
+    """--compile-decode on (inductor on CPU) and off, same seed: the same rewards and completion lengths at every
+    step, and the run's log names the graphs it compiled."""
+    rows = {}
+    for mode in ("off", "on"):
+        proc = run_train(QUICK + ["--compile-decode", mode, "--out-dir", str(tmp_path / mode)], tmp_path, 1, answering)
+        rows[mode] = [json.loads(l) for l in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
+        assert ("compiled 1 graph(s)" if mode == "on" else "decode step: eager") in proc.stdout
+    for a, b in zip(rows["off"], rows["on"]):
+        assert {k: a[k] for k in ("accuracy", "format", "completion_length", "p", "p_shuffled")} == \
+               {k: b[k] for k in ("accuracy", "format", "completion_length", "p", "p_shuffled")}
