@@ -27,6 +27,9 @@ with log-prob 0, and the output is cut to the longest completion, so the result 
 gives. When compiled, rows are padded with dummy rows to a multiple of ROW_MULTIPLE and the cache length rounded up
 to a multiple of CACHE_MULTIPLE; a state grows only, and a smaller call reuses it, so a run compiles one graph per
 growth (logged by `Decoder.summary`).
+
+Departures (docs/departures.md):
+  L15 a static-cache decode step of our own, exponential-race sampling, a merged bf16 copy of the decoder
 """
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ hand (notes §9 item 12).
 Departures from the official eval (docs/departures.md; the ID stands at the line):
   E1  an item whose media cannot be read is excluded and listed; any other error stops the run
   E2  temperature 0.01 as the paper reports (the official script: 0.1; both near-greedy with top-p 0.001)
-  E3  generation is our KV-cache loop (rollout.generate), not vLLM
+  E3  generation is our decode step (rollout.generate, decode.py), not vLLM
   E4  frames and pixels are flags with eval defaults, not module constants edited by hand
   E5  the mRoPE time of the clip's sample fps is applied (whether vLLM 0.7.2 used it is unverified)
 """

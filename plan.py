@@ -12,8 +12,12 @@ estimates in bytes per GPU, W = --nproc, for the config's frames, pixels, G, G̃
   gathered    bf16 copies of the weights, 2Φ: under FSDP `distributed.full_weights` keeps the whole model
               gathered for the rollout (the log-prob pass gathers one block plus the root unit at a time);
               without FSDP, autocast caches the bf16 copy of every weight it casts during a forward.
-  KV cache    rollout: R = prompts_per_rank·(G + G̃) rows, each of (P + L) tokens, every decoder layer keeps K
-              and V: R·(P + L)·layers·2·kv_heads·head_dim·2 bytes (bf16)
+  decode copy the decode step's persistent bf16 copy of the decoder, embeddings and lm_head (decode.Weights,
+              2Φ_lm; LoRA merged into it), held for the whole run: in the rollout and the training peak alike
+  KV cache    rollout: the decode step's static cache, R = prompts_per_rank·(G + G̃) rows padded to a multiple of
+              8 (decode.ROW_MULTIPLE), each of P + L tokens rounded up to a multiple of 256
+              (decode.CACHE_MULTIPLE), every decoder layer keeps K and V: R·(P + L)·layers·2·kv_heads·head_dim·2
+              bytes (bf16), plus the prefill's cache of the 2·prompts_per_rank distinct prompts (P tokens each)
   activations log-prob pass, one micro-batch of M = G·groups_per_micro_batch rows of T = P + L tokens:
               decoder per token per layer, bf16 saved tensors: without checkpointing 2·(6D + 2·kv + 4I)
               (norm outputs, q/k/v, attention output, residuals, gate/up/act/product of the MLP); with
@@ -101,6 +105,13 @@ def count_params(config) -> tuple[int, int, int]:
     return total, sum(p.numel() for p in model.model.visual.parameters()), total - blocks
 
 
+def decoder_params(config) -> int:
+    """Φ_lm: the parameters decode.Weights copies (decoder, embeddings, final norm and lm_head; a tied lm_head
+    counts twice, since the copy holds both)."""
+    model = meta_model(config)
+    return sum(p.numel() for p in model.model.language_model.parameters()) + model.lm_head.weight.numel()
+
+
 def lora_params(config, cfg) -> tuple[int, int]:
     """(Φ_A, trained vision copy) parameter counts for cfg's LoRA settings: Σ r·(in + out) over the Linears whose
     names match cfg.lora_targets (re.fullmatch, as PEFT), and the modules --lora-vision trains in full."""
@@ -115,7 +126,8 @@ def lora_params(config, cfg) -> tuple[int, int]:
 def estimate(config, cfg) -> dict:
     """Bytes per GPU for each term of the module docstring; cfg is train.Config (after finish_config).
     Returns {"phi": Φ, "phi_vision": ..., "phi_lora": Φ_A, "P": prompt tokens, term name: bytes, "host": bytes of
-    host memory per rank (offload), "total": peak estimate on the GPU, "mode": the sharding}."""
+    host memory per rank (offload), "rollout_peak" and "train_peak": the two phases' estimates, "total": the larger,
+    "mode": the sharding}."""
     phi, phi_v, root = count_params(config)
     tc, vc = config.text_config, config.vision_config
     W = max(1, cfg.nproc)
@@ -146,8 +158,11 @@ def estimate(config, cfg) -> dict:
     if offload:
         out["host"] = out["params"] + out["grads"] + out["optimizer"] + out["reference"]
         out["params"] = out["grads"] = out["optimizer"] = out["reference"] = 0
-    rows = cfg.prompts_per_rank * (cfg.G + cfg.G_shuffled)
-    out["kv_cache"] = rows * T * layers * 2 * kv * 2
+    from decode import CACHE_MULTIPLE, ROW_MULTIPLE
+    rows = -(-cfg.prompts_per_rank * (cfg.G + cfg.G_shuffled) // ROW_MULTIPLE) * ROW_MULTIPLE
+    length = -(-T // CACHE_MULTIPLE) * CACHE_MULTIPLE
+    out["kv_cache"] = (rows * length + 2 * cfg.prompts_per_rank * P) * layers * 2 * kv * 2
+    out["decode_copy"] = 2 * decoder_params(config)
     full_layer = 2 * (6 * D + 2 * kv + 4 * I)                                  # bytes per token per layer
     dv, iv = vc.hidden_size, vc.intermediate_size
     full_block = 2 * (6 * dv + 4 * iv)
@@ -158,16 +173,18 @@ def estimate(config, cfg) -> dict:
         dec = M * T * layers * full_layer
         vis = patches * vc.depth * full_block
     out["activations"] = dec + vis + 3 * M * min(128, L) * V * 4
-    train_peak = out["params"] + out["grads"] + out["optimizer"] + out["reference"] + out["activations"]
-    rollout_peak = out["params"] + out["optimizer"] + out["reference"] + out["gathered"] + out["kv_cache"]
+    train_peak = out["params"] + out["grads"] + out["optimizer"] + out["reference"] + out["activations"] + out["decode_copy"]
+    rollout_peak = (out["params"] + out["optimizer"] + out["reference"] + out["gathered"] + out["kv_cache"]
+                    + out["decode_copy"])
     if mode == "fsdp":   # one gathered block at a time, and the root unit gathered (bf16) with its fp32 gradient
         train_peak += 2 * (phi - phi_v) / layers + 6 * root
+    out["rollout_peak"], out["train_peak"] = rollout_peak, train_peak
     out["total"] = max(train_peak, rollout_peak)
     out["mode"] = mode
     return out
 
 
-TERMS = ("params", "grads", "optimizer", "reference", "gathered", "kv_cache", "activations", "total", "host")
+TERMS = ("params", "grads", "optimizer", "reference", "gathered", "decode_copy", "kv_cache", "activations", "total", "host")
 FIT = 0.85   # keep the estimate under this share of the GPU (fragmentation, CUDA context, NCCL buffers)
 
 

@@ -173,6 +173,7 @@ WIDTHS = {
                             num_key_value_heads=2),
                "vision": dict(depth=4, hidden_size=320, intermediate_size=640, num_heads=4, fullatt_block_indexes=[1, 3])},
     "full": {"text": dict(num_hidden_layers=8), "vision": {}},
+    "full28": {"text": {}, "vision": {}},               # all 28 layers: the 7B itself, random
 }
 
 

@@ -36,6 +36,7 @@ Departures of the loop (docs/departures.md; the math's are T1–T11 in tgrpo.py;
   L12 SIGTERM: finish the step, checkpoint, exit 143 (the official trainer loses the steps since its last save)
   L13 a constant learning rate (what the official cosine over ~65.8k nominal steps amounts to at ~1k)
   L14 LoRA as an option (lora.py): the reference is the policy with its adapters off; the frozen base in bf16 on CUDA
+  L15 the rollout decodes through decode.py's step over a static cache, compiled on CUDA (`--compile-decode`)
 With --eval-samples N (the tiny preset: the 200 prompts of the built-in test split, 4 completions each) the
 policy answers N held-out prompts, sampled like the rollout, before the first step, every --eval-every steps and
 after the last (heldout.py): the "eval_*" rows of metrics.jsonl, the one figure that says whether the policy got

@@ -4,6 +4,8 @@ full width, full width with LoRA; figures from one H200 in bench/README.md).
 
     python bench/gpu_check.py --width narrow              # hidden 512, 2 layers (tiny.py), paper settings, CUDA
     python bench/gpu_check.py --width full --steps 3      # the 7B's widths, 8 of 28 decoder layers
+    python bench/gpu_check.py --width full --compile-decode off    # the same with the eager decode step
+    python bench/gpu_check.py --width full28 --steps 1 --lora-rank 64  # all 28 layers, LoRA r = 64 (fits one GPU)
     python bench/gpu_check.py --dry-run                   # CPU, narrow model, small settings: keeps it working in CI
 
 One step, as train.py runs it on one process (--precision bf16-mixed: fp32 master weights, bf16 autocast):
@@ -12,6 +14,10 @@ log-probs (no grad), policy log-probs (forward), backward, optimizer (clip + Ada
 §4): G = 8, G̃ = 4, 16 frames at 128·28·28 pixels, up to 768 new tokens (a random model rarely stops, so
 completions run to the limit: the worst case for memory). The first step is a warm-up and is not counted.
 Peak memory per phase is torch.cuda.max_memory_allocated after resetting it at the phase's start (CPU: n/a).
+The decode line: the rollout's median seconds over its decode steps (the longest completion; the prefill is
+inside, so this errs slow), the bytes one decode step reads (the decode copy's weights and the whole static KV
+cache) and that figure over --bandwidth-tbs (H200 4.8, H100 SXM 3.35 TB/s) as the roofline, then the graphs
+compiled and their seconds (decode.Decoder.summary).
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 import config as cfglib  # noqa: E402
 import data  # noqa: E402
+import decode  # noqa: E402
 import distributed  # noqa: E402
 import loader  # noqa: E402
 import pixels  # noqa: E402
@@ -48,6 +55,9 @@ def main():
     p.add_argument("--lora-rank", type=int, default=0, help="> 0: LoRA adapters of this rank (lora.py): bf16 base, "
                    "adapters in fp32, the reference = the policy with its adapters off")
     p.add_argument("--dry-run", action="store_true", help="CPU, narrow, 4 frames at 84x84, 8 new tokens, G = 2")
+    p.add_argument("--compile-decode", default="auto", choices=decode.COMPILE_MODES, help="the decode step (decode.py)")
+    p.add_argument("--bandwidth-tbs", type=float, default=0.0, help="GPU memory bandwidth for the roofline, TB/s "
+                   "(0: from the device name, H200 4.8, H100 3.35)")
     p.add_argument("--cache-dir", default="runs/cache", help="built-in clips and the random models go here")
     p.add_argument("--tokenizer", default=str(Path(__file__).resolve().parents[2] / "shared" / "qwen2_5_vl_7b_instruct"),
                    help="folder with the real Qwen2.5-VL tokenizer; the tiny one when it is absent")
@@ -56,7 +66,7 @@ def main():
     if a.dry_run:
         a.width = "narrow"
         argv = ["--G", "2", "--max-frames", "4", "--video-min-pixels", str(84 * 84), "--video-max-pixels", str(84 * 84),
-                "--max-completion-length", "8", "--device", "cpu", "--precision", "fp32"]
+                "--max-completion-length", "8", "--device", "cpu", "--precision", "fp32", "--compile-decode", "off"]
     else:
         argv = ["--device", "cuda" if cuda else "cpu", "--precision", "bf16-mixed" if cuda else "fp32"]
     cache = Path(a.cache_dir)
@@ -65,7 +75,8 @@ def main():
     paths = synthetic.make_dataset(cache / "data")
     cfg = train.finish_config(*cfglib.parse(train.Config, argv + ["--model", str(model_dir), "--preset", "paper",
                                                                    "--prompts-per-rank", "1", "--nproc", "1",
-                                                                   "--lora-rank", str(a.lora_rank)], ""))
+                                                                   "--lora-rank", str(a.lora_rank),
+                                                                   "--compile-decode", a.compile_decode], ""))
     proc = distributed.Dist(device=torch.device("cuda:0" if cuda else "cpu"))
     precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)
     amp = distributed.autocast(proc, precision)
@@ -78,6 +89,7 @@ def main():
     sp = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)
     gen = torch.Generator(device=proc.device).manual_seed(0)
     pad_id, stop_ids = tok.pad_token_id, common.stop_ids(tok)
+    decoder = decode.Decoder(cfg.compile_decode)
     times, peaks, tokens = {k: [] for k in PHASES}, {k: 0 for k in PHASES}, {}
 
     class phase:
@@ -99,7 +111,7 @@ def main():
         pr = pixels.prepare(videos[step], tok, media, True, "train", loader.sample_generator(0, 0, step))
         hf.eval()
         with phase("rollout"), amp():
-            groups = rollout.rollout(hf, [pr], cfg.G, cfg.G_shuffled, sp, pad_id, stop_ids, gen)
+            groups = rollout.rollout(hf, [pr], cfg.G, cfg.G_shuffled, sp, pad_id, stop_ids, gen, decoder)
         hf.train()
         with phase("rewards"):
             acc, fmt, lengths, sacc, is_video = train.rule_rewards(groups, tok, cfg.G_shuffled)
@@ -121,13 +133,15 @@ def main():
             opt.step()
             opt.zero_grad(set_to_none=True)
         new = int(groups[0].ordered.lengths.sum() + groups[0].shuffled.lengths.sum())
+        steps = max(groups[0].ordered.ids.shape[1], groups[0].shuffled.ids.shape[1])     # decode steps run
         tokens = {"rollout": new, "reference log-probs": ids.numel(), "policy log-probs": ids.numel(),
                   "backward": ids.numel()}
         if step == 0:
             times = {k: [] for k in PHASES}
             shape = (tuple(ids.shape), P, int(pr.visual.pixel_values.shape[0]))
     est = plan.estimate(hf.config, cfg)
-    print(f"command: python bench/gpu_check.py --width {a.width} --steps {a.steps}{' --dry-run' if a.dry_run else ''}"
+    print(f"command: python bench/gpu_check.py --width {a.width} --steps {a.steps} --compile-decode {a.compile_decode}"
+          f"{' --dry-run' if a.dry_run else ''}"
           + (f" --lora-rank {a.lora_rank} ({est['phi_lora'] / 1e6:.1f}M adapter parameters)" if a.lora_rank else ""))
     print(f"model {model_dir}: {est['phi'] / 1e9:.3f}B parameters ({est['phi_vision'] / 1e9:.3f}B vision), "
           f"{hf.config.text_config.num_hidden_layers} decoder layers, hidden {hf.config.text_config.hidden_size}, "
@@ -141,8 +155,15 @@ def main():
         tps = f"{tokens[k] / med:12.0f}" if k in tokens and med > 0 else f"{'':12s}"
         peak = f"{peaks[k] / GIB:10.2f}" if cuda else f"{'n/a':>10s}"
         print(f"{k:22s}{med:10.3f}{tps}{peak}")
-    rollout_plan = est["params"] + est["optimizer"] + est["reference"] + est["gathered"] + est["kv_cache"]
-    train_plan = est["params"] + est["grads"] + est["optimizer"] + est["reference"] + est["activations"]
+    rollout_plan, train_plan = est["rollout_peak"], est["train_peak"]
+    read = sum(t.nbytes for t in vars(decoder.weights).values() if isinstance(t, torch.Tensor))
+    read += decoder.state.k.nbytes + decoder.state.v.nbytes if decoder.state is not None else 0   # bucketed cache
+    name = torch.cuda.get_device_name(0) if cuda else "cpu"
+    tbs = a.bandwidth_tbs or (4.8 if "H200" in name else 3.35 if "H100" in name else 0.0)
+    ms = 1000 * statistics.median(times["rollout"]) / steps
+    roof = f", roofline {read / (tbs * 1e9):.2f} ms at {tbs} TB/s = {read / (tbs * 1e9) / ms:.0%} of it" if tbs else ""
+    print(f"decode ({'compiled' if decoder.is_compiled(proc.device) else 'eager'}): {ms:.2f} ms per step over {steps} "
+          f"steps (prefill included), {read / 1e9:.2f} GB read per step{roof} | {decoder.summary()}")
     measured = {"rollout": peaks["rollout"], "training": max(peaks["policy log-probs"], peaks["backward"],
                                                               peaks["optimizer"])}
     print(f"plan.py (1 GPU, {est['mode']}): rollout peak {rollout_plan / GIB:.2f} GiB, training peak {train_plan / GIB:.2f} "

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# One command for a lent GPU (one H200, at most ~8 minutes): T-GRPO steps of the narrow and of the full-width
-# 7B-structured random model at the paper's settings (the full one also with LoRA r = 64), per phase time, tokens/s and peak memory next to plan.py.
+# One command for a lent GPU (one H200, meant to stay under ~8 minutes): T-GRPO steps of the narrow and of the
+# full-width (8-layer) 7B-structured random model at the paper's settings, each with the eager and the compiled
+# decode step side by side (decode.py), the full one also with LoRA r = 64, then the whole 28-layer model with
+# LoRA r = 64 (plan.py: fits one 80 GB GPU), one step; per phase time, tokens/s and peak memory next to plan.py,
+# and the decode step's ms per token against the bandwidth roofline.
 #
 #     bash bench/gpu_check.sh              # on the GPU machine; prints three tables
 #     bash bench/gpu_check.sh --tokenizer DIR   # the real Qwen2.5-VL tokenizer from DIR (default ../shared/...)
@@ -15,6 +18,9 @@ if [[ "${1:-}" == "--dry-run" ]]; then
 fi
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: use --dry-run')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python bench/gpu_check.py --width narrow --steps 2 "$@"
-python bench/gpu_check.py --width full --steps 2 "$@"
-python bench/gpu_check.py --width full --steps 2 --lora-rank 64 "$@"      # LoRA: bf16 base, no reference copy
+for mode in off on; do
+    python bench/gpu_check.py --width narrow --steps 2 --compile-decode $mode "$@"
+    python bench/gpu_check.py --width full --steps 2 --compile-decode $mode "$@"
+done
+python bench/gpu_check.py --width full --steps 2 --lora-rank 64 --compile-decode on "$@"   # LoRA: bf16 base, no reference copy
+python bench/gpu_check.py --width full28 --steps 1 --lora-rank 64 --compile-decode on "$@"  # the 28-layer model

@@ -1,17 +1,23 @@
-"""Group rollout speed: `rollout.generate` (one prefill per prompt, KV cache expanded to G rows) against HF
-`generate(num_return_sequences=G)`, which tiles the clip's pixels G times (the vision tower runs G times) and
-prefills the same prompt G times, as the official trainer does (notes §1 step 5).
+"""Rollout speed. Default: the decode step (decode.py) eager against compiled, ms per decode step and new tokens/s,
+on the tiny default at train.py's rollout shape and on the narrow 7B-structured model (needs ../shared for its
+tokenizer). --versus-hf: `rollout.generate` (one prefill per prompt, its K/V copied to G rows) against HF
+`generate(num_return_sequences=G)`, which tiles the clip's pixels G times and prefills the same prompt G times,
+as the official trainer does (notes §1 step 5).
 
-    python bench/rollout.py        # tiny model, a built-in clip at 8 frames x 448x448 = 1024 video tokens, G = 8
-    python bench/rollout.py --pixels 224 --new-tokens 256 --repeats 3
+    python bench/rollout.py                  # eager vs compiled; ends with "decode: eager A ms/step, compiled B ..."
+    python bench/rollout.py --versus-hf      # tiny model, a built-in clip at 8 frames x 448x448, G = 8
+    python bench/rollout.py --versus-hf --pixels 224 --new-tokens 256 --repeats 3
 
-The default clip has 1024 video tokens, about the official training prompt's 960 (16 frames at 224x420,
-notes §8 "Worked numbers"); the tiny model makes the vision tower and prefill cheap next to decoding, so the
-speed-up shrinks as --new-tokens grows (decode steps cost the same on both sides).
+Eager vs compiled: each setting prefills its prompts once, then times `Decoder.run` (the weight refresh, token 0
+and N - 1 decode steps; stop ids disabled, so every row runs N tokens) alternately eager and compiled after one
+warm-up each; ms per decode step = median time / N. The compiled side's warm-up is its compile: its seconds are
+printed. The tiny default's setting is train.py's rollout: 4 video prompts x (G = 8 + G̃ = 4) = 48 rows, 96 new
+tokens (tiny preset); the narrow model's: 1 video prompt x 12 rows at 16 frames of 128·28·28 pixels, 64 tokens.
 
-Both sides do equal work: the same prompt and pixels, G rows, temperature 1, top-p 0.95, no top-k, and
-exactly --new-tokens tokens per row (stop tokens disabled in ours; min_new_tokens = max_new_tokens in HF).
-They run alternately (A, B, A, B, ...) after one warm-up each; the figure is the median of per-pair ratios.
+--versus-hf: the default clip has 1024 video tokens, about the official training prompt's 960 (16 frames at
+224x420, notes §8 "Worked numbers"); both sides do equal work: the same prompt and pixels, G rows, temperature 1,
+top-p 0.95, no top-k, exactly --new-tokens tokens per row (stop tokens disabled in ours; min_new_tokens =
+max_new_tokens in HF), alternately after one warm-up each; the figure is the median of per-pair ratios.
 """
 from __future__ import annotations
 
@@ -22,28 +28,110 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import DynamicCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
 import data  # noqa: E402
+import decode  # noqa: E402
 import distributed  # noqa: E402
 import pixels  # noqa: E402
 import rollout  # noqa: E402
-import common  # noqa: E402
-from model import load_policy, mm_token_types  # noqa: E402
+import tiny  # noqa: E402
+from model import embed_with_visuals, load_policy, mm_token_types, rope_positions  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "qwen2_5_vl_7b_instruct"
+
+
+def prefill(hf, preps, G, G_shuffled, pad_id):
+    """One prefill of the prompts (ordered and shuffled copies) as rollout.generate does; returns the arguments of
+    Decoder.run but sp/pad/stops/generator: (cache, rows (R,), attn (R, P), logits (R, V), next_pos (R,))."""
+    prompts, visuals, n = [], [], []
+    for p in preps:
+        prompts += [p.prompt_ids, p.shuffled_ids]; visuals += [p.visual, p.shuffled_visual]; n += [G, G_shuffled]
+    device = hf.lm_head.weight.device
+    ids, attn = rollout.left_pad(prompts, pad_id)
+    ids, attn = ids.to(device), attn.to(device)
+    owner = list(range(len(prompts)))
+    pos, _ = rope_positions(hf, ids, attn, visuals, owner)
+    cache = DynamicCache(config=hf.config.text_config)
+    with torch.no_grad():
+        out = hf.model.language_model(inputs_embeds=embed_with_visuals(hf, ids, visuals, owner), attention_mask=attn,
+                                      position_ids=pos, past_key_values=cache, use_cache=True)
+        rows = torch.tensor([i for i, k in enumerate(n) for _ in range(k)], device=device)
+        logits = hf.lm_head(out.last_hidden_state[:, -1][rows]).float()
+    return cache, rows, attn[rows], logits, pos[0, :, -1][rows] + 1
+
+
+def eager_vs_compiled(name, hf, tok, preps, G, G_shuffled, new_tokens, repeats, device):
+    """Time Decoder.run eager and compiled on one setting; prints its line, returns (eager ms, compiled ms)."""
+    args = prefill(hf, preps, G, G_shuffled, tok.pad_token_id)
+    sp = rollout.SamplingParams(temperature=1.0, top_p=0.95, top_k=50, max_new_tokens=new_tokens)
+    decoders = {"eager": decode.Decoder("off"), "compiled": decode.Decoder("on")}
+    sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
+
+    def timed(dec):
+        sync()
+        t = time.perf_counter()
+        ids, _ = dec.run(hf, *args, None, sp, tok.pad_token_id, [-1], torch.Generator(device=device).manual_seed(0))
+        sync()
+        assert ids.shape == (args[1].numel(), new_tokens)
+        return time.perf_counter() - t, ids
+
+    warm = {k: timed(d) for k, d in decoders.items()}                          # the compiled warm-up compiles
+    same = torch.equal(warm["eager"][1], warm["compiled"][1])
+    times = {k: [] for k in decoders}
+    for _ in range(repeats):
+        for k, d in decoders.items():
+            times[k].append(timed(d)[0])
+    ms = {k: 1000 * statistics.median(v) / new_tokens for k, v in times.items()}
+    rows = args[1].numel()
+    print(f"{name}: {rows} rows, prompt {args[2].shape[1]} tokens, {new_tokens} new tokens | eager {ms['eager']:.2f} "
+          f"ms/step ({1000 * rows / ms['eager']:.0f} tok/s) | compiled {ms['compiled']:.2f} ms/step "
+          f"({1000 * rows / ms['compiled']:.0f} tok/s), compile {warm['compiled'][0] - statistics.median(times['compiled']):.1f} s, "
+          f"{len(decoders['compiled'].graphs)} graph(s) | speed-up {ms['eager'] / ms['compiled']:.2f}x | "
+          f"same tokens: {same}")
+    return ms['eager'], ms['compiled']
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--versus-hf", action="store_true", help="rollout.generate against HF generate with tiled pixels")
     p.add_argument("--G", type=int, default=8)
-    p.add_argument("--pixels", type=int, default=448, help="frame side in pixels (per-frame budget pixels**2)")
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=5, help="timed (ours, HF) pairs after one warm-up each")
+    p.add_argument("--pixels", type=int, default=448, help="--versus-hf: frame side in pixels (per-frame budget pixels**2)")
+    p.add_argument("--frames", type=int, default=8, help="--versus-hf: frames per clip")
+    p.add_argument("--new-tokens", type=int, default=64, help="--versus-hf: new tokens per completion")
+    p.add_argument("--repeats", type=int, default=3, help="timed pairs after one warm-up each")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache-dir", default="runs/cache")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: stable figures on a shared CPU)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.versus_hf:
+        return versus_hf(a)
+    torch.manual_seed(0)
+    paths = common.builtin(a.cache_dir, distributed.Dist())
+    videos = [s for s in data.load_samples(paths["train"]) if s.data_type == "video"]
+    print(f"command: python bench/rollout.py --repeats {a.repeats} --device {a.device} --threads {torch.get_num_threads()}")
+    hf, tok = load_policy(paths["tiny"], torch.float32, a.device)
+    hf.eval()
+    media = pixels.MediaConfig(**common.TINY_MEDIA)
+    preps = [pixels.prepare(s, tok, media, shuffled=True, generator=torch.Generator().manual_seed(i))
+             for i, s in enumerate(videos[:4])]
+    default = eager_vs_compiled("tiny default (train.py's rollout)", hf, tok, preps, 8, 4, 96, a.repeats, a.device)
+    if (SHARED / "tokenizer.json").exists():
+        folder = tiny.build_like_7b(Path(a.cache_dir) / "like7b_narrow_realtok", "narrow", SHARED)
+        hf, tok = load_policy(folder, torch.float32, a.device)
+        hf.eval()
+        media = pixels.MediaConfig(max_frames=16, nframes=16, video_max_pixels=128 * 28 * 28)
+        preps = [pixels.prepare(videos[0], tok, media, shuffled=True, generator=torch.Generator().manual_seed(0))]
+        eager_vs_compiled("narrow 7B-structured", hf, tok, preps, 8, 4, 64, a.repeats, a.device)
+    else:
+        print(f"narrow 7B-structured: not run ({SHARED} absent: its tokenizer)")
+    print(f"decode: eager {default[0]:.2f} ms/step, compiled {default[1]:.2f} ms/step, speed-up {default[0] / default[1]:.2f}x")
+
+
+def versus_hf(a):
     torch.manual_seed(0)
     paths = common.builtin(a.cache_dir, distributed.Dist())
     model_dir, train_json = paths["tiny"], paths["train"]
@@ -92,7 +180,7 @@ def main():
         t_hf.append(timed(theirs))
     ratios = [h / o for o, h in zip(t_ours, t_hf)]
     toks = a.G * a.new_tokens
-    print(f"command: python bench/rollout.py --G {a.G} --pixels {a.pixels} --frames {a.frames} "
+    print(f"command: python bench/rollout.py --versus-hf --G {a.G} --pixels {a.pixels} --frames {a.frames} "
           f"--new-tokens {a.new_tokens} --repeats {a.repeats} --device {a.device}")
     print(f"model {model_dir} ({sum(p.numel() for p in hf.parameters()) / 1e6:.1f} M params) on {a.device}, "
           f"torch threads {torch.get_num_threads()}")
@@ -104,6 +192,7 @@ def main():
               f"runs {[round(t, 3) for t in ts]}")
     print(f"speed-up (median of per-pair ratios HF / ours): {statistics.median(ratios):.2f}x  "
           f"pairs {[round(r, 2) for r in ratios]}")
+
 
 
 if __name__ == "__main__":

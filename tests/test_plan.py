@@ -21,7 +21,7 @@ def test_plan_for_the_7b_preset():
                            "--nproc", "8", "--activation-checkpointing", "true"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "8.29B parameters" in proc.stdout and "0.68B vision" in proc.stdout
-    for term in ["params", "grads", "optimizer", "reference", "gathered", "kv_cache", "activations", "total"]:
+    for term in ["params", "grads", "optimizer", "reference", "gathered", "decode_copy", "kv_cache", "activations", "total"]:
         assert term in proc.stdout, term
     cfg = _cfg(nproc=4, activation_checkpointing=True)
     e4 = plan.estimate(plan.load_config(cfg.model), cfg)
@@ -30,8 +30,12 @@ def test_plan_for_the_7b_preset():
     cfg.nproc = 8
     e8 = plan.estimate(plan.load_config(cfg.model), cfg)
     assert e8["params"] * 2 == e4["params"] and e8["kv_cache"] == e4["kv_cache"]
-    # KV cache by hand: 12 rows x (1274 + 768) tokens x 28 layers x K,V x 4 heads x 128 dims x 2 bytes
-    assert e4["kv_cache"] == 12 * (1274 + 768) * 28 * 2 * 4 * 128 * 2
+    # KV cache by hand: 12 rows padded to 16 x (1274 + 768 = 2042 tokens, rounded up to 2048), plus the prefill's
+    # cache of 2 prompts x 1274 tokens; x 28 layers x K,V x 4 heads x 128 dims x 2 bytes
+    assert e4["kv_cache"] == (16 * 2048 + 2 * 1274) * 28 * 2 * 4 * 128 * 2
+    # the decode copy: 28 layers x (q,k,v with biases, o, gate, up, down, 2 norms) + embeddings, lm_head, norm
+    layer = 3584 * (3584 + 512 * 2) + (3584 + 512 * 2) + 3584 * 3584 + 3 * 3584 * 18944 + 2 * 3584
+    assert e4["decode_copy"] == 2 * (28 * layer + 2 * 152064 * 3584 + 3584)
 
 
 def test_lora_plan_by_hand():
