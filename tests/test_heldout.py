@@ -45,7 +45,7 @@ def test_k_completions_per_prompt_are_averaged(monkeypatch):
     lengths = [[5, 7, 2], [4, 4, 6]]
     asked = []
 
-    def generate(hf, ids, visuals, n, sampling, pad_id, stops, gen):
+    def generate(hf, ids, visuals, n, sampling, pad_id, stops, gen, decoder=None):
         asked.append(list(n))
         outs = []
         for i in range(len(ids)):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import data
+import decode as D
 import model as M
 import rollout as R
 import pixels
@@ -157,8 +158,9 @@ def test_reads_a_real_qwen2_5_vl_config():
 
 
 def test_rollout_continuation_equals_rope_positions_over_prompt_and_completion(builtin, monkeypatch):
-    """rollout.generate feeds completion token j at last prompt position + 1 + j on all 3 axes; that is what
-    rope_positions gives over prompt + completion (media only in the prompt), so the log-prob pass matches."""
+    """rollout.generate feeds completion token j at last prompt position + 1 + j on all 3 axes (the decode step's
+    1-D RoPE position, decode.py); that is what rope_positions gives over prompt + completion (media only in the
+    prompt), so the log-prob pass matches."""
     hf, tok = M.load_policy(builtin[1])
     hf.eval()
     torch.manual_seed(0)
@@ -166,15 +168,17 @@ def test_rollout_continuation_equals_rope_positions_over_prompt_and_completion(b
            pixels.Visual("image", torch.randn(1 * 4 * 6, 1176), torch.tensor([1, 4, 6]), 0.0)]
     prompts = [data.encode_prompt(tok, "What happens?", "video", vis[0].grid_thw),
                data.encode_prompt(tok, "What is shown here, in detail?", "image", vis[1].grid_thw)]
-    seen = []
+    seen, fed = [], []
     lm, forward = hf.model.language_model, hf.model.language_model.forward
     monkeypatch.setattr(lm, "forward", lambda *a, **kw: seen.append(kw["position_ids"].clone()) or forward(*a, **kw))
+    step = D.forward_token                                                     # the decode step's decoder call
+    monkeypatch.setattr(D, "forward_token", lambda w, s: fed.append(s.pos.clone()) or step(w, s))
     sp = R.SamplingParams(max_new_tokens=6, top_p=1.0)
     outs = R.generate(hf, prompts, vis, [2, 1], sp, tok.pad_token_id, [tok.pad_token_id],
-                      torch.Generator().manual_seed(0))
-    S = len(seen) - 1                                                          # completion tokens fed back
-    assert S >= 3
-    fed = torch.cat(seen[1:], dim=-1)                                          # (3, R, S) positions of tokens < S
+                      torch.Generator().manual_seed(0), D.Decoder("off"))
+    S = len(fed)                                                               # completion tokens fed back
+    assert S >= 3 and len(seen) == 1                                           # one prefill, then the decode step
+    fed = torch.stack(fed, -1)[None].expand(3, -1, -1)                         # (3, R, S): a text token's 3 axes agree
     pids, pattn = R.left_pad(prompts, tok.pad_token_id)                        # (2, P)
     P, owner = pids.shape[1], [0, 0, 1]
     comp = torch.cat([o.ids for o in outs])[:, :S]                             # (R, S)
