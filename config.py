@@ -18,10 +18,13 @@ def _bool(text: str) -> bool:
 def parse(cls, argv=None, description: str | None = None):
     """Parse argv into an instance of dataclass `cls`; returns (config, set of field names given explicitly).
 
-    Every field becomes `--field-name` with its metadata["help"] and default shown by `--help`.
-    Raises SystemExit (argparse) for unknown flags or bad values; TypeError if a field has no help.
+    Every field becomes `--field-name` with its metadata["help"] and default shown by `--help`. Flags must be
+    spelled out: an abbreviation (`--prompts-per 2`) is refused, since a preset overwrites every field whose full
+    flag is not on the command line.
+    Raises SystemExit (argparse) for unknown or abbreviated flags or bad values; TypeError if a field has no help.
     """
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     for f in dataclasses.fields(cls):
         if "help" not in f.metadata:
             raise TypeError(f"{cls.__name__}.{f.name} has no help text")
