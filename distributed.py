@@ -248,8 +248,10 @@ def wrap(module: torch.nn.Module, proc: Dist, mode: str = "ddp", activation_chec
     fully_shard(module, mesh=mesh, mp_policy=mp, offload_policy=policy)
     # Average gradients over ranks explicitly: FSDP2's default divide factor has been wrong on gloo in some
     # releases (pytorch/pytorch#162338: gradients summed). torch 2.13's default already averages on gloo; the
-    # explicit factor keeps it so elsewhere. tests/test_distributed.py compares magnitudes with 1 process.
-    module.set_gradient_divide_factor(float(proc.world))
+    # explicit factor keeps it so elsewhere. The setter does not recurse (torch 2.13: it sets the unit's own
+    # parameter groups), so every unit gets it. tests/test_distributed.py compares magnitudes with 1 process.
+    for unit in [*units, module]:
+        unit.set_gradient_divide_factor(float(proc.world))
     return module
 
 

@@ -124,3 +124,21 @@ def test_cpu_offload_without_fsdp_is_refused(tmp_path, builtin):
     proc = run_cmd([sys.executable, str(ROOT / "train.py"), "--model", str(builtin[1]), "--data", str(builtin[0]["train"]),
                     "--preset", "tiny", "--cpu-offload", "--dist", "ddp", "--out-dir", str(tmp_path / "out")], tmp_path, ok=False)
     assert proc.returncode != 0 and "--cpu-offload is FSDP2's: it needs --dist fsdp (got --dist ddp" in proc.stderr
+
+
+def test_gradient_divide_factor_is_set_on_every_fsdp_unit(builtin):
+    """distributed.wrap's explicit averaging reaches every FSDP2 unit, not only the root (the setter does not
+    recurse): one process with CPU offload (a one-rank group, as on one GPU) sets factor 1.0 on each unit."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FSDPModule
+    import distributed
+    import model as M
+    hf, _ = M.load_policy(builtin[1])
+    try:
+        wrapped = distributed.wrap(M.PolicyLogprobs(hf), distributed.Dist(), "fsdp", offload=True)
+        units = [m for m in wrapped.modules() if isinstance(m, FSDPModule)]
+        factors = [g.gradient_divide_factor for u in units for g in u._get_fsdp_state()._fsdp_param_groups]
+        assert len(units) == 1 + 4 + 4 and factors and all(f == 1.0 for f in factors), factors   # root, decoder, vision
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
