@@ -61,7 +61,7 @@ def attach(hf, cfg, seed: int):
     """Add LoRA adapters to `hf` (a Qwen2_5_VLForConditionalGeneration) in place and freeze everything else.
 
     The adapters (fp32 even when the base is bf16: PEFT's autocast_adapter_dtype) are initialised from `seed` on
-    every rank alike; the global RNG state is left as it was. Returns the `peft.PeftModel` around `hf` (for
+    every rank alike; the global RNG states (CPU and every CUDA device) are left as they were. Returns the `peft.PeftModel` around `hf` (for
     disabling the adapters and saving them), or None when cfg.lora_rank is 0. `hf` keeps its own module tree, with
     LoRA layers in place of the targeted Linears. Raises ValueError when no module matches cfg.lora_targets.
     """
@@ -70,7 +70,9 @@ def attach(hf, cfg, seed: int):
     from peft import LoraConfig, get_peft_model
     config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                         target_modules=cfg.lora_targets, modules_to_save=VISION[cfg.lora_vision], bias="none")
-    with torch.random.fork_rng(devices=[]):
+    # torch.manual_seed also seeds every CUDA device: fork all of them, or every rank's CUDA generator would end
+    # equal to `seed` (identical dropout masks on all ranks)
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
         torch.manual_seed(seed)
         adapters = get_peft_model(hf, config, autocast_adapter_dtype=True)
     if adapters.base_model.model is not hf:

@@ -139,3 +139,25 @@ def test_gpu_lora_path_bf16_base_fp32_adapters_under_fsdp(tmp_path, answering):
     assert any(v.abs().max() > 0 for k, v in adapters.items() if "lora_B" in k)   # B left 0: it trained
     merged = load_file(tmp_path / "out" / "final" / "model.safetensors")
     assert all(v.dtype == torch.float32 for v in merged.values())
+
+
+def test_attach_restores_every_cuda_generator(builtin, monkeypatch):
+    """attach seeds with torch.manual_seed, which seeds every CUDA device too: it must fork (and so restore) the RNG
+    of every CUDA device, not the CPU's alone (else every rank's CUDA generator ends equal to the seed). With two
+    CUDA devices reported, fork_rng is asked for both; the CPU generator's state is unchanged after attach."""
+    import contextlib
+    forked = []
+    real = torch.random.fork_rng
+
+    @contextlib.contextmanager
+    def recording(devices=None, **kw):
+        forked.append(list(devices))
+        with real(devices=[], **kw):                                          # no CUDA here: fork the CPU alone
+            yield
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.random, "fork_rng", recording)
+    hf, _ = load_policy(builtin[1])
+    before = torch.get_rng_state()
+    lora.attach(hf, SETTINGS, seed=0)
+    assert forked == [[0, 1]] and torch.equal(torch.get_rng_state(), before)
