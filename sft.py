@@ -297,7 +297,7 @@ def main(argv=None):
         print(f"model {model_dir} | data {train_json} ({len(samples)} samples) | {total} steps of {per_step} samples "
               f"| {proc.world} rank(s) on {proc.device}\nframes/pixels: {asdict(media)}")
     metrics = checkpoint.open_metrics(out_dir / "metrics.jsonl", start) if proc.main else None   # one row per step
-    tracker = tracking.Tracker(cfg, out_dir, run_config, proc.main)          # the same rows to TensorBoard / wandb
+    tracker = tracking.Tracker(cfg, out_dir, run_config, proc.main, start)   # the same rows to TensorBoard / wandb
     preemption, preempted = distributed.Preemption(), False
 
     def log(row):

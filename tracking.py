@@ -67,19 +67,22 @@ class Tracker:
     """The run's trackers (rank 0 only: on other ranks, and with --report-to none, every call does nothing).
 
     cfg: an entry point's config with the OPTIONS fields; out_dir: the run folder (TensorBoard writes to
-    out_dir/tensorboard, wandb to out_dir/wandb); config: the full run config to record (JSON-serialisable).
+    out_dir/tensorboard, wandb to out_dir/wandb); config: the full run config to record (JSON-serialisable);
+    start_step: the step a resumed run continues from (0: a new run). TensorBoard then purges the points a crashed
+    run logged after that step (SummaryWriter's purge_step), so each step keeps one point, as in metrics.jsonl.
     Raises ValueError for an unknown backend; ImportError naming the package when a backend is not installed.
     """
 
-    def __init__(self, cfg, out_dir: str | Path, config: dict, main: bool = True):
+    def __init__(self, cfg, out_dir: str | Path, config: dict, main: bool = True, start_step: int = 0):
         self.backends = parse_backends(cfg.report_to) if main else []
         out_dir = Path(out_dir)
         name = cfg.run_name or out_dir.resolve().name
         self.tb = self.wandb = None
         if "tensorboard" in self.backends:
             from torch.utils.tensorboard import SummaryWriter     # needs the `tensorboard` package
-            self.tb = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
-            self.tb.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```", 0)
+            self.tb = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+            if not start_step:
+                self.tb.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```", 0)
         if "wandb" in self.backends:
             import wandb
             id_file = out_dir / "wandb" / "run_id"          # a resumed run (--resume) continues the same wandb run

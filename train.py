@@ -335,7 +335,8 @@ def main(argv=None):
             eval_json, (cfg.media_root or None) if cfg.eval_data else None, cfg.eval_samples, tokenizer, media, proc)]
     out_dir = Path(cfg.out_dir)
     run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "eval_data": eval_json, "world_size": proc.world,
-                                "variant": variant(cfg)}
+                                "variant": variant(cfg),   # a cosine schedule decays over --steps: resuming with
+                                "schedule_horizon": cfg.steps if cfg.lr_schedule == "cosine" else None}   # others is refused
     start, position = checkpoint.resume(cfg.resume, out_dir, policy, opt, proc, run_config, cfg.allow_config_change,
                                         {"sampling": gen}, "train.py")
     # Decoding and patchifying of the next samples overlaps the current step (loader.py); each sample's
@@ -351,7 +352,7 @@ def main(argv=None):
         print(f"frames/pixels: {asdict(media)}")
         print(f"reward -> advantage: {variant(cfg)}")
     metrics_file = checkpoint.open_metrics(out_dir / "metrics.jsonl", start) if proc.main else None   # one row per step
-    tracker = tracking.Tracker(cfg, out_dir, run_config, proc.main)          # the same rows to TensorBoard / wandb
+    tracker = tracking.Tracker(cfg, out_dir, run_config, proc.main, start)   # the same rows to TensorBoard / wandb
     preemption, preempted = distributed.Preemption(), False
 
     def run_eval(step: int, module) -> None:                                   # a collective: every rank calls it
@@ -393,8 +394,8 @@ def main(argv=None):
             run_eval(step + 1, policy)
     prefetch.close()
     preemption.restore()
-    tracker.close()
     if preempted:   # SIGTERM: the step finished and was checkpointed; the run is not complete, so no final/
+        tracker.close()
         if proc.main:
             metrics_file.close()
             curves.draw(out_dir / "metrics.jsonl")
@@ -404,6 +405,7 @@ def main(argv=None):
         distributed.cleanup(proc)
         sys.exit(128 + signal.SIGTERM)                                         # 143, the shell's code for SIGTERM
     run_eval(cfg.steps, policy)
+    tracker.close()                                                            # after the final evaluation's row
     final = common.export(policy, tokenizer, out_dir / "final", proc, adapters, model_dir)
     if proc.main:
         metrics_file.close()

@@ -131,6 +131,18 @@ def test_resume_with_other_settings_is_refused(builtin, tmp_path):
     assert "changed: G: 2 -> 4" in proc.stdout and steps(out) == [1, 2]
 
 
+def test_resume_of_a_cosine_run_with_other_steps_is_refused(builtin, tmp_path):
+    """--lr-schedule cosine decays over --steps, so resuming it with another --steps would change the learning rate
+    of every remaining step: refused, naming the horizon. A constant schedule may run longer (the 3-step resume)."""
+    out = tmp_path / "out"
+    run(train_cmd(builtin, out, "--steps", "1", "--save-every", "1", "--lr-schedule", "cosine"), tmp_path)
+    proc = run(train_cmd(builtin, out, "--steps", "3", "--resume", "auto", "--lr-schedule", "cosine"), tmp_path, ok=False)
+    assert proc.returncode != 0 and "schedule_horizon: 1 -> 3" in proc.stderr
+    run(train_cmd(builtin, tmp_path / "constant", "--steps", "1", "--save-every", "1"), tmp_path)
+    run(train_cmd(builtin, tmp_path / "constant", "--steps", "2", "--resume", "auto"), tmp_path)
+    assert steps(tmp_path / "constant") == [1, 2]
+
+
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_sigterm_checkpoints_and_resumes_to_the_same_weights(builtin, tmp_path, nproc):
     """SIGTERM mid-run (to the process, or to torchrun, which forwards it): the current step finishes, every

@@ -112,3 +112,24 @@ def test_unknown_backend_is_refused_before_the_run(tmp_path):
                    tmp_path, ok=False)
     assert proc.returncode != 0 and "unknown backend 'mlflow'" in proc.stderr
     assert not os.listdir(tmp_path)
+
+
+def test_train_final_evaluation_and_a_resume_reach_tensorboard_once_per_step(tmp_path, builtin):
+    """The held-out evaluation after the last step reaches TensorBoard (the trackers closed before it once), and a
+    run resumed from its step-2 checkpoint after logging step 3 (as a crash during step 4 leaves it) holds one
+    point per step: the resumed writer purges the crashed run's points after the checkpoint."""
+    quick = ["--G", "2", "--max-completion-length", "8", "--prompts-per-rank", "1", "--report-to", "tensorboard"]
+    run_train(quick + ["--steps", "2", "--eval-samples", "2", "--eval-data", str(builtin[0]["test"])], tmp_path,
+              builtin=builtin)
+    scalars, _ = _tensorboard(tmp_path / "out" / "tensorboard")
+    assert [s for s, _ in scalars["eval/accuracy"]] == [0, 2]
+    resumed = tmp_path / "resumed"
+    run_train(quick + ["--steps", "3", "--save-every", "2", "--out-dir", str(resumed)], tmp_path, builtin=builtin)
+    run_train(quick + ["--steps", "4", "--save-every", "2", "--resume", "auto", "--out-dir", str(resumed)], tmp_path,
+              builtin=builtin)
+    acc = EventAccumulator(str(resumed / "tensorboard"))                       # the folder: both runs' files
+    acc.Reload()
+    rows = [json.loads(l) for l in (resumed / "metrics.jsonl").read_text().splitlines()]
+    got = [(e.step, e.value) for e in acc.Scalars("reward/accuracy")]
+    assert [s for s, _ in got] == [1, 2, 3, 4]
+    assert [v for _, v in got] == pytest.approx([r["accuracy"] for r in rows], rel=1e-6)
