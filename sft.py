@@ -315,6 +315,11 @@ def main(argv=None):
 
     if start == 0:
         run_eval(0)
+    evaluate, export = common.missed_at_resume(start, total, cfg, out_dir, proc)   # SIGTERM at an eval/export step
+    if evaluate:
+        run_eval(start)
+    if export:
+        common.export(module, tokenizer, out_dir / f"step_{start}", proc, adapters, model_dir)
     hf.train()
     bar = tqdm(range(start, total), initial=start, total=total, disable=not proc.main, desc="SFT")
     for step in bar:

@@ -366,6 +366,11 @@ def main(argv=None):
 
     if start == 0:
         run_eval(0, policy)
+    evaluate, export = common.missed_at_resume(start, cfg.steps, cfg, out_dir, proc)   # SIGTERM at an eval/export step
+    if evaluate:
+        run_eval(start, policy)
+    if export:
+        common.export(policy, tokenizer, out_dir / f"step_{start}", proc, adapters, model_dir)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not proc.main, desc="T-GRPO")
     for step in bar:
         t0 = time.time()

@@ -172,6 +172,31 @@ def test_sigterm_checkpoints_and_resumes_to_the_same_weights(builtin, tmp_path, 
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
 
 
+def test_sigterm_at_an_evaluation_and_export_step_runs_them_on_resume(builtin, tmp_path):
+    """With an evaluation and an export due after every step, SIGTERM stops the run after some step k before its
+    evaluation and export (the loop breaks at the checkpoint); the resumed run runs both first, so every step has
+    its held-out row and its step_N folder."""
+    out = tmp_path / "out"
+    N = ["--steps", "5", "--eval-every", "1", "--eval-samples", "2", "--eval-data", str(builtin[0]["test"]),
+         "--export-every", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(train_cmd(builtin, out, *N), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not ((out / "metrics.jsonl").exists() and len(steps(out)) >= 3) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert "SIGTERM: stopped after step" in stdout, stdout[-2000:] + stderr[-4000:]
+    k = int(stdout.split("SIGTERM: stopped after step ")[1].split(";")[0])
+    assert k < 5
+    run(train_cmd(builtin, out, *N, "--resume", "auto"), tmp_path)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval_accuracy" in r] == [0, 1, 2, 3, 4, 5]
+    assert [r["step"] for r in rows if "eval_accuracy" not in r] == [1, 2, 3, 4, 5]
+    assert all((out / f"step_{j}" / "model.safetensors").exists() for j in range(1, 6)), k
+
+
 def test_sft_sigterm_checkpoints_and_resumes_to_the_same_weights(builtin, tmp_path):
     """sft.py too: SIGTERM mid-run -> checkpoint and exit 143 -> --resume auto -> the weights of a straight run,
     one metrics row per step."""
