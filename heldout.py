@@ -25,13 +25,18 @@ def load(path: str, media_root: str | None, n: int, tokenizer, media: pixels.Med
     """The first `n` samples of the held-out JSON `path`, this rank's share (every world-th, so the ranks
     together hold all n), each prepared like a training prompt (pixels.prepare, ordered frames).
     A sample whose media cannot be read is left out and named on stderr (departure L2: never replaced).
-    Raises what data.load_samples raises for a bad file (naming the file, entry and field)."""
-    out = []
-    for s in data.load_samples(path, media_root)[:n][proc.rank::proc.world]:
+    Raises what data.load_samples raises for a bad file (naming the file, entry and field), and ValueError on every
+    rank (one all-reduce, made on every rank) when not one of the n samples could be read: an evaluation of no
+    prompt would log accuracy 0.0 (e.g. media resolved against the wrong root; train.py's --eval-media-root)."""
+    out, asked = [], data.load_samples(path, media_root)[:n]
+    for s in asked[proc.rank::proc.world]:
         try:
             out.append(pixels.prepare(s, tokenizer, media))
         except pixels.MediaError as e:
             print(f"[skip eval] {e}", file=sys.stderr)
+    if asked and int(distributed.all_reduce_sum(torch.tensor(len(out)), proc)) == 0:
+        raise ValueError(f"{path}: none of its {len(asked)} held-out samples has readable media, resolved against "
+                         f"{media_root or 'the JSON folder'} (e.g. {asked[0].media_path}); set --eval-media-root")
     return out
 
 

@@ -69,6 +69,7 @@ class Config:
     data: str = field(default="", metadata={"help": "Video-R1-COT-165k-schema JSON/JSONL (needs 'process'); empty: the built-in COT split"})
     media_root: str = field(default="", metadata={"help": "folder the JSONs' ./paths are relative to (also --eval-data's); empty: each JSON's folder"})
     eval_data: str = field(default="", metadata={"help": "held-out JSON for the format-reward rate; empty: the built-in test split (none with --data)"})
+    eval_media_root: str = field(default="", metadata={"help": "folder --eval-data's ./paths are relative to; empty: --media-root (or, without it, the eval JSON's folder)"})
     out_dir: str = field(default="runs/sft", metadata={"help": "metrics.jsonl, config.json and the final HF folder go here"})
     cache_dir: str = field(default="runs/cache", metadata={"help": "built-in data and tiny model are built here once"})
     # the run (notes §4 SFT)
@@ -275,8 +276,8 @@ def main(argv=None):
     total = cfg.steps if cfg.steps > 0 else max(1, math.ceil(cfg.epochs * len(samples) / per_step))
     eval_prompts = []                                     # (prompt ids, visual, sample): the SFT prompt, its system line
     if eval_json and cfg.eval_samples > 0:
-        for p in heldout.load(eval_json, (cfg.media_root or None) if cfg.eval_data else None, cfg.eval_samples,
-                              tokenizer, media, proc):
+        root = (cfg.eval_media_root or cfg.media_root or None) if cfg.eval_data else None
+        for p in heldout.load(eval_json, root, cfg.eval_samples, tokenizer, media, proc):
             e = build_example(p, tokenizer, cfg.loss_on, SYSTEM_PROMPTS[cfg.system_prompt])
             eval_prompts.append((e.ids[:e.prompt_len], e.visual, e.sample))
     eval_sampling = rollout.SamplingParams(1.0, 0.95, 50, 1.0, cfg.eval_max_new_tokens)  # as the T-GRPO rollout

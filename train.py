@@ -89,6 +89,7 @@ class Config:
     seed: int = field(default=42, metadata={"help": "base seed; rank r uses seed + r"})
     # held-out evaluation (heldout.py): did the policy get better on prompts it never trains on?
     eval_data: str = field(default="", metadata={"help": "held-out JSON evaluated before the first step, every --eval-every steps and after the last; empty: the built-in test split (none with --data)"})
+    eval_media_root: str = field(default="", metadata={"help": "folder --eval-data's ./paths are relative to; empty: --media-root (or, without it, the eval JSON's folder)"})
     eval_samples: int = field(default=0, metadata={"help": "held-out prompts per evaluation, --eval-completions each, sampled like the rollout (0: no evaluation)"})
     eval_completions: int = field(default=1, metadata={"help": "sampled completions per held-out prompt (K: the figure's noise shrinks like 1/sqrt(K x prompts))"})
     eval_every: int = field(default=0, metadata={"help": "> 0: also evaluate every this many steps"})
@@ -331,8 +332,9 @@ def main(argv=None):
     decoder = decode.Decoder(cfg.compile_decode)                             # one weight copy and cache per run
     held = None                                                               # (prompt ids, visual, sample) per prompt
     if eval_json and cfg.eval_samples > 0:
-        held = [(p.prompt_ids, p.visual, p.sample) for p in heldout.load(
-            eval_json, (cfg.media_root or None) if cfg.eval_data else None, cfg.eval_samples, tokenizer, media, proc)]
+        root = (cfg.eval_media_root or cfg.media_root or None) if cfg.eval_data else None
+        held = [(p.prompt_ids, p.visual, p.sample) for p in heldout.load(eval_json, root, cfg.eval_samples, tokenizer,
+                                                                         media, proc)]
     out_dir = Path(cfg.out_dir)
     run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "eval_data": eval_json, "world_size": proc.world,
                                 "variant": variant(cfg),   # a cosine schedule decays over --steps: resuming with

@@ -1,5 +1,6 @@
 """heldout.evaluate's arithmetic with K completions per prompt, against counts made by hand (the generator is
-replaced by fixed completions, so only the scoring and the averaging are under test)."""
+replaced by fixed completions, so only the scoring and the averaging are under test); heldout.load's refusal of
+an evaluation with no readable prompt, and --eval-media-root."""
 import contextlib
 
 import torch
@@ -64,3 +65,32 @@ def test_k_completions_per_prompt_are_averaged(monkeypatch):
     assert out["eval_n"] == 2                                        # prompts, not completions
     assert out["eval_accuracy"] == 3 / 6 and out["eval_format"] == 5 / 6
     assert out["eval_length"] == (5 + 7 + 2 + 4 + 4 + 6) / 6
+
+
+def test_an_evaluation_with_no_readable_prompt_is_refused(builtin, tmp_path):
+    """--eval-data whose media resolve against the training --media-root, where they are not: every held-out
+    prompt would be skipped and the run would log accuracy 0.0. It stops instead, naming the file and the root;
+    --eval-media-root (here a folder where the paths resolve) fixes it."""
+    import json
+    import os
+    import sys
+    from conftest import ROOT, run_cmd
+    paths, tiny = builtin
+    entries = json.loads(paths["test"].read_text())[:3]
+    for e in entries:
+        e["path"] = "./elsewhere/" + e["path"][2:]                             # resolvable from tmp_path/e only
+    held = tmp_path / "held.json"
+    held.write_text(json.dumps(entries))
+    (tmp_path / "e").mkdir()
+    os.symlink(paths["test"].parent, tmp_path / "e" / "elsewhere")
+    cmd = [sys.executable, str(ROOT / "train.py"), "--model", str(tiny), "--data", str(paths["train"]), "--preset",
+           "tiny", "--media-root", str(paths["train"].parent), "--steps", "1", "--G", "2", "--max-completion-length",
+           "4", "--prompts-per-rank", "1", "--eval-data", str(held), "--eval-samples", "3", "--eval-completions", "1",
+           "--out-dir", str(tmp_path / "out")]
+    proc = run_cmd(cmd, tmp_path, ok=False)
+    assert proc.returncode != 0
+    assert f"{held}: none of its 3 held-out samples has readable media, resolved against {paths['train'].parent}" \
+        in proc.stderr and "--eval-media-root" in proc.stderr
+    proc = run_cmd(cmd + ["--eval-media-root", str(tmp_path / "e")], tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval_n"] for r in rows if "eval_n" in r] == [3, 3]
