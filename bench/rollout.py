@@ -12,7 +12,7 @@ Eager vs compiled: each setting prefills its prompts once, then times `Decoder.r
 and N - 1 decode steps; stop ids disabled, so every row runs N tokens) alternately eager and compiled after one
 warm-up each; ms per decode step = median time / N. The compiled side's warm-up is its compile: its seconds are
 printed. The tiny default's setting is train.py's rollout: 4 video prompts x (G = 8 + G̃ = 4) = 48 rows, 96 new
-tokens (tiny preset); the narrow model's: 1 video prompt x 12 rows at 16 frames of 128·28·28 pixels, 64 tokens.
+tokens (tiny preset); the narrow model's: 1 video prompt x 12 rows at 8 frames (a built-in clip's all) of 128·28·28 pixels, 64 tokens.
 
 --versus-hf: the default clip has 1024 video tokens, about the official training prompt's 960 (16 frames at
 224x420, notes §8 "Worked numbers"); both sides do equal work: the same prompt and pixels, G rows, temperature 1,
@@ -123,7 +123,7 @@ def main():
         folder = tiny.build_like_7b(Path(a.cache_dir) / "like7b_narrow_realtok", "narrow", SHARED)
         hf, tok = load_policy(folder, torch.float32, a.device)
         hf.eval()
-        media = pixels.MediaConfig(max_frames=16, nframes=16, video_max_pixels=128 * 28 * 28)
+        media = pixels.MediaConfig(max_frames=8, nframes=8, video_max_pixels=128 * 28 * 28)   # all 8 frames of a built-in clip
         preps = [pixels.prepare(videos[0], tok, media, shuffled=True, generator=torch.Generator().manual_seed(0))]
         eager_vs_compiled("narrow 7B-structured", hf, tok, preps, 8, 4, 64, a.repeats, a.device)
     else:
