@@ -47,8 +47,9 @@ COMPILE_MODES = ("auto", "on", "off")
 
 def compile_option():
     """The entry points' `--compile-decode` field (train.py, sft.py, eval.py)."""
-    return field(default="auto", metadata={"help": "compile the decode step (decode.py): auto (on CUDA: compiled with "
-                                                   "CUDA graphs; on CPU: eager, where compiling measured slower) | on | off"})
+    return field(default="auto", metadata={"help": "compile the decode step (decode.py): auto (on CUDA: compiled "
+                                                   "with CUDA graphs; on CPU: eager, where compiling measured slower) "
+                                                   "| on | off"})
 
 
 @dataclass
@@ -344,7 +345,8 @@ class Decoder:
         pad_id and 0 (the caller cuts the columns after the longest completion).
         """
         device, (R, P), N = logits.device, attn.shape, sp.max_new_tokens
-        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else hf.lm_head.weight.dtype
+        autocast = torch.is_autocast_enabled(device.type)                     # the dtype the prefill computed in
+        dtype = torch.get_autocast_dtype(device.type) if autocast else hf.lm_head.weight.dtype
         compiled = self.is_compiled(device)
         bucket = compiled if self.bucket is None else self.bucket
         stops = tuple(int(t) for t in stop_ids)
@@ -390,4 +392,5 @@ class Decoder:
         if not self.graphs:
             return f"decode step: {'compiled, no graph yet' if self.compiled is not None else 'eager'}"
         shapes = ", ".join(f"{g[0]}x{g[1]}" for g in self.graphs)
-        return f"decode step: compiled {len(self.graphs)} graph(s) (rows x cache length: {shapes}) in {self.compile_seconds:.1f} s"
+        return (f"decode step: compiled {len(self.graphs)} graph(s) (rows x cache length: {shapes}) in "
+                f"{self.compile_seconds:.1f} s")

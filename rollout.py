@@ -139,7 +139,8 @@ class Group:
 
 
 def rollout(model, batch: list[Prepared], G: int, G_shuffled: int, sp: SamplingParams, pad_id: int,
-            stop_ids: list[int], generator: torch.Generator | None = None, decoder: Decoder | None = None) -> list[Group]:
+            stop_ids: list[int], generator: torch.Generator | None = None,
+            decoder: Decoder | None = None) -> list[Group]:
     """Sample every group of a batch in one `generate` call: G completions per prompt on ordered frames and
     G̃ per prompt that has a shuffled copy (videos when the loader made one). `model` holds full weights
     (distributed.full_weights); sp, pad_id, stop_ids, generator, decoder as `generate`. Returns one Group per prepared

@@ -12,7 +12,8 @@ Eager vs compiled: each setting prefills its prompts once, then times `Decoder.r
 and N - 1 decode steps; stop ids disabled, so every row runs N tokens) alternately eager and compiled after one
 warm-up each; ms per decode step = median time / N. The compiled side's warm-up is its compile: its seconds are
 printed. The tiny default's setting is train.py's rollout: 4 video prompts x (G = 8 + G̃ = 4) = 48 rows, 96 new
-tokens (tiny preset); the narrow model's: 1 video prompt x 12 rows at 8 frames (a built-in clip's all) of 128·28·28 pixels, 64 tokens.
+tokens (tiny preset); the narrow model's: 1 video prompt x 12 rows at 8 frames (all of a built-in clip's) of
+128·28·28 pixels, 64 tokens.
 
 --versus-hf: the default clip has 1024 video tokens, about the official training prompt's 960 (16 frames at
 224x420, notes §8 "Worked numbers"); both sides do equal work: the same prompt and pixels, G rows, temperature 1,
@@ -88,7 +89,8 @@ def eager_vs_compiled(name, hf, tok, preps, G, G_shuffled, new_tokens, repeats, 
     rows = args[1].numel()
     print(f"{name}: {rows} rows, prompt {args[2].shape[1]} tokens, {new_tokens} new tokens | eager {ms['eager']:.2f} "
           f"ms/step ({1000 * rows / ms['eager']:.0f} tok/s) | compiled {ms['compiled']:.2f} ms/step "
-          f"({1000 * rows / ms['compiled']:.0f} tok/s), compile {warm['compiled'][0] - statistics.median(times['compiled']):.1f} s, "
+          f"({1000 * rows / ms['compiled']:.0f} tok/s), compile "
+          f"{warm['compiled'][0] - statistics.median(times['compiled']):.1f} s, "
           f"{len(decoders['compiled'].graphs)} graph(s) | speed-up {ms['eager'] / ms['compiled']:.2f}x | "
           f"same tokens: {same}")
     return ms['eager'], ms['compiled']
@@ -98,7 +100,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--versus-hf", action="store_true", help="rollout.generate against HF generate with tiled pixels")
     p.add_argument("--G", type=int, default=8)
-    p.add_argument("--pixels", type=int, default=448, help="--versus-hf: frame side in pixels (per-frame budget pixels**2)")
+    p.add_argument("--pixels", type=int, default=448,
+                   help="--versus-hf: frame side in pixels (per-frame budget pixels**2)")
     p.add_argument("--frames", type=int, default=8, help="--versus-hf: frames per clip")
     p.add_argument("--new-tokens", type=int, default=64, help="--versus-hf: new tokens per completion")
     p.add_argument("--repeats", type=int, default=3, help="timed pairs after one warm-up each")
@@ -112,7 +115,8 @@ def main():
     torch.manual_seed(0)
     paths = common.builtin(a.cache_dir, distributed.Dist())
     videos = [s for s in data.load_samples(paths["train"]) if s.data_type == "video"]
-    print(f"command: python bench/rollout.py --repeats {a.repeats} --device {a.device} --threads {torch.get_num_threads()}")
+    print(f"command: python bench/rollout.py --repeats {a.repeats} --device {a.device} "
+          f"--threads {torch.get_num_threads()}")
     hf, tok = load_policy(paths["tiny"], torch.float32, a.device)
     hf.eval()
     media = pixels.MediaConfig(**common.TINY_MEDIA)
@@ -123,12 +127,13 @@ def main():
         folder = tiny.build_like_7b(Path(a.cache_dir) / "like7b_narrow_realtok", "narrow", SHARED)
         hf, tok = load_policy(folder, torch.float32, a.device)
         hf.eval()
-        media = pixels.MediaConfig(max_frames=8, nframes=8, video_max_pixels=128 * 28 * 28)   # all 8 frames of a built-in clip
+        media = pixels.MediaConfig(max_frames=8, nframes=8, video_max_pixels=128 * 28 * 28)   # a built-in clip's 8
         preps = [pixels.prepare(videos[0], tok, media, shuffled=True, generator=torch.Generator().manual_seed(0))]
         eager_vs_compiled("narrow 7B-structured", hf, tok, preps, 8, 4, 64, a.repeats, a.device)
     else:
         print(f"narrow 7B-structured: not run ({SHARED} absent: its tokenizer)")
-    print(f"decode: eager {default[0]:.2f} ms/step, compiled {default[1]:.2f} ms/step, speed-up {default[0] / default[1]:.2f}x")
+    print(f"decode: eager {default[0]:.2f} ms/step, compiled {default[1]:.2f} ms/step, "
+          f"speed-up {default[0] / default[1]:.2f}x")
 
 
 def versus_hf(a):
