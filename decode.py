@@ -148,8 +148,9 @@ class State:
     k, v (NL, Rb, KV, S, hd): post-RoPE keys and values, prompt in columns [0, P), new tokens from P;
     key_ok (Rb, S) bool: columns a row attends to; tok (Rb,) long: the last sampled token, fed next; pos (Rb,)
     long: its position; col (1,) long: its cache column; j (1,) long: the output column of the next token;
-    done (Rb,) bool; seen (Rb, V) bool: tokens in the prompt or completion (repetition penalty); noise (Rb, V)
-    float32: Exp(1) draws for the next token; ids (Rb, N) long, logps (Rb, N) float32: the output."""
+    done (Rb,) bool; seen (Rb, V) bool: tokens in the prompt or completion (repetition penalty); noise (Rb, C)
+    float32: Exp(1) draws for the next token (C = candidates); ids (Rb, N) long, logps (Rb, N) float32: the
+    output."""
     k: torch.Tensor
     v: torch.Tensor
     key_ok: torch.Tensor
@@ -164,14 +165,16 @@ class State:
     logps: torch.Tensor
 
 
-def allocate_state(w: Weights, rows: int, length: int, new_tokens: int) -> State:
-    """Zeroed `State` for `rows` rows, a cache of `length` tokens and `new_tokens` outputs, on w's device."""
+def allocate_state(w: Weights, rows: int, length: int, new_tokens: int, noise_width: int) -> State:
+    """Zeroed `State` for `rows` rows, a cache of `length` tokens, `new_tokens` outputs and `noise_width` noise
+    draws per row (`candidates`), on w's device (the noise starts at 1)."""
     NL, dev, V = w.ln1.shape[0], w.embed.device, w.embed.shape[0]
     z = lambda *shape, dtype=torch.long: torch.zeros(*shape, dtype=dtype, device=dev)
     kv = (NL, rows, w.kv_heads, length, w.head_dim)
     return State(z(*kv, dtype=w.embed.dtype), z(*kv, dtype=w.embed.dtype), z(rows, length, dtype=torch.bool),
                  z(rows), z(rows), z(1), z(1), z(rows, dtype=torch.bool), z(rows, V, dtype=torch.bool),
-                 torch.ones(rows, V, device=dev), z(rows, new_tokens), z(rows, new_tokens, dtype=torch.float32))
+                 torch.ones(rows, noise_width, device=dev), z(rows, new_tokens),
+                 z(rows, new_tokens, dtype=torch.float32))
 
 
 def _rms_norm(x, weight, eps):
@@ -219,33 +222,60 @@ def filter_logits(logits: torch.Tensor, sp, seen: torch.Tensor | None) -> torch.
     """Apply repetition penalty (HF's rule), temperature, top-k and top-p to logits (R, V) float32; returns (R, V)
     with excluded entries at -inf. sp: rollout.SamplingParams; `seen` (R, V) bool marks tokens already in the
     prompt or completion (for the penalty). Raises ValueError for temperature <= 0 or top_p outside (0, 1]."""
-    if sp.temperature <= 0 or not 0 < sp.top_p <= 1:
-        raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got {sp.temperature}, {sp.top_p}")
-    if sp.repetition_penalty != 1.0 and seen is not None:
-        penalised = torch.where(logits > 0, logits / sp.repetition_penalty, logits * sp.repetition_penalty)
-        logits = torch.where(seen, penalised, logits)
-    logits = logits / sp.temperature
+    logits = _penalise_and_scale(logits, sp, seen)
     if sp.top_k > 0:
         kth = torch.topk(logits, min(sp.top_k, logits.shape[-1]), dim=-1).values[..., -1:]   # (R, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if sp.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)     # (R, V)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= sp.top_p                     # keep the smallest set with mass >= p
+        drop = _top_p_drop(sorted_logits, sp.top_p)
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return logits
 
 
+def _penalise_and_scale(logits, sp, seen):
+    """The repetition penalty (HF's rule: a seen token's logit divided by the penalty when positive, multiplied
+    when negative), then the temperature. (R, V) -> (R, V). Raises ValueError for temperature <= 0 or top_p
+    outside (0, 1]."""
+    if sp.temperature <= 0 or not 0 < sp.top_p <= 1:
+        raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got {sp.temperature}, {sp.top_p}")
+    if sp.repetition_penalty != 1.0 and seen is not None:
+        penalised = torch.where(logits > 0, logits / sp.repetition_penalty, logits * sp.repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    return logits / sp.temperature
+
+
+def _top_p_drop(sorted_logits, top_p: float):
+    """(R, n) logits in descending order -> (R, n) bool, True where top-p drops the token: the kept set is the
+    smallest prefix whose probability mass reaches top_p."""
+    probs = sorted_logits.softmax(-1)
+    return probs.cumsum(-1) - probs >= top_p
+
+
+def candidates(sp, vocab: int) -> int:
+    """How many tokens one draw chooses among, and so the width of its noise: top-k's k when top-k is on (no other
+    token can be drawn), else the whole vocabulary."""
+    return min(sp.top_k, vocab) if sp.top_k > 0 else vocab
+
+
 def sample(logits, noise, seen, done, sp, pad_id: int, stop_ids: tuple[int, ...]):
-    """One token per row. logits (R, V) float32; noise (R, V) float32 Exp(1) draws; seen (R, V) bool (used when
-    sp.repetition_penalty != 1); done (R,) bool: rows already stopped get pad_id and log-prob 0.
-    Returns (tok (R,) long, logp (R,) float32 = log-softmax of the unfiltered logits at the token, i.e. at
-    temperature 1, done (R,) bool updated with the stop ids). The draw: argmax over p / E of p = softmax of
-    `filter_logits` (the exponential race; tokens filtered out have p = 0 and are never drawn).
-    Raises ValueError as filter_logits (temperature <= 0, top_p outside (0, 1])."""
+    """One token per row. logits (R, V) float32; noise (R, C) float32 Exp(1) draws, C = candidates(sp, V); seen
+    (R, V) bool (used when sp.repetition_penalty != 1); done (R,) bool: rows already stopped get pad_id and
+    log-prob 0. Returns (tok (R,) long, logp (R,) float32 = log-softmax of the unfiltered logits at the token, i.e.
+    at temperature 1, done (R,) bool updated with the stop ids). The draw: argmax over p / E of p = softmax of
+    `filter_logits` (the exponential race; tokens filtered out have p = 0 and are never drawn). With top-k on, the
+    race runs over the k best tokens only (`topk`, then top-p on those k, already in order): the same distribution
+    without sorting the vocabulary or drawing noise for it (ties at the k-th logit, which filter_logits keeps
+    all of, are broken by topk). Raises ValueError as filter_logits (temperature <= 0, top_p outside (0, 1])."""
     logp = F.log_softmax(logits, dim=-1)                                       # (R, V)
-    probs = filter_logits(logits, sp, seen if sp.repetition_penalty != 1.0 else None).softmax(-1)
-    tok = (probs / noise).argmax(-1)                                           # (R,)
+    seen = seen if sp.repetition_penalty != 1.0 else None
+    if sp.top_k > 0:
+        vals, idx = _penalise_and_scale(logits, sp, seen).topk(noise.shape[-1], dim=-1)   # (R, k), descending
+        if sp.top_p < 1.0:
+            vals = vals.masked_fill(_top_p_drop(vals, sp.top_p), float("-inf"))
+        tok = idx.gather(1, (vals.softmax(-1) / noise).argmax(-1, keepdim=True))[:, 0]    # (R,)
+    else:
+        tok = (filter_logits(logits, sp, seen).softmax(-1) / noise).argmax(-1)           # (R,)
     lp = torch.where(done, torch.zeros_like(logp[:, 0]), logp.gather(1, tok[:, None])[:, 0])
     tok = torch.where(done, torch.full_like(tok, pad_id), tok)
     stop = torch.zeros_like(done)
@@ -308,16 +338,17 @@ class Decoder:
         refresh(w, hf)
         return w
 
-    def _state(self, w: Weights, rows: int, length: int, new_tokens: int, bucket: bool) -> State:
+    def _state(self, w: Weights, rows: int, length: int, new_tokens: int, width: int, bucket: bool) -> State:
         if not bucket:
-            return allocate_state(w, rows, length, new_tokens)
+            return allocate_state(w, rows, length, new_tokens, width)
         rows, length = _round_up(rows, ROW_MULTIPLE), _round_up(length, CACHE_MULTIPLE)
         s = self.state
-        if s is None or s.tok.shape[0] < rows or s.key_ok.shape[1] < length or s.ids.shape[1] != new_tokens:
+        if (s is None or s.tok.shape[0] < rows or s.key_ok.shape[1] < length or s.ids.shape[1] != new_tokens
+                or s.noise.shape[1] != width):
             if s is not None:                                                  # grow: never smaller than before
                 rows, length = max(rows, s.tok.shape[0]), max(length, s.key_ok.shape[1])
             self.state = s = None                                              # free the old cache first
-            self.state = s = allocate_state(w, rows, length, new_tokens)
+            self.state = s = allocate_state(w, rows, length, new_tokens, width)
             if self.is_compiled(w.embed.device):
                 for t in vars(s).values():
                     torch._dynamo.mark_static_address(t)
@@ -352,7 +383,7 @@ class Decoder:
         stops = tuple(int(t) for t in stop_ids)
         with torch.autocast(device.type, enabled=False):
             w = self._weights(hf, dtype, device)
-            s = self._state(w, R, P + N, N, bucket)
+            s = self._state(w, R, P + N, N, candidates(sp, logits.shape[-1]), bucket)
             Rb = s.tok.shape[0]
             s.key_ok.zero_(); s.key_ok[:R, :P] = attn.bool(); s.key_ok[R:, 0] = True   # dummy rows: one column
             for i, layer in enumerate(cache.layers):                           # prompt K/V (B, KV, P, hd) -> rows

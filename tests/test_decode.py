@@ -60,7 +60,7 @@ def test_decode_step_teacher_forced_equals_hf_full_forward(policy):
     comp = torch.randint(0, first.shape[-1], (R_, steps), generator=torch.Generator().manual_seed(1))   # given tokens
     w = D.allocate_weights(hf, torch.float32, "cpu")
     D.refresh(w, hf)
-    s = D.allocate_state(w, R_, P + steps, steps)
+    s = D.allocate_state(w, R_, P + steps, steps, 1)
     s.key_ok[:, :P] = attn[rows].bool()
     for i, layer in enumerate(cache.layers):
         s.k[i, :, :, :P], s.v[i, :, :, :P] = layer.keys[rows], layer.values[rows]
@@ -150,8 +150,10 @@ def test_done_every_k_and_dummy_rows_change_nothing(policy):
 
 
 def test_sampler_matches_a_known_distribution_and_filter_masks():
-    """The exponential race draws from softmax(filtered logits): a χ² test on 40,000 draws from a 5-token
-    distribution (df 4; 18.47 is the 0.1 % critical value), and the tokens top-k/top-p exclude are never drawn."""
+    """The exponential race draws from softmax(filtered logits): χ² tests on 40,000 draws from a 5-token
+    distribution (df 4; 18.47 is the 0.1 % critical value), over the whole vocabulary and over top-k's k
+    candidates (top-k 4 and top-p 0.8 leave 0.4, 0.25, 0.2 renormalised: df 2, 13.82), and the tokens that
+    filter_logits' top-k/top-p masks exclude are never drawn, those they keep all are."""
     p = torch.tensor([0.4, 0.25, 0.2, 0.1, 0.05])
     N = 40_000
     logits = p.log().expand(N, 5).contiguous()
@@ -163,10 +165,18 @@ def test_sampler_matches_a_known_distribution_and_filter_masks():
     chi2 = float(((counts - N * p.double()) ** 2 / (N * p.double())).sum())
     assert chi2 < 18.47, (counts.tolist(), chi2)
     assert torch.allclose(lp, p.log()[tok]) and torch.equal(done, tok == 4)
-    for sp in (R.SamplingParams(top_p=0.6), R.SamplingParams(top_p=1.0, top_k=2), R.SamplingParams(top_p=0.9, top_k=3)):
+    sp = R.SamplingParams(top_p=0.8, top_k=4)
+    assert D.candidates(sp, 5) == 4 and D.candidates(R.SamplingParams(top_k=0), 5) == 5
+    tok, _, _ = D.sample(logits, noise[:, :4], None, torch.zeros(N, dtype=torch.bool), sp, 99, ())
+    q = torch.tensor([0.4, 0.25, 0.2]).double() / 0.85                           # 0.65 < 0.8 <= 0.85: three kept
+    counts = torch.bincount(tok, minlength=5).double()
+    assert counts[3:].sum() == 0
+    assert float(((counts[:3] - N * q) ** 2 / (N * q)).sum()) < 13.82, counts.tolist()
+    for sp in (R.SamplingParams(top_p=0.6), R.SamplingParams(top_p=1.0, top_k=2), R.SamplingParams(top_p=0.9, top_k=3),
+               R.SamplingParams(top_p=0.5, top_k=5)):
         allowed = torch.isfinite(D.filter_logits(logits[:1], sp, None))[0]
-        tok, _, _ = D.sample(logits, noise, None, torch.zeros(N, dtype=torch.bool), sp, 99, ())
-        assert set(tok.unique().tolist()) == set(allowed.nonzero()[:, 0].tolist())
+        tok, _, _ = D.sample(logits, noise[:, :D.candidates(sp, 5)], None, torch.zeros(N, dtype=torch.bool), sp, 99, ())
+        assert set(tok.unique().tolist()) == set(allowed.nonzero()[:, 0].tolist()), sp
     stopped = D.sample(logits[:2], noise[:2], None, torch.tensor([True, False]), sp, 99, ())
     assert stopped[0][0] == 99 and stopped[1][0] == 0
 
@@ -215,7 +225,7 @@ def test_lora_merged_copy_equals_the_peft_model(policy, builtin):
     ids, attn, pos, cache, rows, first = _prefill(hf, prompts, visuals, [1, 1, 1], tok.pad_token_id)
     w = D.allocate_weights(hf, torch.float32, "cpu")
     D.refresh(w, hf)
-    s = D.allocate_state(w, 3, ids.shape[1] + 1, 1)
+    s = D.allocate_state(w, 3, ids.shape[1] + 1, 1, 1)
     s.key_ok[:, :ids.shape[1]] = attn.bool()
     for i, layer in enumerate(cache.layers):
         s.k[i, :, :, :ids.shape[1]], s.v[i, :, :, :ids.shape[1]] = layer.keys, layer.values
