@@ -358,7 +358,9 @@ class Decoder:
         if not self.is_compiled(device):
             return decode_step
         if self.compiled is None:
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            dyn = torch._dynamo.config                                          # one graph per bucket, several buckets
+            limit = "recompile_limit" if hasattr(dyn, "recompile_limit") else "cache_size_limit"   # older torch's name
+            setattr(dyn, limit, max(getattr(dyn, limit), 64))
             mode = "reduce-overhead" if device.type == "cuda" else None
             self.compiled = torch.compile(decode_step, mode=mode, fullgraph=True, dynamic=False)
         return self.compiled
