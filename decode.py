@@ -102,7 +102,8 @@ def effective_weight(linear: torch.nn.Module) -> torch.Tensor:
     that is still an FSDP shard (call inside distributed.full_weights) or for a DoRA adapter."""
     base = getattr(linear, "base_layer", None)
     w = (base if base is not None else linear).weight
-    if type(w.data).__name__ == "DTensor":
+    from torch.distributed.tensor import DTensor
+    if isinstance(w, DTensor):
         raise ValueError("decode weights: an FSDP-sharded weight; refresh inside distributed.full_weights")
     if base is None or linear.merged or linear.disable_adapters:
         return w.detach()

@@ -17,13 +17,13 @@ full padded width, notes §9 item 18; we count either as the end.)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
 from decode import Decoder
-
 from model import Visual, embed_with_visuals, rope_positions
 from pixels import Prepared
 
@@ -64,6 +64,41 @@ def left_pad(seqs: list[torch.Tensor], pad_id: int):
     return ids, mask
 
 
+class Prefill(NamedTuple):
+    """One prefill of a batch's distinct prompts, its rows laid out for decoding (what decode.Decoder.run continues
+    from). cache: the DynamicCache over the B prompts (P tokens, left-padded); rows (R,) long: each row's prompt;
+    ids, attn (R, P) long: the rows' prompt ids and masks; logits (R, V) float32: the first completion token's
+    logits; next_pos (R,) long: its position on all three mRoPE axes."""
+    cache: DynamicCache
+    rows: torch.Tensor
+    ids: torch.Tensor
+    attn: torch.Tensor
+    logits: torch.Tensor
+    next_pos: torch.Tensor
+
+
+@torch.no_grad()
+def prefill(hf, prompts: list[torch.Tensor], visuals: list[Visual], n: list[int], pad_id: int) -> Prefill | None:
+    """Prefill every distinct prompt once (its visual features computed once, L8) and lay out n[i] rows for prompt
+    i. Arguments as `generate`. Returns a Prefill, or None when no row is asked for (all n[i] = 0)."""
+    device = hf.lm_head.weight.device
+    ids, attn = left_pad(prompts, pad_id)                                      # (B, P)
+    ids, attn = ids.to(device), attn.to(device)
+    owner = list(range(len(prompts)))
+    position_ids, _ = rope_positions(hf, ids, attn, visuals, owner)            # (3, B, P)
+    embeds = embed_with_visuals(hf, ids, visuals, owner)                       # (B, P, D)
+    cache = DynamicCache(config=hf.config.text_config)
+    out = hf.model.language_model(inputs_embeds=embeds, attention_mask=attn, position_ids=position_ids,
+                                  past_key_values=cache, use_cache=True)
+    rows = torch.tensor([i for i, k in enumerate(n) for _ in range(k)], dtype=torch.long, device=device)  # (R,)
+    if rows.numel() == 0:
+        return None
+    logits = hf.lm_head(out.last_hidden_state[:, -1][rows]).float()           # (R, V)
+    # Completion token j sits at (last prompt position + 1 + j) on all three mRoPE axes: the same positions a
+    # full-sequence forward (model.rope_positions over prompt + completion) gives, so the log-prob pass matches.
+    return Prefill(cache, rows, ids[rows], attn[rows], logits, position_ids[0, :, -1][rows] + 1)
+
+
 @torch.no_grad()
 def generate(hf, prompts: list[torch.Tensor], visuals: list[Visual], n: list[int], sp: SamplingParams,
              pad_id: int, stop_ids: list[int], generator: torch.Generator | None = None,
@@ -78,30 +113,15 @@ def generate(hf, prompts: list[torch.Tensor], visuals: list[Visual], n: list[int
     """
     if not len(prompts) == len(visuals) == len(n):
         raise ValueError(f"prompts ({len(prompts)}), visuals ({len(visuals)}) and n ({len(n)}) must match")
-    device = hf.lm_head.weight.device
-    ids, attn = left_pad(prompts, pad_id)                                      # (B, P)
-    ids, attn = ids.to(device), attn.to(device)
-    owner = list(range(len(prompts)))
-    position_ids, _ = rope_positions(hf, ids, attn, visuals, owner)            # (3, B, P)
-    embeds = embed_with_visuals(hf, ids, visuals, owner)                       # (B, P, D)
-    cache = DynamicCache(config=hf.config.text_config)
-    out = hf.model.language_model(inputs_embeds=embeds, attention_mask=attn, position_ids=position_ids,
-                                  past_key_values=cache, use_cache=True)
-    last = out.last_hidden_state[:, -1]                                        # (B, D)
-    rows = torch.tensor([i for i, k in enumerate(n) for _ in range(k)], dtype=torch.long, device=device)  # (R,)
-    if rows.numel() == 0:
-        return [_empty(device) for _ in prompts]
-    logits = hf.lm_head(last[rows]).float()                                    # (R, V)
-    # Completion token j sits at (last prompt position + 1 + j) on all three mRoPE axes: the same positions a
-    # full-sequence forward (model.rope_positions over prompt + completion) gives, so the log-prob pass matches.
-    next_pos = position_ids[0, :, -1][rows] + 1                                # (R,)
+    pre = prefill(hf, prompts, visuals, n, pad_id)
+    if pre is None:
+        return [_empty(hf.lm_head.weight.device) for _ in prompts]
     seen = None
     if sp.repetition_penalty != 1.0:
-        seen = torch.zeros(len(rows), logits.shape[-1], dtype=torch.long, device=device).scatter_add_(
-            1, ids[rows], attn[rows]) > 0                                      # (R, V) prompt tokens
-    comp, lp = (decoder or Decoder("off")).run(hf, cache, rows, attn[rows], logits, next_pos, seen, sp, pad_id,
-                                               stop_ids, generator)           # (R, N) each
-    del cache, out
+        seen = torch.zeros_like(pre.logits, dtype=torch.long).scatter_add_(1, pre.ids, pre.attn) > 0   # (R, V)
+    comp, lp = (decoder or Decoder("off")).run(hf, pre.cache, pre.rows, pre.attn, pre.logits, pre.next_pos, seen, sp,
+                                               pad_id, stop_ids, generator)   # (R, N) each
+    del pre
     mask = completion_mask(comp, stop_ids)                                     # (R, N)
     L = int(mask.sum(1).max())                                                 # the longest completion
     comp, mask, lp = comp[:, :L], mask[:, :L], lp[:, :L]                       # (R, L)

@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
@@ -39,34 +38,23 @@ import distributed  # noqa: E402
 import pixels  # noqa: E402
 import rollout  # noqa: E402
 import tiny  # noqa: E402
-from model import embed_with_visuals, load_policy, mm_token_types, rope_positions  # noqa: E402
+from model import load_policy, mm_token_types  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "qwen2_5_vl_7b_instruct"
 
 
-def prefill(hf, preps, G, G_shuffled, pad_id):
-    """One prefill of the prompts (ordered and shuffled copies) as rollout.generate does; returns the arguments of
-    Decoder.run but sp/pad/stops/generator: (cache, rows (R,), attn (R, P), logits (R, V), next_pos (R,))."""
+def prefill(hf, preps, G, G_shuffled, pad_id) -> rollout.Prefill:
+    """rollout.prefill of the prompts (each ordered clip with G rows, its shuffled copy with G̃)."""
     prompts, visuals, n = [], [], []
     for p in preps:
         prompts += [p.prompt_ids, p.shuffled_ids]; visuals += [p.visual, p.shuffled_visual]; n += [G, G_shuffled]
-    device = hf.lm_head.weight.device
-    ids, attn = rollout.left_pad(prompts, pad_id)
-    ids, attn = ids.to(device), attn.to(device)
-    owner = list(range(len(prompts)))
-    pos, _ = rope_positions(hf, ids, attn, visuals, owner)
-    cache = DynamicCache(config=hf.config.text_config)
-    with torch.no_grad():
-        out = hf.model.language_model(inputs_embeds=embed_with_visuals(hf, ids, visuals, owner), attention_mask=attn,
-                                      position_ids=pos, past_key_values=cache, use_cache=True)
-        rows = torch.tensor([i for i, k in enumerate(n) for _ in range(k)], device=device)
-        logits = hf.lm_head(out.last_hidden_state[:, -1][rows]).float()
-    return cache, rows, attn[rows], logits, pos[0, :, -1][rows] + 1
+    return rollout.prefill(hf, prompts, visuals, n, pad_id)
 
 
 def eager_vs_compiled(name, hf, tok, preps, G, G_shuffled, new_tokens, repeats, device):
     """Time Decoder.run eager and compiled on one setting; prints its line, returns (eager ms, compiled ms)."""
-    args = prefill(hf, preps, G, G_shuffled, tok.pad_token_id)
+    pre = prefill(hf, preps, G, G_shuffled, tok.pad_token_id)
+    args = (pre.cache, pre.rows, pre.attn, pre.logits, pre.next_pos)
     sp = rollout.SamplingParams(temperature=1.0, top_p=0.95, top_k=50, max_new_tokens=new_tokens)
     decoders = {"eager": decode.Decoder("off"), "compiled": decode.Decoder("on")}
     sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
@@ -76,7 +64,7 @@ def eager_vs_compiled(name, hf, tok, preps, G, G_shuffled, new_tokens, repeats, 
         t = time.perf_counter()
         ids, _ = dec.run(hf, *args, None, sp, tok.pad_token_id, [-1], torch.Generator(device=device).manual_seed(0))
         sync()
-        assert ids.shape == (args[1].numel(), new_tokens)
+        assert ids.shape == (pre.rows.numel(), new_tokens)
         return time.perf_counter() - t, ids
 
     warm = {k: timed(d) for k, d in decoders.items()}                          # the compiled warm-up compiles
@@ -86,8 +74,8 @@ def eager_vs_compiled(name, hf, tok, preps, G, G_shuffled, new_tokens, repeats, 
         for k, d in decoders.items():
             times[k].append(timed(d)[0])
     ms = {k: 1000 * statistics.median(v) / new_tokens for k, v in times.items()}
-    rows = args[1].numel()
-    print(f"{name}: {rows} rows, prompt {args[2].shape[1]} tokens, {new_tokens} new tokens | eager {ms['eager']:.2f} "
+    rows = pre.rows.numel()
+    print(f"{name}: {rows} rows, prompt {pre.attn.shape[1]} tokens, {new_tokens} new tokens | eager {ms['eager']:.2f} "
           f"ms/step ({1000 * rows / ms['eager']:.0f} tok/s) | compiled {ms['compiled']:.2f} ms/step "
           f"({1000 * rows / ms['compiled']:.0f} tok/s), compile "
           f"{warm['compiled'][0] - statistics.median(times['compiled']):.1f} s, "
