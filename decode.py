@@ -97,9 +97,9 @@ def allocate_weights(hf, dtype: torch.dtype, device) -> Weights:
 
 
 def effective_weight(linear: torch.nn.Module) -> torch.Tensor:
-    """The weight a Linear applies: its own, or under PEFT LoRA the base weight plus each active adapter's
-    delta (alpha / r) B A from PEFT's `get_delta_weight`, computed in float32. Raises ValueError for a weight
-    that is still an FSDP shard (call inside distributed.full_weights) or for a DoRA adapter."""
+    """The weight (out, in) a Linear applies: its own (in its dtype), or under PEFT LoRA the base weight plus each
+    active adapter's delta (alpha / r) B A from PEFT's `get_delta_weight`, summed in float32. Raises ValueError
+    for a weight that is still an FSDP shard (call inside distributed.full_weights) or for a DoRA adapter."""
     base = getattr(linear, "base_layer", None)
     w = (base if base is not None else linear).weight
     from torch.distributed.tensor import DTensor
