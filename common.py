@@ -42,10 +42,10 @@ EVAL_TINY = dict(max_new_tokens=64, **TINY_MEDIA)
 
 
 def apply_preset(cfg, explicit: set[str], tiny: dict, where: str) -> str:
-    """Resolve cfg.preset ("auto": tiny when --model is empty, else paper) and copy `tiny`'s values into the
+    """Resolve cfg.preset ("auto": tiny when --model is empty or a TINY_MODELS preset, else paper) and copy `tiny`'s values into the
     fields not given on the command line when it is "tiny". Returns the preset. Raises ValueError naming
     `where` (the entry point) for an unknown preset."""
-    preset = cfg.preset if cfg.preset != "auto" else ("tiny" if not cfg.model else "paper")
+    preset = cfg.preset if cfg.preset != "auto" else ("tiny" if not cfg.model or cfg.model in TINY_MODELS else "paper")
     if preset not in ("tiny", "paper"):
         raise ValueError(f"{where}: --preset must be auto, tiny or paper, got {cfg.preset!r}")
     if preset == "tiny":
@@ -56,10 +56,37 @@ def apply_preset(cfg, explicit: set[str], tiny: dict, where: str) -> str:
     return preset
 
 
-def media_config(cfg) -> pixels.MediaConfig:
-    """The frame/pixel fields of a config as a pixels.MediaConfig (fields the config lacks keep their defaults)."""
+def media_config(cfg, model_config=None) -> pixels.MediaConfig:
+    """The frame/pixel fields of a config as a pixels.MediaConfig (fields the config lacks keep their defaults), with
+    the model family's constants (patch size, merge size, mean and std, timestamps: model.family(...).MEDIA) when
+    `model_config` (the HF model's config) is given; without it, Qwen2.5-VL's. Raises ValueError for an
+    unsupported model_type."""
     names = {f.name for f in fields(pixels.MediaConfig)}
-    return pixels.MediaConfig(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
+    media = pixels.MediaConfig(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
+    if model_config is not None:
+        from model import family
+        for k, v in family(model_config).MEDIA.items():
+            setattr(media, k, v)
+        media.merge_size = model_config.vision_config.spatial_merge_size
+    return media
+
+
+TINY_MODELS = ("preset:tiny-qwen3-vl",)   # --model presets the project builds (under --cache-dir) on first use
+
+
+def resolve_model(model: str, cache_dir: str | Path, proc: distributed.Dist) -> str:
+    """The HF folder for --model: `model` itself, or for "preset:tiny-qwen3-vl" the tiny random Qwen3-VL
+    (tiny.build_builtin_tiny_qwen3, its tokenizer trained on the built-in data's text) built on rank 0 under
+    cache_dir/tiny-qwen3-vl while the other ranks wait. Idempotent."""
+    if model not in TINY_MODELS:
+        return model
+    from tiny import build_builtin_tiny_qwen3
+    folder = Path(cache_dir) / model.removeprefix("preset:")
+    paths = builtin(cache_dir, proc, model=False)
+    if proc.main:
+        build_builtin_tiny_qwen3(folder, paths["train_cot"])
+    distributed.barrier(proc)
+    return str(folder)
 
 
 def builtin(cache_dir: str | Path, proc: distributed.Dist, model: bool = True) -> dict:
@@ -147,11 +174,13 @@ def coldstart(cache_dir: str | Path, proc: distributed.Dist, shipped: str | Path
 def resolve_model_and_data(cfg, proc: distributed.Dist) -> tuple[str, str, str]:
     """(policy folder, training JSON, held-out JSON or "") of a T-GRPO config: cfg.model / cfg.data /
     cfg.eval_data, or the built-in cold start (`coldstart`) and the built-in training and test splits when empty
-    (built once under cfg.cache_dir); no held-out JSON when cfg.data is given without cfg.eval_data."""
-    if cfg.model and cfg.data:
-        return cfg.model, cfg.data, cfg.eval_data
+    (built once under cfg.cache_dir); a TINY_MODELS preset is built (`resolve_model`); no held-out JSON when cfg.data
+    is given without cfg.eval_data."""
+    model = resolve_model(cfg.model, cfg.cache_dir, proc)
+    if model and cfg.data:
+        return model, cfg.data, cfg.eval_data
     paths = builtin(cfg.cache_dir, proc, model=False)
-    return (cfg.model or str(coldstart(cfg.cache_dir, proc)), cfg.data or str(paths["train"]),
+    return (model or str(coldstart(cfg.cache_dir, proc)), cfg.data or str(paths["train"]),
             cfg.eval_data or ("" if cfg.data else str(paths["test"])))
 
 

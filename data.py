@@ -195,37 +195,59 @@ def build_prompt_text(sample: Sample, variant: str = "train") -> str:
 # ---- the chat-rendered prompt (notes §5 "GRPO message"): the text above, in Qwen2.5-VL's chat layout ----------
 PAD_TOKEN = {"image": "<|image_pad|>", "video": "<|video_pad|>"}
 DEFAULT_SYSTEM = "You are a helpful assistant."
+THINK_OPEN = "<think>\n"      # what a reasoning template may put after "<|im_start|>assistant\n" (Q4)
 
 
 def render_prompt(tokenizer, text: str, data_type: str, system: str | None = None) -> str:
     """The chat-rendered prompt text with ONE pad token for the media (notes §5 "GRPO message").
 
-    No system message by default, so the template inserts "You are a helpful assistant.". Raises ValueError
-    for a data_type other than "image"/"video".
+    No system message by default, so the template inserts "You are a helpful assistant.". A generation prompt
+    ending in THINK_OPEN loses it (Q4). Raises ValueError for a data_type other than "image"/"video".
     """
     if data_type not in PAD_TOKEN:
         raise ValueError(f"data_type must be 'image' or 'video', got {data_type!r}")
     messages = [{"role": "user", "content": [{"type": data_type}, {"type": "text", "text": text}]}]
     if system is not None:
         messages.insert(0, {"role": "system", "content": system})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # Q4: a template that opens the assistant turn with "<think>\n" (a Thinking checkpoint's) would leave the
+    # completion without its own <think>, and rewards.format_reward would fail every one: the Video-R1 prompt asks
+    # the model to write the tags, so the opened tag is taken back off the prompt.
+    return rendered[:-len(THINK_OPEN)] if rendered.endswith(THINK_OPEN) else rendered
 
 
-def expand_media_tokens(rendered: str, data_type: str, grid_thw, merge_size: int = 2) -> str:
+def expand_media_tokens(rendered: str, data_type: str, grid_thw, merge_size: int = 2, timestamps=None) -> str:
     """Replace the single `<|video_pad|>`/`<|image_pad|>` of a rendered prompt by t*h*w/merge² copies, as the
-    Qwen2.5-VL processor does. grid_thw: (3,) ints. Raises ValueError if the text has not exactly one pad."""
+    Qwen2.5-VL processor does. With `timestamps` (Qwen3-VL videos: one time in seconds per temporal patch,
+    pixels.patch_times), the template's whole `<|vision_start|><|video_pad|><|vision_end|>` becomes, per temporal
+    patch, `<{time:.1f} seconds><|vision_start|>` + h*w/merge² pads + `<|vision_end|>` (qwen3_vl.py; the official
+    4.57 processor's layout, Q2). grid_thw: (3,) ints.
+    Raises ValueError if the text has not exactly one pad (with timestamps: one start-pad-end triple), or when the
+    number of timestamps differs from t."""
     pad = PAD_TOKEN[data_type]
+    t, h, w = (int(x) for x in grid_thw)
+    if timestamps is not None:
+        block = "<|vision_start|>" + pad + "<|vision_end|>"
+        if rendered.count(block) != 1 or rendered.count(pad) != 1:
+            raise ValueError(f"expected exactly one {block} in the rendered prompt, found {rendered.count(block)}")
+        if len(timestamps) != t:
+            raise ValueError(f"{len(timestamps)} timestamps for {t} temporal patches")
+        frame = "<|vision_start|>" + pad * (h * w // merge_size**2) + "<|vision_end|>"
+        return rendered.replace(block, "".join(f"<{x:.1f} seconds>" + frame for x in timestamps))
     if rendered.count(pad) != 1:
         raise ValueError(f"expected exactly one {pad} in the rendered prompt, found {rendered.count(pad)}")
-    t, h, w = (int(x) for x in grid_thw)
     return rendered.replace(pad, pad * (t * h * w // merge_size**2))
 
 
-def encode_prompt(tokenizer, text: str, data_type: str, grid_thw, merge_size: int = 2, system: str | None = None):
-    """Token ids of the chat-rendered prompt with exactly t*h*w/merge² media pad tokens.
+def encode_prompt(tokenizer, text: str, data_type: str, grid_thw, merge_size: int = 2, system: str | None = None,
+                  timestamps=None):
+    """Token ids of the chat-rendered prompt with its media pad tokens expanded (`expand_media_tokens`: t*h*w/merge²
+    pads; Qwen3-VL videos, given `timestamps`: one timestamped block per temporal patch).
 
     Args: text: the templated question (data.build_prompt_text); data_type: "image" | "video"; grid_thw: (3,)
-    LongTensor or ints (t, h, w) from pixels.patchify. Returns LongTensor (P,). Reference §1 step 3, §5.
+    LongTensor or ints (t, h, w) from pixels.patchify; timestamps: Visual.timestamps or None. Returns LongTensor
+    (P,). Raises ValueError as expand_media_tokens. Reference §1 step 3, §5.
     """
-    full = expand_media_tokens(render_prompt(tokenizer, text, data_type, system), data_type, grid_thw, merge_size)
+    full = expand_media_tokens(render_prompt(tokenizer, text, data_type, system), data_type, grid_thw, merge_size,
+                               timestamps)
     return torch.tensor(tokenizer(full, add_special_tokens=False)["input_ids"], dtype=torch.long)

@@ -13,7 +13,9 @@ launches per layer.
     python train.py --compile-decode on            # compiled on CPU too (auto: compiled on CUDA, eager on CPU)
 
 What the step computes, per row (R rows: a prompt's G ordered and G̃ shuffled continuations, plus dummy rows):
-- the Qwen2.5-VL decoder for one text token. A text token carries the same position on mRoPE's three axes
+- the decoder for one text token (Qwen2.5-VL's, or Qwen3-VL's with its RMSNorm on each query and key head before
+  RoPE; Qwen3-VL's interleaved mRoPE lays the three axes' bands out differently, which changes nothing when the
+  three positions are equal). A text token carries the same position on mRoPE's three axes
   (model.rope_positions), and mRoPE only chooses, per frequency band, which axis's position to rotate by: with
   equal positions every band rotates by the same one, so mRoPE is plain 1-D RoPE at the row's position here;
 - grouped-query attention over the cache that reads each KV head once: the H query heads are viewed as
@@ -57,12 +59,16 @@ class Weights:
     """The decoder's weights as the decode step reads them, stacked per layer (NL layers, width D, H query heads and
     KV key/value heads of head_dim hd, MLP width I, vocabulary V), in one dtype on one device:
     embed (V, D); ln1, ln2 (NL, D); qkv (NL, (H + 2 KV)·hd, D) with qkv_bias (NL, (H + 2 KV)·hd): q, k, v
-    projections stacked; o (NL, D, H·hd); gate_up (NL, 2I, D): gate then up; down (NL, D, I); norm (D,);
-    lm_head (V, D); inv_freq (hd/2,) float32, RoPE's inverse frequencies; rope_scale: RoPE's attention scaling."""
+    projections stacked (bias zeros where the model has none); q_norm, k_norm (NL, hd): Qwen3-VL's per-head RMSNorm
+    weights (all ones and unused when qk_norm is False); o (NL, D, H·hd); gate_up (NL, 2I, D): gate then up; down
+    (NL, D, I); norm (D,); lm_head (V, D); inv_freq (hd/2,) float32, RoPE's inverse frequencies; rope_scale: RoPE's
+    attention scaling."""
     embed: torch.Tensor
     ln1: torch.Tensor
     qkv: torch.Tensor
     qkv_bias: torch.Tensor
+    q_norm: torch.Tensor
+    k_norm: torch.Tensor
     o: torch.Tensor
     ln2: torch.Tensor
     gate_up: torch.Tensor
@@ -75,10 +81,12 @@ class Weights:
     head_dim: int
     eps: float
     rope_scale: float
+    qk_norm: bool = False
 
 
 def allocate_weights(hf, dtype: torch.dtype, device) -> Weights:
-    """Empty `Weights` for the decoder of `hf` (a Qwen2.5-VL; only its config and rotary embedding are read).
+    """Empty `Weights` for the decoder of `hf` (a Qwen2.5-VL or Qwen3-VL; only its config, rotary embedding and first
+    layer's modules are read: q_norm / k_norm on the attention mean per-head query/key norms).
     Raises ValueError for a decoder the step does not implement (sliding-window layers, an activation other
     than SiLU)."""
     c = hf.config.text_config
@@ -90,10 +98,11 @@ def allocate_weights(hf, dtype: torch.dtype, device) -> Weights:
     hd = getattr(c, "head_dim", None) or D // H
     rot = hf.model.language_model.rotary_emb
     e = lambda *shape: torch.zeros(*shape, dtype=dtype, device=device)
-    return Weights(e(V, D), e(NL, D), e(NL, (H + 2 * KV) * hd, D), e(NL, (H + 2 * KV) * hd), e(NL, D, H * hd),
-                   e(NL, D), e(NL, 2 * I, D), e(NL, D, I), e(D), e(V, D),
+    qk_norm = hasattr(hf.model.language_model.layers[0].self_attn, "q_norm")
+    return Weights(e(V, D), e(NL, D), e(NL, (H + 2 * KV) * hd, D), e(NL, (H + 2 * KV) * hd), e(NL, hd) + 1,
+                   e(NL, hd) + 1, e(NL, D, H * hd), e(NL, D), e(NL, 2 * I, D), e(NL, D, I), e(D), e(V, D),
                    rot.inv_freq.detach().float().to(device).clone(), H, KV, hd, float(c.rms_norm_eps),
-                   float(rot.attention_scaling))
+                   float(rot.attention_scaling), qk_norm)
 
 
 def effective_weight(linear: torch.nn.Module) -> torch.Tensor:
@@ -133,8 +142,12 @@ def refresh(w: Weights, hf) -> None:
             for proj in (a.q_proj, a.k_proj, a.v_proj):
                 wt = effective_weight(proj)                                    # (out, D)
                 w.qkv[i, start:start + wt.shape[0]].copy_(wt)
-                w.qkv_bias[i, start:start + wt.shape[0]].copy_(bias(proj))
+                if bias(proj) is not None:                                     # Qwen3-VL: no qkv bias (stays 0)
+                    w.qkv_bias[i, start:start + wt.shape[0]].copy_(bias(proj))
                 start += wt.shape[0]
+            if w.qk_norm:
+                w.q_norm[i].copy_(a.q_norm.weight)
+                w.k_norm[i].copy_(a.k_norm.weight)
             w.o[i].copy_(effective_weight(a.o_proj))
             I = w.gate_up.shape[1] // 2
             w.gate_up[i, :I].copy_(effective_weight(mlp.gate_proj))
@@ -179,7 +192,8 @@ def allocate_state(w: Weights, rows: int, length: int, new_tokens: int, noise_wi
 
 
 def _rms_norm(x, weight, eps):
-    """Qwen2RMSNorm: normalise in float32, scale in the input dtype. x (R, D) -> (R, D)."""
+    """Qwen2RMSNorm (and Qwen3-VL's): normalise the last axis in float32, scale in the input dtype. x (..., D) ->
+    (..., D)."""
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(x.dtype)
@@ -205,8 +219,11 @@ def forward_token(w: Weights, s: State) -> torch.Tensor:
         h = _rms_norm(x, w.ln1[i], w.eps)
         qkv = F.linear(h, w.qkv[i], w.qkv_bias[i])                             # (R, (H + 2KV)·hd)
         q, k, v = qkv.split([H * hd, KV * hd, KV * hd], dim=-1)
-        q = _rotate(q.view(R, H, hd), cos, sin)                                # (R, H, hd)
-        k = _rotate(k.view(R, KV, hd), cos, sin)                               # (R, KV, hd)
+        q, k = q.view(R, H, hd), k.view(R, KV, hd)
+        if w.qk_norm:                                                          # Qwen3-VL: RMSNorm per head, pre-RoPE
+            q, k = _rms_norm(q, w.q_norm[i], w.eps), _rms_norm(k, w.k_norm[i], w.eps)
+        q = _rotate(q, cos, sin)                                               # (R, H, hd)
+        k = _rotate(k, cos, sin)                                               # (R, KV, hd)
         s.k[i].index_copy_(2, s.col, k[:, :, None])                            # cache (R, KV, S, hd), column col
         s.v[i].index_copy_(2, s.col, v.view(R, KV, 1, hd))
         qg = q.view(R, KV, H // KV, hd)                                        # query heads grouped by KV head

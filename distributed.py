@@ -138,7 +138,16 @@ def all_gather_object(obj, proc: Dist) -> list:
     return box
 
 
-DECODER_BLOCK, VISION_BLOCK = "Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"   # the units checkpointed one by one
+def block_classes(hf) -> tuple[str, str]:
+    """(decoder layer, vision block) class names of `hf`, read from the model: the classes of its first decoder layer
+    and first vision block, which must be among the model's `_no_split_modules` (Qwen2.5-VL: Qwen2_5_VLDecoderLayer,
+    Qwen2_5_VLVisionBlock; Qwen3-VL: Qwen3VLTextDecoderLayer, Qwen3VLVisionBlock). Raises ValueError otherwise (the
+    blocks would not be FSDP's units)."""
+    names = (type(hf.model.language_model.layers[0]).__name__, type(hf.model.visual.blocks[0]).__name__)
+    missing = [n for n in names if n not in (hf._no_split_modules or [])]
+    if missing:
+        raise ValueError(f"{type(hf).__name__}: block class(es) {missing} not in _no_split_modules {hf._no_split_modules}")
+    return names
 
 
 def resolve_mode(mode: str, proc: Dist) -> str:
@@ -239,7 +248,8 @@ def wrap(module: torch.nn.Module, proc: Dist, mode: str = "ddp", activation_chec
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     policy = CPUOffloadPolicy(pin_memory=proc.device.type == "cuda") if offload else OffloadPolicy()
     mesh = init_device_mesh(proc.device.type, (proc.world,))
-    names = (DECODER_BLOCK, VISION_BLOCK) if vision_unit == "block" else (DECODER_BLOCK,)
+    decoder_block, vision_block = block_classes(unwrap(module).hf)
+    names = (decoder_block, vision_block) if vision_unit == "block" else (decoder_block,)
     units = [m for m in module.modules() if type(m).__name__ in names]
     if vision_unit == "tower":
         units.append(unwrap(module).hf.model.visual)

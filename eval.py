@@ -282,10 +282,11 @@ def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, 
 def resolve(cfg: Config, proc: distributed.Dist) -> tuple[str, list[tuple[str, str]]]:
     """The policy folder and [(benchmark name, JSON path)]; builds the tiny model and the built-in data (test
     split, benchmark 'synthetic') when --model or --data is empty (common.builtin)."""
-    if cfg.model and cfg.data:
-        return cfg.model, [(cfg.name or benchmark_name(p), p) for p in cfg.data.split(",") if p]
-    paths = common.builtin(cfg.cache_dir, proc, model=not cfg.model)
-    model = cfg.model or str(paths["tiny"])
+    model = common.resolve_model(cfg.model, cfg.cache_dir, proc)
+    if model and cfg.data:
+        return model, [(cfg.name or benchmark_name(p), p) for p in cfg.data.split(",") if p]
+    paths = common.builtin(cfg.cache_dir, proc, model=not model)
+    model = model or str(paths["tiny"])
     if not cfg.data:
         return model, [(cfg.name or "synthetic", str(paths["test"]))]
     return model, [(cfg.name or benchmark_name(p), p) for p in cfg.data.split(",") if p]
@@ -310,7 +311,7 @@ def main(argv=None) -> list[dict] | None:
     from model import load_policy
     hf, tokenizer = load_policy(model_dir, dtype, proc.device)
     hf.eval()
-    media = common.media_config(cfg)
+    media = common.media_config(cfg, hf.config)
     sp = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_new_tokens)
     out_dir = Path(cfg.out_dir or Path("runs/eval") / model_name(model_dir))
     decoder = decode.Decoder(cfg.compile_decode)                             # greedy-like decoding, same step (L15)

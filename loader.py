@@ -39,9 +39,10 @@ import torch
 import data
 import pixels
 
-VIDEO_KEYS = ("fps", "min_frames", "max_frames", "nframes", "video_min_pixels", "video_max_pixels", "video_total_pixels")
-IMAGE_KEYS = ("image_min_pixels", "image_max_pixels")
-CACHE_FORMAT = 2  # bump when the stored layout or the decoding in data.py changes meaning (2: float32 indices)
+VIDEO_KEYS = ("fps", "min_frames", "max_frames", "nframes", "video_min_pixels", "video_max_pixels", "video_total_pixels",
+              "patch_size", "merge_size")
+IMAGE_KEYS = ("image_min_pixels", "image_max_pixels", "patch_size", "merge_size")
+CACHE_FORMAT = 3  # bump when the stored layout or the decoding in data.py changes meaning (3: frame times stored)
 SKIP_PRINT_FULL = 5  # skips printed in full per Prefetcher; after that a count line at 10, 100, 1000, ...
 
 
@@ -74,7 +75,7 @@ def sample_generator(seed: int, rank: int, index: int) -> torch.Generator:
 
 class FrameCache:
     """On-disk cache of decoded media: one `<sha256>.pt` file per (media file, frame/pixel settings) holding
-    {"frames": uint8 (T, 3, H, W), "sample_fps": float, "key": the key dict}.
+    {"frames": uint8 (T, 3, H, W), "sample_fps": float, "frame_times": list of seconds, "key": the key dict}.
 
     `load(sample, media)` returns what `pixels.load_visual(sample, media)` returns, bit for bit; `hits` and
     `misses` count lookups. Writes are atomic (temp file + rename), so concurrent threads/ranks sharing a
@@ -103,8 +104,9 @@ class FrameCache:
         """Where the entry for `key` lives."""
         return self.folder / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest() + ".pt")
 
-    def load(self, sample: data.Sample, media: pixels.MediaConfig) -> tuple[torch.Tensor, float]:
-        """(frames uint8 (T, 3, H, W), sample_fps) from the cache, decoding and storing them on a miss."""
+    def load(self, sample: data.Sample, media: pixels.MediaConfig) -> pixels.Decoded:
+        """pixels.Decoded (frames uint8 (T, 3, H, W), sample_fps, frame_times) from the cache, decoding and storing
+        them on a miss."""
         key = self.key(sample, media)
         f = self.file(key)
         if f.exists():
@@ -113,16 +115,17 @@ class FrameCache:
                 if entry["key"] == key:
                     with self._lock:
                         self.hits += 1
-                    return entry["frames"], float(entry["sample_fps"])
+                    return pixels.Decoded(entry["frames"], float(entry["sample_fps"]), tuple(entry["frame_times"]))
             except Exception as e:  # a truncated or foreign file: recompute it
                 print(f"[cache] {f}: unreadable ({type(e).__name__}), recomputing", file=sys.stderr)
-        frames, fps = pixels.load_visual(sample, media)
+        decoded = pixels.load_visual(sample, media)
         tmp = f.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        torch.save({"frames": frames.contiguous(), "sample_fps": float(fps), "key": key}, tmp)
+        torch.save({"frames": decoded.frames.contiguous(), "sample_fps": float(decoded.sample_fps),
+                    "frame_times": list(decoded.frame_times), "key": key}, tmp)
         os.replace(tmp, f)
         with self._lock:
             self.misses += 1
-        return frames, fps
+        return decoded
 
 
 def skip_message(sample: data.Sample, index: int, error: Exception) -> str:

@@ -5,9 +5,10 @@
                                                        # the paper's 7B T-GRPO on one 80 GB GPU (plan.py, README)
     python sft.py --lora-rank 64                                          # the SFT cold start with adapters
 
-What is trained: PEFT's LoRA layers on the decoder's attention and MLP projections (DECODER_TARGETS: q, k, v, o,
-gate, up, down of every language-model layer; the vision tower's own MLPs share those names, the pattern leaves
-them out), each W x + (alpha / r) B A x with B = 0 at the start, so step 0 is the base model. The vision tower
+What is trained: PEFT's LoRA layers on the decoder's attention and MLP projections (`--lora-targets auto`,
+`decoder_targets`: the Linears of the model's own decoder layers, read from the model -- q, k, v, o, gate, up,
+down in Qwen2.5-VL and Qwen3-VL; the vision tower's own MLPs share some of those names, the pattern leaves them
+out), each W x + (alpha / r) B A x with B = 0 at the start, so step 0 is the base model. The vision tower
 is frozen, or trained in full with `--lora-vision merger|tower` (PEFT `modules_to_save`: a trained copy beside the
 frozen original). Everything else stays frozen, so AdamW holds state for the adapters only.
 
@@ -29,7 +30,6 @@ import torch
 
 import distributed
 
-DECODER_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 VISION = {"frozen": None, "merger": ["visual.merger"], "tower": ["visual"]}   # --lora-vision -> modules_to_save
 
 # The entry points' LoRA fields (train.py and sft.py declare them with `option`): name -> (default, help)
@@ -37,7 +37,8 @@ OPTIONS = {
     "lora_rank": (0, "r: LoRA rank (lora.py); 0 = full fine-tuning"),
     "lora_alpha": (16.0, "LoRA alpha: the adapter's output is scaled by alpha / r"),
     "lora_dropout": (0.0, "dropout on the adapters' input"),
-    "lora_targets": (DECODER_TARGETS, "modules that get adapters: a regular expression on module names (PEFT target_modules)"),
+    "lora_targets": ("auto", "modules that get adapters: a regular expression on module names (PEFT target_modules); "
+                             "auto: every Linear of the decoder layers (lora.decoder_targets)"),
     "lora_vision": ("frozen", "the vision tower under LoRA (which ignores --freeze-vision): frozen | merger (the merger trained in full) | tower (all of it trained in full)"),
 }
 
@@ -46,6 +47,18 @@ def option(name: str):
     """A dataclass field for LoRA option `name` (OPTIONS), with its default and help."""
     default, text = OPTIONS[name]
     return field(default=default, metadata={"help": text})
+
+
+def decoder_targets(hf, spec: str = "auto") -> str:
+    r"""The PEFT target_modules regex for `spec`: itself, or for "auto" one built from the model: the names of the
+    nn.Linear modules inside the first decoder layer (hf.model.language_model.layers[0]), under any decoder layer,
+    e.g. r".*language_model\.layers\.\d+\.(mlp\.down_proj|...|self_attn\.v_proj)" (sorted)."""
+    import re
+    if spec != "auto":
+        return spec
+    layer = hf.model.language_model.layers[0]
+    names = sorted(re.escape(n) for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear))
+    return r".*language_model\.layers\.\d+\.(" + "|".join(names) + ")"
 
 
 def check(cfg) -> None:
@@ -58,7 +71,8 @@ def check(cfg) -> None:
 
 
 def attach(hf, cfg, seed: int):
-    """Add LoRA adapters to `hf` (a Qwen2_5_VLForConditionalGeneration) in place and freeze everything else.
+    """Add LoRA adapters to `hf` (a Qwen2.5-VL or Qwen3-VL ForConditionalGeneration) in place and freeze everything
+    else; the adapters go on `decoder_targets(hf, cfg.lora_targets)`.
 
     The adapters (fp32 even when the base is bf16: PEFT's autocast_adapter_dtype) are initialised from `seed` on
     every rank alike; the global RNG states (CPU and every CUDA device) are left as they were. Returns the `peft.PeftModel` around `hf` (for
@@ -69,7 +83,7 @@ def attach(hf, cfg, seed: int):
         return None
     from peft import LoraConfig, get_peft_model
     config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=cfg.lora_targets, modules_to_save=VISION[cfg.lora_vision], bias="none")
+                        target_modules=decoder_targets(hf, cfg.lora_targets), modules_to_save=VISION[cfg.lora_vision], bias="none")
     # torch.manual_seed also seeds every CUDA device: fork all of them, or every rank's CUDA generator would end
     # equal to `seed` (identical dropout masks on all ranks)
     with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
@@ -107,13 +121,12 @@ def export(module, adapters, tokenizer, base_dir: str | Path, folder: Path, proc
     base weights of `base_dir` (the run's starting model, which LoRA leaves unchanged). Collective under FSDP
     (every rank calls it); rank 0 writes. Returns `folder`. Raises OSError naming the folder when writing fails."""
     from peft import PeftModel
-    from transformers import Qwen2_5_VLForConditionalGeneration
-    from model import save_hf
+    from model import family, save_hf
     state = distributed.full_state_dict(module)                                   # hf keys, rank 0 only
     if proc.main:
         adapter_dir = folder.with_name(folder.name + "_lora")
         adapters.save_pretrained(adapter_dir, state_dict={"base_model.model." + k: v for k, v in state.items()})
-        base = Qwen2_5_VLForConditionalGeneration.from_pretrained(base_dir, dtype=torch.float32)
+        base = family(distributed.unwrap(module).hf.config).MODEL_CLASS.from_pretrained(base_dir, dtype=torch.float32)
         merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
         save_hf(merged, tokenizer, folder)
     distributed.barrier(proc)

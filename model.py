@@ -1,13 +1,17 @@
-"""The Qwen2.5-VL policy at run time: load it, mRoPE positions, embed visuals, completion log-probs.
+"""The policy at run time (Qwen2.5-VL or Qwen3-VL): load it, mRoPE positions, embed visuals, completion log-probs.
 
-Everything here works the same for the project's random models (tiny.py) and for a real Qwen2.5-VL-7B-Instruct
-folder: both are loaded with `from_pretrained(folder)`.
+Everything here works the same for the project's random models (tiny.py) and for a real Qwen2.5-VL-7B-Instruct or
+Qwen3-VL-8B-Instruct folder: all are loaded with `from_pretrained(folder)`. What differs by model family (pixel
+constants, how a visual's vision blocks sit in the prompt, the vision features, the processor files) lives in one
+small module per family, `qwen2_5_vl.py` and `qwen3_vl.py`, picked from config.model_type by `family` (FAMILIES);
+this module's functions are called the same way for both.
 
 Pieces (notes §1 steps 1, 3, 7 and §5 "GRPO message"):
 - `load_policy` / `save_hf`: an HF folder in (checked to be a Qwen2.5-VL, weights checked finite), an HF folder
   out (written atomically, with the tokenizer, chat template and processor settings).
   (Prompts are rendered and tokenised by data.encode_prompt; frames and pixels come from pixels.py.)
-- `rope_positions`: our own mRoPE positions under Qwen2.5-VL's rule (transformers 4.49-4.51 `get_rope_index`: text
+- `rope_positions`: our own mRoPE positions under Qwen2.5-VL's rule (Qwen3-VL's is the same rule over its
+  one-block-per-temporal-patch layout with no time term, qwen3_vl.blocks) (transformers 4.49-4.51 `get_rope_index`: text
   after a vision block starts at the block's largest t/h/w position + 1). We do not call 5.x's `get_rope_index`: it
   restarts the text at block start + max(h, w)/merge, ignoring the clip's time extent, while the released checkpoints
   were trained with the 4.49 rule. With mRoPE time from the real sample fps, 16-frame clips longer than 8.57 s
@@ -29,14 +33,29 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoTokenizer
 
+import qwen2_5_vl
+import qwen3_vl
 from pixels import Visual
+
+FAMILIES = {"qwen2_5_vl": qwen2_5_vl, "qwen3_vl": qwen3_vl}       # config.model_type -> the family's module
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
+
+
+def family(config):
+    """The module of `config`'s model family (qwen2_5_vl or qwen3_vl), from config.model_type (a config object or a
+    config.json dict). Raises ValueError naming the model_type when it is not in FAMILIES."""
+    kind = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
+    if kind not in FAMILIES:
+        raise ValueError(f"model_type {kind!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}")
+    return FAMILIES[kind]
 
 
 def save_hf(model, tokenizer, folder: str | Path, state_dict: dict | None = None) -> Path:
     """Save an HF folder that plain transformers loads: config, safetensors, tokenizer with chat template,
-    `preprocessor_config.json` and a `generation_config.json` (the official code forgets the processor files).
+    the family's processor settings (`preprocessor_config.json`, Qwen3-VL's also `video_preprocessor_config.json`)
+    and a `generation_config.json` (the official code forgets the processor files).
 
     Atomic: everything is written to `folder`.tmp, which then replaces `folder` (an older `folder` is moved
     aside first and deleted after), so a kill or a full disk leaves either the complete old folder, the
@@ -53,12 +72,8 @@ def save_hf(model, tokenizer, folder: str | Path, state_dict: dict | None = None
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "chat_template.json").write_text(json.dumps({"chat_template": tokenizer.chat_template}, indent=2))
-        vision = model.config.vision_config
-        processor = {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": vision.patch_size,
-                     "temporal_patch_size": vision.temporal_patch_size, "merge_size": vision.spatial_merge_size,
-                     "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
-                     "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor"}
-        (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+        for name, settings in family(model.config).processor_files(model.config).items():
+            (tmp / name).write_text(json.dumps(settings, indent=2))
     except Exception as e:
         reason = disk_message(e, folder.parent)                               # before the partial files go
         shutil.rmtree(tmp, ignore_errors=True)
@@ -88,17 +103,14 @@ def disk_message(error: BaseException, where: str | Path) -> str:
     return f"no space left on device ({free} bytes free at {where}); {text}" if full else text
 
 
-SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
-
-
 def check_model_folder(folder: str | Path) -> dict:
-    """Read `folder`/config.json and refuse anything but a Qwen2.5-VL before a model is built (transformers would
-    build a default-size Qwen2.5-VL, 73B parameters of random weights, from another architecture's config).
+    """Read `folder`/config.json and refuse any model family not in FAMILIES before a model is built (transformers
+    would build a default-size Qwen2.5-VL, 73B parameters of random weights, from another architecture's config).
     Returns the parsed config. Raises FileNotFoundError (no config.json) or ValueError naming the file and its
     model_type (unreadable JSON, or a model_type not in SUPPORTED_MODEL_TYPES)."""
     path = Path(folder) / "config.json"
     if not path.exists():
-        raise FileNotFoundError(f"{folder}: no config.json; expected a Qwen2.5-VL HF folder")
+        raise FileNotFoundError(f"{folder}: no config.json; expected a Qwen2.5-VL or Qwen3-VL HF folder")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -106,20 +118,21 @@ def check_model_folder(folder: str | Path) -> dict:
     kind = config.get("model_type") if isinstance(config, dict) else None
     if kind not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"{path}: model_type {kind!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES} "
-                         f"(a Qwen2.5-VL folder such as Qwen2.5-VL-7B-Instruct or an output of this project)")
+                         f"(a folder such as Qwen2.5-VL-7B-Instruct, Qwen3-VL-8B-Instruct or an output of this project)")
     return config
 
 
 def load_policy(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """Load (model, tokenizer) from an HF folder: the tiny default or a real Qwen2.5-VL-7B(-Instruct) folder.
+    """Load (model, tokenizer) from an HF folder: the tiny default, a real Qwen2.5-VL-7B(-Instruct) or a Qwen3-VL
+    folder (the family's MODEL_CLASS, e.g. Qwen3VLForConditionalGeneration).
 
     The model is put in train mode with `use_cache` off (caches are created explicitly by the rollout).
-    Raises FileNotFoundError when `folder` has no config.json, ValueError when it is not a Qwen2.5-VL
+    Raises FileNotFoundError when `folder` has no config.json, ValueError when its family is not supported
     (`check_model_folder`, before anything is built) or when a weight holds NaN or inf (naming the tensor).
     """
     folder = Path(folder)
-    check_model_folder(folder)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+    kind = family(check_model_folder(folder))
+    model = kind.MODEL_CLASS.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
     model.to(device)
     bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
@@ -143,29 +156,29 @@ def mm_token_types(input_ids: torch.Tensor, config, prompt_len: int | None = Non
 
 
 def rope_positions(hf, input_ids, attention_mask, visuals: list[Visual], owner: list[int], prompt_len: int | None = None):
-    """mRoPE position ids of a batch under Qwen2.5-VL's rule (D6: ours, not transformers 5.x's; module docstring).
+    """mRoPE position ids of a batch under Qwen2.5-VL's rule (D6: ours, not transformers 5.x's; module docstring),
+    which Qwen3-VL follows over its own block layout (qwen3_vl.blocks).
 
-    Args: hf: the model (only `hf.config` is read: image_token_id, video_token_id,
-    vision_config.spatial_merge_size, vision_config.tokens_per_second = mRoPE time steps per second of video);
-    input_ids (B, T) long; attention_mask (B, T) 0/1 or None (all ones); owner[b] indexes `visuals` for row b,
-    or is a list of indices when a row holds several media (their blocks in order of appearance);
-    prompt_len: media pad ids count only in the first `prompt_len` positions (see mm_token_types).
+    Args: hf: the model (only `hf.config` is read: model_type, image_token_id, video_token_id,
+    vision_config.spatial_merge_size and, for Qwen2.5-VL, vision_config.tokens_per_second = mRoPE time steps per
+    second of video); input_ids (B, T) long; attention_mask (B, T) 0/1 or None (all ones); owner[b] indexes
+    `visuals` for row b, or is a list of indices when a row holds several media (their blocks in order of
+    appearance); prompt_len: media pad ids count only in the first `prompt_len` positions (see mm_token_types).
     Returns (position_ids (3, B, T) long, deltas (B, 1) long = largest position + 1 - T per row).
 
     The rule, as `Qwen2_5_VLForConditionalGeneration.get_rope_index` of transformers 4.49-4.51 (what Qwen2.5-VL
     and Video-R1 were trained with; 4.52-4.57 cast second_per_grid to int64 before the product): padding (mask 0)
     gets 1 on every axis; the other tokens are numbered in order, text tokens with the same value on all 3 axes,
-    each at previous position + 1. A vision block (a contiguous run of image or video pad tokens) of grid (t, h, w)
-    patches fills a (t, h/m, w/m) merged grid (m = spatial_merge_size) in (t, row, column) order; with s = the
-    position the block's first token would have as text, its token (i, r, c) sits at
-    (s + trunc(i * second_per_grid * tokens_per_second), s + r, s + c), the product taken in float32 as the
-    processor's Python float times an int64 tensor gives. second_per_grid is seconds per temporal grid
-    (temporal_patch_size / fps) for videos and 0 for images. The text after a block starts at the block's largest
-    position over the 3 axes + 1.
-    Raises ValueError (naming the row) when a row's number of vision blocks differs from its number of visuals,
-    a block's kind differs from its visual's data_type, or a block's pad-token count differs from t*h*w/m².
+    each at previous position + 1. A vision block (a contiguous run of image or video pad tokens) of merged grid
+    (t, h, w) with time offsets o (t,) -- `family(config).blocks(config, visual)`: Qwen2.5-VL's o_i =
+    trunc(i * second_per_grid * tokens_per_second), one block per visual; Qwen3-VL's one (1, h, w) block per
+    temporal patch with o = 0 -- fills its grid in (t, row, column) order; with s = the position the block's first
+    token would have as text, its token (i, r, c) sits at (s + o_i, s + r, s + c). The text after a block starts
+    at the block's largest position over the 3 axes + 1.
+    Raises ValueError (naming the row) when a row's number of vision blocks differs from what its visuals need,
+    a block's kind differs from its visual's data_type, or a block's pad-token count differs from t*h*w.
     """
-    m, tps = hf.config.vision_config.spatial_merge_size, hf.config.vision_config.tokens_per_second
+    fam = family(hf.config)
     B, T = input_ids.shape
     mask = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).cpu()   # (B, T), one copy
     kinds = mm_token_types(input_ids, hf.config, prompt_len).cpu()            # (B, T) 0 text, 1 image, 2 video
@@ -175,20 +188,22 @@ def rope_positions(hf, input_ids, attention_mask, visuals: list[Visual], owner: 
         real = mask[b].nonzero()[:, 0]                                         # (n,) indices of real tokens
         k = kinds[b, real]                                                     # (n,)
         edges = torch.diff(k, prepend=k.new_zeros(1), append=k.new_zeros(1)).nonzero()[:, 0].tolist()
-        blocks = [(s, e) for s, e in zip(edges[:-1], edges[1:]) if k[s] != 0]  # [start, end) of each pad run
+        found = [(s, e) for s, e in zip(edges[:-1], edges[1:]) if k[s] != 0]   # [start, end) of each pad run
         mine = [visuals[o] for o in (owner[b] if isinstance(owner[b], (list, tuple)) else [owner[b]])]
-        if len(blocks) != len(mine):
-            raise ValueError(f"rope_positions: row {b} has {len(blocks)} vision block(s) for {len(mine)} visual(s)")
+        try:
+            need = [(v.data_type, *blk) for v in mine for blk in fam.blocks(hf.config, v)]
+        except ValueError as e:
+            raise ValueError(f"rope_positions: row {b}: {e}") from e
+        if len(found) != len(need):
+            raise ValueError(f"rope_positions: row {b} has {len(found)} vision block(s) for {len(mine)} visual(s) "
+                             f"needing {len(need)}")
         parts, nxt, done = [], 0, 0                                            # next text position, tokens placed
-        for (s, e), v in zip(blocks, mine):
-            t, h, w = int(v.grid_thw[0]), int(v.grid_thw[1]) // m, int(v.grid_thw[2]) // m
-            if e - s != t * h * w or int(k[s]) != (1 if v.data_type == "image" else 2):
+        for (s, e), (kind, ti, h, w) in zip(found, need):
+            if e - s != len(ti) * h * w or int(k[s]) != (1 if kind == "image" else 2):
                 raise ValueError(f"rope_positions: row {b}: a block of {e - s} {('', 'image', 'video')[int(k[s])]} "
-                                 f"pads, its {v.data_type} grid {v.grid_thw.tolist()} needs {t * h * w}")
+                                 f"pads, its {kind} block of {len(ti)}x{h}x{w} merged patches needs {len(ti) * h * w}")
             parts.append(torch.arange(nxt, nxt + s - done).expand(3, -1))      # (3, text before the block)
             start = nxt + s - done                                             # the block's s
-            spg = torch.tensor(v.second_per_grid if v.data_type == "video" else 0.0, dtype=torch.float32)
-            ti = (torch.arange(t).float() * spg * tps).long()                  # (t,) float32 product, truncated
             grid = torch.stack(torch.meshgrid(ti, torch.arange(h), torch.arange(w), indexing="ij"))  # (3, t, h, w)
             parts.append(start + grid.reshape(3, -1))                          # (3, t*h*w)
             nxt, done = int(parts[-1].max()) + 1, e
@@ -200,7 +215,8 @@ def rope_positions(hf, input_ids, attention_mask, visuals: list[Visual], owner: 
 
 
 def embed_with_visuals(hf, input_ids, visuals: list[Visual], owner: list[int], prompt_len: int | None = None):
-    """Token embeddings (B, T, D) with each row's media pad tokens replaced by its visual features.
+    """Token embeddings (B, T, D) with each row's media pad tokens replaced by its visual features, and the
+    decoder's extra inputs for them.
 
     input_ids (B, T) long; visuals: list of Visual; owner[b] indexes `visuals` for row b. The vision tower runs
     ONCE per call, on every distinct visual of the batch at once, images and videos together (the tower takes
@@ -209,24 +225,31 @@ def embed_with_visuals(hf, input_ids, visuals: list[Visual], owner: list[int], p
     (a call per media kind made a rank with both kinds all-gather the vision blocks twice: an abort under
     gloo, a hang under NCCL). Rows sharing a visual (a group's G completions) reuse the same features, so
     their gradients flow into the vision tower once, summed. Only the first `prompt_len` positions hold
-    media (see mm_token_types). Raises ValueError when the pad-token count does not match the features.
+    media (see mm_token_types).
+    Returns (embeds (B, T, D), extra: dict of keyword arguments for `hf.model.language_model`): {} for Qwen2.5-VL;
+    for Qwen3-VL's DeepStack {"visual_pos_masks": (B, T) bool, the media pads, "deepstack_visual_embeds": one
+    (n pads, D) tensor per DeepStack level, rows in the mask's row-major order}.
+    Raises ValueError when the pad-token count does not match the features.
     """
+    fam = family(hf.config)
     embeds = hf.model.get_input_embeddings()(input_ids)                        # (B, T, D)
     used = sorted(set(owner))
-    pix = torch.cat([visuals[u].pixel_values for u in used]).to(embeds.device)     # (sum patches, C*2*14*14)
+    pix = torch.cat([visuals[u].pixel_values for u in used]).to(embeds.device)     # (sum patches, C*2*p*p)
     grid = torch.stack([visuals[u].grid_thw for u in used]).to(embeds.device)      # (U, 3)
-    feats = hf.model.visual(pix.to(hf.model.visual.dtype), grid_thw=grid).pooler_output  # (sum tokens, D)
-    merge = hf.config.vision_config.spatial_merge_size ** 2
-    feats = dict(zip(used, feats.split((grid.prod(-1) // merge).tolist())))
+    feats, deep = fam.vision(hf, pix.to(hf.model.visual.dtype), grid)         # (sum tokens, D), [(sum tokens, D)]
+    sizes = (grid.prod(-1) // hf.config.vision_config.spatial_merge_size ** 2).tolist()
+    by_visual = lambda f: dict(zip(used, f.split(sizes)))
     pad_ids = {"image": hf.config.image_token_id, "video": hf.config.video_token_id}
     want = torch.tensor([pad_ids[visuals[o].data_type] for o in owner], device=input_ids.device)  # (B,)
     mask = input_ids == want[:, None]                                          # (B, T) this row's media pads
     if prompt_len is not None:
         mask[:, prompt_len:] = False
-    row_feats = torch.cat([feats[o] for o in owner])                           # (n pad tokens, D), row order
+    rows = lambda f: torch.cat([by_visual(f)[o] for o in owner])               # (n pad tokens, D), row order
+    row_feats = rows(feats)
     if int(mask.sum()) != row_feats.shape[0]:
         raise ValueError(f"media pad tokens ({int(mask.sum())}) != visual features ({row_feats.shape[0]})")
-    return embeds.masked_scatter(mask[..., None], row_feats.to(embeds.dtype))  # (B, T, D)
+    extra = {"visual_pos_masks": mask, "deepstack_visual_embeds": [rows(f) for f in deep]} if deep else {}
+    return embeds.masked_scatter(mask[..., None], row_feats.to(embeds.dtype)), extra   # (B, T, D)
 
 
 def _chunk_logprobs(lm_head, hidden, targets):
@@ -235,7 +258,8 @@ def _chunk_logprobs(lm_head, hidden, targets):
 
 
 class PolicyLogprobs(nn.Module):
-    """Per-token log-probs of completions under a Qwen2.5-VL; the module DDP/FSDP wrap (notes §1 step 7).
+    """Per-token log-probs of completions under the policy (`hf`: a Qwen2.5-VL or Qwen3-VL
+    ForConditionalGeneration); the module DDP/FSDP wrap (notes §1 step 7).
 
     forward(input_ids (N, T) long, attention_mask (N, T) long, prompt_len int, visuals list[Visual],
     owner list[int] of length N, media_in_prompt=True) -> (N, T - prompt_len) float32: log p(token t |
@@ -248,7 +272,7 @@ class PolicyLogprobs(nn.Module):
     chunk is checkpointed so only hidden states are kept for backward.
     """
 
-    def __init__(self, hf: Qwen2_5_VLForConditionalGeneration, chunk: int = 256):
+    def __init__(self, hf, chunk: int = 256):
         super().__init__()
         self.hf = hf
         self.chunk = chunk
@@ -257,9 +281,9 @@ class PolicyLogprobs(nn.Module):
                 media_in_prompt: bool = True):
         media_len = prompt_len if media_in_prompt else None
         position_ids, _ = rope_positions(self.hf, input_ids, attention_mask, visuals, owner, media_len)  # (3, N, T)
-        embeds = embed_with_visuals(self.hf, input_ids, visuals, owner, media_len)                      # (N, T, D)
+        embeds, extra = embed_with_visuals(self.hf, input_ids, visuals, owner, media_len)               # (N, T, D)
         hidden = self.hf.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
-                                              position_ids=position_ids, use_cache=False).last_hidden_state
+                                              position_ids=position_ids, use_cache=False, **extra).last_hidden_state
         hidden = hidden[:, prompt_len - 1:-1]                                  # (N, L, D) predicts tokens P..T-1
         targets = input_ids[:, prompt_len:]                                    # (N, L)
         out, step = [], max(1, self.chunk // targets.shape[0])               # positions per chunk

@@ -2,11 +2,16 @@
 
 Everything between a media file and the tensors the Qwen2.5-VL vision tower eats:
 
-    read_video(path)     -> Clip(frames uint8 (T,3,H,W), sample_fps, indices)   notes §8
+    read_video(path)     -> Clip(frames uint8 (T,3,H,W), sample_fps, indices, source_fps)   notes §8
     read_image(path)     -> uint8 (1,3,H,W)                notes §8 fetch_image
     shuffle_frames(f)    -> (f[perm], perm)                notes §1 step 4
-    patchify(frames)     -> pixel_values (t*h*w, 1176) float32, grid_thw (3,) int64 = (t, h, w)
-    load_visual(sample, media) -> frames, sample_fps;  to_visual(frames, ...) -> Visual (pixels, grid, time)
+    patchify(frames)     -> pixel_values (t*h*w, 3*2*p*p) float32, grid_thw (3,) int64 = (t, h, w)
+    patch_times(times)   -> seconds per temporal patch (Qwen3-VL's prompt timestamps)
+    load_visual(sample, media) -> Decoded(frames, sample_fps, frame_times);  to_visual(...) -> Visual
+
+The model family's constants (patch size 14 or 16, so a resize factor of 28 or 32; the normalisation's mean and
+std; whether the prompt carries timestamps) are MediaConfig fields, filled from the family module
+(qwen2_5_vl.MEDIA, qwen3_vl.MEDIA) by common.media_config; the defaults are Qwen2.5-VL's.
 
 Frame counts and sizes follow the official qwen_vl_utils 0.0.10 rules (notes §8) bit for bit: the
 same rounding (Python round, ties to even), the same per-frame pixel budget, including its quirk
@@ -67,16 +72,23 @@ class MediaConfig:
     image_min_pixels: int = IMAGE_MIN_PIXELS
     image_max_pixels: int = IMAGE_MAX_PIXELS
     rope_time: str = "sample"             # L1, S5: "sample": the clip's real fps; "official": fixed 2 fps
+    patch_size: int = 14                  # the model family's (qwen2_5_vl.MEDIA / qwen3_vl.MEDIA): pixels per patch side
+    merge_size: int = 2                   # vision_config.spatial_merge_size: frames resize to multiples of patch*merge
+    image_mean: tuple = CLIP_MEAN         # per-channel normalisation of pixels / 255
+    image_std: tuple = CLIP_STD
+    timestamps: bool = False              # Qwen3-VL: each video Visual carries its temporal patches' times (seconds)
 
 
 @dataclass
 class Visual:
-    """One prompt's visual input. pixel_values: float (n_patches, 3*2*14*14); grid_thw: long (3,);
-    data_type "image" | "video"; second_per_grid: seconds per temporal grid (mRoPE time axis, videos only)."""
+    """One prompt's visual input. pixel_values: float (n_patches, 3*2*p*p) for patch size p; grid_thw: long (3,);
+    data_type "image" | "video"; second_per_grid: seconds per temporal grid (Qwen2.5-VL's mRoPE time axis, videos
+    only); timestamps: Qwen3-VL videos only, one time in seconds per temporal patch (`patch_times`), else None."""
     data_type: str
     pixel_values: torch.Tensor
     grid_thw: torch.Tensor
     second_per_grid: float = 1.0
+    timestamps: tuple | None = None
 
 
 # ---- frame count and size rules (notes §8) ----------------------------------------------------
@@ -187,24 +199,27 @@ def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor
 
 class Clip(NamedTuple):
     """A decoded, resized video: frames uint8 (T, 3, H, W); sample_fps in frames per second of the
-    sampled clip (T / total_frames * video_fps); indices the decoded frame indices (length T)."""
+    sampled clip (T / total_frames * video_fps); indices the decoded frame indices (length T); source_fps the
+    file's own frame rate (frames per second), so frame i was shown at indices[i] / source_fps seconds."""
 
     frames: torch.Tensor
     sample_fps: float
     indices: list[int]
+    source_fps: float = 0.0
 
 
 def read_video(path, *, fps: float = FPS, min_frames: int = FPS_MIN_FRAMES, max_frames: int = FPS_MAX_FRAMES,
                nframes: int | None = None, min_pixels: int = VIDEO_MIN_PIXELS, max_pixels: int = VIDEO_MAX_PIXELS,
-               total_pixels: int = VIDEO_TOTAL_PIXELS) -> Clip:
+               total_pixels: int = VIDEO_TOTAL_PIXELS, factor: int = IMAGE_FACTOR) -> Clip:
     """Decode, sample and resize a video as the official qwen_vl_utils decord path does (notes §8).
 
     T = smart_nframes(len(vr), vr.get_avg_fps(), ...); indices = sample_frame_indices; size =
-    smart_resize(h, w, 28, min_pixels, effective_video_max_pixels(T, ...)); resize_frames.
+    smart_resize(h, w, factor, min_pixels, effective_video_max_pixels(T, ...)); resize_frames. factor: patch size x
+    merge size (28 for Qwen2.5-VL, 32 for Qwen3-VL).
     Defaults are the shipped training values (16 frames at 2 fps, 128*28*28 pixels per frame);
     evaluation passes e.g. max_pixels=200704, nframes=32. decord runs with num_threads=1 (same output as
     more threads, measured equally fast here, and safe inside data-loader workers).
-    Returns: Clip(frames uint8 (T, 3, H, W) with H, W multiples of 28, sample_fps float, indices).
+    Returns: Clip(frames uint8 (T, 3, H, W) with H, W multiples of factor, sample_fps float, indices, source_fps).
     Raises:
         MediaError: the message starts with the path and says what is wrong, for a missing, empty or
             undecodable file, and for a file the frame/size rules reject: fewer than 2 frames, fewer frames
@@ -241,20 +256,21 @@ def read_video(path, *, fps: float = FPS, min_frames: int = FPS_MIN_FRAMES, max_
     height, width = frames.shape[-2:]
     cap = effective_video_max_pixels(n, min_pixels, max_pixels, total_pixels)
     try:
-        h, w = smart_resize(height, width, IMAGE_FACTOR, min_pixels, cap)
+        h, w = smart_resize(height, width, factor, min_pixels, cap)
     except ValueError as e:  # aspect ratio > 200, or a side shrunk to 0 by the pixel budget
         raise MediaError(f"{path}: unusable video frame size {height}x{width}: {e}") from e
     frames = resize_frames(frames.contiguous(), h, w)  # (T, 3, h, w) uint8
-    return Clip(frames, n / total_frames * video_fps, indices)
+    return Clip(frames, n / total_frames * video_fps, indices, video_fps)
 
 
-def read_image(path, *, min_pixels: int = IMAGE_MIN_PIXELS, max_pixels: int = IMAGE_MAX_PIXELS) -> torch.Tensor:
+def read_image(path, *, min_pixels: int = IMAGE_MIN_PIXELS, max_pixels: int = IMAGE_MAX_PIXELS,
+               factor: int = IMAGE_FACTOR) -> torch.Tensor:
     """(D4) Load an image as the official fetch_image does (notes §8).
 
     Images with an alpha channel (RGBA, LA, PA, or P/L/RGB with a transparency key) are composited onto
     white; everything else is converted to RGB. Resized to smart_resize(h, w, 28, min_pixels, max_pixels)
-    with Pillow bicubic. Only the first frame of an animated file is used.
-    Returns: uint8 (1, 3, H, W), H and W multiples of 28.
+    with Pillow bicubic (factor: patch size x merge size, 28 or 32). Only the first frame of an animated file is
+    used. Returns: uint8 (1, 3, H, W), H and W multiples of factor.
     Raises: MediaError, the message starting with the path, for a missing or undecodable file and for an
     image smart_resize rejects (aspect ratio above 200, a side shrunk to 0 by max_pixels; its ValueError is
     the cause).
@@ -272,7 +288,7 @@ def read_image(path, *, min_pixels: int = IMAGE_MIN_PIXELS, max_pixels: int = IM
     except Exception as e:  # FileNotFoundError, PIL.UnidentifiedImageError, OSError (truncated), ...
         raise MediaError(f"{path}: cannot read image: {type(e).__name__}: {e}") from e
     try:
-        h, w = smart_resize(rgb.height, rgb.width, IMAGE_FACTOR, min_pixels, max_pixels)
+        h, w = smart_resize(rgb.height, rgb.width, factor, min_pixels, max_pixels)
     except ValueError as e:  # aspect ratio > 200, or a side shrunk to 0 by the pixel budget
         raise MediaError(f"{path}: unusable image size {rgb.height}x{rgb.width}: {e}") from e
     if (h, w) != (rgb.height, rgb.width):
@@ -329,24 +345,57 @@ def patchify(frames: torch.Tensor, temporal_patch_size: int = 2, patch_size: int
 
 
 # ---- one sample's visual input ---------------------------------------------------------------------
-def load_visual(sample, media: MediaConfig) -> tuple[torch.Tensor, float]:
-    """Decode a sample's media: frames uint8 (T, 3, H, W) (T = 1 for an image) and sample_fps (0 for images).
+def patch_times(frame_times, temporal_patch_size: int = 2) -> list[float]:
+    """Seconds per temporal patch, as Qwen3-VL's processor computes its prompt timestamps: the frame times (seconds
+    in the source: source frame index / source fps, one per sampled frame, in the order patchify pairs them) padded
+    to a multiple of temporal_patch_size by repeating the last, then the mean of each patch's first and last time.
+    E.g. source frames [0, 33, 66, 100, 133, 166, 199, 232] at 30 fps give [0.55, 2.77, 4.98, 7.18] (printed
+    0.6 2.8 5.0 7.2). Raises ValueError for no frame times."""
+    times = [float(x) for x in frame_times]
+    if not times:
+        raise ValueError("patch_times: no frame times")
+    times += [times[-1]] * (-len(times) % temporal_patch_size)
+    return [(times[i] + times[i + temporal_patch_size - 1]) / 2 for i in range(0, len(times), temporal_patch_size)]
+
+
+class Decoded(NamedTuple):
+    """A sample's decoded media: frames uint8 (T, 3, H, W) (T = 1 for an image); sample_fps (frames per second of
+    the sampled clip; 0 for images); frame_times: each frame's time in the source (seconds), () for images."""
+    frames: torch.Tensor
+    sample_fps: float
+    frame_times: tuple = ()
+
+
+def load_visual(sample, media: MediaConfig) -> Decoded:
+    """Decode a sample's media at `media`'s frames and pixels (resize factor patch_size x merge_size).
     Raises MediaError for a missing or undecodable file."""
+    factor = media.patch_size * media.merge_size
     if sample.data_type == "image":
-        return read_image(sample.media_path, min_pixels=media.image_min_pixels,
-                               max_pixels=media.image_max_pixels), 0.0
+        return Decoded(read_image(sample.media_path, min_pixels=media.image_min_pixels,
+                                  max_pixels=media.image_max_pixels, factor=factor), 0.0)
     clip = read_video(sample.media_path, fps=media.fps, min_frames=media.min_frames, max_frames=media.max_frames,
-                           nframes=media.nframes or None, min_pixels=media.video_min_pixels,
-                           max_pixels=media.video_max_pixels, total_pixels=media.video_total_pixels)
-    return clip.frames, clip.sample_fps
+                      nframes=media.nframes or None, min_pixels=media.video_min_pixels,
+                      max_pixels=media.video_max_pixels, total_pixels=media.video_total_pixels, factor=factor)
+    return Decoded(clip.frames, clip.sample_fps, tuple(i / clip.source_fps for i in clip.indices))
 
 
-def to_visual(frames: torch.Tensor, sample_fps: float, data_type: str, media: MediaConfig) -> Visual:
-    """Patchify frames (T, 3, H, W) into a Visual. second_per_grid = temporal_patch_size / fps: the clip's
-    real fps with rope_time "sample", 2.0 with "official" (notes §8 "What is passed to the model")."""
-    pixel_values, grid = patchify(frames)                               # (t*h*w, 1176), (3,)
+def to_visual(frames: torch.Tensor, sample_fps: float, frame_times, data_type: str, media: MediaConfig,
+              where: str = "") -> Visual:
+    """Patchify frames (T, 3, H, W) into a Visual with `media`'s patch size, mean and std. second_per_grid =
+    temporal_patch_size / fps: the clip's real fps with rope_time "sample", 2.0 with "official" (notes §8 "What is
+    passed to the model"). With media.timestamps (Qwen3-VL) a video also gets `patch_times(frame_times)`.
+    Raises MediaError naming `where` (the media file) when a video needs timestamps and frame_times does not hold
+    one source time per frame (a clip without its source fps and frame indices)."""
+    pixel_values, grid = patchify(frames, patch_size=media.patch_size, merge_size=media.merge_size,
+                                  mean=media.image_mean, std=media.image_std)        # (t*h*w, 3*2*p*p), (3,)
     fps = 2.0 if media.rope_time == "official" or sample_fps <= 0 else sample_fps
-    return Visual(data_type, pixel_values, grid, 2.0 / fps)
+    times = None
+    if media.timestamps and data_type == "video":
+        if len(frame_times) != frames.shape[0]:
+            raise MediaError(f"{where}: a Qwen3-VL prompt needs each frame's source time (source fps and frame "
+                             f"indices): got {len(frame_times)} for {frames.shape[0]} frames")
+        times = tuple(patch_times(frame_times))
+    return Visual(data_type, pixel_values, grid, 2.0 / fps, times)
 
 
 # ---- one sample prepared for the policy ------------------------------------------------------------
@@ -363,16 +412,21 @@ class Prepared:
 
 def prepare(sample: data.Sample, tokenizer, media: MediaConfig, shuffled: bool = False, variant: str = "train",
             generator: torch.Generator | None = None, cache=None) -> Prepared:
-    """Sample -> Prepared, the one place a sample is prepared: decode media (or take the frames from `cache`, a
-    loader.FrameCache: the same frames, bit for bit), patchify, render the chat prompt with t*h*w/4 pad tokens;
-    with `shuffled` and a video, also the shuffled-frame copy (its permutation from `generator`).
+    """Sample -> Prepared, the one place a sample is prepared: decode media (or take them from `cache`, a
+    loader.FrameCache: the same frames and times, bit for bit), patchify, render the chat prompt with t*h*w/m²
+    pad tokens (Qwen3-VL: one timestamped block per temporal patch); with `shuffled` and a video, also the
+    shuffled-frame copy (its permutation from `generator`). The shuffled copy keeps the ordered clip's
+    timestamps and so the same prompt text (Q3): each frame's own time would let the model undo the shuffle.
     Raises MediaError for unreadable media."""
-    frames, fps = cache.load(sample, media) if cache is not None else load_visual(sample, media)   # (T, 3, H, W)
+    frames, fps, times = cache.load(sample, media) if cache is not None else load_visual(sample, media)   # (T, 3, H, W)
     text = data.build_prompt_text(sample, variant)
-    visual = to_visual(frames, fps, sample.data_type, media)
-    out = Prepared(sample, data.encode_prompt(tokenizer, text, sample.data_type, visual.grid_thw), visual)
+    visual = to_visual(frames, fps, times, sample.data_type, media, sample.media_path)
+    ids = data.encode_prompt(tokenizer, text, sample.data_type, visual.grid_thw, media.merge_size,
+                             timestamps=visual.timestamps)
+    out = Prepared(sample, ids, visual)
     if shuffled and sample.data_type == "video":
         perm_frames, _ = shuffle_frames(frames, generator)
-        out.shuffled_visual = to_visual(perm_frames, fps, "video", media)
+        out.shuffled_visual = to_visual(perm_frames, fps, times, "video", media, sample.media_path)
+        out.shuffled_visual.timestamps = visual.timestamps                   # Q3: the ordered clip's times
         out.shuffled_ids = out.prompt_ids                                    # same text and grid
     return out

@@ -1,4 +1,5 @@
-"""Per-GPU memory plan for T-GRPO: `python train.py --plan --model preset:qwen2.5-vl-7b --nproc 8 --dist fsdp`.
+"""Per-GPU memory plan for T-GRPO: `python train.py --plan --model preset:qwen2.5-vl-7b --nproc 8 --dist fsdp`
+(or `--model preset:qwen3-vl-8b`, or any Qwen2.5-VL / Qwen3-VL folder).
 
 The model is built on the meta device (no memory, no weights), so Φ (parameter count) is exact; the rest are
 estimates in bytes per GPU, W = --nproc, for the config's frames, pixels, G, G̃, lengths and sharding:
@@ -38,8 +39,10 @@ Under fsdp the log-prob pass also holds the root unit (embeddings, lm_head, norm
 gathered in bf16 with its gradient before the fp32 reduce-scatter: 6Φ_root.
 `--plan` also prints the settings that fit `--gpu-memory-gib` (full fine-tuning, LoRA, offload, checkpointing)
 for --nproc GPUs.
-P (prompt tokens) = frames/2 · pixels/28² visual tokens + 250 text tokens for a video (the 2x2 merger and
-the temporal patch of 2 each shrink the token count); L = max_completion_length. Allocator fragmentation,
+P (prompt tokens) = frames/2 · pixels/f² visual tokens + 250 text tokens for a video, f = patch × merge = 28
+(Qwen2.5-VL) or 32 (Qwen3-VL; plus 8 tokens of timestamp and block markers per temporal patch); the 2x2 merger and
+the temporal patch of 2 each shrink the token count; L = max_completion_length. Qwen3-VL's DeepStack features
+(one (visual tokens, D) tensor per level, added after the first decoder layers) are counted with the activations. Allocator fragmentation,
 CUDA context (~1 GB) and NCCL buffers come on top: keep the total under ~85 % of the GPU.
 """
 from __future__ import annotations
@@ -62,22 +65,39 @@ QWEN25_VL_7B = {
                       "spatial_merge_size": 2, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
                       "tokens_per_second": 2, "temporal_patch_size": 2},
 }
-PRESETS = {"preset:qwen2.5-vl-7b": QWEN25_VL_7B}
+# Qwen3-VL-8B-Instruct's config.json (../shared/qwen3_vl_8b_instruct; its SOURCE.md gives the provenance).
+QWEN3_VL_8B = {
+    "model_type": "qwen3_vl", "image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
+    "vision_end_token_id": 151653, "tie_word_embeddings": False,
+    "text_config": {"model_type": "qwen3_vl_text", "hidden_size": 4096, "intermediate_size": 12288,
+                    "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                    "attention_bias": False, "attention_dropout": 0.0, "hidden_act": "silu", "rms_norm_eps": 1e-6,
+                    "max_position_embeddings": 262144, "vocab_size": 151936, "bos_token_id": 151643,
+                    "eos_token_id": 151645, "rope_theta": 5000000,
+                    "rope_scaling": {"mrope_interleaved": True, "mrope_section": [24, 20, 20], "rope_type": "default"}},
+    "vision_config": {"model_type": "qwen3_vl", "depth": 27, "hidden_size": 1152, "intermediate_size": 4304,
+                      "num_heads": 16, "hidden_act": "gelu_pytorch_tanh", "in_channels": 3, "out_hidden_size": 4096,
+                      "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                      "num_position_embeddings": 2304, "deepstack_visual_indexes": [8, 16, 24]},
+}
+PRESETS = {"preset:qwen2.5-vl-7b": QWEN25_VL_7B, "preset:qwen3-vl-8b": QWEN3_VL_8B}
 
 
 def load_config(model: str):
-    """A Qwen2_5_VLConfig from a preset name or an HF folder. Raises ValueError for an unknown preset or a
-    folder without config.json."""
-    from transformers import AutoConfig, Qwen2_5_VLConfig
+    """A Qwen2_5_VLConfig or Qwen3VLConfig from a preset name (PRESETS) or an HF folder. Raises ValueError for an
+    unknown preset or a folder without config.json."""
+    from transformers import AutoConfig, Qwen2_5_VLConfig, Qwen3VLConfig
     if model.startswith("preset:"):
         if model not in PRESETS:
             raise ValueError(f"--model {model}: unknown preset; known: {sorted(PRESETS)}")
+        if PRESETS[model]["model_type"] == "qwen3_vl":
+            return Qwen3VLConfig(**PRESETS[model])
         cfg = dict(PRESETS[model])
         text = {k: v for k, v in cfg.items() if k != "vision_config"}
         return Qwen2_5_VLConfig(text_config=text, vision_config=cfg["vision_config"], **{
             k: cfg[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")})
     if not (Path(model) / "config.json").exists():
-        raise ValueError(f"--plan needs --model preset:qwen2.5-vl-7b or an HF folder with config.json, got {model!r}")
+        raise ValueError(f"--plan needs --model {' or '.join(PRESETS)} or an HF folder with config.json, got {model!r}")
     return AutoConfig.from_pretrained(model)
 
 
@@ -85,13 +105,13 @@ _META: dict[int, tuple] = {}
 
 
 def meta_model(config):
-    """Qwen2_5_VLForConditionalGeneration(config) on the meta device (no memory, no weights), built once per config
-    object: `--plan` estimates several settings of one model."""
+    """The family's model class (model.family(config).MODEL_CLASS) built from `config` on the meta device (no
+    memory, no weights), once per config object: `--plan` estimates several settings of one model."""
     hit = _META.get(id(config))
     if hit is None or hit[0] is not config:
-        from transformers import Qwen2_5_VLForConditionalGeneration
+        from model import family
         with torch.device("meta"):
-            hit = _META[id(config)] = (config, Qwen2_5_VLForConditionalGeneration(config))
+            hit = _META[id(config)] = (config, family(config).MODEL_CLASS(config))
     return hit[1]
 
 
@@ -116,9 +136,11 @@ def lora_params(config, cfg) -> tuple[int, int]:
     """(Φ_A, trained vision copy) parameter counts for cfg's LoRA settings: Σ r·(in + out) over the Linears whose
     names match cfg.lora_targets (re.fullmatch, as PEFT), and the modules --lora-vision trains in full."""
     import re
+    from lora import decoder_targets
     model = meta_model(config)
+    targets = decoder_targets(model, cfg.lora_targets)
     phi_a = sum(cfg.lora_rank * (m.in_features + m.out_features) for n, m in model.named_modules()
-                if isinstance(m, torch.nn.Linear) and re.fullmatch(cfg.lora_targets, n))
+                if isinstance(m, torch.nn.Linear) and re.fullmatch(targets, n))
     trained = {"frozen": None, "merger": model.model.visual.merger, "tower": model.model.visual}[cfg.lora_vision]
     return phi_a, 0 if trained is None else sum(p.numel() for p in trained.parameters())
 
@@ -134,12 +156,14 @@ def estimate(config, cfg) -> dict:
     offload = getattr(cfg, "cpu_offload", False)
     mode = ("fsdp" if cfg.dist in ("auto", "fsdp") else "ddp") if W > 1 or offload else "one GPU"
     D, I, layers, V = tc.hidden_size, tc.intermediate_size, tc.num_hidden_layers, tc.vocab_size
-    head_dim = D // tc.num_attention_heads
+    head_dim = getattr(tc, "head_dim", None) or D // tc.num_attention_heads
     kv = tc.num_key_value_heads * head_dim
     frames = cfg.nframes or cfg.max_frames
-    visual_tokens = (frames // 2) * (cfg.video_max_pixels // (28 * 28))        # after temporal 2 and 2x2 merge
-    patches = visual_tokens * 4                                                 # vision tokens before the merger
-    P, L = visual_tokens + 250, cfg.max_completion_length
+    factor, merge = vc.patch_size * vc.spatial_merge_size, vc.spatial_merge_size ** 2
+    visual_tokens = (frames // 2) * (cfg.video_max_pixels // factor ** 2)      # after temporal 2 and 2x2 merge
+    patches = visual_tokens * merge                                             # vision tokens before the merger
+    deepstack = len(getattr(vc, "deepstack_visual_indexes", None) or [])        # Qwen3-VL: DeepStack levels
+    P, L = visual_tokens + 250 + (8 * (frames // 2) if deepstack else 0), cfg.max_completion_length
     T, M = P + L, cfg.G * cfg.groups_per_micro_batch
     shard = W if mode == "fsdp" else 1
     ref = cfg.beta > 0
@@ -172,6 +196,7 @@ def estimate(config, cfg) -> dict:
     else:
         dec = M * T * layers * full_layer
         vis = patches * vc.depth * full_block
+    vis += deepstack * visual_tokens * 2 * D * 2                                # DeepStack features and grads, bf16
     out["activations"] = dec + vis + 3 * M * min(128, L) * V * 4
     train_peak = out["params"] + out["grads"] + out["optimizer"] + out["reference"] + out["activations"] + out["decode_copy"]
     rollout_peak = (out["params"] + out["optimizer"] + out["reference"] + out["gathered"] + out["kv_cache"]
@@ -208,7 +233,7 @@ def report(cfg) -> str:
     """The plan as a printable table (GiB per GPU), then which settings fit cfg.gpu_memory_gib on cfg.nproc
     GPUs. Raises ValueError when --model is not usable."""
     if not cfg.model:
-        raise ValueError("--plan needs --model (an HF folder or preset:qwen2.5-vl-7b)")
+        raise ValueError(f"--plan needs --model (an HF folder or one of {', '.join(PRESETS)})")
     config = load_config(cfg.model)
     e = estimate(config, cfg)
     lora = f" | LoRA r={cfg.lora_rank}: {e['phi_lora'] / 1e6:.1f}M adapter parameters" if cfg.lora_rank else ""

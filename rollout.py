@@ -86,10 +86,10 @@ def prefill(hf, prompts: list[torch.Tensor], visuals: list[Visual], n: list[int]
     ids, attn = ids.to(device), attn.to(device)
     owner = list(range(len(prompts)))
     position_ids, _ = rope_positions(hf, ids, attn, visuals, owner)            # (3, B, P)
-    embeds = embed_with_visuals(hf, ids, visuals, owner)                       # (B, P, D)
+    embeds, extra = embed_with_visuals(hf, ids, visuals, owner)                # (B, P, D), DeepStack inputs
     cache = DynamicCache(config=hf.config.text_config)
     out = hf.model.language_model(inputs_embeds=embeds, attention_mask=attn, position_ids=position_ids,
-                                  past_key_values=cache, use_cache=True)
+                                  past_key_values=cache, use_cache=True, **extra)
     rows = torch.tensor([i for i, k in enumerate(n) for _ in range(k)], dtype=torch.long, device=device)  # (R,)
     if rows.numel() == 0:
         return None
@@ -105,7 +105,7 @@ def generate(hf, prompts: list[torch.Tensor], visuals: list[Visual], n: list[int
              decoder: Decoder | None = None) -> list[Completions]:
     """Sample n[i] completions for prompt i, sharing one prefill per prompt.
 
-    Args: hf: a Qwen2_5_VLForConditionalGeneration with full (unsharded) weights; prompts: list of (P_i,) long
+    Args: hf: a Qwen2.5-VL or Qwen3-VL ForConditionalGeneration with full (unsharded) weights; prompts: list of (P_i,) long
     prompt ids from data.encode_prompt; visuals[i]: the prompt's visual input; n[i] >= 0; generator: draws the
     sampling noise; decoder: the run's `decode.Decoder` (its weight copy, cache and compiled step are reused
     across calls; default: a new eager one). Returns one Completions per prompt (ids (n[i], L) with L the longest

@@ -181,7 +181,7 @@ def build_example(prepared: pixels.Prepared, tokenizer, loss_on: str = "assistan
     prompt = prepared.prompt_ids
     if system is not None:
         prompt = encode_prompt(tokenizer, data.build_prompt_text(s, "train"), s.data_type, prepared.visual.grid_thw,
-                               system=system)                                    # (P,)
+                               system=system, timestamps=prepared.visual.timestamps)                                    # (P,)
     enc = lambda t: torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"], dtype=torch.long)
     answer = enc(assistant_text(s) + "<|im_end|>")                              # (A,)
     ids = torch.cat([prompt, answer, enc("\n")])                                 # (T,)
@@ -193,22 +193,23 @@ def build_example(prepared: pixels.Prepared, tokenizer, loss_on: str = "assistan
     return Example(ids, labels, prompt.numel(), prepared.visual, s)
 
 
-def template_ids(tokenizer, sample: data.Sample, grid_thw, system: str | None = None) -> torch.Tensor:
+def template_ids(tokenizer, sample: data.Sample, grid_thw, system: str | None = None, timestamps=None) -> torch.Tensor:
     """(T,) long ids of [system?, user, assistant] rendered by the tokenizer's own chat template (no generation
-    prompt) with the media pad expanded to t*h*w/4 copies: what `build_example` must reproduce."""
+    prompt) with the media pad expanded (data.expand_media_tokens; Qwen3-VL: `timestamps`, one timestamped block per
+    temporal patch): what `build_example` must reproduce."""
     messages = [{"role": "user", "content": [{"type": sample.data_type},
                                              {"type": "text", "text": data.build_prompt_text(sample, "train")}]},
                 {"role": "assistant", "content": assistant_text(sample)}]
     if system is not None:
         messages.insert(0, {"role": "system", "content": system})
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
-    text = expand_media_tokens(text, sample.data_type, grid_thw)
+    text = expand_media_tokens(text, sample.data_type, grid_thw, timestamps=timestamps)
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 
 def check_against_template(example: Example, tokenizer, system: str | None = None) -> None:
     """Raise ValueError (naming the sample) unless `example.ids` equal the chat template's own rendering."""
-    ref = template_ids(tokenizer, example.sample, example.visual.grid_thw, system)   # (T,)
+    ref = template_ids(tokenizer, example.sample, example.visual.grid_thw, system, example.visual.timestamps)  # (T,)
     if not torch.equal(ref, example.ids):
         raise ValueError(f"sft.py: sample {example.sample.problem_id}: prompt + assistant ids differ from the chat "
                          f"template's rendering ({example.ids.numel()} vs {ref.numel()} tokens)")
@@ -254,10 +255,11 @@ def lr_at(step: int, total: int, cfg) -> float:
 def resolve_paths(cfg, proc: distributed.Dist) -> tuple[str, str, str]:
     """(model folder, training JSON, eval JSON or ""): the built-in data (COT split for training, test split for
     evaluation) and the tiny model are built on rank 0 when not given (common.builtin)."""
-    if cfg.model and cfg.data:
-        return cfg.model, cfg.data, cfg.eval_data
-    paths = common.builtin(cfg.cache_dir, proc, model=not cfg.model)
-    return (cfg.model or str(paths["tiny"]), cfg.data or str(paths["train_cot"]),
+    model = common.resolve_model(cfg.model, cfg.cache_dir, proc)
+    if model and cfg.data:
+        return model, cfg.data, cfg.eval_data
+    paths = common.builtin(cfg.cache_dir, proc, model=not model)
+    return (model or str(paths["tiny"]), cfg.data or str(paths["train_cot"]),
             cfg.eval_data or ("" if cfg.data else str(paths["test"])))
 
 
@@ -271,7 +273,7 @@ def main(argv=None):
     hf, tokenizer, module, adapters, opt = common.build_policy(cfg, model_dir, proc, dtype, compute)
     amp = distributed.autocast(proc, precision, module)                                  # FSDP casts through its own policy
     samples = data.load_samples(train_json, cfg.media_root or None, require_process=True)
-    media = common.media_config(cfg)
+    media = common.media_config(cfg, hf.config)
     per_step = cfg.batch_size * cfg.grad_accum * proc.world
     total = cfg.steps if cfg.steps > 0 else max(1, math.ceil(cfg.epochs * len(samples) / per_step))
     eval_prompts = []                                     # (prompt ids, visual, sample): the SFT prompt, its system line

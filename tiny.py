@@ -1,8 +1,11 @@
-"""Random Qwen2.5-VL models that the project builds itself: the tiny default, and the 7B's structure narrowed.
+"""Random Qwen2.5-VL and Qwen3-VL models that the project builds itself: the tiny default, a tiny Qwen3-VL, and the
+7B's (or Qwen3-VL-8B's) structure narrowed.
 
     python tiny.py                                               # the tiny default in runs/cache/tiny (+ built-in data)
     python tiny.py --like-7b narrow --out runs/narrow --tokenizer ../shared/qwen2_5_vl_7b_instruct
     python tiny.py --like-7b full --out runs/full8               # the 7B's widths, 8 of its 28 decoder layers
+    python tiny.py --qwen3 --out runs/tiny-qwen3-vl              # the tiny Qwen3-VL (what --model preset:tiny-qwen3-vl builds)
+    python tiny.py --like-7b narrow --qwen3 --out runs/narrow3 --tokenizer ../shared/qwen2_5_vl_7b_instruct
 
 The tiny default (`build_builtin_tiny`): a few million parameters with every architectural feature of the 7B
 (windowed-attention vision tower with the 2x2 patch merger, mRoPE decoder), a byte-level BPE tokenizer trained
@@ -21,6 +24,13 @@ patch merger, untied lm_head). Two widths:
 With a real tokenizer folder (tokenizer + chat template) the special-token ids are the real ones;
 without one, the tiny BPE tokenizer is used and the config's special-token ids are set to its ids (the
 embedding keeps 152,064 rows).
+
+Qwen3-VL (`build_tiny_qwen3`, `build_like_7b(..., source=QWEN3_SOURCE)`): the same tokenizer plus Qwen3-VL's four
+added tokens (QWEN3_ADDED, ordinary added tokens as in the real tokenizer, shared SOURCE.md), the same chat
+layout; the tiny one has q/k norms, interleaved mRoPE, a 16-pixel-patch vision tower with a learned position grid
+and DeepStack features from two vision blocks; the narrow one starts from Qwen3-VL-8B-Instruct's config.json
+(../shared/qwen3_vl_8b_instruct, or plan.py's copy) and changes only sizes (WIDTHS_QWEN3). Neither is centred
+or trained: they are for checking that every code path serves the family, not for learning curves.
 """
 from __future__ import annotations
 
@@ -29,7 +39,8 @@ from pathlib import Path
 
 import torch
 
-from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import (AddedToken, PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                          Qwen3VLConfig, Qwen3VLForConditionalGeneration)
 
 from data import DEFAULT_SYSTEM
 from model import Visual, save_hf
@@ -178,20 +189,26 @@ WIDTHS = {
 
 
 def config_like_7b(width: str, source: str = "preset:qwen2.5-vl-7b", tokenizer=None):
-    """Qwen2.5-VL-7B's config (`source`: an HF folder or plan.py's preset) with the sizes of WIDTHS[width].
+    """Qwen2.5-VL-7B's config, or Qwen3-VL-8B's (`source`: an HF folder or one of plan.py's presets, e.g. QWEN3_SOURCE
+    or ../shared/qwen3_vl_8b_instruct) with the sizes of WIDTHS[width] (WIDTHS_QWEN3[width] for Qwen3-VL).
 
     `tokenizer`: when it is not the real Qwen tokenizer, the special-token ids are taken from it.
-    Returns a Qwen2_5_VLConfig. Raises ValueError for an unknown width, or when head_dim would not be 128
-    or the vision out size would not equal the text hidden size (the structure would not be the 7B's)."""
+    Returns the family's config (Qwen2_5_VLConfig or Qwen3VLConfig). Raises ValueError for an unknown width, or
+    when head_dim would not be 128 or the vision out size would not equal the text hidden size (the structure
+    would not be the 7B's / 8B's)."""
     import plan
-    if width not in WIDTHS:
-        raise ValueError(f"unknown width {width!r}; expected one of {sorted(WIDTHS)}")
+    from model import family
     d = plan.load_config(source).to_dict()
+    qwen3 = d["model_type"] == "qwen3_vl"
+    widths = WIDTHS_QWEN3 if qwen3 else WIDTHS
+    if width not in widths:
+        raise ValueError(f"unknown width {width!r}; expected one of {sorted(widths)}")
     d["text_config"].pop("layer_types", None)            # derived from num_hidden_layers again
-    d["text_config"].update(WIDTHS[width]["text"])
-    d["vision_config"].update(WIDTHS[width]["vision"], out_hidden_size=d["text_config"]["hidden_size"])
-    cfg = Qwen2_5_VLConfig(**d)
-    head_dim = cfg.text_config.hidden_size // cfg.text_config.num_attention_heads
+    d["text_config"].update(widths[width]["text"])
+    d["vision_config"].update(widths[width]["vision"], out_hidden_size=d["text_config"]["hidden_size"])
+    cfg = family(d).CONFIG_CLASS(**d)
+    head_dim = getattr(cfg.text_config, "head_dim", None) if qwen3 else None
+    head_dim = head_dim or cfg.text_config.hidden_size // cfg.text_config.num_attention_heads
     if head_dim != 128:
         raise ValueError(f"width {width}: head_dim {head_dim}, the 7B's is 128 (mrope_section [16, 24, 24])")
     if tokenizer is not None and tokenizer.convert_tokens_to_ids("<|video_pad|>") != cfg.video_token_id:
@@ -210,8 +227,9 @@ def build_like_7b(folder: str | Path, width: str = "narrow", tokenizer_from: str
     settings) with `config_like_7b(width)`; returns `folder`. Idempotent (a complete folder is kept).
 
     tokenizer_from: a folder with the real Qwen2.5-VL tokenizer and chat template (e.g.
-    ../shared/qwen2_5_vl_7b_instruct); None: the tiny BPE tokenizer. Weights: HF's initialisers under
-    torch.manual_seed(seed). Raises ValueError as config_like_7b; FileNotFoundError for a missing folder."""
+    ../shared/qwen2_5_vl_7b_instruct; for a Qwen3-VL `source`, QWEN3_ADDED are added to it); None: the tiny BPE
+    tokenizer. Weights: HF's initialisers under torch.manual_seed(seed). Raises ValueError as config_like_7b;
+    FileNotFoundError for a missing folder."""
     from transformers import AutoTokenizer
     folder = Path(folder)
     if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
@@ -222,25 +240,91 @@ def build_like_7b(folder: str | Path, width: str = "narrow", tokenizer_from: str
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
     else:
         tokenizer = build_tokenizer(["What happens in the video? <think>first</think> <answer>A</answer>"] * 4)
+    from model import family
     config = config_like_7b(width, source, tokenizer)
+    if config.model_type == "qwen3_vl":
+        tokenizer = qwen3_tokenizer(tokenizer)                           # appended: the ids above do not move
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).float()
+    model = family(config).MODEL_CLASS(config).float()
     return save_hf(model, tokenizer, folder)                                 # atomic: never a partial folder
+
+
+# ---- Qwen3-VL ------------------------------------------------------------------------------------------------
+QWEN3_ADDED = ["<tool_response>", "</tool_response>", "<think>", "</think>"]   # ids 151665-151668 in the real one
+TINY_QWEN3_TEXT = dict(TINY_TEXT, head_dim=32, rope_parameters={"rope_type": "default", "mrope_section": [6, 5, 5],
+                                                                 "mrope_interleaved": True, "rope_theta": 5e6})
+TINY_QWEN3_VISION = dict(depth=4, hidden_size=96, intermediate_size=192, num_heads=4, out_hidden_size=192, patch_size=16,
+                         spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                         deepstack_visual_indexes=[1, 2], hidden_act="gelu_pytorch_tanh", in_channels=3)
+QWEN3_SOURCE = "preset:qwen3-vl-8b"
+WIDTHS_QWEN3 = {
+    "narrow": {"text": dict(hidden_size=512, intermediate_size=1024, num_hidden_layers=3, num_attention_heads=4,
+                            num_key_value_heads=2),
+               "vision": dict(depth=4, hidden_size=320, intermediate_size=640, num_heads=4,
+                              deepstack_visual_indexes=[1, 2, 3])},
+    "full": {"text": dict(num_hidden_layers=8), "vision": {}},
+    "full36": {"text": {}, "vision": {}},               # all 36 layers: the 8B itself, random
+}
+
+
+def qwen3_tokenizer(tokenizer):
+    """`tokenizer` (Qwen2.5's layout) with Qwen3-VL's four added tokens appended in order, as ordinary (non-special)
+    added tokens, so that `<think>` survives decoding with skip_special_tokens. Returns the same tokenizer."""
+    missing = [t for t in QWEN3_ADDED if t not in tokenizer.get_vocab()]
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in missing])
+    return tokenizer
+
+
+def tiny_qwen3_config(tokenizer) -> Qwen3VLConfig:
+    """The tiny Qwen3-VL config with special-token ids taken from `tokenizer`."""
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    text = dict(TINY_QWEN3_TEXT, vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=ids["<|im_end|>"],
+                pad_token_id=ids["<|endoftext|>"], attention_bias=False)
+    return Qwen3VLConfig(text_config=text, vision_config=dict(TINY_QWEN3_VISION), image_token_id=ids["<|image_pad|>"],
+                         video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                         vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
+
+
+def build_tiny_qwen3(folder: str | Path, corpus: list[str], seed: int = 0) -> Path:
+    """Write a tiny randomly initialised Qwen3-VL HF folder (float32 weights from HF's initialisers under
+    torch.manual_seed(seed); the tiny BPE tokenizer with QWEN3_ADDED; Qwen3-VL's processor files) to `folder`.
+    Idempotent: an existing complete folder is kept. Raises ValueError on an empty corpus."""
+    folder = Path(folder)
+    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        return folder
+    tokenizer = qwen3_tokenizer(build_tokenizer(corpus))
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(tiny_qwen3_config(tokenizer)).float()
+    return save_hf(model, tokenizer, folder)
+
+
+def build_builtin_tiny_qwen3(folder: str | Path, train_cot_json: str | Path) -> Path:
+    """`build_tiny_qwen3` on the built-in COT split's text (what `--model preset:tiny-qwen3-vl` builds). Idempotent."""
+    import data
+    return build_tiny_qwen3(folder, tokenizer_corpus(data.load_samples(train_cot_json, require_process=True)))
 
 
 def main():
     p = argparse.ArgumentParser(description="Build a random Qwen2.5-VL: the tiny default, or the 7B's structure.")
     p.add_argument("--out", default="runs/cache/tiny", help="output HF folder")
     p.add_argument("--data", default="runs/cache/data", help="built-in dataset folder for the tiny default (made if missing)")
-    p.add_argument("--like-7b", default="", choices=["", *sorted(WIDTHS)], help="narrow | full: the 7B's structure")
+    p.add_argument("--like-7b", default="", choices=["", *sorted(WIDTHS | WIDTHS_QWEN3)],
+                   help="narrow | full | full28 (full36 with --qwen3): the 7B's (8B's) structure")
     p.add_argument("--tokenizer", default="", help="with --like-7b: folder with the real Qwen2.5-VL tokenizer")
     p.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    p.add_argument("--qwen3", action="store_true", help="a Qwen3-VL: the tiny one, or with --like-7b Qwen3-VL-8B's "
+                                                        "structure (widths narrow | full | full36)")
     a = p.parse_args()
     if a.like_7b:
-        print(build_like_7b(a.out, a.like_7b, a.tokenizer or None, seed=a.seed))
+        source = QWEN3_SOURCE if a.qwen3 else "preset:qwen2.5-vl-7b"
+        print(build_like_7b(a.out, a.like_7b, a.tokenizer or None, source=source, seed=a.seed))
         return
     import synthetic
-    print(build_builtin_tiny(a.out, synthetic.make_dataset(a.data)["train_cot"]))
+    train_cot = synthetic.make_dataset(a.data)["train_cot"]
+    if a.qwen3:
+        print(build_builtin_tiny_qwen3(a.out, train_cot))
+        return
+    print(build_builtin_tiny(a.out, train_cot))
 
 
 if __name__ == "__main__":

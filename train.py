@@ -325,7 +325,7 @@ def main(argv=None):
     amp = distributed.autocast(proc, precision, policy)
     reference = common.build_reference(cfg, built, model_dir, proc, dtype, compute)   # LoRA: adapters off (L14)
     samples = data.load_samples(train_json, cfg.media_root or None)
-    media = common.media_config(cfg)
+    media = common.media_config(cfg, hf.config)
     sampling = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)
     gen = torch.Generator(device=proc.device).manual_seed(cfg.seed + proc.rank)
     pad_id, stops = tokenizer.pad_token_id, common.stop_ids(tokenizer)

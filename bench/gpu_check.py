@@ -85,7 +85,7 @@ def main():
     hf, tok, policy, opt = built.hf, built.tokenizer, built.module, built.opt
     reference = common.build_reference(cfg, built, str(model_dir), proc, dtype, compute)   # LoRA: adapters off
     videos = [s for s in data.load_samples(paths["train"]) if s.data_type == "video"]
-    media = common.media_config(cfg)
+    media = common.media_config(cfg, hf.config)
     sp = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)
     gen = torch.Generator(device=proc.device).manual_seed(0)
     pad_id, stop_ids = tok.pad_token_id, common.stop_ids(tok)

@@ -55,7 +55,7 @@ def main():
     reference = PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk)
     opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     stream = loader.prompt_stream(data.load_samples(train_json), proc, cfg.seed)
-    media = common.media_config(cfg)
+    media = common.media_config(cfg, hf.config)
     sp = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)
     gen = torch.Generator().manual_seed(cfg.seed)
     shuffle = cfg.temporal and cfg.G_shuffled > 0

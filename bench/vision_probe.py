@@ -41,10 +41,10 @@ def features(hf, samples, media, shuffled: bool, seed: int) -> tuple[torch.Tenso
     Raises pixels.MediaError for an unreadable clip."""
     X, fams, ys = [], [], []
     for i, s in enumerate(samples):
-        frames, fps = pixels.load_visual(s, media)                           # (T, 3, H, W) uint8
+        frames, fps, times = pixels.load_visual(s, media)                           # (T, 3, H, W) uint8
         if shuffled:
             frames, _ = pixels.shuffle_frames(frames, torch.Generator().manual_seed(seed * 1_000_003 + i))
-        v = pixels.to_visual(frames, fps, "video", media)
+        v = pixels.to_visual(frames, fps, times, "video", media)
         f = hf.model.visual(v.pixel_values, grid_thw=v.grid_thw[None]).pooler_output   # (t*h*w/4, D)
         f = f.reshape(int(v.grid_thw[0]), -1, f.shape[-1])                   # (t, tokens per temporal patch, D)
         X.append(torch.cat([f.mean(1), f.amax(1)], -1).reshape(-1))         # (t * 2D,)

@@ -61,7 +61,7 @@ def main():
     torch.manual_seed(proc.rank)                   # ranks differ, as seed + rank in train.py: LoRA must not care
     hf, tok = load_policy(model_dir)
     if use_lora:
-        settings = SimpleNamespace(lora_rank=4, lora_alpha=8.0, lora_dropout=0.0, lora_targets=lora.DECODER_TARGETS,
+        settings = SimpleNamespace(lora_rank=4, lora_alpha=8.0, lora_dropout=0.0, lora_targets="auto",
                                    lora_vision="frozen")
         lora.attach(hf, settings, seed=0)
         for name, p in hf.named_parameters():      # B = 0 at the start would give A no gradient: set B too

@@ -42,7 +42,7 @@ def _prefill(hf, prompts, visuals, n, pad):
     owner = list(range(len(prompts)))
     pos, _ = M.rope_positions(hf, ids, attn, visuals, owner)
     cache = DynamicCache(config=hf.config.text_config)
-    out = hf.model.language_model(inputs_embeds=M.embed_with_visuals(hf, ids, visuals, owner), attention_mask=attn,
+    out = hf.model.language_model(inputs_embeds=M.embed_with_visuals(hf, ids, visuals, owner)[0], attention_mask=attn,
                                   position_ids=pos, past_key_values=cache, use_cache=True)
     rows = torch.tensor([i for i, k in enumerate(n) for _ in range(k)])
     return ids, attn, pos, cache, rows, hf.lm_head(out.last_hidden_state[:, -1][rows]).float()
@@ -77,7 +77,7 @@ def test_decode_step_teacher_forced_equals_hf_full_forward(policy):
     owner = rows.tolist()
     fpos, _ = M.rope_positions(hf, full_ids, full_attn, visuals, owner, prompt_len=P)   # (3, R, P + steps)
     assert torch.equal(fpos[0, :, P:], fpos[1, :, P:]) and torch.equal(fpos[0, :, P:], fpos[2, :, P:])  # text: 1-D
-    h = hf.model.language_model(inputs_embeds=M.embed_with_visuals(hf, full_ids, visuals, owner, P),
+    h = hf.model.language_model(inputs_embeds=M.embed_with_visuals(hf, full_ids, visuals, owner, P)[0],
                                 attention_mask=full_attn, position_ids=fpos).last_hidden_state
     want = hf.lm_head(h[:, P:]).float()                                        # (R, steps, V)
     assert (ours - want).abs().max() < 1e-5
@@ -213,7 +213,7 @@ def test_lora_merged_copy_equals_the_peft_model(policy, builtin):
     from types import SimpleNamespace
     hf, tok = M.load_policy(builtin[1])
     hf.eval()
-    cfg = SimpleNamespace(lora_rank=4, lora_alpha=8.0, lora_dropout=0.0, lora_targets=lora.DECODER_TARGETS,
+    cfg = SimpleNamespace(lora_rank=4, lora_alpha=8.0, lora_dropout=0.0, lora_targets="auto",
                           lora_vision="frozen")
     lora.attach(hf, cfg, seed=0)
     with torch.no_grad():

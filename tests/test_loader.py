@@ -69,19 +69,20 @@ def test_frame_cache_identical_frames_and_invalidation(builtin, tmp_path):
     copy.write_bytes(open(video.media_path, "rb").read())
     video = data.Sample(**{**video.__dict__, "media_path": str(copy)})
     cache = loader.FrameCache(tmp_path / "frames")
-    frames, fps = pixels.load_visual(video, MEDIA)                            # (T, 3, H, W) uint8
+    frames, fps, times = pixels.load_visual(video, MEDIA)                       # (T, 3, H, W) uint8
     for _ in range(2):
-        got, got_fps = cache.load(video, MEDIA)
-        assert torch.equal(got, frames) and got.dtype == torch.uint8 and got_fps == fps
+        got, got_fps, got_times = cache.load(video, MEDIA)
+        assert torch.equal(got, frames) and got.dtype == torch.uint8 and got_fps == fps and got_times == times
     assert (cache.misses, cache.hits) == (1, 1)
     fewer = pixels.MediaConfig(**{**MEDIA.__dict__, "max_frames": 4})        # a setting change: new entry
-    got, _ = cache.load(video, fewer)
+    got = cache.load(video, fewer).frames
     assert cache.misses == 2 and torch.equal(got, pixels.load_visual(video, fewer)[0]) and got.shape[0] == 4
     assert cache.key(video, MEDIA) == cache.key(video, pixels.MediaConfig(**{**MEDIA.__dict__, "image_max_pixels": 1}))
+    assert cache.key(video, MEDIA) != cache.key(video, pixels.MediaConfig(**{**MEDIA.__dict__, "patch_size": 16}))
     st = os.stat(copy)
     os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))                # the file changed: new entry
     cache.load(video, MEDIA)
     assert cache.misses == 3
     cache.file(cache.key(video, MEDIA)).write_bytes(b"garbage")                # a corrupt entry is recomputed
-    got, _ = cache.load(video, MEDIA)
+    got = cache.load(video, MEDIA).frames
     assert torch.equal(got, frames) and cache.misses == 4

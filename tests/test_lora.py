@@ -16,7 +16,7 @@ import pixels
 from conftest import run_train
 from model import PolicyLogprobs, load_policy
 
-SETTINGS = SimpleNamespace(lora_rank=4, lora_alpha=8.0, lora_dropout=0.0, lora_targets=lora.DECODER_TARGETS,
+SETTINGS = SimpleNamespace(lora_rank=4, lora_alpha=8.0, lora_dropout=0.0, lora_targets="auto",
                            lora_vision="frozen")
 
 

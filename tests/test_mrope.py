@@ -19,7 +19,7 @@ import rollout as R
 import pixels
 
 IMG, VID, PAD = 90, 91, 0
-HF = SimpleNamespace(config=SimpleNamespace(image_token_id=IMG, video_token_id=VID, vision_config=SimpleNamespace(
+HF = SimpleNamespace(config=SimpleNamespace(model_type="qwen2_5_vl", image_token_id=IMG, video_token_id=VID, vision_config=SimpleNamespace(
     spatial_merge_size=2, tokens_per_second=2)))
 
 
