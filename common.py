@@ -65,7 +65,7 @@ def media_config(cfg, model_config=None) -> pixels.MediaConfig:
     media = pixels.MediaConfig(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
     if model_config is not None:
         from model import family
-        for k, v in family(model_config).MEDIA.items():
+        for k, v in family(model_config).MEDIA.items():                    # Q5: Video-R1's frame rules, the family's pixels
             setattr(media, k, v)
         media.merge_size = model_config.vision_config.spatial_merge_size
     return media

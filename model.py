@@ -157,7 +157,7 @@ def mm_token_types(input_ids: torch.Tensor, config, prompt_len: int | None = Non
 
 def rope_positions(hf, input_ids, attention_mask, visuals: list[Visual], owner: list[int], prompt_len: int | None = None):
     """mRoPE position ids of a batch under Qwen2.5-VL's rule (D6: ours, not transformers 5.x's; module docstring),
-    which Qwen3-VL follows over its own block layout (qwen3_vl.blocks).
+    which Qwen3-VL follows over its own block layout (qwen3_vl.blocks; Q6: equal to 5.23's get_rope_index there).
 
     Args: hf: the model (only `hf.config` is read: model_type, image_token_id, video_token_id,
     vision_config.spatial_merge_size and, for Qwen2.5-VL, vision_config.tokens_per_second = mRoPE time steps per

@@ -391,7 +391,7 @@ def to_visual(frames: torch.Tensor, sample_fps: float, frame_times, data_type: s
     fps = 2.0 if media.rope_time == "official" or sample_fps <= 0 else sample_fps
     times = None
     if media.timestamps and data_type == "video":
-        if len(frame_times) != frames.shape[0]:
+        if len(frame_times) != frames.shape[0]:                              # Q1: no default fps, refused
             raise MediaError(f"{where}: a Qwen3-VL prompt needs each frame's source time (source fps and frame "
                              f"indices): got {len(frame_times)} for {frames.shape[0]} frames")
         times = tuple(patch_times(frame_times))

@@ -6,6 +6,8 @@ full width, full width with LoRA; figures from one H200 in bench/README.md).
     python bench/gpu_check.py --width full --steps 3      # the 7B's widths, 8 of 28 decoder layers
     python bench/gpu_check.py --width full --compile-decode off    # the same with the eager decode step
     python bench/gpu_check.py --width full28 --steps 1 --lora-rank 64  # all 28 layers, LoRA r = 64 (fits one GPU)
+    python bench/gpu_check.py --family qwen3 --width narrow        # Qwen3-VL-8B's structure narrowed (tiny.WIDTHS_QWEN3)
+    python bench/gpu_check.py --family qwen3 --width full36 --steps 1 --lora-rank 64   # all 36 layers of the 8B, LoRA
     python bench/gpu_check.py --dry-run                   # CPU, narrow model, small settings: keeps it working in CI
 
 One step, as train.py runs it on one process (--precision bf16-mixed: fp32 master weights, bf16 autocast):
@@ -50,7 +52,10 @@ PHASES = ["rollout", "rewards", "reference log-probs", "policy log-probs", "back
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--width", default="narrow", choices=sorted(tiny.WIDTHS), help="tiny.py width preset")
+    p.add_argument("--width", default="narrow", choices=sorted(tiny.WIDTHS | tiny.WIDTHS_QWEN3),
+                   help="tiny.py width preset (WIDTHS; with --family qwen3 WIDTHS_QWEN3)")
+    p.add_argument("--family", default="qwen2.5", choices=["qwen2.5", "qwen3"],
+                   help="qwen2.5: Qwen2.5-VL-7B's structure; qwen3: Qwen3-VL-8B-Instruct's (plan.py's preset)")
     p.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up step)")
     p.add_argument("--lora-rank", type=int, default=0, help="> 0: LoRA adapters of this rank (lora.py): bf16 base, "
                    "adapters in fp32, the reference = the policy with its adapters off")
@@ -71,7 +76,9 @@ def main():
         argv = ["--device", "cuda" if cuda else "cpu", "--precision", "bf16-mixed" if cuda else "fp32"]
     cache = Path(a.cache_dir)
     tok_dir = a.tokenizer if (Path(a.tokenizer) / "tokenizer.json").exists() else None
-    model_dir = tiny.build_like_7b(cache / f"like7b_{a.width}{'_realtok' if tok_dir else ''}", a.width, tok_dir)
+    source = tiny.QWEN3_SOURCE if a.family == "qwen3" else "preset:qwen2.5-vl-7b"
+    name = ("like8b_qwen3_" if a.family == "qwen3" else "like7b_") + a.width + ("_realtok" if tok_dir else "")
+    model_dir = tiny.build_like_7b(cache / name, a.width, tok_dir, source=source)
     paths = synthetic.make_dataset(cache / "data")
     cfg = train.finish_config(*cfglib.parse(train.Config, argv + ["--model", str(model_dir), "--preset", "paper",
                                                                    "--prompts-per-rank", "1", "--nproc", "1",

@@ -3,7 +3,8 @@
 # full-width (8-layer) 7B-structured random model at the paper's settings, each with the eager and the compiled
 # decode step side by side (decode.py), the full one also with LoRA r = 64, then the whole 28-layer model with
 # LoRA r = 64 (plan.py: fits one 80 GB GPU), one step; per phase time, tokens/s and peak memory next to plan.py,
-# and the decode step's ms per token against the bandwidth roofline.
+# and the decode step's ms per token against the bandwidth roofline; then Qwen3-VL-8B's structure, narrow and at
+# full width with 8 of its 36 layers and LoRA r = 64 (never run yet: may push the whole past 8 minutes).
 #
 #     bash bench/gpu_check.sh              # on the GPU machine; prints three tables
 #     bash bench/gpu_check.sh --tokenizer DIR   # the real Qwen2.5-VL tokenizer from DIR (default ../shared/...)
@@ -14,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "--dry-run" ]]; then
     python bench/gpu_check.py --dry-run --steps 1 "${@:2}"
+    python bench/gpu_check.py --dry-run --steps 1 --family qwen3 "${@:2}"
     exit 0
 fi
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: use --dry-run')"
@@ -24,3 +26,5 @@ for mode in off on; do
 done
 python bench/gpu_check.py --width full --steps 2 --lora-rank 64 --compile-decode on "$@"   # LoRA: bf16 base, no reference copy
 python bench/gpu_check.py --width full28 --steps 1 --lora-rank 64 --compile-decode on "$@"  # the 28-layer model
+python bench/gpu_check.py --family qwen3 --width narrow --steps 2 --compile-decode on "$@"   # Qwen3-VL-8B's structure
+python bench/gpu_check.py --family qwen3 --width full --steps 2 --lora-rank 64 --compile-decode on "$@"   # 8 of 36 layers

@@ -36,7 +36,16 @@ def answering(builtin, tmp_path_factory):
     return paths, out / "final"
 
 
+@pytest.fixture(scope="session")
+def qwen3(builtin, tmp_path_factory):
+    """A tiny random Qwen3-VL (tiny.build_tiny_qwen3, what --model preset:tiny-qwen3-vl builds) with the tokenizer
+    trained on the built-in data's text, in a session temp dir."""
+    from tiny import build_builtin_tiny_qwen3
+    return build_builtin_tiny_qwen3(tmp_path_factory.mktemp("qwen3") / "tiny-qwen3-vl", builtin[0]["train_cot"])
+
+
 REAL = SHARED / "qwen2_5_vl_7b_instruct"
+REAL_QWEN3 = SHARED / "qwen3_vl_8b_instruct"
 
 
 def pytest_configure(config):

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
 import data  # noqa: E402
 import distributed  # noqa: E402
 import lora  # noqa: E402
@@ -31,10 +32,12 @@ from model import PolicyLogprobs, load_policy  # noqa: E402
 SHARDS = 2   # prompts in the global batch (one per rank with 2 ranks)
 
 
-def batch(tokenizer, train_json):
-    """[(prompt_ids, visual, completions (2, 6), advantages (2,))] for a video and an image prompt."""
+def batch(tokenizer, train_json, model_config):
+    """[(prompt_ids, visual, completions (2, 6), advantages (2,))] for a video and an image prompt, with the model
+    family's pixels (Qwen2.5-VL or Qwen3-VL: common.media_config)."""
     samples = data.load_samples(train_json)
-    media = pixels.MediaConfig(max_frames=8, video_min_pixels=84 * 84, video_max_pixels=84 * 84, image_max_pixels=84 * 84)
+    media = common.media_config(pixels.MediaConfig(max_frames=8, video_min_pixels=84 * 84, video_max_pixels=84 * 84,
+                                                   image_max_pixels=84 * 84), model_config)
     picked = [next(s for s in samples if s.data_type == kind) for kind in ("video", "image")]
     g = torch.Generator().manual_seed(0)
     out = []
@@ -72,7 +75,7 @@ def main():
     policy = distributed.wrap(PolicyLogprobs(hf, chunk=4), proc, mode, activation_checkpointing=mode == "fsdp",
                               param_dtype=compute, offload=offload)
     opt = torch.optim.AdamW(lora.trainable(hf), lr=1e-3, weight_decay=0.01)
-    items = batch(tok, train_json)
+    items = batch(tok, train_json, hf.config)
     mine = items if proc.world == 1 else [items[proc.rank]]
     total = 0.0
     for i, (prompt_ids, visual, comp, adv) in enumerate(mine):

@@ -52,6 +52,17 @@ def test_two_ranks_equal_one_process(builtin, single, tmp_path, mode):
     assert got["finite_after_rollout"]
 
 
+def test_two_fsdp_ranks_equal_one_process_on_qwen3(builtin, qwen3, tmp_path):
+    """The same on the tiny Qwen3-VL (DeepStack, q/k norms; its block classes read from the model): rank 0 holds the
+    video prompt and rank 1 the image prompt, and 2 FSDP ranks give the 1-process gradients and parameters."""
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    want = _run((builtin[0], qwen3), tmp_path / "one", "none", 1)
+    got = _run((builtin[0], qwen3), tmp_path / "two", "fsdp", 2)
+    _same_step(got, want)
+    assert want["norm"] > 1e-3 and any("deepstack_merger_list" in k for k in want["grads"])
+    assert got["rollout_equal"] == 2
+
+
 @pytest.fixture(scope="module")
 def single_lora(builtin, tmp_path_factory):
     return _run(builtin, tmp_path_factory.mktemp("one_lora"), "none-lora", 1)

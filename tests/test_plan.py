@@ -38,6 +38,24 @@ def test_plan_for_the_7b_preset():
     assert e4["decode_copy"] == 2 * (28 * layer + 2 * 152064 * 3584 + 3584)
 
 
+def test_plan_for_the_qwen3_8b_preset():
+    """`--plan --model preset:qwen3-vl-8b`: Qwen3-VL-8B-Instruct (36 layers, 8 KV heads of 128, DeepStack) on the meta
+    device, 8.77B parameters; its prompt and KV cache by hand: a 16-frame clip at 128·28² pixels per frame is
+    100352 // 32² = 98 tokens per temporal patch, 8 patches, each with 8 tokens of timestamp and block markers."""
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--plan", "true", "--model", "preset:qwen3-vl-8b",
+                           "--nproc", "8"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "8.77B parameters" in proc.stdout and "0.58B vision" in proc.stdout
+    cfg = train.finish_config(train.Config(model="preset:qwen3-vl-8b", nproc=8), {"model", "nproc"})
+    e = plan.estimate(plan.load_config(cfg.model), cfg)
+    P = 8 * 98 + 250 + 8 * 8
+    assert e["P"] == P == 1098
+    assert e["kv_cache"] == (16 * 2048 + 2 * P) * 36 * 2 * 8 * 128 * 2            # 1098 + 768 tokens -> 2048
+    assert (36 * 8) / (28 * 4) == pytest.approx(2.571, abs=1e-3)                   # KV per token: 2.6x the 7B's
+    layer = 4096 * (4096 + 1024 * 2) + 4096 * 4096 + 3 * 4096 * 12288 + 2 * 4096 + 2 * 128   # no qkv bias; q/k norms
+    assert e["decode_copy"] == 2 * (36 * layer + 2 * 151936 * 4096 + 4096)
+
+
 def test_lora_plan_by_hand():
     """r = 64 on q, k, v, o, gate, up, down of the 28 layers: 64 * (in + out) summed = 64 * 90112 per layer; one
     GPU holds the bf16 base (2Φ) and fp32 adapters, AdamW state for the adapters only, no reference copy."""
