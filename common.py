@@ -227,14 +227,15 @@ def missed_at_resume(start: int, total: int, cfg, out_dir: Path, proc: distribut
     """(evaluate, export): whether the held-out evaluation and the HF export due after step `start` (a resumed run's
     checkpoint step; `total` the run's steps) never ran. A SIGTERM at that step checkpoints and stops before them
     (L12), and the resumed loop starts after it, so the entry points run them first. Evaluation: due every
-    cfg.eval_every steps before the last, missing when metrics.jsonl has no "eval_accuracy" row for `start`;
+    cfg.eval_every steps before the last, missing when metrics.jsonl has no "eval_accuracy" row (named sets:
+    "eval_accuracy/NAME") for `start`;
     export: due every cfg.export_every steps, missing when out_dir/step_<start> does not exist. The same answer on
     every rank (rank 0 reads, then broadcasts)."""
     answer = (False, False)
     if proc.main and start > 0:
         path = Path(out_dir) / "metrics.jsonl"
         rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        evaluated = any(r.get("step") == start and "eval_accuracy" in r for r in rows)
+        evaluated = any(r.get("step") == start and any(k.startswith("eval_accuracy") for k in r) for r in rows)
         answer = (cfg.eval_every > 0 and start % cfg.eval_every == 0 and start < total and not evaluated,
                   cfg.export_every > 0 and start % cfg.export_every == 0 and not (Path(out_dir) / f"step_{start}").exists())
     return tuple(distributed.broadcast_object(answer, proc))

@@ -18,7 +18,9 @@ def _bool(text: str) -> bool:
 def parse(cls, argv=None, description: str | None = None):
     """Parse argv into an instance of dataclass `cls`; returns (config, set of field names given explicitly).
 
-    Every field becomes `--field-name` with its metadata["help"] and default shown by `--help`. Flags must be
+    Every field becomes `--field-name` with its metadata["help"] and default shown by `--help`. A str field with
+    metadata["repeat"] may be given several times; its values are joined with commas (e.g. train.py's
+    `--eval-data a=x.json --eval-data b=y.json` is "a=x.json,b=y.json"). Flags must be
     spelled out: an abbreviation (`--prompts-per 2`) is refused, since a preset overwrites every field whose full
     flag is not on the command line.
     Raises SystemExit (argparse) for unknown or abbreviated flags or bad values; TypeError if a field has no help.
@@ -30,9 +32,16 @@ def parse(cls, argv=None, description: str | None = None):
             raise TypeError(f"{cls.__name__}.{f.name} has no help text")
         kind = {bool: _bool, int: int, float: float, str: str}[type(f.default)]
         extra = {"nargs": "?", "const": True} if kind is _bool else {}   # a bare --flag means true
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=f.default,
+        if f.metadata.get("repeat"):
+            extra = {"action": "append"}                                  # default None: filled in below
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind,
+                       default=None if f.metadata.get("repeat") else f.default,
                        metavar=type(f.default).__name__.upper(), help=f"{f.metadata['help']} (default: {f.default!r})", **extra)
     ns = p.parse_args(argv)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("repeat"):
+            value = getattr(ns, f.name)
+            setattr(ns, f.name, f.default if value is None else ",".join(value))
     explicit = set()
     tokens = [a.split("=")[0] for a in (argv if argv is not None else __import__("sys").argv[1:])]
     for f in dataclasses.fields(cls):

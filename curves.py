@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-# (title, metric keys, y-axis label); one subplot each, in this order, when any of its keys is in the file.
+# (title, metric keys, y-axis label); one subplot each, in this order, when any of its keys is in the file. A key
+# ending in "/" stands for every key it begins (the named held-out sets: "eval_accuracy/reversed", ...).
 PANELS = (
     ("reward terms", ("reward", "accuracy", "format", "temporal_bonus", "length_bonus"), "mean per completion"),
     ("accuracy: ordered vs shuffled frames", ("p", "p_shuffled"), "mean accuracy (video groups)"),
@@ -32,7 +33,18 @@ PANELS = (
     ("loss", ("loss",), ""),                                 # T-GRPO: surrogate; SFT: nats per token
     ("grad norm", ("grad_norm",), "L2, before clipping"),
     ("eval: format / accuracy", ("eval_format", "eval_accuracy"), "rate on held-out prompts"),
+    ("eval: accuracy per held-out set", ("eval_accuracy/",), "rate on held-out prompts"),
+    ("eval: format per held-out set", ("eval_format/",), "rate on held-out prompts"),
 )
+
+
+def expand(ks, keys) -> list[str]:
+    """The metric keys a panel draws, in order: each of `ks` that is in `keys`, a prefix ending in "/" replaced by
+    the keys of `keys` it begins (sorted)."""
+    out = []
+    for k in ks:
+        out += sorted(x for x in keys if x.startswith(k)) if k.endswith("/") else [k] * (k in keys)
+    return out
 
 
 def read_rows(metrics_path: str | Path) -> list[dict]:
@@ -67,7 +79,7 @@ def panels(keys) -> list[str]:
     Returns: the titles of the panels with at least one of their keys present; [] when none is.
     """
     keys = set(keys)
-    return [title for title, ks, _ in PANELS if keys & set(ks)]
+    return [title for title, ks, _ in PANELS if expand(ks, keys)]
 
 
 def series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +127,7 @@ def draw(metrics_path: str | Path, png_path: str | Path | None = None, title: st
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, (name, ks, ylabel) in zip(axes, chosen):
-        for j, key in enumerate(k for k in ks if k in keys):
+        for j, key in enumerate(expand(ks, keys)):
             x, y = series(rows, key)
             if len(x) == 0:
                 continue

@@ -338,7 +338,7 @@ def main(argv=None) -> list[dict] | None:
         for shuffled in ([False, True] if cfg.shuffled else [False]):
             header = {"model": str(Path(model_dir).resolve()), "data": str(Path(json_path).resolve()),
                       "shuffled": shuffled, "seed": cfg.seed if shuffled else None, "template": cfg.template,
-                      "media": asdict(media), "sampling": asdict(sp)}
+                      "media": json.loads(json.dumps(asdict(media))), "sampling": asdict(sp)}   # as read back
             with amp():
                 result = evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, tokenizer,
                                   media, sp, cfg, proc, decoder)

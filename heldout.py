@@ -1,8 +1,10 @@
 """Held-out evaluation during training: K sampled completions per held-out prompt, scored by the rule rewards.
 
-sft.py and train.py call `evaluate` before the first step, every `--eval-every` steps and after the last, and
-write its row ({"step", "eval_format", "eval_accuracy", "eval_length", "eval_n"}) into metrics.jsonl, where
-curves.py draws it with markers. It answers "did the policy get better?" on prompts the run never trains on,
+sft.py and train.py call `evaluate_sets` before the first step, every `--eval-every` steps and after the last, and
+write its row into metrics.jsonl, where curves.py draws it with markers: {"step", "eval_format", "eval_accuracy",
+"eval_length", "eval_n"} for one unnamed set (`--eval-data FILE`), and for named sets (`--eval-data reversed=FILE
+--eval-data following=FILE`, `parse_sets`) the same four per set, named "eval_accuracy/reversed" and so on
+(`key`), which the trackers show as eval/accuracy/reversed. It answers "did the policy get better?" on prompts the run never trains on,
 which a T-GRPO run's own accuracy reward cannot: that mean moves with which prompts each step drew (the top
 README's "The built-in recipe": a run at learning rate 0 saw its reward rise as much as a real run's).
 """
@@ -18,6 +20,33 @@ import distributed
 import pixels
 import rewards
 import rollout
+
+
+def parse_sets(spec: str) -> list[tuple[str, str]]:
+    """--eval-data's value -> [(set name, held-out JSON path)], in the order given. Entries are comma-separated (a
+    repeated --eval-data flag joins its values with commas, config.parse): NAME=FILE names a set; a bare FILE is the
+    one unnamed set (name "", logged as eval_accuracy, ...) and must stand alone. "" -> [].
+    Raises ValueError naming the entry for an empty file, a name other than letters, digits, "_", "-", ".", a name
+    given twice, or a bare FILE beside other sets."""
+    import re
+    sets = []
+    for entry in (e.strip() for e in spec.split(",") if e.strip()):
+        name, sep, path = entry.partition("=")
+        name, path = (name.strip(), path.strip()) if sep else ("", entry)
+        if not path or (sep and not re.fullmatch(r"[A-Za-z0-9_.-]+", name)):
+            raise ValueError(f"--eval-data {entry!r}: expected NAME=FILE (NAME of letters, digits, _ - .) or FILE")
+        if any(n == name for n, _ in sets):
+            raise ValueError(f"--eval-data: the set name {name!r} is given twice")
+        sets.append((name, path))
+    if len(sets) > 1 and any(n == "" for n, _ in sets):
+        raise ValueError(f"--eval-data {spec!r}: with several sets every one needs a name (NAME=FILE)")
+    return sets
+
+
+def key(metric: str, name: str) -> str:
+    """The metrics.jsonl key of `metric` ("accuracy", "format", "length", "n") for held-out set `name`:
+    "eval_accuracy" for the unnamed set, "eval_accuracy/NAME" for a named one."""
+    return f"eval_{metric}" + (f"/{name}" if name else "")
 
 
 def load(path: str, media_root: str | None, n: int, tokenizer, media: pixels.MediaConfig,
@@ -79,7 +108,30 @@ def evaluate(module, tokenizer, prompts: list[tuple[torch.Tensor, pixels.Visual,
             "eval_n": round(sums[3].item()) // completions}
 
 
+def load_sets(spec: str, media_root: str | None, n: int, tokenizer, media: pixels.MediaConfig,
+              proc: distributed.Dist) -> list[tuple[str, list[pixels.Prepared]]]:
+    """[(name, this rank's prepared prompts)] of every set of --eval-data `spec` (`parse_sets`; `load` on each file:
+    its first n samples, every world-th on this rank). Raises what parse_sets and load raise."""
+    return [(name, load(path, media_root, n, tokenizer, media, proc)) for name, path in parse_sets(spec)]
+
+
+def evaluate_sets(module, tokenizer, sets: list[tuple[str, list]], sampling: rollout.SamplingParams, batch: int,
+                  proc: distributed.Dist, seed: int, amp, completions: int = 1, decoder=None) -> dict:
+    """`evaluate` on every held-out set in order, [(name, this rank's prompts)] as `parse_sets` names them, with
+    the same seed for each. Returns one row {key(metric, name): value} over all sets (`key`: "eval_accuracy" for the
+    unnamed set, "eval_accuracy/NAME" otherwise). A collective: every rank passes the same names in the same order,
+    with any share of each set, 0 prompts included."""
+    row = {}
+    for name, prompts in sets:
+        got = evaluate(module, tokenizer, prompts, sampling, batch, proc, seed, amp, completions, decoder)
+        row |= {key(k[len("eval_"):], name): v for k, v in got.items()}
+    return row
+
+
 def line(row: dict) -> str:
-    """The one-line summary both entry points print after an evaluation."""
-    return (f"eval @ step {row['step']}: accuracy {row['eval_accuracy']:.3f} format {row['eval_format']:.3f} "
-            f"length {row['eval_length']:.1f} (n={row['eval_n']} prompts)")
+    """The one-line summary both entry points print after an evaluation: each set's accuracy, format, length and
+    prompts (named sets prefixed by their name)."""
+    names = sorted({k.partition("/")[2] for k in row if k.startswith("eval_accuracy")})
+    parts = [(f"{n}: " if n else "") + f"accuracy {row[key('accuracy', n)]:.3f} format {row[key('format', n)]:.3f} "
+             f"length {row[key('length', n)]:.1f} (n={row[key('n', n)]} prompts)" for n in names]
+    return f"eval @ step {row['step']}: " + " | ".join(parts)

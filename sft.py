@@ -68,7 +68,7 @@ class Config:
     model: str = field(default="", metadata={"help": "HF folder to fine-tune (e.g. Qwen2.5-VL-7B-Instruct); empty: the tiny random Qwen2.5-VL in cache_dir"})
     data: str = field(default="", metadata={"help": "Video-R1-COT-165k-schema JSON/JSONL (needs 'process'); empty: the built-in COT split"})
     media_root: str = field(default="", metadata={"help": "folder the JSONs' ./paths are relative to (also --eval-data's); empty: each JSON's folder"})
-    eval_data: str = field(default="", metadata={"help": "held-out JSON for the format-reward rate; empty: the built-in test split (none with --data)"})
+    eval_data: str = field(default="", metadata={"repeat": True, "help": "held-out JSON for the format-reward rate; empty: the built-in test split (none with --data); NAME=FILE, repeated, for several named sets (heldout.parse_sets)"})
     eval_media_root: str = field(default="", metadata={"help": "folder --eval-data's ./paths are relative to; empty: --media-root (or, without it, the eval JSON's folder)"})
     out_dir: str = field(default="runs/sft", metadata={"help": "metrics.jsonl, config.json and the final HF folder go here"})
     cache_dir: str = field(default="runs/cache", metadata={"help": "built-in data and tiny model are built here once"})
@@ -276,12 +276,12 @@ def main(argv=None):
     media = common.media_config(cfg, hf.config)
     per_step = cfg.batch_size * cfg.grad_accum * proc.world
     total = cfg.steps if cfg.steps > 0 else max(1, math.ceil(cfg.epochs * len(samples) / per_step))
-    eval_prompts = []                                     # (prompt ids, visual, sample): the SFT prompt, its system line
+    eval_sets = []                       # [(set name, [(prompt ids, visual, sample)])]: the SFT prompt, its system line
     if eval_json and cfg.eval_samples > 0:
         root = (cfg.eval_media_root or cfg.media_root or None) if cfg.eval_data else None
-        for p in heldout.load(eval_json, root, cfg.eval_samples, tokenizer, media, proc):
-            e = build_example(p, tokenizer, cfg.loss_on, SYSTEM_PROMPTS[cfg.system_prompt])
-            eval_prompts.append((e.ids[:e.prompt_len], e.visual, e.sample))
+        for name, prepared in heldout.load_sets(eval_json, root, cfg.eval_samples, tokenizer, media, proc):
+            examples = [build_example(p, tokenizer, cfg.loss_on, SYSTEM_PROMPTS[cfg.system_prompt]) for p in prepared]
+            eval_sets.append((name, [(e.ids[:e.prompt_len], e.visual, e.sample) for e in examples]))
     eval_sampling = rollout.SamplingParams(1.0, 0.95, 50, 1.0, cfg.eval_max_new_tokens)  # as the T-GRPO rollout
     decoder = decode.Decoder(cfg.compile_decode)                             # the held-out evaluation's decode step
     pad_id = tokenizer.pad_token_id
@@ -310,8 +310,8 @@ def main(argv=None):
 
     def run_eval(step):
         if cfg.eval_samples > 0 and eval_json:
-            row = {"step": step} | heldout.evaluate(module, tokenizer, eval_prompts, eval_sampling, cfg.eval_batch, proc,
-                                                    cfg.seed + 7, amp, decoder=decoder)
+            row = {"step": step} | heldout.evaluate_sets(module, tokenizer, eval_sets, eval_sampling, cfg.eval_batch,
+                                                         proc, cfg.seed + 7, amp, decoder=decoder)
             log(row)
             if proc.main:
                 tqdm.write(heldout.line(row))

@@ -85,6 +85,34 @@ def make_shortcut_dataset(out_dir, seed: int = 0, q: float = 0.8, n_train: int =
     return paths
 
 
+def make_shortcut_sft(out_dir, seed: int = 0, n: int = 320, frames: int = 8, fps: float = 2.0,
+                      size: int = 112) -> Path:
+    """The shortcut-start SFT data (bench/evidence.py --protocol shortcut-start): n clips, half of them the cue
+    families with the colour always following the answer and the frames written in a random order, so that the
+    colour is the only thing that predicts the answer; half the static controls (frames in order). Answered in the
+    perception split's short form ("<think>bigger</think>" then the answer tag: the reasoning the cold start's
+    first stage taught). Its own random stream (not the benchmark's clips). Idempotent (manifest).
+    Returns the path of its COT JSON (train_cot.json). Raises ValueError and RuntimeError as make_shortcut_dataset."""
+    if n < 2 or frames < 6 or size < 56 or size % 28:
+        raise ValueError(f"shortcut: need n >= 2, frames >= 6, size a multiple of 28 >= 56; got {n}, {frames}, {size}")
+    root = Path(out_dir)
+    params = {"version": VERSION, "kind": "shortcut-sft", "seed": seed, "n": n, "frames": frames, "fps": fps,
+              "size": size}
+    path = root / "train_cot.json"
+    if is_built(root, params):
+        return path
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    plan = _plan(np.random.default_rng([seed, 200]), "train", n, 1.0)
+    cots = []
+    for i, (family, answer, cue) in enumerate(plan):
+        _, cot = render_sample(root, "sft", i, "video", family, answer, np.random.default_rng([seed, 200, 1, i]),
+                               frames, fps, size, short=True, cue=cue, shuffle=cue is not None)
+        cots.append(cot | {"cue": cue or "none", "frames": "shuffled" if cue else "ordered"})
+    write_json(path, cots)
+    write_json(root / "manifest.json", {"params": params, "files": [path.name] + [e["path"][2:] for e in cots]})
+    return path
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Render the static-shortcut benchmark (cue-following, cue-reversed, "
                                              "cue-free and static-control splits).")

@@ -63,16 +63,20 @@ def write_json(path: Path, obj) -> None:
 
 
 def render_sample(root: Path, split: str, i: int, data_type: str, family: str, answer, rng, frames: int, fps: float,
-                  size: int, short: bool = False, cue: str | None = None) -> tuple[dict, dict]:
+                  size: int, short: bool = False, cue: str | None = None, shuffle: bool = False) -> tuple[dict, dict]:
     """Render sample `i` of a split (scenes.scene with `answer` and `cue`), write its media under `root`
     (videos/<split>_<i>.mp4 or images/<split>_<i>.png) and return (entry, cot_entry) in the Video-R1 schema;
-    with `short` the COT entry's reasoning is only the right answer's words. rng: numpy Generator of this sample.
+    with `short` the COT entry's reasoning is only the right answer's words; with `shuffle` a video's frames are
+    written in a random order (drawn from rng after the scene), so the file's order carries nothing.
+    rng: numpy Generator of this sample.
     Raises RuntimeError if decord cannot read the written clip back with `frames` frames."""
     import decord
 
     T = frames if data_type == "video" else 1
     objects, problem, options, sol, process = scene(family, rng, T, size, answer, data_type, cue)
     pixels = np.stack([render_frame(objs, size, BACKGROUND) for objs in objects])  # (T, size, size, 3) uint8
+    if shuffle and data_type == "video":
+        pixels = pixels[rng.permutation(T)]
     if data_type == "video":
         rel = f"videos/{split}_{i:05d}.mp4"
         write_video(root / rel, pixels, fps)

@@ -88,7 +88,7 @@ class Config:
     prompts_per_rank: int = field(default=1, metadata={"help": "prompts per rank per step (official: exactly 1)"})
     seed: int = field(default=42, metadata={"help": "base seed; rank r uses seed + r"})
     # held-out evaluation (heldout.py): did the policy get better on prompts it never trains on?
-    eval_data: str = field(default="", metadata={"help": "held-out JSON evaluated before the first step, every --eval-every steps and after the last; empty: the built-in test split (none with --data)"})
+    eval_data: str = field(default="", metadata={"repeat": True, "help": "held-out JSON evaluated before the first step, every --eval-every steps and after the last; empty: the built-in test split (none with --data); NAME=FILE, repeated, for several named sets, each logged as eval_accuracy/NAME, ... (heldout.parse_sets)"})
     eval_media_root: str = field(default="", metadata={"help": "folder --eval-data's ./paths are relative to; empty: --media-root (or, without it, the eval JSON's folder)"})
     eval_samples: int = field(default=0, metadata={"help": "held-out prompts per evaluation, --eval-completions each, sampled like the rollout (0: no evaluation)"})
     eval_completions: int = field(default=1, metadata={"help": "sampled completions per held-out prompt (K: the figure's noise shrinks like 1/sqrt(K x prompts))"})
@@ -330,11 +330,11 @@ def main(argv=None):
     gen = torch.Generator(device=proc.device).manual_seed(cfg.seed + proc.rank)
     pad_id, stops = tokenizer.pad_token_id, common.stop_ids(tokenizer)
     decoder = decode.Decoder(cfg.compile_decode)                             # one weight copy and cache per run
-    held = None                                                               # (prompt ids, visual, sample) per prompt
+    held = None                                              # [(set name, [(prompt ids, visual, sample)])]
     if eval_json and cfg.eval_samples > 0:
         root = (cfg.eval_media_root or cfg.media_root or None) if cfg.eval_data else None
-        held = [(p.prompt_ids, p.visual, p.sample) for p in heldout.load(eval_json, root, cfg.eval_samples, tokenizer,
-                                                                         media, proc)]
+        held = [(name, [(p.prompt_ids, p.visual, p.sample) for p in prepared])
+                for name, prepared in heldout.load_sets(eval_json, root, cfg.eval_samples, tokenizer, media, proc)]
     out_dir = Path(cfg.out_dir)
     run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "eval_data": eval_json, "world_size": proc.world,
                                 "variant": variant(cfg),   # a cosine schedule decays over --steps: resuming with
@@ -359,8 +359,8 @@ def main(argv=None):
 
     def run_eval(step: int, module) -> None:                                   # a collective: every rank calls it
         if held is not None:
-            row = {"step": step} | heldout.evaluate(module, tokenizer, held, sampling, cfg.eval_batch, proc, cfg.seed + 7,
-                                                    amp, cfg.eval_completions, decoder)
+            row = {"step": step} | heldout.evaluate_sets(module, tokenizer, held, sampling, cfg.eval_batch, proc,
+                                                         cfg.seed + 7, amp, cfg.eval_completions, decoder)
             if proc.main:
                 metrics_file.write(json.dumps(row) + "\n"); metrics_file.flush()
                 tracker.log(row)

@@ -15,7 +15,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "--dry-run" ]]; then
     python bench/gpu_check.py --dry-run --steps 1 "${@:2}"
-    python bench/gpu_check.py --dry-run --steps 1 --family qwen3 "${@:2}"
     exit 0
 fi
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: use --dry-run')"

@@ -1,8 +1,10 @@
 """heldout.evaluate's arithmetic with K completions per prompt, against counts made by hand (the generator is
 replaced by fixed completions, so only the scoring and the averaging are under test); heldout.load's refusal of
-an evaluation with no readable prompt, and --eval-media-root."""
+an evaluation with no readable prompt, and --eval-media-root; several named held-out sets (parse_sets, their rows,
+trackers and curves on uneven ranks)."""
 import contextlib
 
+import pytest
 import torch
 
 import data
@@ -94,3 +96,50 @@ def test_an_evaluation_with_no_readable_prompt_is_refused(builtin, tmp_path):
     proc = run_cmd(cmd + ["--eval-media-root", str(tmp_path / "e")], tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [r["eval_n"] for r in rows if "eval_n" in r] == [3, 3]
+
+
+def test_parse_sets_names_and_refusals():
+    assert heldout.parse_sets("") == []
+    assert heldout.parse_sets("test.json") == [("", "test.json")]                  # the one unnamed set
+    assert heldout.parse_sets("reversed=a.json,following=b.json") == [("reversed", "a.json"), ("following", "b.json")]
+    assert heldout.key("accuracy", "") == "eval_accuracy" and heldout.key("n", "reversed") == "eval_n/reversed"
+    for bad, why in (("a=x.json,a=y.json", "twice"), ("x.json,b=y.json", "needs a name"), ("a b=x.json", "NAME=FILE"),
+                     ("a=", "NAME=FILE")):
+        with pytest.raises(ValueError, match=why):
+            heldout.parse_sets(bad)
+    import config
+    import train
+    cfg, _ = config.parse(train.Config, ["--eval-data", "r=a.json", "--eval-data", "f=b.json"])
+    assert cfg.eval_data == "r=a.json,f=b.json"
+
+
+def test_named_sets_in_metrics_trackers_and_curves_on_uneven_ranks(builtin, tmp_path):
+    """train.py on 2 ranks with two named held-out sets of 3 and 2 prompts (so the ranks hold 2 + 1 and 1 + 1, and a
+    set of 1 leaves rank 1 empty): each set's rows under its own keys in metrics.jsonl, before and after training,
+    each covering all its prompts; the same values in TensorBoard under eval/accuracy/NAME; a curves panel per set."""
+    import json
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    import curves
+    from conftest import run_train
+    paths, _ = builtin
+    tests = json.loads(paths["test"].read_text())
+    files = {}
+    for name, k in (("three", 3), ("two", 2), ("one", 1)):
+        files[name] = paths["test"].with_name(f"held_{name}.json")
+        files[name].write_text(json.dumps(tests[:k]))
+    sets = [a for name in files for a in ("--eval-data", f"{name}={files[name]}")]
+    run_train(["--steps", "1", "--G", "2", "--max-completion-length", "8", "--prompts-per-rank", "1", "--eval-samples",
+               "8", "--report-to", "tensorboard", *sets], tmp_path, nproc=2, builtin=builtin)
+    rows = [json.loads(l) for l in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if any(k.startswith("eval_") for k in r)]
+    assert [r["step"] for r in evals] == [0, 1]
+    for r in evals:
+        assert (r["eval_n/three"], r["eval_n/two"], r["eval_n/one"]) == (3, 2, 1)
+        assert "eval_accuracy" not in r and all(0 <= r[f"eval_accuracy/{n}"] <= 1 for n in files)
+    acc = EventAccumulator(str(next((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))))
+    acc.Reload()
+    for name in files:
+        got = [(e.step, e.value) for e in acc.Scalars(f"eval/accuracy/{name}")]
+        assert got == [(r["step"], pytest.approx(r[f"eval_accuracy/{name}"])) for r in evals]
+    assert "eval: accuracy per held-out set" in curves.panels(set().union(*rows))
+    assert curves.expand(("eval_accuracy/",), set().union(*rows)) == [f"eval_accuracy/{n}" for n in sorted(files)]
