@@ -115,25 +115,38 @@ def perception_temporal(data: Path, out: Path) -> Path:
 
 
 def build(cfg: Config) -> Path:
-    """Run the stages that have no export yet and return out/final (the last stage's export, copied). Idempotent.
+    """Run the stages that have no export yet and return out/final (the last stage's export, copied). Idempotent; an
+    existing final/ whose RECORD differs from this cfg and data, and a stage export made by another command (its
+    command.json), are rebuilt, saying why (#30 defect 2).
     Raises subprocess.CalledProcessError naming the stage's command when an sft.py run fails."""
     out = Path(cfg.out_dir or common.coldstart_dir(cfg.cache_dir)).resolve()   # the sft.py children run in ROOT
     final = out / "final"
-    if (final / "config.json").exists():
-        return final
     paths = common.builtin(cfg.cache_dir, distributed.Dist())
     data, env = Path(paths["root"]).resolve(), common.child_env()
+    if (final / "config.json").exists():
+        why = common.record_mismatch(final, data, record(cfg, data)["recipe"])
+        if why is None:
+            return final
+        print(f"coldstart: {final}: {why}: rebuilding", flush=True)
+        shutil.rmtree(final)
     if cfg.temporal_steps > 0:
         perception_temporal(data, out)
     if cfg.cot_perception > 0:
         cot_mix(data, out, cfg.cot_perception)
+    ran = False                                                          # a stage ran: every later one runs too
     for name, cmd in stage_commands(cfg, data, Path(paths["tiny"]).resolve(), out):
+        made = out / name / "command.json"                                 # the command that made the stage's export
         if (out / name / "final" / "config.json").exists():
-            print(f"coldstart: stage {name}: done before ({out / name / 'final'})", flush=True)
-            continue
+            if not ran and made.exists() and json.loads(made.read_text()) == cmd[1:]:
+                print(f"coldstart: stage {name}: done before ({out / name / 'final'})", flush=True)
+                continue
+            print(f"coldstart: stage {name}: made by another command, settings or earlier stage: rebuilding", flush=True)
+            shutil.rmtree(out / name)
         print(f"coldstart: stage {name}: {' '.join(cmd[1:])}", flush=True)
         t0 = time.time()
         subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+        made.write_text(json.dumps(cmd[1:]) + "\n")
+        ran = True
         print(f"coldstart: stage {name} took {time.time() - t0:.0f} s", flush=True)
     tmp = out / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

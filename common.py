@@ -149,12 +149,42 @@ def shipped_coldstart(data_dir: str | Path, shipped: str | Path = SHIPPED_COLDST
     return shipped
 
 
+def record_mismatch(folder: str | Path, data_dir: str | Path, recipe: dict | None) -> str | None:
+    """Why the cold start in `folder` is not the built-in one for the data in `data_dir`: its RECORD is missing or
+    unreadable, its "data" differs from data_dir's manifest parameters, or its "recipe" differs from `recipe` (None:
+    not checked). Returns the reason (naming what differs), or None when it fits."""
+    try:
+        made = json.loads((Path(folder) / RECORD).read_text())
+        made_for, made_by = made["data"], made["recipe"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        return f"no readable {RECORD} saying what made it ({type(e).__name__})"
+    manifest = Path(data_dir) / "manifest.json"
+    have = json.loads(manifest.read_text())["params"] if manifest.exists() else None
+    if made_for != have:
+        return f"built for the built-in data {made_for}, but {manifest} has {have}"
+    if recipe is not None and made_by != recipe:
+        diff = {k: (made_by.get(k), recipe.get(k)) for k in sorted(set(made_by) | set(recipe))
+                if made_by.get(k) != recipe.get(k)}
+        return f"built with other recipe settings than the default ({{setting: (its, default)}}: {diff})"
+    return None
+
+
 def existing_coldstart(cache_dir: str | Path, shipped: str | Path = SHIPPED_COLDSTART) -> Path | None:
     """The built-in cold start that needs no build, the first of: cache_dir/coldstart/final (what `python
-    coldstart.py` built there); the shipped one (`shipped_coldstart`, for the built-in data already in
-    cache_dir/data). None when neither applies. Raises what shipped_coldstart raises."""
+    coldstart.py` built there), when its RECORD says it was made for the built-in data in cache_dir/data by the
+    default recipe (the shipped copy's; `record_mismatch`); the shipped one (`shipped_coldstart`). None when
+    neither applies. Raises ValueError naming the folder and what differs when cache_dir's build does not fit (it
+    is never used silently: pass it as --model to train from it anyway, or delete it to rebuild), and what
+    shipped_coldstart raises."""
     final = coldstart_dir(cache_dir) / "final"
-    return final if (final / "config.json").exists() else shipped_coldstart(Path(cache_dir) / "data", shipped)
+    if not (final / "config.json").exists():
+        return shipped_coldstart(Path(cache_dir) / "data", shipped)
+    default = json.loads((Path(shipped) / RECORD).read_text())["recipe"] if (Path(shipped) / RECORD).exists() else None
+    why = record_mismatch(final, Path(cache_dir) / "data", default)
+    if why:
+        raise ValueError(f"{final}: not the built-in cold start for this data: {why}. Train from it with --model "
+                         f"{final}, or delete {final.parent} and rerun to rebuild it")
+    return final
 
 
 def coldstart(cache_dir: str | Path, proc: distributed.Dist, shipped: str | Path = SHIPPED_COLDSTART) -> Path:
@@ -255,7 +285,8 @@ class Policy(NamedTuple):
 def build_policy(cfg, model_dir: str, proc: distributed.Dist, weights: torch.dtype, compute: torch.dtype) -> Policy:
     """Load the policy from `model_dir`, add LoRA adapters (cfg.lora_rank > 0, lora.attach) or freeze the vision
     tower (cfg.freeze_vision), wrap it (distributed.wrap: cfg.dist, activation checkpointing, FSDP units, CPU
-    offload) and build AdamW(lr, weight_decay) over the trainable parameters.
+    offload) and build AdamW(lr) over the trainable parameters, weight decay as the official trainer applies it
+    (`param_groups`: not on biases; cfg.decay_norms False: not on norm weights either).
 
     Under LoRA with the vision tower frozen, the frozen base is held in the compute dtype (bf16 on GPU; fp32
     master weights are only needed for what AdamW updates, L5 and L14) and the adapters in fp32. With cfg.cpu_offload
@@ -273,8 +304,27 @@ def build_policy(cfg, model_dir: str, proc: distributed.Dist, weights: torch.dty
         hf.model.visual.requires_grad_(not cfg.freeze_vision)               # before wrapping (DDP/FSDP see it)
     module = distributed.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), proc, cfg.dist, cfg.activation_checkpointing,
                               compute, cfg.fsdp_vision_unit, offload=cfg.cpu_offload)
-    opt = torch.optim.AdamW(lora.trainable(hf), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(hf, cfg.weight_decay, getattr(cfg, "decay_norms", True)), lr=cfg.lr)
     return Policy(hf, tokenizer, module, adapters, opt)
+
+
+def param_groups(hf, weight_decay: float, decay_norms: bool = True) -> list[dict]:
+    """AdamW's parameter groups over `hf`'s trainable parameters, by the official trainer's rule (HF Trainer of
+    transformers ≈4.49, `get_decay_parameter_names`): weight decay on every parameter except those whose name
+    holds "bias" and those of nn.LayerNorm modules. Qwen2.5-VL's RMSNorm is not an nn.LayerNorm (nor registered in
+    that Trainer's ALL_LAYERNORM_LAYERS), so the official run decays the norm weights: `decay_norms` True keeps
+    that; False also exempts every module whose class name ends in "Norm" (RMSNorm; transformers 5.x's Trainer
+    exempts norms by name). Returns [{"params": decayed, "weight_decay": weight_decay}, {"params": the rest,
+    "weight_decay": 0.0}], empty groups left out; parameters in module order."""
+    exempt = {id(p) for m in hf.modules()
+              if isinstance(m, torch.nn.LayerNorm) or (not decay_norms and type(m).__name__.endswith("Norm"))
+              for p in m.parameters(recurse=False)}
+    named = [(n, p) for n, p in hf.named_parameters() if p.requires_grad]
+    no = [p for n, p in named if "bias" in n or id(p) in exempt]
+    no_ids = {id(p) for p in no}
+    groups = [{"params": [p for _, p in named if id(p) not in no_ids], "weight_decay": weight_decay},
+              {"params": no, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 def build_reference(cfg, policy: Policy, model_dir: str, proc: distributed.Dist, weights: torch.dtype,

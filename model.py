@@ -7,12 +7,13 @@ small module per family, `qwen2_5_vl.py` and `qwen3_vl.py`, picked from config.m
 this module's functions are called the same way for both.
 
 Pieces (notes §1 steps 1, 3, 7 and §5 "GRPO message"):
-- `load_policy` / `save_hf`: an HF folder in (checked to be a Qwen2.5-VL, weights checked finite), an HF folder
-  out (written atomically, with the tokenizer, chat template and processor settings).
+- `load_policy` / `save_hf`: an HF folder in (checked to be of a family in FAMILIES, weights checked finite), an HF
+  folder out (written atomically, with the tokenizer, chat template and the family's processor settings).
   (Prompts are rendered and tokenised by data.encode_prompt; frames and pixels come from pixels.py.)
 - `rope_positions`: our own mRoPE positions under Qwen2.5-VL's rule (Qwen3-VL's is the same rule over its
-  one-block-per-temporal-patch layout with no time term, qwen3_vl.blocks) (transformers 4.49-4.51 `get_rope_index`: text
-  after a vision block starts at the block's largest t/h/w position + 1). We do not call 5.x's `get_rope_index`: it
+  one-block-per-temporal-patch layout with no time term, qwen3_vl.blocks). The rule is transformers 4.49-4.51's
+  `get_rope_index`: text after a vision block starts at the block's largest t/h/w position + 1. We do not call 5.x's
+  Qwen2.5-VL `get_rope_index`: it
   restarts the text at block start + max(h, w)/merge, ignoring the clip's time extent, while the released checkpoints
   were trained with the 4.49 rule. With mRoPE time from the real sample fps, 16-frame clips longer than 8.57 s
   differ: a 60 s 16:9 clip at 128*28*28 pixels per frame (grid 8x16x30) whose block starts at position 3 puts the

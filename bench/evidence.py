@@ -6,6 +6,8 @@ on the static-shortcut benchmark (shortcut.py), from the built-in cold start, on
     python bench/evidence.py --seeds 0 --rl-steps 2 --n-train 24 --n-test 8 --cold-start runs/cache/tiny \\
         --out runs/evidence-smoke                         # the smoke run the tests use (a random start; minutes)
     python bench/evidence.py --report-only                # re-aggregate an existing --out folder
+    python bench/evidence.py --protocol shortcut-start --out runs/evidence-shortcut   # RL from a policy that starts
+                                                          # on the shortcut (bench/shortcut_start.py)
 
 What it runs, every stage through the project's own entry points (subprocesses, `--jobs` at a time):
 1. the cold start: the built-in one `python train.py` starts from (runs/cache/coldstart/final when coldstart.py
@@ -78,6 +80,17 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--jobs", type=int, default=2, help="subprocesses at a time (the cores split between them)")
     ap.add_argument("--smooth", type=int, default=5, help="moving-average window of the curves, in steps")
     ap.add_argument("--report-only", action="store_true", help="only rebuild results.md/json and curves.png")
+    ap.add_argument("--protocol", default="cold-start", choices=["cold-start", "shortcut-start"],
+                    help="cold-start: RL from the built-in cold start (this file); shortcut-start: from a policy that "
+                         "a further SFT stage put on the shortcut (bench/shortcut_start.py)")
+    sc = ap.add_argument_group("shortcut-start (bench/shortcut_start.py)")
+    sc.add_argument("--pilot", action="store_true", help="measure on the validation split (seed-1 clips), for pilots")
+    sc.add_argument("--sft-n", type=int, default=320, help="clips of the shortcut SFT stage")
+    sc.add_argument("--sft-steps", type=int, default=200, help="SFT steps of the shortcut start (8 clips each)")
+    sc.add_argument("--sft-lr", type=float, default=1e-3, help="SFT learning rate of the shortcut start")
+    sc.add_argument("--margin", type=float, default=0.0, help="the contrast trigger's margin: p > p~ + margin")
+    sc.add_argument("--eval-every", type=int, default=20, help="RL steps between the in-run held-out evaluations")
+    sc.add_argument("--eval-n", type=int, default=40, help="clips per held-out set in the in-run evaluations")
     return ap.parse_args(argv)
 
 
@@ -268,6 +281,13 @@ def curves(out: Path, seeds: list[int], variants: dict[str, str], smooth: int) -
 
 def main(argv=None) -> None:
     a = parse(argv)
+    if a.protocol == "shortcut-start":
+        import shortcut_start
+        start = time.perf_counter()
+        shortcut_start.main(a)
+        print(f"({time.perf_counter() - start:.0f} s) command: python bench/evidence.py "
+              + " ".join(argv if argv is not None else sys.argv[1:]))
+        return
     out = Path(a.out).resolve()
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     variants = chosen(a.variants)

@@ -53,7 +53,7 @@ def main():
     policy = PolicyLogprobs(hf, cfg.logprob_chunk)
     ref_hf, _ = load_policy(model_dir, torch.float32, proc.device)
     reference = PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk)
-    opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(common.param_groups(hf, cfg.weight_decay, cfg.decay_norms), lr=cfg.lr)
     stream = loader.prompt_stream(data.load_samples(train_json), proc, cfg.seed)
     media = common.media_config(cfg, hf.config)
     sp = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty, cfg.max_completion_length)

@@ -74,9 +74,9 @@ def _features(folder, sample, media):
 
 def test_coldstart_runs_and_train_starts_from_it(tmp_path):
     cache = tmp_path / "cache"
-    out = run_cmd([sys.executable, str(ROOT / "coldstart.py"), "--cache-dir", str(cache), "--perception-epochs", "0.02",
-                   "--temporal-steps", "2", "--cot-epochs", "0.02", "--cot-perception", "16", "--eval-samples", "2"],
-                  tmp_path).stdout
+    quick = ["--perception-epochs", "0.02", "--temporal-steps", "2", "--cot-epochs", "0.02", "--cot-perception", "16",
+             "--eval-samples", "2"]
+    out = run_cmd([sys.executable, str(ROOT / "coldstart.py"), "--cache-dir", str(cache), *quick], tmp_path).stdout
     final = cache / "coldstart" / "final"
     assert "stage perception" in out and "stage temporal" in out and "stage cot" in out and str(final) in out
     for stage in ("perception", "temporal", "cot"):
@@ -95,11 +95,16 @@ def test_coldstart_runs_and_train_starts_from_it(tmp_path):
     fa, fb = _features(final, a, pixels.MediaConfig(**TINY_MEDIA)), _features(final, b, pixels.MediaConfig(**TINY_MEDIA))
     assert fa.shape == fb.shape
     assert (fa - fb).norm() > 0.2 * fa.norm()                                 # not collapsed to one output
-    # a second run finds it built; train.py without --model starts from it
-    assert "coldstart: " + str(final) in run_cmd([sys.executable, str(ROOT / "coldstart.py"), "--cache-dir", str(cache)],
-                                                 tmp_path).stdout
-    train = run_cmd([sys.executable, str(ROOT / "train.py"), "--cache-dir", str(cache), "--out-dir", str(tmp_path / "rl"),
-                     "--steps", "1", "--G", "2", "--max-completion-length", "4", "--prompts-per-rank", "1"], tmp_path)
+    # a second run with the same settings finds every stage built (#30 defect 2: one with other settings rebuilds)
+    again = run_cmd([sys.executable, str(ROOT / "coldstart.py"), "--cache-dir", str(cache), *quick], tmp_path).stdout
+    assert "coldstart: " + str(final) in again and again.count("done before") == 0 and "rebuilding" not in again
+    # train.py without --model refuses a cold start of another recipe than the default, saying what differs; with
+    # --model it trains from it
+    rl = ["--cache-dir", str(cache), "--out-dir", str(tmp_path / "rl"), "--steps", "1", "--G", "2",
+          "--max-completion-length", "4", "--prompts-per-rank", "1"]
+    refused = run_cmd([sys.executable, str(ROOT / "train.py"), *rl], tmp_path, ok=False)
+    assert refused.returncode != 0 and "not the built-in cold start" in refused.stderr and "temporal_steps" in refused.stderr
+    train = run_cmd([sys.executable, str(ROOT / "train.py"), *rl, "--model", str(final), "--preset", "tiny"], tmp_path)
     assert f"policy {final}" in train.stdout and (tmp_path / "rl" / "curves.png").exists()
     # what it recorded: the flags it ran with and the built-in data it was built for
     made = json.loads((final / common.RECORD).read_text())
@@ -141,7 +146,47 @@ def test_train_default_takes_the_shipped_cold_start_only_for_its_data(tmp_path, 
     built.mkdir(parents=True)
     (built / "config.json").write_text("{}")
     (data / "manifest.json").write_text(json.dumps({"params": params, "files": []}))
+    with pytest.raises(ValueError, match="not the built-in cold start for this data: no readable coldstart.json"):
+        common.coldstart(tmp_path / "cache", distributed.Dist(), shipped)     # #30 defect 2: no record, not used
+    (built / common.RECORD).write_text(json.dumps({"recipe": {}, "data": params}))
     assert common.coldstart(tmp_path / "cache", distributed.Dist(), shipped) == built
+    (built / common.RECORD).write_text(json.dumps({"recipe": {"temporal_steps": 2}, "data": params}))
+    with pytest.raises(ValueError, match="other recipe settings.*temporal_steps"):
+        common.coldstart(tmp_path / "cache", distributed.Dist(), shipped)
+    (built / common.RECORD).write_text(json.dumps({"recipe": {}, "data": params | {"version": 5}}))
+    with pytest.raises(ValueError, match="built for the built-in data"):
+        common.coldstart(tmp_path / "cache", distributed.Dist(), shipped)
     (shipped / common.RECORD).write_text('{"recipe": {}}')
     with pytest.raises(ValueError, match="coldstart.json: not a cold start record"):
         common.shipped_coldstart(data, shipped)
+
+
+def test_build_rebuilds_what_other_settings_made(tmp_path, monkeypatch, capsys):
+    """#30 defect 2: coldstart.build returns an existing final/ only when its record matches the settings, and skips
+    a stage only when the same command made its export and no earlier stage ran again (sft.py faked)."""
+    from dataclasses import replace
+    from pathlib import Path
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"params": {"version": 1}, "files": []}))
+    (data / "train_perception.json").write_text(json.dumps(
+        [{"problem_id": i, "data_source": "synthetic/temporal/size_change"} for i in range(4)]))
+    (data / "train_cot.json").write_text("[]")
+    monkeypatch.setattr(coldstart.common, "builtin", lambda cache, proc, model=True: {"root": data, "tiny": tmp_path})
+    ran = []
+
+    def fake_sft(cmd, cwd, env, check):
+        ran.append(Path(cmd[cmd.index("--out-dir") + 1]).name)
+        (Path(cmd[cmd.index("--out-dir") + 1]) / "final").mkdir(parents=True)
+        (Path(cmd[cmd.index("--out-dir") + 1]) / "final" / "config.json").write_text("{}")
+
+    monkeypatch.setattr(coldstart.subprocess, "run", fake_sft)
+    cfg = coldstart.Config(out_dir=str(tmp_path / "out"), cot_perception=2)
+    final = coldstart.build(cfg)
+    assert ran == ["perception", "temporal", "cot"]
+    assert coldstart.build(cfg) == final and len(ran) == 3                  # the same settings: nothing runs
+    coldstart.build(replace(cfg, cot_lr=1e-4))                              # the last stage's settings differ
+    assert ran[3:] == ["cot"] and json.loads((final / common.RECORD).read_text())["recipe"]["cot_lr"] == 1e-4
+    coldstart.build(replace(cfg, temporal_steps=7, cot_lr=1e-4))            # a middle stage: it and the next rerun
+    assert ran[4:] == ["temporal", "cot"]
+    assert "rebuilding" in capsys.readouterr().out

@@ -110,3 +110,23 @@ def test_compiled_decode_logs_the_same_steps(tmp_path, answering):
     for a, b in zip(rows["off"], rows["on"]):
         assert {k: a[k] for k in ("accuracy", "format", "completion_length", "p", "p_shuffled")} == \
                {k: b[k] for k in ("accuracy", "format", "completion_length", "p", "p_shuffled")}
+
+
+def test_weight_decay_spares_biases_as_the_official_trainer(builtin):
+    """common.param_groups (#30 defect 9): the official HF Trainer (≈4.49) decays every parameter but biases and
+    nn.LayerNorm's; Qwen's RMSNorm is no nn.LayerNorm, so its weights are decayed unless --decay-norms false."""
+    import common
+    from model import load_policy
+    hf, _ = load_policy(builtin[1])
+    names = {id(p): n for n, p in hf.named_parameters()}
+    groups = common.param_groups(hf, 0.01)
+    decayed, spared = ({names[id(p)] for p in g["params"]} for g in groups)
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0]
+    assert spared == {n for n in names.values() if "bias" in n}                   # q/k/v biases, vision biases, ...
+    assert "model.language_model.layers.0.self_attn.q_proj.bias" in spared and "lm_head.weight" in decayed
+    assert "model.language_model.norm.weight" in decayed                          # an RMSNorm: decayed, as officially
+    _, no_norms = common.param_groups(hf, 0.01, decay_norms=False)
+    spared = {names[id(p)] for p in no_norms["params"]}
+    assert "model.language_model.norm.weight" in spared and "model.visual.blocks.0.norm1.weight" in spared
+    hf.model.visual.requires_grad_(False)                                          # only trainable parameters
+    assert all(not names[id(p)].startswith("model.visual") for g in common.param_groups(hf, 0.01) for p in g["params"])
