@@ -70,6 +70,9 @@ class Tracker:
     out_dir/tensorboard, wandb to out_dir/wandb); config: the full run config to record (JSON-serialisable);
     start_step: the step a resumed run continues from (0: a new run). TensorBoard then purges the points a crashed
     run logged after that step (SummaryWriter's purge_step), so each step keeps one point, as in metrics.jsonl.
+    wandb cannot purge an offline run (its rewind, `resume_from`, is online-only), so a resumed run does not send
+    the steps the crashed run already sent (out_dir/wandb/last_step); those points keep the crashed run's values,
+    the same numbers when the resume is exact (checkpoint.py), and each step has one point.
     Raises ValueError for an unknown backend; ImportError naming the package when a backend is not installed.
     """
 
@@ -92,6 +95,8 @@ class Tracker:
             self.wandb = wandb.init(project=cfg.wandb_project, name=name, dir=str(out_dir), mode=cfg.wandb_mode,
                                     id=id_file.read_text().strip(), resume="allow",
                                     config=json.loads(json.dumps(config, default=str)), reinit="finish_previous")
+            self.last_file = id_file.with_name("last_step")                # the highest step wandb was sent
+            self.sent = int(self.last_file.read_text()) if start_step and self.last_file.exists() else 0   # fixed
 
     def log(self, row: dict) -> None:
         """Send one metrics row (with its "step") to every backend, under `namespaced` names."""
@@ -102,8 +107,10 @@ class Tracker:
             for k, v in values.items():
                 self.tb.add_scalar(k, v, step)
             self.tb.flush()
-        if self.wandb is not None:
+        if self.wandb is not None and step > self.sent:       # a resumed run skips what the crashed run sent
             self.wandb.log(values, step=step)
+            self.last_file.write_text(str(step))
+
 
     def close(self) -> None:
         """Flush and close every backend (prints the `wandb sync` command for an offline run)."""

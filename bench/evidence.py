@@ -72,8 +72,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--q", type=float, default=0.8, help="share of training cue-family clips whose colour follows the answer")
     ap.add_argument("--n-train", type=int, default=320, help="benchmark training clips (half cue families, half static)")
     ap.add_argument("--n-test", type=int, default=80, help="clips per test split")
-    ap.add_argument("--variants", default=",".join(SLUG.values()), help="comma-separated variants to run (of: "
-                    + ", ".join(f"{slug} = {v}" for v, slug in SLUG.items()) + ")")
+    ap.add_argument("--variants", default="", help="comma-separated variants to run; empty: all of the protocol's (of: "
+                    + ", ".join(f"{slug} = {v}" for v, slug in SLUG.items()) + "; shortcut-start also drgrpo)")
     ap.add_argument("--rl-steps", type=int, default=60, help="optimizer steps of every RL run (4 prompts each)")
     ap.add_argument("--rl-lr", type=float, default=1e-4, help="learning rate of every RL run")
     ap.add_argument("--max-new-tokens", type=int, default=128, help="evaluation: max new tokens per answer")
@@ -132,7 +132,7 @@ def cold_start(a: argparse.Namespace) -> Path:
 
 def chosen(names: str) -> dict[str, str]:
     """{variant name: slug} of the comma-separated slugs in `names`, in VARIANTS' order. Raises ValueError."""
-    want = [x.strip() for x in names.split(",") if x.strip()]
+    want = [x.strip() for x in names.split(",") if x.strip()] or list(SLUG.values())
     bad = [x for x in want if x not in SLUG.values()]
     if bad or not want:
         raise ValueError(f"evidence: --variants {names!r}: unknown {bad}; choose from {', '.join(SLUG.values())}")

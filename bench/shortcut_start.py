@@ -47,10 +47,16 @@ SLUG = {"GRPO[std]": "grpo", "T-GRPO[p>=0.8p~, reward, std]": "official", "T-GRP
 SETS = {"reversed": "test_reversed", "following": "test_following", "free": "test_free", "static": "test_static"}
 
 
-def variants(margin: float) -> dict[str, tuple[str, list[str]]]:
-    """{logged name: (slug, train.py flags)}, the contrast variant named with `margin`."""
+def variants(margin: float, slugs: str = "") -> dict[str, tuple[str, list[str]]]:
+    """{logged name: (slug, train.py flags)} of the comma-separated `slugs` (empty: all), the contrast variant named
+    with `margin`. Raises ValueError for an unknown slug."""
+    want = [x.strip() for x in slugs.split(",") if x.strip()] or list(SLUG.values())
+    if set(want) - set(SLUG.values()):
+        raise ValueError(f"shortcut-start: --variants {slugs!r}: choose from {', '.join(SLUG.values())}")
     out = {}
     for name, flags in VARIANTS.items():
+        if SLUG[name] not in want:
+            continue
         if name == "contrast":
             name, flags = f"T-GRPO[p>p~+{margin:g}, advantage, std]", flags + ["--trigger-margin", str(margin)]
         out[name] = (SLUG["contrast" if name.startswith("T-GRPO[p>p~") else name], flags)
@@ -192,7 +198,7 @@ def main(a) -> None:
     """Run the protocol with evidence.py's parsed arguments `a` (its shortcut-start options included)."""
     out = Path(a.out).resolve()
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
-    runs = variants(a.margin)
+    runs = variants(a.margin, a.variants)
     if not a.report_only:
         stages(a, out, seeds, runs)
     records = report(out, seeds, runs, "validation" if a.pilot else "test")

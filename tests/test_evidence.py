@@ -57,6 +57,39 @@ def test_evidence_smoke_run(tmp_path, answering):
 
 
 @pytest.mark.slow
+def test_shortcut_start_protocol_smoke_run(tmp_path, answering):
+    """--protocol shortcut-start end to end at a smoke budget (two of its variants): the shortcut SFT stage, RL with
+    the four named held-out sets inside the run, the final evaluations, and results.json with one record per RL run
+    holding what the issue asks for (reliance at start and end, accuracies, trigger rate, p - p~, bonus shift)."""
+    out = tmp_path / "sc"
+    cmd = [sys.executable, str(ROOT / "bench" / "evidence.py"), "--protocol", "shortcut-start", "--seeds", "0",
+           "--variants", "grpo,drgrpo", "--sft-n", "8", "--sft-steps", "2", "--rl-steps", "2", "--eval-every", "1",
+           "--eval-n", "2", "--n-train", "8", "--n-test", "4", "--max-new-tokens", "16", "--cold-start",
+           str(answering[1]), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True,
+                          text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sft = json.loads((out / "shortcut_start" / "config.json").read_text())
+    assert sft["model"] == str(answering[1]) and sft["steps"] == 2
+    assert all(e["cue"] in ("follow", "none") for e in json.loads((out / "sft_data" / "train_cot.json").read_text()))
+    res = json.loads((out / "results.json").read_text())
+    assert res["protocol"] == "shortcut-start" and res["measured_on"] == "test" and len(res["start"]) == 1
+    runs = {r["variant"]: r for r in res["runs"]}
+    assert set(runs) == {"GRPO[std]", "T-GRPO[p>=0.8p~, reward, none]"}
+    for r in runs.values():
+        assert r["protocol"] == "shortcut-start" and r["seed"] == 0
+        for k in ("start_reliance", "end_reliance", "reversed_ordered", "reversed_shuffled", "free_ordered",
+                  "free_shuffled", "static_ordered", "static_shuffled"):
+            assert isinstance(r[k], float), k
+        assert r["end_reliance"] == pytest.approx(r["following_ordered"] - r["reversed_ordered"])
+        assert [p["step"] for p in r["curve"]] == [0, 1, 2]                    # in-run held-out sets, every step
+    assert runs["GRPO[std]"]["trigger_rate"] is None and runs["T-GRPO[p>=0.8p~, reward, none]"]["bonus_adv_shift"] is not None
+    rows = [json.loads(x) for x in (out / "s0" / "drgrpo" / "metrics.jsonl").read_text().splitlines()]
+    assert {"eval_accuracy/reversed", "eval_accuracy/following", "eval_accuracy/free", "eval_accuracy/static"} <= set(rows[0])
+    assert (out / "reliance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "| GRPO[std] |" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
 def test_step_benchmark_smoke_run(tmp_path, builtin):
     """bench/step.py runs one timed step on the tiny preset and prints every piece of the breakdown."""
     cmd = [sys.executable, str(ROOT / "bench" / "step.py"), "--steps", "1", "--G", "2", "--cache-dir", str(tmp_path / "cache"),

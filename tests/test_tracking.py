@@ -133,3 +133,30 @@ def test_train_final_evaluation_and_a_resume_reach_tensorboard_once_per_step(tmp
     got = [(e.step, e.value) for e in acc.Scalars("reward/accuracy")]
     assert [s for s, _ in got] == [1, 2, 3, 4]
     assert [v for _, v in got] == pytest.approx([r["accuracy"] for r in rows], rel=1e-6)
+
+
+def test_wandb_resume_sends_each_step_once(tmp_path, monkeypatch):
+    """#30 defect 7, wandb: a run resumed from step 2 after the crashed run sent steps 1-3 does not send step 3
+    again (offline wandb cannot rewind; TensorBoard's purge is tested above), so the offline run files hold one
+    point per step; an evaluation row at a step the resumed run logs still arrives."""
+    from types import SimpleNamespace
+    import tracking
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = SimpleNamespace(report_to="wandb", run_name="r", wandb_project="p", wandb_mode="offline")
+    t = tracking.Tracker(cfg, tmp_path, {"a": 1})
+    for s in (1, 2, 3):
+        t.log({"step": s, "accuracy": float(s)})
+    t.close()
+    t = tracking.Tracker(cfg, tmp_path, {"a": 1}, start_step=2)
+    for row in ({"step": 3, "accuracy": 30.0}, {"step": 4, "accuracy": 40.0}, {"step": 4, "eval_accuracy": 0.5}):
+        t.log(row)
+    t.close()
+    points = []
+    for f in sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb")):
+        for r in _wandb_records(f):
+            if r.HasField("history"):
+                h = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+                points += [(h["_step"], k, v) for k, v in h.items() if not k.startswith("_")]
+    assert sorted(points) == [(1, "reward/accuracy", 1.0), (2, "reward/accuracy", 2.0), (3, "reward/accuracy", 3.0),
+                              (4, "eval/accuracy", 0.5), (4, "reward/accuracy", 40.0)]
