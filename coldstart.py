@@ -117,7 +117,7 @@ def perception_temporal(data: Path, out: Path) -> Path:
 def build(cfg: Config) -> Path:
     """Run the stages that have no export yet and return out/final (the last stage's export, copied). Idempotent; an
     existing final/ whose RECORD differs from this cfg and data, and a stage export made by another command (its
-    command.json), are rebuilt, saying why (#30 defect 2).
+    command.json), are rebuilt, saying why.
     Raises subprocess.CalledProcessError naming the stage's command when an sft.py run fails."""
     out = Path(cfg.out_dir or common.coldstart_dir(cfg.cache_dir)).resolve()   # the sft.py children run in ROOT
     final = out / "final"

@@ -95,7 +95,7 @@ def test_coldstart_runs_and_train_starts_from_it(tmp_path):
     fa, fb = _features(final, a, pixels.MediaConfig(**TINY_MEDIA)), _features(final, b, pixels.MediaConfig(**TINY_MEDIA))
     assert fa.shape == fb.shape
     assert (fa - fb).norm() > 0.2 * fa.norm()                                 # not collapsed to one output
-    # a second run with the same settings finds every stage built (#30 defect 2: one with other settings rebuilds)
+    # a second run with the same settings finds every stage built (one with other settings rebuilds)
     again = run_cmd([sys.executable, str(ROOT / "coldstart.py"), "--cache-dir", str(cache), *quick], tmp_path).stdout
     assert "coldstart: " + str(final) in again and again.count("done before") == 0 and "rebuilding" not in again
     # train.py without --model refuses a cold start of another recipe than the default, saying what differs; with
@@ -147,7 +147,7 @@ def test_train_default_takes_the_shipped_cold_start_only_for_its_data(tmp_path, 
     (built / "config.json").write_text("{}")
     (data / "manifest.json").write_text(json.dumps({"params": params, "files": []}))
     with pytest.raises(ValueError, match="not the built-in cold start for this data: no readable coldstart.json"):
-        common.coldstart(tmp_path / "cache", distributed.Dist(), shipped)     # #30 defect 2: no record, not used
+        common.coldstart(tmp_path / "cache", distributed.Dist(), shipped)     # no record: not used
     (built / common.RECORD).write_text(json.dumps({"recipe": {}, "data": params}))
     assert common.coldstart(tmp_path / "cache", distributed.Dist(), shipped) == built
     (built / common.RECORD).write_text(json.dumps({"recipe": {"temporal_steps": 2}, "data": params}))
@@ -162,7 +162,7 @@ def test_train_default_takes_the_shipped_cold_start_only_for_its_data(tmp_path, 
 
 
 def test_build_rebuilds_what_other_settings_made(tmp_path, monkeypatch, capsys):
-    """#30 defect 2: coldstart.build returns an existing final/ only when its record matches the settings, and skips
+    """coldstart.build returns an existing final/ only when its record matches the settings, and skips
     a stage only when the same command made its export and no earlier stage ran again (sft.py faked)."""
     from dataclasses import replace
     from pathlib import Path

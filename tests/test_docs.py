@@ -7,8 +7,9 @@ from conftest import ROOT
 
 NOTES = (ROOT / "docs" / "video-r1.md").read_text()
 DEPARTURES = (ROOT / "docs" / "departures.md").read_text()
+PAGES = sorted([ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("bench/**/*.md")])   # what a reader opens
 SOURCES = sorted(list(ROOT.glob("*.py")) + list((ROOT / "bench").glob("*.py")) + list((ROOT / "tests").glob("*.py"))
-                 + [ROOT / "README.md", ROOT / "bench" / "README.md"])
+                 + [p for p in PAGES if p.name != "video-r1.md"])
 
 
 def sections() -> dict[str, str]:
@@ -44,13 +45,27 @@ def test_every_cited_section_step_item_and_heading_exists():
 
 
 def test_departure_ids_in_module_headers_are_rows_of_the_table():
-    rows = set(re.findall(r"^\| ([TRSLDE]\d+) \|", DEPARTURES, flags=re.M))
+    rows = set(re.findall(r"^\| ([TRSLDEQ]\d+) \|", DEPARTURES, flags=re.M))
     assert len(rows) > 40
     listed = set()
     for path in ROOT.glob("*.py"):
         doc = path.read_text().split('"""')[1] if path.read_text().startswith('"""') else ""
-        listed |= set(re.findall(r"^  ([TRSLDE]\d+) ", doc, flags=re.M))
+        listed |= set(re.findall(r"^  ([TRSLDEQ]\d+) ", doc, flags=re.M))
     assert listed and listed <= rows, listed - rows
+
+
+def test_every_link_in_the_readme_and_docs_resolves():
+    """Each relative Markdown link or image (`[text](path)`, `![alt](path)`) of the README, docs/ and bench/ pages
+    points at a file or folder of the repository (a moved section must not leave a dead link)."""
+    dead, seen = [], 0
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+://|#|mailto:", target):
+                continue
+            seen += 1
+            if not (page.parent / target.split("#")[0]).exists():
+                dead.append(f"{page.relative_to(ROOT)}: {target}")
+    assert seen > 10 and not dead, dead
 
 
 def test_no_reference_outside_the_repository():

@@ -136,7 +136,7 @@ def test_train_final_evaluation_and_a_resume_reach_tensorboard_once_per_step(tmp
 
 
 def test_wandb_resume_sends_each_step_once(tmp_path, monkeypatch):
-    """#30 defect 7, wandb: a run resumed from step 2 after the crashed run sent steps 1-3 does not send step 3
+    """wandb: a run resumed from step 2 after the crashed run sent steps 1-3 does not send step 3
     again (offline wandb cannot rewind; TensorBoard's purge is tested above), so the offline run files hold one
     point per step; an evaluation row at a step the resumed run logs still arrives."""
     from types import SimpleNamespace

@@ -113,7 +113,7 @@ def test_compiled_decode_logs_the_same_steps(tmp_path, answering):
 
 
 def test_weight_decay_spares_biases_as_the_official_trainer(builtin):
-    """common.param_groups (#30 defect 9): the official HF Trainer (≈4.49) decays every parameter but biases and
+    """common.param_groups: the official HF Trainer (≈4.49) decays every parameter but biases and
     nn.LayerNorm's; Qwen's RMSNorm is no nn.LayerNorm, so its weights are decayed unless --decay-norms false."""
     import common
     from model import load_policy
