@@ -4,6 +4,9 @@
     python bench/evidence.py --protocol shortcut-start                  # the reported run (seeds 0-3, test splits)
     python bench/evidence.py --protocol shortcut-start --pilot --seeds 10,11 --out runs/pilot   # pilots: validation split
 
+The defaults are the protocol, fixed on pilot seeds 10 and 11 on the validation split before the reported run
+(bench/evidence/README.md § shortcut start: what the pilots showed).
+
 The earlier comparison (bench/evidence.py's default protocol) could not test the paper's claim: its cold start
 never used the shortcut. Here a further SFT stage first teaches it, then RL runs from there:
 1. the built-in cold start (evidence.cold_start);
@@ -154,7 +157,7 @@ def report(out: Path, seeds: list[int], runs: dict, split_name: str) -> list[dic
     grpo = {r["seed"]: r for r in by.get("GRPO[std]", [])}
     for name, rs in by.items():
         delta = [r["end_reliance"] - grpo[r["seed"]]["end_reliance"] for r in rs if r["seed"] in grpo]
-        side = lambda k: ms([r[k] for r in rs]) if rs[0][k] is not None else "–"
+        side = lambda k: "%.3f ± %.3f" % evidence.mean_std([r[k] for r in rs]) if rs[0][k] is not None else "–"
         lines.append(f"| {name} | {ms([r['end_reliance'] for r in rs])} | "
                      + (f"{ms(delta)} ({sum(d < 0 for d in delta)}/{len(delta)} lower)" if name != "GRPO[std]" else "–")
                      + " | " + " | ".join(ms([r[k] for r in rs]) for k in ("reversed_ordered", "reversed_shuffled",
