@@ -21,7 +21,7 @@ import distributed
 import lora
 import pixels
 from model import PolicyLogprobs, load_policy, save_hf
-from tiny import TINY_MEDIA, build_builtin_tiny
+from builtin.tiny import TINY_MEDIA, build_builtin_tiny
 
 # The tiny presets: what a randomly initialised few-million-parameter model on 2 CPU cores needs, applied to the
 # fields a user did not set when --model is empty (or with --preset tiny). The frames and pixels (TINY_MEDIA) are
@@ -80,7 +80,7 @@ def resolve_model(model: str, cache_dir: str | Path, proc: distributed.Dist) -> 
     cache_dir/tiny-qwen3-vl while the other ranks wait. Idempotent."""
     if model not in TINY_MODELS:
         return model
-    from tiny import build_builtin_tiny_qwen3
+    from builtin.tiny import build_builtin_tiny_qwen3
     folder = Path(cache_dir) / model.removeprefix("preset:")
     paths = builtin(cache_dir, proc, model=False)
     if proc.main:
@@ -93,7 +93,7 @@ def builtin(cache_dir: str | Path, proc: distributed.Dist, model: bool = True) -
     """The built-in dataset's paths (synthetic.make_dataset: "train", "train_cot", "test", ...), built on rank 0
     under cache_dir/data while the other ranks wait; with `model`, also the tiny default in cache_dir/tiny
     (returned as paths["tiny"]). Idempotent: a second call only returns the paths."""
-    import synthetic
+    from builtin import synthetic
     cache = Path(cache_dir)
     if proc.main:
         paths = synthetic.make_dataset(cache / "data")
@@ -120,7 +120,7 @@ def coldstart_dir(cache_dir: str | Path) -> Path:
     return Path(cache_dir) / "coldstart"
 
 
-# The built-in cold start (the built-in recipe, D8 in docs/departures.md) as `python coldstart.py` builds it at its
+# The built-in cold start (the built-in recipe, D8 in docs/departures.md) as `python builtin/coldstart.py` builds it at its
 # default settings, committed to the repository (10 MB) so that a first `python train.py` spends its minutes on
 # T-GRPO. RECORD in a cold start folder says what made it: {"recipe": coldstart.py's settings, "data": the built-in
 # data's parameters (synthetic.make_dataset's manifest)}.
@@ -131,7 +131,7 @@ RECORD = "coldstart.json"
 def shipped_coldstart(data_dir: str | Path, shipped: str | Path = SHIPPED_COLDSTART) -> Path | None:
     """`shipped` (an HF folder with its RECORD) when its record's "data" parameters equal those of the built-in
     data in `data_dir` (its manifest.json, synthetic.make_dataset), else None, printing why when the folder exists
-    but was built for other data (e.g. a newer scenes.VERSION: python coldstart.py then builds a matching one).
+    but was built for other data (e.g. a newer scenes.VERSION: python builtin/coldstart.py then builds a matching one).
     Raises ValueError naming the file when RECORD is not JSON with a "data" entry."""
     shipped, manifest = Path(shipped), Path(data_dir) / "manifest.json"
     if not (shipped / RECORD).exists() or not manifest.exists():
@@ -188,14 +188,14 @@ def existing_coldstart(cache_dir: str | Path, shipped: str | Path = SHIPPED_COLD
 
 
 def coldstart(cache_dir: str | Path, proc: distributed.Dist, shipped: str | Path = SHIPPED_COLDSTART) -> Path:
-    """The built-in cold start (an HF folder): `existing_coldstart`, else built on rank 0 by `python coldstart.py`
+    """The built-in cold start (an HF folder): `existing_coldstart`, else built on rank 0 by `python builtin/coldstart.py`
     (a child process, minutes on CPU, with its progress bars) into cache_dir/coldstart/final while the other ranks
     wait (one barrier on every rank either way). Raises subprocess.CalledProcessError when the build fails."""
     found = existing_coldstart(cache_dir, shipped)
     final = coldstart_dir(cache_dir) / "final"
     if proc.main and found is None:
-        print(f"building the built-in cold start in {final.parent} (once): python coldstart.py", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "coldstart.py"), "--cache-dir", str(Path(cache_dir).resolve())], cwd=ROOT,
+        print(f"building the built-in cold start in {final.parent} (once): python builtin/coldstart.py", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "builtin" / "coldstart.py"), "--cache-dir", str(Path(cache_dir).resolve())], cwd=ROOT,
                        env=child_env(), check=True)
     distributed.barrier(proc)
     return found or final

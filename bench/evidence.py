@@ -125,8 +125,8 @@ def cold_start(a: argparse.Namespace) -> Path:
     found = common.existing_coldstart(cache)                         # what train.py takes (common.coldstart)
     if found is None:
         found = common.coldstart_dir(cache) / "final"
-        print(f"stage 1: the built-in cold start -> {found} (once; python coldstart.py)", flush=True)
-        run(["coldstart.py", "--cache-dir", str(cache)], cache / "coldstart.log", threads=os.cpu_count() or 1)
+        print(f"stage 1: the built-in cold start -> {found} (once; python builtin/coldstart.py)", flush=True)
+        run(["builtin/coldstart.py", "--cache-dir", str(cache)], cache / "coldstart.log", threads=os.cpu_count() or 1)
     return found
 
 
@@ -141,7 +141,7 @@ def chosen(names: str) -> dict[str, str]:
 
 def stages(a: argparse.Namespace, out: Path, seeds: list[int], variants: dict[str, str]) -> None:
     """Stages 1-4; each skipped when its output exists."""
-    from shortcut import make_shortcut_dataset
+    from builtin.shortcut import make_shortcut_dataset
 
     start = cold_start(a)
     paths = make_shortcut_dataset(out / "data", q=a.q, n_train=a.n_train, n_test=a.n_test)

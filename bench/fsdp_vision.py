@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import distributed  # noqa: E402
 import pixels  # noqa: E402
-import tiny  # noqa: E402
+from builtin import tiny  # noqa: E402
 from model import PolicyLogprobs, Visual  # noqa: E402
 
 

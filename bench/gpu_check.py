@@ -41,9 +41,9 @@ import loader  # noqa: E402
 import pixels  # noqa: E402
 import plan  # noqa: E402
 import rollout  # noqa: E402
-import synthetic  # noqa: E402
+from builtin import synthetic  # noqa: E402
 import tgrpo  # noqa: E402
-import tiny  # noqa: E402
+from builtin import tiny  # noqa: E402
 import train  # noqa: E402
 
 GIB = 1024 ** 3

@@ -37,7 +37,7 @@ import decode  # noqa: E402
 import distributed  # noqa: E402
 import pixels  # noqa: E402
 import rollout  # noqa: E402
-import tiny  # noqa: E402
+from builtin import tiny  # noqa: E402
 from model import load_policy, mm_token_types  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "qwen2_5_vl_7b_instruct"

@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
 import distributed  # noqa: E402
-import scenes  # noqa: E402
-import synthetic  # noqa: E402
+from builtin import scenes  # noqa: E402
+from builtin import synthetic  # noqa: E402
 
 FAMILIES = scenes.TEMPORAL_FAMILIES + scenes.STATIC_FAMILIES
 ORDERS = (("ordered", "eval_test.records.jsonl"), ("shuffled", "eval_test_shuffled.records.jsonl"))
@@ -161,7 +161,7 @@ def probes(model: Path, train_json: Path, test_json: Path, media_root: Path, ste
     import pixels
     import vision_probe
     from model import load_policy
-    from tiny import TINY_MEDIA
+    from builtin.tiny import TINY_MEDIA
 
     hf, _ = load_policy(model)
     hf.eval()

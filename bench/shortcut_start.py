@@ -68,7 +68,7 @@ def variants(margin: float, slugs: str = "") -> dict[str, tuple[str, list[str]]]
 
 def stages(a, out: Path, seeds: list[int], runs: dict) -> dict:
     """Stages 1-6 (each skipped when its output exists). Returns the splits measured on ({set: JSON path})."""
-    from shortcut import make_shortcut_dataset, make_shortcut_sft
+    from builtin.shortcut import make_shortcut_dataset, make_shortcut_sft
 
     cold = evidence.cold_start(a)
     sft_json = make_shortcut_sft(out / "sft_data", n=a.sft_n)

@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import rewards  # noqa: E402
 import pixels  # noqa: E402
-import scenes  # noqa: E402
-import synthetic  # noqa: E402
+from builtin import scenes  # noqa: E402
+from builtin import synthetic  # noqa: E402
 from model import load_policy  # noqa: E402
-from tiny import TINY_MEDIA, build_builtin_tiny  # noqa: E402
+from builtin.tiny import TINY_MEDIA, build_builtin_tiny  # noqa: E402
 
 
 @torch.no_grad()

@@ -15,8 +15,8 @@ sys.path.insert(0, str(ROOT))
 @pytest.fixture(scope="session")
 def builtin(tmp_path_factory):
     """(paths of the built-in dataset, tiny model folder) in a session temp dir."""
-    import synthetic
-    from tiny import build_builtin_tiny
+    from builtin import synthetic
+    from builtin.tiny import build_builtin_tiny
 
     root = tmp_path_factory.mktemp("cache")
     paths = synthetic.make_dataset(root / "data", n_train=48, n_test=16)
@@ -40,7 +40,7 @@ def answering(builtin, tmp_path_factory):
 def qwen3(builtin, tmp_path_factory):
     """A tiny random Qwen3-VL (tiny.build_tiny_qwen3, what --model preset:tiny-qwen3-vl builds) with the tokenizer
     trained on the built-in data's text, in a session temp dir."""
-    from tiny import build_builtin_tiny_qwen3
+    from builtin.tiny import build_builtin_tiny_qwen3
     return build_builtin_tiny_qwen3(tmp_path_factory.mktemp("qwen3") / "tiny-qwen3-vl", builtin[0]["train_cot"])
 
 
@@ -62,7 +62,7 @@ def narrow(tmp_path_factory):
     """A random Qwen2.5-VL with the 7B's structure and the real tokenizer, narrowed for CPU (tiny.py "narrow")."""
     if not (REAL / "tokenizer.json").exists():
         pytest.skip("../shared/qwen2_5_vl_7b_instruct absent (fresh clone)")
-    import tiny
+    from builtin import tiny
     return tiny.build_like_7b(tmp_path_factory.mktemp("narrow") / "model", "narrow", REAL)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import coldstart
+from builtin import coldstart
 import common
 import distributed
 from conftest import ROOT, run_cmd
@@ -76,7 +76,7 @@ def test_coldstart_runs_and_train_starts_from_it(tmp_path):
     cache = tmp_path / "cache"
     quick = ["--perception-epochs", "0.02", "--temporal-steps", "2", "--cot-epochs", "0.02", "--cot-perception", "16",
              "--eval-samples", "2"]
-    out = run_cmd([sys.executable, str(ROOT / "coldstart.py"), "--cache-dir", str(cache), *quick], tmp_path).stdout
+    out = run_cmd([sys.executable, str(ROOT / "builtin" / "coldstart.py"), "--cache-dir", str(cache), *quick], tmp_path).stdout
     final = cache / "coldstart" / "final"
     assert "stage perception" in out and "stage temporal" in out and "stage cot" in out and str(final) in out
     for stage in ("perception", "temporal", "cot"):
@@ -89,14 +89,14 @@ def test_coldstart_runs_and_train_starts_from_it(tmp_path):
     assert any(not torch.equal(tiny[k], trained[k]) for k in tiny if not k.startswith("visual."))
     import data
     import pixels
-    from tiny import TINY_MEDIA
+    from builtin.tiny import TINY_MEDIA
     samples = data.load_samples(cache / "data" / "test.json")
     a, b = [s for s in samples if s.data_type == "video"][:2]
     fa, fb = _features(final, a, pixels.MediaConfig(**TINY_MEDIA)), _features(final, b, pixels.MediaConfig(**TINY_MEDIA))
     assert fa.shape == fb.shape
     assert (fa - fb).norm() > 0.2 * fa.norm()                                 # not collapsed to one output
     # a second run with the same settings finds every stage built (one with other settings rebuilds)
-    again = run_cmd([sys.executable, str(ROOT / "coldstart.py"), "--cache-dir", str(cache), *quick], tmp_path).stdout
+    again = run_cmd([sys.executable, str(ROOT / "builtin" / "coldstart.py"), "--cache-dir", str(cache), *quick], tmp_path).stdout
     assert "coldstart: " + str(final) in again and again.count("done before") == 0 and "rebuilding" not in again
     # train.py without --model refuses a cold start of another recipe than the default, saying what differs; with
     # --model it trains from it
@@ -142,7 +142,7 @@ def test_train_default_takes_the_shipped_cold_start_only_for_its_data(tmp_path, 
     assert common.shipped_coldstart(data, shipped) is None
     said = capsys.readouterr().out
     assert "was built for the built-in data" in said and "'version': 5" in said    # says why it is not used
-    built = tmp_path / "cache" / "coldstart" / "final"                     # python coldstart.py's own build wins
+    built = tmp_path / "cache" / "coldstart" / "final"                     # python builtin/coldstart.py's own build wins
     built.mkdir(parents=True)
     (built / "config.json").write_text("{}")
     (data / "manifest.json").write_text(json.dumps({"params": params, "files": []}))

@@ -8,7 +8,8 @@ from conftest import ROOT
 NOTES = (ROOT / "docs" / "video-r1.md").read_text()
 DEPARTURES = (ROOT / "docs" / "departures.md").read_text()
 PAGES = sorted([ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("bench/**/*.md")])   # what a reader opens
-SOURCES = sorted(list(ROOT.glob("*.py")) + list((ROOT / "bench").glob("*.py")) + list((ROOT / "tests").glob("*.py"))
+SOURCES = sorted(list(ROOT.glob("*.py")) + list(ROOT.glob("builtin/*.py")) + list((ROOT / "bench").glob("*.py"))
+                 + list((ROOT / "tests").glob("*.py"))
                  + [p for p in PAGES if p.name != "video-r1.md"])
 
 
@@ -48,7 +49,7 @@ def test_departure_ids_in_module_headers_are_rows_of_the_table():
     rows = set(re.findall(r"^\| ([TRSLDEQ]\d+) \|", DEPARTURES, flags=re.M))
     assert len(rows) > 40
     listed = set()
-    for path in ROOT.glob("*.py"):
+    for path in [*ROOT.glob("*.py"), *ROOT.glob("builtin/*.py")]:
         doc = path.read_text().split('"""')[1] if path.read_text().startswith('"""') else ""
         listed |= set(re.findall(r"^  ([TRSLDEQ]\d+) ", doc, flags=re.M))
     assert listed and listed <= rows, listed - rows
@@ -76,21 +77,25 @@ def test_no_reference_outside_the_repository():
 
 
 def test_layers_no_entry_point_imported_and_no_import_cycle():
-    """No top-level module imports an entry point (train.py, sft.py, eval.py), so the entry points never import
-    each other either, and the top-level modules have no import cycle, function-level imports included."""
+    """No module of the pipeline (the repository root) or of the built-in world (builtin/) imports an entry point
+    (train.py, sft.py, eval.py), so the entry points never import each other either; the pipeline reaches the
+    built-in world only through common.py; and the modules have no import cycle, function-level imports included."""
     import ast
-    mods = {p.stem: p for p in ROOT.glob("*.py")}
+    mods = {p.stem: p for p in ROOT.glob("*.py")} | {f"builtin.{p.stem}": p for p in ROOT.glob("builtin/*.py")}
     graph = {}
     for name, path in mods.items():
         deps = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
-                deps |= {a.name.split(".")[0] for a in node.names}
+                deps |= {a.name for a in node.names} | {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                deps.add(node.module.split(".")[0])
+                deps |= {node.module, node.module.split(".")[0]} | {f"{node.module}.{a.name}" for a in node.names}
         graph[name] = {d for d in deps if d in mods and d != name}
+    assert len([m for m in mods if m.startswith("builtin.")]) == 6                # __init__ and the five modules
     entry = {"train", "sft", "eval"}
     assert all(not (graph[m] & entry) for m in graph), {m: graph[m] & entry for m in graph if graph[m] & entry}
+    into_builtin = {m for m in graph if not m.startswith("builtin") and any(d.startswith("builtin.") for d in graph[m])}
+    assert into_builtin <= {"common"}, into_builtin
 
     def reach(start):
         seen, todo = set(), [start]

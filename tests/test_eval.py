@@ -130,8 +130,8 @@ def test_records_file_resume_and_header_check(tmp_path):
 def bench(tmp_path_factory):
     """A 7-item benchmark file eval_mvbench.json from the built-in test split (static and temporal videos, one
     image), its media root and the tiny model."""
-    import synthetic
-    from tiny import build_builtin_tiny
+    from builtin import synthetic
+    from builtin.tiny import build_builtin_tiny
     root = tmp_path_factory.mktemp("evalcache")
     paths = synthetic.make_dataset(root / "data", n_train=48, n_test=16)
     tiny = build_builtin_tiny(root / "tiny", paths["train_cot"])
@@ -210,7 +210,7 @@ def test_resume_generates_only_missing_items(e2e, capsys):
 
 
 def test_missing_and_corrupt_media_are_excluded(bench, tmp_path, capsys):
-    import synthetic
+    from builtin import synthetic
     bench_json, media_root, tiny, entries = bench
     good = [dict(e, path=str(Path(media_root) / e["path"][2:])) for e in entries[:2]]
     (tmp_path / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(4000))

@@ -11,7 +11,7 @@ import model as M
 import rollout
 import pixels
 
-import tiny
+from builtin import tiny
 
 MEDIA = pixels.MediaConfig(**tiny.TINY_MEDIA)
 

@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 import data
 import loader
 import pixels
-import tiny
+from builtin import tiny
 
 MEDIA = pixels.MediaConfig(**tiny.TINY_MEDIA)
 

@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoTokenizer, Qwen2_5_VLForConditionalGene
 import data
 import model as M
 import pixels
-import tiny as tiny_mod
+from builtin import tiny as tiny_mod
 from conftest import SHARED
 
 REAL = SHARED / "qwen2_5_vl_7b_instruct"

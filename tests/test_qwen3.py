@@ -267,7 +267,7 @@ def test_entry_points_end_to_end(qwen3, builtin, tmp_path):
 def test_narrow_real_structure(tmp_path):
     """Qwen3-VL-8B-Instruct's config narrowed (tiny.WIDTHS_QWEN3) with the real Qwen2.5 tokenizer plus the four
     added tokens: the real ids, q/k norms and interleaved mRoPE in the decode step, DeepStack in the log-prob pass."""
-    import tiny
+    from builtin import tiny
     folder = tiny.build_like_7b(tmp_path / "narrow3", "narrow", REAL, source=str(REAL_QWEN3))
     hf, tok = M.load_policy(folder)
     assert tok.convert_tokens_to_ids("<think>") == 151667 and tok.convert_tokens_to_ids("</think>") == 151668

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import data
-import scenes
-import shortcut
+from builtin import scenes
+from builtin import shortcut
 from conftest import ROOT
 
 N_TRAIN, N_TEST = 40, 16
@@ -86,13 +86,13 @@ def test_without_a_cue_the_scene_draw_is_unchanged():
 def test_bad_arguments_and_the_command(tmp_path):
     with pytest.raises(ValueError, match="q must be in"):
         shortcut.make_shortcut_dataset(tmp_path / "x", q=1.5)
-    out = subprocess.run([sys.executable, str(ROOT / "shortcut.py"), "--out", str(tmp_path / "cli"), "--q", "1.0",
+    out = subprocess.run([sys.executable, str(ROOT / "builtin" / "shortcut.py"), "--out", str(tmp_path / "cli"), "--q", "1.0",
                           "--n-train", "8", "--n-test", "4"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "test_reversed" in out.stdout
     cued = [e for e in json.loads((tmp_path / "cli" / "train.json").read_text()) if e["cue"] != "none"]
     assert cued and all(e["cue"] == "follow" for e in cued)                  # q = 1: a perfect shortcut
     manifest = (tmp_path / "cli" / "manifest.json").read_text()
-    again = subprocess.run([sys.executable, str(ROOT / "shortcut.py"), "--out", str(tmp_path / "cli"), "--q", "1.0",
+    again = subprocess.run([sys.executable, str(ROOT / "builtin" / "shortcut.py"), "--out", str(tmp_path / "cli"), "--q", "1.0",
                             "--n-train", "8", "--n-test", "4"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert again.returncode == 0 and (tmp_path / "cli" / "manifest.json").read_text() == manifest

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import scenes
-from scenes import COLORS
-from synthetic import make_dataset
+from builtin import scenes
+from builtin.scenes import COLORS
+from builtin.synthetic import make_dataset
 
 FIELDS = {"problem_id": int, "problem": str, "data_type": str, "problem_type": str, "options": list,
           "solution": str, "path": str, "data_source": str}
@@ -299,7 +299,7 @@ def test_bad_arguments(tmp_path, kwargs):
 
 
 def test_cli(tmp_path):
-    out = subprocess.run([sys.executable, str(REPO / "synthetic.py"), "--out", str(tmp_path / "d"), "--n-train", "6",
+    out = subprocess.run([sys.executable, str(REPO / "builtin" / "synthetic.py"), "--out", str(tmp_path / "d"), "--n-train", "6",
                           "--n-test", "2", "--seed", "1"], capture_output=True, text=True, check=True, cwd=REPO)
     assert str(tmp_path / "d") in out.stdout and "train.json" in out.stdout
     assert len(json.loads((tmp_path / "d" / "train.json").read_text())) == 6

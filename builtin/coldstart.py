@@ -1,7 +1,7 @@
 """The built-in cold start: the tiny default learns to see (stage 0, ours), then to reason (stage 1, Video-R1's SFT).
 
-    python coldstart.py                              # runs/cache/coldstart/final, ~7.5 min on 2 CPU cores (once)
-    python coldstart.py --perception-epochs 0 --temporal-steps 0   # Video-R1's recipe alone: COT SFT of the random tiny model
+    python builtin/coldstart.py                              # runs/cache/coldstart/final, ~7.5 min on 2 CPU cores (once)
+    python builtin/coldstart.py --perception-epochs 0 --temporal-steps 0   # Video-R1's recipe alone: COT SFT of the random tiny model
     python train.py                                  # T-GRPO from it (from the shipped copy when it was not built here)
     python bench/seeing.py                           # what the result sees, per question family
     rm -r assets/coldstart && cp -r runs/cache/coldstart/final assets/coldstart   # ship a rebuilt one (commit it)
@@ -42,11 +42,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import common
-import config as cfglib
-import distributed
+if __package__ in (None, ""):                      # run as a script (python builtin/coldstart.py): the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+import config as cfglib  # noqa: E402
+import distributed  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]         # the repository: sft.py and the children's working folder
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """The static-shortcut benchmark: order-dependent questions where a static cue predicts the answer in training
 and misleads at test time, so only an answer read from frame order is right (issue: T-GRPO's mechanism).
 
-    python shortcut.py --out runs/shortcut                 # q = 0.8: the cue agrees with the answer in 80 % of training clips
-    python shortcut.py --out runs/shortcut_q1 --q 1.0      # a perfect shortcut in training
+    python builtin/shortcut.py --out runs/shortcut                 # q = 0.8: the cue agrees with the answer in 80 % of training clips
+    python builtin/shortcut.py --out runs/shortcut_q1 --q 1.0      # a perfect shortcut in training
 
 The families are the built-in ones the cold start reads from frame order (size change, direction: the top
 README's seeing table); the cue is the moving shape's colour (scenes.CUES: warm colours go with "bigger" /
@@ -22,14 +22,17 @@ Answers are balanced within every split and family; each split has its own rando
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from scenes import CUES, STATIC_FAMILIES, VERSION, answers
-from synthetic import balanced, is_built, render_sample, write_json
+if __package__ in (None, ""):                      # run as a script (python builtin/shortcut.py): the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from builtin.scenes import CUES, STATIC_FAMILIES, VERSION, answers  # noqa: E402
+from builtin.synthetic import balanced, is_built, render_sample, write_json  # noqa: E402
 
 SPLITS = ("train", "test_following", "test_reversed", "test_free", "test_static")
 

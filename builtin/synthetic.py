@@ -12,7 +12,7 @@ train_cot.json (with `process`), test.json and train_perception.json (make_datas
 benchmark with the same `render_sample`.
 
 
-Run:  python synthetic.py --out runs/data [--seed 0 --n-train 320 --n-test 200]
+Run:  python builtin/synthetic.py --out runs/data [--seed 0 --n-train 320 --n-test 200]
 """
 
 from __future__ import annotations
@@ -20,13 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from scenes import BACKGROUND, LETTERS, STATIC_FAMILIES, TEMPORAL_FAMILIES, VERSION, answers, render_frame, scene
+if __package__ in (None, ""):                      # run as a script (python builtin/synthetic.py): the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from builtin.scenes import (BACKGROUND, LETTERS, STATIC_FAMILIES, TEMPORAL_FAMILIES, VERSION, answers,  # noqa: E402
+                            render_frame, scene)
 
 
 def balanced(rng, values, n: int) -> list:

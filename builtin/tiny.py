@@ -1,11 +1,11 @@
 """Random Qwen2.5-VL and Qwen3-VL models that the project builds itself: the tiny default, a tiny Qwen3-VL, and the
 7B's (or Qwen3-VL-8B's) structure narrowed.
 
-    python tiny.py                                               # the tiny default in runs/cache/tiny (+ built-in data)
-    python tiny.py --like-7b narrow --out runs/narrow --tokenizer ../shared/qwen2_5_vl_7b_instruct
-    python tiny.py --like-7b full --out runs/full8               # the 7B's widths, 8 of its 28 decoder layers
-    python tiny.py --qwen3 --out runs/tiny-qwen3-vl              # the tiny Qwen3-VL (what --model preset:tiny-qwen3-vl builds)
-    python tiny.py --like-7b narrow --qwen3 --out runs/narrow3 --tokenizer ../shared/qwen2_5_vl_7b_instruct
+    python builtin/tiny.py                                               # the tiny default in runs/cache/tiny (+ built-in data)
+    python builtin/tiny.py --like-7b narrow --out runs/narrow --tokenizer ../shared/qwen2_5_vl_7b_instruct
+    python builtin/tiny.py --like-7b full --out runs/full8               # the 7B's widths, 8 of its 28 decoder layers
+    python builtin/tiny.py --qwen3 --out runs/tiny-qwen3-vl              # the tiny Qwen3-VL (what --model preset:tiny-qwen3-vl builds)
+    python builtin/tiny.py --like-7b narrow --qwen3 --out runs/narrow3 --tokenizer ../shared/qwen2_5_vl_7b_instruct
 
 The tiny default (`build_builtin_tiny`): a few million parameters with every architectural feature of the 7B
 (windowed-attention vision tower with the 2x2 patch merger, mRoPE decoder), a byte-level BPE tokenizer trained
@@ -35,15 +35,17 @@ or trained: they are for checking that every code path serves the family, not fo
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
-
 from transformers import (AddedToken, PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
                           Qwen3VLConfig, Qwen3VLForConditionalGeneration)
 
-from data import DEFAULT_SYSTEM
-from model import Visual, save_hf
+if __package__ in (None, ""):                      # run as a script (python builtin/tiny.py): the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from data import DEFAULT_SYSTEM  # noqa: E402
+from model import Visual, save_hf  # noqa: E402
 
 # Qwen2.5-VL's 22 added tokens, in id order (151643..151664 in the real tokenizer; notes §5, shared config).
 SPECIAL_TOKENS = [
@@ -319,7 +321,7 @@ def main():
         source = QWEN3_SOURCE if a.qwen3 else "preset:qwen2.5-vl-7b"
         print(build_like_7b(a.out, a.like_7b, a.tokenizer or None, source=source, seed=a.seed))
         return
-    import synthetic
+    from builtin import synthetic
     train_cot = synthetic.make_dataset(a.data)["train_cot"]
     if a.qwen3:
         print(build_builtin_tiny_qwen3(a.out, train_cot))
