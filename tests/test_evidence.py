@@ -18,12 +18,12 @@ def test_evidence_smoke_run(tmp_path, answering):
     on ordered and shuffled frames, and the report's derived columns are what they say."""
     out = tmp_path / "ev"
     cmd = [sys.executable, str(ROOT / "bench" / "evidence.py"), "--seeds", "0", "--rl-steps", "2", "--n-train", "24",
-           "--n-test", "8", "--max-new-tokens", "24", "--cold-start", str(answering[1]), "--out", str(out)]
+           "--n-test", "8", "--max-new-tokens", "24", "--cold-start", str(answering[1]), "--out", str(out),
+           "--variants", "grpo,contrast_adv"]                 # two of the four: CI's budget (the flags of all: below)
     proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True,
                           text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    flags = {"grpo": (False, "official", "reward"), "official": (True, "official", "reward"),
-             "official_adv": (True, "official", "advantage"), "contrast_adv": (True, "contrast", "advantage")}
+    flags = {"grpo": (False, "official", "reward"), "contrast_adv": (True, "contrast", "advantage")}
     for slug, want in flags.items():
         rows = [json.loads(x) for x in (out / "s0" / slug / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == [1, 2]
@@ -32,8 +32,11 @@ def test_evidence_smoke_run(tmp_path, answering):
         assert cfg["data"] == str(out / "data" / "train.json")
         assert (cfg["temporal"], cfg["temporal_trigger"], cfg["bonus_placement"]) == want
     table = json.loads((out / "results.json").read_text())["table"]
-    assert set(table) == {"cold start", "GRPO[std]", "T-GRPO[p>=0.8p~, reward, std]", "T-GRPO[p>=0.8p~, advantage, std]",
-                          "T-GRPO[p>p~+0, advantage, std]", "training"}
+    assert set(table) == {"cold start", "GRPO[std]", "T-GRPO[p>p~+0, advantage, std]", "training"}
+    sys.path.insert(0, str(ROOT / "bench"))
+    import evidence                                                            # every variant's flags, by name
+    assert evidence.chosen("") == evidence.SLUG and evidence.VARIANTS["T-GRPO[p>=0.8p~, advantage, std]"] == [
+        "--bonus-placement", "advantage"] and evidence.VARIANTS["T-GRPO[p>=0.8p~, reward, std]"] == []
     for model, t in table.items():
         if model == "training":
             continue
@@ -43,9 +46,9 @@ def test_evidence_smoke_run(tmp_path, answering):
         assert t["gap"][0] == t["test_free/ordered"][0] - t["test_free/shuffled"][0]
         assert t["reliance"][0] == t["test_following/ordered"][0] - t["test_reversed/ordered"][0]
     # the records behind one cell, counted by hand
-    recs = [json.loads(x) for x in (out / "s0" / "eval_official" / "eval_test_reversed.records.jsonl").read_text().splitlines()]
+    recs = [json.loads(x) for x in (out / "s0" / "eval_contrast_adv" / "eval_test_reversed.records.jsonl").read_text().splitlines()]
     recs = [r for r in recs if "data_source" in r]
-    assert len(recs) == 8 and table["T-GRPO[p>=0.8p~, reward, std]"]["test_reversed/ordered"][0] == sum(r["correct"] for r in recs) / 8
+    assert len(recs) == 8 and table["T-GRPO[p>p~+0, advantage, std]"]["test_reversed/ordered"][0] == sum(r["correct"] for r in recs) / 8
     assert table["training"]["GRPO[std]"]["temporal_rate"] != table["training"]["GRPO[std]"]["temporal_rate"]   # NaN: no trigger
     md = (out / "results.md").read_text()
     assert "| model | cue reversed, ordered | cue reversed, shuffled |" in md and "| T-GRPO[p>p~+0, advantage, std] |" in md
