@@ -229,7 +229,7 @@ def test_media_errors_name_the_file(qwen3, tmp_path):
 
 def test_entry_points_end_to_end(qwen3, builtin, tmp_path):
     """sft.py (1 rank) -> train.py (2 FSDP ranks, LoRA, each rank its own prompts) -> eval.py on the tiny Qwen3-VL,
-    and train.py on 1 rank from the preset; the exported folder is a plain Qwen3VLForConditionalGeneration whose own
+    and train.py on 1 rank; the exported folder is a plain Qwen3VLForConditionalGeneration whose own
     forward gives our log-probs."""
     paths = builtin[0]
     py, tr = sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -239,9 +239,9 @@ def test_entry_points_end_to_end(qwen3, builtin, tmp_path):
     run_cmd(tr + [str(ROOT / "train.py"), "--model", str(tmp_path / "sft" / "final"), "--data", str(paths["train"]),
                   "--steps", "1", "--G", "2", "--max-completion-length", "8", "--prompts-per-rank", "2", "--dist",
                   "fsdp", "--lora-rank", "4", "--eval-samples", "0", "--out-dir", str(tmp_path / "rl"), *base], tmp_path)
-    proc = run_cmd([py, str(ROOT / "train.py"), "--model", "preset:tiny-qwen3-vl", "--data", str(paths["train"]),
-                    "--steps", "1", "--G", "2", "--max-completion-length", "8", "--eval-samples", "0", "--out-dir",
-                    str(tmp_path / "rl1"), "--cache-dir", str(tmp_path / "cache")], tmp_path)
+    proc = run_cmd([py, str(ROOT / "train.py"), "--model", str(qwen3), "--data", str(paths["train"]), "--steps", "1",
+                    "--G", "2", "--max-completion-length", "8", "--eval-samples", "0", "--out-dir", str(tmp_path / "rl1"),
+                    *base], tmp_path)
     assert json.loads((tmp_path / "rl1" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 1, proc.stdout
     run_cmd([py, str(ROOT / "eval.py"), "--model", str(tmp_path / "rl" / "final"), "--data", str(paths["test"]),
              "--limit", "2", "--max-new-tokens", "8", "--out-dir", str(tmp_path / "eval"), *base], tmp_path)
@@ -260,6 +260,23 @@ def test_entry_points_end_to_end(qwen3, builtin, tmp_path):
                        pixel_values_videos=v.visual.pixel_values, video_grid_thw=v.visual.grid_thw[None]).logits
     ref = torch.log_softmax(logits[0, -5:-1].float(), -1).gather(-1, comp[:, None])[:, 0]
     torch.testing.assert_close(got[0], ref, rtol=0, atol=1e-5)
+
+
+def test_preset_builds_the_tiny_qwen3_once_and_selects_the_tiny_preset(builtin, tmp_path, monkeypatch):
+    """--model preset:tiny-qwen3-vl: common.resolve_model builds the tiny Qwen3-VL under the cache (from the built-in
+    data's text) once, and the tiny frames and pixels apply (common.apply_preset)."""
+    import distributed
+    import train
+    monkeypatch.setattr(common, "builtin", lambda cache, proc, model=True: builtin[0])
+    folder = common.resolve_model("preset:tiny-qwen3-vl", tmp_path, distributed.Dist())
+    assert folder == str(tmp_path / "tiny-qwen3-vl") and M.family(Qwen3VLConfig.from_pretrained(folder)).MODEL_CLASS \
+        is Qwen3VLForConditionalGeneration
+    stamp = (tmp_path / "tiny-qwen3-vl" / "model.safetensors").stat().st_mtime_ns
+    assert common.resolve_model("preset:tiny-qwen3-vl", tmp_path, distributed.Dist()) == folder
+    assert (tmp_path / "tiny-qwen3-vl" / "model.safetensors").stat().st_mtime_ns == stamp     # built once
+    assert common.resolve_model("some/folder", tmp_path, distributed.Dist()) == "some/folder"
+    cfg = train.finish_config(train.Config(model="preset:tiny-qwen3-vl"), {"model"})
+    assert cfg.preset == "tiny" and cfg.max_frames == 8
 
 
 @pytest.mark.skipif(not (REAL_QWEN3 / "config.json").exists() or not (REAL / "tokenizer.json").exists(),
