@@ -304,7 +304,7 @@ def build_policy(cfg, model_dir: str, proc: distributed.Dist, weights: torch.dty
         hf.model.visual.requires_grad_(not cfg.freeze_vision)               # before wrapping (DDP/FSDP see it)
     module = distributed.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), proc, cfg.dist, cfg.activation_checkpointing,
                               compute, cfg.fsdp_vision_unit, offload=cfg.cpu_offload)
-    opt = torch.optim.AdamW(param_groups(hf, cfg.weight_decay, getattr(cfg, "decay_norms", True)), lr=cfg.lr)
+    opt = torch.optim.AdamW(param_groups(hf, cfg.weight_decay, cfg.decay_norms), lr=cfg.lr)
     return Policy(hf, tokenizer, module, adapters, opt)
 
 

@@ -239,13 +239,14 @@ def embed_with_visuals(hf, input_ids, visuals: list[Visual], owner: list[int], p
     grid = torch.stack([visuals[u].grid_thw for u in used]).to(embeds.device)      # (U, 3)
     feats, deep = fam.vision(hf, pix.to(hf.model.visual.dtype), grid)         # (sum tokens, D), [(sum tokens, D)]
     sizes = (grid.prod(-1) // hf.config.vision_config.spatial_merge_size ** 2).tolist()
-    by_visual = lambda f: dict(zip(used, f.split(sizes)))
     pad_ids = {"image": hf.config.image_token_id, "video": hf.config.video_token_id}
     want = torch.tensor([pad_ids[visuals[o].data_type] for o in owner], device=input_ids.device)  # (B,)
     mask = input_ids == want[:, None]                                          # (B, T) this row's media pads
     if prompt_len is not None:
         mask[:, prompt_len:] = False
-    rows = lambda f: torch.cat([by_visual(f)[o] for o in owner])               # (n pad tokens, D), row order
+    def rows(f):                                                               # (sum tokens, D) -> (n pad tokens, D)
+        per_visual = dict(zip(used, f.split(sizes)))                           # split once, rows in owner order
+        return torch.cat([per_visual[o] for o in owner])
     row_feats = rows(feats)
     if int(mask.sum()) != row_feats.shape[0]:
         raise ValueError(f"media pad tokens ({int(mask.sum())}) != visual features ({row_feats.shape[0]})")

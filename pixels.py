@@ -426,7 +426,7 @@ def prepare(sample: data.Sample, tokenizer, media: MediaConfig, shuffled: bool =
     out = Prepared(sample, ids, visual)
     if shuffled and sample.data_type == "video":
         perm_frames, _ = shuffle_frames(frames, generator)
+        # Q3: `times` are the ordered clip's frame times, so the shuffled copy carries the ordered timestamps
         out.shuffled_visual = to_visual(perm_frames, fps, times, "video", media, sample.media_path)
-        out.shuffled_visual.timestamps = visual.timestamps                   # Q3: the ordered clip's times
         out.shuffled_ids = out.prompt_ids                                    # same text and grid
     return out
