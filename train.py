@@ -216,19 +216,13 @@ def rule_rewards(groups: list[rollout.Group], tokenizer, G_shuffled: int):
     return acc, fmt, lengths, sacc, is_video
 
 
-def advantages(acc, fmt, lengths, sacc, is_video, cfg) -> tgrpo.Advantages:
-    """tgrpo.advantages with this config's T-GRPO settings."""
-    return tgrpo.advantages(acc, fmt, lengths, sacc, is_video, temporal=cfg.temporal, alpha=cfg.alpha, mu=cfg.mu,
-                            threshold=cfg.correct_threshold, len_control=cfg.len_control, len_weight=cfg.len_weight,
-                            min_len=cfg.min_len, max_len=cfg.max_len, placement=cfg.bonus_placement,
-                            eps=cfg.adv_eps, scale=cfg.adv_scale, trigger=cfg.temporal_trigger,
-                            margin=cfg.trigger_margin)
-
-
-def variant(cfg) -> str:
-    """This config's reward-to-advantage combination by name (tgrpo.variant), as logged and reported."""
-    return tgrpo.variant(cfg.temporal, cfg.temporal_trigger, cfg.mu, cfg.trigger_margin, cfg.bonus_placement,
-                         cfg.adv_scale)
+def tgrpo_settings(cfg) -> tgrpo.Settings:
+    """This config's T-GRPO knobs (tgrpo.Settings), built once per run."""
+    return tgrpo.Settings(
+        temporal=cfg.temporal, alpha=cfg.alpha, mu=cfg.mu, threshold=cfg.correct_threshold,
+        trigger=cfg.temporal_trigger, margin=cfg.trigger_margin, len_control=cfg.len_control,
+        len_weight=cfg.len_weight, min_len=cfg.min_len, max_len=cfg.max_len,
+        placement=cfg.bonus_placement, scale=cfg.adv_scale, eps=cfg.adv_eps)
 
 
 def lr_at(step: int, cfg) -> float:
@@ -337,8 +331,9 @@ def main(argv=None):
         held = [(name, [(p.prompt_ids, p.visual, p.sample) for p in prepared])
                 for name, prepared in heldout.load_sets(eval_json, root, cfg.eval_samples, tokenizer, media, proc)]
     out_dir = Path(cfg.out_dir)
+    settings = tgrpo_settings(cfg)
     run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "eval_data": eval_json, "world_size": proc.world,
-                                "variant": variant(cfg),   # a cosine schedule decays over --steps: resuming with
+                                "variant": settings.name(),   # a cosine schedule decays over --steps: resuming with
                                 "schedule_horizon": cfg.steps if cfg.lr_schedule == "cosine" else None}   # others is refused
     start, position = checkpoint.resume(cfg.resume, out_dir, policy, opt, proc, run_config, cfg.allow_config_change,
                                         {"sampling": gen}, "train.py")
@@ -353,7 +348,7 @@ def main(argv=None):
         (out_dir / "config.json").write_text(json.dumps(run_config, indent=2))
         print(f"policy {model_dir} | data {train_json} ({len(samples)} samples) | {proc.world} rank(s) on {proc.device}")
         print(f"frames/pixels: {asdict(media)}")
-        print(f"reward -> advantage: {variant(cfg)}")
+        print(f"reward -> advantage: {settings.name()}")
     metrics_file = checkpoint.open_metrics(out_dir / "metrics.jsonl", start) if proc.main else None   # one row per step
     tracker = tracking.Tracker(cfg, out_dir, run_config, proc.main, start)   # the same rows to TensorBoard / wandb
     preemption, preempted = distributed.Preemption(), False
@@ -384,7 +379,7 @@ def main(argv=None):
         hf.train()
         ordered = rollout.policy_batch(groups, pad_id).to(proc.device)          # B·G ordered rows: what the loss sees
         acc, fmt, lengths, sacc, is_video = rule_rewards(groups, tokenizer, cfg.G_shuffled)      # rule rewards
-        adv = advantages(acc, fmt, lengths, sacc, is_video, cfg)               # bonuses, R_i, A_i
+        adv = tgrpo.advantages(acc, fmt, lengths, sacc, is_video, settings)   # bonuses, R_i, A_i
         update = train_step(policy, reference, opt, ordered, adv.advantages.reshape(-1).to(proc.device), step, cfg,
                             proc, amp)
         row = step_metrics(step, adv, acc, fmt, lengths, is_video, update, skipped, cfg, proc, t0)

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from tgrpo import advantages, group_advantages, length_bonus, policy_loss, temporal_bonus, temporal_stats, variant
+from tgrpo import (Settings, advantages, group_advantages, length_bonus, policy_loss, temporal_bonus,
+                   temporal_stats)
 
 LN2 = math.log(2.0)
 AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
@@ -98,8 +99,8 @@ def test_temporal_mu_boundary_is_inclusive(dtype):
     assert not temporal_stats(below, shuf, vid)["triggered"].item()
     assert torch.equal(temporal_bonus(below, shuf, vid), torch.zeros(1, 8, dtype=dtype))
     # paper v4: μ = 1 -> 0.5 >= 0.625 fails; but p = p̃ passes
-    assert not temporal_stats(acc, shuf, vid, mu=1.0)["triggered"].item()
-    assert temporal_stats(acc, acc.flip(1), vid, mu=1.0)["triggered"].item()
+    assert not temporal_stats(acc, shuf, vid, Settings(mu=1.0))["triggered"].item()
+    assert temporal_stats(acc, acc.flip(1), vid, Settings(mu=1.0))["triggered"].item()
 
 
 def test_contrast_trigger_by_hand():
@@ -111,17 +112,17 @@ def test_contrast_trigger_by_hand():
     shuf = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
     vid = torch.tensor([True, True, True])
     assert temporal_stats(acc, shuf, vid)["triggered"].tolist() == [True, True, True]
-    assert temporal_stats(acc, shuf, vid, trigger="contrast", margin=0.2)["triggered"].tolist() == [True, False, True]
-    assert temporal_stats(acc, shuf, vid, trigger="contrast", margin=0.5)["triggered"].tolist() == [False, False, False]
-    assert temporal_stats(acc, shuf, vid, trigger="contrast")["triggered"].tolist() == [True, False, True]  # margin 0
-    torch.testing.assert_close(temporal_bonus(acc, shuf, vid, trigger="contrast", margin=0.2),
+    assert temporal_stats(acc, shuf, vid, Settings(trigger="contrast", margin=0.2))["triggered"].tolist() == [True, False, True]
+    assert temporal_stats(acc, shuf, vid, Settings(trigger="contrast", margin=0.5))["triggered"].tolist() == [False, False, False]
+    assert temporal_stats(acc, shuf, vid, Settings(trigger="contrast"))["triggered"].tolist() == [True, False, True]  # margin 0
+    torch.testing.assert_close(temporal_bonus(acc, shuf, vid, Settings(trigger="contrast", margin=0.2)),
                                torch.tensor([[0.3, 0.3, 0.3, 0], [0, 0, 0, 0], [0.3, 0, 0.3, 0]]))
     zeros = torch.zeros(2, 4), torch.zeros(2, 2)                         # all wrong: official fires (0 >= 0), contrast not
-    assert temporal_stats(*zeros, torch.tensor([True, True]), trigger="contrast")["triggered"].tolist() == [False, False]
+    assert temporal_stats(*zeros, torch.tensor([True, True]), Settings(trigger="contrast"))["triggered"].tolist() == [False, False]
     with pytest.raises(ValueError, match="trigger must be one of"):
-        temporal_stats(acc, shuf, vid, trigger="strict")
+        temporal_stats(acc, shuf, vid, Settings(trigger="strict"))
     with pytest.raises(ValueError, match="margin must be >= 0"):
-        temporal_stats(acc, shuf, vid, trigger="contrast", margin=-0.1)
+        temporal_stats(acc, shuf, vid, Settings(trigger="contrast", margin=-0.1))
 
 
 def test_variants_placement_and_scale_by_hand():
@@ -132,19 +133,20 @@ def test_variants_placement_and_scale_by_hand():
     acc = torch.tensor([[1.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
     fmt, lengths, shuf, vid = torch.ones_like(acc), torch.full((1, 4), 10), torch.zeros(1, 2, dtype=torch.float64), torch.tensor([True])
     kw = dict(len_control=False, trigger="contrast", margin=0.1)
+    settings = {(p, sc): Settings(placement=p, scale=sc, **kw) for p in ("reward", "advantage") for sc in ("group", "none")}
     std = 0.5 / (math.sqrt(1 / 3) + 1e-4)                                  # unbiased std of [1, 1, 0, 0] is sqrt(1/3)
-    a = advantages(acc, fmt, lengths, shuf, vid, placement="reward", scale="group", **kw)
+    a = advantages(acc, fmt, lengths, shuf, vid, settings["reward", "group"])
     torch.testing.assert_close(a.total, torch.tensor([[2.3, 2.3, 1.0, 1.0]], dtype=torch.float64))
     std_b = 0.65 / (math.sqrt(1.3 ** 2 / 3) + 1e-4)
     torch.testing.assert_close(a.advantages, torch.tensor([[std_b, std_b, -std_b, -std_b]], dtype=torch.float64))
     assert abs(std_b - std) < 1e-3                                           # cancels up to eps
-    d = advantages(acc, fmt, lengths, shuf, vid, placement="reward", scale="none", **kw)
+    d = advantages(acc, fmt, lengths, shuf, vid, settings["reward", "none"])
     torch.testing.assert_close(d.advantages, torch.tensor([[0.65, 0.65, -0.65, -0.65]], dtype=torch.float64))
-    e = advantages(acc, fmt, lengths, shuf, vid, placement="advantage", scale="group", **kw)
+    e = advantages(acc, fmt, lengths, shuf, vid, settings["advantage", "group"])
     torch.testing.assert_close(e.advantages, torch.tensor([[std + 0.3, std + 0.3, -std, -std]], dtype=torch.float64))
-    assert variant(True, "official", 0.8, 0.0, "reward", "group") == "T-GRPO[p>=0.8p~, reward, std]"
-    assert variant(True, "contrast", 0.8, 0.1, "advantage", "none") == "T-GRPO[p>p~+0.1, advantage, none]"
-    assert variant(False, "official", 0.8, 0.0, "reward", "none") == "GRPO[none]"
+    assert Settings().name() == "T-GRPO[p>=0.8p~, reward, std]"
+    assert settings["advantage", "none"].name() == "T-GRPO[p>p~+0.1, advantage, none]"
+    assert Settings(temporal=False, scale="none").name() == "GRPO[none]"
 
 
 def test_temporal_all_zero_group_triggers_but_gets_nothing():
@@ -158,7 +160,7 @@ def test_temporal_all_zero_group_triggers_but_gets_nothing():
 def test_temporal_threshold_is_strict(dtype):
     acc = torch.tensor([[0.1, 0.11, 0.05, 1.0]], dtype=dtype)   # continuous accuracies (OCR, free-form)
     shuf = torch.tensor([[0.0, 0.0]], dtype=dtype)
-    bonus = temporal_bonus(acc, shuf, torch.tensor([True]), alpha=0.5)
+    bonus = temporal_bonus(acc, shuf, torch.tensor([True]), Settings(alpha=0.5))
     assert bonus.dtype == dtype
     torch.testing.assert_close(bonus, torch.tensor([[0.0, 0.5, 0.0, 0.5]], dtype=dtype))
 
