@@ -263,10 +263,15 @@ def test_free_form_matches_rouge_score_on_long_texts():
         assert acc(pred, gt, "free-form") == pytest.approx(official_rouge_mean(gt, pred), abs=1e-12)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from("abcd"), max_size=20), st.lists(st.sampled_from("abcd"), max_size=20))
-def test_lcs_length_matches_rouge_table(a, b):
-    assert rewards._lcs_length(a, b) == rouge_scorer._lcs_table(a, b)[-1][-1]
+def test_texts_are_read_up_to_max_chars():
+    """R7: the regexes see the first MAX_CHARS characters; the official code reads on (and takes
+    minutes on a 1 MB run of whitespace)."""
+    think = "<think>" + "x" * (rewards.MAX_CHARS - len("<think></think><answer>B</answer>")) + "</think>"
+    assert format_reward(think + "<answer>B</answer>") == 1.0 == official_format(think + "<answer>B</answer>")
+    assert format_reward(think + " <answer>B</answer>") == 0.0 < official_format(think + " <answer>B</answer>")
+    assert extract_answer(think + "<answer>B</answer>") == "B"
+    assert extract_answer(think + " <answer>B</answer>") == "" != official_extract(think + " <answer>B</answer>")
+    assert accuracy_reward(think + " <answer>B</answer>", tagged("B"), "multiple choice") == 0.0
 
 
 @settings(max_examples=300, deadline=None)
