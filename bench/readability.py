@@ -1,5 +1,6 @@
-"""Readability figures of Python files, as issue #35 measured them: docstring vs comment lines,
-the share of lines over 100 characters, median and 95th-percentile line width, train.py's flags.
+"""Readability figures of Python files, as the readability issue measured them: docstring vs
+comment lines, the share of lines over 100 characters, median and 95th-percentile line width, and
+the number of train.py's flags.
 
     python bench/readability.py                     # the README's reading path, then the whole tree
     python bench/readability.py tgrpo.py rewards.py # given files, and their total
