@@ -197,7 +197,7 @@ def step(i: int, run: Run) -> dict:
     ordered = rollout.policy_batch(groups, run.pad_id).to(run.proc.device)   # B·G rows: the loss's
     # Rewards and advantages: rule rewards, then temporal bonus, length bonus, R_i, A_i.
     acc, fmt, lengths, sacc, is_video = rule_rewards(groups, run.tokenizer, cfg.G_shuffled)
-    adv = advantages(acc, fmt, lengths, sacc, is_video, cfg)
+    adv = tgrpo.advantages(acc, fmt, lengths, sacc, is_video, run.settings)
     # Update: clipped surrogate with k3 KL against the reference, backward, clip, AdamW.
     update = train_step(run.policy, run.reference, run.opt, ordered,
                         adv.advantages.reshape(-1).to(run.proc.device), i, cfg, run.proc, run.amp)
@@ -225,20 +225,13 @@ def rule_rewards(groups: list[rollout.Group], tokenizer, G_shuffled: int):
     return acc, fmt, lengths, sacc, is_video
 
 
-def advantages(acc, fmt, lengths, sacc, is_video, cfg) -> tgrpo.Advantages:
-    """tgrpo.advantages with this config's T-GRPO settings."""
-    return tgrpo.advantages(acc, fmt, lengths, sacc, is_video, temporal=cfg.temporal,
-                            alpha=cfg.alpha, mu=cfg.mu, threshold=cfg.correct_threshold,
-                            len_control=cfg.len_control, len_weight=cfg.len_weight,
-                            min_len=cfg.min_len, max_len=cfg.max_len,
-                            placement=cfg.bonus_placement, scale=cfg.adv_scale,
-                            trigger=cfg.temporal_trigger, margin=cfg.trigger_margin)
-
-
-def variant(cfg) -> str:
-    """This config's reward-to-advantage combination by name (tgrpo.variant), as logged."""
-    return tgrpo.variant(cfg.temporal, cfg.temporal_trigger, cfg.mu, cfg.trigger_margin,
-                         cfg.bonus_placement, cfg.adv_scale)
+def tgrpo_settings(cfg) -> tgrpo.Settings:
+    """This config's T-GRPO knobs (tgrpo.Settings), built once per run."""
+    return tgrpo.Settings(
+        temporal=cfg.temporal, alpha=cfg.alpha, mu=cfg.mu, threshold=cfg.correct_threshold,
+        trigger=cfg.temporal_trigger, margin=cfg.trigger_margin, len_control=cfg.len_control,
+        len_weight=cfg.len_weight, min_len=cfg.min_len, max_len=cfg.max_len,
+        placement=cfg.bonus_placement, scale=cfg.adv_scale)
 
 
 def lr_at(step: int, cfg) -> float:
@@ -330,6 +323,7 @@ def mean_over_ranks(sums: dict[str, float], count: float, proc: distributed.Dist
 class Run:
     """What a step needs, built once by main."""
     cfg: Config
+    settings: tgrpo.Settings               # the T-GRPO knobs of cfg
     proc: distributed.Dist
     hf: torch.nn.Module                    # the HF model inside `policy` (train/eval mode)
     tokenizer: object
@@ -399,9 +393,10 @@ def main(argv=None):
         held = [(name, [(p.prompt_ids, p.visual, p.sample) for p in prepared]) for name, prepared
                 in heldout.load_sets(eval_json, root, cfg.eval_samples, tokenizer, media, proc)]
     out_dir = Path(cfg.out_dir)
+    settings = tgrpo_settings(cfg)
     # What a resume must match (a cosine schedule decays over --steps, so its horizon too).
     run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "eval_data": eval_json,
-                                "world_size": proc.world, "variant": variant(cfg),
+                                "world_size": proc.world, "variant": settings.name(),
                                 "schedule_horizon": cfg.steps if cfg.lr_schedule == "cosine"
                                 else None}
     start, position = checkpoint.resume(cfg.resume, out_dir, policy, opt, proc, run_config,
@@ -412,7 +407,7 @@ def main(argv=None):
                                  rank=proc.rank, workers=cfg.data_workers, start_index=position,
                                  cache=loader.FrameCache(cfg.frame_cache) if cfg.frame_cache
                                  else None)
-    run = Run(cfg, proc, hf, tokenizer, policy, reference, opt, amp, prefetch, sampling, gen,
+    run = Run(cfg, settings, proc, hf, tokenizer, policy, reference, opt, amp, prefetch, sampling, gen,
               decoder, tokenizer.pad_token_id, common.stop_ids(tokenizer))
     if proc.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -420,7 +415,7 @@ def main(argv=None):
         print(f"policy {model_dir} | data {train_json} ({len(samples)} samples) | "
               f"{proc.world} rank(s) on {proc.device}")
         print(f"frames/pixels: {asdict(media)}")
-        print(f"reward -> advantage: {variant(cfg)}")
+        print(f"reward -> advantage: {settings.name()}")
     metrics_file = checkpoint.open_metrics(out_dir / "metrics.jsonl", start) if proc.main else None
     tracker = tracking.Tracker(cfg, out_dir, run_config, proc.main, start)   # TensorBoard / wandb
     preemption, preempted = distributed.Preemption(), False
