@@ -407,8 +407,8 @@ def main(argv=None):
                                  rank=proc.rank, workers=cfg.data_workers, start_index=position,
                                  cache=loader.FrameCache(cfg.frame_cache) if cfg.frame_cache
                                  else None)
-    run = Run(cfg, settings, proc, hf, tokenizer, policy, reference, opt, amp, prefetch, sampling, gen,
-              decoder, tokenizer.pad_token_id, common.stop_ids(tokenizer))
+    run = Run(cfg, settings, proc, hf, tokenizer, policy, reference, opt, amp, prefetch, sampling,
+              gen, decoder, tokenizer.pad_token_id, common.stop_ids(tokenizer))
     if proc.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(run_config, indent=2))
