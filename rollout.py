@@ -16,6 +16,7 @@ full padded width, notes §9 item 18; we count either as the end.)
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -113,7 +114,10 @@ def generate(hf, prompts: list[torch.Tensor], visuals: list[Visual], n: list[int
     """
     if not len(prompts) == len(visuals) == len(n):
         raise ValueError(f"prompts ({len(prompts)}), visuals ({len(visuals)}) and n ({len(n)}) must match")
+    t0 = _clock(hf.lm_head.weight.device)
     pre = prefill(hf, prompts, visuals, n, pad_id)
+    if decoder is not None:                                                    # perf/time_prefill (train.py)
+        decoder.prefill_seconds += _clock(hf.lm_head.weight.device) - t0
     if pre is None:
         return [_empty(hf.lm_head.weight.device) for _ in prompts]
     seen = None
@@ -132,6 +136,13 @@ def generate(hf, prompts: list[torch.Tensor], visuals: list[Visual], n: list[int
         result.append(Completions(comp[sl], mask[sl], mask[sl].sum(1).long(), lp[sl] * mask[sl]))
         start += k
     return result
+
+
+def _clock(device) -> float:
+    """Seconds (time.perf_counter) after the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def completion_mask(ids: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:

@@ -69,6 +69,7 @@ import heldout
 import loader
 import lora
 import pixels
+import records
 import rewards
 import rollout
 import tgrpo
@@ -165,6 +166,7 @@ class Config:
     logprob_chunk: int = field(default=256, metadata={"help": "tokens (rows x positions) per lm_head call in the log-prob pass; bounds the fp32 logits memory"})
     data_workers: int = field(default=1, metadata={"help": "threads decoding and patchifying the next samples while the current step runs"})
     frame_cache: str = field(default="", metadata={"help": "folder for an on-disk cache of sampled, resized frames; empty: no cache"})
+    log_rollouts: int = field(default=10, metadata={"help": "> 0: every this many steps write the step's rollouts (every rank's groups, every reward term) to out_dir/rollouts/step_N.jsonl and a page step_N.html (records.py); 0: off"})
     groups_per_micro_batch: int = field(default=1, metadata={"help": "prompt groups per forward/backward in the log-prob pass"})
     preset: str = field(default="auto", metadata={"help": "auto: 'tiny' when --model is empty, else 'paper'; tiny | paper"})
     # tracking (tracking.py): the metrics.jsonl rows, namespaced, to TensorBoard and/or wandb
@@ -192,6 +194,8 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
         raise ValueError(f"invalid config value for {bad[0]}: {getattr(cfg, bad[0])!r}")
+    if cfg.log_rollouts < 0:
+        raise ValueError(f"invalid config value for log_rollouts: {cfg.log_rollouts!r} (>= 0; 0 = off)")
     tracking.parse_backends(cfg.report_to)
     lora.check(cfg)
     return cfg
@@ -258,12 +262,13 @@ def train_step(policy, reference, opt, batch: rollout.PolicyBatch, adv: torch.Te
     n_seq = float(distributed.all_reduce_sum(torch.tensor(float(N)), proc)) / proc.world
     n_tok = float(distributed.all_reduce_sum(batch.completion_mask.sum().cpu(), proc)) / proc.world
     micro = [slice(s, s + rows) for s in range(0, N, rows)]
-    ref_lp = None
+    ref_lp, t_ref, gap = None, tracking.now(proc.device), torch.zeros(3, dtype=torch.float64)
     if reference is not None:
         with torch.no_grad(), amp():
             ref_lp = torch.cat([reference(batch.input_ids[m], batch.attention_mask[m], P, vis, owner[m])
                                 for m in micro])                               # (N, L)
-    for _ in range(cfg.num_iterations):
+    t_ref = tracking.now(proc.device) - t_ref                                  # perf/time_reference
+    for it in range(cfg.num_iterations):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)
@@ -278,10 +283,13 @@ def train_step(policy, reference, opt, batch: rollout.PolicyBatch, adv: torch.Te
                     None if cfg.clip_eps_high < 0 else cfg.clip_eps_high, cfg.beta, cfg.loss_agg,
                     num_sequences=n_seq, num_tokens=n_tok, norm_len=cfg.max_completion_length)
                 loss.backward()
+            if it == 0:                  # the rollout's log-probs against this pass's, before any update
+                records.add_gap(gap, lp, batch.old_logprobs[m], batch.completion_mask[m])
             loss_sum += loss.item()
             logs.append({k: float(v) * lp.shape[0] for k, v in terms.items()})
         grad_norm = common.clip_and_step(policy, opt, cfg.max_grad_norm, loss_sum, proc, f"train.py: step {step + 1}")
-    return {"loss": loss_sum, "grad_norm": grad_norm, **{k: sum(l[k] for l in logs) / N for k in logs[0]}}
+    return {"loss": loss_sum, "grad_norm": grad_norm, **{k: sum(l[k] for l in logs) / N for k in logs[0]},
+            "time_reference": t_ref, **records.reduce_gap(gap, proc)}
 
 
 def step_metrics(step: int, a: tgrpo.Advantages, acc, fmt, lengths, is_video, update: dict, skipped: int, cfg,
@@ -376,21 +384,29 @@ def main(argv=None):
         common.export(policy, tokenizer, out_dir / f"step_{start}", proc, adapters, model_dir)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not proc.main, desc="T-GRPO")
     for step in bar:
-        t0 = time.time()
+        t0, clock = time.time(), tracking.StepClock(proc.device)                # perf/time_*: where the time goes
         batch, skipped = prefetch.take(cfg.prompts_per_rank)                   # L2, L3, L6
+        clock.lap("data")
+        decoder.prefill_seconds = 0.0
         hf.eval()
         with distributed.full_weights(policy) as model, amp():                           # G ordered + G̃ shuffled per video
             groups = rollout.rollout(model, batch, cfg.G, cfg.G_shuffled, sampling, pad_id, stops, gen, decoder)
         hf.train()
+        clock.lap("decode", ("prefill", decoder.prefill_seconds))               # the rollout: prefill + decode
         ordered = rollout.policy_batch(groups, pad_id).to(proc.device)          # B·G ordered rows: what the loss sees
         acc, fmt, lengths, sacc, is_video = rule_rewards(groups, tokenizer, cfg.G_shuffled)      # rule rewards
         adv = advantages(acc, fmt, lengths, sacc, is_video, cfg)               # bonuses, R_i, A_i
         update = train_step(policy, reference, opt, ordered, adv.advantages.reshape(-1).to(proc.device), step, cfg,
                             proc, amp)
-        row = step_metrics(step, adv, acc, fmt, lengths, is_video, update, skipped, cfg, proc, t0)
+        clock.lap("update", ("reference", update["time_reference"]))          # rewards, reference, update
+        row = step_metrics(step, adv, acc, fmt, lengths, is_video, update, skipped, cfg, proc, t0) | clock.row()
         if proc.main:
             metrics_file.write(json.dumps(row) + "\n"); metrics_file.flush()
             tracker.log(row)
+        if cfg.log_rollouts and (step + 1) % cfg.log_rollouts == 0:            # a collective: every rank
+            records.log(records.train_records(groups, tokenizer, acc, fmt, sacc, adv, step + 1, proc.rank), proc,
+                        out_dir, f"step_{step + 1:06d}", step + 1, tracker)
+        if proc.main:
             bar.set_postfix(acc=f"{row['accuracy']:.2f}", fmt=f"{row['format']:.2f}", kl=f"{row.get('kl', 0):.3f}")
         preempted, saved = common.checkpoint_if_due(step + 1, cfg, preemption, policy, opt, proc, {"sampling": gen},
                                                     prefetch.consumed, run_config)     # L12: SIGTERM -> save, stop
