@@ -27,6 +27,7 @@ import io
 import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -64,13 +65,13 @@ def completion(text: str, tokens: int, accuracy: float, fmt: float, length=None,
             "advantage": _num(advantage)}
 
 
-def group_record(prepared, ordered: list[dict], shuffled: list[dict] | None, step: int, rank: int, kind: str,
-                 p=None, p_shuffled=None, fired=None) -> dict:
-    """One group's line (module docstring): `prepared` a pixels.Prepared, `ordered`/`shuffled` completion dicts."""
-    sample = {k: v for k, v in dataclasses.asdict(prepared.sample).items()}
-    return {"step": step, "rank": rank, "kind": kind, "sample": sample,
-            "frame_times": [round(float(t), 4) for t in prepared.frame_times],
-            "permutation": None if prepared.perm is None else [int(i) for i in prepared.perm],
+def group_record(sample, frame_times, perm, ordered: list[dict], shuffled: list[dict] | None, step: int, rank: int,
+                 kind: str, p=None, p_shuffled=None, fired=None) -> dict:
+    """One group's line (module docstring): sample a data.Sample, frame_times its frames' source seconds, perm
+    (T,) the shuffled copy's permutation or None, `ordered`/`shuffled` completion dicts."""
+    return {"step": step, "rank": rank, "kind": kind, "sample": dataclasses.asdict(sample),
+            "frame_times": [round(float(t), 4) for t in frame_times],
+            "permutation": None if perm is None else [int(i) for i in perm],
             "ordered": ordered, "shuffled": shuffled, "p": _num(p), "p_shuffled": _num(p_shuffled),
             "bonus_fired": None if fired is None else bool(fired)}
 
@@ -90,7 +91,8 @@ def train_records(groups, tokenizer, acc, fmt, sacc, adv, step: int, rank: int) 
             shuffled = [completion(t, g.shuffled.lengths[i], sacc[b, i], rewards.format_reward(t))
                         for i, t in enumerate(stexts)]
         st = adv.stats if g.shuffled is not None else None
-        rec = group_record(g.prepared, ordered, shuffled, step, rank, "train",
+        pr = g.prepared
+        rec = group_record(pr.sample, pr.frame_times, pr.perm, ordered, shuffled, step, rank, "train",
                            *((st["p"][b], st["p_shuffled"][b], st["triggered"][b]) if st is not None else ()))
         out.append(rec | {"thumbs": thumbnails(g.prepared.frames)})
     return out
@@ -113,6 +115,27 @@ def write(folder: str | Path, name: str, recs: list[dict], title: str) -> tuple[
     (folder / f"{name}.jsonl").write_text(lines, encoding="utf-8")
     (folder / f"{name}.html").write_text(page(recs, title), encoding="utf-8")
     return folder / f"{name}.jsonl", folder / f"{name}.html"
+
+
+class Media(NamedTuple):
+    """What a record shows of a prompt's media, kept instead of its frames (held-out sets stay small): the
+    frames' source seconds and their thumbnails (`thumbnails`)."""
+    frame_times: tuple
+    thumbs: list
+
+
+def media_of(prepared) -> Media:
+    """A pixels.Prepared's Media (thumbnails made now, once)."""
+    return Media(tuple(prepared.frame_times), thumbnails(prepared.frames))
+
+
+def scored_record(sample, media: Media | None, texts: list[str], lengths, accuracy: list[float], step: int,
+                  rank: int, kind: str) -> dict:
+    """The record of an evaluated prompt (held-out or eval.py): its completions on ordered frames with accuracy
+    and format (no bonus, reward or advantage: nothing is trained on them)."""
+    ordered = [completion(t, n, a, rewards.format_reward(t)) for t, n, a in zip(texts, lengths, accuracy)]
+    rec = group_record(sample, media.frame_times if media else (), None, ordered, None, step, rank, kind)
+    return rec | {"thumbs": media.thumbs if media else []}
 
 
 # ---- the page -------------------------------------------------------------------------------------

@@ -339,10 +339,11 @@ def main(argv=None):
     gen = torch.Generator(device=proc.device).manual_seed(cfg.seed + proc.rank)
     pad_id, stops = tokenizer.pad_token_id, common.stop_ids(tokenizer)
     decoder = decode.Decoder(cfg.compile_decode)                             # one weight copy and cache per run
-    held = None                                              # [(set name, [(prompt ids, visual, sample)])]
+    held = None                                      # [(set name, [(prompt ids, visual, sample, records.Media)])]
     if eval_json and cfg.eval_samples > 0:
         root = (cfg.eval_media_root or cfg.media_root or None) if cfg.eval_data else None
-        held = [(name, [(p.prompt_ids, p.visual, p.sample) for p in prepared])
+        held = [(name, [(p.prompt_ids, p.visual, p.sample, records.media_of(p) if cfg.log_rollouts else None)
+                        for p in prepared])
                 for name, prepared in heldout.load_sets(eval_json, root, cfg.eval_samples, tokenizer, media, proc)]
     out_dir = Path(cfg.out_dir)
     run_config = asdict(cfg) | {"model": model_dir, "data": train_json, "eval_data": eval_json, "world_size": proc.world,
@@ -368,8 +369,11 @@ def main(argv=None):
 
     def run_eval(step: int, module) -> None:                                   # a collective: every rank calls it
         if held is not None:
+            recs = [] if cfg.log_rollouts else None                             # the evaluation's records
             row = {"step": step} | heldout.evaluate_sets(module, tokenizer, held, sampling, cfg.eval_batch, proc,
-                                                         cfg.seed + 7, amp, cfg.eval_completions, decoder)
+                                                         cfg.seed + 7, amp, cfg.eval_completions, decoder, recs)
+            if recs is not None:
+                records.log([r | {"step": step} for r in recs], proc, out_dir, f"eval_step_{step:06d}", step, tracker)
             if proc.main:
                 metrics_file.write(json.dumps(row) + "\n"); metrics_file.flush()
                 tracker.log(row)

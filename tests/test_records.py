@@ -164,14 +164,14 @@ def test_rollout_and_logprob_pass_agree_eager_and_compiled(family, tiny_policy, 
 def test_two_ranks_with_different_media_logged_by_rank_0_with_perf_rows(builtin, tmp_path):
     """train.py --log-rollouts 1 on 2 ranks under NCCL's contract (FSDP, cpu:gloo + a CUDA-only backend): in step
     2 rank 0 holds only images and rank 1 only videos. Every rank's groups reach rank 0's files; the perf rows
-    sum to the step time; the rollout and the log-prob pass agree."""
+    sum to the step time; the rollout and the log-prob pass agree; the held-out evaluations write records too."""
     paths, model = builtin
     uneven = [["image", "video", "image", "image"], ["video", "image", "video", "video"]]
     train = arranged(paths["train"], tmp_path / "uneven.json", uneven, seed=3)
     run_cmd(GPU_CONTRACT + [str(ROOT / "train.py"), "--model", str(model), "--data", str(train), "--media-root",
                             str(paths["train"].parent), "--preset", "tiny", "--seed", "3", "--steps", "2", "--G", "2",
                             "--max-completion-length", "6", "--prompts-per-rank", "2", "--log-rollouts", "1",
-                            "--eval-samples", "0", "--out-dir", str(tmp_path / "out")] + GPU_GROUP, tmp_path)
+                            "--eval-samples", "3", "--eval-data", str(paths["test"]), "--out-dir", str(tmp_path / "out")] + GPU_GROUP, tmp_path)
     out = tmp_path / "out"
     for step in (1, 2):
         recs = [json.loads(line) for line in (out / "rollouts" / f"step_{step:06d}.jsonl").read_text().splitlines()]
@@ -185,9 +185,17 @@ def test_two_ranks_with_different_media_logged_by_rank_0_with_perf_rows(builtin,
     assert kinds == ["image", "image", "video", "video"]
     assert len({r["sample"]["media_path"] for r in recs}) == 4
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "eval_accuracy" not in r]
+    assert len(rows) == 2
     parts = ("time_data", "time_prefill", "time_decode", "time_reference", "time_update")
     for r in rows:
         assert all(r[k] >= 0 for k in parts) and r["time_prefill"] > 0 and r["time_decode"] > 0
         assert sum(r[k] for k in parts) == pytest.approx(r["step_time"], rel=0.05)
         assert 0 <= r["logprob_gap_mean"] <= r["logprob_gap_max"] <= 1e-5
     assert not list(out.glob("rollouts/*rank*"))                                # one set of files, rank 0's
+    # the held-out evaluations before the first step and after the last: 3 prompts, 2 on rank 0 and 1 on rank 1
+    for step in (0, 2):
+        held = [json.loads(line) for line in (out / "rollouts" / f"eval_step_{step:06d}.jsonl").read_text().splitlines()]
+        assert [(r["rank"], r["kind"], r["step"], len(r["ordered"])) for r in held] == [
+            (0, "heldout", step, 4), (0, "heldout", step, 4), (1, "heldout", step, 4)]     # tiny preset: K = 4
+        assert held[0]["ordered"][0]["accuracy"] is not None and held[0]["ordered"][0]["advantage"] is None
