@@ -157,19 +157,19 @@ TERMS = ("accuracy", "format", "length_bonus", "temporal_bonus", "reward", "adva
 TEMPLATE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{{ title }}</title>
 <style>
-body{font:14px/1.4 system-ui,sans-serif;margin:1em;background:#fafafa;color:#222}
+body{font:14px/1.4 system-ui,sans-serif;margin:1em;background:#fafafa;color:#1f1f1f}
 .group{background:#fff;border:1px solid #ccc;border-radius:6px;margin:1em 0;padding:.8em}
 .strip{display:flex;gap:2px;overflow-x:auto;margin:.2em 0}.strip img{height:72px}
-.label{font-size:12px;color:#555;margin-top:.4em}
+.label{font-size:12px;color:#5a5a5a;margin-top:.4em}
 .cols{display:grid;grid-template-columns:1fr 1fr;gap:.8em;margin-top:.6em}
 .col h3{margin:.2em 0;font-size:14px}
-.comp{border-left:6px solid #999;padding:.3em .5em;margin:.4em 0;background:#f6f6f6}
+.comp{border-left:6px solid #9a9a9a;padding:.3em .5em;margin:.4em 0;background:#f6f6f6}
 .comp.correct{border-color:#1a8f3a;background:#eef8f0}.comp.wrong{border-color:#c62828;background:#fbeeee}
 .mark{font-weight:bold}.correct .mark{color:#1a8f3a}.wrong .mark{color:#c62828}
-.terms{font:12px monospace;color:#333}
-.think{color:#555;font-style:italic;white-space:pre-wrap;border-left:2px dotted #aaa;padding-left:.4em}
+.terms{font:12px monospace;color:#3a3a3a}
+.think{color:#5a5a5a;font-style:italic;white-space:pre-wrap;border-left:2px dotted #aaa;padding-left:.4em}
 .answer{font-weight:bold;white-space:pre-wrap;background:#fff3c4;display:inline-block;padding:0 .3em}
-.other{white-space:pre-wrap;color:#777}
+.other{white-space:pre-wrap;color:#7a7a7a}
 .q{white-space:pre-wrap}
 </style></head><body>
 <h1>{{ title }}</h1>
@@ -186,14 +186,14 @@ body{font:14px/1.4 system-ui,sans-serif;margin:1em;background:#fafafa;color:#222
 <div class="q"><b>Question:</b> {{ g.sample.problem }}{% if g.sample.options %}
 {{ g.sample.options|join("\n") }}{% endif %}</div>
 <div><b>Answer:</b> {{ g.sample.solution }}</div>
-{% if g.p is not none %}<div class="terms">p = {{ "%.3f"|format(g.p) }}, p&#771; = {{ "%.3f"|format(g.p_shuffled) }},
+{% if g.p is not none %}<div class="terms">p = {{ "%.3f"|format(g.p) }}, p̃ = {{ "%.3f"|format(g.p_shuffled) }},
 temporal bonus {{ "fired" if g.bonus_fired else "not fired" }}</div>{% endif %}
 <div class="cols">
 {% for side, comps in (("ordered", g.ordered), ("shuffled", g.shuffled)) %}
 <div class="col {{ side }}"><h3>{{ side }} frames ({{ comps|length if comps else 0 }})</h3>
 {% if not comps %}<div class="other">none{% if side == "shuffled" %} (no shuffled copy){% endif %}</div>{% endif %}
 {% for c in comps or [] %}{% set ok = c.accuracy is not none and c.accuracy > 0.5 %}
-<div class="comp {{ 'correct' if ok else 'wrong' }}"><span class="mark">{{ "&#10003; correct"|safe if ok else "&#10007; wrong"|safe }}</span>
+<div class="comp {{ 'correct' if ok else 'wrong' }}"><span class="mark">{{ "✓ correct" if ok else "✗ wrong" }}</span>
 <span class="terms">{% for t in terms %}{{ t }} {{ "-" if c[t] is none else "%.3f"|format(c[t]) }}{{ " · " if not loop.last }}{% endfor %} · tokens {{ c.tokens }}</span>
 {% for kind, text in segment(c.text) %}<div class="{{ kind }}">{% if kind != "other" %}&lt;{{ kind }}&gt; {% endif %}{{ text }}</div>{% endfor %}
 </div>{% endfor %}</div>

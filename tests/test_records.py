@@ -199,3 +199,28 @@ def test_two_ranks_with_different_media_logged_by_rank_0_with_perf_rows(builtin,
         assert [(r["rank"], r["kind"], r["step"], len(r["ordered"])) for r in held] == [
             (0, "heldout", step, 4), (0, "heldout", step, 4), (1, "heldout", step, 4)]     # tiny preset: K = 4
         assert held[0]["ordered"][0]["accuracy"] is not None and held[0]["ordered"][0]["advantage"] is None
+
+
+def test_rollout_rows_reach_tensorboard_as_text(tmp_path):
+    """tracking.Tracker.log_rollouts: one markdown table per logged step under rollouts/<kind>, a row per
+    completion with its reward terms (wandb gets the same rows as a Table)."""
+    from types import SimpleNamespace
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    import tracking
+    sample = data.Sample(7, "Which way?", "video", "multiple choice", ["A. left", "B. right"], "<answer>A</answer>",
+                         "./v.mp4", "/v.mp4")
+    rec = records.group_record(sample, (0.0, 0.5), torch.tensor([1, 0]),
+                               [records.completion("<think>x</think><answer>A</answer>", 9, 1, 1, 0.2, 0.3, 2.5, 1.1)],
+                               [records.completion("<answer>B</answer>", 4, 0, 0)], 5, 0, "train", 1.0, 0.0, True)
+    t = tracking.Tracker(SimpleNamespace(report_to="tensorboard", run_name="", wandb_project="p",
+                                         wandb_mode="offline"), tmp_path, {})
+    t.log_rollouts(5, [rec])
+    t.close()
+    acc = EventAccumulator(str(next((tmp_path / "tensorboard").glob("events.*"))), size_guidance={"tensors": 0})
+    acc.Reload()
+    (event,) = acc.Tensors("rollouts/train/text_summary")
+    table = event.tensor_proto.string_val[0].decode()
+    assert event.step == 5 and "| rank | problem_id |" in table
+    assert "| 0 | 7 | multiple choice | ordered | 0 | <answer>A</answer> | <think>x</think><answer>A</answer> | " \
+           "1.0 | 1.0 | 0.2 | 0.3 | 2.5 | 1.1 | 9 | 1.0 | 0.0 | True |" in table
+    assert "| shuffled | 0 |" in table and "| None | None | None | None | 4 |" in table
