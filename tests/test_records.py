@@ -187,9 +187,8 @@ def test_records_hold_every_term_and_the_page_shows_them(tiny_policy, tmp_path):
 
 def test_completion_text_cannot_inject_markup(tiny_policy, tmp_path):
     hf, tok, v, i = tiny_policy
-    rec = records.group_record(
-        i, [records.completion("<b>x</b><script>alert(1)</script>", 3, 0, 0)], None, 1, 0, "train"
-    )
+    comp = records.completion("<b>x</b><script>alert(1)</script>", 3, 0, 0)
+    rec = records.group_record(i.sample, (), None, [comp], None, 1, 0, "train")
     html = records.page([rec], "t")
     assert "<script>alert" not in html and "&lt;script&gt;" in html
 
