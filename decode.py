@@ -339,6 +339,7 @@ class Decoder:
         self.compiled = None
         self.graphs: list[tuple] = []            # (rows, cache length, sampling) of each compiled graph
         self.compile_seconds = 0.0
+        self.prefill_seconds = 0.0               # rollout.generate adds each prefill's time (perf/time_prefill)
 
     def is_compiled(self, device: torch.device) -> bool:
         """Whether the step runs compiled on `device` (the "auto" rule)."""
