@@ -1,0 +1,145 @@
+"""What the compiled decode step costs, read from the graph inductor compiles (no timing): after inductor's
+post-grad passes (reinplacing included), no node writes out of place a tensor as large as one layer's KV cache,
+and every State buffer larger than one value per row is updated in place (no fresh copy written back into it).
+
+The helpers take any step function and its arguments, so a step with more state (a recurrent state beside the
+KV cache) is checked by passing its State and a threshold."""
+import dataclasses
+
+import pytest
+import torch
+
+import decode as D
+import model as M
+import rollout as R
+
+
+def post_grad_graph(step, *args) -> torch.fx.Graph:
+    """Compile `step(*args)` with inductor (fullgraph, static shapes) and return its graph as left by inductor's
+    post-grad passes, which end with reinplacing and the decomposition of auto_functionalized ops. The hook
+    wraps compile_fx's post_grad_passes (the name it has from torch 2.5 on); the FX caches are off so the passes
+    run; a hook that never fires fails the test instead of passing it empty."""
+    import torch._inductor.compile_fx as compile_fx
+    graphs, original = [], compile_fx.post_grad_passes
+
+    def spy(gm, *a, **k):
+        original(gm, *a, **k)
+        graphs.append(gm.graph)
+
+    patches = {"fx_graph_cache": False}
+    functorch = torch._functorch.config
+    cache_flag = getattr(functorch, "enable_autograd_cache", None)
+    torch._dynamo.reset()
+    compile_fx.post_grad_passes = spy
+    try:
+        if cache_flag is not None:
+            functorch.enable_autograd_cache = False
+        with torch._inductor.config.patch(patches):
+            torch.compile(step, backend="inductor", fullgraph=True, dynamic=False)(*args)
+    finally:
+        compile_fx.post_grad_passes = original
+        if cache_flag is not None:
+            functorch.enable_autograd_cache = cache_flag
+        torch._dynamo.reset()
+    assert len(graphs) == 1, f"expected one compiled graph, the hook saw {len(graphs)}"
+    return graphs[0]
+
+
+def _tensors(val):
+    vals = val if isinstance(val, (list, tuple)) else [val]
+    return [v for v in vals if isinstance(v, torch.Tensor)]
+
+
+def _nbytes(t) -> int:
+    return t.numel() * t.element_size()
+
+
+def fresh_writes(graph: torch.fx.Graph, min_bytes: int) -> list[str]:
+    """Every op node that writes a new tensor of `min_bytes` or more: neither an in-place op nor a view, and an
+    output that aliases none of the node's tensor inputs (a reshape counts only when it copies)."""
+    found = []
+    for node in graph.nodes:
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        if node.target._schema.is_mutable:
+            continue
+        if node.target.is_view and node.target.overloadpacket != torch.ops.aten.reshape:   # reshape may copy
+            continue
+        inputs = [t for a in node.all_input_nodes for t in _tensors(a.meta.get("val"))]
+        for out in _tensors(node.meta.get("val")):
+            if _nbytes(out) >= min_bytes and not any(torch._C._is_alias_of(out, t) for t in inputs):
+                found.append(f"{node.target} -> {tuple(out.shape)} {out.dtype} ({_nbytes(out)} bytes)")
+    return found
+
+
+def copies_into_inputs(graph: torch.fx.Graph, max_bytes: int) -> list[str]:
+    """Every copy_ into a graph input (a State buffer) of more than `max_bytes`: a buffer the step rewrote out
+    of place and then copied back whole."""
+    inputs = {n for n in graph.nodes if n.op == "placeholder"}
+    found = []
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target == torch.ops.aten.copy_.default and node.args[0] in inputs:
+            dst = node.args[0].meta["val"]
+            if _nbytes(dst) > max_bytes:
+                found.append(f"copy_ into input {tuple(dst.shape)} {dst.dtype} ({_nbytes(dst)} bytes)")
+    return found
+
+
+def step_costs(step, w: D.Weights, s: D.State, *rest) -> dict[str, list[str]]:
+    """The decode step's out-of-place writes: `cache` (fresh tensors of one layer's cache or more) and `state`
+    (State buffers of more than one long per row written back by a copy)."""
+    layer = _nbytes(s.k[0])
+    graph = post_grad_graph(step, w, s, *rest)
+    return {"cache": fresh_writes(graph, layer), "state": copies_into_inputs(graph, 8 * s.tok.shape[0])}
+
+
+def _step_inputs(folder, rows=8, length=512, new_tokens=8, sp=None):
+    """Weights of the tiny model at `folder` (random, its real shapes, first 2 layers) and a State of `rows` x
+    `length` with a 5-token prompt, ready for decode_step."""
+    hf, _ = M.load_policy(folder)
+    w = D.allocate_weights(hf, torch.float32, "cpu")
+    D.refresh(w, hf)
+    w = dataclasses.replace(w, **{f: getattr(w, f)[:2] for f in ("ln1", "qkv", "qkv_bias", "q_norm", "k_norm", "o",
+                                                                 "ln2", "gate_up", "down")})
+    s = D.allocate_state(w, rows, length, new_tokens, D.candidates(sp, w.embed.shape[0]))
+    s.key_ok[:, :5] = True
+    s.col.fill_(5)
+    s.pos.fill_(5)
+    s.j.fill_(1)
+    return w, s
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("top_k", [50, 0])
+def test_compiled_step_writes_in_place(family, top_k, builtin, qwen3):
+    """Qwen2.5-VL's and Qwen3-VL's step, top-k on and off, repetition penalty on: no fresh tensor as large as
+    one layer's cache, no State buffer (cache, seen, key_ok, ids, logps) rewritten through a full copy."""
+    sp = R.SamplingParams(top_k=top_k, repetition_penalty=1.05, max_new_tokens=8)
+    w, s = _step_inputs(builtin[1] if family == "qwen2_5_vl" else qwen3, sp=sp)
+    assert w.qk_norm == (family == "qwen3_vl")
+    costs = step_costs(D.decode_step, w, s, sp, 0, (1,))
+    assert costs == {"cache": [], "state": []}, costs
+
+
+def test_the_check_sees_a_full_cache_copy():
+    """The helpers against a toy step whose write goes through a view of a stacked cache (the pattern the
+    functionalization turns into a whole-cache select_scatter), and its in-place form on the base tensor."""
+    cache, col, val = torch.zeros(3, 4, 64, 8), torch.tensor([5]), torch.ones(4, 1, 8)
+
+    def through_view(cache, col, val):
+        for i in range(cache.shape[0]):
+            cache[i].index_copy_(1, col, val * i)
+
+    def on_base(cache, col, val):
+        layer = torch.arange(cache.shape[0])[:, None]
+        cache.index_put_((layer, torch.arange(4)[None], col), val[:, 0] * layer[..., None])
+
+    a, b = cache.clone(), cache.clone()
+    through_view(a, col, val)
+    on_base(b, col, val)
+    assert torch.equal(a, b) and a[2, :, 5].eq(2).all()                      # the same write
+    layer = _nbytes(cache[0])
+    bad = post_grad_graph(through_view, cache, col, val)
+    assert fresh_writes(bad, layer) and copies_into_inputs(bad, 0)
+    good = post_grad_graph(on_base, cache.clone(), col, val)
+    assert fresh_writes(good, layer) == [] and copies_into_inputs(good, 0) == []
