@@ -215,6 +215,8 @@ def forward_token(w: Weights, s: State) -> torch.Tensor:
     cos, sin = (emb.cos() * w.rope_scale).to(x.dtype), (emb.sin() * w.rope_scale).to(x.dtype)
     s.key_ok.index_fill_(1, s.col, True)
     mask = s.key_ok[:, None, None, :]                                          # (R, 1, 1, S)
+    rows = torch.arange(R, device=x.device)[:, None]                          # (R, 1) } with col (1,): the cache
+    heads = torch.arange(KV, device=x.device)[None]                           # (1, KV) } cells (R, KV) written
     for i in range(w.ln1.shape[0]):
         h = _rms_norm(x, w.ln1[i], w.eps)
         qkv = F.linear(h, w.qkv[i], w.qkv_bias[i])                             # (R, (H + 2KV)·hd)
@@ -224,8 +226,11 @@ def forward_token(w: Weights, s: State) -> torch.Tensor:
             q, k = _rms_norm(q, w.q_norm[i], w.eps), _rms_norm(k, w.k_norm[i], w.eps)
         q = _rotate(q, cos, sin)                                               # (R, H, hd)
         k = _rotate(k, cos, sin)                                               # (R, KV, hd)
-        s.k[i].index_copy_(2, s.col, k[:, :, None])                            # cache (R, KV, S, hd), column col
-        s.v[i].index_copy_(2, s.col, v.view(R, KV, 1, hd))
+        # K/V into column col, written on the base tensor: a write through the view s.k[i] becomes, once
+        # functionalized for compiling, a copy of the whole (NL, R, KV, S, hd) cache per layer per token
+        layer = s.col.new_full((1,), i)
+        s.k.index_put_((layer, rows, heads, s.col), k)                          # (R, KV, hd) into (NL, R, KV, S, hd)
+        s.v.index_put_((layer, rows, heads, s.col), v.view(R, KV, hd))
         qg = q.view(R, KV, H // KV, hd)                                        # query heads grouped by KV head
         att = (qg @ s.k[i].transpose(-1, -2)).float() * hd ** -0.5             # (R, KV, H/KV, S)
         att = att.masked_fill(~mask, float("-inf")).softmax(-1).to(x.dtype)
@@ -310,12 +315,24 @@ def decode_step(w: Weights, s: State, sp, pad_id: int, stop_ids: tuple[int, ...]
     tok, lp, done = sample(logits, s.noise, s.seen, s.done, sp, pad_id, stop_ids)
     s.ids.index_copy_(1, s.j, tok[:, None])
     s.logps.index_copy_(1, s.j, lp[:, None])
-    s.seen.scatter_(1, tok[:, None], True)
+    every = torch.arange(tok.shape[0], device=tok.device)
+    s.seen.index_put_((every, tok), torch.ones((), dtype=torch.bool, device=tok.device))   # scatter_: a copy
     s.tok.copy_(tok)
     s.done.copy_(done)
     s.pos.add_(1)
     s.col.add_(1)
     s.j.add_(1)
+
+
+def _mark_static(t: torch.Tensor) -> None:
+    """torch._dynamo.mark_static_address without a guard: a guarded tensor is kept alive by the compiled code
+    (torch 2.7/2.8), so a State that grows would never free the old cache. Older torch has no `guard`."""
+    import inspect
+    mark = torch._dynamo.mark_static_address
+    if "guard" in inspect.signature(mark).parameters:
+        mark(t, guard=False)
+    else:
+        mark(t)
 
 
 def _round_up(x: int, m: int) -> int:
@@ -352,7 +369,7 @@ class Decoder:
             if self.is_compiled(device):
                 for t in vars(w).values():
                     if isinstance(t, torch.Tensor):
-                        torch._dynamo.mark_static_address(t)
+                        _mark_static(t)
         refresh(w, hf)
         return w
 
@@ -369,7 +386,7 @@ class Decoder:
             self.state = s = allocate_state(w, rows, length, new_tokens, width)
             if self.is_compiled(w.embed.device):
                 for t in vars(s).values():
-                    torch._dynamo.mark_static_address(t)
+                    _mark_static(t)
         return s
 
     def _step_fn(self, device):

@@ -73,14 +73,18 @@ def fresh_writes(graph: torch.fx.Graph, min_bytes: int) -> list[str]:
 
 
 def copies_into_inputs(graph: torch.fx.Graph, max_bytes: int) -> list[str]:
-    """Every copy_ into a graph input (a State buffer) of more than `max_bytes`: a buffer the step rewrote out
-    of place and then copied back whole."""
+    """Every copy_ into a graph input (a State buffer) of more than `max_bytes` from a tensor that is not that
+    buffer itself: a buffer the step rewrote out of place and then copied back whole. (The copy_ of a buffer
+    onto itself that reinplacing leaves is not lowered to a copy.)"""
     inputs = {n for n in graph.nodes if n.op == "placeholder"}
     found = []
     for node in graph.nodes:
         if node.op == "call_function" and node.target == torch.ops.aten.copy_.default and node.args[0] in inputs:
+            src = node.args[1]
+            while isinstance(src.target, torch._ops.OpOverload) and src.target._schema.is_mutable:
+                src = src.args[0]                                              # in-place chain back to its base
             dst = node.args[0].meta["val"]
-            if _nbytes(dst) > max_bytes:
+            if _nbytes(dst) > max_bytes and src is not node.args[0]:
                 found.append(f"copy_ into input {tuple(dst.shape)} {dst.dtype} ({_nbytes(dst)} bytes)")
     return found
 
