@@ -147,3 +147,35 @@ def test_the_check_sees_a_full_cache_copy():
     assert fresh_writes(bad, layer) and copies_into_inputs(bad, 0)
     good = post_grad_graph(on_base, cache.clone(), col, val)
     assert fresh_writes(good, layer) == [] and copies_into_inputs(good, 0) == []
+
+
+def _attention_columns(graph: torch.fx.Graph) -> set[int]:
+    """The last axes of every batched matmul's first operand and output: q·Kᵀ (b, g, hd) @ (b, hd, L) -> (b, g, L)
+    and att·V (b, g, L) @ (b, L, hd): {hd, L}, L the key columns read."""
+    cols = set()
+    for node in graph.nodes:
+        if node.target == torch.ops.aten.bmm.default:
+            cols |= {node.args[0].meta["val"].shape[-1], node.meta["val"].shape[-1]}
+    return cols
+
+
+def test_attention_reads_the_live_columns(builtin):
+    """A 768-column cache with 256 live columns: the compiled step's attention matmuls have 256 key columns, not
+    768 (without `live`: 768); eager, the step's tokens and cache are the same with and without `live`, its
+    log-probs within 1e-6."""
+    sp = R.SamplingParams(top_k=50, repetition_penalty=1.05, max_new_tokens=8)
+    w, s = _step_inputs(builtin[1], length=768, sp=sp)
+    assert _attention_columns(post_grad_graph(D.decode_step, w, s, sp, 0, (1,), 256)) == {w.head_dim, 256}
+    assert _attention_columns(post_grad_graph(D.decode_step, w, s, sp, 0, (1,))) == {w.head_dim, 768}
+    g = torch.Generator().manual_seed(0)
+    s.k.normal_(generator=g)
+    s.v.normal_(generator=g)
+    s.key_ok[:, :100] = True
+    s.col.fill_(100)
+    s.noise.exponential_(generator=g)
+    a, b = dataclasses.replace(s, **{f: getattr(s, f).clone() for f in vars(s)}), s
+    for _ in range(4):
+        D.decode_step(w, a, sp, 0, (1,), 256)
+        D.decode_step(w, b, sp, 0, (1,))
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.k, b.k) and torch.equal(a.seen, b.seen)
+    assert (a.logps - b.logps).abs().max() < 1e-6
