@@ -143,6 +143,7 @@ class Config:
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16-mixed on CUDA, fp32 on CPU) | fp32 | bf16-mixed (fp32 weights, bf16 compute, fp32 grad reduction) | bf16 (bf16 weights)"})
     dist_backend: str = field(default="auto", metadata={"help": "process-group backend: auto (gloo on CPU; cpu:gloo,cuda:nccl on CUDA) or a torch backend string"})
+    dist_timeout_min: float = distributed.timeout_option()
     fsdp_vision_unit: str = field(default="block", metadata={"help": "FSDP units of the vision tower: block (one per vision block) | tower (one for the whole tower)"})
     dist: str = field(default="auto", metadata={"help": "auto (fsdp on CUDA, ddp on CPU) | fsdp (FSDP2 per block + root) | ddp | none"})
     freeze_vision: bool = field(default=False, metadata={"help": "keep the vision tower fixed (no gradients); the tiny preset's default, whose random tower cannot be trained from scratch here"})
@@ -317,7 +318,7 @@ def main(argv=None):
         import plan
         print(plan.report(cfg))
         return
-    proc = distributed.init_distributed(cfg.device, cfg.dist_backend)
+    proc = distributed.init_distributed(cfg.device, cfg.dist_backend, cfg.dist_timeout_min)
     common.seed_everything(cfg.seed, proc)
     precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)       # L5
     model_dir, train_json, eval_json = common.resolve_model_and_data(cfg, proc)
