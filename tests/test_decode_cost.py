@@ -54,10 +54,9 @@ def _nbytes(t) -> int:
     return t.numel() * t.element_size()
 
 
-def fresh_writes(graph: torch.fx.Graph, min_bytes: int) -> list[str]:
-    """Every op node that writes a new tensor of `min_bytes` or more: neither an in-place op nor a view, and an
-    output that aliases none of the node's tensor inputs (a reshape counts only when it copies)."""
-    found = []
+def fresh_outputs(graph: torch.fx.Graph):
+    """(node, tensor) for every new tensor an op node writes: neither an in-place op nor a view, and an output
+    that aliases none of the node's tensor inputs (a reshape counts only when it copies)."""
     for node in graph.nodes:
         if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
             continue
@@ -67,9 +66,14 @@ def fresh_writes(graph: torch.fx.Graph, min_bytes: int) -> list[str]:
             continue
         inputs = [t for a in node.all_input_nodes for t in _tensors(a.meta.get("val"))]
         for out in _tensors(node.meta.get("val")):
-            if _nbytes(out) >= min_bytes and not any(torch._C._is_alias_of(out, t) for t in inputs):
-                found.append(f"{node.target} -> {tuple(out.shape)} {out.dtype} ({_nbytes(out)} bytes)")
-    return found
+            if not any(torch._C._is_alias_of(out, t) for t in inputs):
+                yield node, out
+
+
+def fresh_writes(graph: torch.fx.Graph, min_bytes: int) -> list[str]:
+    """Every op node that writes a new tensor (fresh_outputs) of `min_bytes` or more."""
+    return [f"{node.target} -> {tuple(out.shape)} {out.dtype} ({_nbytes(out)} bytes)"
+            for node, out in fresh_outputs(graph) if _nbytes(out) >= min_bytes]
 
 
 def copies_into_inputs(graph: torch.fx.Graph, max_bytes: int) -> list[str]:
@@ -97,13 +101,13 @@ def step_costs(step, w: D.Weights, s: D.State, *rest) -> dict[str, list[str]]:
     return {"cache": fresh_writes(graph, layer), "state": copies_into_inputs(graph, 8 * s.tok.shape[0])}
 
 
-def _step_inputs(folder, rows=8, length=512, new_tokens=8, sp=None):
-    """Weights of the tiny model at `folder` (random, its real shapes, first 2 layers) and a State of `rows` x
-    `length` with a 5-token prompt, ready for decode_step."""
+def _step_inputs(folder, rows=8, length=512, new_tokens=8, sp=None, layers=2):
+    """Weights of the tiny model at `folder` (random, its real shapes, its first `layers` layers) and a State of
+    `rows` x `length` with a 5-token prompt, ready for decode_step."""
     hf, _ = M.load_policy(folder)
     w = D.allocate_weights(hf, torch.float32, "cpu")
     D.refresh(w, hf)
-    w = dataclasses.replace(w, **{f: getattr(w, f)[:2] for f in ("ln1", "qkv", "qkv_bias", "q_norm", "k_norm", "o",
+    w = dataclasses.replace(w, **{f: getattr(w, f)[:layers] for f in ("ln1", "qkv", "qkv_bias", "q_norm", "k_norm", "o",
                                                                  "ln2", "gate_up", "down")})
     s = D.allocate_state(w, rows, length, new_tokens, D.candidates(sp, w.embed.shape[0]))
     s.key_ok[:, :5] = True
