@@ -50,22 +50,24 @@ def backend_spec(device_type: str, accelerator: str = "nccl") -> str:
     raise ValueError(f"no process-group backend for device type {device_type!r}")
 
 
-TIMEOUT_MINUTES = 30.0   # collectives' timeout: a rank compiling its decode step cold keeps the others waiting
+TIMEOUT_MINUTES = 30.0   # collectives' timeout: a rank compiling its decode step keeps the others
 
 
 def timeout_option():
     """The entry points' `--dist-timeout-min` field (train.py, sft.py, eval.py)."""
     return field(default=TIMEOUT_MINUTES, metadata={
-        "help": "minutes a collective may wait for the other ranks before the run fails (NCCL's watchdog; torch's "
-                "default is 10): covers a rank compiling its decode step cold while the others wait"})
+        "help": "minutes a collective may wait for the other ranks before the run fails (NCCL's "
+                "watchdog; torch's default is 10): covers a rank compiling its decode step cold "
+                "while the others wait"})
 
 
-def init_distributed(device: str = "auto", backend: str = "auto", timeout_minutes: float = TIMEOUT_MINUTES) -> Dist:
+def init_distributed(device: str = "auto", backend: str = "auto",
+                     timeout_minutes: float = TIMEOUT_MINUTES) -> Dist:
     """Start the process group when launched by torchrun (WORLD_SIZE > 1).
 
     device: "auto" (cuda:LOCAL_RANK when CUDA is available, else cpu), "cpu" or "cuda".
     backend: "auto" (`backend_spec` of the device: gloo on CPU, gloo + nccl on CUDA) or any torch backend string
-    (e.g. "cpu:gloo,cuda:nccl"). timeout_minutes: how long a collective waits for the other ranks (> 0).
+    (e.g. "cpu:gloo,cuda:nccl"). timeout_minutes: how long a collective waits for the others (> 0).
     Returns a `Dist`. Raises ValueError for an unknown device string or a timeout <= 0.
     """
     if device not in ("auto", "cpu", "cuda"):

@@ -188,7 +188,7 @@ WIDTHS = {
     "full": {"text": dict(num_hidden_layers=8), "vision": {}},
     "full28": {"text": {}, "vision": {}},               # all 28 layers: the 7B itself, random
 }
-WIDTHS["narrow8"] = {"text": dict(WIDTHS["narrow"]["text"], num_hidden_layers=8),   # bench/rollout.py: cost per layer
+WIDTHS["narrow8"] = {"text": dict(WIDTHS["narrow"]["text"], num_hidden_layers=8),   # bench/rollout
                      "vision": WIDTHS["narrow"]["vision"]}
 
 

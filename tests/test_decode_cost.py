@@ -1,9 +1,10 @@
-"""What the compiled decode step costs, read from the graph inductor compiles (no timing): after inductor's
-post-grad passes (reinplacing included), no node writes out of place a tensor as large as one layer's KV cache,
-and every State buffer larger than one value per row is updated in place (no fresh copy written back into it).
+"""What the compiled decode step costs, read from the graph inductor compiles (no timing): after
+inductor's post-grad passes (reinplacing included), no node writes out of place a tensor as large
+as one layer's KV cache, and every State buffer larger than one value per row is updated in place
+(no fresh copy written back into it).
 
-The helpers take any step function and its arguments, so a step with more state (a recurrent state beside the
-KV cache) is checked by passing its State and a threshold."""
+The helpers take any step function and its arguments, so a step with more state (a recurrent
+state beside the KV cache) is checked by passing its State and a threshold (step_costs)."""
 import dataclasses
 
 import pytest
@@ -15,10 +16,10 @@ import rollout as R
 
 
 def post_grad_graph(step, *args) -> torch.fx.Graph:
-    """Compile `step(*args)` with inductor (fullgraph, static shapes) and return its graph as left by inductor's
-    post-grad passes, which end with reinplacing and the decomposition of auto_functionalized ops. The hook
-    wraps compile_fx's post_grad_passes (the name it has from torch 2.5 on); the FX caches are off so the passes
-    run; a hook that never fires fails the test instead of passing it empty."""
+    """Compile `step(*args)` with inductor (fullgraph, static shapes) and return its graph as left
+    by inductor's post-grad passes, which end with reinplacing and the decomposition of
+    auto_functionalized ops. The hook wraps compile_fx's post_grad_passes (its name from torch 2.5
+    on); the FX caches are off so the passes run; a hook that never fires fails the test."""
     import torch._inductor.compile_fx as compile_fx
     graphs, original = [], compile_fx.post_grad_passes
 
@@ -55,15 +56,16 @@ def _nbytes(t) -> int:
 
 
 def fresh_outputs(graph: torch.fx.Graph):
-    """(node, tensor) for every new tensor an op node writes: neither an in-place op nor a view, and an output
-    that aliases none of the node's tensor inputs (a reshape counts only when it copies)."""
+    """(node, tensor) for every new tensor an op node writes: neither an in-place op nor a view,
+    and an output that aliases none of the node's tensor inputs (a reshape counts only when it
+    copies)."""
     for node in graph.nodes:
         if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
             continue
         if node.target._schema.is_mutable:
             continue
-        if node.target.is_view and node.target.overloadpacket != torch.ops.aten.reshape:   # reshape may copy
-            continue
+        if node.target.is_view and node.target.overloadpacket != torch.ops.aten.reshape:
+            continue                                                   # a view (a reshape may copy)
         inputs = [t for a in node.all_input_nodes for t in _tensors(a.meta.get("val"))]
         for out in _tensors(node.meta.get("val")):
             if not any(torch._C._is_alias_of(out, t) for t in inputs):
@@ -77,38 +79,41 @@ def fresh_writes(graph: torch.fx.Graph, min_bytes: int) -> list[str]:
 
 
 def copies_into_inputs(graph: torch.fx.Graph, max_bytes: int) -> list[str]:
-    """Every copy_ into a graph input (a State buffer) of more than `max_bytes` from a tensor that is not that
-    buffer itself: a buffer the step rewrote out of place and then copied back whole. (The copy_ of a buffer
-    onto itself that reinplacing leaves is not lowered to a copy.)"""
+    """Every copy_ into a graph input (a State buffer) of more than `max_bytes` from a tensor that
+    is not that buffer itself: a buffer the step rewrote out of place and then copied back whole.
+    (The copy_ of a buffer onto itself that reinplacing leaves is not lowered to a copy.)"""
     inputs = {n for n in graph.nodes if n.op == "placeholder"}
     found = []
     for node in graph.nodes:
-        if node.op == "call_function" and node.target == torch.ops.aten.copy_.default and node.args[0] in inputs:
-            src = node.args[1]
-            while isinstance(src.target, torch._ops.OpOverload) and src.target._schema.is_mutable:
-                src = src.args[0]                                              # in-place chain back to its base
-            dst = node.args[0].meta["val"]
-            if _nbytes(dst) > max_bytes and src is not node.args[0]:
-                found.append(f"copy_ into input {tuple(dst.shape)} {dst.dtype} ({_nbytes(dst)} bytes)")
+        if node.target != torch.ops.aten.copy_.default or node.args[0] not in inputs:
+            continue
+        src = node.args[1]
+        while isinstance(src.target, torch._ops.OpOverload) and src.target._schema.is_mutable:
+            src = src.args[0]                                  # an in-place chain back to its base
+        dst = node.args[0].meta["val"]
+        if _nbytes(dst) > max_bytes and src is not node.args[0]:
+            found.append(f"copy_ into input {tuple(dst.shape)} {dst.dtype} ({_nbytes(dst)} bytes)")
     return found
 
 
-def step_costs(step, w: D.Weights, s: D.State, *rest) -> dict[str, list[str]]:
-    """The decode step's out-of-place writes: `cache` (fresh tensors of one layer's cache or more) and `state`
-    (State buffers of more than one long per row written back by a copy)."""
-    layer = _nbytes(s.k[0])
+def step_costs(step, w, s, *rest, min_bytes: int | None = None) -> dict[str, list[str]]:
+    """The out-of-place writes of `step(w, s, *rest)`: `cache`, fresh tensors of `min_bytes` or
+    more (default: one layer's K cache, s.k[0]); `state`, State buffers of more than one long per
+    row written back by a copy."""
     graph = post_grad_graph(step, w, s, *rest)
-    return {"cache": fresh_writes(graph, layer), "state": copies_into_inputs(graph, 8 * s.tok.shape[0])}
+    min_bytes = _nbytes(s.k[0]) if min_bytes is None else min_bytes
+    return {"cache": fresh_writes(graph, min_bytes),
+            "state": copies_into_inputs(graph, 8 * s.tok.shape[0])}
 
 
 def _step_inputs(folder, rows=8, length=512, new_tokens=8, sp=None, layers=2):
-    """Weights of the tiny model at `folder` (random, its real shapes, its first `layers` layers) and a State of
-    `rows` x `length` with a 5-token prompt, ready for decode_step."""
+    """Weights of the tiny model at `folder` (random, its real shapes, its first `layers` layers)
+    and a State of `rows` x `length` with a 5-token prompt, ready for decode_step."""
     hf, _ = M.load_policy(folder)
     w = D.allocate_weights(hf, torch.float32, "cpu")
     D.refresh(w, hf)
-    w = dataclasses.replace(w, **{f: getattr(w, f)[:layers] for f in ("ln1", "qkv", "qkv_bias", "q_norm", "k_norm", "o",
-                                                                 "ln2", "gate_up", "down")})
+    per_layer = ("ln1", "qkv", "qkv_bias", "q_norm", "k_norm", "o", "ln2", "gate_up", "down")
+    w = dataclasses.replace(w, **{f: getattr(w, f)[:layers] for f in per_layer})
     s = D.allocate_state(w, rows, length, new_tokens, D.candidates(sp, w.embed.shape[0]))
     s.key_ok[:, :5] = True
     s.col.fill_(5)
@@ -120,8 +125,10 @@ def _step_inputs(folder, rows=8, length=512, new_tokens=8, sp=None, layers=2):
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
 @pytest.mark.parametrize("top_k", [50, 0])
 def test_compiled_step_writes_in_place(family, top_k, builtin, qwen3):
-    """Qwen2.5-VL's and Qwen3-VL's step, top-k on and off, repetition penalty on: no fresh tensor as large as
-    one layer's cache, no State buffer (cache, seen, key_ok, ids, logps) rewritten through a full copy."""
+    """Qwen2.5-VL's and Qwen3-VL's step, top-k on and off, repetition penalty on: no fresh tensor
+    as large as one layer's cache, no State buffer (cache, seen, key_ok, ids, logps) rewritten
+    through a whole copy. (The step before #34: 2 whole-cache select_scatters per layer, seen
+    scattered into a fresh (Rb, V) buffer.)"""
     sp = R.SamplingParams(top_k=top_k, repetition_penalty=1.05, max_new_tokens=8)
     w, s = _step_inputs(builtin[1] if family == "qwen2_5_vl" else qwen3, sp=sp)
     assert w.qk_norm == (family == "qwen3_vl")
@@ -130,8 +137,9 @@ def test_compiled_step_writes_in_place(family, top_k, builtin, qwen3):
 
 
 def test_the_check_sees_a_full_cache_copy():
-    """The helpers against a toy step whose write goes through a view of a stacked cache (the pattern the
-    functionalization turns into a whole-cache select_scatter), and its in-place form on the base tensor."""
+    """The helpers against a toy step whose write goes through a view of a stacked cache (the
+    pattern functionalization turns into a whole-cache select_scatter), and its in-place form on
+    the base tensor."""
     cache, col, val = torch.zeros(3, 4, 64, 8), torch.tensor([5]), torch.ones(4, 1, 8)
 
     def through_view(cache, col, val):
@@ -154,8 +162,8 @@ def test_the_check_sees_a_full_cache_copy():
 
 
 def _attention_columns(graph: torch.fx.Graph) -> set[int]:
-    """The last axes of every batched matmul's first operand and output: q·Kᵀ (b, g, hd) @ (b, hd, L) -> (b, g, L)
-    and att·V (b, g, L) @ (b, L, hd): {hd, L}, L the key columns read."""
+    """The last axes of every batched matmul's first operand and output: q·Kᵀ (b, g, hd) @
+    (b, hd, L) -> (b, g, L) and att·V (b, g, L) @ (b, L, hd): {hd, L}, L the key columns read."""
     cols = set()
     for node in graph.nodes:
         if node.target == torch.ops.aten.bmm.default:
@@ -164,13 +172,15 @@ def _attention_columns(graph: torch.fx.Graph) -> set[int]:
 
 
 def test_attention_reads_the_live_columns(builtin):
-    """A 768-column cache with 256 live columns: the compiled step's attention matmuls have 256 key columns, not
-    768 (without `live`: 768); eager, the step's tokens and cache are the same with and without `live`, its
-    log-probs within 1e-6."""
+    """A 768-column cache with 256 live columns: the compiled step's attention matmuls have 256
+    key columns, not 768 (without `live`: 768); eager, the step's tokens and cache are the same
+    with and without `live`, its log-probs within 1e-6."""
     sp = R.SamplingParams(top_k=50, repetition_penalty=1.05, max_new_tokens=8)
     w, s = _step_inputs(builtin[1], length=768, sp=sp)
-    assert _attention_columns(post_grad_graph(D.decode_step, w, s, sp, 0, (1,), 256)) == {w.head_dim, 256}
-    assert _attention_columns(post_grad_graph(D.decode_step, w, s, sp, 0, (1,))) == {w.head_dim, 768}
+    live = post_grad_graph(D.decode_step, w, s, sp, 0, (1,), 256)
+    assert _attention_columns(live) == {w.head_dim, 256}
+    whole = post_grad_graph(D.decode_step, w, s, sp, 0, (1,))
+    assert _attention_columns(whole) == {w.head_dim, 768}
     g = torch.Generator().manual_seed(0)
     s.k.normal_(generator=g)
     s.v.normal_(generator=g)

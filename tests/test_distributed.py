@@ -156,9 +156,9 @@ def test_gradient_divide_factor_is_set_on_every_fsdp_unit(builtin):
 
 
 def test_process_group_timeout_covers_a_cold_compile(monkeypatch):
-    """--dist-timeout-min (30 by default, in train.py, sft.py and eval.py alike) reaches init_process_group as
-    its timeout, so a rank compiling its decode step while the others wait is not killed at torch's 10 minutes;
-    a timeout <= 0 is refused by name."""
+    """--dist-timeout-min (30 by default, in train.py, sft.py and eval.py alike) reaches
+    init_process_group as its timeout, so a rank compiling its decode step while the others wait
+    is not killed at torch's 10 minutes; a timeout <= 0 is refused by name."""
     import datetime
 
     import config
@@ -176,6 +176,7 @@ def test_process_group_timeout_covers_a_cold_compile(monkeypatch):
     cfg, _ = config.parse(train.Config, ["--dist-timeout-min", "45"])
     distributed.init_distributed("cpu", "gloo", cfg.dist_timeout_min)
     distributed.init_distributed("cpu", "gloo")
-    assert [k["timeout"] for k in calls] == [datetime.timedelta(minutes=45), datetime.timedelta(minutes=30)]
+    minutes = datetime.timedelta(minutes=1)
+    assert [k["timeout"] for k in calls] == [45 * minutes, 30 * minutes]
     with pytest.raises(ValueError, match="dist-timeout-min"):
         distributed.init_distributed("cpu", "gloo", 0)

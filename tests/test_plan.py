@@ -93,9 +93,10 @@ def test_settings_that_fit_80_gib(nproc, fits):
 
 @pytest.mark.parametrize("top_k", [0, 50])
 def test_decode_step_term_bounds_the_compiled_graph(builtin, top_k):
-    """plan.decode_step_bytes against the tiny model's compiled step cut to one layer (16 rows, 256 live columns
-    of 512, repetition penalty on): the fresh tensors of inductor's post-grad graph, summed as if none were
-    reused, stay under the term and above half of it (the term counts what the step holds, nothing phantom)."""
+    """plan.decode_step_bytes against the tiny model's compiled step cut to one layer (16 rows, 256
+    live columns of 512, repetition penalty on): the fresh tensors of inductor's post-grad graph,
+    summed as if none were reused, stay under the term and above half of it (the term counts what
+    the step holds, nothing phantom)."""
     import decode as D
     import rollout as R
     from test_decode_cost import _nbytes, _step_inputs, fresh_outputs, post_grad_graph
