@@ -56,8 +56,8 @@ COMPILE_MODES = ("auto", "on", "off")
 def compile_option():
     """The entry points' `--compile-decode` field (train.py, sft.py, eval.py)."""
     return field(default="auto", metadata={"help": "compile the decode step (decode.py): auto (on CUDA: compiled "
-                                                   "with CUDA graphs; on CPU: eager, where compiling measured slower) "
-                                                   "| on | off"})
+                                                   "with CUDA graphs; on CPU: eager, where compiling measured "
+                                                   "no faster, bench/README.md) | on | off"})
 
 
 @dataclass
