@@ -193,3 +193,23 @@ def test_attention_reads_the_live_columns(builtin):
         D.decode_step(w, b, sp, 0, (1,))
     assert torch.equal(a.ids, b.ids) and torch.equal(a.k, b.k) and torch.equal(a.seen, b.seen)
     assert (a.logps - b.logps).abs().max() < 1e-6
+
+
+def test_static_addresses_are_marked_without_a_guard(monkeypatch):
+    """decode._mark_static passes guard=False where torch's mark_static_address takes it (a guarded
+    tensor is kept alive by the compiled code on torch 2.7/2.8: a grown State would never free the
+    old cache), and calls it plainly where it does not (older torch)."""
+    calls = []
+
+    def with_guard(t, guard=True):
+        calls.append(guard)
+
+    def without_guard(t):
+        calls.append("plain")
+
+    t = torch.zeros(2)
+    monkeypatch.setattr(torch._dynamo, "mark_static_address", with_guard)
+    D._mark_static(t)
+    monkeypatch.setattr(torch._dynamo, "mark_static_address", without_guard)
+    D._mark_static(t)
+    assert calls == [False, "plain"]
