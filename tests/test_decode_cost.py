@@ -127,7 +127,7 @@ def _step_inputs(folder, rows=8, length=512, new_tokens=8, sp=None, layers=2):
 def test_compiled_step_writes_in_place(family, top_k, builtin, qwen3):
     """Qwen2.5-VL's and Qwen3-VL's step, top-k on and off, repetition penalty on: no fresh tensor
     as large as one layer's cache, no State buffer (cache, seen, key_ok, ids, logps) rewritten
-    through a whole copy. (The step before #34: 2 whole-cache select_scatters per layer, seen
+    through a whole copy. (The step of commit 5ef68db: 2 whole-cache select_scatters per layer, seen
     scattered into a fresh (Rb, V) buffer.)"""
     sp = R.SamplingParams(top_k=top_k, repetition_penalty=1.05, max_new_tokens=8)
     w, s = _step_inputs(builtin[1] if family == "qwen2_5_vl" else qwen3, sp=sp)
