@@ -50,7 +50,7 @@ def backend_spec(device_type: str, accelerator: str = "nccl") -> str:
     raise ValueError(f"no process-group backend for device type {device_type!r}")
 
 
-TIMEOUT_MINUTES = 30.0   # collectives' timeout: a rank compiling its decode step keeps the others
+TIMEOUT_MINUTES = 30.0   # collectives' timeout: covers one rank's cold decode compile
 
 
 def timeout_option():
