@@ -101,6 +101,7 @@ class Config:
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16-mixed (fp32 weights, bf16 autocast) | bf16 (bf16 weights)"})
     dist_backend: str = field(default="auto", metadata={"help": "process-group backend: auto (gloo on CPU; cpu:gloo,cuda:nccl on CUDA) or a torch backend string"})
+    dist_timeout_min: float = distributed.timeout_option()
     preset: str = field(default="auto", metadata={"help": "auto: 'tiny' when --model is empty, else 'paper'; tiny | paper"})
     # tracking (tracking.py): each benchmark's summary (eval/<benchmark>[_shuffled]/score, ...) to TensorBoard/wandb
     report_to: str = tracking.option("report_to")
@@ -325,7 +326,7 @@ def main(argv=None) -> list[dict] | None:
     argv = merge_data_flags(list(sys.argv[1:] if argv is None else argv))
     cfg, explicit = cfglib.parse(Config, argv, description=__doc__)
     cfg = finish_config(cfg, explicit)
-    proc = distributed.init_distributed(cfg.device, cfg.dist_backend)
+    proc = distributed.init_distributed(cfg.device, cfg.dist_backend, cfg.dist_timeout_min)
     precision, dtype, _ = distributed.resolve_precision(cfg.precision, proc, cuda_default="bf16")   # inference: bf16 weights
     amp = distributed.autocast(proc, precision)
     model_dir, benches = resolve(cfg, proc)

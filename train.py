@@ -139,6 +139,8 @@ class Config:
     dist: str = opt("auto", "auto: fsdp on CUDA, ddp on CPU",
                     choices=("auto", "fsdp", "ddp", "none"))
     dist_backend: str = opt("auto", "process-group backend; auto: gloo on CPU, cpu:gloo,cuda:nccl")
+    dist_timeout_min: float = opt(distributed.TIMEOUT_MINUTES, "minutes a collective waits for the "
+                                  "others (covers a rank's cold decode compile; torch: 10)")
     fsdp_vision_unit: str = opt("block", "FSDP units of the vision tower",
                                 choices=("block", "tower"))
     activation_checkpointing: bool = opt(False, "recompute decoder layers and vision blocks")
@@ -398,7 +400,7 @@ def exit_after_sigterm(run: Run, at: int, saved) -> None:
 
 def main(argv=None):
     cfg = finish_config(*cfglib.parse(Config, argv, description=__doc__))
-    proc = distributed.init_distributed(cfg.device, cfg.dist_backend)
+    proc = distributed.init_distributed(cfg.device, cfg.dist_backend, cfg.dist_timeout_min)
     common.seed_everything(cfg.seed, proc)
     precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)       # L5
     model_dir, train_json, eval_json = common.resolve_model_and_data(cfg, proc)
