@@ -5,6 +5,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
+
+
+class UserError(ValueError):
+    """A mistake in the user's flags, data or model folder (not a bug): the entry points print one line
+    `error: <message>` and exit with code 2 (`run_main`). A ValueError, so callers catching those still do."""
+
+
+def run_main(main) -> None:
+    """Call an entry point's `main()`; a UserError ends the process with one line on stderr and exit code 2
+    (argparse's code for bad flags); anything else is a bug and keeps its traceback."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):                  # one line, like every other user error (argparse prints usage too)
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def _bool(text: str) -> bool:
@@ -25,7 +46,7 @@ def parse(cls, argv=None, description: str | None = None):
     flag is not on the command line.
     Raises SystemExit (argparse) for unknown or abbreviated flags or bad values; TypeError if a field has no help.
     """
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     for f in dataclasses.fields(cls):
         if "help" not in f.metadata:
@@ -43,7 +64,7 @@ def parse(cls, argv=None, description: str | None = None):
             value = getattr(ns, f.name)
             setattr(ns, f.name, f.default if value is None else ",".join(value))
     explicit = set()
-    tokens = [a.split("=")[0] for a in (argv if argv is not None else __import__("sys").argv[1:])]
+    tokens = [a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:])]
     for f in dataclasses.fields(cls):
         if "--" + f.name.replace("_", "-") in tokens:
             explicit.add(f.name)

@@ -51,6 +51,8 @@ from pathlib import Path
 
 import torch
 
+from config import UserError
+
 GIB = 1024 ** 3
 # Qwen2.5-VL-7B-Instruct's configuration (the numbers of its config.json), so the plan needs no download.
 QWEN25_VL_7B = {
@@ -83,13 +85,23 @@ QWEN3_VL_8B = {
 PRESETS = {"preset:qwen2.5-vl-7b": QWEN25_VL_7B, "preset:qwen3-vl-8b": QWEN3_VL_8B}
 
 
+def tiny_folder(cfg) -> str | None:
+    """For --model preset:tiny-qwen3-vl (common.TINY_MODELS, as every entry point reads it): its folder under
+    --cache-dir, built on first use; None for any other --model."""
+    import common
+    import distributed
+    if cfg.model not in common.TINY_MODELS:
+        return None
+    return common.resolve_model(cfg.model, cfg.cache_dir, distributed.Dist())
+
+
 def load_config(model: str):
     """A Qwen2_5_VLConfig or Qwen3VLConfig from a preset name (PRESETS) or an HF folder. Raises ValueError for an
     unknown preset or a folder without config.json."""
     from transformers import AutoConfig, Qwen2_5_VLConfig, Qwen3VLConfig
     if model.startswith("preset:"):
         if model not in PRESETS:
-            raise ValueError(f"--model {model}: unknown preset; known: {sorted(PRESETS)}")
+            raise UserError(f"--model {model}: unknown preset; known: {sorted(PRESETS)}")
         if PRESETS[model]["model_type"] == "qwen3_vl":
             return Qwen3VLConfig(**PRESETS[model])
         cfg = dict(PRESETS[model])
@@ -97,7 +109,7 @@ def load_config(model: str):
         return Qwen2_5_VLConfig(text_config=text, vision_config=cfg["vision_config"], **{
             k: cfg[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")})
     if not (Path(model) / "config.json").exists():
-        raise ValueError(f"--plan needs --model {' or '.join(PRESETS)} or an HF folder with config.json, got {model!r}")
+        raise UserError(f"--plan needs --model {' or '.join(PRESETS)} or an HF folder with config.json, got {model!r}")
     return AutoConfig.from_pretrained(model)
 
 
@@ -233,8 +245,8 @@ def report(cfg) -> str:
     """The plan as a printable table (GiB per GPU), then which settings fit cfg.gpu_memory_gib on cfg.nproc
     GPUs. Raises ValueError when --model is not usable."""
     if not cfg.model:
-        raise ValueError(f"--plan needs --model (an HF folder or one of {', '.join(PRESETS)})")
-    config = load_config(cfg.model)
+        raise UserError(f"--plan needs --model (an HF folder or one of {', '.join(PRESETS)})")
+    config = load_config(tiny_folder(cfg) or cfg.model)
     e = estimate(config, cfg)
     lora = f" | LoRA r={cfg.lora_rank}: {e['phi_lora'] / 1e6:.1f}M adapter parameters" if cfg.lora_rank else ""
     lines = [f"memory plan: {cfg.model} | {e['phi'] / 1e9:.2f}B parameters ({e['phi_vision'] / 1e9:.2f}B vision) | "

@@ -92,6 +92,14 @@ def _cell(x) -> str:
     return "–" if x is None else f"{x:.1f}"
 
 
+def model_label(model: str) -> str:
+    """A model folder's name for tables: the folder's own name, or for a run's export ('final', 'step_*',
+    'checkpoint-*') the run's folder and the export: 'tgrpo-final' for runs/tgrpo/final."""
+    p = Path(model)
+    generic = p.name == "final" or p.name.startswith(("step", "checkpoint"))
+    return f"{p.parent.name}-{p.name}" if generic else p.name
+
+
 def report(results: list[dict]) -> str:
     """Markdown: the paper's Table 1 layout (rows: model, frames, frame order); then, per benchmark and per
     data_source category, accuracy on ordered vs shuffled frames and the gap ("–" without a shuffled run);
@@ -100,7 +108,7 @@ def report(results: list[dict]) -> str:
     label = lambda b: BENCHMARKS.get(b, b)
     rows: dict[tuple, dict] = {}
     for r in results:
-        key = (Path(r["model"]).name, frames_desc(r["settings"]["media"]), r["variant"] != "ordered", r["variant"])
+        key = (model_label(r["model"]), frames_desc(r["settings"]["media"]), r["variant"] != "ordered", r["variant"])
         rows.setdefault(key, {})[r["benchmark"]] = r["summary"]["score"]
     lines = ["| Model | Frames | Frame order | " + " | ".join(label(n) for n in names) + " |",
              "|---|---|---|" + "---|" * len(names)]
