@@ -18,6 +18,7 @@ import os
 import random
 import re
 import shutil
+import uuid
 import warnings
 from pathlib import Path
 
@@ -28,7 +29,6 @@ from torch.distributed.checkpoint.api import CheckpointException   # a BaseExcep
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 import distributed
-import preflight
 from config import UserError
 from model import disk_message
 
@@ -123,6 +123,11 @@ def resolve(resume: str, out_dir: str | Path) -> Path | None:
     return path
 
 
+def new_run_id(proc: distributed.Dist) -> str:
+    """A fresh run's identity (12 hex digits), the same on every rank (rank 0 draws it; a collective)."""
+    return distributed.broadcast_object(uuid.uuid4().hex[:12] if proc.main else None, proc)
+
+
 def run_of(path: Path) -> str | None:
     """The run identity ("run_id" of the run config) that checkpoint folder `path` was written by, or None
     (written before run identities, or without a run config)."""
@@ -170,12 +175,12 @@ def resume(resume_flag: str, out_dir: str | Path, module, optimizer, proc: distr
     FileNotFoundError as `resolve` and `load`."""
     path = resolve(resume_flag, out_dir)
     if path is None:
-        run_config["run_id"] = preflight.new_run_id(proc)          # a fresh run: a new identity
+        run_config["run_id"] = new_run_id(proc)          # a fresh run: a new identity
         return 0, 0
     if resume_flag == "auto":
         check_same_run(path, out_dir, who)
     extra = load(path, module, optimizer, proc)
-    run_config["run_id"] = extra.get("config", {}).get("run_id") or preflight.new_run_id(proc)   # the run's own
+    run_config["run_id"] = extra.get("config", {}).get("run_id") or new_run_id(proc)   # the run's own
     changes = config_changes(extra["config"], run_config) if "config" in extra else []
     if changes and not allow_change:
         raise UserError(f"{who}: {path} was written with other settings: {'; '.join(changes)}. "

@@ -85,12 +85,15 @@ def check_ranges(cfg, lowest: dict[str, int], where: str, why: dict[str, str] | 
 
 
 def check_model_flag(model: str, plan: bool, where: str) -> None:
-    """--model preset:NAME is the same in every entry point: a TINY_MODELS preset (built on first use) anywhere; a
+    """--model preset:NAME is the same in every entry point: a TINY_MODELS preset (built on first use) for a run; a
     plan.PRESETS one (a config, no weights) only with train.py's --plan. Raises config.UserError listing the
     known presets for an unknown name, and saying where the weights go for a plan-only one elsewhere."""
     if not model.startswith("preset:"):
         return
     from plan import PRESETS
+    if model in TINY_MODELS and plan:
+        raise UserError(f"{where}: --plan --model {model}: this preset is built by a run (under --cache-dir/"
+                        f"{model.removeprefix('preset:')}); plan that folder, or one of {', '.join(PRESETS)}")
     if model in TINY_MODELS:
         return
     if model not in PRESETS:

@@ -85,16 +85,6 @@ QWEN3_VL_8B = {
 PRESETS = {"preset:qwen2.5-vl-7b": QWEN25_VL_7B, "preset:qwen3-vl-8b": QWEN3_VL_8B}
 
 
-def tiny_folder(cfg) -> str | None:
-    """For --model preset:tiny-qwen3-vl (common.TINY_MODELS, as every entry point reads it): its folder under
-    --cache-dir, built on first use; None for any other --model."""
-    import common
-    import distributed
-    if cfg.model not in common.TINY_MODELS:
-        return None
-    return common.resolve_model(cfg.model, cfg.cache_dir, distributed.Dist())
-
-
 def load_config(model: str):
     """A Qwen2_5_VLConfig or Qwen3VLConfig from a preset name (PRESETS) or an HF folder. Raises ValueError for an
     unknown preset or a folder without config.json."""
@@ -246,7 +236,7 @@ def report(cfg) -> str:
     GPUs. Raises ValueError when --model is not usable."""
     if not cfg.model:
         raise UserError(f"--plan needs --model (an HF folder or one of {', '.join(PRESETS)})")
-    config = load_config(tiny_folder(cfg) or cfg.model)
+    config = load_config(cfg.model)
     e = estimate(config, cfg)
     lora = f" | LoRA r={cfg.lora_rank}: {e['phi_lora'] / 1e6:.1f}M adapter parameters" if cfg.lora_rank else ""
     lines = [f"memory plan: {cfg.model} | {e['phi'] / 1e9:.2f}B parameters ({e['phi_vision'] / 1e9:.2f}B vision) | "

@@ -1,4 +1,4 @@
-"""What an entry point checks and records around a run, before any model loads (issue #36):
+"""What an entry point checks and records around a run, before any model loads:
 
 - a model folder's recorded settings (SETTINGS beside the weights): the preset, frames/pixels and sampling a run
   exported it with, so that `--preset auto` runs a checkpoint of the tiny world at the tiny world's settings;
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import data
@@ -82,13 +81,14 @@ def take_settings(cfg, explicit: set[str], record: dict, groups: tuple[str, ...]
 
 # ---- the output folder of a fresh run -------------------------------------------------------------------------
 def run_files(out_dir: str | Path) -> list[Path]:
-    """What an earlier run left in out_dir: metrics.jsonl, checkpoints/, final/, step_N/ exports (sorted)."""
+    """What an earlier run left in out_dir: a non-empty metrics.jsonl (a run that stopped before its first row
+    left nothing to lose), checkpoints/, final/, step_N/ exports (sorted)."""
     out = Path(out_dir)
     if not out.is_dir():
         return []
-    names = {"metrics.jsonl", "checkpoints", "final"}
     return sorted(p for p in out.iterdir()
-                  if p.name in names or (p.name.startswith("step_") and p.name[5:].isdigit()))
+                  if p.name in ("checkpoints", "final") or (p.name == "metrics.jsonl" and p.stat().st_size > 0)
+                  or (p.name.startswith("step_") and p.name[5:].isdigit()))
 
 
 def claim_out_dir(out_dir: str | Path, resume: str, overwrite: bool, proc: distributed.Dist, who: str) -> None:
@@ -118,11 +118,6 @@ def claim_out_dir(out_dir: str | Path, resume: str, overwrite: bool, proc: distr
     answer = distributed.broadcast_object(answer, proc)
     if answer:
         raise UserError(answer)
-
-
-def new_run_id(proc: distributed.Dist) -> str:
-    """A fresh run's identity (12 hex digits), the same on every rank (rank 0 draws it; a collective)."""
-    return distributed.broadcast_object(uuid.uuid4().hex[:12] if proc.main else None, proc)
 
 
 # ---- the data ---------------------------------------------------------------------------------------------
@@ -161,16 +156,16 @@ def check_media(samples: list[data.Sample], json_path: str, root: str | None, fl
               f"entry {first.entry}: {first.media_path}): those entries are skipped", flush=True)
 
 
-def check_data(cfg, train_json: str, eval_json: str = "", require_process: bool = False) -> list[data.Sample]:
+def check_data(cfg, train_json: str, eval_sets: list[tuple[str, str]] = (), require_process: bool = False
+               ) -> list[data.Sample]:
     """Load the training JSON (schema: data.load_samples, against cfg.media_root) and check its media
-    (`check_media`), and the same for every held-out set of `eval_json` (heldout.parse_sets' NAME=FILE list, against
-    cfg.eval_media_root or cfg.media_root when --eval-data was given), before any model loads. Returns the training
-    samples. Raises config.UserError for bad data."""
-    import heldout
+    (`check_media`), and the same for the first cfg.eval_samples of every held-out set [(name, JSON)]
+    (heldout.parse_sets; against cfg.eval_media_root or cfg.media_root when --eval-data was given), before any
+    model loads. Returns the training samples. Raises config.UserError for bad data."""
     samples = data.load_samples(train_json, cfg.media_root or None, require_process=require_process)
     check_media(samples, train_json, cfg.media_root or None, "--media-root")
     root = (cfg.eval_media_root or cfg.media_root or None) if cfg.eval_data else None
-    for _, path in heldout.parse_sets(eval_json):
+    for _, path in eval_sets:
         check_media(data.load_samples(path, root)[:cfg.eval_samples], path, root, "--eval-media-root", "held-out ")
     return samples
 

@@ -276,7 +276,7 @@ def main(argv=None):
     common.seed_everything(cfg.seed, proc)
     precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)       # S7
     model_dir, train_json, eval_json = resolve_paths(cfg, proc)
-    samples = preflight.check_data(cfg, train_json, eval_json, require_process=True)   # before any model loads
+    samples = preflight.check_data(cfg, train_json, heldout.parse_sets(eval_json), True)   # before a model loads
     hf, tokenizer, module, adapters, opt = common.build_policy(cfg, model_dir, proc, dtype, compute)
     amp = distributed.autocast(proc, precision, module)                                  # FSDP casts through its own policy
     media = common.media_config(cfg, hf.config)

@@ -330,7 +330,7 @@ def main(argv=None):
     common.seed_everything(cfg.seed, proc)
     precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)       # L5
     model_dir, train_json, eval_json = common.resolve_model_and_data(cfg, proc)
-    samples = preflight.check_data(cfg, train_json, eval_json)           # schema and media, before any model loads
+    samples = preflight.check_data(cfg, train_json, heldout.parse_sets(eval_json))   # before any model loads
     built = common.build_policy(cfg, model_dir, proc, dtype, compute)
     hf, tokenizer, policy, adapters, opt = built
     amp = distributed.autocast(proc, precision, policy)
