@@ -58,12 +58,12 @@ def set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
 
 @contextlib.contextmanager
 def single_process_quiet():
-    """A context without DCP's UserWarning "torch.distributed is disabled, unavailable or uninitialized, assuming
-    the intent is to save/load in a single process" (the intent here, on every single-process save and load); any
-    other warning still shows."""
+    """A context without DCP's UserWarning "torch.distributed is disabled, unavailable or
+    uninitialized, assuming the intent is to save/load in a single process" (the intent here, on
+    every single-process save and load); any other warning still shows."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized",
-                                category=UserWarning)
+        quiet = "torch.distributed is disabled, unavailable or uninitialized"
+        warnings.filterwarnings("ignore", message=quiet, category=UserWarning)
         yield
 
 
@@ -107,12 +107,13 @@ def latest(out_dir: str | Path) -> Path | None:
 
 
 class NotACheckpoint(UserError, FileNotFoundError):
-    """--resume names a folder that is not a checkpoint: a user error that is also a FileNotFoundError."""
+    """--resume names a folder that is not a checkpoint: a user error, also a FileNotFoundError."""
 
 
 def resolve(resume: str, out_dir: str | Path) -> Path | None:
     """--resume value -> folder: "" (no resume), "auto" (latest in out_dir, None when there is none) or a path.
-    Raises FileNotFoundError (NotACheckpoint) when an explicit path is not a checkpoint folder."""
+    Raises FileNotFoundError (NotACheckpoint) when an explicit path is not a checkpoint
+    folder."""
     if not resume:
         return None
     if resume == "auto":
@@ -124,29 +125,33 @@ def resolve(resume: str, out_dir: str | Path) -> Path | None:
 
 
 def new_run_id(proc: distributed.Dist) -> str:
-    """A fresh run's identity (12 hex digits), the same on every rank (rank 0 draws it; a collective)."""
+    """A fresh run's identity (12 hex digits), the same on every rank (rank 0 draws it; a
+    collective)."""
     return distributed.broadcast_object(uuid.uuid4().hex[:12] if proc.main else None, proc)
 
 
 def run_of(path: Path) -> str | None:
-    """The run identity ("run_id" of the run config) that checkpoint folder `path` was written by, or None
-    (written before run identities, or without a run config)."""
+    """The run identity ("run_id" of the run config) that checkpoint folder `path` was written by,
+    or None (written before run identities, or without a run config)."""
     own = path / f"rank{0:05d}.pt"
-    return torch.load(own, weights_only=False).get("config", {}).get("run_id") if own.exists() else None
+    if not own.exists():
+        return None
+    return torch.load(own, weights_only=False).get("config", {}).get("run_id")
 
 
 def check_same_run(path: Path, out_dir: str | Path, who: str) -> None:
-    """--resume auto continues only the run whose config.json is in out_dir: refuse a newest checkpoint written by
-    another run (its run_id differs). Raises UserError naming both."""
+    """--resume auto continues only the run whose config.json is in out_dir: refuse a newest
+    checkpoint written by another run (its run_id differs). Raises UserError naming both."""
+    config = Path(out_dir) / "config.json"
     try:
-        current = json.loads((Path(out_dir) / "config.json").read_text()).get("run_id")
+        current = json.loads(config.read_text()).get("run_id")
     except (OSError, json.JSONDecodeError, AttributeError):
-        return                                                # no run config to compare: nothing to tell apart
+        return                                          # no run config: nothing to tell apart
     owner = run_of(path)
     if current and owner and current != owner:
-        raise UserError(f"{who}: --resume auto: the newest checkpoint {path} belongs to run {owner}, but "
-                        f"{Path(out_dir) / 'config.json'} is run {current}'s; pass --resume {path} to continue that "
-                        f"run deliberately, or --overwrite to start afresh")
+        raise UserError(f"{who}: --resume auto: the newest checkpoint {path} belongs to run "
+                        f"{owner}, but {config} is run {current}'s; pass --resume {path} to "
+                        f"continue that run deliberately, or --overwrite to start afresh")
 
 
 def load(path: str | Path, module, optimizer, proc: distributed.Dist) -> dict:
@@ -169,10 +174,10 @@ def resume(resume_flag: str, out_dir: str | Path, module, optimizer, proc: distr
     """What an entry point's --resume does: (step, stream position) to continue from, (0, 0) for a fresh run.
 
     Loads the model and optimizer state in place (collective), restores the RNG states of `generators`, and
-    refuses a checkpoint written with other settings (`config_changes`) unless `allow_change`, and under "auto"
-    one of another run (`check_same_run`). Sets run_config["run_id"]: the checkpoint's run, or a new one for a
-    fresh run. Raises config.UserError (a ValueError) naming `who` and listing the differences;
-    FileNotFoundError as `resolve` and `load`."""
+    refuses a checkpoint written with other settings (`config_changes`) unless `allow_change`, and
+    under "auto" one of another run (`check_same_run`). Sets run_config["run_id"]: the checkpoint's
+    run, or a new one for a fresh run. Raises config.UserError (a ValueError) naming `who` and
+    listing the differences; FileNotFoundError as `resolve` and `load`."""
     path = resolve(resume_flag, out_dir)
     if path is None:
         run_config["run_id"] = new_run_id(proc)          # a fresh run: a new identity
@@ -180,7 +185,7 @@ def resume(resume_flag: str, out_dir: str | Path, module, optimizer, proc: distr
     if resume_flag == "auto":
         check_same_run(path, out_dir, who)
     extra = load(path, module, optimizer, proc)
-    run_config["run_id"] = extra.get("config", {}).get("run_id") or new_run_id(proc)   # the run's own
+    run_config["run_id"] = extra.get("config", {}).get("run_id") or new_run_id(proc)   # its own
     changes = config_changes(extra["config"], run_config) if "config" in extra else []
     if changes and not allow_change:
         raise UserError(f"{who}: {path} was written with other settings: {'; '.join(changes)}. "

@@ -40,23 +40,25 @@ TRAIN_TINY = dict(steps=60, prompts_per_rank=4, eval_samples=200, eval_completio
                   max_completion_length=96, min_len=40, max_len=80, lr=5e-5, freeze_vision=True, **TINY_MEDIA)
 SFT_TINY = dict(epochs=6.0, batch_size=8, grad_accum=1, lr=2e-3, warmup_steps=20, freeze_vision=True,
                 eval_max_new_tokens=128, **TINY_MEDIA)
-EVAL_TINY = dict(max_new_tokens=64, template="train", **TINY_MEDIA)   # the only prompt the tiny world has seen
+EVAL_TINY = dict(max_new_tokens=64, template="train", **TINY_MEDIA)   # the tiny world's only prompt
 
 
-def apply_preset(cfg, explicit: set[str], tiny: dict, where: str, groups: tuple[str, ...] = ("media",)) -> str:
-    """Resolve cfg.preset and copy `tiny`'s values into the fields not given on the command line when it is
-    "tiny". "auto" is, in this order: the preset recorded in --model's preflight.SETTINGS (an export of train.py or
-    sft.py), whose `groups` ("media", "sampling") are then taken too (preflight.take_settings; a flag given that
-    differs from them is used and printed); "tiny" for an empty --model, a TINY_MODELS preset or a built-in cold
-    start (its RECORD); else "paper". Returns the preset. Raises config.UserError naming `where` (the entry point)
-    for an unknown preset or --model preset:NAME (`check_model_flag`)."""
+def apply_preset(cfg, explicit: set[str], tiny: dict, where: str,
+                 groups: tuple[str, ...] = ("media",)) -> str:
+    """Resolve cfg.preset and copy `tiny`'s values into the fields not given on the command line
+    when it is "tiny". "auto" is, in this order: the preset recorded in --model's
+    preflight.SETTINGS (an export of train.py or sft.py), whose `groups` ("media", "sampling") are
+    then taken too (preflight.take_settings; a flag given that differs is used and printed); "tiny"
+    for an empty --model, a TINY_MODELS preset or a built-in cold start (its RECORD); else "paper".
+    Returns the preset. Raises config.UserError naming `where` (the entry point) for an unknown
+    preset or --model preset:NAME (`check_model_flag`)."""
     check_model_flag(cfg.model, getattr(cfg, "plan", False), where)
     record = preflight.read_settings(cfg.model) if cfg.preset == "auto" else None
     if record is not None:
         preset = record["preset"]
     elif cfg.preset == "auto":
-        builtin_world = not cfg.model or cfg.model in TINY_MODELS or (Path(cfg.model) / RECORD).is_file()
-        preset = "tiny" if builtin_world else "paper"
+        built_in = not cfg.model or cfg.model in TINY_MODELS or (Path(cfg.model) / RECORD).is_file()
+        preset = "tiny" if built_in else "paper"
     else:
         preset = cfg.preset
     if preset not in ("tiny", "paper"):
@@ -69,38 +71,43 @@ def apply_preset(cfg, explicit: set[str], tiny: dict, where: str, groups: tuple[
     if record is not None:
         contradicted = preflight.take_settings(cfg, explicit, record, groups)
         if preflight.on_main_rank():
+            instead = f"; given instead: {', '.join(contradicted)}" if contradicted else ""
             print(f"{where}: {cfg.model} was exported by a {preset}-preset run: its settings "
-                  f"({preflight.SETTINGS}) apply" + (f"; given instead: {', '.join(contradicted)}"
-                                                      if contradicted else ""), flush=True)
+                  f"({preflight.SETTINGS}) apply{instead}", flush=True)
     return preset
 
 
-def check_ranges(cfg, lowest: dict[str, int], where: str, why: dict[str, str] | None = None) -> None:
-    """Refuse a field of `cfg` below its lowest valid value (`lowest`: name -> minimum), saying the valid range
-    and, from `why`, the reason. Raises config.UserError naming `where` and the flag."""
+def check_ranges(cfg, lowest: dict[str, int], where: str, why: dict | None = None) -> None:
+    """Refuse a field of `cfg` below its lowest valid value (`lowest`: name -> minimum), saying the
+    valid range and, from `why`, the reason. Raises config.UserError naming `where` and the flag."""
     for name, low in lowest.items():
         if getattr(cfg, name) < low:
             reason = f" ({why[name]})" if why and name in why else ""
-            raise UserError(f"{where}: --{name.replace('_', '-')} must be >= {low}{reason}, got {getattr(cfg, name)!r}")
+            raise UserError(f"{where}: --{name.replace('_', '-')} must be >= {low}{reason}, "
+                            f"got {getattr(cfg, name)!r}")
 
 
 def check_model_flag(model: str, plan: bool, where: str) -> None:
-    """--model preset:NAME is the same in every entry point: a TINY_MODELS preset (built on first use) for a run; a
-    plan.PRESETS one (a config, no weights) only with train.py's --plan. Raises config.UserError listing the
-    known presets for an unknown name, and saying where the weights go for a plan-only one elsewhere."""
+    """--model preset:NAME is the same in every entry point: a TINY_MODELS preset (built on first
+    use) for a run; a plan.PRESETS one (a config, no weights) only with train.py's --plan. Raises
+    config.UserError listing the known presets for an unknown name, and saying where the weights go
+    for a plan-only one elsewhere."""
     if not model.startswith("preset:"):
         return
     from plan import PRESETS
     if model in TINY_MODELS and plan:
-        raise UserError(f"{where}: --plan --model {model}: this preset is built by a run (under --cache-dir/"
-                        f"{model.removeprefix('preset:')}); plan that folder, or one of {', '.join(PRESETS)}")
+        raise UserError(f"{where}: --plan --model {model}: this preset is built by a run (under "
+                        f"--cache-dir/{model.removeprefix('preset:')}); plan that folder, or one "
+                        f"of {', '.join(PRESETS)}")
     if model in TINY_MODELS:
         return
     if model not in PRESETS:
-        raise UserError(f"{where}: --model {model}: unknown preset; known: {', '.join(TINY_MODELS + tuple(PRESETS))}")
+        known = ", ".join(TINY_MODELS + tuple(PRESETS))
+        raise UserError(f"{where}: --model {model}: unknown preset; known: {known}")
     if not plan:
-        raise UserError(f"{where}: --model {model} is the model's config without weights, for train.py --plan only; "
-                        f"to run, pass the folder of the downloaded weights (README: data and weights)")
+        raise UserError(f"{where}: --model {model} is the model's config without weights, for "
+                        f"train.py --plan only; to run, pass the folder of the downloaded weights "
+                        f"(README: data and weights)")
 
 
 def media_config(cfg, model_config=None) -> pixels.MediaConfig:
@@ -126,7 +133,7 @@ def resolve_model(model: str, cache_dir: str | Path, proc: distributed.Dist) -> 
     (tiny.build_builtin_tiny_qwen3, its tokenizer trained on the built-in data's text) built on rank 0 under
     cache_dir/tiny-qwen3-vl while the other ranks wait. Idempotent."""
     if model not in TINY_MODELS:
-        return model                                   # other preset: names: check_model_flag, at parse time
+        return model                     # other preset: names: check_model_flag, at parse time
     from builtin.tiny import build_builtin_tiny_qwen3
     folder = Path(cache_dir) / model.removeprefix("preset:")
     paths = builtin(cache_dir, proc, model=False)
@@ -342,7 +349,8 @@ def build_policy(cfg, model_dir: str, proc: distributed.Dist, weights: torch.dty
     when --cpu-offload is asked for without FSDP; load_policy's errors (FileNotFoundError, ValueError) for a
     folder that is not a usable Qwen2.5-VL."""
     if cfg.cpu_offload and distributed.resolve_mode(cfg.dist, proc) != "fsdp":
-        raise UserError(f"--cpu-offload is FSDP2's: it needs --dist fsdp (got --dist {cfg.dist} on {proc.device.type})")
+        raise UserError(f"--cpu-offload is FSDP2's: it needs --dist fsdp (got --dist {cfg.dist} "
+                        f"on {proc.device.type})")
     base_in_compute = cfg.lora_rank > 0 and cfg.lora_vision == "frozen"
     hf, tokenizer = load_policy(model_dir, compute if base_in_compute else weights,
                                 "cpu" if cfg.cpu_offload else proc.device)
@@ -389,13 +397,14 @@ def build_reference(cfg, policy: Policy, model_dir: str, proc: distributed.Dist,
                             param_dtype=compute, vision_unit=cfg.fsdp_vision_unit, offload=cfg.cpu_offload)
 
 
-def export(module, tokenizer, folder: Path, proc: distributed.Dist, adapters=None, base_dir: str = "",
-           run_config: dict | None = None) -> Path:
+def export(module, tokenizer, folder: Path, proc: distributed.Dist, adapters=None,
+           base_dir: str = "", run_config: dict | None = None) -> Path:
     """Write an HF folder (config, safetensors, tokenizer, chat template, processor settings) that plain
     transformers loads, from the full state dict gathered on rank 0 (collective under FSDP; atomic). Under LoRA
     (`adapters`, the PeftModel, and `base_dir`, the starting folder) the adapters are merged in and also written
-    to `<folder>_lora` (lora.export). With `run_config` (the entry point's), the run's preset, frames/pixels
-    and sampling go beside the weights (preflight.SETTINGS), for --preset auto of a later run on the folder."""
+    to `<folder>_lora` (lora.export). With `run_config` (the entry point's), the run's preset,
+    frames/pixels and sampling go beside the weights (preflight.SETTINGS), for a later run's
+    --preset auto on the folder."""
     if adapters is not None:
         lora.export(module, adapters, tokenizer, base_dir, folder, proc)
     else:

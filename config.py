@@ -9,13 +9,14 @@ import sys
 
 
 class UserError(ValueError):
-    """A mistake in the user's flags, data or model folder (not a bug): the entry points print one line
-    `error: <message>` and exit with code 2 (`run_main`). A ValueError, so callers catching those still do."""
+    """A mistake in the user's flags, data or model folder (not a bug): the entry points print one
+    line `error: <message>` and exit with code 2 (`run_main`). A ValueError, so callers catching
+    those still do."""
 
 
 def run_main(main) -> None:
-    """Call an entry point's `main()`; a UserError ends the process with one line on stderr and exit code 2
-    (argparse's code for bad flags); anything else is a bug and keeps its traceback."""
+    """Call an entry point's `main()`; a UserError ends the process with one line on stderr and exit
+    code 2 (argparse's code for bad flags); anything else is a bug and keeps its traceback."""
     try:
         main()
     except UserError as e:
@@ -24,7 +25,7 @@ def run_main(main) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):                  # one line, like every other user error (argparse prints usage too)
+    def error(self, message):             # one line like every user error (argparse adds usage)
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 

@@ -99,13 +99,13 @@ def moving_average(y: np.ndarray, k: int) -> np.ndarray:
     return (c[i] - c[lo]) / (i - lo)
 
 
-SHRINK = 0.7   # completions this much shorter at the end than at the start are pointed out (`shrink_note`)
+SHRINK = 0.7   # completions this much shorter at the end than at the start are pointed out
 
 
 def shrink(rows: list[dict]) -> tuple[float, float, int] | None:
-    """(first, last, w) when the mean completion length of the run's last w steps (a tenth, at least 1) is below
-    SHRINK times that of its first w, else None: a policy that drops its reasoning shows here first (the
-    default T-GRPO run: ~32 -> ~16 tokens)."""
+    """(first, last, w) when the mean completion length of the run's last w steps (a tenth, at
+    least 1) is below SHRINK times that of its first w, else None: a policy that drops its reasoning
+    shows here first (the default T-GRPO run: ~32 -> ~16 tokens)."""
     _, y = series(rows, "completion_length")
     if len(y) < 2:
         return None
@@ -121,8 +121,9 @@ def draw(metrics_path: str | Path, png_path: str | Path | None = None, title: st
         metrics_path: the run's metrics JSON-lines file (train.py or sft.py output).
         png_path: where to write the PNG; None: curves.png beside metrics_path. Its folder must exist.
         title: figure title; "" uses metrics_path as given.
-    Returns: the PNG's path (written atomically: a temp file beside it, then os.replace). When completions
-        shrank (`shrink`) the completion-length panel's title says so and the note is printed.
+    Returns: the PNG's path (written atomically: a temp file beside it, then os.replace). When
+        completions shrank (`shrink`) the completion-length panel's title says so and a note is
+        printed.
     Raises: FileNotFoundError naming the path if metrics_path does not exist; ValueError naming the file and
         line for a bad line (see read_rows), or naming the file when no key of any panel is present.
     """
@@ -139,8 +140,9 @@ def draw(metrics_path: str | Path, png_path: str | Path | None = None, title: st
 
     shrank = shrink(rows)
     if shrank:
-        print(f"note: completion length shrank {shrank[0]:.0f} -> {shrank[1]:.0f} tokens (mean of the first vs the "
-              f"last {shrank[2]} step(s)): the completions carry less reasoning now; read a few", flush=True)
+        print(f"note: completion length shrank {shrank[0]:.0f} -> {shrank[1]:.0f} tokens (mean of "
+              f"the first vs the last {shrank[2]} step(s)): the completions carry less reasoning "
+              f"now; read a few", flush=True)
     ncols = min(4, len(chosen))
     nrows = math.ceil(len(chosen) / ncols)
     fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows + 0.4), dpi=100)
@@ -162,8 +164,8 @@ def draw(metrics_path: str | Path, png_path: str | Path | None = None, title: st
                 ax.plot(x, y, color=color, lw=0.7, alpha=0.35)
                 ax.plot(x, moving_average(y, w), color=color, lw=2.0, label=f"{key} (avg {w})")
         flag = shrank and name == "completion length"
-        ax.set_title(name + (f": shrank {shrank[0]:.0f} -> {shrank[1]:.0f}" if flag else ""), fontsize=10,
-                     color="C3" if flag else "black")
+        extra = f": shrank {shrank[0]:.0f} -> {shrank[1]:.0f}" if flag else ""
+        ax.set_title(name + extra, fontsize=10, color="C3" if flag else "black")
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel, fontsize=8)
         ax.grid(alpha=0.3)

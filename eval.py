@@ -1,9 +1,9 @@
 """Benchmark evaluation in the Video-R1-eval format, plus a temporal-sensitivity report (notes §7, §8).
 
-    python eval.py                                     # what `python train.py` starts from (the built-in cold start)
-                                                       # on the built-in test split (CPU, a few minutes)
-    python eval.py --model runs/tgrpo/final            # the run just trained: its recorded settings (preset, frames,
-                                                       # pixels) apply; flags given instead are named in the log
+    python eval.py                                     # what `python train.py` starts from (the
+                                                       # built-in cold start), built-in test split
+    python eval.py --model runs/tgrpo/final            # a run's export, at its recorded settings
+                                                       # (flags given instead are named in the log)
     python eval.py --shuffled true                     # also on shuffled frames: ordered vs shuffled accuracy and the gap
     python eval.py --model runs/tgrpo/final --data Evaluation/eval_vsibench.json --data Evaluation/eval_mvbench.json
     torchrun --nproc_per_node 8 eval.py --model Video-R1-7B --data Evaluation/eval_mmvu.json --nframes 32 \\
@@ -124,7 +124,8 @@ def merge_data_flags(argv: list[str]) -> list[str]:
 
 
 def finish_config(cfg: Config, explicit: set[str]) -> Config:
-    """Apply the tiny preset to fields not given, and check values. Raises config.UserError naming the field."""
+    """Apply the tiny preset to fields not given, and check values. Raises config.UserError naming
+    the field."""
     common.apply_preset(cfg, explicit, common.EVAL_TINY, "eval.py")
     checks = {"template": cfg.template in ("train", "eval"),
               "rope_time": cfg.rope_time in ("sample", "official"),
@@ -156,7 +157,7 @@ def check_media(sample: data.Sample) -> str | None:
     try:
         if sample.data_type == "video":
             import decord
-            decord.logging.set_level(decord.logging.QUIET)                     # ffmpeg's stderr noise
+            decord.logging.set_level(decord.logging.QUIET)         # ffmpeg's stderr noise
             vr = decord.VideoReader(path, num_threads=1)
             if len(vr) < 1 or not vr.get_avg_fps() > 0:
                 return f"undecodable: {path}: {len(vr)} frames at {vr.get_avg_fps()} fps"
@@ -286,9 +287,9 @@ def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, 
 
 # ---- entry point ----------------------------------------------------------------------------------
 def resolve(cfg: Config, proc: distributed.Dist) -> tuple[str, list[tuple[str, str]]]:
-    """The policy folder and [(benchmark name, JSON path)]; the built-in cold start (common.coldstart, what
-    train.py starts from) and the built-in data (test split, benchmark 'synthetic') when --model or --data is
-    empty (common.builtin)."""
+    """The policy folder and [(benchmark name, JSON path)]; the built-in cold start
+    (common.coldstart, what train.py starts from) and the built-in data (test split, benchmark
+    'synthetic') when --model or --data is empty (common.builtin)."""
     model = common.resolve_model(cfg.model, cfg.cache_dir, proc)
     if model and cfg.data:
         return model, [(cfg.name or benchmark_name(p), p) for p in cfg.data.split(",") if p]
@@ -313,7 +314,7 @@ def main(argv=None) -> list[dict] | None:
     precision, dtype, _ = distributed.resolve_precision(cfg.precision, proc, cuda_default="bf16")   # inference: bf16 weights
     amp = distributed.autocast(proc, precision)
     model_dir, benches = resolve(cfg, proc)
-    preflight.check_benchmarks(benches, cfg.media_root, cfg.limit)          # schema and media, before the model
+    preflight.check_benchmarks(benches, cfg.media_root, cfg.limit)          # before the model loads
     from model import load_policy
     hf, tokenizer = load_policy(model_dir, dtype, proc.device)
     hf.eval()

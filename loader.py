@@ -130,19 +130,21 @@ class FrameCache:
 
 
 class UnusableMedia(UserError, RuntimeError):
-    """More media files in a row than Prefetcher's max_consecutive_skips could not be used: a user error (the
-    data, or --media-root) with the cause in its message: all missing, or how many missing / unreadable / unusable
-    (wrong type, too few frames, ...) with the last reason."""
+    """More media files in a row than Prefetcher's max_consecutive_skips could not be used: a user
+    error (the data, or --media-root) with the cause in its message: all missing, or how many
+    missing / unreadable / unusable (wrong type, too few frames, ...) with the last reason."""
 
     def __init__(self, run: int, last_path: str, reasons: list[str]):
         missing = sum("FileNotFoundError" in r for r in reasons)
         unreadable = sum(("cannot open" in r or "cannot read" in r or "cannot decode" in r)
                          and "FileNotFoundError" not in r for r in reasons)
         if missing == len(reasons):
-            why = f"all missing (the last: {last_path}); check --media-root: entry paths are resolved against it"
+            why = (f"all missing (the last: {last_path}); check --media-root: entry paths are "
+                   f"resolved against it")
         else:
             why = (f"{missing} missing, {unreadable} unreadable (corrupt, or not a video/image), "
-                   f"{len(reasons) - missing - unreadable} unusable at these frame/pixel settings; the last: "
+                   f"{len(reasons) - missing - unreadable} unusable at these frame/pixel settings; "
+                   f"the last: "
                    f"{reasons[-1] if reasons else last_path}")
         super().__init__(f"{run} unusable media files in a row: {why}")
 
@@ -174,9 +176,10 @@ class Prefetcher:
     Args: samples: an iterable of data.Sample (may be endless, e.g. `prompt_stream(...)`);
     tokenizer, media, shuffled, variant: as pixels.prepare; seed, rank: seed the per-sample generators
     (`sample_generator(seed, rank, start_index + i)` for the i-th sample); depth >= 1: samples in flight;
-    workers >= 1: threads; cache: an optional FrameCache; max_consecutive_skips: raise UnusableMedia (a
-    RuntimeError and config.UserError) after more than this many unusable samples in a row (the entry points pass
-    the data's size: every sample failed), its message fitting the cause (all missing: check --media-root).
+    workers >= 1: threads; cache: an optional FrameCache; max_consecutive_skips: raise
+    UnusableMedia (a RuntimeError and config.UserError) after more than this many unusable samples
+    in a row (the entry points pass the data's size: every sample failed), its message fitting the
+    cause (all missing: check --media-root).
     Iterating yields (index, pixels.Prepared); `skipped` counts skipped samples, `skipped_errors` keeps the
     last 100 messages ("entry 17 of train.json (/data/x.mp4): reason", see `skip_message`); `consumed` is
     start_index + the samples handed out or skipped so far: the stream position to checkpoint (the threads
@@ -235,7 +238,8 @@ class Prefetcher:
                 elif _power_of_ten(self.skipped):
                     print(f"[skip] {self.skipped} samples skipped so far; latest: {msg}", file=sys.stderr)
                 if self._run > self.max_consecutive_skips:
-                    raise UnusableMedia(self._run, sample.media_path, list(self.skipped_errors)[-self._run:]) from e
+                    recent = list(self.skipped_errors)[-self._run:]
+                    raise UnusableMedia(self._run, sample.media_path, recent) from e
                 continue
             self._run = 0
             return index, out

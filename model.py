@@ -106,7 +106,7 @@ def disk_message(error: BaseException, where: str | Path) -> str:
 
 
 class MissingModel(UserError, FileNotFoundError):
-    """A model folder without config.json: a user error (config.UserError) that is also a FileNotFoundError."""
+    """A model folder without config.json: a config.UserError, also a FileNotFoundError."""
 
 
 def check_model_folder(folder: str | Path) -> dict:
@@ -123,8 +123,9 @@ def check_model_folder(folder: str | Path) -> dict:
         raise UserError(f"{path}: not a readable JSON config: {e}") from e
     kind = config.get("model_type") if isinstance(config, dict) else None
     if kind not in SUPPORTED_MODEL_TYPES:
-        raise UserError(f"{path}: model_type {kind!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES} "
-                         f"(a folder such as Qwen2.5-VL-7B-Instruct, Qwen3-VL-8B-Instruct or an output of this project)")
+        raise UserError(f"{path}: model_type {kind!r} is not supported; expected one of "
+                        f"{SUPPORTED_MODEL_TYPES} (a folder such as Qwen2.5-VL-7B-Instruct, "
+                        f"Qwen3-VL-8B-Instruct or an output of this project)")
     return config
 
 

@@ -99,7 +99,8 @@ def load_config(model: str):
         return Qwen2_5_VLConfig(text_config=text, vision_config=cfg["vision_config"], **{
             k: cfg[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")})
     if not (Path(model) / "config.json").exists():
-        raise UserError(f"--plan needs --model {' or '.join(PRESETS)} or an HF folder with config.json, got {model!r}")
+        raise UserError(f"--plan needs --model {' or '.join(PRESETS)} or an HF folder with "
+                        f"config.json, got {model!r}")
     return AutoConfig.from_pretrained(model)
 
 

@@ -93,8 +93,8 @@ def _cell(x) -> str:
 
 
 def model_label(model: str) -> str:
-    """A model folder's name for tables: the folder's own name, or for a run's export ('final', 'step_*',
-    'checkpoint-*') the run's folder and the export: 'tgrpo-final' for runs/tgrpo/final."""
+    """A model folder's name for tables: the folder's own name, or for a run's export ('final',
+    'step_*', 'checkpoint-*') the run's folder and the export ('tgrpo-final': runs/tgrpo/final)."""
     p = Path(model)
     generic = p.name == "final" or p.name.startswith(("step", "checkpoint"))
     return f"{p.parent.name}-{p.name}" if generic else p.name
@@ -108,7 +108,8 @@ def report(results: list[dict]) -> str:
     label = lambda b: BENCHMARKS.get(b, b)
     rows: dict[tuple, dict] = {}
     for r in results:
-        key = (model_label(r["model"]), frames_desc(r["settings"]["media"]), r["variant"] != "ordered", r["variant"])
+        frames = frames_desc(r["settings"]["media"])
+        key = (model_label(r["model"]), frames, r["variant"] != "ordered", r["variant"])
         rows.setdefault(key, {})[r["benchmark"]] = r["summary"]["score"]
     lines = ["| Model | Frames | Frame order | " + " | ".join(label(n) for n in names) + " |",
              "|---|---|---|" + "---|" * len(names)]

@@ -137,12 +137,13 @@ class Config:
 
 
 def finish_config(cfg: Config, explicit: set[str]) -> Config:
-    """Apply the preset to fields the user did not set and check values. Raises config.UserError naming the
-    field."""
+    """Apply the preset to fields the user did not set and check values. Raises config.UserError
+    naming the field."""
     common.apply_preset(cfg, explicit, common.SFT_TINY, "sft.py")
     checks = {"loss_on": cfg.loss_on in LOSS_ON, "system_prompt": cfg.system_prompt in SYSTEM_PROMPTS,
               "batch_size": cfg.batch_size >= 1, "grad_accum": cfg.grad_accum >= 1,
-              "epochs": cfg.epochs > 0 or cfg.steps > 0, "steps": cfg.steps >= 0, "rope_time": cfg.rope_time in ("sample", "official"),
+              "epochs": cfg.epochs > 0 or cfg.steps > 0, "steps": cfg.steps >= 0,
+              "rope_time": cfg.rope_time in ("sample", "official"),
               "precision": cfg.precision in distributed.PRECISIONS, "eval_batch": cfg.eval_batch >= 1,
               "compile_decode": cfg.compile_decode in decode.COMPILE_MODES,
               "fsdp_vision_unit": cfg.fsdp_vision_unit in ("block", "tower")}
@@ -272,11 +273,11 @@ def main(argv=None):
     cfg, explicit = cfglib.parse(Config, argv, description=__doc__)
     cfg = finish_config(cfg, explicit)
     proc = distributed.init_distributed(cfg.device, cfg.dist_backend)
-    preflight.claim_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite, proc, "sft.py")    # never over another run
+    preflight.claim_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite, proc, "sft.py")    # no 2 runs
     common.seed_everything(cfg.seed, proc)
     precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)       # S7
     model_dir, train_json, eval_json = resolve_paths(cfg, proc)
-    samples = preflight.check_data(cfg, train_json, heldout.parse_sets(eval_json), True)   # before a model loads
+    samples = preflight.check_data(cfg, train_json, heldout.parse_sets(eval_json), True)   # 1st
     hf, tokenizer, module, adapters, opt = common.build_policy(cfg, model_dir, proc, dtype, compute)
     amp = distributed.autocast(proc, precision, module)                                  # FSDP casts through its own policy
     media = common.media_config(cfg, hf.config)
@@ -299,8 +300,8 @@ def main(argv=None):
     # the next samples are decoded while the current step runs; undecodable media are skipped and counted
     prefetch = loader.Prefetcher(loader.prompt_stream(samples, proc, cfg.seed, position), tokenizer, media, shuffled=False,
                                  seed=cfg.seed, rank=proc.rank, workers=cfg.data_workers, start_index=position,
-                                 cache=loader.FrameCache(cfg.frame_cache) if cfg.frame_cache else None,
-                                 max_consecutive_skips=len(samples))             # every sample failed: stop
+                                 max_consecutive_skips=len(samples),          # all failed: stop
+                                 cache=loader.FrameCache(cfg.frame_cache) if cfg.frame_cache else None)
     if proc.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(run_config, indent=2))
@@ -329,7 +330,8 @@ def main(argv=None):
     if evaluate:
         run_eval(start)
     if export:
-        common.export(module, tokenizer, out_dir / f"step_{start}", proc, adapters, model_dir, run_config)
+        common.export(module, tokenizer, out_dir / f"step_{start}", proc, adapters, model_dir,
+                      run_config)
     hf.train()
     bar = tqdm(range(start, total), initial=start, total=total, disable=not proc.main, desc="SFT")
     for step in bar:
@@ -369,7 +371,8 @@ def main(argv=None):
         if preempted:
             break
         if cfg.export_every > 0 and (step + 1) % cfg.export_every == 0:
-            common.export(module, tokenizer, out_dir / f"step_{step + 1}", proc, adapters, model_dir, run_config)
+            common.export(module, tokenizer, out_dir / f"step_{step + 1}", proc, adapters,
+                          model_dir, run_config)
     prefetch.close()
     preemption.restore()
     if preempted:   # SIGTERM: the step finished and was checkpointed; no final evaluation or export
@@ -384,7 +387,8 @@ def main(argv=None):
         sys.exit(128 + signal.SIGTERM)                                         # 143, the shell's code for SIGTERM
     run_eval(total)
     tracker.close()
-    final = common.export(module, tokenizer, out_dir / "final", proc, adapters, model_dir, run_config)
+    final = common.export(module, tokenizer, out_dir / "final", proc, adapters, model_dir,
+                          run_config)
     if proc.main:
         metrics.close()
         print(decoder.summary())

@@ -49,7 +49,8 @@ def parse_backends(report_to: str) -> list[str]:
     names = [n.strip() for n in report_to.split(",") if n.strip() and n.strip() != "none"]
     bad = [n for n in names if n not in BACKENDS]
     if bad:
-        raise UserError(f"--report-to: unknown backend {bad[0]!r}; expected none or any of {BACKENDS}")
+        raise UserError(f"--report-to: unknown backend {bad[0]!r}; expected none or any of "
+                        f"{BACKENDS}")
     return names
 
 

@@ -5,20 +5,21 @@
     torchrun --nproc_per_node 2 train.py               # the same on 2 ranks (gloo on CPU, nccl on GPU)
     torchrun --nproc_per_node 8 train.py --model runs/sft/final --data Video-R1-260k.json \\
         --media-root Video-R1-data                     # the paper's recipe from an SFT checkpoint
-    python train.py --steps 2 --eval-samples 0 --out-dir runs/try   # a quick run: no held-out evaluation
-    python eval.py --model runs/tgrpo/final            # evaluate what a run exported (its settings come along)
-    python train.py --help                             # every knob: the defaults shown are the paper's; a run of
-                                                       # the built-in world (no --model) takes the tiny preset's
-    python train.py --model runs/sft/final --data Video-R1-260k.json --media-root Video-R1-data --lora-rank 64 \\
-        --lora-alpha 128 --lr 1e-5 --activation-checkpointing --report-to tensorboard
+    python train.py --steps 2 --eval-samples 0 --out-dir runs/try   # quick: no held-out evaluation
+    python eval.py --model runs/tgrpo/final            # evaluate an export (with its settings)
+    python train.py --help                             # every knob, the paper's defaults shown (a
+                                                       # run without --model takes the tiny preset)
+    python train.py --model runs/sft/final --data Video-R1-260k.json --media-root Video-R1-data \\
+        --lora-rank 64 --lora-alpha 128 --lr 1e-5 --activation-checkpointing --report-to tensorboard
                                                        # 7B T-GRPO with LoRA on ONE 80 GB GPU (lr: see README)
     torchrun --nproc_per_node 2 train.py --model ... --dist fsdp --cpu-offload --activation-checkpointing
                                                        # full fine-tuning on two 80 GB GPUs (~80 GB host RAM per rank)
     python train.py --plan --model preset:qwen2.5-vl-7b --nproc 8 --activation-checkpointing
                                                        # per-GPU memory plan (plan.py), no GPU needed
-    torchrun --nnodes 2 --nproc_per_node 4 --rdzv-backend c10d --rdzv-endpoint HOST0:29500 --rdzv-id vr1 \\
-        train.py --model runs/sft/final --data ... --dist fsdp --activation-checkpointing --save-every 50 \
-        --resume auto                                  # FSDP2 over 2 nodes; rerun the same line to resume
+    torchrun --nnodes 2 --nproc_per_node 4 --rdzv-backend c10d --rdzv-endpoint HOST0:29500 \\
+        --rdzv-id vr1 train.py --model runs/sft/final --data ... --dist fsdp \\
+        --activation-checkpointing --save-every 50 --resume auto
+                                                       # FSDP2 on 2 nodes; rerun the line to resume
 On SIGTERM (a preempted job) every rank finishes the current step, a resumable checkpoint is written and the
 run exits with code 143; `--resume auto` continues it. Resuming with other settings (G, lr, seed, data, ...)
 is refused, listing the differences, unless `--allow-config-change true`.
@@ -44,7 +45,8 @@ With --eval-samples N (the tiny preset: the 200 prompts of the built-in test spl
 policy answers N held-out prompts, sampled like the rollout, before the first step, every --eval-every steps and
 after the last (heldout.py): the "eval_*" rows of metrics.jsonl, the one figure that says whether the policy got
 better (the accuracy reward also moves with the prompts each step drew).
-A fresh run refuses an --out-dir holding an earlier run (`--resume auto` continues it, `--overwrite` clears it).
+A fresh run refuses an --out-dir holding an earlier run (`--resume auto` continues it, `--overwrite`
+clears it).
 Everything is written under ./runs/ by default: the built-in data and tiny model (runs/cache), the metrics
 (runs/tgrpo/metrics.jsonl, one JSON line per step; curves.png beside it, drawn at the end by curves.py) and
 the final HF folder (runs/tgrpo/final).
@@ -181,9 +183,10 @@ class Config:
 
 
 def finish_config(cfg: Config, explicit: set[str]) -> Config:
-    """Apply the preset to fields the user did not set, derive G̃, and check values. Raises config.UserError."""
+    """Apply the preset to fields the user did not set, derive G̃, and check values. Raises
+    config.UserError."""
     common.apply_preset(cfg, explicit, common.TRAIN_TINY, "train.py", ("media", "sampling"))
-    common.check_ranges(cfg, {"steps": 1, "G": 2}, "train.py", {"G": "group-relative advantages need G >= 2"})
+    common.check_ranges(cfg, {"steps": 1, "G": 2}, "train.py", {"G": "group-relative advantages"})
     if cfg.G_shuffled < 0:
         cfg.G_shuffled = cfg.G // 2
     if not cfg.temporal:
@@ -233,10 +236,11 @@ def advantages(acc, fmt, lengths, sacc, is_video, cfg) -> tgrpo.Advantages:
 
 
 def variant(cfg) -> str:
-    """This config's reward-to-advantage combination by name (tgrpo.variant), as logged and reported: plain GRPO
-    when no shuffled completions are drawn (G̃ = 0: no p̃, no temporal bonus)."""
-    return tgrpo.variant(cfg.temporal and cfg.G_shuffled > 0, cfg.temporal_trigger, cfg.mu, cfg.trigger_margin, cfg.bonus_placement,
-                         cfg.adv_scale)
+    """This config's reward-to-advantage combination by name (tgrpo.variant), as logged and
+    reported: plain GRPO when no shuffled completions are drawn (G̃ = 0: no p̃, no bonus)."""
+    temporal = cfg.temporal and cfg.G_shuffled > 0
+    return tgrpo.variant(temporal, cfg.temporal_trigger, cfg.mu, cfg.trigger_margin,
+                         cfg.bonus_placement, cfg.adv_scale)
 
 
 def lr_at(step: int, cfg) -> float:
@@ -326,11 +330,11 @@ def main(argv=None):
         print(plan.report(cfg))
         return
     proc = distributed.init_distributed(cfg.device, cfg.dist_backend)
-    preflight.claim_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite, proc, "train.py")   # never over another run
+    preflight.claim_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite, proc, "train.py")   # no 2 runs
     common.seed_everything(cfg.seed, proc)
     precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)       # L5
     model_dir, train_json, eval_json = common.resolve_model_and_data(cfg, proc)
-    samples = preflight.check_data(cfg, train_json, heldout.parse_sets(eval_json))   # before any model loads
+    samples = preflight.check_data(cfg, train_json, heldout.parse_sets(eval_json))   # before models
     built = common.build_policy(cfg, model_dir, proc, dtype, compute)
     hf, tokenizer, policy, adapters, opt = built
     amp = distributed.autocast(proc, precision, policy)
@@ -356,8 +360,8 @@ def main(argv=None):
     prefetch = loader.Prefetcher(loader.prompt_stream(samples, proc, cfg.seed, position), tokenizer, media,
                                  shuffled=cfg.temporal and cfg.G_shuffled > 0, seed=cfg.seed, rank=proc.rank,
                                  workers=cfg.data_workers, start_index=position,
-                                 cache=loader.FrameCache(cfg.frame_cache) if cfg.frame_cache else None,
-                                 max_consecutive_skips=len(samples))             # every sample failed: stop
+                                 max_consecutive_skips=len(samples),          # all failed: stop
+                                 cache=loader.FrameCache(cfg.frame_cache) if cfg.frame_cache else None)
     if proc.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(run_config, indent=2))
@@ -383,7 +387,8 @@ def main(argv=None):
     if evaluate:
         run_eval(start, policy)
     if export:
-        common.export(policy, tokenizer, out_dir / f"step_{start}", proc, adapters, model_dir, run_config)
+        common.export(policy, tokenizer, out_dir / f"step_{start}", proc, adapters, model_dir,
+                      run_config)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not proc.main, desc="T-GRPO")
     for step in bar:
         t0 = time.time()
@@ -407,7 +412,8 @@ def main(argv=None):
         if preempted:
             break
         if cfg.export_every > 0 and (step + 1) % cfg.export_every == 0:
-            common.export(policy, tokenizer, out_dir / f"step_{step + 1}", proc, adapters, model_dir, run_config)
+            common.export(policy, tokenizer, out_dir / f"step_{step + 1}", proc, adapters,
+                          model_dir, run_config)
         if cfg.eval_every > 0 and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             run_eval(step + 1, policy)
     prefetch.close()
@@ -424,7 +430,8 @@ def main(argv=None):
         sys.exit(128 + signal.SIGTERM)                                         # 143, the shell's code for SIGTERM
     run_eval(cfg.steps, policy)
     tracker.close()                                                            # after the final evaluation's row
-    final = common.export(policy, tokenizer, out_dir / "final", proc, adapters, model_dir, run_config)
+    final = common.export(policy, tokenizer, out_dir / "final", proc, adapters, model_dir,
+                          run_config)
     if proc.main:
         metrics_file.close()
         print(decoder.summary())
