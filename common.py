@@ -88,10 +88,10 @@ def check_ranges(cfg, lowest: dict[str, int], where: str, why: dict | None = Non
 
 
 def check_model_flag(model: str, plan: bool, where: str) -> None:
-    """--model preset:NAME is the same in every entry point: a TINY_MODELS preset (built on first
-    use) for a run; a plan.PRESETS one (a config, no weights) only with train.py's --plan. Raises
-    config.UserError listing the known presets for an unknown name, and saying where the weights go
-    for a plan-only one elsewhere."""
+    """--model preset:NAME is the same in every entry point, checked when the flags are read: a
+    TINY_MODELS preset (built on first use) for a run; a plan.PRESETS one (a config, no weights)
+    for train.py's --plan (`resolve_model` refuses it for a run). Raises config.UserError listing
+    the known presets for an unknown name."""
     if not model.startswith("preset:"):
         return
     from plan import PRESETS
@@ -104,10 +104,6 @@ def check_model_flag(model: str, plan: bool, where: str) -> None:
     if model not in PRESETS:
         known = ", ".join(TINY_MODELS + tuple(PRESETS))
         raise UserError(f"{where}: --model {model}: unknown preset; known: {known}")
-    if not plan:
-        raise UserError(f"{where}: --model {model} is the model's config without weights, for "
-                        f"train.py --plan only; to run, pass the folder of the downloaded weights "
-                        f"(README: data and weights)")
 
 
 def media_config(cfg, model_config=None) -> pixels.MediaConfig:
@@ -131,9 +127,14 @@ TINY_MODELS = ("preset:tiny-qwen3-vl",)   # --model presets the project builds (
 def resolve_model(model: str, cache_dir: str | Path, proc: distributed.Dist) -> str:
     """The HF folder for --model: `model` itself, or for "preset:tiny-qwen3-vl" the tiny random Qwen3-VL
     (tiny.build_builtin_tiny_qwen3, its tokenizer trained on the built-in data's text) built on rank 0 under
-    cache_dir/tiny-qwen3-vl while the other ranks wait. Idempotent."""
+    cache_dir/tiny-qwen3-vl while the other ranks wait. Idempotent. Raises config.UserError for a
+    plan.PRESETS name (a config without weights: --plan only)."""
+    if model.startswith("preset:") and model not in TINY_MODELS:     # plan.PRESETS (check_model_flag)
+        raise UserError(f"--model {model} is the model's config without weights, for train.py --plan "
+                        f"only; to run, pass the folder of the downloaded weights (README: data and "
+                        f"weights)")
     if model not in TINY_MODELS:
-        return model                     # other preset: names: check_model_flag, at parse time
+        return model
     from builtin.tiny import build_builtin_tiny_qwen3
     folder = Path(cache_dir) / model.removeprefix("preset:")
     paths = builtin(cache_dir, proc, model=False)

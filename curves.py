@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -122,8 +123,8 @@ def draw(metrics_path: str | Path, png_path: str | Path | None = None, title: st
         png_path: where to write the PNG; None: curves.png beside metrics_path. Its folder must exist.
         title: figure title; "" uses metrics_path as given.
     Returns: the PNG's path (written atomically: a temp file beside it, then os.replace). When
-        completions shrank (`shrink`) the completion-length panel's title says so and a note is
-        printed.
+        completions shrank (`shrink`) the completion-length panel's title says so and a note goes
+        to stderr (stdout keeps only the path the CLI prints).
     Raises: FileNotFoundError naming the path if metrics_path does not exist; ValueError naming the file and
         line for a bad line (see read_rows), or naming the file when no key of any panel is present.
     """
@@ -142,7 +143,7 @@ def draw(metrics_path: str | Path, png_path: str | Path | None = None, title: st
     if shrank:
         print(f"note: completion length shrank {shrank[0]:.0f} -> {shrank[1]:.0f} tokens (mean of "
               f"the first vs the last {shrank[2]} step(s)): the completions carry less reasoning "
-              f"now; read a few", flush=True)
+              f"now; read a few", file=sys.stderr, flush=True)
     ncols = min(4, len(chosen))
     nrows = math.ceil(len(chosen) / ncols)
     fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows + 0.4), dpi=100)

@@ -216,4 +216,4 @@ def test_curves_point_out_shrinking_completions(tmp_path, capsys):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     curves.draw(path)
-    assert "note: completion length shrank 30 -> 16 tokens" in capsys.readouterr().out
+    assert "note: completion length shrank 30 -> 16 tokens" in capsys.readouterr().err
