@@ -129,10 +129,10 @@ def resolve_model(model: str, cache_dir: str | Path, proc: distributed.Dist) -> 
     (tiny.build_builtin_tiny_qwen3, its tokenizer trained on the built-in data's text) built on rank 0 under
     cache_dir/tiny-qwen3-vl while the other ranks wait. Idempotent. Raises config.UserError for a
     plan.PRESETS name (a config without weights: --plan only)."""
-    if model.startswith("preset:") and model not in TINY_MODELS:     # plan.PRESETS (check_model_flag)
-        raise UserError(f"--model {model} is the model's config without weights, for train.py --plan "
-                        f"only; to run, pass the folder of the downloaded weights (README: data and "
-                        f"weights)")
+    if model.startswith("preset:") and model not in TINY_MODELS:    # plan.PRESETS: check_model_flag
+        raise UserError(f"--model {model} is the model's config without weights, for train.py "
+                        f"--plan only; to run, pass the folder of the downloaded weights "
+                        f"(docs/first_hour.md: data and weights)")
     if model not in TINY_MODELS:
         return model
     from builtin.tiny import build_builtin_tiny_qwen3
