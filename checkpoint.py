@@ -15,11 +15,14 @@ so a crash mid-save leaves the previous checkpoint as the newest complete one. T
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
+import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,7 @@ from torch.distributed.checkpoint.api import CheckpointException   # a BaseExcep
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 import distributed
+from config import UserError
 from model import family
 
 PATTERN = re.compile(r"^step_(\d{6,})$")
@@ -106,6 +110,17 @@ def set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
         g.set_state(state["generators"][k])
 
 
+@contextlib.contextmanager
+def single_process_quiet():
+    """A context without DCP's UserWarning "torch.distributed is disabled, unavailable or
+    uninitialized, assuming the intent is to save/load in a single process" (the intent here, on
+    every single-process save and load); any other warning still shows."""
+    with warnings.catch_warnings():
+        quiet = "torch.distributed is disabled, unavailable or uninitialized"
+        warnings.filterwarnings("ignore", message=quiet, category=UserWarning)
+        yield
+
+
 def save(out_dir: str | Path, step: int, module, optimizer, proc: distributed.Dist, extra: dict, keep: int = 2) -> Path:
     """Save checkpoint `step` (the number of optimizer steps done) under out_dir/checkpoints; collective.
 
@@ -120,7 +135,8 @@ def save(out_dir: str | Path, step: int, module, optimizer, proc: distributed.Di
     distributed.barrier(proc)
     model_sd, optim_sd = get_state_dict(distributed.unwrap(module), optimizer)
     try:
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        with single_process_quiet():
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
         torch.save({"step": step, **extra}, tmp / f"rank{proc.rank:05d}.pt")
     except (Exception, CheckpointException) as e:   # a full disk: "unexpected pos 704 vs 598" from torch.save
         reason = disk_message(e, root)                                        # before the partial files go
@@ -144,17 +160,52 @@ def latest(out_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+class NotACheckpoint(UserError, FileNotFoundError):
+    """--resume names a folder that is not a checkpoint: a user error, also a FileNotFoundError."""
+
+
 def resolve(resume: str, out_dir: str | Path) -> Path | None:
     """--resume value -> folder: "" (no resume), "auto" (latest in out_dir, None when there is none) or a path.
-    Raises FileNotFoundError when an explicit path is not a checkpoint folder."""
+    Raises FileNotFoundError (NotACheckpoint) when an explicit path is not a checkpoint
+    folder."""
     if not resume:
         return None
     if resume == "auto":
         return latest(out_dir)
     path = Path(resume)
     if not (path / ".metadata").exists():
-        raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder (no .metadata)")
+        raise NotACheckpoint(f"--resume {resume}: not a checkpoint folder (no .metadata)")
     return path
+
+
+def new_run_id(proc: distributed.Dist) -> str:
+    """A fresh run's identity (12 hex digits), the same on every rank (rank 0 draws it; a
+    collective)."""
+    return distributed.broadcast_object(uuid.uuid4().hex[:12] if proc.main else None, proc)
+
+
+def run_of(path: Path) -> str | None:
+    """The run identity ("run_id" of the run config) that checkpoint folder `path` was written by,
+    or None (written before run identities, or without a run config)."""
+    own = path / f"rank{0:05d}.pt"
+    if not own.exists():
+        return None
+    return torch.load(own, weights_only=False).get("config", {}).get("run_id")
+
+
+def check_same_run(path: Path, out_dir: str | Path, who: str) -> None:
+    """--resume auto continues only the run whose config.json is in out_dir: refuse a newest
+    checkpoint written by another run (its run_id differs). Raises UserError naming both."""
+    config = Path(out_dir) / "config.json"
+    try:
+        current = json.loads(config.read_text()).get("run_id")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return                                          # no run config: nothing to tell apart
+    owner = run_of(path)
+    if current and owner and current != owner:
+        raise UserError(f"{who}: --resume auto: the newest checkpoint {path} belongs to run "
+                        f"{owner}, but {config} is run {current}'s; pass --resume {path} to "
+                        f"continue that run deliberately, or --overwrite to start afresh")
 
 
 def load(path: str | Path, module, optimizer, proc: distributed.Dist) -> dict:
@@ -166,7 +217,8 @@ def load(path: str | Path, module, optimizer, proc: distributed.Dist) -> dict:
         raise FileNotFoundError(f"{own}: checkpoint has no state for rank {proc.rank} (saved with fewer ranks?)")
     model_sd, optim_sd = get_state_dict(distributed.unwrap(module), optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path))
+    with single_process_quiet():
+        dcp.load(state, checkpoint_id=str(path))
     set_state_dict(distributed.unwrap(module), optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return torch.load(own, weights_only=False)
 
@@ -176,15 +228,21 @@ def resume(resume_flag: str, out_dir: str | Path, module, optimizer, proc: distr
     """What an entry point's --resume does: (step, stream position) to continue from, (0, 0) for a fresh run.
 
     Loads the model and optimizer state in place (collective), restores the RNG states of `generators`, and
-    refuses a checkpoint written with other settings (`config_changes`) unless `allow_change`. Raises
-    ValueError naming `who` and listing the differences; FileNotFoundError as `resolve` and `load`."""
+    refuses a checkpoint written with other settings (`config_changes`) unless `allow_change`, and
+    under "auto" one of another run (`check_same_run`). Sets run_config["run_id"]: the checkpoint's
+    run, or a new one for a fresh run. Raises config.UserError (a ValueError) naming `who` and
+    listing the differences; FileNotFoundError as `resolve` and `load`."""
     path = resolve(resume_flag, out_dir)
     if path is None:
+        run_config["run_id"] = new_run_id(proc)          # a fresh run: a new identity
         return 0, 0
+    if resume_flag == "auto":
+        check_same_run(path, out_dir, who)
     extra = load(path, module, optimizer, proc)
+    run_config["run_id"] = extra.get("config", {}).get("run_id") or new_run_id(proc)   # its own
     changes = config_changes(extra["config"], run_config) if "config" in extra else []
     if changes and not allow_change:
-        raise ValueError(f"{who}: {path} was written with other settings: {'; '.join(changes)}. "
+        raise UserError(f"{who}: {path} was written with other settings: {'; '.join(changes)}. "
                          f"Resume with the same settings, or pass --allow-config-change true")
     set_rng_state(extra["rng"], generators)
     if proc.main:
@@ -196,7 +254,7 @@ def resume(resume_flag: str, out_dir: str | Path, module, optimizer, proc: distr
 # machinery that does not change what is computed. Any other difference is refused unless the user allows it.
 RESUME_MAY_CHANGE = {"steps", "save_every", "keep_checkpoints", "export_every", "resume", "allow_config_change",
                      "data_workers", "frame_cache", "plan", "nproc", "logprob_chunk", "activation_checkpointing",
-                     "device", "dist_backend", "out_dir", "cache_dir"}
+                     "device", "dist_backend", "out_dir", "cache_dir", "overwrite", "run_id"}
 
 
 def config_changes(saved: dict, now: dict) -> list[str]:

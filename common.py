@@ -20,6 +20,8 @@ import checkpoint
 import distributed
 import lora
 import pixels
+import preflight
+from config import UserError
 from model import PolicyLogprobs, load_policy
 from builtin.tiny import TINY_MEDIA, build_builtin_tiny
 
@@ -38,22 +40,64 @@ TRAIN_TINY = dict(steps=60, prompts_per_rank=4, eval_samples=200, eval_completio
                   max_completion_length=96, min_len=40, max_len=80, lr=5e-5, freeze_vision=True, **TINY_MEDIA)
 SFT_TINY = dict(epochs=6.0, batch_size=8, grad_accum=1, lr=2e-3, warmup_steps=20, freeze_vision=True,
                 eval_max_new_tokens=128, **TINY_MEDIA)
-EVAL_TINY = dict(max_new_tokens=64, **TINY_MEDIA)
+EVAL_TINY = dict(max_new_tokens=64, template="train", **TINY_MEDIA)   # the tiny world's only prompt
 
 
-def apply_preset(cfg, explicit: set[str], tiny: dict, where: str) -> str:
-    """Resolve cfg.preset ("auto": tiny when --model is empty or a TINY_MODELS preset, else paper) and copy `tiny`'s values into the
-    fields not given on the command line when it is "tiny". Returns the preset. Raises ValueError naming
-    `where` (the entry point) for an unknown preset."""
-    preset = cfg.preset if cfg.preset != "auto" else ("tiny" if not cfg.model or cfg.model in TINY_MODELS else "paper")
+def apply_preset(cfg, explicit: set[str], tiny: dict, where: str,
+                 groups: tuple[str, ...] = ("media",)) -> str:
+    """Resolve cfg.preset and copy `tiny`'s values into the fields not given on the command line
+    when it is "tiny". "auto" is, in this order: the preset recorded in --model's
+    preflight.SETTINGS (an export of train.py or sft.py), whose `groups` ("media", "sampling") are
+    then taken too (preflight.take_settings; a flag given that differs is used and printed); "tiny"
+    for an empty --model, a TINY_MODELS preset or a built-in cold start (its RECORD); else "paper".
+    Returns the preset. Raises config.UserError naming `where` (the entry point) for an unknown
+    preset or --model preset:NAME (`check_model_flag`)."""
+    check_model_flag(cfg.model, where)
+    record = preflight.read_settings(cfg.model) if cfg.preset == "auto" else None
+    if record is not None:
+        preset = record["preset"]
+    elif cfg.preset == "auto":
+        built_in = not cfg.model or cfg.model in TINY_MODELS or (Path(cfg.model) / RECORD).is_file()
+        preset = "tiny" if built_in else "paper"
+    else:
+        preset = cfg.preset
     if preset not in ("tiny", "paper"):
-        raise ValueError(f"{where}: --preset must be auto, tiny or paper, got {cfg.preset!r}")
+        raise UserError(f"{where}: --preset must be auto, tiny or paper, got {preset!r}")
     if preset == "tiny":
         for k, v in tiny.items():
             if k not in explicit:
                 setattr(cfg, k, v)
     cfg.preset = preset
+    if record is not None:
+        contradicted = preflight.take_settings(cfg, explicit, record, groups)
+        if preflight.on_main_rank():
+            instead = f"; given instead: {', '.join(contradicted)}" if contradicted else ""
+            print(f"{where}: {cfg.model} was exported by a {preset}-preset run: its settings "
+                  f"({preflight.SETTINGS}) apply{instead}", flush=True)
     return preset
+
+
+def check_ranges(cfg, lowest: dict[str, int], where: str, why: dict | None = None) -> None:
+    """Refuse a field of `cfg` below its lowest valid value (`lowest`: name -> minimum), saying the
+    valid range and, from `why`, the reason. Raises config.UserError naming `where` and the flag."""
+    for name, low in lowest.items():
+        if getattr(cfg, name) < low:
+            reason = f" ({why[name]})" if why and name in why else ""
+            raise UserError(f"{where}: --{name.replace('_', '-')} must be >= {low}{reason}, "
+                            f"got {getattr(cfg, name)!r}")
+
+
+def check_model_flag(model: str, where: str) -> None:
+    """--model preset:NAME is the same in every entry point, checked when the flags are read: a
+    TINY_MODELS preset (built on first use) for a run; a plan.PRESETS one (a config, no weights)
+    for plan.py (`resolve_model` refuses it for a run). Raises config.UserError listing the known
+    presets for an unknown name."""
+    if not model.startswith("preset:") or model in TINY_MODELS:
+        return
+    from plan import PRESETS
+    if model not in PRESETS:
+        known = ", ".join(TINY_MODELS + tuple(PRESETS))
+        raise UserError(f"{where}: --model {model}: unknown preset; known: {known}")
 
 
 def media_config(cfg, model_config=None) -> pixels.MediaConfig:
@@ -77,7 +121,12 @@ TINY_MODELS = ("preset:tiny-qwen3-vl",)   # --model presets the project builds (
 def resolve_model(model: str, cache_dir: str | Path, proc: distributed.Dist) -> str:
     """The HF folder for --model: `model` itself, or for "preset:tiny-qwen3-vl" the tiny random Qwen3-VL
     (tiny.build_builtin_tiny_qwen3, its tokenizer trained on the built-in data's text) built on rank 0 under
-    cache_dir/tiny-qwen3-vl while the other ranks wait. Idempotent."""
+    cache_dir/tiny-qwen3-vl while the other ranks wait. Idempotent. Raises config.UserError for a
+    plan.PRESETS name (a config without weights: plan.py only)."""
+    if model.startswith("preset:") and model not in TINY_MODELS:    # plan.PRESETS: check_model_flag
+        raise UserError(f"--model {model} is the model's config without weights, for plan.py "
+                        f"only; to run, pass the folder of the downloaded weights "
+                        f"(docs/first_hour.md: data and weights)")
     if model not in TINY_MODELS:
         return model
     from builtin.tiny import build_builtin_tiny_qwen3
@@ -295,7 +344,8 @@ def build_policy(cfg, model_dir: str, proc: distributed.Dist, weights: torch.dty
     when --cpu-offload is asked for without FSDP; load_policy's errors (FileNotFoundError, ValueError) for a
     folder that is not a usable Qwen2.5-VL."""
     if cfg.cpu_offload and distributed.resolve_mode(cfg.dist, proc) != "fsdp":
-        raise ValueError(f"--cpu-offload is FSDP2's: it needs --dist fsdp (got --dist {cfg.dist} on {proc.device.type})")
+        raise UserError(f"--cpu-offload is FSDP2's: it needs --dist fsdp (got --dist {cfg.dist} "
+                        f"on {proc.device.type})")
     base_in_compute = cfg.lora_rank > 0 and cfg.lora_vision == "frozen"
     hf, tokenizer = load_policy(model_dir, compute if base_in_compute else weights,
                                 "cpu" if cfg.cpu_offload else proc.device)
@@ -342,15 +392,21 @@ def build_reference(cfg, policy: Policy, model_dir: str, proc: distributed.Dist,
                             param_dtype=compute, vision_unit=cfg.fsdp_vision_unit, offload=cfg.cpu_offload)
 
 
-def export(module, tokenizer, folder: Path, proc: distributed.Dist, adapters=None, base_dir: str = "") -> Path:
+def export(module, tokenizer, folder: Path, proc: distributed.Dist, adapters=None,
+           base_dir: str = "", run_config: dict | None = None) -> Path:
     """Write an HF folder (config, safetensors, tokenizer, chat template, processor settings) that plain
     transformers loads, from the full state dict gathered on rank 0 (collective under FSDP; atomic). Under LoRA
     (`adapters`, the PeftModel, and `base_dir`, the starting folder) the adapters are merged in and also written
-    to `<folder>_lora` (lora.export)."""
+    to `<folder>_lora` (lora.export). With `run_config` (the entry point's), the run's preset,
+    frames/pixels and sampling go beside the weights (preflight.SETTINGS), for a later run's
+    --preset auto on the folder."""
     if adapters is not None:
-        return lora.export(module, adapters, tokenizer, base_dir, folder, proc)
-    state = distributed.full_state_dict(module)
-    if proc.main:
-        checkpoint.save_hf(distributed.unwrap(module).hf, tokenizer, folder, state_dict=state)
+        lora.export(module, adapters, tokenizer, base_dir, folder, proc)
+    else:
+        state = distributed.full_state_dict(module)
+        if proc.main:
+            checkpoint.save_hf(distributed.unwrap(module).hf, tokenizer, folder, state_dict=state)
+    if proc.main and run_config is not None:
+        preflight.write_settings(folder, run_config)
     distributed.barrier(proc)
     return folder

@@ -5,6 +5,28 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
+
+
+class UserError(ValueError):
+    """A mistake in the user's flags, data or model folder (not a bug): the entry points print one
+    line `error: <message>` and exit with code 2 (`run_main`). A ValueError, so callers catching
+    those still do."""
+
+
+def run_main(main) -> None:
+    """Call an entry point's `main()`; a UserError ends the process with one line on stderr and exit
+    code 2 (argparse's code for bad flags); anything else is a bug and keeps its traceback."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):             # one line like every user error (argparse adds usage)
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def _bool(text: str) -> bool:
@@ -27,16 +49,17 @@ def _choices(f) -> str:
 
 
 def check(cfg, rules: dict[str, tuple[bool, str]] | None = None) -> None:
-    """Raise ValueError naming the first field whose value is not one of its metadata["choices"], or whose entry
+    """Raise UserError naming the first field whose value is not one of its metadata["choices"], or whose entry
     in `rules` (field name -> (the value is valid, what is valid: ">= 1")) is not valid, with the value and what
     is valid."""
     for f in dataclasses.fields(cfg):
         if f.metadata.get("choices") and getattr(cfg, f.name) not in f.metadata["choices"]:
-            raise ValueError(f"invalid config value for {f.name}: {getattr(cfg, f.name)!r} "
+            raise UserError(f"invalid config value for {f.name}: {getattr(cfg, f.name)!r} "
                              f"(one of {', '.join(map(str, f.metadata['choices']))})")
     for name, (ok, valid) in (rules or {}).items():
         if not ok:
-            raise ValueError(f"invalid config value for {name}: {getattr(cfg, name)!r} (valid: {valid})")
+            raise UserError(f"invalid config value for {name}: {getattr(cfg, name)!r} "
+                            f"(valid: {valid})")
 
 
 def parse(cls, argv=None, description: str | None = None):
@@ -49,7 +72,7 @@ def parse(cls, argv=None, description: str | None = None):
     flag is not on the command line.
     Raises SystemExit (argparse) for unknown or abbreviated flags or bad values; TypeError if a field has no help.
     """
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     for f in dataclasses.fields(cls):
         if "help" not in f.metadata:
@@ -67,7 +90,7 @@ def parse(cls, argv=None, description: str | None = None):
             value = getattr(ns, f.name)
             setattr(ns, f.name, f.default if value is None else ",".join(value))
     explicit = set()
-    tokens = [a.split("=")[0] for a in (argv if argv is not None else __import__("sys").argv[1:])]
+    tokens = [a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:])]
     for f in dataclasses.fields(cls):
         if "--" + f.name.replace("_", "-") in tokens:
             explicit.add(f.name)

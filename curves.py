@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,21 @@ def moving_average(y: np.ndarray, k: int) -> np.ndarray:
     return (c[i] - c[lo]) / (i - lo)
 
 
+SHRINK = 0.7   # completions this much shorter at the end than at the start are pointed out
+
+
+def shrink(rows: list[dict]) -> tuple[float, float, int] | None:
+    """(first, last, w) when the mean completion length of the run's last w steps (a tenth, at
+    least 1) is below SHRINK times that of its first w, else None: a policy that drops its reasoning
+    shows here first (the default T-GRPO run: ~32 -> ~16 tokens)."""
+    _, y = series(rows, "completion_length")
+    if len(y) < 2:
+        return None
+    w = max(1, len(y) // 10)
+    first, last = float(np.mean(y[:w])), float(np.mean(y[-w:]))
+    return (first, last, w) if last < SHRINK * first else None
+
+
 def draw(metrics_path: str | Path, png_path: str | Path | None = None, title: str = "") -> Path:
     """Draw a run's training curves from its metrics.jsonl and write them as a PNG.
 
@@ -106,7 +122,9 @@ def draw(metrics_path: str | Path, png_path: str | Path | None = None, title: st
         metrics_path: the run's metrics JSON-lines file (train.py or sft.py output).
         png_path: where to write the PNG; None: curves.png beside metrics_path. Its folder must exist.
         title: figure title; "" uses metrics_path as given.
-    Returns: the PNG's path (written atomically: a temp file beside it, then os.replace).
+    Returns: the PNG's path (written atomically: a temp file beside it, then os.replace). When
+        completions shrank (`shrink`) the completion-length panel's title says so and a note goes
+        to stderr (stdout keeps only the path the CLI prints).
     Raises: FileNotFoundError naming the path if metrics_path does not exist; ValueError naming the file and
         line for a bad line (see read_rows), or naming the file when no key of any panel is present.
     """
@@ -121,6 +139,11 @@ def draw(metrics_path: str | Path, png_path: str | Path | None = None, title: st
         raise ValueError(f"{metrics_path}: no metric to draw (keys: {sorted(keys)})")
     png_path = Path(png_path) if png_path is not None else metrics_path.with_name("curves.png")
 
+    shrank = shrink(rows)
+    if shrank:
+        print(f"note: completion length shrank {shrank[0]:.0f} -> {shrank[1]:.0f} tokens (mean of "
+              f"the first vs the last {shrank[2]} step(s)): the completions carry less reasoning "
+              f"now; read a few", file=sys.stderr, flush=True)
     ncols = min(4, len(chosen))
     nrows = math.ceil(len(chosen) / ncols)
     fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows + 0.4), dpi=100)
@@ -141,7 +164,9 @@ def draw(metrics_path: str | Path, png_path: str | Path | None = None, title: st
             else:
                 ax.plot(x, y, color=color, lw=0.7, alpha=0.35)
                 ax.plot(x, moving_average(y, w), color=color, lw=2.0, label=f"{key} (avg {w})")
-        ax.set_title(name, fontsize=10)
+        flag = shrank and name == "completion length"
+        extra = f": shrank {shrank[0]:.0f} -> {shrank[1]:.0f}" if flag else ""
+        ax.set_title(name + extra, fontsize=10, color="C3" if flag else "black")
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel, fontsize=8)
         ax.grid(alpha=0.3)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from config import UserError
 from rewards import PROBLEM_TYPES
 
 # ---- samples (notes §5) ----------------------------------------------------------------------
@@ -37,17 +38,24 @@ class Sample:
     source: str = field(default="", compare=False)  # the JSON / JSON Lines file it was read from
 
 
+class MissingFile(UserError, FileNotFoundError):
+    """A data file that does not exist: a config.UserError, also a FileNotFoundError."""
+
+
 def _read_entries(json_path: str) -> list:
     """Entries of a JSON list file, or of a JSON Lines file (``.jsonl``, blank lines skipped).
-    Raises FileNotFoundError; ValueError naming the file for text that is not UTF-8 (with the byte offset),
-    invalid JSON (with the line for .jsonl), a non-list top level, or no entries at all."""
+    Raises FileNotFoundError (MissingFile); UserError (a ValueError) naming the file for text that
+    is not UTF-8 (with the byte offset), invalid JSON (with the line for .jsonl), a non-list top
+    level, or no entries at all."""
+    if not os.path.isfile(json_path):
+        raise MissingFile(f"{json_path}: no such file")
     with open(json_path, "rb") as f:
         raw = f.read()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{json_path}: not UTF-8 text: byte 0x{raw[e.start]:02x} at byte offset {e.start}: "
-                         f"{e.reason}") from e
+        raise UserError(f"{json_path}: not UTF-8 text: byte 0x{raw[e.start]:02x} at byte offset "
+                        f"{e.start}: {e.reason}") from e
     if json_path.endswith(".jsonl"):
         entries = []
         for line_no, line in enumerate(text.splitlines(), start=1):
@@ -55,18 +63,19 @@ def _read_entries(json_path: str) -> list:
                 try:
                     entries.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{json_path}: line {line_no}: invalid JSON: {e}") from e
+                    raise UserError(f"{json_path}: line {line_no}: invalid JSON: {e}") from e
         if not entries:
-            raise ValueError(f"{json_path}: no entries (an empty JSON Lines file)")
+            raise UserError(f"{json_path}: no entries (an empty JSON Lines file)")
         return entries
     try:
         entries = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{json_path}: invalid JSON: {e}") from e
+        raise UserError(f"{json_path}: invalid JSON: {e}") from e
     if not isinstance(entries, list):
-        raise ValueError(f"{json_path}: expected a JSON list of entries, got {type(entries).__name__}")
+        raise UserError(f"{json_path}: expected a JSON list of entries, got "
+                        f"{type(entries).__name__}")
     if not entries:
-        raise ValueError(f"{json_path}: no entries (an empty JSON list)")
+        raise UserError(f"{json_path}: no entries (an empty JSON list)")
     return entries
 
 
@@ -82,8 +91,9 @@ def load_samples(json_path, media_root=None, require_process: bool = False) -> l
         Sample.source the file (json_path as given). Media files are NOT checked here (that happens at
         decode time).
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: text that is not UTF-8 (names the file and the byte offset), bad JSON, no entries
+        FileNotFoundError: the file does not exist (MissingFile, also a config.UserError).
+        config.UserError (a ValueError): text that is not UTF-8 (names the file and the byte
+            offset), bad JSON, no entries
             ("no entries"), or a bad entry; the message names the file, the 0-based entry index,
             the problem_id when there is one, and the field, e.g.
             "train.json: entry 17 (problem_id 42): field 'problem_type': unknown value 'mcq'; ...".
@@ -96,12 +106,13 @@ def load_samples(json_path, media_root=None, require_process: bool = False) -> l
     samples = []
     for i, e in enumerate(_read_entries(json_path)):
         if not isinstance(e, dict):
-            raise ValueError(f"{json_path}: entry {i}: expected a JSON object, got {type(e).__name__}")
+            raise UserError(f"{json_path}: entry {i}: expected a JSON object, got "
+                            f"{type(e).__name__}")
         pid = e.get("problem_id")
         where = f"{json_path}: entry {i}" + ("" if pid is None else f" (problem_id {pid})")
 
         def bad(field, msg):
-            return ValueError(f"{where}: field '{field}': {msg}")
+            return UserError(f"{where}: field '{field}': {msg}")
 
         def get(field, types, default=None, required=True):
             if field not in e or e[field] is None:

@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from config import UserError
+
 
 @dataclass
 class Dist:
@@ -71,9 +73,9 @@ def init_distributed(device: str = "auto", backend: str = "auto",
     Returns a `Dist`. Raises ValueError for an unknown device string or a timeout <= 0.
     """
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+        raise UserError(f"device must be auto, cpu or cuda, got {device!r}")
     if not timeout_minutes > 0:
-        raise ValueError(f"--dist-timeout-min must be > 0, got {timeout_minutes}")
+        raise UserError(f"--dist-timeout-min must be > 0, got {timeout_minutes}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -170,7 +172,7 @@ def block_classes(hf) -> tuple[str, str]:
 def resolve_mode(mode: str, proc: Dist) -> str:
     """--dist value to the mode used: "auto" is fsdp on CUDA and ddp on CPU. Raises ValueError if unknown."""
     if mode not in ("auto", "fsdp", "ddp", "none"):
-        raise ValueError(f"unknown --dist mode {mode!r}; expected auto, fsdp, ddp or none")
+        raise UserError(f"unknown --dist mode {mode!r}; expected auto, fsdp, ddp or none")
     if mode == "auto":
         return "fsdp" if proc.device.type == "cuda" else "ddp"
     return mode
@@ -189,7 +191,7 @@ def resolve_precision(flag: str, proc: Dist, cuda_default: str = "bf16-mixed") -
     GPU's precision path. Raises ValueError for an unknown name.
     """
     if flag not in PRECISIONS:
-        raise ValueError(f"unknown --precision {flag!r}; expected one of {PRECISIONS}")
+        raise UserError(f"unknown --precision {flag!r}; expected one of {PRECISIONS}")
     name = (cuda_default if proc.device.type == "cuda" else "fp32") if flag == "auto" else flag
     weights = torch.bfloat16 if name == "bf16" else torch.float32
     return name, weights, torch.float32 if name == "fp32" else torch.bfloat16

@@ -1,6 +1,9 @@
 """Benchmark evaluation in the Video-R1-eval format, plus a temporal-sensitivity report (notes §7, §8).
 
-    python eval.py                                     # tiny default on the built-in test split (CPU, a few minutes)
+    python eval.py                                     # what `python train.py` starts from (the
+                                                       # built-in cold start), built-in test split
+    python eval.py --model runs/tgrpo/final            # a run's export, at its recorded settings
+                                                       # (flags given instead are named in the log)
     python eval.py --shuffled true                     # also on shuffled frames: ordered vs shuffled accuracy and the gap
     python eval.py --media ordered,shuffled,none,first-frame   # also blind (no media) and from the first frame only
     python eval.py --model runs/tgrpo/final --data Evaluation/eval_vsibench.json --data Evaluation/eval_mvbench.json
@@ -58,16 +61,18 @@ import data
 import decode
 import distributed
 import pixels
+import preflight
 import records
 import rollout
 import tracking
-from report import report, score_item, settings_line, summarize
+from config import UserError
+from report import model_label, report, score_item, settings_line, summarize
 
 
 @dataclass
 class Config:
     # what to evaluate
-    model: str = field(default="", metadata={"help": "HF folder of the policy; empty: the tiny default (built in cache_dir like train.py)"})
+    model: str = field(default="", metadata={"help": "HF folder of the policy; empty: the built-in cold start, what train.py starts from (common.coldstart)"})
     data: str = field(default="", metadata={"help": "benchmark JSON eval_{name}.json; repeat --data (or comma-separate) for several; empty: the built-in test split"})
     name: str = field(default="", metadata={"help": "benchmark name (with one --data); empty: from the file name eval_{name}.json"})
     media_root: str = field(default="", metadata={"help": "folder the JSON's ./paths are relative to; empty: the JSON's folder"})
@@ -102,7 +107,7 @@ class Config:
     precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16-mixed (fp32 weights, bf16 autocast) | bf16 (bf16 weights)"})
     dist_backend: str = field(default="auto", metadata={"help": "process-group backend: auto (gloo on CPU; cpu:gloo,cuda:nccl on CUDA) or a torch backend string"})
     dist_timeout_min: float = distributed.timeout_option()
-    preset: str = field(default="auto", metadata={"help": "auto: 'tiny' when --model is empty, else 'paper'; tiny | paper"})
+    preset: str = field(default="auto", metadata={"help": "auto: the preset a --model folder was exported with (its run_settings.json, with its frames/pixels), else 'tiny' for an empty --model, a tiny preset: model or a built-in cold start, else 'paper'; tiny | paper"})
     # tracking (tracking.py): each benchmark's summary (eval/<benchmark>[_shuffled]/score, ...) to TensorBoard/wandb
     report_to: str = tracking.option("report_to")
     run_name: str = tracking.option("run_name")
@@ -124,7 +129,8 @@ def merge_data_flags(argv: list[str]) -> list[str]:
 
 
 def finish_config(cfg: Config, explicit: set[str]) -> Config:
-    """Apply the tiny preset to fields not given, and check values. Raises ValueError naming the field."""
+    """Apply the tiny preset to fields not given, and check values. Raises config.UserError naming
+    the field."""
     common.apply_preset(cfg, explicit, common.EVAL_TINY, "eval.py")
     checks = {"template": cfg.template in ("train", "eval"),
               "rope_time": cfg.rope_time in ("sample", "official"),
@@ -134,7 +140,7 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
               "name": not cfg.name or len([p for p in cfg.data.split(",") if p]) <= 1}
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
-        raise ValueError(f"eval.py: invalid --{bad[0].replace('_', '-')}: {getattr(cfg, bad[0])!r}"
+        raise UserError(f"eval.py: invalid --{bad[0].replace('_', '-')}: {getattr(cfg, bad[0])!r}"
                          + (" (--name needs a single --data)" if bad[0] == "name" else ""))
     tracking.parse_backends(cfg.report_to)
     blind.parse(cfg.media)
@@ -167,6 +173,7 @@ def check_media(sample: data.Sample) -> str | None:
     try:
         if sample.data_type == "video":
             import decord
+            decord.logging.set_level(decord.logging.QUIET)         # ffmpeg's stderr noise
             vr = decord.VideoReader(path, num_threads=1)
             if len(vr) < 1 or not vr.get_avg_fps() > 0:
                 return f"undecodable: {path}: {len(vr)} frames at {vr.get_avg_fps()} fps"
@@ -302,13 +309,14 @@ def evaluate(name, json_path, samples, problems, variant, out_dir, header, hf, t
 
 # ---- entry point ----------------------------------------------------------------------------------
 def resolve(cfg: Config, proc: distributed.Dist) -> tuple[str, list[tuple[str, str]]]:
-    """The policy folder and [(benchmark name, JSON path)]; builds the tiny model and the built-in data (test
-    split, benchmark 'synthetic') when --model or --data is empty (common.builtin)."""
+    """The policy folder and [(benchmark name, JSON path)]; the built-in cold start
+    (common.coldstart, what train.py starts from) and the built-in data (test split, benchmark
+    'synthetic') when --model or --data is empty (common.builtin)."""
     model = common.resolve_model(cfg.model, cfg.cache_dir, proc)
     if model and cfg.data:
         return model, [(cfg.name or benchmark_name(p), p) for p in cfg.data.split(",") if p]
-    paths = common.builtin(cfg.cache_dir, proc, model=not model)
-    model = model or str(paths["tiny"])
+    paths = common.builtin(cfg.cache_dir, proc, model=False)
+    model = model or str(common.coldstart(cfg.cache_dir, proc))
     if not cfg.data:
         return model, [(cfg.name or "synthetic", str(paths["test"]))]
     return model, [(cfg.name or benchmark_name(p), p) for p in cfg.data.split(",") if p]
@@ -316,9 +324,7 @@ def resolve(cfg: Config, proc: distributed.Dist) -> tuple[str, list[tuple[str, s
 
 def model_name(model: str) -> str:
     """Folder name of a model; 'final', 'step_*' and 'checkpoint-*' get their parent's name in front."""
-    p = Path(model).resolve()
-    generic = p.name == "final" or p.name.startswith(("step", "checkpoint"))
-    return f"{p.parent.name}-{p.name}" if generic else p.name
+    return model_label(str(Path(model).resolve()))
 
 
 def main(argv=None) -> list[dict] | None:
@@ -330,6 +336,7 @@ def main(argv=None) -> list[dict] | None:
     precision, dtype, _ = distributed.resolve_precision(cfg.precision, proc, cuda_default="bf16")   # inference: bf16 weights
     amp = distributed.autocast(proc, precision)
     model_dir, benches = resolve(cfg, proc)
+    preflight.check_benchmarks(benches, cfg.media_root, cfg.limit)          # before the model loads
     from model import load_policy
     hf, tokenizer = load_policy(model_dir, dtype, proc.device)
     hf.eval()
@@ -389,4 +396,4 @@ def main(argv=None) -> list[dict] | None:
 
 
 if __name__ == "__main__":
-    main()
+    cfglib.run_main(main)

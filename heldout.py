@@ -21,6 +21,7 @@ import pixels
 import records
 import rewards
 import rollout
+from config import UserError
 
 
 def parse_sets(spec: str) -> list[tuple[str, str]]:
@@ -35,12 +36,14 @@ def parse_sets(spec: str) -> list[tuple[str, str]]:
         name, sep, path = entry.partition("=")
         name, path = (name.strip(), path.strip()) if sep else ("", entry)
         if not path or (sep and not re.fullmatch(r"[A-Za-z0-9_.-]+", name)):
-            raise ValueError(f"--eval-data {entry!r}: expected NAME=FILE (NAME of letters, digits, _ - .) or FILE")
+            raise UserError(f"--eval-data {entry!r}: expected NAME=FILE (NAME of letters, digits, "
+                            f"_ - .) or FILE")
         if any(n == name for n, _ in sets):
-            raise ValueError(f"--eval-data: the set name {name!r} is given twice")
+            raise UserError(f"--eval-data: the set name {name!r} is given twice")
         sets.append((name, path))
     if len(sets) > 1 and any(n == "" for n, _ in sets):
-        raise ValueError(f"--eval-data {spec!r}: with several sets every one needs a name (NAME=FILE)")
+        raise UserError(f"--eval-data {spec!r}: with several sets every one needs a name "
+                        f"(NAME=FILE)")
     return sets
 
 
@@ -65,8 +68,9 @@ def load(path: str, media_root: str | None, n: int, tokenizer, media: pixels.Med
         except pixels.MediaError as e:
             print(f"[skip eval] {e}", file=sys.stderr)
     if asked and int(distributed.all_reduce_sum(torch.tensor(len(out)), proc)) == 0:
-        raise ValueError(f"{path}: none of its {len(asked)} held-out samples has readable media, resolved against "
-                         f"{media_root or 'the JSON folder'} (e.g. {asked[0].media_path}); set --eval-media-root")
+        raise UserError(f"{path}: none of its {len(asked)} held-out samples has readable media, "
+                        f"resolved against {media_root or 'the JSON folder'} (e.g. "
+                        f"{asked[0].media_path}); set --eval-media-root")
     return out
 
 

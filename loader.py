@@ -31,6 +31,7 @@ import torch
 
 import data
 import pixels
+from config import UserError
 
 VIDEO_KEYS = ("fps", "min_frames", "max_frames", "nframes", "video_min_pixels", "video_max_pixels",
               "video_total_pixels", "patch_size", "merge_size")
@@ -117,6 +118,26 @@ class FrameCache:
         return decoded
 
 
+class UnusableMedia(UserError, RuntimeError):
+    """More media files in a row than Prefetcher's max_consecutive_skips could not be used: a user
+    error (the data, or --media-root) with the cause in its message: all missing, or how many
+    missing / unreadable / unusable (wrong type, too few frames, ...) with the last reason."""
+
+    def __init__(self, run: int, last_path: str, reasons: list[str]):
+        missing = sum("FileNotFoundError" in r for r in reasons)
+        unreadable = sum(("cannot open" in r or "cannot read" in r or "cannot decode" in r)
+                         and "FileNotFoundError" not in r for r in reasons)
+        if missing == len(reasons):
+            why = (f"all missing (the last: {last_path}); check --media-root: entry paths are "
+                   f"resolved against it")
+        else:
+            why = (f"{missing} missing, {unreadable} unreadable (corrupt, or not a video/image), "
+                   f"{len(reasons) - missing - unreadable} unusable at these frame/pixel settings; "
+                   f"the last: "
+                   f"{reasons[-1] if reasons else last_path}")
+        super().__init__(f"{run} unusable media files in a row: {why}")
+
+
 def skip_message(sample: data.Sample, index: int, error: Exception) -> str:
     """"entry 17 of train.json (/data/x.mp4): reason" for a skipped sample ("stream sample {index}"
     for one not made by data.load_samples); the reason is the error without its leading path."""
@@ -141,8 +162,9 @@ class Prefetcher:
     """(index, pixels.Prepared) of a sample stream in order, `depth` ahead on `workers` threads.
 
     `consumed` is the stream position to checkpoint (resume: rebuild the stream there and pass
-    start_index=consumed); more than max_consecutive_skips unusable samples in a row (a wrong
-    --media-root) raise RuntimeError. `close()` (or `with`) stops the threads.
+    start_index=consumed); more than max_consecutive_skips unusable samples in a row raise
+    UnusableMedia (the entry points pass the data's size: every sample failed), its message fitting
+    the cause. `close()` (or `with`) stops the threads.
     """
 
     def __init__(self, samples: Iterable[data.Sample], tokenizer, media: pixels.MediaConfig, *,
@@ -201,9 +223,8 @@ class Prefetcher:
                     print(f"[skip] {self.skipped} samples skipped so far; latest: {msg}",
                           file=sys.stderr)
                 if self._run > self.max_consecutive_skips:
-                    raise RuntimeError(f"{self._run} unusable media files in a row (the last: "
-                                       f"{sample.media_path}); check --media-root: entry paths are "
-                                       "resolved against it") from e
+                    recent = list(self.skipped_errors)[-self._run:]
+                    raise UnusableMedia(self._run, sample.media_path, recent) from e
                 continue
             self._run = 0
             return index, out

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 import distributed
+from config import UserError
 
 VISION = {"frozen": None, "merger": ["visual.merger"], "tower": ["visual"]}   # --lora-vision -> modules_to_save
 
@@ -64,10 +65,10 @@ def decoder_targets(hf, spec: str = "auto") -> str:
 def check(cfg) -> None:
     """Raise ValueError for LoRA settings that cannot work (negative rank, unknown --lora-vision)."""
     if cfg.lora_rank < 0 or cfg.lora_alpha <= 0 or not 0 <= cfg.lora_dropout < 1:
-        raise ValueError(f"LoRA: need lora_rank >= 0, lora_alpha > 0, 0 <= lora_dropout < 1; got "
-                         f"{cfg.lora_rank}, {cfg.lora_alpha}, {cfg.lora_dropout}")
+        raise UserError(f"LoRA: need lora_rank >= 0, lora_alpha > 0, 0 <= lora_dropout < 1; got "
+                        f"{cfg.lora_rank}, {cfg.lora_alpha}, {cfg.lora_dropout}")
     if cfg.lora_vision not in VISION:
-        raise ValueError(f"--lora-vision must be one of {sorted(VISION)}, got {cfg.lora_vision!r}")
+        raise UserError(f"--lora-vision must be one of {sorted(VISION)}, got {cfg.lora_vision!r}")
 
 
 def attach(hf, cfg, seed: int):

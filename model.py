@@ -35,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from transformers import AutoTokenizer
 
+from config import UserError
 import qwen2_5_vl
 import qwen3_vl
 from pixels import Visual
@@ -52,6 +53,10 @@ def family(config):
     return FAMILIES[kind]
 
 
+class MissingModel(UserError, FileNotFoundError):
+    """A model folder without config.json: a config.UserError, also a FileNotFoundError."""
+
+
 def check_model_folder(folder: str | Path) -> dict:
     """Read `folder`/config.json and refuse any model family not in FAMILIES before a model is built (transformers
     would build a default-size Qwen2.5-VL, 73B parameters of random weights, from another architecture's config).
@@ -59,15 +64,16 @@ def check_model_folder(folder: str | Path) -> dict:
     model_type (unreadable JSON, or a model_type not in SUPPORTED_MODEL_TYPES)."""
     path = Path(folder) / "config.json"
     if not path.exists():
-        raise FileNotFoundError(f"{folder}: no config.json; expected a Qwen2.5-VL or Qwen3-VL HF folder")
+        raise MissingModel(f"{folder}: no config.json; expected a Qwen2.5-VL or Qwen3-VL HF folder")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a readable JSON config: {e}") from e
+        raise UserError(f"{path}: not a readable JSON config: {e}") from e
     kind = config.get("model_type") if isinstance(config, dict) else None
     if kind not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"{path}: model_type {kind!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES} "
-                         f"(a folder such as Qwen2.5-VL-7B-Instruct, Qwen3-VL-8B-Instruct or an output of this project)")
+        raise UserError(f"{path}: model_type {kind!r} is not supported; expected one of "
+                        f"{SUPPORTED_MODEL_TYPES} (a folder such as Qwen2.5-VL-7B-Instruct, "
+                        f"Qwen3-VL-8B-Instruct or an output of this project)")
     return config
 
 
@@ -85,7 +91,7 @@ def load_policy(folder: str | Path, dtype: torch.dtype = torch.float32, device: 
     model.to(device)
     bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
-        raise ValueError(f"{folder}: weight(s) with NaN or inf: {', '.join(bad[:5])}"
+        raise UserError(f"{folder}: weight(s) with NaN or inf: {', '.join(bad[:5])}"
                          + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
     model.config.use_cache = False
     tokenizer = AutoTokenizer.from_pretrained(folder)

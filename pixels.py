@@ -228,6 +228,7 @@ def read_video(path, *, fps: float = FPS, min_frames: int = FPS_MIN_FRAMES, max_
         ValueError: settings that no file can satisfy: nframes rounding below 2, fps <= 0 without nframes.
     """
     import decord  # imported here so that text-only users of this module do not need it
+    decord.logging.set_level(decord.logging.QUIET)   # ffmpeg's stderr lines; MediaError says why
 
     path = os.fspath(path)
     if nframes is not None and round_by_factor(nframes, FRAME_FACTOR) < FRAME_FACTOR:

@@ -59,7 +59,7 @@ import torch
 
 import config
 import pixels
-from config import opt
+from config import UserError, opt
 
 GIB = 1024 ** 3
 # Qwen2.5-VL-7B-Instruct's configuration (the numbers of its config.json), so the plan needs no download.
@@ -99,7 +99,7 @@ def load_config(model: str):
     from transformers import AutoConfig, Qwen2_5_VLConfig, Qwen3VLConfig
     if model.startswith("preset:"):
         if model not in PRESETS:
-            raise ValueError(f"--model {model}: unknown preset; known: {sorted(PRESETS)}")
+            raise UserError(f"--model {model}: unknown preset; known: {sorted(PRESETS)}")
         if PRESETS[model]["model_type"] == "qwen3_vl":
             return Qwen3VLConfig(**PRESETS[model])
         cfg = dict(PRESETS[model])
@@ -107,7 +107,8 @@ def load_config(model: str):
         return Qwen2_5_VLConfig(text_config=text, vision_config=cfg["vision_config"], **{
             k: cfg[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")})
     if not (Path(model) / "config.json").exists():
-        raise ValueError(f"plan.py needs --model {' or '.join(PRESETS)} or an HF folder with config.json, got {model!r}")
+        raise UserError(f"plan.py needs --model {' or '.join(PRESETS)} or an HF folder with "
+                        f"config.json, got {model!r}")
     return AutoConfig.from_pretrained(model)
 
 
@@ -256,7 +257,7 @@ def report(cfg) -> str:
     """The plan as a printable table (GiB per GPU), then which settings fit cfg.gpu_memory_gib on cfg.nproc
     GPUs. Raises ValueError when --model is not usable."""
     if not cfg.model:
-        raise ValueError(f"plan.py needs --model (an HF folder or one of {', '.join(PRESETS)})")
+        raise UserError(f"plan.py needs --model (an HF folder or one of {', '.join(PRESETS)})")
     config = load_config(cfg.model)
     e = estimate(config, cfg)
     lora = f" | LoRA r={cfg.lora_rank}: {e['phi_lora'] / 1e6:.1f}M adapter parameters" if cfg.lora_rank else ""

@@ -112,6 +112,12 @@ def baselines(by: dict, label) -> list[str]:
             n = next(g["n"] for g in got if g)
             out.append(f"| {label(b)} [{c}] | {f} | {n} | " + " | ".join(_cell(g and g["accuracy"]) for g in got) + " |")
     return out
+def model_label(model: str) -> str:
+    """A model folder's name for tables: the folder's own name, or for a run's export ('final',
+    'step_*', 'checkpoint-*') the run's folder and the export ('tgrpo-final': runs/tgrpo/final)."""
+    p = Path(model)
+    generic = p.name == "final" or p.name.startswith(("step", "checkpoint"))
+    return f"{p.parent.name}-{p.name}" if generic else p.name
 
 
 def report(results: list[dict]) -> str:
@@ -122,7 +128,8 @@ def report(results: list[dict]) -> str:
     label = lambda b: BENCHMARKS.get(b, b)
     rows: dict[tuple, dict] = {}
     for r in results:
-        key = (Path(r["model"]).name, frames_desc(r["settings"]["media"]), r["variant"] != "ordered", r["variant"])
+        frames = frames_desc(r["settings"]["media"])
+        key = (model_label(r["model"]), frames, r["variant"] != "ordered", r["variant"])
         rows.setdefault(key, {})[r["benchmark"]] = r["summary"]["score"]
     lines = ["| Model | Frames | Frame order | " + " | ".join(label(n) for n in names) + " |",
              "|---|---|---|" + "---|" * len(names)]

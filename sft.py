@@ -51,10 +51,12 @@ import decode
 import distributed
 import heldout
 import pixels
+import preflight
 import rollout
 import loader
 import lora
 import tracking
+from config import UserError
 from data import PAD_TOKEN, encode_prompt, expand_media_tokens
 from model import Visual
 
@@ -126,7 +128,8 @@ class Config:
     resume: str = field(default="", metadata={"help": "checkpoint folder to continue from, or 'auto' (latest in out_dir, if any)"})
     allow_config_change: bool = field(default=False, metadata={"help": "resume even when the checkpoint was written with other settings (the differences are printed)"})
     export_every: int = field(default=0, metadata={"help": "> 0: also write an HF folder out_dir/step_N every this many steps"})
-    preset: str = field(default="auto", metadata={"help": "auto: 'tiny' when --model is empty, else 'paper'; tiny | paper"})
+    preset: str = field(default="auto", metadata={"help": "auto: the preset a --model folder was exported with (its run_settings.json, with its frames/pixels), else 'tiny' for an empty --model, else 'paper'; tiny | paper"})
+    overwrite: bool = field(default=False, metadata={"help": "clear an --out-dir that holds an earlier run (metrics, checkpoints, exports) first; without it a fresh run there is refused"})
     # tracking (tracking.py): the metrics.jsonl rows, namespaced, to TensorBoard and/or wandb
     report_to: str = tracking.option("report_to")
     run_name: str = tracking.option("run_name")
@@ -135,17 +138,19 @@ class Config:
 
 
 def finish_config(cfg: Config, explicit: set[str]) -> Config:
-    """Apply the preset to fields the user did not set and check values. Raises ValueError naming the field."""
+    """Apply the preset to fields the user did not set and check values. Raises config.UserError
+    naming the field."""
     common.apply_preset(cfg, explicit, common.SFT_TINY, "sft.py")
     checks = {"loss_on": cfg.loss_on in LOSS_ON, "system_prompt": cfg.system_prompt in SYSTEM_PROMPTS,
               "batch_size": cfg.batch_size >= 1, "grad_accum": cfg.grad_accum >= 1,
-              "epochs": cfg.epochs > 0 or cfg.steps > 0, "rope_time": cfg.rope_time in ("sample", "official"),
+              "epochs": cfg.epochs > 0 or cfg.steps > 0, "steps": cfg.steps >= 0,
+              "rope_time": cfg.rope_time in ("sample", "official"),
               "precision": cfg.precision in distributed.PRECISIONS, "eval_batch": cfg.eval_batch >= 1,
               "compile_decode": cfg.compile_decode in decode.COMPILE_MODES,
               "fsdp_vision_unit": cfg.fsdp_vision_unit in ("block", "tower")}
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
-        raise ValueError(f"sft.py: invalid config value for {bad[0]}: {getattr(cfg, bad[0])!r}")
+        raise UserError(f"sft.py: invalid config value for {bad[0]}: {getattr(cfg, bad[0])!r}")
     tracking.parse_backends(cfg.report_to)
     lora.check(cfg)
     return cfg
@@ -269,12 +274,13 @@ def main(argv=None):
     cfg, explicit = cfglib.parse(Config, argv, description=__doc__)
     cfg = finish_config(cfg, explicit)
     proc = distributed.init_distributed(cfg.device, cfg.dist_backend, cfg.dist_timeout_min)
+    preflight.claim_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite, proc, "sft.py")    # no 2 runs
     common.seed_everything(cfg.seed, proc)
     precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)       # S7
     model_dir, train_json, eval_json = resolve_paths(cfg, proc)
+    samples = preflight.check_data(cfg, train_json, heldout.parse_sets(eval_json), True)   # 1st
     hf, tokenizer, module, adapters, opt = common.build_policy(cfg, model_dir, proc, dtype, compute)
     amp = distributed.autocast(proc, precision, module)                                  # FSDP casts through its own policy
-    samples = data.load_samples(train_json, cfg.media_root or None, require_process=True)
     media = common.media_config(cfg, hf.config)
     per_step = cfg.batch_size * cfg.grad_accum * proc.world
     total = cfg.steps if cfg.steps > 0 else max(1, math.ceil(cfg.epochs * len(samples) / per_step))
@@ -295,6 +301,7 @@ def main(argv=None):
     # the next samples are decoded while the current step runs; undecodable media are skipped and counted
     prefetch = loader.Prefetcher(loader.prompt_stream(samples, proc, cfg.seed, position), tokenizer, media, shuffled=False,
                                  seed=cfg.seed, rank=proc.rank, workers=cfg.data_workers, start_index=position,
+                                 max_consecutive_skips=len(samples),          # all failed: stop
                                  cache=loader.FrameCache(cfg.frame_cache) if cfg.frame_cache else None)
     if proc.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -324,7 +331,8 @@ def main(argv=None):
     if evaluate:
         run_eval(start)
     if export:
-        common.export(module, tokenizer, out_dir / f"step_{start}", proc, adapters, model_dir)
+        common.export(module, tokenizer, out_dir / f"step_{start}", proc, adapters, model_dir,
+                      run_config)
     hf.train()
     bar = tqdm(range(start, total), initial=start, total=total, disable=not proc.main, desc="SFT")
     for step in bar:
@@ -364,7 +372,8 @@ def main(argv=None):
         if preempted:
             break
         if cfg.export_every > 0 and (step + 1) % cfg.export_every == 0:
-            common.export(module, tokenizer, out_dir / f"step_{step + 1}", proc, adapters, model_dir)
+            common.export(module, tokenizer, out_dir / f"step_{step + 1}", proc, adapters,
+                          model_dir, run_config)
     prefetch.close()
     preemption.restore()
     if preempted:   # SIGTERM: the step finished and was checkpointed; no final evaluation or export
@@ -379,7 +388,8 @@ def main(argv=None):
         sys.exit(128 + signal.SIGTERM)                                         # 143, the shell's code for SIGTERM
     run_eval(total)
     tracker.close()
-    final = common.export(module, tokenizer, out_dir / "final", proc, adapters, model_dir)
+    final = common.export(module, tokenizer, out_dir / "final", proc, adapters, model_dir,
+                          run_config)
     if proc.main:
         metrics.close()
         print(decoder.summary())
@@ -390,4 +400,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cfglib.run_main(main)

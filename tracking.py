@@ -18,6 +18,8 @@ import time
 from dataclasses import field
 from pathlib import Path
 
+from config import UserError
+
 BACKENDS = ("tensorboard", "wandb")
 # metric name (as in metrics.jsonl) -> dashboard namespace; names not listed go to "policy/"; "eval_x" -> "eval/x"
 NAMESPACES = {
@@ -49,7 +51,8 @@ def parse_backends(report_to: str) -> list[str]:
     names = [n.strip() for n in report_to.split(",") if n.strip() and n.strip() != "none"]
     bad = [n for n in names if n not in BACKENDS]
     if bad:
-        raise ValueError(f"--report-to: unknown backend {bad[0]!r}; expected none or any of {BACKENDS}")
+        raise UserError(f"--report-to: unknown backend {bad[0]!r}; expected none or any of "
+                        f"{BACKENDS}")
     return names
 
 

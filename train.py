@@ -6,6 +6,8 @@ algorithm box, `main` the setup and the loop.
     torchrun --nproc_per_node 8 train.py --model runs/sft/final --data Video-R1-260k.json \\
         --media-root Video-R1-data --dist fsdp --activation-checkpointing --save-every 50 \\
         --resume auto                     # the paper's recipe from an SFT checkpoint
+    python train.py --steps 2 --eval-samples 0 --out-dir runs/try   # a quick run
+    python eval.py --model runs/tgrpo/final   # evaluate the export, at its recorded settings
     python train.py --help                # every knob (the paper's defaults; the built-in run
                                           # uses the tiny preset's, common.TRAIN_TINY)
     python plan.py --model preset:qwen2.5-vl-7b --nproc 8   # per-GPU memory, no GPU needed
@@ -18,7 +20,8 @@ One step (notes §1), each file entered once, in this order (tests/test_docs.py 
   tgrpo.py    temporal and length bonus, R_i, group advantages; then the clipped surrogate
               with k3 KL against the frozen reference; backward, clip, AdamW
 SIGTERM finishes the step, writes a resumable checkpoint and exits 143; `--resume auto` continues it
-exactly. Resuming with other settings is refused, listing the differences.
+exactly. Resuming with other settings is refused, listing the differences; a fresh run refuses an
+--out-dir that holds another run (`--overwrite` clears it).
 
 Departures of the loop (docs/departures.md; tgrpo.py's math has its own, T1-T11):
   L1  mRoPE time from the clip's real sample fps, in training as in eval (`--rope-time`)
@@ -50,13 +53,13 @@ import checkpoint
 import common
 import config as cfglib
 import curves
-import data
 import decode
 import distributed
 import heldout
 import loader
 import lora
 import pixels
+import preflight
 import records
 import rewards
 import rollout
@@ -128,8 +131,10 @@ class Config:
     # --- machinery: where, how many, how fast, how saved ---
     out_dir: str = opt("runs/tgrpo", "metrics.jsonl, curves.png and the final HF folder go here")
     cache_dir: str = opt("runs/cache", "the built-in data and tiny model are built here once")
-    preset: str = opt("auto", "auto: tiny when --model is empty, else paper",
-                      choices=("auto", "tiny", "paper"))
+    preset: str = opt("auto", "auto: a --model export's recorded one; tiny for an empty --model; "
+                      "else paper", choices=("auto", "tiny", "paper"))
+    overwrite: bool = opt(False, "clear an --out-dir holding an earlier run (else a fresh run there "
+                          "is refused)")
     seed: int = opt(42, "base seed; rank r uses seed + r")
     prompts_per_rank: int = opt(1, "prompts per rank per step (official: 1)")
     groups_per_micro_batch: int = opt(1, "prompt groups per forward/backward of the log-prob pass")
@@ -170,14 +175,14 @@ class Config:
 
 
 def finish_config(cfg: Config, explicit: set[str]) -> Config:
-    """Apply the preset to the fields not given, derive G̃, check values. Raises ValueError."""
-    common.apply_preset(cfg, explicit, common.TRAIN_TINY, "train.py")
+    """Apply the preset to the fields not given, derive G̃, check values. Raises UserError."""
+    common.apply_preset(cfg, explicit, common.TRAIN_TINY, "train.py", ("media", "sampling"))
+    common.check_ranges(cfg, {"steps": 1, "G": 2}, "train.py", {"G": "group-relative advantages"})
     if cfg.G_shuffled < 0:
         cfg.G_shuffled = cfg.G // 2
     if not cfg.temporal:
         cfg.G_shuffled = 0
-    cfglib.check(cfg, {"G": (cfg.G >= 1, ">= 1"),
-                       "trigger_margin": (cfg.trigger_margin >= 0, ">= 0"),
+    cfglib.check(cfg, {"trigger_margin": (cfg.trigger_margin >= 0, ">= 0"),
                        "num_iterations": (cfg.num_iterations >= 1, ">= 1"),
                        "prompts_per_rank": (cfg.prompts_per_rank >= 1, ">= 1"),
                        "eval_samples": (cfg.eval_samples >= 0, ">= 0"),
@@ -241,8 +246,8 @@ def rule_rewards(groups: list[rollout.Group], tokenizer, G_shuffled: int):
 
 def tgrpo_settings(cfg) -> tgrpo.Settings:
     """This config's T-GRPO knobs (tgrpo.Settings), built once per run."""
-    return tgrpo.Settings(
-        temporal=cfg.temporal, alpha=cfg.alpha, mu=cfg.mu, threshold=cfg.correct_threshold,
+    return tgrpo.Settings(                      # no shuffled completions (G̃ = 0): plain GRPO
+        temporal=cfg.temporal and cfg.G_shuffled > 0, alpha=cfg.alpha, mu=cfg.mu, threshold=cfg.correct_threshold,
         trigger=cfg.temporal_trigger, margin=cfg.trigger_margin, len_control=cfg.len_control,
         len_weight=cfg.len_weight, min_len=cfg.min_len, max_len=cfg.max_len,
         placement=cfg.bonus_placement, scale=cfg.adv_scale)
@@ -401,14 +406,15 @@ def exit_after_sigterm(run: Run, at: int, saved) -> None:
 def main(argv=None):
     cfg = finish_config(*cfglib.parse(Config, argv, description=__doc__))
     proc = distributed.init_distributed(cfg.device, cfg.dist_backend, cfg.dist_timeout_min)
+    preflight.claim_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite, proc, "train.py")  # 1 run each
     common.seed_everything(cfg.seed, proc)
     precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)       # L5
     model_dir, train_json, eval_json = common.resolve_model_and_data(cfg, proc)
+    samples = preflight.check_data(cfg, train_json, heldout.parse_sets(eval_json))  # before models
     built = common.build_policy(cfg, model_dir, proc, dtype, compute)
     hf, tokenizer, policy, adapters, opt = built
     amp = distributed.autocast(proc, precision, policy)
     reference = common.build_reference(cfg, built, model_dir, proc, dtype, compute)   # LoRA: L14
-    samples = data.load_samples(train_json, cfg.media_root or None)
     media = common.media_config(cfg, hf.config)
     sampling = rollout.SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty,
                                       cfg.max_completion_length)
@@ -434,6 +440,7 @@ def main(argv=None):
     prefetch = loader.Prefetcher(loader.prompt_stream(samples, proc, cfg.seed, position), tokenizer,
                                  media, shuffled=cfg.temporal and cfg.G_shuffled > 0, seed=cfg.seed,
                                  rank=proc.rank, workers=cfg.data_workers, start_index=position,
+                                 max_consecutive_skips=len(samples),             # all failed: stop
                                  cache=loader.FrameCache(cfg.frame_cache) if cfg.frame_cache
                                  else None)
     if proc.main:
@@ -457,7 +464,8 @@ def main(argv=None):
     if missed_eval:
         evaluate(run, held, start)
     if missed_export:
-        common.export(policy, tokenizer, out_dir / f"step_{start}", proc, adapters, model_dir)
+        common.export(policy, tokenizer, out_dir / f"step_{start}", proc, adapters, model_dir,
+                      run_config)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not proc.main,
                desc="T-GRPO")
     for i in bar:
@@ -472,7 +480,8 @@ def main(argv=None):
         if preempted:
             break
         if cfg.export_every > 0 and (i + 1) % cfg.export_every == 0:
-            common.export(policy, tokenizer, out_dir / f"step_{i + 1}", proc, adapters, model_dir)
+            common.export(policy, tokenizer, out_dir / f"step_{i + 1}", proc, adapters,
+                          model_dir, run_config)
         if cfg.eval_every > 0 and (i + 1) % cfg.eval_every == 0 and i + 1 < cfg.steps:
             evaluate(run, held, i + 1)
     prefetch.close()
@@ -482,7 +491,8 @@ def main(argv=None):
         exit_after_sigterm(run, i + 1, saved)
     evaluate(run, held, cfg.steps)
     tracker.close()                                        # after the final evaluation's row
-    final = common.export(policy, tokenizer, out_dir / "final", proc, adapters, model_dir)
+    final = common.export(policy, tokenizer, out_dir / "final", proc, adapters, model_dir,
+                          run_config)
     if proc.main:
         metrics_file.close()
         print(decoder.summary())
@@ -495,4 +505,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cfglib.run_main(main)

@@ -147,7 +147,8 @@ def stages(a: argparse.Namespace, out: Path, seeds: list[int], variants: dict[st
     paths = make_shortcut_dataset(out / "data", q=a.q, n_train=a.n_train, n_test=a.n_test)
     (out / "cold_start.txt").write_text(str(start) + "\n")
     rl = [(["train.py", "--preset", "tiny", "--model", str(start), "--data", str(paths["train"]), "--steps", str(a.rl_steps),
-            "--lr", str(a.rl_lr), "--seed", str(s), "--out-dir", str(out / f"s{s}" / slug), *VARIANTS[v]],
+            "--lr", str(a.rl_lr), "--seed", str(s), "--out-dir", str(out / f"s{s}" / slug),
+            *VARIANTS[v], "--overwrite"],                      # a run cut short starts afresh
            out / f"s{s}" / f"{slug}.log") for s in seeds for v, slug in variants.items()
           if not (out / f"s{s}" / slug / "final" / "config.json").exists()]
     print(f"stage 3: RL ({len(rl)} to run)", flush=True)

@@ -76,7 +76,8 @@ def stages(a, out: Path, seeds: list[int], runs: dict) -> dict:
     if not (start / "final" / "config.json").exists():
         print(f"stage 2: the shortcut start ({a.sft_steps} SFT steps at lr {a.sft_lr:g})", flush=True)
         evidence.run(["sft.py", "--preset", "tiny", "--model", str(cold), "--data", str(sft_json), "--steps",
-                      str(a.sft_steps), "--lr", str(a.sft_lr), "--eval-samples", "0", "--out-dir", str(start)],
+                      str(a.sft_steps), "--lr", str(a.sft_lr), "--eval-samples", "0",
+                      "--out-dir", str(start), "--overwrite"],  # a run cut short starts afresh
                      out / "shortcut_start.log", threads=2)
     bench = make_shortcut_dataset(out / "data", q=a.q, n_train=a.n_train, n_test=a.n_test)
     val = make_shortcut_dataset(out / "val", seed=1, q=a.q, n_train=2, n_test=a.n_test)
@@ -84,7 +85,8 @@ def stages(a, out: Path, seeds: list[int], runs: dict) -> dict:
     held = [x for name, split in SETS.items() for x in ("--eval-data", f"{name}={measured[split]}")]
     jobs = [(["train.py", "--preset", "tiny", "--model", str(start / "final"), "--data", str(bench["train"]),
               "--steps", str(a.rl_steps), "--lr", str(a.rl_lr), "--seed", str(s), "--eval-samples", str(a.eval_n),
-              "--eval-every", str(a.eval_every), *held, "--out-dir", str(out / f"s{s}" / slug), *flags],
+              "--eval-every", str(a.eval_every), *held, "--out-dir", str(out / f"s{s}" / slug),
+              *flags, "--overwrite"],                          # a run cut short starts afresh
              out / f"s{s}" / f"{slug}.log") for s in seeds for slug, flags in runs.values()
             if not (out / f"s{s}" / slug / "final" / "config.json").exists()]
     print(f"stage 5: RL ({len(jobs)} to run)", flush=True)

@@ -145,6 +145,7 @@ def build(cfg: Config) -> Path:
             print(f"coldstart: stage {name}: made by another command, settings or earlier stage: rebuilding", flush=True)
             shutil.rmtree(out / name)
         print(f"coldstart: stage {name}: {' '.join(cmd[1:])}", flush=True)
+        shutil.rmtree(out / name, ignore_errors=True)     # a stage cut short starts afresh
         t0 = time.time()
         subprocess.run(cmd, cwd=ROOT, env=env, check=True)
         made.write_text(json.dumps(cmd[1:]) + "\n")
