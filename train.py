@@ -133,8 +133,7 @@ class Config:
     cache_dir: str = opt("runs/cache", "the built-in data and tiny model are built here once")
     preset: str = opt("auto", "auto: a --model export's recorded one; tiny for an empty --model; "
                       "else paper", choices=("auto", "tiny", "paper"))
-    overwrite: bool = opt(False, "clear an --out-dir holding an earlier run (else a fresh run there "
-                          "is refused)")
+    overwrite: bool = opt(False, "clear an --out-dir holding an earlier run (else refused there)")
     seed: int = opt(42, "base seed; rank r uses seed + r")
     prompts_per_rank: int = opt(1, "prompts per rank per step (official: 1)")
     groups_per_micro_batch: int = opt(1, "prompt groups per forward/backward of the log-prob pass")
@@ -247,8 +246,8 @@ def rule_rewards(groups: list[rollout.Group], tokenizer, G_shuffled: int):
 def tgrpo_settings(cfg) -> tgrpo.Settings:
     """This config's T-GRPO knobs (tgrpo.Settings), built once per run."""
     return tgrpo.Settings(                      # no shuffled completions (G̃ = 0): plain GRPO
-        temporal=cfg.temporal and cfg.G_shuffled > 0, alpha=cfg.alpha, mu=cfg.mu, threshold=cfg.correct_threshold,
-        trigger=cfg.temporal_trigger, margin=cfg.trigger_margin, len_control=cfg.len_control,
+        temporal=cfg.temporal and cfg.G_shuffled > 0, alpha=cfg.alpha, mu=cfg.mu,
+        threshold=cfg.correct_threshold, trigger=cfg.temporal_trigger, margin=cfg.trigger_margin, len_control=cfg.len_control,
         len_weight=cfg.len_weight, min_len=cfg.min_len, max_len=cfg.max_len,
         placement=cfg.bonus_placement, scale=cfg.adv_scale)
 
