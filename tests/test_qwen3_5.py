@@ -1,0 +1,181 @@
+"""Qwen3.5 (qwen3_5.py, the hybrid Gated DeltaNet + attention family): positions by hand and against transformers'
+Qwen3_5Model.get_rope_index, the log-prob pass against HF's forward, LoRA on both layer kinds, FSDP units, the
+tiny preset, and the folders it must refuse (naming the file and the field)."""
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from test_qwen3 import IMG, MEDIA, VID, T, blocks_of, by_hand, image, video
+from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+import common
+import data
+import distributed
+import model as M
+import pixels
+import qwen3_5
+import rollout as R
+
+
+@pytest.fixture(scope="module")
+def qwen35(builtin, tmp_path_factory):
+    """The tiny random Qwen3.5 (what --model preset:tiny-qwen3.5 builds) in a module temp dir."""
+    from builtin.tiny import build_builtin_tiny_qwen3_5
+    return build_builtin_tiny_qwen3_5(tmp_path_factory.mktemp("qwen35") / "tiny-qwen3.5", builtin[0]["train_cot"])
+
+
+@pytest.fixture(scope="module")
+def prepared(qwen35, builtin):
+    hf, tok = M.load_policy(qwen35)
+    media = common.media_config(MEDIA, hf.config)
+    samples = data.load_samples(builtin[0]["train"])
+    v = pixels.prepare(next(s for s in samples if s.data_type == "video"), tok, media, shuffled=True,
+                       generator=torch.Generator().manual_seed(0))
+    i = pixels.prepare(next(s for s in samples if s.data_type == "image"), tok, media)
+    return hf.eval(), tok, v, i
+
+
+def test_family_structure_and_media(prepared):
+    hf, _, v, _ = prepared
+    assert M.family(hf.config) is qwen3_5 and isinstance(hf, Qwen3_5ForConditionalGeneration)
+    kinds = hf.config.text_config.layer_types
+    assert kinds == ["linear_attention"] * 3 + ["full_attention"]
+    assert [hasattr(layer, "linear_attn") for layer in hf.model.language_model.layers] == [True] * 3 + [False]
+    assert v.visual.pixel_values.shape[1] == 3 * 2 * 16 * 16 and len(v.visual.timestamps) == int(v.visual.grid_thw[0])
+    assert qwen3_5.vision(hf, v.visual.pixel_values, v.visual.grid_thw[None])[1] == []      # no DeepStack
+    assert distributed.block_classes(hf) == ("Qwen3_5DecoderLayer", "Qwen3_5VisionBlock")   # FSDP units
+
+
+def test_positions_by_hand_and_equal_to_transformers(qwen35):
+    """Text after a video's timestamped blocks restarts at each block's s + max(h, w) (by_hand), padding gets 1;
+    5.23's Qwen3_5Model.get_rope_index gives the same positions on the real tokens."""
+    hf = Qwen3_5ForConditionalGeneration.from_pretrained(qwen35)
+    cfg = SimpleNamespace(model_type="qwen3_5", image_token_id=hf.config.image_token_id,
+                          video_token_id=hf.config.video_token_id, vision_config=SimpleNamespace(spatial_merge_size=2))
+    _, small = by_hand([("text", 2, 0), ("video", 1, 2), ("text", 2, 0)])
+    assert small.tolist() == [[0, 1, 2, 2, 4, 5], [0, 1, 2, 2, 4, 5], [0, 1, 2, 3, 4, 5]]
+    ids, two = by_hand([("text", 1, 0), *blocks_of(2, 2, 4), ("text", 1, 0)])      # 2 blocks of 1x2, timestamps
+    assert two[0].tolist() == two[1].tolist() == [0, 1, 2, 3, 4, 5, 5, 7, 8, 9, 10, 11, 12, 12, 14, 15]  # after: s + 2
+    assert two[2].tolist() == list(range(16))
+    cases = [([("text", 3, 0), *blocks_of(t, 4, 6), ("text", 5, 0)], [video(t, 4, 6)]) for t in (1, 3)]
+    cases.append(([("text", 2, 0), ("image", 3, 2), ("text", 4, 0), *blocks_of(2, 2, 4), ("text", 3, 0)],
+                  [image(6, 4), video(2, 2, 4)]))
+    for pieces, visuals in cases:
+        ids, want = by_hand(pieces)
+        ids = torch.where(ids == VID, hf.config.video_token_id, torch.where(ids == IMG, hf.config.image_token_id, ids))
+        for pad in (0, 3):
+            row = torch.cat([torch.full((pad,), T), ids])[None]
+            mask = torch.cat([torch.zeros(pad, dtype=torch.long), torch.ones(ids.numel(), dtype=torch.long)])[None]
+            pos, delta = M.rope_positions(SimpleNamespace(config=cfg), row, mask, visuals, [list(range(len(visuals)))])
+            assert torch.equal(pos[:, 0, pad:], want) and (pos[:, 0, :pad] == 1).all()
+            assert int(delta) == int(want.max()) + 1 - row.shape[1]
+            grids = {k: torch.stack([v.grid_thw for v in visuals if v.data_type == k]) for k in ("image", "video")
+                     if any(v.data_type == k for v in visuals)}
+            ref, _ = hf.model.get_rope_index(row, M.mm_token_types(row, hf.config), image_grid_thw=grids.get("image"),
+                                             video_grid_thw=grids.get("video"), attention_mask=mask)
+            assert torch.equal(ref[:, 0, pad:], pos[:, 0, pad:])
+
+
+def test_partial_rotary_leaves_three_quarters_of_each_head_unrotated(qwen35):
+    """Rotary on the first quarter of each head (partial_rotary_factor 0.25): 64-dim heads get 8 frequencies, and
+    moving every position changes q in dims [0, 16) only."""
+    hf = Qwen3_5ForConditionalGeneration.from_pretrained(qwen35)
+    from transformers.models.qwen3_5.modeling_qwen3_5 import apply_rotary_pos_emb
+    rot = hf.model.language_model.rotary_emb
+    assert rot.inv_freq.shape == (8,) and hf.config.text_config.head_dim == 64
+    q = torch.randn(1, 4, 3, 64)
+    outs = []
+    for shift in (0, 5):
+        pos = (torch.arange(3) + shift).expand(3, 1, 3)
+        cos, sin = rot(q, pos)
+        outs.append(apply_rotary_pos_emb(q, q, cos, sin)[0])
+    assert (outs[0][..., :16] - outs[1][..., :16]).abs().max() > 1e-3
+    assert torch.equal(outs[0][..., 16:], outs[1][..., 16:]) and torch.equal(outs[0][..., 16:], q[..., 16:])
+
+
+def _rows(v, i, tok):
+    comp = torch.randint(3, 250, (6,), generator=torch.Generator().manual_seed(1))
+    ids, attn = R.left_pad([v.prompt_ids, i.prompt_ids], tok.pad_token_id)
+    P = ids.shape[1]
+    return torch.cat([ids, comp.expand(2, -1)], 1), torch.cat([attn, torch.ones(2, 6, dtype=torch.long)], 1), P, comp
+
+
+def test_logprobs_equal_the_hf_forward(prepared):
+    """PolicyLogprobs on left-padded prompts of unequal length (a video, an image) equals HF's own forward of each
+    unpadded row (its get_rope_index positions, its vision path) within 1e-5 in float32."""
+    hf, tok, v, i = prepared
+    ids, attn, P, comp = _rows(v, i, tok)
+    assert (attn[:, :P] == 0).any()                                            # one row is left-padded
+    with torch.no_grad():
+        ours = M.PolicyLogprobs(hf)(ids, attn, P, [v.visual, i.visual], [0, 1])
+        for b, vis in enumerate([v.visual, i.visual]):
+            row = ids[b:b + 1, attn[b] == 1]
+            kw = ({"pixel_values_videos": vis.pixel_values, "video_grid_thw": vis.grid_thw[None]} if b == 0 else
+                  {"pixel_values": vis.pixel_values, "image_grid_thw": vis.grid_thw[None]})
+            logits = hf(input_ids=row, mm_token_type_ids=M.mm_token_types(row, hf.config), **kw).logits[0, -7:-1]
+            ref = torch.log_softmax(logits.float(), -1).gather(-1, comp[:, None])[:, 0]
+            torch.testing.assert_close(ours[b], ref, rtol=0, atol=1e-5)
+
+
+def test_lora_adapts_every_layer_of_both_kinds(qwen35):
+    """--lora-targets auto puts adapters on every decoder layer, Gated DeltaNet and attention alike; the usual
+    q/k/v/o list reaches only the full-attention quarter."""
+    import lora
+    hf, _ = M.load_policy(qwen35)
+    cfg = SimpleNamespace(lora_rank=2, lora_alpha=4.0, lora_dropout=0.0, lora_targets="auto", lora_vision="frozen")
+
+    def adapted(h):                                   # layers whose token mixer (either kind) carries adapters
+        return sorted({int(n.split("layers.")[1].split(".")[0]) for n, _ in h.named_modules()
+                       if "language_model.layers." in n and n.endswith("lora_A")
+                       and (".linear_attn." in n or ".self_attn." in n)})
+    lora.attach(hf, cfg, seed=0)
+    assert adapted(hf) == [0, 1, 2, 3]                # (the first layer's names alone gave [0, 1, 2])
+    layer0, layer3 = hf.model.language_model.layers[0], hf.model.language_model.layers[3]
+    assert all(hasattr(getattr(layer0.linear_attn, p), "lora_A") for p in
+               ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj"))
+    assert all(hasattr(getattr(layer3.self_attn, p), "lora_A") for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    assert all(hasattr(getattr(layer0.mlp, p), "lora_A") for p in ("gate_proj", "up_proj", "down_proj"))
+    qkvo, _ = M.load_policy(qwen35)
+    lora.attach(qkvo, SimpleNamespace(**{**cfg.__dict__, "lora_targets": r".*language_model\.layers\.\d+\.self_attn"
+                                                                        r"\.(q_proj|k_proj|v_proj|o_proj)"}), seed=0)
+    assert adapted(qkvo) == [3]
+
+
+def _folder_with(tmp_path, name, edit):
+    d = json.loads((common.ROOT.parent / "shared" / "qwen3_5_9b" / "config.json").read_text()) \
+        if (common.ROOT.parent / "shared" / "qwen3_5_9b").exists() else Qwen3_5Config().to_dict()
+    edit(d)
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(d))
+    return folder
+
+
+def test_refused_folders_name_the_file_and_field(tmp_path, qwen35):
+    moe = _folder_with(tmp_path, "moe", lambda d: d.update(model_type="qwen3_5_moe"))
+    with pytest.raises(ValueError, match=r"moe/config.json: model_type 'qwen3_5_moe' is not supported.*qwen3_5"):
+        M.load_policy(moe)
+    bad = _folder_with(tmp_path, "bad", lambda d: d["text_config"].update(
+        layer_types=["linear_attention", "mamba", "linear_attention", "full_attention"], num_hidden_layers=4))
+    with pytest.raises(ValueError, match=r"bad/config.json: text_config.layer_types\[1\] = 'mamba'"):
+        M.load_policy(bad)
+    with pytest.raises(ValueError, match=r"model_type 'llama' is not supported; expected one of .*'qwen3_5'"):
+        M.family({"model_type": "llama"})
+    media = common.media_config(MEDIA, Qwen3_5Config.from_pretrained(qwen35))
+    frames = torch.zeros(4, 3, 64, 64, dtype=torch.uint8)
+    with pytest.raises(pixels.MediaError, match="clip.mp4: .*needs each frame's source time"):
+        pixels.to_visual(frames, 2.0, (), "video", media, "clip.mp4")      # a video without frame times
+
+
+def test_preset_builds_the_tiny_qwen3_5_once(builtin, tmp_path, monkeypatch):
+    import train
+    monkeypatch.setattr(common, "builtin", lambda cache, proc, model=True: builtin[0])
+    folder = common.resolve_model("preset:tiny-qwen3.5", tmp_path, distributed.Dist())
+    assert folder == str(tmp_path / "tiny-qwen3.5")
+    assert M.family(Qwen3_5Config.from_pretrained(folder)) is qwen3_5
+    stamp = (tmp_path / "tiny-qwen3.5" / "model.safetensors").stat().st_mtime_ns
+    assert common.resolve_model("preset:tiny-qwen3.5", tmp_path, distributed.Dist()) == folder
+    assert (tmp_path / "tiny-qwen3.5" / "model.safetensors").stat().st_mtime_ns == stamp
+    cfg = train.finish_config(train.Config(model="preset:tiny-qwen3.5"), {"model"})
+    assert cfg.preset == "tiny" and cfg.max_frames == 8
