@@ -179,3 +179,78 @@ def test_preset_builds_the_tiny_qwen3_5_once(builtin, tmp_path, monkeypatch):
     assert (tmp_path / "tiny-qwen3.5" / "model.safetensors").stat().st_mtime_ns == stamp
     cfg = train.finish_config(train.Config(model="preset:tiny-qwen3.5"), {"model"})
     assert cfg.preset == "tiny" and cfg.max_frames == 8
+
+
+# ---- the hybrid decode step (decode_hybrid.py) ----------------------------------------------------------------
+
+def test_delta_rule_step_equals_the_recurrent_and_chunked_forms():
+    """decode_hybrid.delta_rule_step token by token (state updated in place) equals transformers'
+    torch_recurrent_gated_delta_rule and torch_chunk_gated_delta_rule over the same 9 tokens, outputs and final
+    state, from a non-zero initial state; 2 key heads serving 4 value heads."""
+    from transformers.models.qwen3_5.modeling_qwen3_5 import (
+        torch_chunk_gated_delta_rule,
+        torch_recurrent_gated_delta_rule,
+    )
+
+    import decode_hybrid as H
+    gen = torch.Generator().manual_seed(0)
+    B, L, HK, HV, dk, dv = 3, 9, 2, 4, 8, 6
+    q, k = torch.randn(B, L, HK, dk, generator=gen), torch.randn(B, L, HK, dk, generator=gen)
+    v = torch.randn(B, L, HV, dv, generator=gen)
+    g = -torch.rand(B, L, HV, generator=gen)                                   # log-decay < 0
+    beta = torch.rand(B, L, HV, generator=gen)
+    init = torch.randn(B, HV, dk, dv, generator=gen)
+    state, outs = init.clone(), []
+    address = state.data_ptr()
+    for t in range(L):
+        outs.append(H.delta_rule_step(q[:, t], k[:, t], v[:, t], g[:, t], beta[:, t], state))
+    ours = torch.stack(outs, 1)                                                # (B, L, HV, dv)
+    assert state.data_ptr() == address and not torch.equal(state, init)       # in place
+    for fn in (torch_recurrent_gated_delta_rule, torch_chunk_gated_delta_rule):
+        ref, final = fn(q, k, v, g, beta, initial_state=init.clone(), output_final_state=True,
+                        use_qk_l2norm_in_kernel=True)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+        torch.testing.assert_close(state, final, rtol=0, atol=1e-5)
+
+
+def test_conv_step_equals_causal_conv1d_update():
+    """decode_hybrid.conv_step (state of K - 1 inputs, in place) equals transformers' causal_conv1d_update (state of
+    K inputs) token by token, SiLU included."""
+    from transformers.models.qwen3_5.modeling_qwen3_5 import causal_conv1d_update
+
+    import decode_hybrid as H
+    gen = torch.Generator().manual_seed(1)
+    R, C, K = 3, 10, 4
+    weight, ref_state = torch.randn(C, K, generator=gen), torch.randn(R, C, K, generator=gen)
+    state = ref_state[..., 1:].clone()
+    for _ in range(5):
+        x = torch.randn(R, C, generator=gen)
+        ref = causal_conv1d_update(x[:, :, None], ref_state, weight, None, "silu")[:, :, 0]
+        torch.testing.assert_close(H.conv_step(x, state, weight), ref, rtol=0, atol=1e-6)
+        torch.testing.assert_close(state, ref_state[..., 1:], rtol=0, atol=0)
+
+
+def test_decode_step_teacher_forced_equals_hf_and_compiled_equals_eager(prepared):
+    """generate on left-padded prompts of unequal length (a video, its shuffled copy, an image) with rows expanded to
+    G = 2 and G̃ = 1: the sampler's log-probs of its own tokens equal the log-prob pass (HF's forward, tested above)
+    within 1e-5 in float32, and the compiled step samples the same tokens as the eager one from the same noise."""
+    import decode as D
+    hf, tok, v, i = prepared
+    prompts, visuals = [v.prompt_ids, v.shuffled_ids, i.prompt_ids], [v.visual, v.shuffled_visual, i.visual]
+    assert len({p.numel() for p in prompts}) > 1
+    sp, stops = R.SamplingParams(max_new_tokens=10, top_k=50), common.stop_ids(tok)
+    dec = D.Decoder("off")
+    outs = R.generate(hf, prompts, visuals, [2, 1, 2], sp, tok.pad_token_id, stops, torch.Generator().manual_seed(3),
+                      dec)
+    assert type(dec.weights).__name__ == "HybridWeights"                       # the hybrid decoder ran
+    for k, (c, p) in enumerate(zip(outs, prompts)):
+        ids, attn = R.left_pad([p] * c.ids.shape[0], tok.pad_token_id)
+        with torch.no_grad():
+            lp = M.PolicyLogprobs(hf)(torch.cat([ids, c.ids], 1), torch.cat([attn, c.mask.long()], 1), p.numel(),
+                                      visuals, [k] * c.ids.shape[0])
+        assert c.mask.sum() > 3 and ((lp - c.logprobs) * c.mask).abs().max() < 1e-5
+    torch._dynamo.reset()
+    got = R.generate(hf, prompts, visuals, [2, 1, 2], sp, tok.pad_token_id, stops, torch.Generator().manual_seed(3),
+                     D.Decoder("on"))
+    for a, b in zip(outs, got):
+        assert torch.equal(a.ids, b.ids) and (a.logprobs - b.logprobs).abs().max() < 1e-4
