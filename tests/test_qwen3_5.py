@@ -254,3 +254,39 @@ def test_decode_step_teacher_forced_equals_hf_and_compiled_equals_eager(prepared
                      D.Decoder("on"))
     for a, b in zip(outs, got):
         assert torch.equal(a.ids, b.ids) and (a.logprobs - b.logprobs).abs().max() < 1e-4
+
+
+def test_entry_points_end_to_end(qwen35, builtin, tmp_path):
+    """sft.py (1 rank) -> train.py (2 FSDP ranks, LoRA on both layer kinds, each rank its own prompts) -> eval.py on
+    the tiny Qwen3.5; the export is a plain Qwen3_5ForConditionalGeneration whose own forward gives our log-probs."""
+    import sys
+
+    from conftest import ROOT, run_cmd
+    paths = builtin[0]
+    py, tr = sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    base = ["--cache-dir", str(tmp_path / "cache"), "--preset", "tiny"]
+    run_cmd([py, str(ROOT / "sft.py"), "--model", str(qwen35), "--data", str(paths["train_cot"]), "--steps", "2",
+             "--eval-samples", "0", "--out-dir", str(tmp_path / "sft"), *base], tmp_path)
+    run_cmd(tr + [str(ROOT / "train.py"), "--model", str(tmp_path / "sft" / "final"), "--data", str(paths["train"]),
+                  "--steps", "1", "--G", "2", "--max-completion-length", "8", "--prompts-per-rank", "2", "--dist",
+                  "fsdp", "--lora-rank", "4", "--activation-checkpointing", "--eval-samples", "0",
+                  "--out-dir", str(tmp_path / "rl"), *base], tmp_path)
+    last = json.loads((tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 1
+    run_cmd([py, str(ROOT / "eval.py"), "--model", str(tmp_path / "rl" / "final"), "--data", str(paths["test"]),
+             "--limit", "2", "--max-new-tokens", "8", "--out-dir", str(tmp_path / "eval"), *base], tmp_path)
+    assert (tmp_path / "eval" / "results.md").exists()
+    out = tmp_path / "rl" / "final"
+    assert {"preprocessor_config.json", "video_preprocessor_config.json"} <= {p.name for p in out.iterdir()}
+    plain = Qwen3_5ForConditionalGeneration.from_pretrained(out).eval()        # plain transformers
+    ours, tok = M.load_policy(out)
+    media = common.media_config(MEDIA, ours.config)
+    v = pixels.prepare(next(s for s in data.load_samples(paths["train"]) if s.data_type == "video"), tok, media)
+    comp = torch.tensor([5, 6, 7, 8])
+    ids = torch.cat([v.prompt_ids, comp])[None]
+    with torch.no_grad():
+        got = M.PolicyLogprobs(ours.eval())(ids, torch.ones_like(ids), v.prompt_ids.numel(), [v.visual], [0])
+        logits = plain(input_ids=ids, mm_token_type_ids=M.mm_token_types(ids, plain.config),
+                       pixel_values_videos=v.visual.pixel_values, video_grid_thw=v.visual.grid_thw[None]).logits
+    ref = torch.log_softmax(logits[0, -5:-1].float(), -1).gather(-1, comp[:, None])[:, 0]
+    torch.testing.assert_close(got[0], ref, rtol=0, atol=1e-5)
