@@ -290,3 +290,35 @@ def test_entry_points_end_to_end(qwen35, builtin, tmp_path):
                        pixel_values_videos=v.visual.pixel_values, video_grid_thw=v.visual.grid_thw[None]).logits
     ref = torch.log_softmax(logits[0, -5:-1].float(), -1).gather(-1, comp[:, None])[:, 0]
     torch.testing.assert_close(got[0], ref, rtol=0, atol=1e-5)
+
+
+QWEN3_5_9B = common.ROOT.parent / "shared" / "qwen3_5_9b"
+
+
+@pytest.mark.skipif(not (QWEN3_5_9B / "config.json").exists(), reason="../shared absent (fresh clone)")
+def test_narrow_real_structure():
+    """Qwen3.5-9B's config narrowed (tiny.WIDTHS_QWEN3_5): vocabulary 248,320, head_dim 256 with rotary on 64 dims
+    (mRoPE sections [11, 11, 10]), the 3 : 1 layout, 2 key heads serving 4 value heads; the decode step's sampled
+    log-probs equal the log-prob pass on a video prompt."""
+    from builtin import tiny
+    tok = tiny.qwen3_tokenizer(tiny.build_tokenizer(["What happens in the video? <think>a</think><answer>A</answer>"]
+                                                    * 4))
+    cfg = tiny.config_like_9b("narrow", QWEN3_5_9B, tok)
+    torch.manual_seed(0)
+    hf = Qwen3_5ForConditionalGeneration(cfg).float().eval()
+    t = hf.config.text_config
+    assert (t.vocab_size, t.head_dim, hf.model.language_model.rotary_emb.inv_freq.numel()) == (248320, 256, 32)
+    assert t.layer_types == ["linear_attention"] * 3 + ["full_attention"] and t.rope_parameters["mrope_section"] == \
+        [11, 11, 10]
+    assert (t.linear_num_key_heads, t.linear_num_value_heads, t.linear_key_head_dim) == (2, 4, 128)
+    frames = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    vis = pixels.to_visual(frames, 2.0, (0.0, 0.5, 1.0, 1.5), "video", common.media_config(MEDIA, hf.config))
+    prompt = data.encode_prompt(tok, "What happens?", "video", vis.grid_thw, 2, timestamps=vis.timestamps)
+    sp = R.SamplingParams(max_new_tokens=4, top_k=50)
+    c = R.generate(hf, [prompt], [vis], [2], sp, tok.pad_token_id, common.stop_ids(tok),
+                   torch.Generator().manual_seed(0))[0]
+    ids, attn = R.left_pad([prompt] * 2, tok.pad_token_id)
+    with torch.no_grad():
+        lp = M.PolicyLogprobs(hf)(torch.cat([ids, c.ids], 1), torch.cat([attn, c.mask.long()], 1), prompt.numel(),
+                                  [vis], [0, 0])
+    assert ((lp - c.logprobs) * c.mask).abs().max() < 1e-4
