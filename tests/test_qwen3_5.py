@@ -322,3 +322,24 @@ def test_narrow_real_structure():
         lp = M.PolicyLogprobs(hf)(torch.cat([ids, c.ids], 1), torch.cat([attn, c.mask.long()], 1), prompt.numel(),
                                   [vis], [0, 0])
     assert ((lp - c.logprobs) * c.mask).abs().max() < 1e-4
+
+
+def test_plan_rows_for_the_9b():
+    """--plan --model preset:qwen3.5-9b: the KV cache counts the 8 full-attention layers only, and the recurrent
+    state is per row and per linear layer (24 of them), not per token; both by hand. The other families have no
+    recurrent term."""
+    import plan
+    from test_plan import _cfg
+    cfg = _cfg(nproc=8, activation_checkpointing=True)
+    cfg.model = "preset:qwen3.5-9b"
+    config = plan.load_config(cfg.model)
+    assert config.text_config.layer_types.count("full_attention") == 8
+    e = plan.estimate(config, cfg)
+    assert e["P"] == 8 * 98 + 250 + 8 * 8                                      # timestamped blocks: 8 tokens each
+    # 12 rows padded to 16 x (1098 + 768 tokens rounded up to 2048) + the prefill's 2 prompts; 8 layers x K,V x 4
+    # KV heads x 256 dims x 2 bytes
+    assert e["kv_cache"] == (16 * 2048 + 2 * 1098) * 8 * 2 * 4 * 256 * 2
+    # (16 rows + 2 prefill prompts) x 24 layers x (32 value heads x 128 x 128 float32 + 3 conv inputs of 8192 bf16)
+    assert e["recurrent"] == (16 + 2) * 24 * (32 * 128 * 128 * 4 + 3 * 8192 * 2)
+    assert 9.3e9 < e["phi"] < 9.5e9
+    assert plan.estimate(plan.load_config("preset:qwen3-vl-8b"), cfg)["recurrent"] == 0
