@@ -328,8 +328,9 @@ def test_plan_rows_for_the_9b():
     """--plan --model preset:qwen3.5-9b: the KV cache counts the 8 full-attention layers only, and the recurrent
     state is per row and per linear layer (24 of them), not per token; both by hand. The other families have no
     recurrent term."""
-    import plan
     from test_plan import _cfg
+
+    import plan
     cfg = _cfg(nproc=8, activation_checkpointing=True)
     cfg.model = "preset:qwen3.5-9b"
     config = plan.load_config(cfg.model)
@@ -343,3 +344,20 @@ def test_plan_rows_for_the_9b():
     assert e["recurrent"] == (16 + 2) * 24 * (32 * 128 * 128 * 4 + 3 * 8192 * 2)
     assert 9.3e9 < e["phi"] < 9.5e9
     assert plan.estimate(plan.load_config("preset:qwen3-vl-8b"), cfg)["recurrent"] == 0
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_for_qwen3_5(tmp_path):
+    """bash bench/gpu_check.sh --dry-run --family qwen3.5: the hybrid GPU check's code path on CPU (the tiny
+    hybrid, small settings), so it runs when a GPU is lent."""
+    import subprocess
+
+    from conftest import ROOT
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", "--family", "qwen3.5",
+                           "--cache-dir", str(tmp_path / "cache")], cwd=tmp_path, capture_output=True, text=True,
+                          check=False,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--family qwen3.5" in proc.stdout and "4 decoder layers" in proc.stdout
+    for phase in ["rollout", "policy log-probs", "backward", "decode (eager)", "plan.py (1 GPU"]:
+        assert phase in proc.stdout, phase
