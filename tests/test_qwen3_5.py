@@ -361,3 +361,16 @@ def test_gpu_check_dry_run_for_qwen3_5(tmp_path):
     assert "--family qwen3.5" in proc.stdout and "4 decoder layers" in proc.stdout
     for phase in ["rollout", "policy log-probs", "backward", "decode (eager)", "plan.py (1 GPU"]:
         assert phase in proc.stdout, phase
+
+
+def test_two_fsdp_ranks_equal_one_process(builtin, qwen35, tmp_path):
+    """tests/dist_check.py on the tiny Qwen3.5: rank 0 holds the video prompt and rank 1 the image prompt, and 2 FSDP
+    ranks (units: Qwen3_5DecoderLayer of both kinds, Qwen3_5VisionBlock) give the 1-process gradients and the
+    parameters after one AdamW step; each rank's rollout under full_weights equals an unsharded copy's."""
+    from test_distributed import _run, _same_step
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    want = _run((builtin[0], qwen35), tmp_path / "one", "none", 1)
+    got = _run((builtin[0], qwen35), tmp_path / "two", "fsdp", 2)
+    _same_step(got, want)
+    assert want["norm"] > 1e-3 and any("linear_attn.A_log" in k for k in want["grads"])
+    assert got["rollout_equal"] == 2
