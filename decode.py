@@ -377,7 +377,8 @@ class Decoder:
             self.state = s = alloc(w, rows, length, new_tokens, width)
             if self.is_compiled(w.embed.device):
                 for t in vars(s).values():
-                    torch._dynamo.mark_static_address(t)
+                    for x in (t if isinstance(t, tuple) else (t,)):               # Qwen3.5: a tensor per layer
+                        torch._dynamo.mark_static_address(x)
         return s
 
     def _step_fn(self, device):

@@ -18,8 +18,8 @@ calls in place of its own when it is handed HybridWeights. Per layer kind (trans
   times sigmoid(gate), then o_proj.
 Both kinds: the decoder RMSNorms are zero-centred (x * (1 + w), in float32), the MLP is SwiGLU.
 
-The states live in HybridState and are updated IN PLACE: conv (NLin, Rb, C, K - 1) in the compute dtype, rec (NLin,
-Rb, HV, dk, dv) float32 (mamba_ssm_dtype), k / v (NF, Rb, KV, S, hd) for the full-attention layers only. The prefill
+The states live in HybridState and are updated IN PLACE: per linear layer conv (Rb, C, K - 1) in the compute dtype
+and rec (Rb, HV, dk, dv) float32 (mamba_ssm_dtype); k / v (NF, Rb, KV, S, hd) for the full-attention layers only. The prefill
 (HF's forward with a DynamicCache, left padding zeroed by HF before the linear layers) hands them to the rows in
 `load_prefill`: DynamicCache.batch_select_indices fails on linear-attention layers, so the rows are laid out here.
 
@@ -139,9 +139,11 @@ def refresh(w: HybridWeights, hf, effective_weight) -> None:
 
 @dataclass
 class HybridState:
-    """decode.State's buffers (same names and meanings) plus the hybrid decoder's: conv (NLin, Rb, C, K - 1), the
-    last K - 1 conv inputs in the compute dtype; rec (NLin, Rb, HV, dk, dv) float32, the delta-rule states; k, v
-    (NF, Rb, KV, S, hd) for the full-attention layers only."""
+    """decode.State's buffers (same names and meanings) plus the hybrid decoder's: conv, one (Rb, C, K - 1) tensor
+    per linear layer, the last K - 1 conv inputs in the compute dtype; rec, one (Rb, HV, dk, dv) float32 tensor per
+    linear layer, the delta-rule states; k, v (NF, Rb, KV, S, hd) for the full-attention layers only. conv and rec
+    are tuples of separate tensors, not one stacked buffer: compiled, in-place writes to several views of one buffer
+    made inductor copy the whole buffer every step (measured), while each separate tensor is updated where it lies."""
     k: torch.Tensor
     v: torch.Tensor
     key_ok: torch.Tensor
@@ -154,8 +156,8 @@ class HybridState:
     noise: torch.Tensor
     ids: torch.Tensor
     logps: torch.Tensor
-    conv: torch.Tensor
-    rec: torch.Tensor
+    conv: tuple
+    rec: tuple
 
 
 def allocate_state(w: HybridWeights, rows: int, length: int, new_tokens: int, noise_width: int) -> HybridState:
@@ -168,8 +170,9 @@ def allocate_state(w: HybridWeights, rows: int, length: int, new_tokens: int, no
     return HybridState(z(*kv, dtype=dt), z(*kv, dtype=dt), z(rows, length, dtype=torch.bool), z(rows), z(rows),
                        z(1), z(1), z(rows, dtype=torch.bool), z(rows, V, dtype=torch.bool),
                        torch.ones(rows, noise_width, device=dev), z(rows, new_tokens),
-                       z(rows, new_tokens, dtype=torch.float32), z(NLin, rows, C, K - 1, dtype=dt),
-                       z(NLin, rows, w.v_heads, w.k_dim, w.v_dim, dtype=torch.float32))
+                       z(rows, new_tokens, dtype=torch.float32),
+                       tuple(z(rows, C, K - 1, dtype=dt) for _ in range(NLin)),
+                       tuple(z(rows, w.v_heads, w.k_dim, w.v_dim, dtype=torch.float32) for _ in range(NLin)))
 
 
 def load_prefill(w: HybridWeights, s: HybridState, cache, rows: torch.Tensor, P: int) -> None:
@@ -180,9 +183,9 @@ def load_prefill(w: HybridWeights, s: HybridState, cache, rows: torch.Tensor, P:
     for i, layer in enumerate(cache.layers):
         linear, j = w.kinds[i]
         if linear:
-            km1 = s.conv.shape[-1]
-            s.conv[j, :R] = layer.conv_states[0].index_select(0, rows)[..., -km1:]
-            s.rec[j, :R] = layer.recurrent_states[0].index_select(0, rows).float()
+            km1 = s.conv[j].shape[-1]
+            s.conv[j][:R] = layer.conv_states[0].index_select(0, rows)[..., -km1:]
+            s.rec[j][:R] = layer.recurrent_states[0].index_select(0, rows).float()
         else:
             s.k[j, :R, :, :P] = layer.keys.index_select(0, rows)
             s.v[j, :R, :, :P] = layer.values.index_select(0, rows)
@@ -215,16 +218,21 @@ def delta_rule_step(q, k, v, g, beta, state):
     """One token of the gated delta rule (module docstring): q, k (R, HK, dk); v (R, HV, dv); g, beta (R, HV);
     state (R, HV, dk, dv) float32, updated IN PLACE. q and k are L2-normalised (eps 1e-6, as FLA) and q scaled by
     dk^-1/2 here; key head h serves value heads h·HV/HK .. (h+1)·HV/HK - 1. Returns the read-out (R, HV, dv)
-    float32. Equal to transformers' torch_recurrent_gated_delta_rule with use_qk_l2norm_in_kernel."""
+    float32. Equal to transformers' torch_recurrent_gated_delta_rule with use_qk_l2norm_in_kernel.
+
+    Written so that the old state is only read (S^T k, S^T q) before one pointwise in-place write: with d = exp(g),
+    the new state is d S + k δ^T with δ = β (v - d S^T k), and the read-out (d S + k δ^T)^T q = d S^T q + (k·q) δ.
+    Compiled, the state is then updated where it lies (no state-sized temporary; test_qwen3_5's cost test)."""
     rep = v.shape[1] // k.shape[1]
     q, k = (t.float().repeat_interleave(rep, dim=1) for t in (q, k))           # (R, HV, dk)
     q = q * torch.rsqrt((q * q).sum(-1, keepdim=True) + 1e-6) * q.shape[-1] ** -0.5
     k = k * torch.rsqrt((k * k).sum(-1, keepdim=True) + 1e-6)
-    S = state * g.float().exp()[..., None, None]                               # (R, HV, dk, dv) decayed
-    delta = (v.float() - (S * k[..., None]).sum(-2)) * beta.float()[..., None]  # (R, HV, dv)
-    S = S + k[..., None] * delta[..., None, :]
-    state.copy_(S)
-    return (S * q[..., None]).sum(-2)                                          # (R, HV, dv)
+    d = g.float().exp()[..., None]                                             # (R, HV, 1) decay
+    Sk, Sq = (state * k[..., None]).sum(-2), (state * q[..., None]).sum(-2)    # (R, HV, dv) each, old state
+    delta = (v.float() - d * Sk) * beta.float()[..., None]                     # (R, HV, dv)
+    out = d * Sq + (k * q).sum(-1, keepdim=True) * delta                       # (R, HV, dv)
+    state.copy_(state * d[..., None] + k[..., None] * delta[..., None, :])     # decay + delta update, in place
+    return out
 
 
 def _rotate_part(x, cos, sin):
@@ -263,8 +271,9 @@ def forward_token(w: HybridWeights, s: HybridState) -> torch.Tensor:
             k, v = F.linear(h, w.kv[j]).view(R, 2 * KV, hd).split([KV, KV], dim=1)
             q = _rotate_part(rms_norm_1p(q, w.q_norm[j], w.eps), cos, sin)     # (R, H, hd)
             k = _rotate_part(rms_norm_1p(k, w.k_norm[j], w.eps), cos, sin)     # (R, KV, hd)
-            s.k[j].index_copy_(2, s.col, k[:, :, None])                        # cache (R, KV, S, hd), column col
-            s.v[j].index_copy_(2, s.col, v[:, :, None])
+            layer = torch.full_like(s.col, j)                                  # (1,): index the whole buffer, so
+            s.k[layer, :, :, s.col] = k[None]                                  # compiled it writes one column in
+            s.v[layer, :, :, s.col] = v[None]                                  # place (a view's index_copy_ does not)
             qg = q.reshape(R, KV, H // KV, hd)                                 # query heads grouped by KV head
             att = (qg @ s.k[j].transpose(-1, -2)).float() * hd ** -0.5         # (R, KV, H/KV, S)
             att = att.masked_fill(~mask, float("-inf")).softmax(-1).to(x.dtype)

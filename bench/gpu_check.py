@@ -172,7 +172,7 @@ def main():
     read = sum(t.nbytes for t in vars(decoder.weights).values() if isinstance(t, torch.Tensor))
     read += decoder.state.k.nbytes + decoder.state.v.nbytes if decoder.state is not None else 0   # bucketed cache
     if decoder.state is not None and hasattr(decoder.state, "rec"):             # Qwen3.5: read and written per step
-        read += decoder.state.rec.nbytes + decoder.state.conv.nbytes
+        read += sum(t.nbytes for t in (*decoder.state.rec, *decoder.state.conv))
     name = torch.cuda.get_device_name(0) if cuda else "cpu"
     tbs = a.bandwidth_tbs or (4.8 if "H200" in name else 3.35 if "H100" in name else 0.0)
     ms = 1000 * statistics.median(times["rollout"]) / steps

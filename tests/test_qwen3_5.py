@@ -374,3 +374,48 @@ def test_two_fsdp_ranks_equal_one_process(builtin, qwen35, tmp_path):
     _same_step(got, want)
     assert want["norm"] > 1e-3 and any("linear_attn.A_log" in k for k in want["grads"])
     assert got["rollout_equal"] == 2
+
+
+def test_compiled_step_updates_the_states_in_place(qwen35):
+    """Cost test: the compiled hybrid decode step allocates no buffer the size of a layer's recurrent state or KV
+    cache (inductor's generated code, read with run_and_get_code): the delta rule writes each recurrent state where
+    it lies and the K/V column goes straight into the cache. The one conv-sized temporary is the (Rb, C, K) window
+    of the causal conv (K / (K - 1) of a layer's conv state). The buffers keep their addresses and the compiled step
+    equals the eager one."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    import decode as D
+    import decode_hybrid as H
+    hf = Qwen3_5ForConditionalGeneration.from_pretrained(qwen35).eval()
+    w = H.allocate_weights(hf, torch.float32, "cpu")
+    H.refresh(w, hf, D.effective_weight)
+    states = []
+    for _ in range(2):                                                         # eager and compiled, same start
+        s = H.allocate_state(w, 8, 64, 4, 50)
+        gen = torch.Generator().manual_seed(0)
+        for t in (*s.rec, *s.conv):
+            t.normal_(generator=gen)
+        s.key_ok[:, :5] = True
+        s.col.fill_(5), s.pos.fill_(5), s.tok.fill_(7)
+        states.append(s)
+    eager, comp = states
+    sp = R.SamplingParams(max_new_tokens=4, top_k=50)
+    D.decode_step(w, eager, sp, 0, (1,))
+    for t in [*vars(w).values(), *(x for v in vars(comp).values() for x in (v if isinstance(v, tuple) else (v,)))]:
+        if isinstance(t, torch.Tensor):
+            torch._dynamo.mark_static_address(t)
+    addresses = [t.data_ptr() for t in (*comp.rec, *comp.conv, comp.k, comp.v)]
+    torch._dynamo.reset()
+    _, code = run_and_get_code(torch.compile(D.decode_step, fullgraph=True, dynamic=False), w, comp, sp, 0, (1,))
+    shapes = {tuple(int(x) for x in m.split(",") if x.strip())
+              for m in re.findall(r"empty_strided_cpu\(\(([^)]*)\)", "\n".join(code))}
+    rec, conv, k = tuple(comp.rec[0].shape), tuple(comp.conv[0].shape), tuple(comp.k.shape)
+    assert rec == (8, 4, 16, 16) and k == (1, 8, 2, 64, 64)
+    assert not shapes & {rec, (len(comp.rec), *rec), k, k[1:]}, shapes       # no state or cache copy
+    assert [sh for sh in shapes if len(sh) == 3 and sh[:2] == conv[:2]] == [(*conv[:2], conv[2] + 1)]   # window
+    assert [t.data_ptr() for t in (*comp.rec, *comp.conv, comp.k, comp.v)] == addresses
+    for a, b in zip((*eager.rec, *eager.conv, eager.k, eager.v, eager.ids), (*comp.rec, *comp.conv, comp.k, comp.v,
+                                                                            comp.ids)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
