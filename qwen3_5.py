@@ -8,15 +8,18 @@ read from transformers 5.23's models/qwen3_5; docs/departures.md H1-H3).
 - decoder: hybrid. `config.text_config.layer_types` names each layer "linear_attention" (Gated DeltaNet, a recurrent
   state instead of a KV cache) or "full_attention" (gated attention with partial rotary); `layer_kinds` checks them;
 - export: Qwen3-VL's processor files with this family's classes (`processor_files`); the MTP head that a released
-  checkpoint carries is dropped by transformers on load (`_keys_to_ignore_on_load_unexpected`), so it is neither
-  trained nor exported (H2).
+  checkpoint carries (`mtp.*`) is dropped by transformers on load (`_keys_to_ignore_on_load_unexpected`), so it is
+  not trained; `carried_tensors` reads it from the source folder and model.save_hf writes it into the export
+  unchanged (H2), so the export keeps what speculative decoding needs.
 
 Departures (docs/departures.md):
   H1 positions by our rope_positions over Qwen3-VL's block layout (equal to 5.23's get_rope_index, tested)
-  H2 the MTP head is not trained and not exported
+  H2 the MTP head is not trained; it is carried unchanged from the source folder into the export
   H3 LoRA's default targets are every decoder layer's Linears, both layer kinds (lora.decoder_targets)
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
@@ -58,3 +61,16 @@ def processor_files(config) -> dict[str, dict]:
     processor settings (transformers 5.23 maps model_type qwen3_5 to Qwen3VLProcessor, Qwen2VLImageProcessor and
     Qwen3VLVideoProcessor; not verified against a released checkpoint's files)."""
     return qwen3_vl.processor_files(config)
+
+
+def carried_tensors(model) -> dict[str, torch.Tensor]:
+    """The MTP head's tensors {name: tensor} (`mtp.*`, as stored) in the safetensors files of the folder `model` was
+    loaded from (model.name_or_path), which transformers drops on load: model.save_hf writes them into the export
+    unchanged (H2). {} when that is not a folder or holds none (the project's random models)."""
+    from safetensors import safe_open
+    folder = Path(getattr(model, "name_or_path", "") or "")
+    out = {}
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        with safe_open(str(path), "pt") as f:
+            out |= {k: f.get_tensor(k) for k in f.keys() if k.startswith("mtp.")}
+    return out

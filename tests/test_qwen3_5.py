@@ -419,3 +419,24 @@ def test_compiled_step_updates_the_states_in_place(qwen35):
     for a, b in zip((*eager.rec, *eager.conv, eager.k, eager.v, eager.ids), (*comp.rec, *comp.conv, comp.k, comp.v,
                                                                             comp.ids)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_export_carries_the_mtp_head_unchanged(qwen35, tmp_path):
+    """H2: a folder whose safetensors hold an MTP head (`mtp.*`, dropped by transformers on load) exports with the
+    same tensors, bit for bit; plain transformers still loads the export."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    src = tmp_path / "with_mtp"
+    shutil.copytree(qwen35, src)
+    weights = load_file(src / "model.safetensors")
+    mtp = {"mtp.fc.weight": torch.randn(8, 16), "mtp.layers.0.mlp.up_proj.weight": torch.randn(4, 8)}
+    save_file(weights | mtp, src / "model.safetensors", metadata={"format": "pt"})
+    hf, tok = M.load_policy(src)
+    assert not any(k.startswith("mtp.") for k in hf.state_dict())             # dropped on load
+    out = M.save_hf(hf, tok, tmp_path / "export")
+    saved = load_file(out / "model.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in mtp.items())
+    Qwen3_5ForConditionalGeneration.from_pretrained(out)
+    plain = M.save_hf(M.load_policy(qwen35)[0], tok, tmp_path / "plain")      # no MTP head: nothing added
+    assert not any(k.startswith("mtp.") for k in load_file(plain / "model.safetensors"))
