@@ -1,4 +1,7 @@
-"""Training checkpoints that resume exactly, for DDP, FSDP2 and one process.
+"""Training checkpoints that resume exactly, for DDP, FSDP2 and one process; and HF folders out.
+
+`save_hf` writes an HF folder that plain transformers loads (atomically: old, new or none), and
+`disk_message` names a full disk in the errors of both kinds of save.
 
 Layout of OUT_DIR/checkpoints/step_000010/ (written by every rank, then renamed by rank 0):
     *.distcp, .metadata   model and optimizer state via torch.distributed.checkpoint (DCP): each FSDP rank
@@ -26,9 +29,64 @@ from torch.distributed.checkpoint.api import CheckpointException   # a BaseExcep
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 import distributed
-from model import disk_message
+from model import family
 
 PATTERN = re.compile(r"^step_(\d{6,})$")
+
+
+def save_hf(model, tokenizer, folder: str | Path, state_dict: dict | None = None) -> Path:
+    """Save an HF folder that plain transformers loads: config, safetensors, tokenizer with chat template,
+    the family's processor settings (`preprocessor_config.json`, Qwen3-VL's also `video_preprocessor_config.json`)
+    and a `generation_config.json` (the official code forgets the processor files). Tensors that transformers
+    dropped on load but the family keeps (Qwen3.5's MTP head, `qwen3_5.carried_tensors`) go back in unchanged.
+
+    Atomic: everything is written to `folder`.tmp, which then replaces `folder` (an older `folder` is moved
+    aside first and deleted after), so a kill or a full disk leaves either the complete old folder, the
+    complete new one, or none -- never weights without a tokenizer. `state_dict` (optional) is a full,
+    gathered state dict to write instead of `model.state_dict()` (used after FSDP). Only call on one rank.
+    Raises OSError naming the folder when writing fails (e.g. "no space left on device"); the partial
+    temporary folder is removed.
+    """
+    folder = Path(folder)
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    carried = getattr(family(model.config), "carried_tensors", lambda m: {})(model)   # Qwen3.5's MTP (H2)
+    if carried:
+        state_dict = {**(model.state_dict() if state_dict is None else state_dict), **carried}
+    try:
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "chat_template.json").write_text(json.dumps({"chat_template": tokenizer.chat_template}, indent=2))
+        for name, settings in family(model.config).processor_files(model.config).items():
+            (tmp / name).write_text(json.dumps(settings, indent=2))
+    except Exception as e:
+        reason = disk_message(e, folder.parent)                               # before the partial files go
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(f"{folder}: writing the HF folder failed: {reason}") from e
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def disk_message(error: BaseException, where: str | Path) -> str:
+    """`error`'s text, prefixed by "no space left on device (N bytes free at WHERE)" when the error chain holds
+    ENOSPC or fewer than 64 MiB are free there (torch.save reports a full disk as "unexpected pos ...")."""
+    import errno
+    chain, e = [], error
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        free = None
+    full = any(getattr(x, "errno", None) == errno.ENOSPC for x in chain) or (free is not None and free < 64 * 2**20)
+    text = f"{type(error).__name__}: {error}"
+    return f"no space left on device ({free} bytes free at {where}); {text}" if full else text
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict:

@@ -20,7 +20,7 @@ import checkpoint
 import distributed
 import lora
 import pixels
-from model import PolicyLogprobs, load_policy, save_hf
+from model import PolicyLogprobs, load_policy
 from builtin.tiny import TINY_MEDIA, build_builtin_tiny
 
 # The tiny presets: what a randomly initialised few-million-parameter model on 2 CPU cores needs, applied to the
@@ -353,6 +353,6 @@ def export(module, tokenizer, folder: Path, proc: distributed.Dist, adapters=Non
         return lora.export(module, adapters, tokenizer, base_dir, folder, proc)
     state = distributed.full_state_dict(module)
     if proc.main:
-        save_hf(distributed.unwrap(module).hf, tokenizer, folder, state_dict=state)
+        checkpoint.save_hf(distributed.unwrap(module).hf, tokenizer, folder, state_dict=state)
     distributed.barrier(proc)
     return folder

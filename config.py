@@ -15,10 +15,34 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def opt(default, help: str, choices: tuple = (), repeat: bool = False):
+    """A config field: its default, one line of help (`--help` shows both), and optionally the values it may take
+    (checked by `parse`) or `repeat` (the flag may be given several times; its values are joined with commas)."""
+    meta = {"help": help} | ({"choices": tuple(choices)} if choices else {}) | ({"repeat": True} if repeat else {})
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _choices(f) -> str:
+    return f" {{{' | '.join(map(str, f.metadata['choices']))}}}" if f.metadata.get("choices") else ""
+
+
+def check(cfg, rules: dict[str, tuple[bool, str]] | None = None) -> None:
+    """Raise ValueError naming the first field whose value is not one of its metadata["choices"], or whose entry
+    in `rules` (field name -> (the value is valid, what is valid: ">= 1")) is not valid, with the value and what
+    is valid."""
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("choices") and getattr(cfg, f.name) not in f.metadata["choices"]:
+            raise ValueError(f"invalid config value for {f.name}: {getattr(cfg, f.name)!r} "
+                             f"(one of {', '.join(map(str, f.metadata['choices']))})")
+    for name, (ok, valid) in (rules or {}).items():
+        if not ok:
+            raise ValueError(f"invalid config value for {name}: {getattr(cfg, name)!r} (valid: {valid})")
+
+
 def parse(cls, argv=None, description: str | None = None):
     """Parse argv into an instance of dataclass `cls`; returns (config, set of field names given explicitly).
 
-    Every field becomes `--field-name` with its metadata["help"] and default shown by `--help`. A str field with
+    Every field becomes `--field-name` with its metadata["help"], its choices and default shown by `--help`. A str field with
     metadata["repeat"] may be given several times; its values are joined with commas (e.g. train.py's
     `--eval-data a=x.json --eval-data b=y.json` is "a=x.json,b=y.json"). Flags must be
     spelled out: an abbreviation (`--prompts-per 2`) is refused, since a preset overwrites every field whose full
@@ -36,7 +60,7 @@ def parse(cls, argv=None, description: str | None = None):
             extra = {"action": "append"}                                  # default None: filled in below
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind,
                        default=None if f.metadata.get("repeat") else f.default,
-                       metavar=type(f.default).__name__.upper(), help=f"{f.metadata['help']} (default: {f.default!r})", **extra)
+                       metavar=type(f.default).__name__.upper(), help=f"{f.metadata['help']}{_choices(f)} (default: {f.default!r})", **extra)
     ns = p.parse_args(argv)
     for f in dataclasses.fields(cls):
         if f.metadata.get("repeat"):

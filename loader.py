@@ -1,25 +1,18 @@
-"""Background preparation of the next samples, so decoding and patchifying overlap the current step.
+"""Background preparation of the next samples, so decoding and patchifying overlap the step.
 
-The official trainer decodes a sample's video inside `compute_loss`, on the critical path, right before
-generation (notes §1 step 2); here a small pool of threads runs `pixels.prepare`'s work for the next
-samples of the stream while the policy generates and trains on the current ones.
+The official trainer decodes a sample's video inside `compute_loss`, on the critical path (notes §1
+step 2); here a few threads run `pixels.prepare` for the next samples while the policy generates and
+trains on the current ones (L6):
 
-    pf = Prefetcher(stream, tokenizer, media, shuffled=True, seed=cfg.seed, rank=proc.rank, cache=FrameCache(dir))
-    batch, skipped = pf.take(cfg.prompts_per_rank)      # list[pixels.Prepared], undecodable samples skipped
+    pf = Prefetcher(stream, tokenizer, media, shuffled=True, seed=seed, rank=rank)
+    batch, skipped = pf.take(prompts_per_rank)      # list[pixels.Prepared], unusable ones skipped
 
-Guarantees:
-1. Order and content are those of calling `pixels.prepare` on the stream in a loop: the only random step,
-   the shuffled-frame permutation (notes §1 step 4), uses a generator seeded from (seed, rank, sample
-   index) by `sample_generator`, so neither the number of threads nor the order they finish in matters.
-2. A sample whose media fails to decode or is unusable (`pixels.MediaError`: also one frame, aspect ratio > 200,
-   ...) is skipped and counted, never replaced by other media (notes §9 item 9); its index is still
-   consumed, so later samples keep their generators. The first SKIP_PRINT_FULL skips are printed in full
-   ("[skip] entry 17 of train.json (/data/x.mp4): reason"), later ones as a running count at 10, 100, 1000, ...
-3. `FrameCache` (optional) stores the sampled, resized uint8 frames and sample_fps of each media file, keyed
-   by (absolute path, mtime, size, every frame/pixel setting that changes them), so a second epoch skips
-   decoding and resizing; a changed file or setting is a different key.
-Threads rather than processes: decord, PIL resizing and torch ops release the GIL, a thread shares the
-tokenizer without pickling, and there is nothing to start per epoch.
+Rules: (1) order and content are those of `pixels.prepare` in a loop: the one random step, the
+shuffled-frame permutation (notes §1 step 4), is seeded by (seed, rank, sample index), so threads
+never change results (L11); (2) a sample with unusable media (`pixels.MediaError`) is skipped and
+counted, never replaced (L2, notes §9 item 9); its index is still consumed; (3) `FrameCache` keeps
+decoded, resized frames keyed by (path, mtime, size, frame/pixel settings): epoch 2 skips decoding.
+Threads, not processes: decord, PIL and torch release the GIL and the tokenizer is shared unpickled.
 """
 from __future__ import annotations
 
@@ -39,18 +32,16 @@ import torch
 import data
 import pixels
 
-VIDEO_KEYS = ("fps", "min_frames", "max_frames", "nframes", "video_min_pixels", "video_max_pixels", "video_total_pixels",
-              "patch_size", "merge_size")
+VIDEO_KEYS = ("fps", "min_frames", "max_frames", "nframes", "video_min_pixels", "video_max_pixels",
+              "video_total_pixels", "patch_size", "merge_size")
 IMAGE_KEYS = ("image_min_pixels", "image_max_pixels", "patch_size", "merge_size")
-CACHE_FORMAT = 3  # bump when the stored layout or the decoding in data.py changes meaning (3: frame times stored)
-SKIP_PRINT_FULL = 5  # skips printed in full per Prefetcher; after that a count line at 10, 100, 1000, ...
+CACHE_FORMAT = 3      # bump when the stored layout or data.py's decoding changes (3: frame times)
+SKIP_PRINT_FULL = 5   # skips printed in full per Prefetcher; then a count at 10, 100, 1000, ...
 
 
 def prompt_stream(samples, proc, seed: int, start: int = 0):
-    """Endless per-rank stream of samples from position `start`: each epoch one seeded permutation shared by
-    all ranks (numpy default_rng(seed + epoch)), rank r takes positions r, r + world, ... The position (an
-    int) is all that resume needs. `proc` has .rank and .world (distributed.Dist). Raises ValueError when
-    there are fewer samples than ranks."""
+    """Endless stream of this rank's samples from position `start` (all resume needs): each epoch
+    one permutation seeded by seed + epoch, shared by all ranks; rank r takes r, r + world, ..."""
     per_rank = len(range(proc.rank, len(samples), proc.world))
     if per_rank == 0:
         raise ValueError(f"{len(samples)} samples cannot feed {proc.world} ranks")
@@ -63,24 +54,19 @@ def prompt_stream(samples, proc, seed: int, start: int = 0):
 
 
 def sample_generator(seed: int, rank: int, index: int) -> torch.Generator:
-    """(L11) A CPU torch.Generator for sample `index` (0-based position in this rank's stream) of rank `rank`.
-
-    Seeded with numpy's SeedSequence([seed, rank, index]) (a 64-bit hash of the three ints), so nearby
-    seeds/ranks/indices give unrelated streams. Raises ValueError for negative arguments."""
+    """(L11) The CPU generator of sample `index` of rank `rank`'s stream, from numpy's
+    SeedSequence([seed, rank, index]): nearby seeds, ranks and indices give unrelated streams."""
     if min(seed, rank, index) < 0:
-        raise ValueError(f"sample_generator: seed, rank, index must be >= 0, got {seed}, {rank}, {index}")
+        raise ValueError(f"sample_generator: seed, rank, index must be >= 0, got {seed}, {rank}, "
+                         f"{index}")
     state = np.random.SeedSequence([seed, rank, index]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)   # < 2**63
 
 
 class FrameCache:
-    """On-disk cache of decoded media: one `<sha256>.pt` file per (media file, frame/pixel settings) holding
-    {"frames": uint8 (T, 3, H, W), "sample_fps": float, "frame_times": list of seconds, "key": the key dict}.
-
-    `load(sample, media)` returns what `pixels.load_visual(sample, media)` returns, bit for bit; `hits` and
-    `misses` count lookups. Writes are atomic (temp file + rename), so concurrent threads/ranks sharing a
-    folder are safe; an unreadable cache file is recomputed. Raises pixels.MediaError like load_visual.
-    """
+    """Decoded media on disk, one `<sha256>.pt` per (file, settings): frames uint8 (T, 3, H, W),
+    sample_fps, frame_times (s), key. `load` equals `pixels.load_visual` bit for bit; writes are
+    atomic (temp file + rename), so threads and ranks may share a folder."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -89,24 +75,26 @@ class FrameCache:
         self._lock = threading.Lock()
 
     def key(self, sample: data.Sample, media: pixels.MediaConfig) -> dict:
-        """The cache key of a sample's media: absolute path, mtime (ns), size (bytes), data_type, the
-        settings that change its frames. Raises pixels.MediaError when the file does not exist."""
+        """A media file's key: absolute path, mtime (ns), size (bytes), data_type and the settings
+        that change its frames. Raises pixels.MediaError when the file does not exist."""
         path = os.path.abspath(sample.media_path)
         try:
             st = os.stat(path)
         except OSError as e:
-            raise pixels.MediaError(f"{path}: cannot read {sample.data_type}: {type(e).__name__}: {e}") from e
+            raise pixels.MediaError(f"{path}: cannot read {sample.data_type}: "
+                                    f"{type(e).__name__}: {e}") from e
         names = VIDEO_KEYS if sample.data_type == "video" else IMAGE_KEYS
-        return {"format": CACHE_FORMAT, "path": path, "mtime_ns": st.st_mtime_ns, "size": st.st_size,
-                "data_type": sample.data_type, **{k: getattr(media, k) for k in names}}
+        return {"format": CACHE_FORMAT, "path": path, "mtime_ns": st.st_mtime_ns,
+                "size": st.st_size, "data_type": sample.data_type,
+                **{k: getattr(media, k) for k in names}}
 
     def file(self, key: dict) -> Path:
         """Where the entry for `key` lives."""
-        return self.folder / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest() + ".pt")
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        return self.folder / (digest + ".pt")
 
     def load(self, sample: data.Sample, media: pixels.MediaConfig) -> pixels.Decoded:
-        """pixels.Decoded (frames uint8 (T, 3, H, W), sample_fps, frame_times) from the cache, decoding and storing
-        them on a miss."""
+        """pixels.Decoded from the cache; decoded and stored on a miss."""
         key = self.key(sample, media)
         f = self.file(key)
         if f.exists():
@@ -115,8 +103,9 @@ class FrameCache:
                 if entry["key"] == key:
                     with self._lock:
                         self.hits += 1
-                    return pixels.Decoded(entry["frames"], float(entry["sample_fps"]), tuple(entry["frame_times"]))
-            except Exception as e:  # a truncated or foreign file: recompute it
+                    return pixels.Decoded(entry["frames"], float(entry["sample_fps"]),
+                                          tuple(entry["frame_times"]))
+            except Exception as e:                          # a truncated or foreign file: redo it
                 print(f"[cache] {f}: unreadable ({type(e).__name__}), recomputing", file=sys.stderr)
         decoded = pixels.load_visual(sample, media)
         tmp = f.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
@@ -129,15 +118,15 @@ class FrameCache:
 
 
 def skip_message(sample: data.Sample, index: int, error: Exception) -> str:
-    """"entry {entry} of {json file} ({media path}): reason" for a skipped sample (the reason is the error's
-    message without its leading path); "stream sample {index} ({media path}): reason" for a Sample not made
-    by data.load_samples (entry -1)."""
+    """"entry 17 of train.json (/data/x.mp4): reason" for a skipped sample ("stream sample {index}"
+    for one not made by data.load_samples); the reason is the error without its leading path."""
     reason = str(error)
     for p in (sample.media_path, os.path.abspath(sample.media_path)):
         if reason.startswith(p + ": "):
             reason = reason[len(p) + 2:]
             break
-    where = f"entry {sample.entry} of {sample.source}" if sample.entry >= 0 else f"stream sample {index}"
+    where = (f"entry {sample.entry} of {sample.source}" if sample.entry >= 0
+             else f"stream sample {index}")
     return f"{where} ({sample.media_path}): {reason}"
 
 
@@ -149,31 +138,25 @@ def _power_of_ten(n: int) -> bool:
 
 
 class Prefetcher:
-    """Prepared samples from a sample stream, in stream order, prepared `depth` samples ahead by `workers`
-    threads.
+    """(index, pixels.Prepared) of a sample stream in order, `depth` ahead on `workers` threads.
 
-    Args: samples: an iterable of data.Sample (may be endless, e.g. `prompt_stream(...)`);
-    tokenizer, media, shuffled, variant: as pixels.prepare; seed, rank: seed the per-sample generators
-    (`sample_generator(seed, rank, start_index + i)` for the i-th sample); depth >= 1: samples in flight;
-    workers >= 1: threads; cache: an optional FrameCache; max_consecutive_skips: raise RuntimeError after
-    more than this many unusable samples in a row (a wrong media root); its message says to check
-    --media-root and names the last path.
-    Iterating yields (index, pixels.Prepared); `skipped` counts skipped samples, `skipped_errors` keeps the
-    last 100 messages ("entry 17 of train.json (/data/x.mp4): reason", see `skip_message`); `consumed` is
-    start_index + the samples handed out or skipped so far: the stream position to checkpoint (the threads
-    read up to `depth` samples further ahead; to resume, rebuild the stream at `consumed` and pass
-    start_index=consumed). Call `close()` (or use `with`) to stop the threads.
+    `consumed` is the stream position to checkpoint (resume: rebuild the stream there and pass
+    start_index=consumed); more than max_consecutive_skips unusable samples in a row (a wrong
+    --media-root) raise RuntimeError. `close()` (or `with`) stops the threads.
     """
 
-    def __init__(self, samples: Iterable[data.Sample], tokenizer, media: pixels.MediaConfig, *, shuffled: bool,
-                 seed: int, rank: int = 0, variant: str = "train", depth: int = 4, workers: int = 1,
-                 cache: FrameCache | None = None, start_index: int = 0, max_consecutive_skips: int = 1000):
+    def __init__(self, samples: Iterable[data.Sample], tokenizer, media: pixels.MediaConfig, *,
+                 shuffled: bool, seed: int, rank: int = 0, variant: str = "train", depth: int = 4,
+                 workers: int = 1, cache: FrameCache | None = None, start_index: int = 0,
+                 max_consecutive_skips: int = 1000):
         if depth < 1 or workers < 1:
             raise ValueError(f"Prefetcher: depth and workers must be >= 1, got {depth}, {workers}")
-        self.tokenizer, self.media, self.shuffled, self.variant = tokenizer, media, shuffled, variant
+        self.tokenizer, self.media = tokenizer, media
+        self.shuffled, self.variant = shuffled, variant
         self.seed, self.rank, self.cache, self.depth = seed, rank, cache, depth
         self.max_consecutive_skips = max_consecutive_skips
-        self.skipped, self.skipped_errors, self._run = 0, deque(maxlen=100), 0
+        self.skipped, self._run = 0, 0                   # skips in all, and in a row
+        self.skipped_errors = deque(maxlen=100)          # the last messages, see skip_message
         self._source = iter(samples)
         self._next_index = self.consumed = start_index
         self._pending: deque[tuple[int, data.Sample, Future]] = deque()
@@ -182,7 +165,8 @@ class Prefetcher:
 
     def _work(self, sample: data.Sample, index: int) -> pixels.Prepared:
         gen = sample_generator(self.seed, self.rank, index)
-        return pixels.prepare(sample, self.tokenizer, self.media, self.shuffled, self.variant, gen, self.cache)
+        return pixels.prepare(sample, self.tokenizer, self.media, self.shuffled, self.variant, gen,
+                              self.cache)
 
     def _fill(self) -> None:
         while len(self._pending) < self.depth:
@@ -200,7 +184,7 @@ class Prefetcher:
     def __next__(self) -> tuple[int, pixels.Prepared]:
         while self._pending:
             index, sample, fut = self._pending.popleft()
-            self._fill()                                                      # keep `depth` in flight
+            self._fill()                                              # keep `depth` in flight
             self.consumed = index + 1
             try:
                 out = fut.result()
@@ -214,17 +198,19 @@ class Prefetcher:
                             if self.skipped == SKIP_PRINT_FULL else "")
                     print(f"[skip] {msg}{more}", file=sys.stderr)
                 elif _power_of_ten(self.skipped):
-                    print(f"[skip] {self.skipped} samples skipped so far; latest: {msg}", file=sys.stderr)
+                    print(f"[skip] {self.skipped} samples skipped so far; latest: {msg}",
+                          file=sys.stderr)
                 if self._run > self.max_consecutive_skips:
-                    raise RuntimeError(f"{self._run} unusable media files in a row (the last: {sample.media_path}); "
-                                       f"check --media-root: entry paths are resolved against it") from e
+                    raise RuntimeError(f"{self._run} unusable media files in a row (the last: "
+                                       f"{sample.media_path}); check --media-root: entry paths are "
+                                       "resolved against it") from e
                 continue
             self._run = 0
             return index, out
         raise StopIteration
 
     def take(self, n: int) -> tuple[list[pixels.Prepared], int]:
-        """The next n prepared samples and how many were skipped to get them (what train.py's step takes).
+        """The next n prepared samples and how many were skipped to get them (train.py's step).
         Raises StopIteration if a finite stream ends first."""
         before = self.skipped
         out = [next(self)[1] for _ in range(n)]

@@ -123,7 +123,8 @@ def export(module, adapters, tokenizer, base_dir: str | Path, folder: Path, proc
     base weights of `base_dir` (the run's starting model, which LoRA leaves unchanged). Collective under FSDP
     (every rank calls it); rank 0 writes. Returns `folder`. Raises OSError naming the folder when writing fails."""
     from peft import PeftModel
-    from model import family, save_hf
+    from checkpoint import save_hf
+    from model import family
     state = distributed.full_state_dict(module)                                   # hf keys, rank 0 only
     if proc.main:
         adapter_dir = folder.with_name(folder.name + "_lora")

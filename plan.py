@@ -1,5 +1,6 @@
-"""Per-GPU memory plan for T-GRPO: `python train.py --plan --model preset:qwen2.5-vl-7b --nproc 8 --dist fsdp`
-(or `--model preset:qwen3-vl-8b`, `--model preset:qwen3.5-9b`, or any Qwen2.5-VL / Qwen3-VL / Qwen3.5 folder).
+"""Per-GPU memory plan for T-GRPO: `python plan.py --model preset:qwen2.5-vl-7b --nproc 8 --dist fsdp`
+(or `--model preset:qwen3-vl-8b`, `preset:qwen3.5-9b`, or any Qwen2.5-VL / Qwen3-VL / Qwen3.5 folder), with
+train.py's flags.
 
 The model is built on the meta device (no memory, no weights), so Φ (parameter count) is exact; the rest are
 estimates in bytes per GPU, W = --nproc, for the config's frames, pixels, G, G̃, lengths and sharding:
@@ -42,7 +43,7 @@ CPU offload (--cpu-offload, FSDP2): params, grads, optimizer and the reference s
 log-prob pass), the KV cache and the activations.
 Under fsdp the log-prob pass also holds the root unit (embeddings, lm_head, norms, patch embed and merger: Φ_root)
 gathered in bf16 with its gradient before the fp32 reduce-scatter: 6Φ_root.
-`--plan` also prints the settings that fit `--gpu-memory-gib` (full fine-tuning, LoRA, offload, checkpointing)
+`plan.py` also prints the settings that fit `--gpu-memory-gib` (full fine-tuning, LoRA, offload, checkpointing)
 for --nproc GPUs.
 P (prompt tokens) = frames/2 · pixels/f² visual tokens + 250 text tokens for a video, f = patch × merge = 28
 (Qwen2.5-VL) or 32 (Qwen3-VL; plus 8 tokens of timestamp and block markers per temporal patch); the 2x2 merger and
@@ -52,9 +53,14 @@ CUDA context (~1 GB) and NCCL buffers come on top: keep the total under ~85 % of
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+import config
+import pixels
+from config import opt
 
 GIB = 1024 ** 3
 # Qwen2.5-VL-7B-Instruct's configuration (the numbers of its config.json), so the plan needs no download.
@@ -121,7 +127,7 @@ def load_config(model: str):
         return Qwen2_5_VLConfig(text_config=text, vision_config=cfg["vision_config"], **{
             k: cfg[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")})
     if not (Path(model) / "config.json").exists():
-        raise ValueError(f"--plan needs --model {' or '.join(PRESETS)} or an HF folder with config.json, got {model!r}")
+        raise ValueError(f"plan.py needs --model {' or '.join(PRESETS)} or an HF folder with config.json, got {model!r}")
     return AutoConfig.from_pretrained(model)
 
 
@@ -130,7 +136,7 @@ _META: dict[int, tuple] = {}
 
 def meta_model(config):
     """The family's model class (model.family(config).MODEL_CLASS) built from `config` on the meta device (no
-    memory, no weights), once per config object: `--plan` estimates several settings of one model."""
+    memory, no weights), once per config object: the plan estimates several settings of one model."""
     hit = _META.get(id(config))
     if hit is None or hit[0] is not config:
         from model import family
@@ -170,7 +176,7 @@ def lora_params(config, cfg) -> tuple[int, int]:
 
 
 def estimate(config, cfg) -> dict:
-    """Bytes per GPU for each term of the module docstring; cfg is train.Config (after finish_config).
+    """Bytes per GPU for each term of the module docstring; cfg is a `Config` (or train.py's, finished).
     Returns {"phi": Φ, "phi_vision": ..., "phi_lora": Φ_A, "P": prompt tokens, term name: bytes, "host": bytes of
     host memory per rank (offload), "rollout_peak" and "train_peak": the two phases' estimates, "total": the larger,
     "mode": the sharding}."""
@@ -270,7 +276,7 @@ def report(cfg) -> str:
     """The plan as a printable table (GiB per GPU), then which settings fit cfg.gpu_memory_gib on cfg.nproc
     GPUs. Raises ValueError when --model is not usable."""
     if not cfg.model:
-        raise ValueError(f"--plan needs --model (an HF folder or one of {', '.join(PRESETS)})")
+        raise ValueError(f"plan.py needs --model (an HF folder or one of {', '.join(PRESETS)})")
     config = load_config(cfg.model)
     e = estimate(config, cfg)
     lora = f" | LoRA r={cfg.lora_rank}: {e['phi_lora'] / 1e6:.1f}M adapter parameters" if cfg.lora_rank else ""
@@ -288,3 +294,38 @@ def report(cfg) -> str:
         fits = est["total"] <= FIT * cfg.gpu_memory_gib * GIB
         lines.append(f"{label:<32}{est['total'] / GIB:>10.1f}{est['host'] / GIB:>15.1f}  {'yes' if fits else 'no'}")
     return "\n".join(lines)
+
+
+@dataclass
+class Config:
+    """train.py's flags that the plan reads, with the same defaults (tests/test_plan.py checks them)."""
+    model: str = opt("", "an HF folder or a preset (preset:qwen2.5-vl-7b, preset:qwen3-vl-8b)")
+    nproc: int = opt(8, "GPUs")
+    gpu_memory_gib: float = opt(80.0, "GPU memory, for the table of settings that fit")
+    G: int = opt(8, "G: completions per prompt on ordered frames")
+    G_shuffled: int = opt(-1, "G̃: completions on shuffled frames per video prompt; -1: G // 2")
+    beta: float = opt(0.04, "β: KL weight; 0 holds no reference")
+    prompts_per_rank: int = opt(1, "prompts per rank per step")
+    groups_per_micro_batch: int = opt(1, "prompt groups per forward/backward of the log-prob pass")
+    max_frames: int = opt(pixels.FPS_MAX_FRAMES, "most frames per video")
+    nframes: int = opt(0, "> 0: a fixed frame count")
+    video_max_pixels: int = opt(pixels.VIDEO_MAX_PIXELS, "per-frame pixel budget")
+    max_completion_length: int = opt(768, "max new tokens per completion")
+    dist: str = opt("auto", "auto: fsdp | fsdp | ddp | none", choices=("auto", "fsdp", "ddp", "none"))
+    activation_checkpointing: bool = opt(False, "recompute decoder layers and vision blocks")
+    cpu_offload: bool = opt(False, "FSDP2 CPU offload of params, grads, AdamW")
+    lora_rank: int = opt(0, "r: LoRA rank; 0: full fine-tuning")
+    lora_targets: str = opt("auto", "regex of adapted modules; auto: every decoder-layer Linear")
+    lora_vision: str = opt("frozen", "the vision tower under LoRA", choices=("frozen", "merger", "tower"))
+
+
+def main(argv=None) -> None:
+    cfg, _ = config.parse(Config, argv, description=__doc__)
+    if cfg.G_shuffled < 0:
+        cfg.G_shuffled = cfg.G // 2
+    config.check(cfg, {"nproc": (cfg.nproc >= 1, ">= 1"), "G": (cfg.G >= 1, ">= 1")})
+    print(report(cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,7 @@ read from transformers 5.23's models/qwen3_5; docs/departures.md H1-H3).
   state instead of a KV cache) or "full_attention" (gated attention with partial rotary); `layer_kinds` checks them;
 - export: Qwen3-VL's processor files with this family's classes (`processor_files`); the MTP head that a released
   checkpoint carries (`mtp.*`) is dropped by transformers on load (`_keys_to_ignore_on_load_unexpected`), so it is
-  not trained; `carried_tensors` reads it from the source folder and model.save_hf writes it into the export
+  not trained; `carried_tensors` reads it from the source folder and checkpoint.save_hf writes it into the export
   unchanged (H2), so the export keeps what speculative decoding needs.
 
 Departures (docs/departures.md):
@@ -65,12 +65,12 @@ def processor_files(config) -> dict[str, dict]:
 
 def carried_tensors(model) -> dict[str, torch.Tensor]:
     """The MTP head's tensors {name: tensor} (`mtp.*`, as stored) in the safetensors files of the folder `model` was
-    loaded from (model.name_or_path), which transformers drops on load: model.save_hf writes them into the export
+    loaded from (model.name_or_path), which transformers drops on load: checkpoint.save_hf writes them into the export
     unchanged (H2). {} when that is not a folder or holds none (the project's random models)."""
     from safetensors import safe_open
     folder = Path(getattr(model, "name_or_path", "") or "")
     out = {}
     for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
         with safe_open(str(path), "pt") as f:
-            out |= {k: f.get_tensor(k) for k in f.keys() if k.startswith("mtp.")}
+            out |= {k: f.get_tensor(k) for k in f.keys() if k.startswith("mtp.")}   # noqa: SIM118
     return out

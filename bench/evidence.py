@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
 import distributed  # noqa: E402
 
-# name -> extra train.py flags; the name is what tgrpo.variant logs for those flags (checked by the report)
+# name -> extra train.py flags; the name is what tgrpo.Settings.name logs for those flags (checked by the report)
 VARIANTS = {
     "GRPO[std]": ["--temporal", "false"],
     "T-GRPO[p>=0.8p~, reward, std]": [],                                              # the official code's

@@ -128,7 +128,7 @@ def main():
         hf.train()
         with phase("rewards"):
             acc, fmt, lengths, sacc, is_video = train.rule_rewards(groups, tok, cfg.G_shuffled)
-            adv = train.advantages(acc, fmt, lengths, sacc, is_video, cfg).advantages
+            adv = tgrpo.advantages(acc, fmt, lengths, sacc, is_video, train.tgrpo_settings(cfg)).advantages
         b = rollout.policy_batch(groups, pad_id).to(proc.device)
         ids, attn, P, cmask, vis, owner = b.input_ids, b.attention_mask, b.prompt_len, b.completion_mask, b.visuals, b.owner
         with phase("reference log-probs"), torch.no_grad(), amp():

@@ -37,7 +37,7 @@ from pathlib import Path
 import evidence
 
 PROTOCOL = "shortcut-start"
-# variant name (as tgrpo.variant logs it) -> train.py flags; the margin of the contrast trigger is --margin
+# variant name (as tgrpo.Settings.name logs it) -> train.py flags; the margin of the contrast trigger is --margin
 VARIANTS = {
     "GRPO[std]": ["--temporal", "false"],
     "T-GRPO[p>=0.8p~, reward, std]": [],                                                  # the official code's

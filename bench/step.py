@@ -6,7 +6,7 @@
 The step is main's loop in train.py, call by call: decode (media decode + patchify + prompt tokens,
 `pixels.prepare`, here in the main thread; train.py overlaps it with the step through `loader.Prefetcher`),
 rollout (`rollout.rollout`: G ordered + G̃ shuffled completions per prompt, one generate call), rewards
-(`train.rule_rewards`), advantages (`train.advantages`), and the update (`train.train_step`: reference log-probs,
+(`train.rule_rewards`), advantages (`tgrpo.advantages`), and the update (`train.train_step`: reference log-probs,
 policy forward, backward, clip, AdamW). The first step is a warm-up and is not counted.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ import distributed  # noqa: E402
 import loader  # noqa: E402
 import pixels  # noqa: E402
 import rollout  # noqa: E402
+import tgrpo  # noqa: E402
 import train  # noqa: E402
 from model import PolicyLogprobs, load_policy  # noqa: E402
 
@@ -83,7 +84,7 @@ def main():
         with timer("rewards"):
             acc, fmt, lengths, sacc, is_video = train.rule_rewards(groups, tok, cfg.G_shuffled)
         with timer("advantages"):
-            adv = train.advantages(acc, fmt, lengths, sacc, is_video, cfg)
+            adv = tgrpo.advantages(acc, fmt, lengths, sacc, is_video, train.tgrpo_settings(cfg))
         b = rollout.policy_batch(groups, pad_id)
         with timer("train_step"):
             train.train_step(policy, reference, opt, b, adv.advantages.reshape(-1), step, cfg, proc, nullcontext)

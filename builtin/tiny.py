@@ -45,7 +45,8 @@ from transformers import (AddedToken, PreTrainedTokenizerFast, Qwen2_5_VLConfig,
 if __package__ in (None, ""):                      # run as a script (python builtin/tiny.py): the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data import DEFAULT_SYSTEM  # noqa: E402
-from model import Visual, save_hf  # noqa: E402
+from checkpoint import save_hf  # noqa: E402
+from model import Visual  # noqa: E402
 
 # Qwen2.5-VL's 22 added tokens, in id order (151643..151664 in the real tokenizer; notes §5, shared config).
 SPECIAL_TOKENS = [

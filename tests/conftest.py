@@ -49,7 +49,38 @@ REAL_QWEN3 = SHARED / "qwen3_vl_8b_instruct"
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a bench/ script's smoke run (CI runs them too; -m 'not slow' skips them)")
+    config.addinivalue_line("markers", "slow: outside the fast tier (CI runs every test; -m 'not slow' skips them)")
+
+
+# The fast tier, `python -m pytest -q -m "not slow"` (under 2 minutes on 2 cores): the math, the rewards,
+# the pixels, decode against HF, the reading order and one two-step train.py run. Every test not named
+# here (a file, or a file::test prefix) is marked slow, so a new test joins the full suite by default.
+FAST = (
+    "tests/test_tgrpo.py::",
+    "tests/test_rewards.py::",
+    "tests/test_mrope.py::",
+    "tests/test_docs.py::",
+    "tests/test_smoke.py::",
+    "tests/test_data.py::test_constants",
+    "tests/test_data.py::test_smart_",
+    "tests/test_data.py::test_sample_frame_indices",
+    "tests/test_data.py::test_effective_video_max_pixels",
+    "tests/test_data.py::test_build_",
+    "tests/test_data.py::test_resize_frames_close_to_pillow_bicubic",
+    "tests/test_data.py::test_patchify_",
+    "tests/test_data.py::test_shuffle_frames_is_a_seeded_permutation",
+    "tests/test_decode.py::test_decode_step_teacher_forced_equals_hf_full_forward",
+    "tests/test_decode.py::test_sampler_matches_a_known_distribution_and_filter_masks",
+    "tests/test_model.py::test_logprobs_equal_hf_forward",
+)
+SLOW_IN_FAST_FILES = ("tests/test_rewards.py::test_one_megabyte_completions",)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        node = item.nodeid.replace("\\", "/")
+        if not node.startswith(FAST) or node.startswith(SLOW_IN_FAST_FILES):
+            item.add_marker(pytest.mark.slow)
 # 2-rank launch under NCCL's contract emulated on CPU (tests/cuda_only_backend.py), with the flags that give the
 # process group a GPU node gets: gloo for CPU tensors, a CUDA-only backend in NCCL's place.
 GPU_CONTRACT = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

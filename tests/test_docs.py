@@ -108,9 +108,9 @@ def test_layers_no_entry_point_imported_and_no_import_cycle():
 
 def step_calls() -> list[tuple[str, str]]:
     """(module, function) of every call into a top-level module that one T-GRPO step makes, from the sample to
-    the optimizer step, in source order: train.main's loop up to train_step, with train.py's own helpers
-    (rule_rewards, advantages, train_step) read in place. A method of an object that main built from a module
-    (`prefetch = loader.Prefetcher(...)`) counts as that module's."""
+    the optimizer step, in source order: train.step, with train.py's own helpers (rule_rewards, advantages,
+    train_step) read in place. A method of an object that main built from a module (`run.prefetch`, built by
+    `loader.Prefetcher(...)`) counts as that module's."""
     import ast
     tree = ast.parse((ROOT / "train.py").read_text())
     funcs = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
@@ -129,14 +129,20 @@ def step_calls() -> list[tuple[str, str]]:
             f = c.func
             if isinstance(f, ast.Name) and f.id in ("rule_rewards", "advantages", "train_step"):
                 yield from calls(funcs[f.id].body)
+            elif isinstance(f, ast.Attribute) and isinstance(f.value, ast.Attribute) \
+                    and isinstance(f.value.value, ast.Name) and f.value.value.id == "run":
+                if f.value.attr in owner:                     # run.prefetch.take(...)
+                    yield owner[f.value.attr], f.attr
             elif isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name):
                 mod = f.value.id if f.value.id in mods else owner.get(f.value.id)
                 if mod:
                     yield mod, f.attr
 
-    loop = next(n for n in ast.walk(funcs["main"]) if isinstance(n, ast.For))
-    end = next(i for i, s in enumerate(loop.body) if "train_step(" in ast.unparse(s))
-    return list(calls(loop.body[:end + 1]))
+    body = funcs["step"].body
+    end = next(i for i, s in enumerate(body) if "train_step(" in ast.unparse(s))
+    assert any("step(" in ast.unparse(s) for s in next(n for n in ast.walk(funcs["main"])
+                                                       if isinstance(n, ast.For)).body)   # main's loop calls it
+    return list(calls(body[:end + 1]))
 
 
 def test_one_step_reads_in_five_files_in_order_without_returning():

@@ -118,7 +118,7 @@ def test_vision_probe_smoke_run(tmp_path):
 
 
 def test_evidence_variant_names_are_what_train_logs_for_their_flags():
-    """Each row of the comparison is named by tgrpo.variant for the train.py flags it runs with; --variants
+    """Each row of the comparison is named by tgrpo.Settings.name for the train.py flags it runs with; --variants
     picks rows by slug, in the table's order, and refuses an unknown one."""
     import importlib.util
 
@@ -129,7 +129,7 @@ def test_evidence_variant_names_are_what_train_logs_for_their_flags():
     spec.loader.exec_module(evidence)
     for name, flags in evidence.VARIANTS.items():
         cfg = train.finish_config(*cfglib.parse(train.Config, flags + ["--model", "m", "--data", "d"]))
-        assert train.variant(cfg) == name
+        assert train.tgrpo_settings(cfg).name() == name
     assert set(evidence.SLUG) == set(evidence.VARIANTS)
     assert list(evidence.chosen("contrast_adv, grpo").values()) == ["grpo", "contrast_adv"]
     with pytest.raises(ValueError, match="unknown"):

@@ -57,7 +57,8 @@ def test_resumed_run_logs_one_row_per_step(builtin, tmp_path):
 def test_export_is_atomic_and_a_full_disk_is_named(builtin, small_disk):
     """A full disk during an HF export leaves no partial folder (not weights without a tokenizer), names the
     folder and says "no space left"; an existing complete export survives a failed re-export."""
-    from model import load_policy, save_hf
+    from checkpoint import save_hf
+    from model import load_policy
     hf, tok = load_policy(builtin[1])
     save_hf(hf, tok, small_disk / "final")                                     # ~11 MB: fits
     before = sorted(p.name for p in (small_disk / "final").iterdir())
@@ -232,7 +233,8 @@ def test_export_killed_between_weights_and_tokenizer(builtin, tmp_path):
     script.write_text(f"""
 import os, signal, sys
 sys.path.insert(0, {str(ROOT)!r})
-from model import load_policy, save_hf
+from checkpoint import save_hf
+from model import load_policy
 hf, tok = load_policy({str(builtin[1])!r})
 if sys.argv[2] == "kill":
     tok.save_pretrained = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)   # dies after the weights

@@ -1,4 +1,4 @@
-"""The memory plan (plan.py, `train.py --plan`): Qwen2.5-VL-7B built on the meta device, every term against numbers
+"""The memory plan (`python plan.py`): Qwen2.5-VL-7B built on the meta device, every term against numbers
 computed by hand, LoRA and CPU offload, and the table of settings that fit a GPU."""
 import subprocess
 import sys
@@ -11,13 +11,24 @@ from conftest import ROOT
 
 
 def _cfg(**kw):
-    return train.finish_config(train.Config(model="preset:qwen2.5-vl-7b", **kw), {"model", *kw})
+    cfg = plan.Config(model="preset:qwen2.5-vl-7b", **kw)
+    cfg.G_shuffled = cfg.G // 2
+    return cfg
+
+
+def test_plan_defaults_are_train_py_paper_defaults():
+    """plan.Config repeats the train.py flags it reads: the same defaults (the paper's, notes §4)."""
+    from dataclasses import fields
+    paper = train.Config()
+    for f in fields(plan.Config):
+        if hasattr(paper, f.name):
+            assert getattr(plan.Config(), f.name) == getattr(paper, f.name), f.name
 
 
 def test_plan_for_the_7b_preset():
-    """`train.py --plan true` builds Qwen2.5-VL-7B on the meta device: 8.29B parameters incl. the vision tower
+    """`plan.py` builds Qwen2.5-VL-7B on the meta device: 8.29B parameters incl. the vision tower
     (675M), and sharding over more GPUs shrinks the sharded terms by exactly the GPU ratio."""
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--plan", "true", "--model", "preset:qwen2.5-vl-7b",
+    proc = subprocess.run([sys.executable, str(ROOT / "plan.py"), "--model", "preset:qwen2.5-vl-7b",
                            "--nproc", "8", "--activation-checkpointing", "true"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "8.29B parameters" in proc.stdout and "0.68B vision" in proc.stdout
@@ -39,14 +50,15 @@ def test_plan_for_the_7b_preset():
 
 
 def test_plan_for_the_qwen3_8b_preset():
-    """`--plan --model preset:qwen3-vl-8b`: Qwen3-VL-8B-Instruct (36 layers, 8 KV heads of 128, DeepStack) on the meta
+    """`plan.py --model preset:qwen3-vl-8b`: Qwen3-VL-8B-Instruct (36 layers, 8 KV heads of 128, DeepStack) on the meta
     device, 8.77B parameters; its prompt and KV cache by hand: a 16-frame clip at 128·28² pixels per frame is
     100352 // 32² = 98 tokens per temporal patch, 8 patches, each with 8 tokens of timestamp and block markers."""
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--plan", "true", "--model", "preset:qwen3-vl-8b",
+    proc = subprocess.run([sys.executable, str(ROOT / "plan.py"), "--model", "preset:qwen3-vl-8b",
                            "--nproc", "8"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "8.77B parameters" in proc.stdout and "0.58B vision" in proc.stdout
-    cfg = train.finish_config(train.Config(model="preset:qwen3-vl-8b", nproc=8), {"model", "nproc"})
+    cfg = plan.Config(model="preset:qwen3-vl-8b", nproc=8)
+    cfg.G_shuffled = cfg.G // 2
     e = plan.estimate(plan.load_config(cfg.model), cfg)
     P = 8 * 98 + 250 + 8 * 8
     assert e["P"] == P == 1098
@@ -82,7 +94,7 @@ def test_offload_moves_the_sharded_state_to_the_host():
     (2, {"full + offload + act. ckpt", "LoRA r=64 + act. ckpt"}),              # full fine-tuning on two, with offload
 ])
 def test_settings_that_fit_80_gib(nproc, fits):
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--plan", "--model", "preset:qwen2.5-vl-7b",
+    proc = subprocess.run([sys.executable, str(ROOT / "plan.py"), "--model", "preset:qwen2.5-vl-7b",
                            "--nproc", str(nproc), "--gpu-memory-gib", "80"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = proc.stdout.split(f"fits {nproc} x 80 GiB")[1].splitlines()[2:]

@@ -9,6 +9,7 @@ import torch
 from test_qwen3 import IMG, MEDIA, VID, T, blocks_of, by_hand, image, video
 from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
 
+import checkpoint
 import common
 import data
 import distributed
@@ -434,9 +435,9 @@ def test_export_carries_the_mtp_head_unchanged(qwen35, tmp_path):
     save_file(weights | mtp, src / "model.safetensors", metadata={"format": "pt"})
     hf, tok = M.load_policy(src)
     assert not any(k.startswith("mtp.") for k in hf.state_dict())             # dropped on load
-    out = M.save_hf(hf, tok, tmp_path / "export")
+    out = checkpoint.save_hf(hf, tok, tmp_path / "export")
     saved = load_file(out / "model.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in mtp.items())
     Qwen3_5ForConditionalGeneration.from_pretrained(out)
-    plain = M.save_hf(M.load_policy(qwen35)[0], tok, tmp_path / "plain")      # no MTP head: nothing added
+    plain = checkpoint.save_hf(M.load_policy(qwen35)[0], tok, tmp_path / "plain")      # no MTP head: nothing added
     assert not any(k.startswith("mtp.") for k in load_file(plain / "model.safetensors"))

@@ -26,7 +26,8 @@ def tagged(text):
 
 def acc(prediction, gt, problem_type):
     """Accuracy of a completion that holds `prediction` in answer tags, against the tagged `gt`."""
-    return accuracy_reward(f"<think>t</think><answer>{prediction}</answer>", tagged(gt), problem_type)
+    completion = f"<think>t</think><answer>{prediction}</answer>"
+    return accuracy_reward(completion, tagged(gt), problem_type)
 
 
 # ---- Reference implementations: the official regexes, rouge_score, a full-table DP, torch MRA ----
@@ -37,7 +38,8 @@ def official_extract(text):
 
 
 def official_format(text):
-    return 1.0 if re.fullmatch(r"<think>.*?</think>\s*<answer>.*?</answer>", text, re.DOTALL) else 0.0
+    match = re.fullmatch(r"<think>.*?</think>\s*<answer>.*?</answer>", text, re.DOTALL)
+    return 1.0 if match else 0.0
 
 
 ROUGE = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
@@ -69,7 +71,7 @@ def official_mra(pred, gt):
 def test_free_form_reference_values():
     assert acc(EGG_PRED, EGG_GT, "free-form") == pytest.approx(0.648366, abs=1e-6)
     assert acc("A RED balls!", "a red ball", "free-form") == 1.0  # lowercasing and stemming
-    assert acc("你好世界", "你好世界", "free-form") == 0.0  # the rouge tokenizer keeps only [a-z0-9]
+    assert acc("你好世界", "你好世界", "free-form") == 0.0  # rouge tokens are [a-z0-9] only
 
 
 def test_ocr_reference_values():
@@ -119,7 +121,7 @@ def test_mra_non_finite_and_overflow():
     for bad in (math.nan, math.inf, -math.inf):
         assert mean_relative_accuracy(bad, 5.0) == 0.0
         assert mean_relative_accuracy(5.0, bad) == 0.0
-    assert mean_relative_accuracy(1e39, 1e39) == official_mra(1e39, 1e39) == 0.0  # float32 inf - inf
+    assert mean_relative_accuracy(1e39, 1e39) == official_mra(1e39, 1e39) == 0.0  # float32 inf-inf
     assert mean_relative_accuracy(1e39, 5.0) == 0.0
 
 
@@ -206,7 +208,8 @@ def test_format_reward_cases():
     assert format_reward("<think>a</think>") == 0.0
     assert format_reward("<think>a</think><answer>") == 0.0
     assert format_reward("<think></think><answer></answer>") == 1.0  # shortest match
-    assert format_reward("<think>1</think><answer>2</answer><think>3</think><answer>4</answer>") == 1.0
+    two = "<think>1</think><answer>2</answer><think>3</think><answer>4</answer>"
+    assert format_reward(two) == 1.0
 
 
 # ---- eval_score ----
@@ -214,24 +217,30 @@ def test_format_reward_cases():
 def test_eval_score_fallback_and_types():
     assert eval_score("B", tagged("B"), "multiple choice") == ("B", 1.0)
     assert eval_score("  B\n", tagged("B"), "multiple choice") == ("B", 1.0)
-    assert eval_score("<answer></answer>", tagged("B"), "multiple choice") == ("<answer></answer>", 0.0)
-    assert eval_score("<think>x</think><answer>C</answer>", tagged("B"), "multiple choice") == ("C", 0.0)
+    empty = "<answer></answer>"
+    assert eval_score(empty, tagged("B"), "multiple choice") == (empty, 0.0)
+    assert eval_score("<think>x</think><answer>C</answer>", tagged("B"), "multiple choice") \
+        == ("C", 0.0)
     assert eval_score(tagged("4"), tagged("5"), "regression") == ("4", 0.6)
     assert eval_score("about four", tagged("5"), "regression") == ("about four", 0.0)
     assert eval_score(tagged("3.0"), tagged("3"), "numerical") == ("3.0", 0.0)
-    assert eval_score(tagged(EGG_PRED), tagged(EGG_GT), "free-form")[1] == pytest.approx(0.648366, abs=1e-6)
+    egg = eval_score(tagged(EGG_PRED), tagged(EGG_GT), "free-form")[1]
+    assert egg == pytest.approx(0.648366, abs=1e-6)
     assert eval_score("hello word foo", tagged("hello world foo"), "OCR")[1] == pytest.approx(2 / 3)
 
 
 # ---- Agreement with the reference implementations ----
 
-WORDS = ["the", "a", "run", "running", "runs", "egg", "eggs", "pan", "Pan!", "42", "x", "ball", "balls", "你"]
+WORDS = ["the", "a", "run", "running", "runs", "egg", "eggs", "pan", "Pan!", "42", "x", "ball",
+         "balls", "你"]
 word_lists = st.lists(st.sampled_from(WORDS), max_size=12)
-FRAGMENTS = ["<answer>", "</answer>", "<think>", "</think>", " ", "\n", "\t", "\u3000", "\x1c", "A", "3.5",
+FRAGMENTS = ["<answer>", "</answer>", "<think>", "</think>", " ", "\n", "\t", "\u3000", "\x1c", "A",
+             "3.5",
              "1,000", "nan", "<", ">", "/", "answer", "é", "你"]
 fragment_text = st.lists(st.sampled_from(FRAGMENTS), max_size=14).map("".join)
 any_text = st.one_of(st.text(max_size=40), fragment_text,
-                     st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=4)), max_size=10).map("".join))
+                     st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=4)),
+                              max_size=10).map("".join))
 
 
 @settings(max_examples=300, deadline=None)
@@ -252,7 +261,8 @@ def test_format_reward_matches_official_regex(text):
 @given(word_lists, word_lists)
 def test_free_form_matches_rouge_score(gt_words, pred_words):
     gt, pred = " ".join(gt_words), " ".join(pred_words)
-    assert acc(pred, gt, "free-form") == pytest.approx(min(1.0, official_rouge_mean(gt, pred)), abs=1e-12)
+    expected = min(1.0, official_rouge_mean(gt, pred))
+    assert acc(pred, gt, "free-form") == pytest.approx(expected, abs=1e-12)
 
 
 def test_free_form_matches_rouge_score_on_long_texts():
@@ -263,10 +273,17 @@ def test_free_form_matches_rouge_score_on_long_texts():
         assert acc(pred, gt, "free-form") == pytest.approx(official_rouge_mean(gt, pred), abs=1e-12)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from("abcd"), max_size=20), st.lists(st.sampled_from("abcd"), max_size=20))
-def test_lcs_length_matches_rouge_table(a, b):
-    assert rewards._lcs_length(a, b) == rouge_scorer._lcs_table(a, b)[-1][-1]
+def test_texts_are_read_up_to_max_chars():
+    """R7: the regexes see the first MAX_CHARS characters; the official code reads on (and takes
+    minutes on a 1 MB run of whitespace)."""
+    think = "<think>" + "x" * (rewards.MAX_CHARS - len("<think></think><answer>B</answer>"))
+    fits, longer = think + "</think><answer>B</answer>", think + "</think> <answer>B</answer>"
+    assert len(fits) == rewards.MAX_CHARS
+    assert format_reward(fits) == 1.0 == official_format(fits)
+    assert format_reward(longer) == 0.0 < official_format(longer)
+    assert extract_answer(fits) == "B"
+    assert extract_answer(longer) == "" != official_extract(longer)
+    assert accuracy_reward(longer, tagged("B"), "multiple choice") == 0.0
 
 
 @settings(max_examples=300, deadline=None)
@@ -311,7 +328,8 @@ def test_mra_in_unit_interval(pred, gt):
 
 def one_megabyte_completions():
     rng = random.Random(1)
-    words = " ".join("".join(rng.choices(string.ascii_lowercase, k=rng.randint(1, 9))) for _ in range(200_000))
+    words = " ".join("".join(rng.choices(string.ascii_lowercase, k=rng.randint(1, 9)))
+                     for _ in range(200_000))
     mb = 1_000_000
     return {
         "random words": "<think>x</think><answer>" + words[:mb] + "</answer>",
@@ -328,7 +346,8 @@ def one_megabyte_completions():
 def test_one_megabyte_completions(problem_type):
     for name, completion in one_megabyte_completions().items():
         for solution in (tagged(EGG_GT), tagged("3.5"), tagged("")):
-            for score in (accuracy_reward(completion, solution, problem_type), format_reward(completion),
+            for score in (accuracy_reward(completion, solution, problem_type),
+                          format_reward(completion),
                           eval_score(completion, solution, problem_type)[1]):
                 assert isinstance(score, float) and 0.0 <= score <= 1.0, (name, problem_type)
 

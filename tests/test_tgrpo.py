@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from tgrpo import advantages, group_advantages, length_bonus, policy_loss, temporal_bonus, temporal_stats, variant
+from tgrpo import (Settings, advantages, group_advantages, length_bonus, policy_loss,
+                   temporal_bonus, temporal_stats)
 
 LN2 = math.log(2.0)
 AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
@@ -21,7 +22,8 @@ def test_advantages_binary_group_of_four():
 
 
 def test_advantages_more_vectors_by_hand():
-    # [1,0,0,0]: mean 0.25, std sqrt(0.75/3) = 0.5 -> 0.75/0.5001 = 1.4997001, -0.25/0.5001 = -0.4999000
+    # [1,0,0,0]: mean 0.25, std sqrt(0.75/3) = 0.5
+    #            -> 0.75/0.5001 = 1.4997001, -0.25/0.5001 = -0.4999000
     # [3,1,2]:   mean 2,    std sqrt(2/2)    = 1   -> ±1/1.0001 = ±0.9999000, 0
     a = group_advantages(torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=torch.float64))
     torch.testing.assert_close(a, torch.tensor([[1.4997001, -0.4999000, -0.4999000, -0.4999000]],
@@ -56,8 +58,10 @@ def test_advantages_invariant_to_shift_and_positive_scale():
     base = group_advantages(r)
     shift = torch.tensor([[3.0], [-1.0], [0.25], [10.0]], dtype=torch.float64)
     torch.testing.assert_close(group_advantages(r + shift), base)
-    torch.testing.assert_close(group_advantages(2.5 * r + shift, eps=0.0), group_advantages(r, eps=0.0))
-    torch.testing.assert_close(group_advantages(r + shift, scale="none"), group_advantages(r, scale="none"))
+    torch.testing.assert_close(group_advantages(2.5 * r + shift, eps=0.0),
+                               group_advantages(r, eps=0.0))
+    torch.testing.assert_close(group_advantages(r + shift, scale="none"),
+                               group_advantages(r, scale="none"))
 
 
 def test_advantages_errors():
@@ -71,22 +75,24 @@ def test_advantages_errors():
 
 
 def test_temporal_bonus_mixed_batch():
-    acc = torch.tensor([[1.0, 1.0, 0.0, 0.0],    # video: p 0.5 >= 0.8 * 0.5 -> bonus on the two correct
-                        [1.0, 0.0, 1.0, 0.0],    # image: never a bonus, whatever its filler row says
+    acc = torch.tensor([[1.0, 1.0, 0.0, 0.0],    # video: p 0.5 >= 0.8 * 0.5 -> bonus on 2 correct
+                        [1.0, 0.0, 1.0, 0.0],    # image: never a bonus, whatever its filler says
                         [1.0, 0.0, 0.0, 0.0]])   # video: p 0.25 < 0.8 * 1.0 -> no bonus
     shuf = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
     is_video = torch.tensor([True, False, True])
     bonus = temporal_bonus(acc, shuf, is_video)
-    torch.testing.assert_close(bonus, torch.tensor([[0.3, 0.3, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0.0]]))
+    torch.testing.assert_close(bonus,
+                               torch.tensor([[0.3, 0.3, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0.0]]))
     st = temporal_stats(acc, shuf, is_video)
     torch.testing.assert_close(st["p"], torch.tensor([0.5, 0.5, 0.25]))
-    assert st["p_shuffled"][0] == 0.5 and st["p_shuffled"][2] == 1.0 and torch.isnan(st["p_shuffled"][1])
+    assert st["p_shuffled"][0] == 0.5 and st["p_shuffled"][2] == 1.0
+    assert torch.isnan(st["p_shuffled"][1])
     assert st["triggered"].tolist() == [True, False, False]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_temporal_mu_boundary_is_inclusive(dtype):
-    # p = 4/8 = 0.5, p̃ = 5/8 = 0.625, μ·p̃ = 0.5 exactly: `>=` (code) triggers, paper v1's `>` would not
+    # p = 4/8 = 0.5, p̃ = 5/8 = 0.625, μ·p̃ = 0.5 exactly: `>=` (code) triggers, paper v1's `>` not
     acc = torch.tensor([[1, 1, 1, 1, 0, 0, 0, 0]], dtype=dtype)
     shuf = torch.tensor([[1, 1, 1, 1, 1, 0, 0, 0]], dtype=dtype)
     vid = torch.tensor([True])
@@ -98,53 +104,66 @@ def test_temporal_mu_boundary_is_inclusive(dtype):
     assert not temporal_stats(below, shuf, vid)["triggered"].item()
     assert torch.equal(temporal_bonus(below, shuf, vid), torch.zeros(1, 8, dtype=dtype))
     # paper v4: μ = 1 -> 0.5 >= 0.625 fails; but p = p̃ passes
-    assert not temporal_stats(acc, shuf, vid, mu=1.0)["triggered"].item()
-    assert temporal_stats(acc, acc.flip(1), vid, mu=1.0)["triggered"].item()
+    assert not temporal_stats(acc, shuf, vid, Settings(mu=1.0))["triggered"].item()
+    assert temporal_stats(acc, acc.flip(1), vid, Settings(mu=1.0))["triggered"].item()
 
 
 def test_contrast_trigger_by_hand():
     """T11: p > p̃ + margin. Three video groups of G = 4, G̃ = 2:
     group 0: p = 0.75, p̃ = 0.5  -> 0.75 > 0.5 + 0.2 fires; official 0.75 >= 0.4 fires too;
-    group 1: p = 0.5,  p̃ = 0.5  -> a static shortcut (p ≈ p̃): contrast does not fire, official does (0.5 >= 0.4);
-    group 2: p = 0.5,  p̃ = 0.0  -> fires under both; with margin 0.5, 0.5 > 0.5 is false (strict)."""
+    group 1: p = 0.5,  p̃ = 0.5  -> a static shortcut (p ≈ p̃): contrast does not fire, official
+                                  does (0.5 >= 0.4);
+    group 2: p = 0.5,  p̃ = 0.0  -> fires under both; with margin 0.5, 0.5 > 0.5 is false."""
     acc = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 1.0, 0.0]])
     shuf = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
     vid = torch.tensor([True, True, True])
     assert temporal_stats(acc, shuf, vid)["triggered"].tolist() == [True, True, True]
-    assert temporal_stats(acc, shuf, vid, trigger="contrast", margin=0.2)["triggered"].tolist() == [True, False, True]
-    assert temporal_stats(acc, shuf, vid, trigger="contrast", margin=0.5)["triggered"].tolist() == [False, False, False]
-    assert temporal_stats(acc, shuf, vid, trigger="contrast")["triggered"].tolist() == [True, False, True]  # margin 0
-    torch.testing.assert_close(temporal_bonus(acc, shuf, vid, trigger="contrast", margin=0.2),
+    def fired(s, *args):
+        return temporal_stats(*(args or (acc, shuf, vid)), s)["triggered"].tolist()
+
+    assert fired(Settings(trigger="contrast", margin=0.2)) == [True, False, True]
+    assert fired(Settings(trigger="contrast", margin=0.5)) == [False, False, False]
+    assert fired(Settings(trigger="contrast")) == [True, False, True]                  # margin 0
+    bonus = temporal_bonus(acc, shuf, vid, Settings(trigger="contrast", margin=0.2))
+    torch.testing.assert_close(bonus,
                                torch.tensor([[0.3, 0.3, 0.3, 0], [0, 0, 0, 0], [0.3, 0, 0.3, 0]]))
-    zeros = torch.zeros(2, 4), torch.zeros(2, 2)                         # all wrong: official fires (0 >= 0), contrast not
-    assert temporal_stats(*zeros, torch.tensor([True, True]), trigger="contrast")["triggered"].tolist() == [False, False]
+    zeros = torch.zeros(2, 4), torch.zeros(2, 2)   # all wrong: official fires (0 >= 0), contrast no
+    assert fired(Settings(trigger="contrast"), *zeros, torch.tensor([True, True])) == [False, False]
     with pytest.raises(ValueError, match="trigger must be one of"):
-        temporal_stats(acc, shuf, vid, trigger="strict")
+        temporal_stats(acc, shuf, vid, Settings(trigger="strict"))
     with pytest.raises(ValueError, match="margin must be >= 0"):
-        temporal_stats(acc, shuf, vid, trigger="contrast", margin=-0.1)
+        temporal_stats(acc, shuf, vid, Settings(trigger="contrast", margin=-0.1))
 
 
 def test_variants_placement_and_scale_by_hand():
     """One video group, G = 4: acc [1, 1, 0, 0], format 1, no length bonus, p̃ = 0 (contrast fires).
-    Reward placement, group std: R = [2.3, 2.3, 1, 1] has two levels, so A = ±0.65 / (0.75056 + 1e-4) equals the
-    no-bonus A = ±0.5 / (0.57735 + 1e-4) up to eps: the bonus cancels. Dr. GRPO (no std): A = R − mean = [0.65, 0.65, −0.65,
-    −0.65] against [0.5, 0.5, −0.5, −0.5] without the bonus: it moves by 0.15. Advantage placement: A = base + r_t."""
+    Reward placement, group std: R = [2.3, 2.3, 1, 1] has two levels, so
+    A = ±0.65 / (0.75056 + 1e-4) equals the no-bonus A = ±0.5 / (0.57735 + 1e-4) up to eps: the
+    bonus cancels. Dr. GRPO (no std): A = R − mean = [0.65, 0.65, −0.65, −0.65] against
+    [0.5, 0.5, −0.5, −0.5] without the bonus: it moves by 0.15. Advantage placement:
+    A = base + r_t."""
     acc = torch.tensor([[1.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
-    fmt, lengths, shuf, vid = torch.ones_like(acc), torch.full((1, 4), 10), torch.zeros(1, 2, dtype=torch.float64), torch.tensor([True])
+    fmt, lengths = torch.ones_like(acc), torch.full((1, 4), 10)
+    shuf, vid = torch.zeros(1, 2, dtype=torch.float64), torch.tensor([True])
     kw = dict(len_control=False, trigger="contrast", margin=0.1)
-    std = 0.5 / (math.sqrt(1 / 3) + 1e-4)                                  # unbiased std of [1, 1, 0, 0] is sqrt(1/3)
-    a = advantages(acc, fmt, lengths, shuf, vid, placement="reward", scale="group", **kw)
+    settings = {(p, sc): Settings(placement=p, scale=sc, **kw)
+                for p in ("reward", "advantage") for sc in ("group", "none")}
+    std = 0.5 / (math.sqrt(1 / 3) + 1e-4)                  # unbiased std of [1, 1, 0, 0]: sqrt(1/3)
+    a = advantages(acc, fmt, lengths, shuf, vid, settings["reward", "group"])
     torch.testing.assert_close(a.total, torch.tensor([[2.3, 2.3, 1.0, 1.0]], dtype=torch.float64))
     std_b = 0.65 / (math.sqrt(1.3 ** 2 / 3) + 1e-4)
-    torch.testing.assert_close(a.advantages, torch.tensor([[std_b, std_b, -std_b, -std_b]], dtype=torch.float64))
+    torch.testing.assert_close(a.advantages,
+                               torch.tensor([[std_b, std_b, -std_b, -std_b]], dtype=torch.float64))
     assert abs(std_b - std) < 1e-3                                           # cancels up to eps
-    d = advantages(acc, fmt, lengths, shuf, vid, placement="reward", scale="none", **kw)
-    torch.testing.assert_close(d.advantages, torch.tensor([[0.65, 0.65, -0.65, -0.65]], dtype=torch.float64))
-    e = advantages(acc, fmt, lengths, shuf, vid, placement="advantage", scale="group", **kw)
-    torch.testing.assert_close(e.advantages, torch.tensor([[std + 0.3, std + 0.3, -std, -std]], dtype=torch.float64))
-    assert variant(True, "official", 0.8, 0.0, "reward", "group") == "T-GRPO[p>=0.8p~, reward, std]"
-    assert variant(True, "contrast", 0.8, 0.1, "advantage", "none") == "T-GRPO[p>p~+0.1, advantage, none]"
-    assert variant(False, "official", 0.8, 0.0, "reward", "none") == "GRPO[none]"
+    d = advantages(acc, fmt, lengths, shuf, vid, settings["reward", "none"])
+    torch.testing.assert_close(d.advantages,
+                               torch.tensor([[0.65, 0.65, -0.65, -0.65]], dtype=torch.float64))
+    e = advantages(acc, fmt, lengths, shuf, vid, settings["advantage", "group"])
+    expect = torch.tensor([[std + 0.3, std + 0.3, -std, -std]], dtype=torch.float64)
+    torch.testing.assert_close(e.advantages, expect)
+    assert Settings().name() == "T-GRPO[p>=0.8p~, reward, std]"
+    assert settings["advantage", "none"].name() == "T-GRPO[p>p~+0.1, advantage, none]"
+    assert Settings(temporal=False, scale="none").name() == "GRPO[none]"
 
 
 def test_temporal_all_zero_group_triggers_but_gets_nothing():
@@ -156,9 +175,9 @@ def test_temporal_all_zero_group_triggers_but_gets_nothing():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_temporal_threshold_is_strict(dtype):
-    acc = torch.tensor([[0.1, 0.11, 0.05, 1.0]], dtype=dtype)   # continuous accuracies (OCR, free-form)
+    acc = torch.tensor([[0.1, 0.11, 0.05, 1.0]], dtype=dtype)   # continuous accuracies (OCR, ...)
     shuf = torch.tensor([[0.0, 0.0]], dtype=dtype)
-    bonus = temporal_bonus(acc, shuf, torch.tensor([True]), alpha=0.5)
+    bonus = temporal_bonus(acc, shuf, torch.tensor([True]), Settings(alpha=0.5))
     assert bonus.dtype == dtype
     torch.testing.assert_close(bonus, torch.tensor([[0.0, 0.5, 0.0, 0.5]], dtype=dtype))
 
@@ -220,13 +239,14 @@ def _hand_example():
 def test_policy_loss_hand_computed_each_aggregation():
     # surrogates (ε = 0.2): row 0 (A=1):   ρ 1.5 -> clipped 1.2;  ρ 1 -> 1
     #                       row 1 (A=-.5): ρ .5 -> min(-.25, -.4) = -.4;  ρ 1 -> -.5;
-    #                                      ρ 1.25 -> min(-.625, -.6) = -.625 (unclipped branch is the min)
+    #                                      ρ 1.25 -> min(-.625, -.6) = -.625 (unclipped is the min)
     # KL: x = ln2 -> 1 - ln2 = 0.3068528;  x = -ln2 -> ln2 - 1/2 = 0.1931472;  x = 0 -> 0
-    # loss_t = -(s - 0.04 KL): row 0 [-1.2 + 0.04(1 - ln2), -1],  row 1 [0.4, 0.5 + 0.04(ln2 - 0.5), 0.625]
+    # loss_t = -(s - 0.04 KL): row 0 [-1.2 + 0.04(1 - ln2), -1],
+    #                          row 1 [0.4, 0.5 + 0.04(ln2 - 0.5), 0.625]
     row0 = -2.2 + 0.04 * (1 - LN2)        # -2.1877259
     row1 = 1.525 + 0.04 * (LN2 - 0.5)     # 1.5327259
     expect = {"seq-mean-token-mean": (row0 / 2 + row1 / 3) / 2,   # -0.2914772
-              "token-mean": (row0 + row1) / 5,                    # -0.655 / 5 = -0.131 (the KLs add to 0.02)
+              "token-mean": (row0 + row1) / 5,                    # -0.655 / 5 = -0.131 (KL: 0.02)
               "seq-mean-token-sum-norm": (row0 + row1) / 6}       # -0.1091667
     assert abs(expect["token-mean"] - (-0.131)) < 1e-12
     logp, old, ref, adv, mask = _hand_example()
@@ -234,7 +254,8 @@ def test_policy_loss_hand_computed_each_aggregation():
         loss, m = policy_loss(logp, old, ref, adv, mask, beta=0.04, loss_agg=agg)
         assert math.isfinite(loss.item())
         assert loss.item() == pytest.approx(value, abs=1e-12), agg
-    assert m["kl"].item() == pytest.approx(((1 - LN2) / 2 + (LN2 - 0.5) / 3) / 2, abs=1e-12)  # 0.1089044
+    kl = ((1 - LN2) / 2 + (LN2 - 0.5) / 3) / 2                                     # 0.1089044
+    assert m["kl"].item() == pytest.approx(kl, abs=1e-12)
     assert m["clip_frac"].item() == pytest.approx(2 / 5)
     assert (m["ratio_min"].item(), m["ratio_max"].item()) == pytest.approx((0.5, 1.5))
     assert m["ratio_mean"].item() == pytest.approx(5.25 / 5)
@@ -250,7 +271,8 @@ def test_policy_loss_clip_higher():
     old = -torch.log(torch.tensor([[1.25]]))
     loss, m = policy_loss(logp, old, None, torch.ones(1), torch.ones(1, 1), beta=0.0)
     assert loss.item() == pytest.approx(-1.2) and m["clip_frac"].item() == 1.0
-    loss, m = policy_loss(logp, old, None, torch.ones(1), torch.ones(1, 1), beta=0.0, clip_eps_high=0.28)
+    loss, m = policy_loss(logp, old, None, torch.ones(1), torch.ones(1, 1), beta=0.0,
+                          clip_eps_high=0.28)
     assert loss.item() == pytest.approx(-1.25) and m["clip_frac"].item() == 0.0
 
 
@@ -274,7 +296,8 @@ def test_on_policy_equals_unclipped_and_official_reinforce_form():
         loss.backward()
         losses.append(loss.detach())
         grads.append(lp.grad)
-        assert m["ratio_min"].item() == m["ratio_max"].item() == 1.0 and m["clip_frac"].item() == 0.0
+        assert m["ratio_min"].item() == m["ratio_max"].item() == 1.0
+        assert m["clip_frac"].item() == 0.0
     for l, g in zip(losses[1:], grads[1:]):
         torch.testing.assert_close(l, losses[0])
         torch.testing.assert_close(g, grads[0])
@@ -296,7 +319,8 @@ def test_micro_batches_sum_to_whole_batch(agg):
     lp2 = logp.clone().requires_grad_()
     summed = 0.0
     for a, b in ((0, 2), (2, 3), (3, 6)):
-        part, _ = policy_loss(lp2[a:b], old[a:b], ref[a:b], adv[a:b], mask[a:b], loss_agg=agg, **total)
+        part, _ = policy_loss(lp2[a:b], old[a:b], ref[a:b], adv[a:b], mask[a:b], loss_agg=agg,
+                              **total)
         summed = summed + part
     summed.backward()
     torch.testing.assert_close(summed.detach(), whole.detach())
@@ -359,18 +383,18 @@ def test_policy_loss_errors():
 
 
 def test_temporal_bonus_cancels_under_group_normalisation_issue_51():
-    """Reference §1 "The bonus rarely changes advantages": binary accuracy + constant format gives two reward
-    levels, so +α on the correct ones is an affine map and the standardised advantages do not move. This is
-    why adding the bonus to the advantages (paper v4's remark) exists as an alternative placement."""
+    """Reference §1 "The bonus rarely changes advantages": binary accuracy + constant format gives
+    two reward levels, so +α on the correct ones is an affine map and the standardised advantages do
+    not move. Hence the bonus on the advantages (paper v4's remark) as an alternative placement."""
     acc = torch.tensor([[1, 0, 1, 1, 0, 0, 0, 1], [1, 1, 1, 0, 0, 0, 0, 0]], dtype=torch.float64)
     fmt = torch.ones_like(acc)
     shuf = torch.tensor([[0, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.float64)
     bonus = temporal_bonus(acc, shuf, torch.tensor([True, True]))
     assert bonus.sum() > 0
     plain, with_bonus = group_advantages(acc + fmt), group_advantages(acc + bonus + fmt)
-    torch.testing.assert_close(with_bonus, plain, atol=1e-4, rtol=0)          # equal up to eps effects
+    torch.testing.assert_close(with_bonus, plain, atol=1e-4, rtol=0)      # equal up to eps effects
     torch.testing.assert_close(group_advantages(acc + bonus + fmt, eps=0.0),
-                               group_advantages(acc + fmt, eps=0.0))          # exactly, with eps = 0
+                               group_advantages(acc + fmt, eps=0.0))      # exactly, with eps = 0
     # a third reward level (length bonus on some correct ones) makes the bonus matter again
     lengths = torch.tensor([[400, 10, 10, 10, 10, 10, 10, 400], [400, 10, 10, 10, 10, 10, 10, 10]])
     lb = length_bonus(acc, lengths)

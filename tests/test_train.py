@@ -94,7 +94,8 @@ def test_bonus_shift_of_advantages(placement, shift):
     import tgrpo
     acc, fmt = torch.tensor([[1.0, 1.0, 0.0, 0.0]]), torch.ones(1, 4)
     lengths, sacc, is_video = torch.full((1, 4), 10), torch.zeros(1, 2), torch.tensor([True])
-    a = tgrpo.advantages(acc, fmt, lengths, sacc, is_video, placement=placement, len_control=False)
+    a = tgrpo.advantages(acc, fmt, lengths, sacc, is_video,
+                         tgrpo.Settings(placement=placement, len_control=False))
     assert torch.allclose(a.temporal, torch.tensor([[0.3, 0.3, 0.0, 0.0]])) and a.stats["triggered"].tolist() == [True]
     assert a.stats["bonus_adv_shift"].mean().item() == pytest.approx(shift, abs=1e-4)
 
