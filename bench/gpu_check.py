@@ -87,7 +87,7 @@ def main():
     else:
         model_dir = tiny.build_like_7b(cache / name, a.width, tok_dir, source=source)
     cfg = train.finish_config(*cfglib.parse(train.Config, argv + ["--model", str(model_dir), "--preset", "paper",
-                                                                   "--prompts-per-rank", "1", "--nproc", "1",
+                                                                   "--prompts-per-rank", "1",
                                                                    "--lora-rank", str(a.lora_rank),
                                                                    "--compile-decode", a.compile_decode], ""))
     proc = distributed.Dist(device=torch.device("cuda:0" if cuda else "cpu"))
@@ -152,7 +152,9 @@ def main():
         if step == 0:
             times = {k: [] for k in PHASES}
             shape = (tuple(ids.shape), P, int(pr.visual.pixel_values.shape[0]))
-    est = plan.estimate(hf.config, cfg)
+    from dataclasses import fields      # plan.py's own Config (train.py has no --nproc): one GPU
+    est = plan.estimate(hf.config, plan.Config(**{f.name: getattr(cfg, f.name) for f in fields(plan.Config)
+                                                  if hasattr(cfg, f.name)} | {"nproc": 1}))
     print(f"command: python bench/gpu_check.py --family {a.family} --width {a.width} --steps {a.steps} --compile-decode {a.compile_decode}"
           f"{' --dry-run' if a.dry_run else ''}"
           + (f" --lora-rank {a.lora_rank} ({est['phi_lora'] / 1e6:.1f}M adapter parameters)" if a.lora_rank else ""))
