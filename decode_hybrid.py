@@ -265,10 +265,11 @@ def _rotate_part(x, cos, sin):
     return torch.cat([r, rest], dim=-1)
 
 
-def forward_token(w: HybridWeights, s: HybridState) -> torch.Tensor:
+def forward_token(w: HybridWeights, s: HybridState, live: int | None = None) -> torch.Tensor:
     """The hybrid decoder on one token per row: embeds s.tok at position s.pos, updates every linear
     layer's conv and recurrent state in place, writes every full layer's K/V to cache column s.col
-    (marked in s.key_ok) and attends to the marked columns. Returns logits (Rb, V) float32."""
+    (marked in s.key_ok) and attends to the marked columns among the first `live` (default: all S;
+    needs s.col < live). Returns logits (Rb, V) float32."""
     R, H, KV, hd = s.tok.shape[0], w.heads, w.kv_heads, w.head_dim
     HV, dv, C = w.v_heads, w.v_dim, w.conv.shape[1]
     x = w.embed[s.tok]                                                         # (R, D)
@@ -276,7 +277,8 @@ def forward_token(w: HybridWeights, s: HybridState) -> torch.Tensor:
     emb = torch.cat((freqs, freqs), dim=-1)[:, None]                           # (R, 1, rd)
     cos, sin = (emb.cos() * w.rope_scale).to(x.dtype), (emb.sin() * w.rope_scale).to(x.dtype)
     s.key_ok.index_fill_(1, s.col, True)
-    mask = s.key_ok[:, None, None, :]                                          # (R, 1, 1, S)
+    L = s.key_ok.shape[1] if live is None else live
+    mask = s.key_ok[:, None, None, :L]                                         # (R, 1, 1, L)
     for i, (linear, j) in enumerate(w.kinds):
         h = rms_norm_1p(x, w.ln1[i], w.eps)
         if linear:                                                             # Gated DeltaNet
@@ -299,9 +301,10 @@ def forward_token(w: HybridWeights, s: HybridState) -> torch.Tensor:
             s.k[layer, :, :, s.col] = k[None]                          # cache (R, KV, S, hd), col
             s.v[layer, :, :, s.col] = v[None]
             qg = q.reshape(R, KV, H // KV, hd)                                 # grouped by KV head
-            att = (qg @ s.k[j].transpose(-1, -2)).float() * hd ** -0.5         # (R, KV, H/KV, S)
+            keys, values = s.k[j, :, :, :L], s.v[j, :, :, :L]                  # (R, KV, L, hd) live
+            att = (qg @ keys.transpose(-1, -2)).float() * hd ** -0.5           # (R, KV, H/KV, L)
             att = att.masked_fill(~mask, float("-inf")).softmax(-1).to(x.dtype)
-            o = (att @ s.v[j]).reshape(R, H * hd) * torch.sigmoid(gate.reshape(R, H * hd))
+            o = (att @ values).reshape(R, H * hd) * torch.sigmoid(gate.reshape(R, H * hd))
             x = x + F.linear(o, w.o[j])
         h = rms_norm_1p(x, w.ln2[i], w.eps)
         gate_, up = F.linear(h, w.gate_up[i]).chunk(2, dim=-1)                 # (R, I) each

@@ -723,3 +723,25 @@ def test_export_carries_the_mtp_head_unchanged(qwen35, tmp_path):
         M.load_policy(qwen35)[0], tok, tmp_path / "plain"
     )  # no MTP head: nothing added
     assert not any(k.startswith("mtp.") for k in load_file(plain / "model.safetensors"))
+
+
+def test_attention_over_the_live_columns_equals_the_whole_cache(qwen35):
+    """forward_token(w, s, live) reads only the first `live` cache columns (what the decode loop
+    passes once the rest is unused): the same logits and states as over the whole cache."""
+    import decode as D
+    import decode_hybrid as H
+
+    hf = Qwen3_5ForConditionalGeneration.from_pretrained(qwen35).eval()
+    w = H.allocate_weights(hf, torch.float32, "cpu")
+    H.refresh(w, hf, D.effective_weight)
+    outs = []
+    for live in (None, 8):
+        s = H.allocate_state(w, 3, 64, 4, 50)
+        gen = torch.Generator().manual_seed(0)
+        for t in (*s.rec, s.k, s.v):
+            t.normal_(generator=gen)
+        s.key_ok[:, :5] = True
+        s.col.fill_(5), s.pos.fill_(5), s.tok.fill_(7)
+        outs.append((H.forward_token(w, s, live), *s.rec))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
