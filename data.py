@@ -202,11 +202,13 @@ def render_prompt(tokenizer, text: str, data_type: str, system: str | None = Non
     """The chat-rendered prompt text with ONE pad token for the media (notes §5 "GRPO message").
 
     No system message by default, so the template inserts "You are a helpful assistant.". A generation prompt
-    ending in THINK_OPEN loses it (Q4). Raises ValueError for a data_type other than "image"/"video".
+    ending in THINK_OPEN loses it (Q4). data_type None: the same turn without the media (a blind baseline,
+    blind.py). Raises ValueError for a data_type other than "image"/"video"/None.
     """
-    if data_type not in PAD_TOKEN:
-        raise ValueError(f"data_type must be 'image' or 'video', got {data_type!r}")
-    messages = [{"role": "user", "content": [{"type": data_type}, {"type": "text", "text": text}]}]
+    if data_type is not None and data_type not in PAD_TOKEN:
+        raise ValueError(f"data_type must be 'image', 'video' or None, got {data_type!r}")
+    media = [] if data_type is None else [{"type": data_type}]
+    messages = [{"role": "user", "content": media + [{"type": "text", "text": text}]}]
     if system is not None:
         messages.insert(0, {"role": "system", "content": system})
     rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -245,9 +247,11 @@ def encode_prompt(tokenizer, text: str, data_type: str, grid_thw, merge_size: in
     pads; Qwen3-VL videos, given `timestamps`: one timestamped block per temporal patch).
 
     Args: text: the templated question (data.build_prompt_text); data_type: "image" | "video"; grid_thw: (3,)
-    LongTensor or ints (t, h, w) from pixels.patchify; timestamps: Visual.timestamps or None. Returns LongTensor
-    (P,). Raises ValueError as expand_media_tokens. Reference §1 step 3, §5.
+    LongTensor or ints (t, h, w) from pixels.patchify; timestamps: Visual.timestamps or None. data_type None:
+    the prompt without media (no media tokens; grid_thw ignored). Returns LongTensor (P,). Raises ValueError as
+    expand_media_tokens. Reference §1 step 3, §5.
     """
-    full = expand_media_tokens(render_prompt(tokenizer, text, data_type, system), data_type, grid_thw, merge_size,
-                               timestamps)
+    full = render_prompt(tokenizer, text, data_type, system)
+    if data_type is not None:
+        full = expand_media_tokens(full, data_type, grid_thw, merge_size, timestamps)
     return torch.tensor(tokenizer(full, add_special_tokens=False)["input_ids"], dtype=torch.long)

@@ -19,7 +19,10 @@ What the step computes, per row (R rows: a prompt's G ordered and G̃ shuffled c
   (model.rope_positions), and mRoPE only chooses, per frequency band, which axis's position to rotate by: with
   equal positions every band rotates by the same one, so mRoPE is plain 1-D RoPE at the row's position here;
 - grouped-query attention over the cache that reads each KV head once: the H query heads are viewed as
-  (KV heads, H / KV) and multiplied with their own head's keys (no `repeat_kv` copy);
+  (KV heads, H / KV) and multiplied with their own head's keys (no `repeat_kv` copy); it reads
+  only the live columns: the cache viewed up to the next multiple of LIVE_MULTIPLE past the
+  column written (chosen on the host, one graph per live length); scores in the compute dtype,
+  float32 only inside the softmax (as HF's eager attention);
 - the lm_head, then the sampler (`sample`): `filter_logits` (repetition penalty, temperature, top-k,
   top-p) and an exact categorical draw by the exponential race, argmax(p / E) with E ~ Exp(1) drawn outside the
   step from the run's generator (P(argmax = i) = p_i / Σ p: the same distribution as `torch.multinomial`).
@@ -28,7 +31,8 @@ No host sync per token: "all rows done" is read every DONE_EVERY steps; a finish
 with log-prob 0, and the output is cut to the longest completion, so the result is the one an every-step check
 gives. When compiled, rows are padded with dummy rows to a multiple of ROW_MULTIPLE and the cache length rounded up
 to a multiple of CACHE_MULTIPLE; a state grows only, and a smaller call reuses it, so a run compiles one graph per
-growth (logged by `Decoder.summary`).
+growth and live length (logged by `Decoder.summary`). Every write of the step lands in place in
+the compiled graph too (tests/test_decode_cost.py reads inductor's graph for it).
 
 Departures (docs/departures.md):
   L15 a static-cache decode step of our own, exponential-race sampling, a merged bf16 copy of the decoder
@@ -46,14 +50,16 @@ import decode_hybrid as hybrid
 DONE_EVERY = 32          # decode steps between host reads of "all rows done"
 ROW_MULTIPLE = 8         # compiled: rows padded with dummy rows to a multiple of this
 CACHE_MULTIPLE = 256     # compiled: cache length rounded up to a multiple of this (tokens)
+LIVE_MULTIPLE = 256      # attention reads the cache up to the next multiple of this past the column
+                         # written (tokens)
 COMPILE_MODES = ("auto", "on", "off")
 
 
 def compile_option():
     """The entry points' `--compile-decode` field (train.py, sft.py, eval.py)."""
     return field(default="auto", metadata={"help": "compile the decode step (decode.py): auto (on CUDA: compiled "
-                                                   "with CUDA graphs; on CPU: eager, where compiling measured slower) "
-                                                   "| on | off"})
+                                                   "with CUDA graphs; on CPU: eager, where compiling measured "
+                                                   "no faster, bench/README.md) | on | off"})
 
 
 @dataclass
@@ -207,16 +213,20 @@ def _rotate(x, cos, sin):
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def forward_token(w: Weights, s: State) -> torch.Tensor:
+def forward_token(w: Weights, s: State, live: int | None = None) -> torch.Tensor:
     """The decoder on one token per row: embeds s.tok at position s.pos, writes its K/V to cache column s.col (and
-    marks the column in s.key_ok), attends to every marked column. Returns logits (Rb, V) float32."""
+    marks the column in s.key_ok), attends to every marked column among the first `live`
+    (default: all S; needs s.col < live). Returns logits (Rb, V) float32."""
     R, H, KV, hd = s.tok.shape[0], w.heads, w.kv_heads, w.head_dim
+    L = s.key_ok.shape[1] if live is None else live
     x = w.embed[s.tok]                                                         # (R, D)
     freqs = s.pos[:, None].float() * w.inv_freq                                # (R, hd/2) float32, as HF's rotary
     emb = torch.cat((freqs, freqs), dim=-1)[:, None]                           # (R, 1, hd): all 3 mRoPE axes equal
     cos, sin = (emb.cos() * w.rope_scale).to(x.dtype), (emb.sin() * w.rope_scale).to(x.dtype)
     s.key_ok.index_fill_(1, s.col, True)
-    mask = s.key_ok[:, None, None, :]                                          # (R, 1, 1, S)
+    mask = s.key_ok[:, None, None, :L]                                         # (R, 1, 1, L)
+    rows = torch.arange(R, device=x.device)[:, None]                          # (R, 1)
+    heads = torch.arange(KV, device=x.device)[None]                           # (1, KV)
     for i in range(w.ln1.shape[0]):
         h = _rms_norm(x, w.ln1[i], w.eps)
         qkv = F.linear(h, w.qkv[i], w.qkv_bias[i])                             # (R, (H + 2KV)·hd)
@@ -226,12 +236,17 @@ def forward_token(w: Weights, s: State) -> torch.Tensor:
             q, k = _rms_norm(q, w.q_norm[i], w.eps), _rms_norm(k, w.k_norm[i], w.eps)
         q = _rotate(q, cos, sin)                                               # (R, H, hd)
         k = _rotate(k, cos, sin)                                               # (R, KV, hd)
-        s.k[i].index_copy_(2, s.col, k[:, :, None])                            # cache (R, KV, S, hd), column col
-        s.v[i].index_copy_(2, s.col, v.view(R, KV, 1, hd))
+        # K/V (R, KV, hd) into column col of the base (NL, R, KV, S, hd) tensor: a write through the
+        # view s.k[i] becomes, once functionalized for compiling, a copy of the whole cache
+        cell = (s.col.new_full((1,), i), rows, heads, s.col)                 # broadcast to (R, KV)
+        s.k.index_put_(cell, k)
+        s.v.index_put_(cell, v.view(R, KV, hd))
         qg = q.view(R, KV, H // KV, hd)                                        # query heads grouped by KV head
-        att = (qg @ s.k[i].transpose(-1, -2)).float() * hd ** -0.5             # (R, KV, H/KV, S)
-        att = att.masked_fill(~mask, float("-inf")).softmax(-1).to(x.dtype)
-        o = (att @ s.v[i]).reshape(R, H * hd)                                  # (R, KV, H/KV, hd) -> (R, H·hd)
+        keys, values = s.k[i, :, :, :L], s.v[i, :, :, :L]                      # (R, KV, L, hd) live
+        att = (qg @ keys.transpose(-1, -2)) * hd ** -0.5                       # (R, KV, H/KV, L)
+        att = att.masked_fill(~mask, float("-inf"))                            # x.dtype, as HF's
+        att = att.softmax(-1, dtype=torch.float32).to(x.dtype)                 # fp32 inside only
+        o = (att @ values).reshape(R, H * hd)                                  # (R, H·hd)
         x = x + F.linear(o, w.o[i])
         gate, up = F.linear(_rms_norm(x, w.ln2[i], w.eps), w.gate_up[i]).chunk(2, dim=-1)   # (R, I) each
         x = x + F.linear(F.silu(gate) * up, w.down[i])
@@ -304,21 +319,38 @@ def sample(logits, noise, seen, done, sp, pad_id: int, stop_ids: tuple[int, ...]
     return tok, lp, done | stop
 
 
-def decode_step(w: Weights, s: State, sp, pad_id: int, stop_ids: tuple[int, ...]) -> None:
+def decode_step(w: Weights, s: State, sp, pad_id: int, stop_ids: tuple[int, ...],
+                live: int | None = None) -> None:
     """Feed s.tok, sample the next token from s.noise, write it and its log-prob to output column s.j, and advance
-    (tok, pos, col, j, done, seen) in place. Pure in what it computes: every input is an argument, every output a
-    write into `s`. The same function runs eager or under torch.compile."""
+    (tok, pos, col, j, done, seen) in place. Attention reads the first `live` cache columns
+    (default all; needs s.col < live). Pure in what it computes: every input is an argument, every
+    output a write into `s`. The same function runs eager or under torch.compile (one graph per
+    `live`)."""
     hybrid_decoder = isinstance(w, hybrid.HybridWeights)                       # Qwen3.5 (decode_hybrid.py)
-    logits = hybrid.forward_token(w, s) if hybrid_decoder else forward_token(w, s)   # (Rb, V)
+    logits = (hybrid.forward_token if hybrid_decoder else forward_token)(w, s, live)   # (Rb, V)
     tok, lp, done = sample(logits, s.noise, s.seen, s.done, sp, pad_id, stop_ids)
     s.ids.index_copy_(1, s.j, tok[:, None])
     s.logps.index_copy_(1, s.j, lp[:, None])
-    s.seen.scatter_(1, tok[:, None], True)
+    every, true = torch.arange(tok.shape[0], device=tok.device), torch.ones((), dtype=torch.bool,
+                                                                            device=tok.device)
+    s.seen.index_put_((every, tok), true)                                  # scatter_: a copy
     s.tok.copy_(tok)
     s.done.copy_(done)
     s.pos.add_(1)
     s.col.add_(1)
     s.j.add_(1)
+
+
+def _mark_static(t: torch.Tensor) -> None:
+    """torch._dynamo.mark_static_address without a guard: on torch 2.7/2.8 the compiled code keeps
+    a guarded tensor alive, so a State that grows would never free the old cache. Older torch
+    has no `guard` argument."""
+    import inspect
+    mark = torch._dynamo.mark_static_address
+    if "guard" in inspect.signature(mark).parameters:
+        mark(t, guard=False)
+    else:
+        mark(t)
 
 
 def _round_up(x: int, m: int) -> int:
@@ -340,8 +372,10 @@ class Decoder:
         self.weights: Weights | None = None
         self.state: State | None = None
         self.compiled = None
-        self.graphs: list[tuple] = []            # (rows, cache length, sampling) of each compiled graph
-        self.compile_seconds = 0.0
+        self.graphs: list[tuple] = []            # (rows, live, cache length, sampling...) per graph
+        self.calls: dict[tuple, int] = {}        # calls of each graph, up to its CUDA graph's
+        self.compile_seconds = 0.0               # compiling and recording (2 first calls on CUDA)
+        self.prefill_seconds = 0.0               # rollout.generate adds each prefill's time
 
     def is_compiled(self, device: torch.device) -> bool:
         """Whether the step runs compiled on `device` (the "auto" rule)."""
@@ -356,7 +390,7 @@ class Decoder:
             if self.is_compiled(device):
                 for t in vars(w).values():
                     if isinstance(t, torch.Tensor):
-                        torch._dynamo.mark_static_address(t)
+                        _mark_static(t)
         if isinstance(w, hybrid.HybridWeights):
             hybrid.refresh(w, hf, effective_weight)
         else:
@@ -378,7 +412,7 @@ class Decoder:
             if self.is_compiled(w.embed.device):
                 for t in vars(s).values():
                     for x in (t if isinstance(t, tuple) else (t,)):               # Qwen3.5: a tensor per layer
-                        torch._dynamo.mark_static_address(x)
+                        _mark_static(x)
         return s
 
     def _step_fn(self, device):
@@ -432,27 +466,36 @@ class Decoder:
             s.tok.fill_(pad_id); s.tok[:R] = tok
             s.pos.zero_(); s.pos[:R] = next_pos
             s.col.fill_(P); s.j.fill_(1)
-            step = self._step_fn(device)
-            key = (Rb, s.key_ok.shape[1], N, repr(sp), stops, pad_id, str(dtype))
+            step, S = self._step_fn(device), s.key_ok.shape[1]
+            # compiled: the first call of a graph compiles it, the second records its CUDA graph
+            cold_calls = 2 if device.type == "cuda" else 1
             for n in range(1, N):
                 if (n - 1) % self.done_every == 0 and bool(s.done.all()):     # the only host sync, every K steps
                     break
                 s.noise[:R].exponential_(generator=generator)
-                if compiled and key not in self.graphs:
+                live = min(S, _round_up(P + n, LIVE_MULTIPLE))                 # writes column P+n-1
+                key = (Rb, live, S, N, repr(sp), stops, pad_id, str(dtype))
+                calls = self.calls.get(key, 0)
+                if compiled and calls < cold_calls:
                     t0 = time.perf_counter()
-                    step(w, s, sp, pad_id, stops)
+                    step(w, s, sp, pad_id, stops, live)
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
                     self.compile_seconds += time.perf_counter() - t0
-                    self.graphs.append(key)
+                    self.calls[key] = calls + 1
+                    if calls == 0:
+                        self.graphs.append(key)
                 else:
-                    step(w, s, sp, pad_id, stops)
+                    step(w, s, sp, pad_id, stops, live)
             return s.ids[:R].clone(), s.logps[:R].clone()
 
     def summary(self) -> str:
-        """One line for the run's log: eager, or the graphs compiled (rows x cache length) and their seconds."""
+        """One line for the run's log: eager, or the graphs compiled (rows x live columns / cache
+        length) and the seconds of their first calls (compiling, and on CUDA the second call's
+        CUDA-graph recording), with the torch version that compiled them."""
         if not self.graphs:
             return f"decode step: {'compiled, no graph yet' if self.compiled is not None else 'eager'}"
-        shapes = ", ".join(f"{g[0]}x{g[1]}" for g in self.graphs)
-        return (f"decode step: compiled {len(self.graphs)} graph(s) (rows x cache length: {shapes}) in "
-                f"{self.compile_seconds:.1f} s")
+        shapes = ", ".join(f"{g[0]}x{g[1]}/{g[2]}" for g in self.graphs)
+        return (f"decode step: compiled {len(self.graphs)} graph(s) (rows x live columns/cache "
+                f"length: {shapes}) in {self.compile_seconds:.1f} s, compile and CUDA-graph "
+                f"recording, torch {torch.__version__}")

@@ -10,6 +10,7 @@ data (one vision-tower call per forward, the same number of micro-batches, a non
 from __future__ import annotations
 
 import contextlib
+import datetime
 import gc
 import math
 import os
@@ -49,15 +50,30 @@ def backend_spec(device_type: str, accelerator: str = "nccl") -> str:
     raise ValueError(f"no process-group backend for device type {device_type!r}")
 
 
-def init_distributed(device: str = "auto", backend: str = "auto") -> Dist:
+TIMEOUT_MINUTES = 30.0   # collectives' timeout: covers one rank's cold decode compile
+
+
+def timeout_option():
+    """The entry points' `--dist-timeout-min` field (train.py, sft.py, eval.py)."""
+    return field(default=TIMEOUT_MINUTES, metadata={
+        "help": "minutes a collective may wait for the other ranks before the run fails (NCCL's "
+                "watchdog; torch's default is 10): covers a rank compiling its decode step cold "
+                "while the others wait"})
+
+
+def init_distributed(device: str = "auto", backend: str = "auto",
+                     timeout_minutes: float = TIMEOUT_MINUTES) -> Dist:
     """Start the process group when launched by torchrun (WORLD_SIZE > 1).
 
     device: "auto" (cuda:LOCAL_RANK when CUDA is available, else cpu), "cpu" or "cuda".
     backend: "auto" (`backend_spec` of the device: gloo on CPU, gloo + nccl on CUDA) or any torch backend string
-    (e.g. "cpu:gloo,cuda:nccl"). Returns a `Dist`. Raises ValueError for an unknown device string.
+    (e.g. "cpu:gloo,cuda:nccl"). timeout_minutes: how long a collective waits for the others (> 0).
+    Returns a `Dist`. Raises ValueError for an unknown device string or a timeout <= 0.
     """
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if not timeout_minutes > 0:
+        raise ValueError(f"--dist-timeout-min must be > 0, got {timeout_minutes}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -67,7 +83,8 @@ def init_distributed(device: str = "auto", backend: str = "auto") -> Dist:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         spec = backend_spec(dev.type) if backend == "auto" else backend
-        dist.init_process_group(spec, device_id=dev if use_cuda else None)
+        dist.init_process_group(spec, device_id=dev if use_cuda else None,
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
     return Dist(rank, world, local, dev)
 
 

@@ -2,6 +2,7 @@
 
     python eval.py                                     # tiny default on the built-in test split (CPU, a few minutes)
     python eval.py --shuffled true                     # also on shuffled frames: ordered vs shuffled accuracy and the gap
+    python eval.py --media ordered,shuffled,none,first-frame   # also blind (no media) and from the first frame only
     python eval.py --model runs/tgrpo/final --data Evaluation/eval_vsibench.json --data Evaluation/eval_mvbench.json
     torchrun --nproc_per_node 8 eval.py --model Video-R1-7B --data Evaluation/eval_mmvu.json --nframes 32 \\
         --out-dir runs/eval/video-r1-7b-32f            # items sharded over ranks, gathered on rank 0
@@ -50,12 +51,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import blind
 import common
 import config as cfglib
 import data
 import decode
 import distributed
 import pixels
+import records
 import rollout
 import tracking
 from report import report, score_item, settings_line, summarize
@@ -71,7 +74,8 @@ class Config:
     out_dir: str = field(default="", metadata={"help": "where results go; empty: runs/eval/<model-name>"})
     cache_dir: str = field(default="runs/cache", metadata={"help": "built-in data and tiny model are built here once"})
     limit: int = field(default=0, metadata={"help": "> 0: only the first N items of each benchmark (smoke runs)"})
-    shuffled: bool = field(default=False, metadata={"help": "also evaluate every item on shuffled frames (seeded) and report the gap"})
+    shuffled: bool = field(default=False, metadata={"help": "also evaluate every item on shuffled frames (seeded) and report the gap (= adding 'shuffled' to --media)"})
+    media: str = field(default="ordered", metadata={"help": "comma-separated media variants to evaluate (blind.py): ordered | shuffled | none (the question without its media) | first-frame (a video cut to its first frame)"})
     seed: int = field(default=0, metadata={"help": "seed of the frame shuffles (per item) and of sampling (per rank)"})
     template: str = field(default="eval", metadata={"help": "'eval': the official eval prompt (notes §5); 'train': the T-GRPO/SFT prompt the policy was trained with"})
     # frames and pixels (notes §4, §8; eval values)
@@ -97,6 +101,7 @@ class Config:
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16-mixed (fp32 weights, bf16 autocast) | bf16 (bf16 weights)"})
     dist_backend: str = field(default="auto", metadata={"help": "process-group backend: auto (gloo on CPU; cpu:gloo,cuda:nccl on CUDA) or a torch backend string"})
+    dist_timeout_min: float = distributed.timeout_option()
     preset: str = field(default="auto", metadata={"help": "auto: 'tiny' when --model is empty, else 'paper'; tiny | paper"})
     # tracking (tracking.py): each benchmark's summary (eval/<benchmark>[_shuffled]/score, ...) to TensorBoard/wandb
     report_to: str = tracking.option("report_to")
@@ -132,7 +137,18 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
         raise ValueError(f"eval.py: invalid --{bad[0].replace('_', '-')}: {getattr(cfg, bad[0])!r}"
                          + (" (--name needs a single --data)" if bad[0] == "name" else ""))
     tracking.parse_backends(cfg.report_to)
+    blind.parse(cfg.media)
     return cfg
+
+
+def variants(cfg: Config) -> list[str]:
+    """The media variants to run, in order: --media, plus 'shuffled' with --shuffled true."""
+    return blind.parse(cfg.media + (",shuffled" if cfg.shuffled else ""))
+
+
+def file_stem(name: str, variant: str) -> str:
+    """The files' stem of a benchmark under a media variant: eval_{name}, eval_{name}_shuffled, ..._none, ..."""
+    return f"eval_{name}" + ("" if variant == "ordered" else f"_{variant}")
 
 
 def benchmark_name(json_path: str) -> str:
@@ -190,40 +206,44 @@ def open_records(path: Path, header: dict) -> dict[int, dict]:
 
 
 # ---- generation ----------------------------------------------------------------------------------
-def run_batch(indices, samples, shuffled, hf, tokenizer, media, sp, gen, cfg, decoder=None) -> tuple[list[dict], list]:
-    """Prepare, generate (one completion per prompt, one rollout.generate call) and score a batch of items.
-    decoder: the run's decode.Decoder (default: a new eager one). Returns (records, [(index, reason)] of items whose
-    media failed to decode: excluded, not scored)."""
-    prepared, failed = [], []
+def run_batch(indices, samples, variant, hf, tokenizer, media, sp, gen, cfg, decoder=None) -> tuple[list, list, list]:
+    """Prepare (under media `variant`, blind.py), generate (one completion per prompt, one rollout.generate call)
+    and score a batch of items. decoder: the run's decode.Decoder (default: a new eager one). Returns (records,
+    [(index, reason)] of items whose media failed to decode: excluded, not scored, rollout records (records.py))."""
+    prepared, failed, shuffled = [], [], variant == "shuffled"
     for i in indices:
         try:  # the shuffle of item i depends only on (seed, i): the same on any rank, batch or resume
             frame_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
-            prepared.append((i, pixels.prepare(samples[i], tokenizer, media, shuffled=shuffled, variant=cfg.template,
-                                                generator=frame_gen)))
+            prepared.append((i, blind.prepare(samples[i], tokenizer, media, variant, cfg.template, frame_gen)))
         except pixels.MediaError as e:   # E1: only unreadable media exclude an item; other errors stop the run
             failed.append((i, f"undecodable: {e}"))
     if not prepared:
-        return [], failed
+        return [], failed, []
     use_shuffled = [shuffled and p.shuffled_visual is not None for _, p in prepared]  # images are never shuffled
     prompts = [p.shuffled_ids if s else p.prompt_ids for (_, p), s in zip(prepared, use_shuffled)]
     visuals = [p.shuffled_visual if s else p.visual for (_, p), s in zip(prepared, use_shuffled)]
     pad_id = tokenizer.pad_token_id
     outs = rollout.generate(hf, prompts, visuals, [1] * len(prompts), sp, pad_id, common.stop_ids(tokenizer), gen,
                             decoder)
-    records = []
-    for (i, p), c, v in zip(prepared, outs, visuals):
+    scored, rolled = [], []
+    for (i, p), c, v, s in zip(prepared, outs, visuals, use_shuffled):
         text = tokenizer.decode(c.ids[0].tolist(), skip_special_tokens=True)
-        records.append(score_item(samples[i], i, text) | {"completion_tokens": int(c.lengths[0]),
-                                                           "grid_thw": [int(x) for x in v.grid_thw]})
-    return records, failed
+        grid = None if v is None else [int(x) for x in v.grid_thw]                # None: --media none
+        scored.append(score_item(samples[i], i, text) | {"completion_tokens": int(c.lengths[0]), "grid_thw": grid})
+        rolled.append(records.scored_record(samples[i], records.media_of(p), [text], [int(c.lengths[0])],
+                                            [scored[-1]["reward"]], 0, 0, f"eval/{variant}")
+                      | {"permutation": p.perm.tolist() if s else None, "index": i})
+    return scored, failed, rolled
 
 
-def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, tokenizer, media, sp, cfg, proc,
-             decoder=None) -> dict | None:
+def evaluate(name, json_path, samples, problems, variant, out_dir, header, hf, tokenizer, media, sp, cfg, proc,
+             decoder=None, rolled: list | None = None) -> dict | None:
     """One benchmark, one variant (ordered or shuffled frames): resume from the records file, generate what is
     missing (sharded over ranks, gathered on rank 0 after every batch), write eval_{name}[_shuffled].json.
-    `problems` maps item index -> reason for items excluded by validation. Returns the result dict on rank 0."""
-    stem = f"eval_{name}" + ("_shuffled" if shuffled else "")
+    `problems` maps item index -> reason for items excluded by validation; variant: blind.VARIANTS (ordered,
+    shuffled, none, first-frame); rolled: on rank 0, a list to append the rollout records of the items generated
+    now to (records.py). Returns the result dict on rank 0."""
+    stem = file_stem(name, variant)
     records_path = out_dir / f"{stem}.records.jsonl"
     done, error = {}, None
     if proc.main:
@@ -244,11 +264,13 @@ def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, 
     failed_all = []
     f = open(records_path, "a", encoding="utf-8") if proc.main else None
     for b in tqdm(range(n_batches), desc=stem, disable=not proc.main):
-        recs, failed = run_batch(shard[b * cfg.batch_size:(b + 1) * cfg.batch_size], samples, shuffled, hf,
-                                 tokenizer, media, sp, gen, cfg, decoder)
-        parts = distributed.all_gather_object((recs, failed), proc)  # every rank takes part in every batch (equal n_batches)
+        recs, failed, rolls = run_batch(shard[b * cfg.batch_size:(b + 1) * cfg.batch_size], samples, variant, hf,
+                                        tokenizer, media, sp, gen, cfg, decoder)
+        parts = distributed.all_gather_object((recs, failed, rolls), proc)  # every rank takes part in every batch
         if proc.main:
-            for recs_r, failed_r in parts:
+            for rank, (recs_r, failed_r, rolls_r) in enumerate(parts):
+                if rolled is not None:
+                    rolled += [r | {"rank": rank} for r in rolls_r]
                 for r in recs_r:
                     f.write(json.dumps(r, ensure_ascii=False) + "\n")
                     done[r["index"]] = r
@@ -261,7 +283,7 @@ def evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, 
     for i, reason in failed_all:
         print(f"[excluded] {stem} item {i} (problem_id {samples[i].problem_id}): {reason}", file=sys.stderr)
     records = [done[i] for i in sorted(done) if i < len(samples) and i not in problems]  # --limit, media gone since
-    result = {"benchmark": name, "variant": "shuffled" if shuffled else "ordered", "data": str(json_path),
+    result = {"benchmark": name, "variant": variant, "data": str(json_path),
               "model": header["model"], "settings": {"media": header["media"], "sampling": header["sampling"],
                                                      "seed": cfg.seed, "batch_size": cfg.batch_size, "world_size": proc.world},
               "summary": summarize(name, records) | {"n_items": len(samples), "n_excluded": len(excluded)},
@@ -304,7 +326,7 @@ def main(argv=None) -> list[dict] | None:
     argv = merge_data_flags(list(sys.argv[1:] if argv is None else argv))
     cfg, explicit = cfglib.parse(Config, argv, description=__doc__)
     cfg = finish_config(cfg, explicit)
-    proc = distributed.init_distributed(cfg.device, cfg.dist_backend)
+    proc = distributed.init_distributed(cfg.device, cfg.dist_backend, cfg.dist_timeout_min)
     precision, dtype, _ = distributed.resolve_precision(cfg.precision, proc, cuda_default="bf16")   # inference: bf16 weights
     amp = distributed.autocast(proc, precision)
     model_dir, benches = resolve(cfg, proc)
@@ -321,7 +343,7 @@ def main(argv=None) -> list[dict] | None:
         print(f"decoding: temperature {sp.temperature} (paper; official script 0.1), top_p {sp.top_p}, top_k "
               f"{sp.top_k} (off), repetition_penalty {sp.repetition_penalty}, max_new_tokens {sp.max_new_tokens}")
         print(f"frames/pixels: {asdict(media)}")
-    results = []
+    results, rolled = [], ([] if proc.main else None)       # rolled: this run's rollout records (records.py)
     for name, json_path in benches:
         samples = data.load_samples(json_path, cfg.media_root or None)
         if cfg.limit > 0:
@@ -335,25 +357,31 @@ def main(argv=None) -> list[dict] | None:
                   f"{len(problems) - n_missing} undecodable (of {len(samples)})")
             for i, r in sorted(problems.items()):
                 print(f"[excluded] {name} item {i} (problem_id {samples[i].problem_id}): {r}", file=sys.stderr)
-        for shuffled in ([False, True] if cfg.shuffled else [False]):
+        for variant in variants(cfg):
+            shuffled = variant == "shuffled"
             header = {"model": str(Path(model_dir).resolve()), "data": str(Path(json_path).resolve()),
                       "shuffled": shuffled, "seed": cfg.seed if shuffled else None, "template": cfg.template,
                       "media": json.loads(json.dumps(asdict(media))), "sampling": asdict(sp)}   # as read back
+            if variant in ("none", "first-frame"):
+                header["media_variant"] = variant
             with amp():
-                result = evaluate(name, json_path, samples, problems, shuffled, out_dir, header, hf, tokenizer,
-                                  media, sp, cfg, proc, decoder)
+                result = evaluate(name, json_path, samples, problems, variant, out_dir, header, hf, tokenizer,
+                                  media, sp, cfg, proc, decoder, rolled)
             if result is not None:
                 results.append(result)
     if proc.main:
-        names = {f"eval_{r['benchmark']}" + ("_shuffled" if r["variant"] == "shuffled" else "") for r in results}
+        names = {file_stem(r["benchmark"], r["variant"]) for r in results}
         for path in sorted(out_dir.glob("eval_*.json")):  # earlier runs into the same folder join the table
             if path.stem not in names:
                 results.append(json.loads(path.read_text()))
         table = report(results)
         (out_dir / "results.md").write_text(table)
+        if rolled:                                        # the items generated by this run, every variant
+            print(f"rollout page: {records.write(out_dir / 'rollouts', 'eval', rolled, f'eval.py: {model_dir}')[1]}")
         print("\n" + table + f"\nwritten to {out_dir}\n{decoder.summary()}")
         tracker = tracking.Tracker(cfg, out_dir, asdict(cfg) | {"model": model_dir}, proc.main)
-        tracker.log({"step": 0, **{f"eval_{r['benchmark']}{'_shuffled' if r['variant'] == 'shuffled' else ''}/{k}":
+        tracker.log_rollouts(0, rolled)
+        tracker.log({"step": 0, **{f"{file_stem(r['benchmark'], r['variant'])}/{k}":
                                    r["summary"][k] for r in results for k in ("score", "mean_acc", "mean_mra", "n_scored")}})
         tracker.close()
     distributed.cleanup(proc)

@@ -18,6 +18,7 @@ import common
 import data
 import distributed
 import pixels
+import records
 import rewards
 import rollout
 
@@ -72,7 +73,7 @@ def load(path: str, media_root: str | None, n: int, tokenizer, media: pixels.Med
 @torch.no_grad()
 def evaluate(module, tokenizer, prompts: list[tuple[torch.Tensor, pixels.Visual, data.Sample]],
              sampling: rollout.SamplingParams, batch: int, proc: distributed.Dist, seed: int, amp,
-             completions: int = 1, decoder=None) -> dict:
+             completions: int = 1, decoder=None, recs: list | None = None) -> dict:
     """Sample `completions` (K >= 1) completions per prompt and score each (rewards.py): with K the figure's
     sampling noise shrinks like 1/sqrt(K x prompts) (one completion on 128 prompts: about ±0.044).
 
@@ -81,7 +82,8 @@ def evaluate(module, tokenizer, prompts: list[tuple[torch.Tensor, pixels.Visual,
     rollout's (T-GRPO) or the SFT default (temperature 1.0, top-p 0.95, top-k 50); batch: prompts per
     generate call; seed: the sampling generator is seeded with seed + rank at every call, so two
     evaluations of one policy draw the same random numbers and a before/after difference is the policy's;
-    decoder: the run's decode.Decoder (default: a new eager one).
+    decoder: the run's decode.Decoder (default: a new eager one); recs: a list to append this rank's rollout
+    records to (records.scored_record; a prompt tuple's optional 4th item, records.Media, gives its frames).
     Returns {"eval_format": share with format reward 1, "eval_accuracy": mean accuracy reward (0..1),
     "eval_length": mean completion tokens (incl. the stop token), "eval_n": prompts} over all completions of all ranks
     (a collective: every rank calls it, with any number of prompts, 0 included). Raises nothing of its own.
@@ -96,11 +98,15 @@ def evaluate(module, tokenizer, prompts: list[tuple[torch.Tensor, pixels.Visual,
             chunk = prompts[s:s + batch]
             outs = rollout.generate(hf, [p[0] for p in chunk], [p[1] for p in chunk], [completions] * len(chunk),
                                     sampling, tokenizer.pad_token_id, stops, gen, decoder)
-            for (_, _, sample), c in zip(chunk, outs):                   # c.ids: (K, L) long, c.lengths: (K,)
-                for k, text in enumerate(tokenizer.batch_decode(c.ids, skip_special_tokens=True)):
-                    sums += torch.tensor([rewards.format_reward(text) == 1.0,
-                                          rewards.accuracy_reward(text, sample.solution, sample.problem_type),
-                                          float(c.lengths[k]), 1.0], dtype=torch.float64)
+            for (_, _, sample, *media), c in zip(chunk, outs):           # c.ids: (K, L) long, c.lengths: (K,)
+                texts, accs = tokenizer.batch_decode(c.ids, skip_special_tokens=True), []
+                for k, text in enumerate(texts):
+                    accs.append(rewards.accuracy_reward(text, sample.solution, sample.problem_type))
+                    sums += torch.tensor([rewards.format_reward(text) == 1.0, accs[-1], float(c.lengths[k]), 1.0],
+                                         dtype=torch.float64)
+                if recs is not None:
+                    recs.append(records.scored_record(sample, media[0] if media else None, texts, c.lengths.tolist(),
+                                                      accs, 0, proc.rank, "heldout"))
         hf.train(hf_train)
     sums = distributed.all_reduce_sum(sums, proc)
     n = max(1.0, sums[3].item())                                                  # completions scored
@@ -116,14 +122,18 @@ def load_sets(spec: str, media_root: str | None, n: int, tokenizer, media: pixel
 
 
 def evaluate_sets(module, tokenizer, sets: list[tuple[str, list]], sampling: rollout.SamplingParams, batch: int,
-                  proc: distributed.Dist, seed: int, amp, completions: int = 1, decoder=None) -> dict:
+                  proc: distributed.Dist, seed: int, amp, completions: int = 1, decoder=None,
+                  recs: list | None = None) -> dict:
     """`evaluate` on every held-out set in order, [(name, this rank's prompts)] as `parse_sets` names them, with
     the same seed for each. Returns one row {key(metric, name): value} over all sets (`key`: "eval_accuracy" for the
     unnamed set, "eval_accuracy/NAME" otherwise). A collective: every rank passes the same names in the same order,
-    with any share of each set, 0 prompts included."""
+    with any share of each set, 0 prompts included. recs: as `evaluate` (each record's "set" names its set)."""
     row = {}
     for name, prompts in sets:
-        got = evaluate(module, tokenizer, prompts, sampling, batch, proc, seed, amp, completions, decoder)
+        mine = None if recs is None else []
+        got = evaluate(module, tokenizer, prompts, sampling, batch, proc, seed, amp, completions, decoder, mine)
+        if recs is not None:
+            recs += [r | {"set": name} for r in mine]
         row |= {key(k[len("eval_"):], name): v for k, v in got.items()}
     return row
 

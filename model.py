@@ -143,6 +143,7 @@ def rope_positions(hf, input_ids, attention_mask, visuals: list[Visual], owner: 
         edges = torch.diff(k, prepend=k.new_zeros(1), append=k.new_zeros(1)).nonzero()[:, 0].tolist()
         found = [(s, e) for s, e in zip(edges[:-1], edges[1:]) if k[s] != 0]   # [start, end) of each pad run
         mine = [visuals[o] for o in (owner[b] if isinstance(owner[b], (list, tuple)) else [owner[b]])]
+        mine = [v for v in mine if v is not None]                              # None: a text-only prompt
         try:
             need = [(v.data_type, *blk) for v in mine for blk in fam.blocks(hf.config, v)]
         except ValueError as e:
@@ -186,19 +187,22 @@ def embed_with_visuals(hf, input_ids, visuals: list[Visual], owner: list[int], p
     """
     fam = family(hf.config)
     embeds = hf.model.get_input_embeddings()(input_ids)                        # (B, T, D)
-    used = sorted(set(owner))
+    used = sorted(o for o in set(owner) if visuals[o] is not None)             # None: a text-only prompt
+    if not used:                                                               # (eval.py --media none)
+        return embeds, {}
     pix = torch.cat([visuals[u].pixel_values for u in used]).to(embeds.device)     # (sum patches, C*2*p*p)
     grid = torch.stack([visuals[u].grid_thw for u in used]).to(embeds.device)      # (U, 3)
     feats, deep = fam.vision(hf, pix.to(hf.model.visual.dtype), grid)         # (sum tokens, D), [(sum tokens, D)]
     sizes = (grid.prod(-1) // hf.config.vision_config.spatial_merge_size ** 2).tolist()
     pad_ids = {"image": hf.config.image_token_id, "video": hf.config.video_token_id}
-    want = torch.tensor([pad_ids[visuals[o].data_type] for o in owner], device=input_ids.device)  # (B,)
+    want = torch.tensor([-1 if visuals[o] is None else pad_ids[visuals[o].data_type] for o in owner],
+                        device=input_ids.device)                               # (B,) -1: matches no token
     mask = input_ids == want[:, None]                                          # (B, T) this row's media pads
     if prompt_len is not None:
         mask[:, prompt_len:] = False
     def rows(f):                                                               # (sum tokens, D) -> (n pad tokens, D)
         per_visual = dict(zip(used, f.split(sizes)))                           # split once, rows in owner order
-        return torch.cat([per_visual[o] for o in owner])
+        return torch.cat([per_visual[o] for o in owner if o in per_visual])
     row_feats = rows(feats)
     if int(mask.sum()) != row_feats.shape[0]:
         raise ValueError(f"media pad tokens ({int(mask.sum())}) != visual features ({row_feats.shape[0]})")

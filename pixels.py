@@ -402,12 +402,18 @@ def to_visual(frames: torch.Tensor, sample_fps: float, frame_times, data_type: s
 @dataclass
 class Prepared:
     """One sample turned into policy inputs: prompt ids (P,) long and its Visual; for a video prompt that
-    gets a shuffled group, the shuffled copy (same text, same token count, permuted frames, notes §1 step 4)."""
+    gets a shuffled group, the shuffled copy (same text, same token count, permuted frames, notes §1 step 4).
+    For the rollout records (records.py): frames uint8 (T, 3, H, W) as sampled, their source times in seconds
+    (index in the file / its fps; () for images), and the shuffled copy's permutation perm (T,) long (shuffled
+    frame j is frames[perm[j]]; None without a copy)."""
     sample: data.Sample
     prompt_ids: torch.Tensor
     visual: Visual
     shuffled_ids: torch.Tensor | None = None
     shuffled_visual: Visual | None = None
+    frames: torch.Tensor | None = None
+    frame_times: tuple = ()
+    perm: torch.Tensor | None = None
 
 
 def prepare(sample: data.Sample, tokenizer, media: MediaConfig, shuffled: bool = False, variant: str = "train",
@@ -423,9 +429,9 @@ def prepare(sample: data.Sample, tokenizer, media: MediaConfig, shuffled: bool =
     visual = to_visual(frames, fps, times, sample.data_type, media, sample.media_path)
     ids = data.encode_prompt(tokenizer, text, sample.data_type, visual.grid_thw, media.merge_size,
                              timestamps=visual.timestamps)
-    out = Prepared(sample, ids, visual)
+    out = Prepared(sample, ids, visual, frames=frames, frame_times=tuple(times))
     if shuffled and sample.data_type == "video":
-        perm_frames, _ = shuffle_frames(frames, generator)
+        perm_frames, out.perm = shuffle_frames(frames, generator)
         # Q3: `times` are the ordered clip's frame times, so the shuffled copy carries the ordered timestamps
         out.shuffled_visual = to_visual(perm_frames, fps, times, "video", media, sample.media_path)
         out.shuffled_ids = out.prompt_ids                                    # same text and grid

@@ -16,6 +16,11 @@ estimates in bytes per GPU, W = --nproc, for the config's frames, pixels, G, G̃
               without FSDP, autocast caches the bf16 copy of every weight it casts during a forward.
   decode copy the decode step's persistent bf16 copy of the decoder, embeddings and lm_head (decode.Weights,
               2Φ_lm; LoRA merged into it), held for the whole run: in the rollout and the training peak alike
+  decode step the compiled step's temporaries (decode_step_bytes): one layer's and the sampler's
+              fresh tensors counted as if none were fused or reused (inductor reuses a layer's
+              freed buffers for the next; under CUDA graphs they stay in the graph's pool). Its
+              writes land in the cache in place (tests/test_decode_cost.py), so no copy of the
+              cache is counted: a few hundred MB at the 7B
   KV cache    rollout: the decode step's static cache, R = prompts_per_rank·(G + G̃) rows padded to a multiple of
               8 (decode.ROW_MULTIPLE), each of P + L tokens rounded up to a multiple of 256
               (decode.CACHE_MULTIPLE), every decoder layer keeps K and V: R·(P + L)·layers·2·kv_heads·head_dim·2
@@ -175,6 +180,17 @@ def lora_params(config, cfg) -> tuple[int, int]:
     return phi_a, 0 if trained is None else sum(p.numel() for p in trained.parameters())
 
 
+def decode_step_bytes(rows: int, live: int, hidden: int, inter: int, heads: int, head_dim: int,
+                      vocab: int) -> int:
+    """Bytes of the compiled decode step's temporaries: the fresh tensors of one decoder layer and
+    of the sampler over `rows` rows attending to `live` cache columns, 4 bytes each, none fused or
+    reused. Counted from the tiny model's post-grad graph (tests/test_plan.py checks the bound
+    against it): per layer ~10 (R, D), 6 (R, H, L) scores, 5 (R, I) and 4 (R, H, hd) tensors; the
+    sampler ~20 (R, V) float32 and 3 (R, V) bool."""
+    layer = 12 * hidden + 8 * heads * live + 8 * inter + 8 * heads * head_dim
+    return rows * 4 * (layer + 25 * vocab)
+
+
 def estimate(config, cfg) -> dict:
     """Bytes per GPU for each term of the module docstring; cfg is a `Config` (or train.py's, finished).
     Returns {"phi": Φ, "phi_vision": ..., "phi_lora": Φ_A, "P": prompt tokens, term name: bytes, "host": bytes of
@@ -229,6 +245,7 @@ def estimate(config, cfg) -> dict:
         per_row = HV * dk * dv * 4 + (2 * HK * dk + HV * dv) * (K - 1) * 2
         out["recurrent"] = (rows + 2 * cfg.prompts_per_rank) * n_linear * per_row
     out["decode_copy"] = 2 * decoder_params(config)
+    out["decode_step"] = decode_step_bytes(rows, length, D, I, tc.num_attention_heads, head_dim, V)
     full_layer = 2 * (6 * D + 2 * kv + 4 * I)                                  # bytes per token per layer
     dv, iv = vc.hidden_size, vc.intermediate_size
     full_block = 2 * (6 * dv + 4 * iv)
@@ -242,7 +259,7 @@ def estimate(config, cfg) -> dict:
     out["activations"] = dec + vis + 3 * M * min(128, L) * V * 4
     train_peak = out["params"] + out["grads"] + out["optimizer"] + out["reference"] + out["activations"] + out["decode_copy"]
     rollout_peak = (out["params"] + out["optimizer"] + out["reference"] + out["gathered"] + out["kv_cache"]
-                    + out["recurrent"] + out["decode_copy"])
+                    + out["recurrent"] + out["decode_copy"] + out["decode_step"])
     if mode == "fsdp":   # one gathered block at a time, and the root unit gathered (bf16) with its fp32 gradient
         train_peak += 2 * (phi - phi_v) / layers + 6 * root
     out["rollout_peak"], out["train_peak"] = rollout_peak, train_peak
@@ -251,8 +268,8 @@ def estimate(config, cfg) -> dict:
     return out
 
 
-TERMS = ("params", "grads", "optimizer", "reference", "gathered", "decode_copy", "kv_cache", "recurrent", "activations",
-         "total", "host")
+TERMS = ("params", "grads", "optimizer", "reference", "gathered", "decode_copy", "decode_step",
+         "kv_cache", "recurrent", "activations", "total", "host")
 FIT = 0.85   # keep the estimate under this share of the GPU (fragmentation, CUDA context, NCCL buffers)
 
 

@@ -92,6 +92,28 @@ def _cell(x) -> str:
     return "–" if x is None else f"{x:.1f}"
 
 
+def baselines(by: dict, label) -> list[str]:
+    """The media-baselines table (blind.py; eval.py --media): per benchmark, frames and data_source category,
+    accuracy on ordered frames, shuffled frames, the first frame only and no media ("–" for a variant not run);
+    [] when no `none`/`first-frame` result is there. by: (benchmark, frames, variant) -> summary."""
+    if not any(v in ("none", "first-frame") for _, _, v in by):
+        return []
+    variants = ("ordered", "shuffled", "first-frame", "none")
+    out = ["", "Media baselines: accuracy with ordered frames, shuffled frames, the first frame only and no media "
+           "(the question alone).", "", "| Benchmark | Frames | Items | Ordered | Shuffled | First frame | No media |",
+           "|---|---|---|---|---|---|---|"]
+    for b, f in dict.fromkeys((b, f) for b, f, _ in by):
+        s = {v: by.get((b, f, v)) for v in variants}
+        n = next(x["n_scored"] for x in s.values() if x)
+        out.append(f"| {label(b)} | {f} | {n} | " + " | ".join(_cell(x and x["score"]) for x in s.values()) + " |")
+        cats = sorted({c for x in s.values() if x for c in x["by_category"]})
+        for c in cats:
+            got = [x and x["by_category"].get(c) for x in s.values()]
+            n = next(g["n"] for g in got if g)
+            out.append(f"| {label(b)} [{c}] | {f} | {n} | " + " | ".join(_cell(g and g["accuracy"]) for g in got) + " |")
+    return out
+
+
 def report(results: list[dict]) -> str:
     """Markdown: the paper's Table 1 layout (rows: model, frames, frame order); then, per benchmark and per
     data_source category, accuracy on ordered vs shuffled frames and the gap ("–" without a shuffled run);
@@ -120,6 +142,7 @@ def report(results: list[dict]) -> str:
     if gaps:
         lines += ["", "Temporal sensitivity: accuracy on ordered vs shuffled frames (gap = ordered − shuffled).", "",
                   "| Benchmark | Frames | Items | Ordered | Shuffled | Gap |", "|---|---|---|---|---|---|"] + gaps
+    lines += baselines(by, label)
     lines += ["", "Settings and exclusions:", ""]
     for r in results:
         lines.append(f"- {r['benchmark']} ({r['variant']}): {r['summary']['n_scored']} scored, "

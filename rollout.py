@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+import tracking
 from decode import Decoder
 from model import Visual, embed_with_visuals, rope_positions
 from pixels import Prepared
@@ -103,7 +104,10 @@ def generate(hf, prompts: list[torch.Tensor], visuals: list[Visual], n: list[int
     if not len(prompts) == len(visuals) == len(n):
         raise ValueError(f"prompts ({len(prompts)}), visuals ({len(visuals)}) and n ({len(n)}) "
                          "must match")
+    t0 = tracking.now(hf.lm_head.weight.device)
     pre = prefill(hf, prompts, visuals, n, pad_id)
+    if decoder is not None:                                  # perf/time_prefill (train.py)
+        decoder.prefill_seconds += tracking.now(hf.lm_head.weight.device) - t0
     if pre is None:
         return [_empty(hf.lm_head.weight.device) for _ in prompts]
     seen = None

@@ -117,6 +117,7 @@ class Config:
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16-mixed on CUDA, fp32 on CPU) | fp32 | bf16-mixed (fp32 weights, bf16 compute, fp32 grad reduction) | bf16 (bf16 weights)"})
     dist_backend: str = field(default="auto", metadata={"help": "process-group backend: auto (gloo on CPU; cpu:gloo,cuda:nccl on CUDA) or a torch backend string"})
+    dist_timeout_min: float = distributed.timeout_option()
     fsdp_vision_unit: str = field(default="block", metadata={"help": "FSDP units of the vision tower: block (one per vision block) | tower (one for the whole tower)"})
     dist: str = field(default="auto", metadata={"help": "auto (fsdp on CUDA, ddp on CPU) | fsdp | ddp | none"})
     logprob_chunk: int = field(default=512, metadata={"help": "tokens (rows x positions) per lm_head call; bounds the fp32 logits memory"})
@@ -267,7 +268,7 @@ def resolve_paths(cfg, proc: distributed.Dist) -> tuple[str, str, str]:
 def main(argv=None):
     cfg, explicit = cfglib.parse(Config, argv, description=__doc__)
     cfg = finish_config(cfg, explicit)
-    proc = distributed.init_distributed(cfg.device, cfg.dist_backend)
+    proc = distributed.init_distributed(cfg.device, cfg.dist_backend, cfg.dist_timeout_min)
     common.seed_everything(cfg.seed, proc)
     precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)       # S7
     model_dir, train_json, eval_json = resolve_paths(cfg, proc)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from dataclasses import field
 from pathlib import Path
 
@@ -22,7 +23,8 @@ BACKENDS = ("tensorboard", "wandb")
 NAMESPACES = {
     "reward": ("reward", "reward_std", "accuracy", "format", "length_bonus", "zero_std_groups"),
     "temporal": ("temporal_bonus", "temporal_rate", "p", "p_shuffled", "bonus_adv_shift"),
-    "perf": ("step_time", "skipped_media", "tokens", "epoch"),
+    "perf": ("step_time", "skipped_media", "tokens", "epoch", "time_data", "time_prefill", "time_decode",
+             "time_reference", "time_update"),
 }
 _SPACE = {name: space for space, names in NAMESPACES.items() for name in names}
 
@@ -49,6 +51,39 @@ def parse_backends(report_to: str) -> list[str]:
     if bad:
         raise ValueError(f"--report-to: unknown backend {bad[0]!r}; expected none or any of {BACKENDS}")
     return names
+
+
+def now(device) -> float:
+    """Seconds (time.perf_counter) once the device's queued work is done (CUDA runs asynchronously)."""
+    if getattr(device, "type", device) == "cuda":
+        import torch
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+class StepClock:
+    """Where one training step's time goes: laps of the wall clock (device work included, `now`), logged as
+    perf/time_data, time_prefill, time_decode, time_reference, time_update (seconds). The parts sum to the
+    time from the clock's start to its last lap; train.py starts it with the step, so they sum to step_time
+    but for the metrics all-reduce after the last lap."""
+
+    def __init__(self, device):
+        self.device, self.seconds = device, {}
+        self.last = now(device)
+
+    def lap(self, part: str, inside: tuple[str, float] | None = None) -> None:
+        """Charge the time since the last lap to `part`; `inside` (name, seconds): a share of it measured
+        inside (e.g. the prefill within the rollout) charged to `name` instead."""
+        t = now(self.device)
+        spent, self.last = t - self.last, t
+        if inside is not None:
+            self.seconds[inside[0]] = self.seconds.get(inside[0], 0.0) + inside[1]
+            spent -= inside[1]
+        self.seconds[part] = self.seconds.get(part, 0.0) + spent
+
+    def row(self) -> dict:
+        """{"time_<part>": seconds} of every part charged so far."""
+        return {f"time_{k}": v for k, v in self.seconds.items()}
 
 
 def namespaced(row: dict) -> dict:
@@ -111,6 +146,21 @@ class Tracker:
             self.wandb.log(values, step=step)
             self.last_file.write_text(str(step))
 
+    def log_rollouts(self, step: int, recs: list[dict]) -> None:
+        """Rollout records (records.py) at `step`: TensorBoard gets one text entry `rollouts/<kind>` (a markdown
+        table, one row per completion), wandb a Table under the same key."""
+        if not self.backends or not recs:
+            return
+        import records
+        rows, tag = records.table_rows(recs), f"rollouts/{recs[0]['kind']}"
+        if self.tb is not None:
+            cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
+            md = ["| " + " | ".join(records.TABLE_COLUMNS) + " |", "|" + "---|" * len(records.TABLE_COLUMNS)]
+            self.tb.add_text(tag, "\n".join(md + ["| " + " | ".join(map(cell, r)) + " |" for r in rows]), step)
+            self.tb.flush()
+        if self.wandb is not None and step > self.sent:
+            import wandb
+            self.wandb.log({tag: wandb.Table(columns=records.TABLE_COLUMNS, data=rows)}, step=step)
 
     def close(self) -> None:
         """Flush and close every backend (prints the `wandb sync` command for an offline run)."""

@@ -57,6 +57,7 @@ import heldout
 import loader
 import lora
 import pixels
+import records
 import rewards
 import rollout
 import tgrpo
@@ -138,6 +139,8 @@ class Config:
     dist: str = opt("auto", "auto: fsdp on CUDA, ddp on CPU",
                     choices=("auto", "fsdp", "ddp", "none"))
     dist_backend: str = opt("auto", "process-group backend; auto: gloo on CPU, cpu:gloo,cuda:nccl")
+    dist_timeout_min: float = opt(distributed.TIMEOUT_MINUTES, "minutes a collective waits for the "
+                                  "others (covers a rank's cold decode compile; torch: 10)")
     fsdp_vision_unit: str = opt("block", "FSDP units of the vision tower",
                                 choices=("block", "tower"))
     activation_checkpointing: bool = opt(False, "recompute decoder layers and vision blocks")
@@ -148,6 +151,7 @@ class Config:
     logprob_chunk: int = opt(256, "tokens per lm_head call of the log-prob pass (fp32 logits)")
     data_workers: int = opt(1, "threads decoding the next samples during the current step")
     frame_cache: str = opt("", "folder of an on-disk cache of sampled frames; empty: none")
+    log_rollouts: int = opt(10, "every this many steps: its rollouts to out_dir/rollouts (0: off)")
     lora_rank: int = opt(0, "r: LoRA rank (lora.py); 0: full fine-tuning")
     lora_alpha: float = opt(16.0, "LoRA alpha (adapter output scaled by alpha / r)")
     lora_dropout: float = opt(0.0, "dropout on the adapters' input")
@@ -178,7 +182,8 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
                        "prompts_per_rank": (cfg.prompts_per_rank >= 1, ">= 1"),
                        "eval_samples": (cfg.eval_samples >= 0, ">= 0"),
                        "eval_completions": (cfg.eval_completions >= 1, ">= 1"),
-                       "eval_batch": (cfg.eval_batch >= 1, ">= 1")})
+                       "eval_batch": (cfg.eval_batch >= 1, ">= 1"),
+                       "log_rollouts": (cfg.log_rollouts >= 0, ">= 0; 0 = off")})
     tracking.parse_backends(cfg.report_to)
     lora.check(cfg)
     return cfg
@@ -186,14 +191,17 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
 
 def step(i: int, run: Run) -> dict:
     """One T-GRPO step (notes §1), the paper's algorithm box; returns its metrics row."""
-    cfg, t0 = run.cfg, time.time()
+    cfg, t0, clock = run.cfg, time.time(), tracking.StepClock(run.proc.device)   # perf/time_*
     batch, skipped = run.prefetch.take(cfg.prompts_per_rank)                  # L2, L3, L6
+    clock.lap("data")
     # Rollout: sample G ordered (+ G̃ shuffled per video) completions with the current weights.
+    run.decoder.prefill_seconds = 0.0
     run.hf.eval()
     with distributed.full_weights(run.policy) as model, run.amp():
         groups = rollout.rollout(model, batch, cfg.G, cfg.G_shuffled, run.sampling, run.pad_id,
                                  run.stops, run.gen, run.decoder)
     run.hf.train()
+    clock.lap("decode", ("prefill", run.decoder.prefill_seconds))
     ordered = rollout.policy_batch(groups, run.pad_id).to(run.proc.device)   # B·G rows: the loss's
     # Rewards and advantages: rule rewards, then temporal bonus, length bonus, R_i, A_i.
     acc, fmt, lengths, sacc, is_video = rule_rewards(groups, run.tokenizer, cfg.G_shuffled)
@@ -201,7 +209,13 @@ def step(i: int, run: Run) -> dict:
     # Update: clipped surrogate with k3 KL against the reference, backward, clip, AdamW.
     update = train_step(run.policy, run.reference, run.opt, ordered,
                         adv.advantages.reshape(-1).to(run.proc.device), i, cfg, run.proc, run.amp)
-    return step_metrics(i, adv, acc, fmt, lengths, is_video, update, skipped, cfg, run.proc, t0)
+    clock.lap("update", ("reference", update["time_reference"]))   # rewards, reference, update
+    row = step_metrics(i, adv, acc, fmt, lengths, is_video, update, skipped, cfg, run.proc, t0)
+    if cfg.log_rollouts and (i + 1) % cfg.log_rollouts == 0:    # every rank's groups, to rank 0
+        records.log(records.train_records(groups, run.tokenizer, acc, fmt, sacc, adv, i + 1,
+                                          run.proc.rank), run.proc, run.out_dir,
+                    f"step_{i + 1:06d}", i + 1, run.tracker)
+    return row | clock.row()
 
 
 def rule_rewards(groups: list[rollout.Group], tokenizer, G_shuffled: int):
@@ -255,12 +269,14 @@ def train_step(policy, reference, opt, batch: rollout.PolicyBatch, adv: torch.Te
     n_seq = float(distributed.all_reduce_sum(torch.tensor(float(N)), proc)) / proc.world
     n_tok = float(distributed.all_reduce_sum(batch.completion_mask.sum().cpu(), proc)) / proc.world
     micro = [slice(s, s + rows) for s in range(0, N, rows)]
-    ref_lp = None
+    ref_lp, t_ref = None, tracking.now(proc.device)
+    gap = torch.zeros(3, dtype=torch.float64)                 # rollout vs this pass: Σ|Δ|, max, n
     if reference is not None:
         with torch.no_grad(), amp():
             ref_lp = torch.cat([reference(batch.input_ids[m], batch.attention_mask[m], P, vis,
                                           owner[m]) for m in micro])               # (N, L)
-    for _ in range(cfg.num_iterations):
+    t_ref = tracking.now(proc.device) - t_ref                                # perf/time_reference
+    for it in range(cfg.num_iterations):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)
@@ -278,12 +294,15 @@ def train_step(policy, reference, opt, batch: rollout.PolicyBatch, adv: torch.Te
                     None if cfg.clip_eps_high < 0 else cfg.clip_eps_high, cfg.beta, cfg.loss_agg,
                     num_sequences=n_seq, num_tokens=n_tok, norm_len=cfg.max_completion_length)
                 loss.backward()
+            if it == 0:          # the rollout's log-probs against this pass's, before any update
+                records.add_gap(gap, lp, batch.old_logprobs[m], batch.completion_mask[m])
             loss_sum += loss.item()
             logs.append({k: float(v) * lp.shape[0] for k, v in terms.items()})
         grad_norm = common.clip_and_step(policy, opt, cfg.max_grad_norm, loss_sum, proc,
                                          f"train.py: step {step + 1}")
     terms = {k: sum(g[k] for g in logs) / N for k in logs[0]}                   # row means
-    return {"loss": loss_sum, "grad_norm": grad_norm, **terms}
+    return {"loss": loss_sum, "grad_norm": grad_norm, **terms, "time_reference": t_ref,
+            **records.reduce_gap(gap, proc)}
 
 
 def step_metrics(step: int, a: tgrpo.Advantages, acc, fmt, lengths, is_video, update: dict,
@@ -337,33 +356,41 @@ class Run:
     decoder: decode.Decoder
     pad_id: int
     stops: list[int]
+    out_dir: Path
+    tracker: tracking.Tracker              # TensorBoard / wandb (a no-op off rank 0)
+    metrics_file: object                   # metrics.jsonl, open on rank 0 (None elsewhere)
 
 
-def write_row(row: dict, metrics_file, tracker: tracking.Tracker) -> None:
+def write_row(run: Run, row: dict) -> None:
     """Rank 0: one line of metrics.jsonl, flushed, and the same row to the trackers."""
-    metrics_file.write(json.dumps(row) + "\n")
-    metrics_file.flush()
-    tracker.log(row)
+    run.metrics_file.write(json.dumps(row) + "\n")
+    run.metrics_file.flush()
+    run.tracker.log(row)
 
 
-def evaluate(run: Run, held, at: int, metrics_file, tracker) -> None:
-    """The held-out evaluation's row at step `at` (heldout.py); a collective: every rank calls."""
+def evaluate(run: Run, held, at: int) -> None:
+    """The held-out evaluation's row at step `at` (heldout.py), and its rollout records; a
+    collective: every rank calls."""
     if held is None:
         return
+    recs = [] if run.cfg.log_rollouts else None
     row = {"step": at} | heldout.evaluate_sets(run.policy, run.tokenizer, held, run.sampling,
                                                run.cfg.eval_batch, run.proc, run.cfg.seed + 7,
-                                               run.amp, run.cfg.eval_completions, run.decoder)
+                                               run.amp, run.cfg.eval_completions, run.decoder, recs)
+    if recs is not None:
+        records.log([r | {"step": at} for r in recs], run.proc, run.out_dir,
+                    f"eval_step_{at:06d}", at, run.tracker)
     if run.proc.main:
-        write_row(row, metrics_file, tracker)
+        write_row(run, row)
         tqdm.write(heldout.line(row))
 
 
-def exit_after_sigterm(run: Run, at: int, saved, metrics_file, tracker, out_dir: Path) -> None:
+def exit_after_sigterm(run: Run, at: int, saved) -> None:
     """L12: the step finished and was checkpointed; the run is not complete (no final/)."""
-    tracker.close()
+    run.tracker.close()
     if run.proc.main:
-        metrics_file.close()
-        curves.draw(out_dir / "metrics.jsonl")
+        run.metrics_file.close()
+        curves.draw(run.out_dir / "metrics.jsonl")
         print(f"SIGTERM: stopped after step {at}; resumable checkpoint {saved}; rerun the same "
               f"command with --resume auto to continue", flush=True)
     run.policy = run.reference = None
@@ -373,7 +400,7 @@ def exit_after_sigterm(run: Run, at: int, saved, metrics_file, tracker, out_dir:
 
 def main(argv=None):
     cfg = finish_config(*cfglib.parse(Config, argv, description=__doc__))
-    proc = distributed.init_distributed(cfg.device, cfg.dist_backend)
+    proc = distributed.init_distributed(cfg.device, cfg.dist_backend, cfg.dist_timeout_min)
     common.seed_everything(cfg.seed, proc)
     precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)       # L5
     model_dir, train_json, eval_json = common.resolve_model_and_data(cfg, proc)
@@ -387,10 +414,12 @@ def main(argv=None):
                                       cfg.max_completion_length)
     gen = torch.Generator(device=proc.device).manual_seed(cfg.seed + proc.rank)
     decoder = decode.Decoder(cfg.compile_decode)           # one weight copy and cache per run
-    held = None                                    # [(set name, [(prompt ids, visual, sample)])]
+    held = None                       # [(set name, [(prompt ids, visual, sample, records.Media)])]
     if eval_json and cfg.eval_samples > 0:
         root = (cfg.eval_media_root or cfg.media_root or None) if cfg.eval_data else None
-        held = [(name, [(p.prompt_ids, p.visual, p.sample) for p in prepared]) for name, prepared
+        held = [(name, [(p.prompt_ids, p.visual, p.sample,
+                         records.media_of(p) if cfg.log_rollouts else None) for p in prepared])
+                for name, prepared
                 in heldout.load_sets(eval_json, root, cfg.eval_samples, tokenizer, media, proc)]
     out_dir = Path(cfg.out_dir)
     settings = tgrpo_settings(cfg)
@@ -407,8 +436,6 @@ def main(argv=None):
                                  rank=proc.rank, workers=cfg.data_workers, start_index=position,
                                  cache=loader.FrameCache(cfg.frame_cache) if cfg.frame_cache
                                  else None)
-    run = Run(cfg, settings, proc, hf, tokenizer, policy, reference, opt, amp, prefetch, sampling,
-              gen, decoder, tokenizer.pad_token_id, common.stop_ids(tokenizer))
     if proc.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(run_config, indent=2))
@@ -418,14 +445,17 @@ def main(argv=None):
         print(f"reward -> advantage: {settings.name()}")
     metrics_file = checkpoint.open_metrics(out_dir / "metrics.jsonl", start) if proc.main else None
     tracker = tracking.Tracker(cfg, out_dir, run_config, proc.main, start)   # TensorBoard / wandb
+    run = Run(cfg, settings, proc, hf, tokenizer, policy, reference, opt, amp, prefetch, sampling,
+              gen, decoder, tokenizer.pad_token_id, common.stop_ids(tokenizer), out_dir, tracker,
+              metrics_file)
     preemption, preempted = distributed.Preemption(), False
 
     if start == 0:
-        evaluate(run, held, 0, metrics_file, tracker)
+        evaluate(run, held, 0)
     # A SIGTERM at an evaluation or export step checkpointed before them: run them first (L12).
     missed_eval, missed_export = common.missed_at_resume(start, cfg.steps, cfg, out_dir, proc)
     if missed_eval:
-        evaluate(run, held, start, metrics_file, tracker)
+        evaluate(run, held, start)
     if missed_export:
         common.export(policy, tokenizer, out_dir / f"step_{start}", proc, adapters, model_dir)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not proc.main,
@@ -433,7 +463,7 @@ def main(argv=None):
     for i in bar:
         row = step(i, run)
         if proc.main:
-            write_row(row, metrics_file, tracker)
+            write_row(run, row)
             bar.set_postfix(acc=f"{row['accuracy']:.2f}", fmt=f"{row['format']:.2f}",
                             kl=f"{row.get('kl', 0):.3f}")
         preempted, saved = common.checkpoint_if_due(                  # L12: SIGTERM -> save, stop
@@ -444,13 +474,13 @@ def main(argv=None):
         if cfg.export_every > 0 and (i + 1) % cfg.export_every == 0:
             common.export(policy, tokenizer, out_dir / f"step_{i + 1}", proc, adapters, model_dir)
         if cfg.eval_every > 0 and (i + 1) % cfg.eval_every == 0 and i + 1 < cfg.steps:
-            evaluate(run, held, i + 1, metrics_file, tracker)
+            evaluate(run, held, i + 1)
     prefetch.close()
     preemption.restore()
     if preempted:
         del policy, reference
-        exit_after_sigterm(run, i + 1, saved, metrics_file, tracker, out_dir)
-    evaluate(run, held, cfg.steps, metrics_file, tracker)
+        exit_after_sigterm(run, i + 1, saved)
+    evaluate(run, held, cfg.steps)
     tracker.close()                                        # after the final evaluation's row
     final = common.export(policy, tokenizer, out_dir / "final", proc, adapters, model_dir)
     if proc.main:

@@ -18,8 +18,10 @@ log-probs (no grad), policy log-probs (forward), backward, optimizer (clip + Ada
 completions run to the limit: the worst case for memory). The first step is a warm-up and is not counted.
 Peak memory per phase is torch.cuda.max_memory_allocated after resetting it at the phase's start (CPU: n/a).
 The decode line: the rollout's median seconds over its decode steps (the longest completion; the prefill is
-inside, so this errs slow), the bytes one decode step reads (the decode copy's weights and the whole static KV
-cache; for Qwen3.5 also the recurrent and conv states, which it reads and writes) and that figure over --bandwidth-tbs (H200 4.8, H100 SXM 3.35 TB/s) as the roofline, then the graphs
+inside, so this errs slow), the bytes one decode step reads (the decode copy's weights and the KV
+cache's live columns, decode.LIVE_MULTIPLE, averaged over the steps; for Qwen3.5 also the recurrent
+and conv states, which it reads and writes) and that figure over
+--bandwidth-tbs (H200 4.8, H100 SXM 3.35 TB/s) as the roofline, then the graphs
 compiled and their seconds (decode.Decoder.summary).
 """
 from __future__ import annotations
@@ -172,8 +174,12 @@ def main():
         print(f"{k:22s}{med:10.3f}{tps}{peak}")
     rollout_plan, train_plan = est["rollout_peak"], est["train_peak"]
     read = sum(t.nbytes for t in vars(decoder.weights).values() if isinstance(t, torch.Tensor))
-    read += decoder.state.k.nbytes + decoder.state.v.nbytes if decoder.state is not None else 0   # bucketed cache
-    if decoder.state is not None and hasattr(decoder.state, "rec"):             # Qwen3.5: read and written per step
+    if decoder.state is not None:   # the cache's live columns, averaged over the last rollout
+        S = decoder.state.key_ok.shape[1]
+        live = statistics.mean(min(S, -(-(P + n) // decode.LIVE_MULTIPLE) * decode.LIVE_MULTIPLE)
+                               for n in range(1, max(2, steps)))
+        read += (decoder.state.k.nbytes + decoder.state.v.nbytes) * live / S
+    if decoder.state is not None and hasattr(decoder.state, "rec"):   # Qwen3.5: read and written
         read += sum(t.nbytes for t in (*decoder.state.rec, *decoder.state.conv))
     name = torch.cuda.get_device_name(0) if cuda else "cpu"
     tbs = a.bandwidth_tbs or (4.8 if "H200" in name else 3.35 if "H100" in name else 0.0)

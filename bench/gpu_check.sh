@@ -3,8 +3,9 @@
 # full-width (8-layer) 7B-structured random model at the paper's settings, each with the eager and the compiled
 # decode step side by side (decode.py), the full one also with LoRA r = 64, then the whole 28-layer model with
 # LoRA r = 64 (plan.py: fits one 80 GB GPU), one step; per phase time, tokens/s and peak memory next to plan.py,
-# and the decode step's ms per token against the bandwidth roofline; then Qwen3-VL-8B's structure, narrow and at
-# full width with 8 of its 36 layers and LoRA r = 64 (never run yet: may push the whole past 8 minutes).
+# and the decode step's ms per token against the bandwidth roofline, eager and compiled
+# (TORCH_LOGS shows recompiles and perf hints); then Qwen3-VL-8B's structure, narrow and at full
+# width with 8 of its 36 layers and LoRA r = 64 (never run yet: may push the whole past 8 minutes).
 #
 #     bash bench/gpu_check.sh              # on the GPU machine; prints three tables
 #     bash bench/gpu_check.sh --tokenizer DIR   # the real Qwen2.5-VL tokenizer from DIR (default ../shared/...)
@@ -20,6 +21,7 @@ if [[ "${1:-}" == "--dry-run" ]]; then
     exit 0
 fi
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: use --dry-run')"
+export TORCH_LOGS="${TORCH_LOGS:-recompiles,perf_hints}"   # recompiles, skipped CUDA graphs
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 if [[ "${1:-}" == "--family" && "${2:-}" == "qwen3.5" ]]; then   # the hybrid family alone (never run on a GPU yet)
     for mode in off on; do

@@ -12,8 +12,9 @@ Eager vs compiled: each setting prefills its prompts once, then times `Decoder.r
 and N - 1 decode steps; stop ids disabled, so every row runs N tokens) alternately eager and compiled after one
 warm-up each; ms per decode step = median time / N. The compiled side's warm-up is its compile: its seconds are
 printed. The tiny default's setting is train.py's rollout: 4 video prompts x (G = 8 + G̃ = 4) = 48 rows, 96 new
-tokens (tiny preset); the narrow model's: 1 video prompt x 12 rows at 8 frames (all of a built-in clip's) of
-128·28·28 pixels, 64 tokens.
+tokens (tiny preset); the narrow model's (at 2 and at 8 decoder layers, so that the cost per
+layer shows): 1 video prompt x 12 rows at 8 frames (all of a built-in clip's) of 128·28·28
+pixels, 64 tokens.
 
 --versus-hf: the default clip has 1024 video tokens, about the official training prompt's 960 (16 frames at
 224x420, notes §8 "Worked numbers"); both sides do equal work: the same prompt and pixels, G rows, temperature 1,
@@ -112,12 +113,16 @@ def main():
              for i, s in enumerate(videos[:4])]
     default = eager_vs_compiled("tiny default (train.py's rollout)", hf, tok, preps, 8, 4, 96, a.repeats, a.device)
     if (SHARED / "tokenizer.json").exists():
-        folder = tiny.build_like_7b(Path(a.cache_dir) / "like7b_narrow_realtok", "narrow", SHARED)
-        hf, tok = load_policy(folder, torch.float32, a.device)
-        hf.eval()
-        media = pixels.MediaConfig(max_frames=8, nframes=8, video_max_pixels=128 * 28 * 28)   # a built-in clip's 8
-        preps = [pixels.prepare(videos[0], tok, media, shuffled=True, generator=torch.Generator().manual_seed(0))]
-        eager_vs_compiled("narrow 7B-structured", hf, tok, preps, 8, 4, 64, a.repeats, a.device)
+        for width in ("narrow", "narrow8"):
+            folder = Path(a.cache_dir) / f"like7b_{width}_realtok"
+            folder = tiny.build_like_7b(folder, width, SHARED)
+            hf, tok = load_policy(folder, torch.float32, a.device)
+            hf.eval()
+            media = pixels.MediaConfig(max_frames=8, nframes=8, video_max_pixels=128 * 28 * 28)
+            gen = torch.Generator().manual_seed(0)                             # a clip's 8 frames
+            preps = [pixels.prepare(videos[0], tok, media, shuffled=True, generator=gen)]
+            name = f"narrow 7B-structured, {hf.config.text_config.num_hidden_layers} layers"
+            eager_vs_compiled(name, hf, tok, preps, 8, 4, 64, a.repeats, a.device)
     else:
         print(f"narrow 7B-structured: not run ({SHARED} absent: its tokenizer)")
     print(f"decode: eager {default[0]:.2f} ms/step, compiled {default[1]:.2f} ms/step, "

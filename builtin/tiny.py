@@ -189,6 +189,8 @@ WIDTHS = {
     "full": {"text": dict(num_hidden_layers=8), "vision": {}},
     "full28": {"text": {}, "vision": {}},               # all 28 layers: the 7B itself, random
 }
+WIDTHS["narrow8"] = {"text": dict(WIDTHS["narrow"]["text"], num_hidden_layers=8),   # bench/rollout
+                     "vision": WIDTHS["narrow"]["vision"]}
 
 
 def config_like_7b(width: str, source: str = "preset:qwen2.5-vl-7b", tokenizer=None):

@@ -207,6 +207,33 @@ def test_compiled_equals_eager_and_compiles_once_per_bucket(policy):
     assert "compiled 2 graph(s)" in dec.summary()
 
 
+def test_live_columns_one_graph_per_length(policy, monkeypatch):
+    """Attention reads the cache up to the next multiple of LIVE_MULTIPLE past the column written:
+    with a multiple of 16 the same ids and log-probs (within 1e-5) as with one view of the whole
+    cache; compiled (dynamo with the eager backend: graphs counted, not built), one graph per live
+    length, each traced once."""
+    from torch._dynamo.testing import CompileCounter
+    hf, tok, pv, pi = policy
+    prompts, visuals = _batch(pv, pi)
+    sp, stops = R.SamplingParams(max_new_tokens=28, top_k=20), [-1]
+    run = lambda dec: _cat(R.generate(hf, prompts, visuals, [2, 2, 2], sp, tok.pad_token_id, stops,
+                                      torch.Generator().manual_seed(3), dec))
+    monkeypatch.setattr(D, "LIVE_MULTIPLE", 1 << 20)                          # the whole cache
+    whole = run(D.Decoder("off", bucket=True))
+    monkeypatch.setattr(D, "LIVE_MULTIPLE", 16)
+    torch._dynamo.reset()
+    counter, dec = CompileCounter(), D.Decoder("on")
+    dec.compiled = torch.compile(D.decode_step, backend=counter, fullgraph=True, dynamic=False)
+    got = run(dec)
+    assert torch.equal(got[0], whole[0]) and (got[3] - whole[3]).abs().max() < 1e-5
+    P = max(len(p) for p in prompts)
+    lives = sorted({-(-(P + n) // 16) * 16 for n in range(1, 28)})
+    assert [g[1] for g in dec.graphs] == lives and len(lives) >= 2
+    assert counter.frame_count == len(lives)
+    assert f"torch {torch.__version__}" in dec.summary()
+    torch._dynamo.reset()
+
+
 def test_lora_merged_copy_equals_the_peft_model(policy, builtin):
     """With adapters (B made non-zero), the decode copy's logits equal the PEFT model's forward."""
     import lora

@@ -153,3 +153,30 @@ def test_gradient_divide_factor_is_set_on_every_fsdp_unit(builtin):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_process_group_timeout_covers_a_cold_compile(monkeypatch):
+    """--dist-timeout-min (30 by default, in train.py, sft.py and eval.py alike) reaches
+    init_process_group as its timeout, so a rank compiling its decode step while the others wait
+    is not killed at torch's 10 minutes; a timeout <= 0 is refused by name."""
+    import datetime
+
+    import config
+    import distributed
+    import eval as eval_entry
+    import sft
+    import train
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda *a, **k: calls.append(k))
+    for entry in (train, sft, eval_entry):
+        cfg, _ = config.parse(entry.Config, [])
+        assert cfg.dist_timeout_min == 30.0
+    cfg, _ = config.parse(train.Config, ["--dist-timeout-min", "45"])
+    distributed.init_distributed("cpu", "gloo", cfg.dist_timeout_min)
+    distributed.init_distributed("cpu", "gloo")
+    minutes = datetime.timedelta(minutes=1)
+    assert [k["timeout"] for k in calls] == [45 * minutes, 30 * minutes]
+    with pytest.raises(ValueError, match="dist-timeout-min"):
+        distributed.init_distributed("cpu", "gloo", 0)

@@ -148,9 +148,11 @@ def step_calls() -> list[tuple[str, str]]:
 def test_one_step_reads_in_five_files_in_order_without_returning():
     """README "Reading one step": the paper's step is train.py, then loader.py, rollout.py, rewards.py and
     tgrpo.py, each entered once: its calls come in one run, in that order. distributed.py (sharding and
-    collectives) and common.py (the clip-and-step guard shared with sft.py) are plumbing, named at the line."""
-    seq = [m for m, _ in step_calls() if m not in ("distributed", "common")]
+    collectives) and common.py (the clip-and-step guard shared with sft.py) are plumbing, named at the line;
+    tracking.py (the step's clock) and records.py (the rollout/train log-prob gap) observe, named at the line."""
+    plumbing = ("distributed", "common", "tracking", "records")
+    seq = [m for m, _ in step_calls() if m not in plumbing]
     runs = [m for i, m in enumerate(seq) if i == 0 or seq[i - 1] != m]
     assert runs == ["loader", "rollout", "rewards", "tgrpo"], (runs, step_calls())
     assert ("tgrpo", "advantages") in step_calls() and ("tgrpo", "policy_loss") in step_calls()
-    assert {m for m, _ in step_calls()} <= {"loader", "rollout", "rewards", "tgrpo", "distributed", "common"}
+    assert {m for m, _ in step_calls()} <= {"loader", "rollout", "rewards", "tgrpo", *plumbing}

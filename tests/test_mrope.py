@@ -172,7 +172,8 @@ def test_rollout_continuation_equals_rope_positions_over_prompt_and_completion(b
     lm, forward = hf.model.language_model, hf.model.language_model.forward
     monkeypatch.setattr(lm, "forward", lambda *a, **kw: seen.append(kw["position_ids"].clone()) or forward(*a, **kw))
     step = D.forward_token                                                     # the decode step's decoder call
-    monkeypatch.setattr(D, "forward_token", lambda w, s: fed.append(s.pos.clone()) or step(w, s))
+    monkeypatch.setattr(D, "forward_token",
+                        lambda w, s, live=None: fed.append(s.pos.clone()) or step(w, s, live))
     sp = R.SamplingParams(max_new_tokens=6, top_p=1.0)
     outs = R.generate(hf, prompts, vis, [2, 1], sp, tok.pad_token_id, [tok.pad_token_id],
                       torch.Generator().manual_seed(0), D.Decoder("off"))

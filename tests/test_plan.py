@@ -101,3 +101,21 @@ def test_settings_that_fit_80_gib(nproc, fits):
     got = {line[:32].strip(): line.split()[-1] for line in table}
     assert {k for k, v in got.items() if v == "yes"} >= fits
     assert got["full"] == "no" and got["full + act. ckpt"] == "no"
+
+
+@pytest.mark.parametrize("top_k", [0, 50])
+def test_decode_step_term_bounds_the_compiled_graph(builtin, top_k):
+    """plan.decode_step_bytes against the tiny model's compiled step cut to one layer (16 rows, 256
+    live columns of 512, repetition penalty on): the fresh tensors of inductor's post-grad graph,
+    summed as if none were reused, stay under the term and above half of it (the term counts what
+    the step holds, nothing phantom)."""
+    import decode as D
+    import rollout as R
+    from test_decode_cost import _nbytes, _step_inputs, fresh_outputs, post_grad_graph
+    sp = R.SamplingParams(top_k=top_k, repetition_penalty=1.05, max_new_tokens=8)
+    w, s = _step_inputs(builtin[1], rows=16, length=512, sp=sp, layers=1)
+    graph = post_grad_graph(D.decode_step, w, s, sp, 0, (1,), 256)
+    fresh = sum(_nbytes(out) for _, out in fresh_outputs(graph))
+    D_, I = w.ln1.shape[1], w.gate_up.shape[1] // 2
+    term = plan.decode_step_bytes(16, 256, D_, I, w.heads, w.head_dim, w.embed.shape[0])
+    assert term / 2 <= fresh <= term, (fresh, term)

@@ -745,3 +745,34 @@ def test_attention_over_the_live_columns_equals_the_whole_cache(qwen35):
         outs.append((H.forward_token(w, s, live), *s.rec))
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_hybrid_step_costs_by_the_decode_cost_check(qwen35):
+    """tests/test_decode_cost.py's check on the hybrid step (its graph after inductor's post-grad
+    passes): no fresh tensor as large as one layer's KV cache, no State buffer rewritten through a
+    whole copy -- except the hybrid states, which the check cannot tell from one: each recurrent
+    state is rewritten whole every token by its nature (every entry decays), a copy_ from the
+    pointwise update that inductor fuses into one kernel writing the buffer where it lies
+    (test_compiled_step_updates_the_states_in_place reads the generated code: no state-sized
+    buffer); and shifting the conv state's last K - 1 inputs copies each (Rb, C, K - 1) state from
+    the (Rb, C, K) window, once per linear layer and token (a ring buffer would avoid it; not
+    done)."""
+    import decode as D
+    import decode_hybrid as H
+    from test_decode_cost import copies_into_inputs, fresh_writes, post_grad_graph
+
+    hf = Qwen3_5ForConditionalGeneration.from_pretrained(qwen35).eval()
+    w = H.allocate_weights(hf, torch.float32, "cpu")
+    H.refresh(w, hf, D.effective_weight)
+    sp = R.SamplingParams(top_k=50, repetition_penalty=1.05, max_new_tokens=8)
+    s = H.allocate_state(w, 8, 512, 8, D.candidates(sp, w.embed.shape[0]))
+    s.key_ok[:, :5] = True
+    s.col.fill_(5), s.pos.fill_(5), s.j.fill_(1)
+    graph = post_grad_graph(D.decode_step, w, s, sp, 0, (1,))
+    assert fresh_writes(graph, s.k[0].numel() * 4) == []
+    conv = (
+        f"copy_ into input {tuple(s.conv[0].shape)} torch.float32 ({s.conv[0].numel() * 4} bytes)"
+    )
+    rec = f"copy_ into input {tuple(s.rec[0].shape)} torch.float32 ({s.rec[0].numel() * 4} bytes)"
+    copies = copies_into_inputs(graph, 8 * s.tok.shape[0])
+    assert sorted(copies) == sorted([conv] * len(s.conv) + [rec] * len(s.rec)), copies
