@@ -41,7 +41,8 @@ PATTERN = re.compile(r"^step_(\d{6,})$")
 def save_hf(model, tokenizer, folder: str | Path, state_dict: dict | None = None) -> Path:
     """Save an HF folder that plain transformers loads: config, safetensors, tokenizer with chat template,
     the family's processor settings (`preprocessor_config.json`, Qwen3-VL's also `video_preprocessor_config.json`)
-    and a `generation_config.json` (the official code forgets the processor files).
+    and a `generation_config.json` (the official code forgets the processor files). Tensors that transformers
+    dropped on load but the family keeps (Qwen3.5's MTP head, `qwen3_5.carried_tensors`) go back in unchanged.
 
     Atomic: everything is written to `folder`.tmp, which then replaces `folder` (an older `folder` is moved
     aside first and deleted after), so a kill or a full disk leaves either the complete old folder, the
@@ -53,6 +54,9 @@ def save_hf(model, tokenizer, folder: str | Path, state_dict: dict | None = None
     folder = Path(folder)
     tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
+    carried = getattr(family(model.config), "carried_tensors", lambda m: {})(model)   # Qwen3.5's MTP (H2)
+    if carried:
+        state_dict = {**(model.state_dict() if state_dict is None else state_dict), **carried}
     try:
         tmp.mkdir(parents=True)
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)

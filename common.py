@@ -115,13 +115,14 @@ def media_config(cfg, model_config=None) -> pixels.MediaConfig:
     return media
 
 
-TINY_MODELS = ("preset:tiny-qwen3-vl",)   # --model presets the project builds (under --cache-dir) on first use
+TINY_MODELS = ("preset:tiny-qwen3-vl", "preset:tiny-qwen3.5")   # --model presets built (under --cache-dir) on first use
 
 
 def resolve_model(model: str, cache_dir: str | Path, proc: distributed.Dist) -> str:
-    """The HF folder for --model: `model` itself, or for "preset:tiny-qwen3-vl" the tiny random Qwen3-VL
-    (tiny.build_builtin_tiny_qwen3, its tokenizer trained on the built-in data's text) built on rank 0 under
-    cache_dir/tiny-qwen3-vl while the other ranks wait. Idempotent. Raises config.UserError for a
+    """The HF folder for --model: `model` itself, or for "preset:tiny-qwen3-vl" ("preset:tiny-qwen3.5")
+    the tiny random Qwen3-VL (Qwen3.5: tiny.build_builtin_tiny_qwen3 / build_builtin_tiny_qwen3_5, the
+    tokenizer trained on the built-in data's text) built on rank 0 under cache_dir/tiny-qwen3-vl
+    (tiny-qwen3.5) while the other ranks wait. Idempotent. Raises config.UserError for a
     plan.PRESETS name (a config without weights: plan.py only)."""
     if model.startswith("preset:") and model not in TINY_MODELS:    # plan.PRESETS: check_model_flag
         raise UserError(f"--model {model} is the model's config without weights, for plan.py "
@@ -129,11 +130,12 @@ def resolve_model(model: str, cache_dir: str | Path, proc: distributed.Dist) -> 
                         f"(docs/first_hour.md: data and weights)")
     if model not in TINY_MODELS:
         return model
-    from builtin.tiny import build_builtin_tiny_qwen3
+    from builtin.tiny import build_builtin_tiny_qwen3, build_builtin_tiny_qwen3_5
+    build = build_builtin_tiny_qwen3_5 if model == "preset:tiny-qwen3.5" else build_builtin_tiny_qwen3
     folder = Path(cache_dir) / model.removeprefix("preset:")
     paths = builtin(cache_dir, proc, model=False)
     if proc.main:
-        build_builtin_tiny_qwen3(folder, paths["train_cot"])
+        build(folder, paths["train_cot"])
     distributed.barrier(proc)
     return str(folder)
 

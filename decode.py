@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+import decode_hybrid as hybrid
+
 DONE_EVERY = 32          # decode steps between host reads of "all rows done"
 ROW_MULTIPLE = 8         # compiled: rows padded with dummy rows to a multiple of this
 CACHE_MULTIPLE = 256     # compiled: cache length rounded up to a multiple of this (tokens)
@@ -324,7 +326,8 @@ def decode_step(w: Weights, s: State, sp, pad_id: int, stop_ids: tuple[int, ...]
     (default all; needs s.col < live). Pure in what it computes: every input is an argument, every
     output a write into `s`. The same function runs eager or under torch.compile (one graph per
     `live`)."""
-    logits = forward_token(w, s, live)                                         # (Rb, V)
+    hybrid_decoder = isinstance(w, hybrid.HybridWeights)                       # Qwen3.5 (decode_hybrid.py)
+    logits = (hybrid.forward_token if hybrid_decoder else forward_token)(w, s, live)   # (Rb, V)
     tok, lp, done = sample(logits, s.noise, s.seen, s.done, sp, pad_id, stop_ids)
     s.ids.index_copy_(1, s.j, tok[:, None])
     s.logps.index_copy_(1, s.j, lp[:, None])
@@ -381,18 +384,23 @@ class Decoder:
     def _weights(self, hf, dtype, device) -> Weights:
         w = self.weights
         if w is None or w.embed.dtype != dtype or w.embed.device != device:
-            self.weights = w = allocate_weights(hf, dtype, device)
+            alloc = hybrid.allocate_weights if hybrid.is_hybrid(hf) else allocate_weights
+            self.weights = w = alloc(hf, dtype, device)
             self.state = None
             if self.is_compiled(device):
                 for t in vars(w).values():
                     if isinstance(t, torch.Tensor):
                         _mark_static(t)
-        refresh(w, hf)
+        if isinstance(w, hybrid.HybridWeights):
+            hybrid.refresh(w, hf, effective_weight)
+        else:
+            refresh(w, hf)
         return w
 
     def _state(self, w: Weights, rows: int, length: int, new_tokens: int, width: int, bucket: bool) -> State:
+        alloc = hybrid.allocate_state if isinstance(w, hybrid.HybridWeights) else allocate_state
         if not bucket:
-            return allocate_state(w, rows, length, new_tokens, width)
+            return alloc(w, rows, length, new_tokens, width)
         rows, length = _round_up(rows, ROW_MULTIPLE), _round_up(length, CACHE_MULTIPLE)
         s = self.state
         if (s is None or s.tok.shape[0] < rows or s.key_ok.shape[1] < length or s.ids.shape[1] != new_tokens
@@ -400,10 +408,11 @@ class Decoder:
             if s is not None:                                                  # grow: never smaller than before
                 rows, length = max(rows, s.tok.shape[0]), max(length, s.key_ok.shape[1])
             self.state = s = None                                              # free the old cache first
-            self.state = s = allocate_state(w, rows, length, new_tokens, width)
+            self.state = s = alloc(w, rows, length, new_tokens, width)
             if self.is_compiled(w.embed.device):
                 for t in vars(s).values():
-                    _mark_static(t)
+                    for x in (t if isinstance(t, tuple) else (t,)):               # Qwen3.5: a tensor per layer
+                        _mark_static(x)
         return s
 
     def _step_fn(self, device):
@@ -440,7 +449,9 @@ class Decoder:
             s = self._state(w, R, P + N, N, candidates(sp, logits.shape[-1]), bucket)
             Rb = s.tok.shape[0]
             s.key_ok.zero_(); s.key_ok[:R, :P] = attn.bool(); s.key_ok[R:, 0] = True   # dummy rows: one column
-            for i, layer in enumerate(cache.layers):                           # prompt K/V (B, KV, P, hd) -> rows
+            if isinstance(w, hybrid.HybridWeights):                            # conv, recurrent states, K/V -> rows
+                hybrid.load_prefill(w, s, cache, rows, P)
+            for i, layer in enumerate(cache.layers if isinstance(s, State) else []):   # prompt K/V -> rows
                 s.k[i, :R, :, :P] = layer.keys.index_select(0, rows)
                 s.v[i, :R, :, :P] = layer.values.index_select(0, rows)
             s.seen.zero_()

@@ -52,13 +52,15 @@ def option(name: str):
 
 def decoder_targets(hf, spec: str = "auto") -> str:
     r"""The PEFT target_modules regex for `spec`: itself, or for "auto" one built from the model: the names of the
-    nn.Linear modules inside the first decoder layer (hf.model.language_model.layers[0]), under any decoder layer,
-    e.g. r".*language_model\.layers\.\d+\.(mlp\.down_proj|...|self_attn\.v_proj)" (sorted)."""
+    nn.Linear modules inside every decoder layer (hf.model.language_model.layers), under any decoder layer,
+    e.g. r".*language_model\.layers\.\d+\.(mlp\.down_proj|...|self_attn\.v_proj)" (sorted). Every layer, not
+    the first: Qwen3.5's layers differ in kind (linear_attn.in_proj_qkv ... in its Gated DeltaNet layers,
+    self_attn.q_proj ... in its full-attention layers), and a q/k/v/o list would adapt a quarter of them (H3)."""
     import re
     if spec != "auto":
         return spec
-    layer = hf.model.language_model.layers[0]
-    names = sorted(re.escape(n) for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear))
+    names = sorted({re.escape(n) for layer in hf.model.language_model.layers
+                    for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)})
     return r".*language_model\.layers\.\d+\.(" + "|".join(names) + ")"
 
 

@@ -1,4 +1,4 @@
-"""The policy at run time (Qwen2.5-VL or Qwen3-VL): load it, mRoPE positions, embed visuals, completion log-probs.
+"""The policy at run time (Qwen2.5-VL, Qwen3-VL or Qwen3.5): load it, mRoPE positions, embed visuals, completion log-probs.
 
 Everything here works the same for the project's random models (tiny.py) and for a real Qwen2.5-VL-7B-Instruct or
 Qwen3-VL-8B-Instruct folder: all are loaded with `from_pretrained(folder)`. What differs by model family (pixel
@@ -37,15 +37,16 @@ from transformers import AutoTokenizer
 
 from config import UserError
 import qwen2_5_vl
+import qwen3_5
 import qwen3_vl
 from pixels import Visual
 
-FAMILIES = {"qwen2_5_vl": qwen2_5_vl, "qwen3_vl": qwen3_vl}       # config.model_type -> the family's module
+FAMILIES = {"qwen2_5_vl": qwen2_5_vl, "qwen3_vl": qwen3_vl, "qwen3_5": qwen3_5}   # config.model_type -> module
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 
 
 def family(config):
-    """The module of `config`'s model family (qwen2_5_vl or qwen3_vl), from config.model_type (a config object or a
+    """The module of `config`'s model family (qwen2_5_vl, qwen3_vl or qwen3_5), from config.model_type (a config object or a
     config.json dict). Raises ValueError naming the model_type when it is not in FAMILIES."""
     kind = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
     if kind not in FAMILIES:
@@ -61,7 +62,8 @@ def check_model_folder(folder: str | Path) -> dict:
     """Read `folder`/config.json and refuse any model family not in FAMILIES before a model is built (transformers
     would build a default-size Qwen2.5-VL, 73B parameters of random weights, from another architecture's config).
     Returns the parsed config. Raises FileNotFoundError (no config.json) or ValueError naming the file and its
-    model_type (unreadable JSON, or a model_type not in SUPPORTED_MODEL_TYPES)."""
+    model_type (unreadable JSON, or a model_type not in SUPPORTED_MODEL_TYPES, e.g. qwen3_5_moe) or, for Qwen3.5,
+    the field text_config.layer_types when it names an unknown layer kind (qwen3_5.layer_kinds)."""
     path = Path(folder) / "config.json"
     if not path.exists():
         raise MissingModel(f"{folder}: no config.json; expected a Qwen2.5-VL or Qwen3-VL HF folder")
@@ -74,6 +76,8 @@ def check_model_folder(folder: str | Path) -> dict:
         raise UserError(f"{path}: model_type {kind!r} is not supported; expected one of "
                         f"{SUPPORTED_MODEL_TYPES} (a folder such as Qwen2.5-VL-7B-Instruct, "
                         f"Qwen3-VL-8B-Instruct or an output of this project)")
+    if kind == "qwen3_5":                                                    # the hybrid decoder's layer kinds
+        qwen3_5.layer_kinds(config.get("text_config") or {}, str(path))
     return config
 
 

@@ -1,5 +1,6 @@
 """Per-GPU memory plan for T-GRPO: `python plan.py --model preset:qwen2.5-vl-7b --nproc 8 --dist fsdp`
-(or `--model preset:qwen3-vl-8b`, or any Qwen2.5-VL / Qwen3-VL folder), with train.py's flags.
+(or `--model preset:qwen3-vl-8b`, `preset:qwen3.5-9b`, or any Qwen2.5-VL / Qwen3-VL / Qwen3.5 folder), with
+train.py's flags.
 
 The model is built on the meta device (no memory, no weights), so Φ (parameter count) is exact; the rest are
 estimates in bytes per GPU, W = --nproc, for the config's frames, pixels, G, G̃, lengths and sharding:
@@ -23,7 +24,12 @@ estimates in bytes per GPU, W = --nproc, for the config's frames, pixels, G, G̃
   KV cache    rollout: the decode step's static cache, R = prompts_per_rank·(G + G̃) rows padded to a multiple of
               8 (decode.ROW_MULTIPLE), each of P + L tokens rounded up to a multiple of 256
               (decode.CACHE_MULTIPLE), every decoder layer keeps K and V: R·(P + L)·layers·2·kv_heads·head_dim·2
-              bytes (bf16), plus the prefill's cache of the 2·prompts_per_rank distinct prompts (P tokens each)
+              bytes (bf16), plus the prefill's cache of the 2·prompts_per_rank distinct prompts (P tokens each);
+              for Qwen3.5 only its full-attention layers (8 of the 9B's 32) keep K and V
+  recurrent   Qwen3.5's Gated DeltaNet layers: per row and per linear layer (not per token) a float32 state of
+              value heads × key dim × value dim plus the conv's last K-1 inputs in bf16, for the R rows and the
+              prefill's distinct prompts (decode_hybrid.HybridState); 0 for the other families. Their activations
+              are counted with the attention layers' formula (an approximation: no K/V, but q/k/v, z, conv)
   activations log-prob pass, one micro-batch of M = G·groups_per_micro_batch rows of T = P + L tokens:
               decoder per token per layer, bf16 saved tensors: without checkpointing 2·(6D + 2·kv + 4I)
               (norm outputs, q/k/v, attention output, residuals, gate/up/act/product of the MLP); with
@@ -90,18 +96,37 @@ QWEN3_VL_8B = {
                       "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
                       "num_position_embeddings": 2304, "deepstack_visual_indexes": [8, 16, 24]},
 }
-PRESETS = {"preset:qwen2.5-vl-7b": QWEN25_VL_7B, "preset:qwen3-vl-8b": QWEN3_VL_8B}
+# Qwen3.5-9B's config.json (../shared/qwen3_5_9b; its SOURCE.md gives the provenance): 24 Gated DeltaNet layers and
+# 8 full-attention layers (every 4th), 16 key / 32 value linear heads of 128, head_dim 256, vocabulary 248,320.
+QWEN3_5_9B = {
+    "model_type": "qwen3_5", "image_token_id": 248056, "video_token_id": 248057, "vision_start_token_id": 248053,
+    "vision_end_token_id": 248054, "tie_word_embeddings": False,
+    "text_config": {"model_type": "qwen3_5_text", "attention_bias": False, "attn_output_gate": True,
+                    "eos_token_id": 248044, "full_attention_interval": 4, "head_dim": 256, "hidden_act": "silu",
+                    "hidden_size": 4096, "intermediate_size": 12288, "linear_conv_kernel_dim": 4,
+                    "linear_key_head_dim": 128, "linear_num_key_heads": 16, "linear_num_value_heads": 32,
+                    "linear_value_head_dim": 128, "num_attention_heads": 16, "num_key_value_heads": 4,
+                    "num_hidden_layers": 32, "rms_norm_eps": 1e-6, "vocab_size": 248320, "mamba_ssm_dtype": "float32",
+                    "mtp_num_hidden_layers": 1, "mtp_use_dedicated_embeddings": False, "tie_word_embeddings": False,
+                    "rope_parameters": {"mrope_interleaved": True, "mrope_section": [11, 11, 10], "rope_type": "default",
+                                        "rope_theta": 10000000, "partial_rotary_factor": 0.25}},
+    "vision_config": {"model_type": "qwen3_5_vision", "depth": 27, "hidden_size": 1152, "hidden_act": "gelu_pytorch_tanh",
+                      "in_channels": 3, "intermediate_size": 4304, "num_heads": 16, "num_position_embeddings": 2304,
+                      "out_hidden_size": 4096, "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2},
+}
+PRESETS = {"preset:qwen2.5-vl-7b": QWEN25_VL_7B, "preset:qwen3-vl-8b": QWEN3_VL_8B, "preset:qwen3.5-9b": QWEN3_5_9B}
 
 
 def load_config(model: str):
     """A Qwen2_5_VLConfig or Qwen3VLConfig from a preset name (PRESETS) or an HF folder. Raises ValueError for an
     unknown preset or a folder without config.json."""
-    from transformers import AutoConfig, Qwen2_5_VLConfig, Qwen3VLConfig
+    from transformers import AutoConfig, Qwen2_5_VLConfig, Qwen3_5Config, Qwen3VLConfig
     if model.startswith("preset:"):
         if model not in PRESETS:
             raise UserError(f"--model {model}: unknown preset; known: {sorted(PRESETS)}")
-        if PRESETS[model]["model_type"] == "qwen3_vl":
-            return Qwen3VLConfig(**PRESETS[model])
+        if PRESETS[model]["model_type"] in ("qwen3_vl", "qwen3_5"):
+            kind = Qwen3VLConfig if PRESETS[model]["model_type"] == "qwen3_vl" else Qwen3_5Config
+            return kind(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in PRESETS[model].items()})
         cfg = dict(PRESETS[model])
         text = {k: v for k, v in cfg.items() if k != "vision_config"}
         return Qwen2_5_VLConfig(text_config=text, vision_config=cfg["vision_config"], **{
@@ -185,7 +210,9 @@ def estimate(config, cfg) -> dict:
     visual_tokens = (frames // 2) * (cfg.video_max_pixels // factor ** 2)      # after temporal 2 and 2x2 merge
     patches = visual_tokens * merge                                             # vision tokens before the merger
     deepstack = len(getattr(vc, "deepstack_visual_indexes", None) or [])        # Qwen3-VL: DeepStack levels
-    P, L = visual_tokens + 250 + (8 * (frames // 2) if deepstack else 0), cfg.max_completion_length
+    from model import family
+    stamps = family(config).MEDIA["timestamps"]                                 # Qwen3-VL, Qwen3.5: timestamped blocks
+    P, L = visual_tokens + 250 + (8 * (frames // 2) if stamps else 0), cfg.max_completion_length
     T, M = P + L, cfg.G * cfg.groups_per_micro_batch
     shard = W if mode == "fsdp" else 1
     ref = cfg.beta > 0
@@ -207,7 +234,17 @@ def estimate(config, cfg) -> dict:
     from decode import CACHE_MULTIPLE, ROW_MULTIPLE
     rows = -(-cfg.prompts_per_rank * (cfg.G + cfg.G_shuffled) // ROW_MULTIPLE) * ROW_MULTIPLE
     length = -(-T // CACHE_MULTIPLE) * CACHE_MULTIPLE
-    out["kv_cache"] = (rows * length + 2 * cfg.prompts_per_rank * P) * layers * 2 * kv * 2
+    kinds = getattr(tc, "layer_types", None) or ["full_attention"] * layers
+    n_linear = sum(k == "linear_attention" for k in kinds)                     # Qwen3.5: Gated DeltaNet layers
+    out["kv_cache"] = (rows * length + 2 * cfg.prompts_per_rank * P) * (layers - n_linear) * 2 * kv * 2
+    # Qwen3.5's linear layers keep a state per row, not per token: float32 (HV, dk, dv) plus the conv's last K - 1
+    # inputs of C = 2 HK dk + HV dv channels in bf16 (decode_hybrid.HybridState), for the rows and the prefill
+    out["recurrent"] = 0
+    if n_linear:
+        HK, HV = tc.linear_num_key_heads, tc.linear_num_value_heads
+        dk, dv, K = tc.linear_key_head_dim, tc.linear_value_head_dim, tc.linear_conv_kernel_dim
+        per_row = HV * dk * dv * 4 + (2 * HK * dk + HV * dv) * (K - 1) * 2
+        out["recurrent"] = (rows + 2 * cfg.prompts_per_rank) * n_linear * per_row
     out["decode_copy"] = 2 * decoder_params(config)
     out["decode_step"] = decode_step_bytes(rows, length, D, I, tc.num_attention_heads, head_dim, V)
     full_layer = 2 * (6 * D + 2 * kv + 4 * I)                                  # bytes per token per layer
@@ -223,7 +260,7 @@ def estimate(config, cfg) -> dict:
     out["activations"] = dec + vis + 3 * M * min(128, L) * V * 4
     train_peak = out["params"] + out["grads"] + out["optimizer"] + out["reference"] + out["activations"] + out["decode_copy"]
     rollout_peak = (out["params"] + out["optimizer"] + out["reference"] + out["gathered"] + out["kv_cache"]
-                    + out["decode_copy"] + out["decode_step"])
+                    + out["recurrent"] + out["decode_copy"] + out["decode_step"])
     if mode == "fsdp":   # one gathered block at a time, and the root unit gathered (bf16) with its fp32 gradient
         train_peak += 2 * (phi - phi_v) / layers + 6 * root
     out["rollout_peak"], out["train_peak"] = rollout_peak, train_peak
@@ -233,7 +270,7 @@ def estimate(config, cfg) -> dict:
 
 
 TERMS = ("params", "grads", "optimizer", "reference", "gathered", "decode_copy", "decode_step",
-         "kv_cache", "activations", "total", "host")
+         "kv_cache", "recurrent", "activations", "total", "host")
 FIT = 0.85   # keep the estimate under this share of the GPU (fragmentation, CUDA context, NCCL buffers)
 
 

@@ -247,8 +247,9 @@ def tgrpo_settings(cfg) -> tgrpo.Settings:
     """This config's T-GRPO knobs (tgrpo.Settings), built once per run."""
     return tgrpo.Settings(                      # no shuffled completions (G̃ = 0): plain GRPO
         temporal=cfg.temporal and cfg.G_shuffled > 0, alpha=cfg.alpha, mu=cfg.mu,
-        threshold=cfg.correct_threshold, trigger=cfg.temporal_trigger, margin=cfg.trigger_margin, len_control=cfg.len_control,
-        len_weight=cfg.len_weight, min_len=cfg.min_len, max_len=cfg.max_len,
+        threshold=cfg.correct_threshold, trigger=cfg.temporal_trigger, margin=cfg.trigger_margin,
+        len_control=cfg.len_control, len_weight=cfg.len_weight, min_len=cfg.min_len,
+        max_len=cfg.max_len,
         placement=cfg.bonus_placement, scale=cfg.adv_scale)
 
 

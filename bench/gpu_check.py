@@ -8,6 +8,7 @@ full width, full width with LoRA; figures from one H200 in bench/README.md).
     python bench/gpu_check.py --width full28 --steps 1 --lora-rank 64  # all 28 layers, LoRA r = 64 (fits one GPU)
     python bench/gpu_check.py --family qwen3 --width narrow        # Qwen3-VL-8B's structure narrowed (tiny.WIDTHS_QWEN3)
     python bench/gpu_check.py --family qwen3 --width full36 --steps 1 --lora-rank 64   # all 36 layers of the 8B, LoRA
+    python bench/gpu_check.py --family qwen3.5 --width full    # Qwen3.5-9B's widths, 8 of 32 layers (6 linear, 2 full)
     python bench/gpu_check.py --dry-run                   # CPU, narrow model, small settings: keeps it working in CI
 
 One step, as train.py runs it on one process (--precision bf16-mixed: fp32 master weights, bf16 autocast):
@@ -18,7 +19,8 @@ completions run to the limit: the worst case for memory). The first step is a wa
 Peak memory per phase is torch.cuda.max_memory_allocated after resetting it at the phase's start (CPU: n/a).
 The decode line: the rollout's median seconds over its decode steps (the longest completion; the prefill is
 inside, so this errs slow), the bytes one decode step reads (the decode copy's weights and the KV
-cache's live columns, decode.LIVE_MULTIPLE, averaged over the steps) and that figure over
+cache's live columns, decode.LIVE_MULTIPLE, averaged over the steps; for Qwen3.5 also the recurrent
+and conv states, which it reads and writes) and that figure over
 --bandwidth-tbs (H200 4.8, H100 SXM 3.35 TB/s) as the roofline, then the graphs
 compiled and their seconds (decode.Decoder.summary).
 """
@@ -53,10 +55,11 @@ PHASES = ["rollout", "rewards", "reference log-probs", "policy log-probs", "back
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--width", default="narrow", choices=sorted(tiny.WIDTHS | tiny.WIDTHS_QWEN3),
-                   help="tiny.py width preset (WIDTHS; with --family qwen3 WIDTHS_QWEN3)")
-    p.add_argument("--family", default="qwen2.5", choices=["qwen2.5", "qwen3"],
-                   help="qwen2.5: Qwen2.5-VL-7B's structure; qwen3: Qwen3-VL-8B-Instruct's (plan.py's preset)")
+    p.add_argument("--width", default="narrow", choices=sorted(tiny.WIDTHS | tiny.WIDTHS_QWEN3 | tiny.WIDTHS_QWEN3_5),
+                   help="tiny.py width preset (WIDTHS; with --family qwen3 WIDTHS_QWEN3, qwen3.5 WIDTHS_QWEN3_5)")
+    p.add_argument("--family", default="qwen2.5", choices=["qwen2.5", "qwen3", "qwen3.5"],
+                   help="qwen2.5: Qwen2.5-VL-7B's structure; qwen3: Qwen3-VL-8B-Instruct's (plan.py's preset); "
+                        "qwen3.5: Qwen3.5-9B's hybrid decoder (../shared/qwen3_5_9b, the tiny tokenizer)")
     p.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up step)")
     p.add_argument("--lora-rank", type=int, default=0, help="> 0: LoRA adapters of this rank (lora.py): bf16 base, "
                    "adapters in fp32, the reference = the policy with its adapters off")
@@ -70,7 +73,7 @@ def main():
     a = p.parse_args()
     cuda = torch.cuda.is_available() and not a.dry_run
     if a.dry_run:
-        a.width = "narrow"
+        a.width = "tiny" if a.family == "qwen3.5" else "narrow"     # qwen3.5: the tiny hybrid (248,320 rows: slow)
         argv = ["--G", "2", "--max-frames", "4", "--video-min-pixels", str(84 * 84), "--video-max-pixels", str(84 * 84),
                 "--max-completion-length", "8", "--device", "cpu", "--precision", "fp32", "--compile-decode", "off"]
     else:
@@ -79,10 +82,14 @@ def main():
     tok_dir = a.tokenizer if (Path(a.tokenizer) / "tokenizer.json").exists() else None
     source = tiny.QWEN3_SOURCE if a.family == "qwen3" else "preset:qwen2.5-vl-7b"
     name = ("like8b_qwen3_" if a.family == "qwen3" else "like7b_") + a.width + ("_realtok" if tok_dir else "")
-    model_dir = tiny.build_like_7b(cache / name, a.width, tok_dir, source=source)
     paths = synthetic.make_dataset(cache / "data")
+    if a.family == "qwen3.5":                            # no public Qwen3.5 tokenizer here: the tiny one
+        corpus = tiny.tokenizer_corpus(data.load_samples(paths["train_cot"], require_process=True))
+        tok_dir, model_dir = None, tiny.build_qwen3_5(cache / f"qwen3_5_{a.width}", corpus, a.width)
+    else:
+        model_dir = tiny.build_like_7b(cache / name, a.width, tok_dir, source=source)
     cfg = train.finish_config(*cfglib.parse(train.Config, argv + ["--model", str(model_dir), "--preset", "paper",
-                                                                   "--prompts-per-rank", "1", "--nproc", "1",
+                                                                   "--prompts-per-rank", "1",
                                                                    "--lora-rank", str(a.lora_rank),
                                                                    "--compile-decode", a.compile_decode], ""))
     proc = distributed.Dist(device=torch.device("cuda:0" if cuda else "cpu"))
@@ -147,8 +154,10 @@ def main():
         if step == 0:
             times = {k: [] for k in PHASES}
             shape = (tuple(ids.shape), P, int(pr.visual.pixel_values.shape[0]))
-    est = plan.estimate(hf.config, cfg)
-    print(f"command: python bench/gpu_check.py --width {a.width} --steps {a.steps} --compile-decode {a.compile_decode}"
+    from dataclasses import fields      # plan.py's own Config (train.py has no --nproc): one GPU
+    est = plan.estimate(hf.config, plan.Config(**{f.name: getattr(cfg, f.name) for f in fields(plan.Config)
+                                                  if hasattr(cfg, f.name)} | {"nproc": 1}))
+    print(f"command: python bench/gpu_check.py --family {a.family} --width {a.width} --steps {a.steps} --compile-decode {a.compile_decode}"
           f"{' --dry-run' if a.dry_run else ''}"
           + (f" --lora-rank {a.lora_rank} ({est['phi_lora'] / 1e6:.1f}M adapter parameters)" if a.lora_rank else ""))
     print(f"model {model_dir}: {est['phi'] / 1e9:.3f}B parameters ({est['phi_vision'] / 1e9:.3f}B vision), "
@@ -170,6 +179,8 @@ def main():
         live = statistics.mean(min(S, -(-(P + n) // decode.LIVE_MULTIPLE) * decode.LIVE_MULTIPLE)
                                for n in range(1, max(2, steps)))
         read += (decoder.state.k.nbytes + decoder.state.v.nbytes) * live / S
+    if decoder.state is not None and hasattr(decoder.state, "rec"):   # Qwen3.5: read and written
+        read += sum(t.nbytes for t in (*decoder.state.rec, *decoder.state.conv))
     name = torch.cuda.get_device_name(0) if cuda else "cpu"
     tbs = a.bandwidth_tbs or (4.8 if "H200" in name else 3.35 if "H100" in name else 0.0)
     ms = 1000 * statistics.median(times["rollout"]) / steps

@@ -10,6 +10,8 @@
 #     bash bench/gpu_check.sh              # on the GPU machine; prints three tables
 #     bash bench/gpu_check.sh --tokenizer DIR   # the real Qwen2.5-VL tokenizer from DIR (default ../shared/...)
 #     bash bench/gpu_check.sh --dry-run    # on CPU: the narrow model at small settings (CI runs this)
+#     bash bench/gpu_check.sh --family qwen3.5   # Qwen3.5-9B's hybrid structure only: narrow and 8 layers at full
+#                                              # width, eager and compiled (--dry-run --family qwen3.5 on CPU)
 #
 # The figures go to bench/README.md ("GPU check"). The random models are built under runs/cache on first use.
 set -euo pipefail
@@ -21,6 +23,13 @@ fi
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: use --dry-run')"
 export TORCH_LOGS="${TORCH_LOGS:-recompiles,perf_hints}"   # recompiles, skipped CUDA graphs
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+if [[ "${1:-}" == "--family" && "${2:-}" == "qwen3.5" ]]; then   # the hybrid family alone (never run on a GPU yet)
+    for mode in off on; do
+        python bench/gpu_check.py --family qwen3.5 --width narrow --steps 2 --compile-decode $mode "${@:3}"
+        python bench/gpu_check.py --family qwen3.5 --width full --steps 2 --compile-decode $mode "${@:3}"
+    done
+    exit 0
+fi
 for mode in off on; do
     python bench/gpu_check.py --width narrow --steps 2 --compile-decode $mode "$@"
     python bench/gpu_check.py --width full --steps 2 --compile-decode $mode "$@"

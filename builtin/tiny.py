@@ -309,6 +309,96 @@ def build_builtin_tiny_qwen3(folder: str | Path, train_cot_json: str | Path) -> 
     return build_tiny_qwen3(folder, tokenizer_corpus(data.load_samples(train_cot_json, require_process=True)))
 
 
+# ---- Qwen3.5 (hybrid decoder) ------------------------------------------------------------------------------------
+# Three Gated DeltaNet layers then one gated full-attention layer (the 9B's 3 : 1 layout); head_dim 64 with rotary on
+# its first quarter (16 dims, 8 frequencies: mRoPE sections [3, 3, 2] like the 9B's [11, 11, 10] of 32); 2 key and
+# 4 value heads in the linear layers (each key head serves 2 value heads, as 16 / 32 in the 9B).
+TINY_QWEN3_5_TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=64, max_position_embeddings=8192, rms_norm_eps=1e-6,
+                         tie_word_embeddings=False, attention_bias=False, linear_conv_kernel_dim=4,
+                         linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2,
+                         linear_num_value_heads=4, mamba_ssm_dtype="float32", mtp_num_hidden_layers=1,
+                         layer_types=["linear_attention"] * 3 + ["full_attention"],
+                         rope_parameters={"rope_type": "default", "mrope_section": [3, 3, 2], "mrope_interleaved": True,
+                                          "rope_theta": 1e7, "partial_rotary_factor": 0.25})
+TINY_QWEN3_5_VISION = dict(depth=2, hidden_size=96, intermediate_size=192, num_heads=4, out_hidden_size=128,
+                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                           hidden_act="gelu_pytorch_tanh", in_channels=3)
+QWEN3_5_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "qwen3_5_9b"     # its config.json (SOURCE.md there)
+# The 9B narrowed: every structural feature kept (vocabulary 248,320, head_dim 256 with rotary on 64 dims, the
+# 3 : 1 layout, 16 key / 32 value linear heads of 128 narrowed to 2 / 4, kernel 4, the vision tower's kind).
+WIDTHS_QWEN3_5 = {
+    "narrow": {"text": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=2,
+                            num_key_value_heads=1, linear_num_key_heads=2, linear_num_value_heads=4),
+               "vision": dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=2)},
+    "full": {"text": dict(num_hidden_layers=8), "vision": {}},      # the 9B's widths, 8 of its 32 layers (6 : 2)
+}
+
+
+def tiny_qwen3_5_config(tokenizer):
+    """The tiny Qwen3.5 config (TINY_QWEN3_5_TEXT / _VISION) with special-token ids taken from `tokenizer`."""
+    from transformers import Qwen3_5Config
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    text = dict(TINY_QWEN3_5_TEXT, vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=ids["<|im_end|>"],
+                pad_token_id=ids["<|endoftext|>"])
+    return Qwen3_5Config(text_config=text, vision_config=dict(TINY_QWEN3_5_VISION),
+                         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+                         tie_word_embeddings=False)
+
+
+def config_like_9b(width: str, source: str | Path = QWEN3_5_SOURCE, tokenizer=None):
+    """Qwen3.5-9B's config (`source`: a folder with its config.json, by default ../shared/qwen3_5_9b) with the sizes
+    of WIDTHS_QWEN3_5[width]; the layer kinds are re-derived with the 3 : 1 interval for the new layer count.
+    `tokenizer`: its special-token ids replace the real ones (the embedding keeps 248,320 rows). Returns a
+    Qwen3_5Config. Raises ValueError for an unknown width or a structure that is not the 9B's (head_dim 256,
+    vocabulary 248,320); FileNotFoundError when `source` has no config.json."""
+    import json
+    from transformers import Qwen3_5Config
+    if width not in WIDTHS_QWEN3_5:
+        raise ValueError(f"unknown width {width!r}; expected one of {sorted(WIDTHS_QWEN3_5)}")
+    path = Path(source) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{source}: no config.json (the Qwen3.5-9B config)")
+    d = json.loads(path.read_text())
+    d["text_config"].pop("layer_types", None)            # derived again from num_hidden_layers: 3 linear, 1 full
+    d["text_config"].update(WIDTHS_QWEN3_5[width]["text"])
+    d["vision_config"].update(WIDTHS_QWEN3_5[width]["vision"], out_hidden_size=d["text_config"]["hidden_size"])
+    if tokenizer is not None:
+        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+        d.update(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                 vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+        d["text_config"].update(eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    cfg = Qwen3_5Config(**d)
+    if cfg.text_config.head_dim != 256 or cfg.text_config.vocab_size != 248320:
+        raise ValueError(f"width {width}: head_dim {cfg.text_config.head_dim}, vocabulary "
+                         f"{cfg.text_config.vocab_size}; the 9B's are 256 and 248,320")
+    return cfg
+
+
+def build_qwen3_5(folder: str | Path, corpus: list[str], width: str = "tiny", seed: int = 0,
+                  source: str | Path = QWEN3_5_SOURCE) -> Path:
+    """Write a randomly initialised Qwen3.5 HF folder (float32 weights from HF's initialisers under
+    torch.manual_seed(seed); the tiny BPE tokenizer trained on `corpus` with QWEN3_ADDED; Qwen3.5's processor files):
+    width "tiny" (tiny_qwen3_5_config) or a WIDTHS_QWEN3_5 width of the 9B (config_like_9b from `source`).
+    Idempotent: an existing complete folder is kept. Raises ValueError on an empty corpus or an unknown width."""
+    from transformers import Qwen3_5ForConditionalGeneration
+    folder = Path(folder)
+    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        return folder
+    tokenizer = qwen3_tokenizer(build_tokenizer(corpus))
+    config = tiny_qwen3_5_config(tokenizer) if width == "tiny" else config_like_9b(width, source, tokenizer)
+    torch.manual_seed(seed)
+    model = Qwen3_5ForConditionalGeneration(config).float()
+    return save_hf(model, tokenizer, folder)
+
+
+def build_builtin_tiny_qwen3_5(folder: str | Path, train_cot_json: str | Path) -> Path:
+    """`build_qwen3_5` on the built-in COT split's text (what `--model preset:tiny-qwen3.5` builds). Idempotent."""
+    import data
+    return build_qwen3_5(folder, tokenizer_corpus(data.load_samples(train_cot_json, require_process=True)))
+
+
 def main():
     p = argparse.ArgumentParser(description="Build a random Qwen2.5-VL: the tiny default, or the 7B's structure.")
     p.add_argument("--out", default="runs/cache/tiny", help="output HF folder")

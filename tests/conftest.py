@@ -72,6 +72,8 @@ FAST = (
     "tests/test_decode.py::test_decode_step_teacher_forced_equals_hf_full_forward",
     "tests/test_decode.py::test_sampler_matches_a_known_distribution_and_filter_masks",
     "tests/test_model.py::test_logprobs_equal_hf_forward",
+    "tests/test_qwen3_5.py::test_delta_rule_step_equals_the_recurrent_and_chunked_forms",
+    "tests/test_qwen3_5.py::test_conv_step_equals_causal_conv1d_update",
 )
 SLOW_IN_FAST_FILES = ("tests/test_rewards.py::test_one_megabyte_completions",)
 
