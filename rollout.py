@@ -104,6 +104,8 @@ def generate(hf, prompts: list[torch.Tensor], visuals: list[Visual], n: list[int
     if not len(prompts) == len(visuals) == len(n):
         raise ValueError(f"prompts ({len(prompts)}), visuals ({len(visuals)}) and n ({len(n)}) "
                          "must match")
+    if not prompts:                                # a rank whose share of a batch is empty
+        return []
     t0 = tracking.now(hf.lm_head.weight.device)
     pre = prefill(hf, prompts, visuals, n, pad_id)
     if decoder is not None:                                  # perf/time_prefill (train.py)

@@ -6,6 +6,8 @@ algorithm box, `main` the setup and the loop.
     torchrun --nproc_per_node 8 train.py --model runs/sft/final --data Video-R1-260k.json \\
         --media-root Video-R1-data --dist fsdp --activation-checkpointing --save-every 50 \\
         --resume auto                     # the paper's recipe from an SFT checkpoint
+    python train.py --model runs/sft/final --data Video-R1-260k.json --media-root Video-R1-data \\
+        --lora-rank 64 --lora-alpha 128 --lr 1e-5 --activation-checkpointing   # LoRA, one GPU
     python train.py --steps 2 --eval-samples 0 --out-dir runs/try   # a quick run
     python eval.py --model runs/tgrpo/final   # evaluate the export, at its recorded settings
     python train.py --help                # every knob (the paper's defaults; the built-in run

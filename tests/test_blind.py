@@ -235,6 +235,8 @@ def test_filter_removes_what_the_text_answers_and_keeps_order_dependent_question
 def test_filter_resumes_after_a_kill_under_torchrun(builtin, tmp_path):
     paths, model = builtin
     out = tmp_path / "f"
+    n = 40                  # enough that the kill lands part-way on a quiet machine too
+    assert len(json.loads(paths["train"].read_text())) >= n
     args = [
         str(ROOT / "blind_filter.py"),
         "--model",
@@ -244,7 +246,7 @@ def test_filter_resumes_after_a_kill_under_torchrun(builtin, tmp_path):
         "--data",
         str(paths["train"]),
         "--limit",
-        "8",
+        str(n),
         "--K",
         "2",
         "--max-new-tokens",
@@ -266,18 +268,18 @@ def test_filter_resumes_after_a_kill_under_torchrun(builtin, tmp_path):
     first.send_signal(signal.SIGKILL)
     first.wait()
     done = records.read_text().splitlines()
-    assert 3 <= len(done) < 9 and not (out / "summary.json").exists()  # killed part-way
+    assert 3 <= len(done) < n + 1 and not (out / "summary.json").exists()  # killed part-way
     records.write_text("\n".join(done) + "\n" + done[-1][:20])  # and a line cut short
     log = run_cmd(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
         + args,
         tmp_path,
     ).stdout
-    assert f"{len(done) - 1} done, {9 - len(done)} to ask" in log
+    assert f"{len(done) - 1} done, {n + 1 - len(done)} to ask" in log
     lines = [json.loads(line) for line in records.read_text().splitlines()[1:]]
-    assert sorted(r["index"] for r in lines) == list(range(8))
+    assert sorted(r["index"] for r in lines) == list(range(n))
     assert [json.dumps(r) for r in lines[: len(done) - 1]] == [
         json.dumps(json.loads(d)) for d in done[1:]
     ]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["kept"] + summary["removed"] == 8 and summary["unreadable"] == 0
+    assert summary["kept"] + summary["removed"] == n and summary["unreadable"] == 0

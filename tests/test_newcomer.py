@@ -102,7 +102,7 @@ def test_preset_auto_takes_an_exported_folders_settings(tmp_path, capsys):
 @pytest.mark.parametrize("script,args,words", [
     ("train.py", ["--steps", "0"], ["--steps must be >= 1, got 0"]),
     ("train.py", ["--G", "1"], ["--G must be >= 2", "group-relative"]),
-    ("train.py", ["--model", "preset:tiny-qwen3"], ["unknown preset; known: preset:tiny-qwen3-vl, preset:qwen2.5"]),
+    ("train.py", ["--model", "preset:tiny-qwen3"], ["unknown preset; known: preset:tiny-qwen3-vl", "preset:qwen2.5-vl-7b"]),
     ("eval.py", ["--model", "preset:qwen2.5-vl-7b"], ["without weights, for plan.py only"]),
     ("sft.py", ["--no-such-flag", "1"], ["unrecognized arguments: --no-such-flag"]),
     ("train.py", ["--model", "nowhere", "--data", "missing.json"], ["missing.json: no such file"]),
