@@ -14,7 +14,6 @@ the training samples the policy answers blind. Variants (VARIANTS):
 
 from __future__ import annotations
 
-import os
 
 import torch
 
@@ -75,26 +74,3 @@ def prepare(
     return pixels.Prepared(sample, ids, visual, frames=frames[:1], frame_times=tuple(times[:1]))
 
 
-def media_problem(sample: data.Sample) -> str | None:
-    """None when the sample's media file opens (decord: frame count and fps; PIL verify for images),
-    else the reason, starting with 'missing' or 'undecodable' (nothing is decoded)."""
-    path = sample.media_path
-    if not os.path.isfile(path):
-        return f"missing: {path}"
-    try:
-        if sample.data_type == "video":
-            import decord
-
-            vr = decord.VideoReader(path, num_threads=1)
-            if len(vr) < 1 or not vr.get_avg_fps() > 0:
-                return f"undecodable: {path}: {len(vr)} frames at {vr.get_avg_fps()} fps"
-        else:
-            from PIL import Image
-
-            with Image.open(path) as img:
-                img.verify()
-    except (
-        Exception
-    ) as e:  # decord raises RuntimeError/DECORDError, PIL UnidentifiedImageError/OSError
-        return f"undecodable: {path}: {type(e).__name__}: {str(e)[:200]}"
-    return None

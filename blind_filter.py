@@ -46,6 +46,7 @@ import config as cfglib
 import data
 import decode
 import distributed
+import preflight
 import rewards
 import rollout
 
@@ -232,7 +233,7 @@ def main(argv=None) -> dict | None:
     }
     # media check, sharded: the unreadable are listed (and left out of kept.json), never dropped
     mine = [
-        (i, blind.media_problem(samples[i]) if cfg.check_media else None)
+        (i, preflight.media_opens(samples[i]) if cfg.check_media else None)
         for i in range(proc.rank, len(samples), proc.world)
     ]
     unreadable = {i: r for part in distributed.all_gather_object(mine, proc) for i, r in part if r}

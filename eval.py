@@ -163,30 +163,7 @@ def benchmark_name(json_path: str) -> str:
     return stem[len("eval_"):] if stem.startswith("eval_") else stem
 
 
-# ---- media validation ---------------------------------------------------------------------------
-def check_media(sample: data.Sample) -> str | None:
-    """None when the item's media file opens (decord for videos: frame count and fps; PIL verify for images),
-    else the reason, starting with 'missing' or 'undecodable'."""
-    path = sample.media_path
-    if not os.path.isfile(path):
-        return f"missing: {path}"
-    try:
-        if sample.data_type == "video":
-            import decord
-            decord.logging.set_level(decord.logging.QUIET)         # ffmpeg's stderr noise
-            vr = decord.VideoReader(path, num_threads=1)
-            if len(vr) < 1 or not vr.get_avg_fps() > 0:
-                return f"undecodable: {path}: {len(vr)} frames at {vr.get_avg_fps()} fps"
-        else:
-            from PIL import Image
-            with Image.open(path) as img:
-                img.verify()
-    except Exception as e:  # decord raises RuntimeError/DECORDError, PIL UnidentifiedImageError/OSError
-        return f"undecodable: {path}: {type(e).__name__}: {str(e)[:200]}"
-    return None
-
-
-# ---- records file (resume) ------------------------------------------------------------------------
+# ---- resumable records ---------------------------------------------------------------------------
 def open_records(path: Path, header: dict) -> dict[int, dict]:
     """Load the scored records of an earlier run (index -> record) and check its settings header; create the
     file with `header` when it does not exist. A last line cut short by a kill is dropped from the file.
@@ -356,7 +333,7 @@ def main(argv=None) -> list[dict] | None:
         if cfg.limit > 0:
             samples = samples[:cfg.limit]
         # validation pass: every item's media, sharded over ranks
-        mine = [(i, check_media(samples[i])) for i in range(proc.rank, len(samples), proc.world)]
+        mine = [(i, preflight.media_opens(samples[i])) for i in range(proc.rank, len(samples), proc.world)]
         problems = {i: r for part in distributed.all_gather_object(mine, proc) for i, r in part if r}
         if proc.main:
             n_missing = sum(r.startswith("missing") for r in problems.values())

@@ -143,6 +143,29 @@ def media_problem(sample: data.Sample) -> str | None:
     return None
 
 
+def media_opens(sample: data.Sample) -> str | None:
+    """None when the sample's media file opens (decord for videos: frame count and fps; PIL verify
+    for images; nothing is decoded), else the reason, starting with 'missing' or 'undecodable'.
+    eval.py and blind_filter.py check every item with it."""
+    path = sample.media_path
+    if not os.path.isfile(path):
+        return f"missing: {path}"
+    try:
+        if sample.data_type == "video":
+            import decord
+            decord.logging.set_level(decord.logging.QUIET)         # ffmpeg's stderr noise
+            vr = decord.VideoReader(path, num_threads=1)
+            if len(vr) < 1 or not vr.get_avg_fps() > 0:
+                return f"undecodable: {path}: {len(vr)} frames at {vr.get_avg_fps()} fps"
+        else:
+            from PIL import Image
+            with Image.open(path) as img:
+                img.verify()
+    except Exception as e:  # decord: RuntimeError/DECORDError; PIL: UnidentifiedImageError/OSError
+        return f"undecodable: {path}: {type(e).__name__}: {str(e)[:200]}"
+    return None
+
+
 def check_media(samples: list[data.Sample], json_path: str, root: str | None, flag: str,
                 what: str = "") -> None:
     """Stop before any model loads when no sample's media file is usable (`media_problem`), with a
