@@ -51,3 +51,33 @@ def test_sft_then_tgrpo_then_eval_on_the_real_structure(builtin, narrow, tmp_pat
         + (GPU_GROUP[:2] if ranks == 2 else []) + ["--preset", "tiny", "--max-frames", "4"], tmp_path)
     result = json.loads((ev / "eval_test.json").read_text())
     assert result["summary"]["n_scored"] == 2 and result["settings"]["world_size"] == ranks
+
+
+QWEN3_5_9B = ROOT.parent / "shared" / "qwen3_5_9b"
+
+
+@pytest.mark.skipif(not (QWEN3_5_9B / "config.json").exists(), reason="../shared absent (fresh clone)")
+def test_sft_then_tgrpo_then_eval_on_the_narrow_qwen3_5_9b(builtin, tmp_path):
+    """Qwen3.5-9B's structure narrowed (tiny.WIDTHS_QWEN3_5: vocabulary 248,320, head_dim 256, the
+    3 : 1 hybrid layout) through sft.py -> train.py -> eval.py on 1 rank."""
+    from builtin import tiny
+    import data
+    paths, _ = builtin
+    corpus = tiny.tokenizer_corpus(data.load_samples(paths["train_cot"], require_process=True))
+    model = tiny.build_qwen3_5(tmp_path / "narrow9b", corpus, width="narrow", source=QWEN3_5_9B)
+    sft, rl, ev = tmp_path / "sft", tmp_path / "tgrpo", tmp_path / "eval"
+    run([sys.executable, str(ROOT / "sft.py"), "--model", str(model), "--data", str(paths["train_cot"]),
+         "--eval-samples", "0", "--steps", "2", "--batch-size", "2", "--lr", "1e-4",
+         "--out-dir", str(sft)] + SMALL, tmp_path)
+    steps = [r for r in rows(sft / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2] and 11.5 < steps[0]["loss"] < 13.5   # ln(248,320) = 12.4
+    run([sys.executable, str(ROOT / "train.py"), "--model", str(sft / "final"), "--data", str(paths["train"]),
+         "--steps", "2", "--G", "2", "--max-completion-length", "6", "--lr", "1e-4", "--eval-samples", "0",
+         "--out-dir", str(rl)] + SMALL, tmp_path)
+    assert [r["step"] for r in rows(rl / "metrics.jsonl")] == [1, 2]
+    after = load_file(rl / "final" / "model.safetensors")
+    assert after["lm_head.weight"].shape == (248320, 256)
+    assert json.loads((rl / "final" / "config.json").read_text())["model_type"] == "qwen3_5"
+    run([sys.executable, str(ROOT / "eval.py"), "--model", str(rl / "final"), "--data", str(paths["test"]),
+         "--limit", "2", "--template", "train", "--max-new-tokens", "4", "--out-dir", str(ev)] + SMALL, tmp_path)
+    assert json.loads((ev / "eval_test.json").read_text())["summary"]["n_scored"] == 2
