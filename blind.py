@@ -64,13 +64,14 @@ def prepare(
         raise ValueError(f"unknown media variant {variant!r}; expected one of {VARIANTS}")
     if sample.data_type != "video":
         return pixels.prepare(sample, tokenizer, media, variant=template)
-    frames, fps, times = pixels.load_visual(sample, media)  # (T, 3, H, W) uint8
+    frames, fps, times, indices = pixels.load_visual(sample, media)  # (T, 3, H, W) uint8
     visual = pixels.to_visual(
         frames[:1], fps, times[:1], "video", media, sample.media_path
     )  # t = 1
     ids = data.encode_prompt(
         tokenizer, text, "video", visual.grid_thw, media.merge_size, timestamps=visual.timestamps
     )
-    return pixels.Prepared(sample, ids, visual, frames=frames[:1], frame_times=tuple(times[:1]))
+    return pixels.Prepared(sample, ids, visual, frames=frames[:1], frame_times=tuple(times[:1]),
+                           frame_indices=tuple(indices[:1]))
 
 

@@ -36,7 +36,7 @@ from config import UserError
 VIDEO_KEYS = ("fps", "min_frames", "max_frames", "nframes", "video_min_pixels", "video_max_pixels",
               "video_total_pixels", "patch_size", "merge_size")
 IMAGE_KEYS = ("image_min_pixels", "image_max_pixels", "patch_size", "merge_size")
-CACHE_FORMAT = 3      # bump when the stored layout or data.py's decoding changes (3: frame times)
+CACHE_FORMAT = 4      # bump when the stored layout or the decoding changes (4: frame indices)
 SKIP_PRINT_FULL = 5   # skips printed in full per Prefetcher; then a count at 10, 100, 1000, ...
 
 
@@ -66,8 +66,8 @@ def sample_generator(seed: int, rank: int, index: int) -> torch.Generator:
 
 class FrameCache:
     """Decoded media on disk, one `<sha256>.pt` per (file, settings): frames uint8 (T, 3, H, W),
-    sample_fps, frame_times (s), key. `load` equals `pixels.load_visual` bit for bit; writes are
-    atomic (temp file + rename), so threads and ranks may share a folder."""
+    sample_fps, frame_times (s), frame_indices, key. `load` equals `pixels.load_visual` bit for
+    bit; writes are atomic (temp file + rename), so threads and ranks may share a folder."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -105,13 +105,15 @@ class FrameCache:
                     with self._lock:
                         self.hits += 1
                     return pixels.Decoded(entry["frames"], float(entry["sample_fps"]),
-                                          tuple(entry["frame_times"]))
+                                          tuple(entry["frame_times"]),
+                                          tuple(entry["frame_indices"]))
             except Exception as e:                          # a truncated or foreign file: redo it
                 print(f"[cache] {f}: unreadable ({type(e).__name__}), recomputing", file=sys.stderr)
         decoded = pixels.load_visual(sample, media)
         tmp = f.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         torch.save({"frames": decoded.frames.contiguous(), "sample_fps": float(decoded.sample_fps),
-                    "frame_times": list(decoded.frame_times), "key": key}, tmp)
+                    "frame_times": list(decoded.frame_times),
+                    "frame_indices": list(decoded.frame_indices), "key": key}, tmp)
         os.replace(tmp, f)
         with self._lock:
             self.misses += 1

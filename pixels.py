@@ -7,7 +7,7 @@ Everything between a media file and the tensors the Qwen2.5-VL vision tower eats
     shuffle_frames(f)    -> (f[perm], perm)                notes §1 step 4
     patchify(frames)     -> pixel_values (t*h*w, 3*2*p*p) float32, grid_thw (3,) int64 = (t, h, w)
     patch_times(times)   -> seconds per temporal patch (Qwen3-VL's prompt timestamps)
-    load_visual(sample, media) -> Decoded(frames, sample_fps, frame_times);  to_visual(...) -> Visual
+    load_visual(sample, media) -> Decoded(frames, sample_fps, frame_times, frame_indices);  to_visual(...) -> Visual
 
 The model family's constants (patch size 14 or 16, so a resize factor of 28 or 32; the normalisation's mean and
 std; whether the prompt carries timestamps) are MediaConfig fields, filled from the family module
@@ -361,10 +361,12 @@ def patch_times(frame_times, temporal_patch_size: int = 2) -> list[float]:
 
 class Decoded(NamedTuple):
     """A sample's decoded media: frames uint8 (T, 3, H, W) (T = 1 for an image); sample_fps (frames per second of
-    the sampled clip; 0 for images); frame_times: each frame's time in the source (seconds), () for images."""
+    the sampled clip; 0 for images); frame_times: each frame's time in the source (seconds), () for images;
+    frame_indices: each frame's index in the source file (0-based), () for images."""
     frames: torch.Tensor
     sample_fps: float
     frame_times: tuple = ()
+    frame_indices: tuple = ()
 
 
 def load_visual(sample, media: MediaConfig) -> Decoded:
@@ -377,7 +379,8 @@ def load_visual(sample, media: MediaConfig) -> Decoded:
     clip = read_video(sample.media_path, fps=media.fps, min_frames=media.min_frames, max_frames=media.max_frames,
                       nframes=media.nframes or None, min_pixels=media.video_min_pixels,
                       max_pixels=media.video_max_pixels, total_pixels=media.video_total_pixels, factor=factor)
-    return Decoded(clip.frames, clip.sample_fps, tuple(i / clip.source_fps for i in clip.indices))
+    return Decoded(clip.frames, clip.sample_fps, tuple(i / clip.source_fps for i in clip.indices),
+                   tuple(int(i) for i in clip.indices))
 
 
 def to_visual(frames: torch.Tensor, sample_fps: float, frame_times, data_type: str, media: MediaConfig,
@@ -405,8 +408,8 @@ class Prepared:
     """One sample turned into policy inputs: prompt ids (P,) long and its Visual; for a video prompt that
     gets a shuffled group, the shuffled copy (same text, same token count, permuted frames, notes §1 step 4).
     For the rollout records (records.py): frames uint8 (T, 3, H, W) as sampled, their source times in seconds
-    (index in the file / its fps; () for images), and the shuffled copy's permutation perm (T,) long (shuffled
-    frame j is frames[perm[j]]; None without a copy)."""
+    (index in the file / its fps; () for images), the shuffled copy's permutation perm (T,) long (shuffled
+    frame j is frames[perm[j]]; None without a copy), and the frames' indices in the source file."""
     sample: data.Sample
     prompt_ids: torch.Tensor
     visual: Visual
@@ -415,6 +418,7 @@ class Prepared:
     frames: torch.Tensor | None = None
     frame_times: tuple = ()
     perm: torch.Tensor | None = None
+    frame_indices: tuple = ()
 
 
 def prepare(sample: data.Sample, tokenizer, media: MediaConfig, shuffled: bool = False, variant: str = "train",
@@ -425,12 +429,12 @@ def prepare(sample: data.Sample, tokenizer, media: MediaConfig, shuffled: bool =
     shuffled-frame copy (its permutation from `generator`). The shuffled copy keeps the ordered clip's
     timestamps and so the same prompt text (Q3): each frame's own time would let the model undo the shuffle.
     Raises MediaError for unreadable media."""
-    frames, fps, times = cache.load(sample, media) if cache is not None else load_visual(sample, media)   # (T, 3, H, W)
+    frames, fps, times, indices = cache.load(sample, media) if cache is not None else load_visual(sample, media)
     text = data.build_prompt_text(sample, variant)
     visual = to_visual(frames, fps, times, sample.data_type, media, sample.media_path)
     ids = data.encode_prompt(tokenizer, text, sample.data_type, visual.grid_thw, media.merge_size,
                              timestamps=visual.timestamps)
-    out = Prepared(sample, ids, visual, frames=frames, frame_times=tuple(times))
+    out = Prepared(sample, ids, visual, frames=frames, frame_times=tuple(times), frame_indices=tuple(indices))
     if shuffled and sample.data_type == "video":
         perm_frames, out.perm = shuffle_frames(frames, generator)
         # Q3: `times` are the ordered clip's frame times, so the shuffled copy carries the ordered timestamps

@@ -13,8 +13,9 @@ The held-out evaluations (heldout.py: eval_step_000020.*) and eval.py (eval.*) w
 records for what they score; their groups have ordered completions only.
 
 A group's line: {"step", "rank", "kind", "sample": the Sample's fields (its JSON entry's content,
-entry index and file, media path, problem type, solution), "frame_times": the sampled frames'
-source times in seconds (source index / source fps; [] for an image), "permutation": shuffled
+entry index and file, media path, problem type, solution), "frame_indices": the sampled frames'
+indices in the source file, "frame_times": their source times in seconds (index / source fps;
+both [] for an image), "permutation": shuffled
 frame j is sampled frame permutation[j] (null without a shuffled copy), "ordered"/"shuffled":
 [completion], "p", "p_shuffled", "bonus_fired" (null without a temporal signal)}.
 A completion: {"text", "tokens" (incl. the stop token), "accuracy", "format", "length_bonus",
@@ -89,6 +90,7 @@ def completion(
 def group_record(
     sample,
     frame_times,
+    frame_indices,
     perm,
     ordered: list[dict],
     shuffled: list[dict] | None,
@@ -107,6 +109,7 @@ def group_record(
         "rank": rank,
         "kind": kind,
         "sample": dataclasses.asdict(sample),
+        "frame_indices": [int(i) for i in frame_indices],
         "frame_times": [round(float(t), 4) for t in frame_times],
         "permutation": None if perm is None else [int(i) for i in perm],
         "ordered": ordered,
@@ -149,6 +152,7 @@ def train_records(groups, tokenizer, acc, fmt, sacc, adv, step: int, rank: int) 
         rec = group_record(
             pr.sample,
             pr.frame_times,
+            pr.frame_indices,
             pr.perm,
             ordered,
             shuffled,
@@ -189,11 +193,13 @@ class Media(NamedTuple):
 
     frame_times: tuple
     thumbs: list
+    frame_indices: tuple = ()
 
 
 def media_of(prepared) -> Media:
     """A pixels.Prepared's Media (thumbnails made now, once)."""
-    return Media(tuple(prepared.frame_times), thumbnails(prepared.frames))
+    return Media(tuple(prepared.frame_times), thumbnails(prepared.frames),
+                 tuple(prepared.frame_indices))
 
 
 def scored_record(
@@ -212,7 +218,8 @@ def scored_record(
         completion(t, n, a, rewards.format_reward(t)) for t, n, a in zip(texts, lengths, accuracy)
     ]
     rec = group_record(
-        sample, media.frame_times if media else (), None, ordered, None, step, rank, kind
+        sample, media.frame_times if media else (), media.frame_indices if media else (), None,
+        ordered, None, step, rank, kind
     )
     return rec | {"thumbs": media.thumbs if media else []}
 
@@ -262,7 +269,7 @@ Each completion lists its reward terms.</p>
 <h2>#{{ loop.index0 }} &middot; rank {{ g.rank }} &middot; {{ g.sample.problem_type }} &middot;
 {{ g.sample.data_type }} &middot; {{ g.sample.path }}</h2>
 {% if g.thumbs %}<div class="label">frames, sampled order
-(source seconds: {{ g.frame_times|join(", ") }})</div>
+(source frames {{ g.frame_indices|join(", ") }}; seconds {{ g.frame_times|join(", ") }})</div>
 <div class="strip ordered-frames">{% for u in g.thumbs %}
 <img src="{{ u }}" alt="frame {{ loop.index0 }}">{% endfor %}</div>
 {% if g.permutation %}<div class="label">frames, shuffled order

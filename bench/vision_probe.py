@@ -41,7 +41,7 @@ def features(hf, samples, media, shuffled: bool, seed: int) -> tuple[torch.Tenso
     Raises pixels.MediaError for an unreadable clip."""
     X, fams, ys = [], [], []
     for i, s in enumerate(samples):
-        frames, fps, times = pixels.load_visual(s, media)                           # (T, 3, H, W) uint8
+        frames, fps, times, _ = pixels.load_visual(s, media)                           # (T, 3, H, W) uint8
         if shuffled:
             frames, _ = pixels.shuffle_frames(frames, torch.Generator().manual_seed(seed * 1_000_003 + i))
         v = pixels.to_visual(frames, fps, times, "video", media)

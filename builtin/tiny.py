@@ -169,7 +169,7 @@ def build_builtin_tiny(folder: str | Path, train_cot_json: str | Path, n_center:
     import pixels
     samples = data.load_samples(train_cot_json, require_process=True)
     media = pixels.MediaConfig(**TINY_MEDIA)
-    visuals = [pixels.to_visual(*pixels.load_visual(s, media), s.data_type, media) for s in samples[:n_center]]
+    visuals = [pixels.to_visual(*pixels.load_visual(s, media)[:3], s.data_type, media) for s in samples[:n_center]]
     return build_tiny(folder, tokenizer_corpus(samples), center_on=visuals)
 
 

@@ -67,7 +67,7 @@ def _features(folder, sample, media):
     import pixels
     from model import load_policy
     hf, _ = load_policy(folder, torch.float32, torch.device("cpu"))
-    v = pixels.to_visual(*pixels.load_visual(sample, media), sample.data_type, media)
+    v = pixels.to_visual(*pixels.load_visual(sample, media)[:3], sample.data_type, media)
     with torch.no_grad():
         return hf.model.visual(v.pixel_values, grid_thw=v.grid_thw[None]).pooler_output      # (tokens, D)
 

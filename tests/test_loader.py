@@ -69,10 +69,11 @@ def test_frame_cache_identical_frames_and_invalidation(builtin, tmp_path):
     copy.write_bytes(open(video.media_path, "rb").read())
     video = data.Sample(**{**video.__dict__, "media_path": str(copy)})
     cache = loader.FrameCache(tmp_path / "frames")
-    frames, fps, times = pixels.load_visual(video, MEDIA)                       # (T, 3, H, W) uint8
+    frames, fps, times, indices = pixels.load_visual(video, MEDIA)                       # (T, 3, H, W) uint8
     for _ in range(2):
-        got, got_fps, got_times = cache.load(video, MEDIA)
+        got, got_fps, got_times, got_indices = cache.load(video, MEDIA)
         assert torch.equal(got, frames) and got.dtype == torch.uint8 and got_fps == fps and got_times == times
+        assert got_indices == indices and len(indices) == frames.shape[0]
     assert (cache.misses, cache.hits) == (1, 1)
     fewer = pixels.MediaConfig(**{**MEDIA.__dict__, "max_frames": 4})        # a setting change: new entry
     got = cache.load(video, fewer).frames

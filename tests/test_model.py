@@ -139,7 +139,7 @@ def test_builtin_tiny_visual_features_are_centred(builtin):
     paths, tiny = builtin
     hf, _ = M.load_policy(tiny)
     media = pixels.MediaConfig(**tiny_mod.TINY_MEDIA)
-    visuals = [pixels.to_visual(*pixels.load_visual(s, media), s.data_type, media)
+    visuals = [pixels.to_visual(*pixels.load_visual(s, media)[:3], s.data_type, media)
                for s in data.load_samples(paths["train_cot"], require_process=True)[:64]]
     with torch.no_grad():
         feats = torch.cat([hf.model.visual(v.pixel_values, grid_thw=v.grid_thw[None]).pooler_output for v in visuals])

@@ -118,6 +118,11 @@ def test_records_hold_every_term_and_the_page_shows_them(tiny_policy, tmp_path):
     assert len(a["frame_times"]) == v.frames.shape[0] and a["frame_times"] == sorted(
         a["frame_times"]
     )
+    import decord  # the source frames by the official arithmetic (notes §8), and their seconds
+
+    clip = decord.VideoReader(v.sample.media_path)
+    assert a["frame_indices"] == pixels.sample_frame_indices(len(clip), v.frames.shape[0])
+    assert a["frame_times"] == [round(i / clip.get_avg_fps(), 4) for i in a["frame_indices"]]
     # p = 2/3 ordered correct, p~ = 0: the bonus fires (official trigger p >= 0.8 p~) and pays alpha
     # to the right ones; two correct in the group: the length bonus too (bounds 1..10000 here)
     assert (a["p"], a["p_shuffled"], a["bonus_fired"]) == (pytest.approx(2 / 3), 0.0, True)
@@ -155,6 +160,7 @@ def test_records_hold_every_term_and_the_page_shows_them(tiny_policy, tmp_path):
         and b["permutation"] is None
         and b["p"] is None
         and b["frame_times"] == []
+        and b["frame_indices"] == []
     )
     assert (
         b["ordered"][1]["reward"] == pytest.approx(1.0) and b["ordered"][0]["temporal_bonus"] == 0.0
@@ -187,7 +193,7 @@ def test_records_hold_every_term_and_the_page_shows_them(tiny_policy, tmp_path):
 def test_completion_text_cannot_inject_markup(tiny_policy, tmp_path):
     hf, tok, v, i = tiny_policy
     comp = records.completion("<b>x</b><script>alert(1)</script>", 3, 0, 0)
-    rec = records.group_record(i.sample, (), None, [comp], None, 1, 0, "train")
+    rec = records.group_record(i.sample, (), (), None, [comp], None, 1, 0, "train")
     html = records.page([rec], "t")
     assert "<script>alert" not in html and "&lt;script&gt;" in html
 
@@ -339,6 +345,7 @@ def test_rollout_rows_reach_tensorboard_as_text(tmp_path):
     rec = records.group_record(
         sample,
         (0.0, 0.5),
+        (0, 15),
         torch.tensor([1, 0]),
         [records.completion("<think>x</think><answer>A</answer>", 9, 1, 1, 0.2, 0.3, 2.5, 1.1)],
         [records.completion("<answer>B</answer>", 4, 0, 0)],
