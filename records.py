@@ -363,14 +363,14 @@ TABLE_COLUMNS = [
 def add_gap(
     acc: torch.Tensor, train_lp: torch.Tensor, rollout_lp: torch.Tensor, mask: torch.Tensor
 ) -> None:
-    """Add |log p_rollout - log p_train| over completion tokens into `acc`, float64 (3,) CPU [sum of
-    gaps, token count, max gap], in place. train_lp, rollout_lp (n, L) float (the log-prob pass's
-    and the decode step's); mask (n, L), 1 on completion tokens. (One host sync per micro-batch.)"""
-    gap = (train_lp.detach().double() - rollout_lp.double()).abs()[mask.bool()]  # (tokens,)
-    if gap.numel():
-        acc[0] += float(gap.sum())
-        acc[1] += gap.numel()
-        acc[2] = max(float(acc[2]), float(gap.max()))
+    """Add |log p_rollout - log p_train| over completion tokens into `acc`, float64 (3,) on the
+    log-probs' device [sum of gaps, token count, max gap], in place. train_lp, rollout_lp (n, L)
+    float (the log-prob pass's and the decode step's); mask (n, L) float, 1 on completion tokens.
+    No host sync: it runs inside the log-prob pass."""
+    gap = (train_lp.detach().double() - rollout_lp.double()).abs() * mask   # (n, L), 0 elsewhere
+    acc[0] += gap.sum()
+    acc[1] += mask.sum()
+    acc[2] = torch.maximum(acc[2], gap.max())
 
 
 def log(
@@ -399,7 +399,7 @@ def reduce_gap(stats: torch.Tensor, proc: distributed.Dist) -> dict:
     completion tokens. A collective (one all-reduce: sums, counts and each rank's max in its own
     slot)."""
     t = torch.zeros(2 + proc.world, dtype=torch.float64)
-    t[:2], t[2 + proc.rank] = stats[:2], stats[2]
+    t[:2], t[2 + proc.rank] = stats[:2].cpu(), stats[2].cpu()
     t = distributed.all_reduce_sum(t, proc)
     return {
         "logprob_gap_mean": float(t[0] / t[1].clamp(min=1)),

@@ -277,7 +277,7 @@ def train_step(policy, reference, opt, batch: rollout.PolicyBatch, adv: torch.Te
     n_tok = float(distributed.all_reduce_sum(batch.completion_mask.sum().cpu(), proc)) / proc.world
     micro = [slice(s, s + rows) for s in range(0, N, rows)]
     ref_lp, t_ref = None, tracking.now(proc.device)
-    gap = torch.zeros(3, dtype=torch.float64)                 # rollout vs this pass: Σ|Δ|, max, n
+    gap = torch.zeros(3, dtype=torch.float64, device=proc.device)   # vs the rollout: Σ|Δ|, n, max
     if reference is not None:
         with torch.no_grad(), amp():
             ref_lp = torch.cat([reference(batch.input_ids[m], batch.attention_mask[m], P, vis,
