@@ -94,7 +94,9 @@ class Config:
         default=16, metadata={"help": "questions per generate call per rank (K completions each)"}
     )
     seed: int = field(default=0, metadata={"help": "sampling seed (per rank: seed + rank)"})
-    compile_decode: str = decode.compile_option()
+    compile_decode: str = field(
+        default="auto", metadata={"help": "compile the decode step; auto: on CUDA"}
+    )
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     precision: str = field(
         default="auto",

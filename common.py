@@ -9,7 +9,7 @@ import os
 import random
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,11 +17,12 @@ import numpy as np
 import torch
 
 import checkpoint
+import decode
 import distributed
 import lora
 import pixels
 import preflight
-from config import UserError
+from config import UserError, opt
 from model import PolicyLogprobs, load_policy
 from builtin.tiny import TINY_MEDIA, build_builtin_tiny
 
@@ -412,3 +413,47 @@ def export(module, tokenizer, folder: Path, proc: distributed.Dist, adapters=Non
         preflight.write_settings(folder, run_config)
     distributed.barrier(proc)
     return folder
+
+
+# ---- the machinery flags the entry points share, each defined once (config.parse lists an entry
+# point's own flags first, then these under their class's heading) ----
+
+@dataclass
+class Runtime:
+    """where and how the process runs (train.py, sft.py, eval.py)"""
+    cache_dir: str = opt("runs/cache", "the built-in data and tiny model are built here once")
+    preset: str = opt("auto", "auto: a --model export's recorded one; tiny for an empty --model or a "
+                      "built-in model; else paper", choices=("auto", "tiny", "paper"))
+    device: str = opt("auto", "auto | cpu | cuda")
+    precision: str = opt("auto", "auto: on CUDA bf16-mixed to train, bf16 to evaluate; fp32 on CPU",
+                         choices=distributed.PRECISIONS)
+    dist_backend: str = opt("auto", "process-group backend; auto: gloo on CPU, cpu:gloo,cuda:nccl")
+    dist_timeout_min: float = opt(distributed.TIMEOUT_MINUTES, "minutes a collective waits for the "
+                                  "others (covers a rank's cold decode compile; torch: 10)")
+    compile_decode: str = opt("auto", "compile the decode step; auto: on CUDA",
+                              choices=decode.COMPILE_MODES)
+    # wandb's own variables name the rest: WANDB_PROJECT (video-r1), WANDB_MODE (offline), WANDB_NAME
+    report_to: str = opt("none", "none | tensorboard | wandb, or both comma-separated")
+
+
+@dataclass
+class Training(Runtime):
+    """how a training run is spread, checkpointed and adapted (train.py, sft.py)"""
+    dist: str = opt("auto", "auto: fsdp on CUDA, ddp on CPU", choices=("auto", "fsdp", "ddp", "none"))
+    fsdp_vision_unit: str = opt("block", "FSDP units of the vision tower",
+                                choices=("block", "tower"))
+    activation_checkpointing: bool = opt(False, "recompute decoder layers and vision blocks")
+    cpu_offload: bool = opt(False, "FSDP2 CPU offload of params, grads, AdamW (needs --dist fsdp)")
+    logprob_chunk: int = opt(256, "tokens per lm_head call of the log-prob pass (fp32 logits)")
+    data_workers: int = opt(1, "threads decoding the next samples during the current step")
+    frame_cache: str = opt("", "folder of an on-disk cache of sampled frames; empty: none")
+    lora_rank: int = opt(0, "r: LoRA rank (lora.py); 0: full fine-tuning")
+    lora_alpha: float = opt(16.0, "LoRA alpha (adapter output scaled by alpha / r)")
+    lora_targets: str = opt("auto", "regex of adapted modules; auto: every decoder-layer Linear")
+    lora_vision: str = opt("frozen", "the vision tower under LoRA", choices=tuple(lora.VISION))
+    save_every: int = opt(0, "> 0: resumable checkpoint every this many steps")
+    keep_checkpoints: int = opt(2, "resumable checkpoints kept (oldest deleted)")
+    resume: str = opt("", "checkpoint folder to continue, or auto (the latest in out_dir)")
+    allow_config_change: bool = opt(False, "resume although settings differ (they are printed)")
+    export_every: int = opt(0, "> 0: also write an HF folder out_dir/step_N every this many steps")
+    overwrite: bool = opt(False, "clear an --out-dir holding an earlier run (else refused there)")

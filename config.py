@@ -62,6 +62,14 @@ def check(cfg, rules: dict[str, tuple[bool, str]] | None = None) -> None:
                             f"(valid: {valid})")
 
 
+def _by_owner(cls) -> list[tuple[type, dataclasses.Field]]:
+    """(declaring class, field) for every field of `cls`: cls's own fields first, then those of each
+    base in turn (train.py's Config, then common.Training, then common.Runtime): --help's order."""
+    names = [(owner, vars(owner).get("__annotations__", {})) for owner in cls.__mro__[:-1]]
+    return sorted(((next(o for o, ann in names if f.name in ann), f)
+                   for f in dataclasses.fields(cls)), key=lambda of: cls.__mro__.index(of[0]))
+
+
 def parse(cls, argv=None, description: str | None = None):
     """Parse argv into an instance of dataclass `cls`; returns (config, set of field names given explicitly).
 
@@ -73,15 +81,18 @@ def parse(cls, argv=None, description: str | None = None):
     Raises SystemExit (argparse) for unknown or abbreviated flags or bad values; TypeError if a field has no help.
     """
     p = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
-    for f in dataclasses.fields(cls):
+                allow_abbrev=False)
+    groups = {}
+    for owner, f in _by_owner(cls):
         if "help" not in f.metadata:
             raise TypeError(f"{cls.__name__}.{f.name} has no help text")
         kind = {bool: _bool, int: int, float: float, str: str}[type(f.default)]
         extra = {"nargs": "?", "const": True} if kind is _bool else {}   # a bare --flag means true
         if f.metadata.get("repeat"):
             extra = {"action": "append"}                                  # default None: filled in below
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind,
+        group = groups.setdefault(owner, p if owner is cls else p.add_argument_group(
+            f"{owner.__module__}.{owner.__name__}: {owner.__doc__.splitlines()[0]}"))
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind,
                        default=None if f.metadata.get("repeat") else f.default,
                        metavar=type(f.default).__name__.upper(), help=f"{f.metadata['help']}{_choices(f)} (default: {f.default!r})", **extra)
     ns = p.parse_args(argv)

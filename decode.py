@@ -40,7 +40,7 @@ Departures (docs/departures.md):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -53,13 +53,6 @@ CACHE_MULTIPLE = 256     # compiled: cache length rounded up to a multiple of th
 LIVE_MULTIPLE = 256      # attention reads the cache up to the next multiple of this past the column
                          # written (tokens)
 COMPILE_MODES = ("auto", "on", "off")
-
-
-def compile_option():
-    """The entry points' `--compile-decode` field (train.py, sft.py, eval.py)."""
-    return field(default="auto", metadata={"help": "compile the decode step (decode.py): auto (on CUDA: compiled "
-                                                   "with CUDA graphs; on CPU: eager, where compiling measured "
-                                                   "no faster, bench/README.md) | on | off"})
 
 
 @dataclass

@@ -15,7 +15,7 @@ import gc
 import math
 import os
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -53,14 +53,6 @@ def backend_spec(device_type: str, accelerator: str = "nccl") -> str:
 
 
 TIMEOUT_MINUTES = 30.0   # collectives' timeout: covers one rank's cold decode compile
-
-
-def timeout_option():
-    """The entry points' `--dist-timeout-min` field (train.py, sft.py, eval.py)."""
-    return field(default=TIMEOUT_MINUTES, metadata={
-        "help": "minutes a collective may wait for the other ranks before the run fails (NCCL's "
-                "watchdog; torch's default is 10): covers a rank compiling its decode step cold "
-                "while the others wait"})
 
 
 def init_distributed(device: str = "auto", backend: str = "auto",
@@ -217,12 +209,6 @@ def enable_activation_checkpointing(module: torch.nn.Module) -> None:
         hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def offload_option():
-    """The entry points' `--cpu-offload` field (train.py, sft.py): FSDP2's CPU offload, see `wrap`."""
-    return field(default=False, metadata={"help": "FSDP2 CPU offload of parameters, gradients and AdamW state (needs "
-                                                  "--dist fsdp; one GPU too): full fine-tuning on fewer GPUs"})
 
 
 def wrap(module: torch.nn.Module, proc: Dist, mode: str = "ddp", activation_checkpointing: bool = False,

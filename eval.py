@@ -48,7 +48,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -65,55 +65,48 @@ import preflight
 import records
 import rollout
 import tracking
-from config import UserError
+from config import opt
 from report import model_label, report, score_item, settings_line, summarize
 
 
 @dataclass
-class Config:
-    # what to evaluate
-    model: str = field(default="", metadata={"help": "HF folder of the policy; empty: the built-in cold start, what train.py starts from (common.coldstart)"})
-    data: str = field(default="", metadata={"help": "benchmark JSON eval_{name}.json; repeat --data (or comma-separate) for several; empty: the built-in test split"})
-    name: str = field(default="", metadata={"help": "benchmark name (with one --data); empty: from the file name eval_{name}.json"})
-    media_root: str = field(default="", metadata={"help": "folder the JSON's ./paths are relative to; empty: the JSON's folder"})
-    out_dir: str = field(default="", metadata={"help": "where results go; empty: runs/eval/<model-name>"})
-    cache_dir: str = field(default="runs/cache", metadata={"help": "built-in data and tiny model are built here once"})
-    limit: int = field(default=0, metadata={"help": "> 0: only the first N items of each benchmark (smoke runs)"})
-    shuffled: bool = field(default=False, metadata={"help": "also evaluate every item on shuffled frames (seeded) and report the gap (= adding 'shuffled' to --media)"})
-    media: str = field(default="ordered", metadata={"help": "comma-separated media variants to evaluate (blind.py): ordered | shuffled | none (the question without its media) | first-frame (a video cut to its first frame)"})
-    seed: int = field(default=0, metadata={"help": "seed of the frame shuffles (per item) and of sampling (per rank)"})
-    template: str = field(default="eval", metadata={"help": "'eval': the official eval prompt (notes §5); 'train': the T-GRPO/SFT prompt the policy was trained with"})
-    # frames and pixels (notes §4, §8; eval values)
-    nframes: int = field(default=0, metadata={"help": "> 0: fixed frame count per video (16/32/64) instead of the fps rule"})
-    max_frames: int = field(default=pixels.FPS_MAX_FRAMES, metadata={"help": "most frames per video under the fps rule (official FPS_MAX_FRAMES: 16, 32 or 64)"})
-    min_frames: int = field(default=pixels.FPS_MIN_FRAMES, metadata={"help": "fewest frames per video under the fps rule"})
-    fps: float = field(default=pixels.FPS, metadata={"help": "frames per second of video sampled by the fps rule"})
-    video_min_pixels: int = field(default=pixels.VIDEO_MIN_PIXELS, metadata={"help": "per-frame pixel floor"})
-    video_max_pixels: int = field(default=pixels.EVAL_VIDEO_MAX_PIXELS, metadata={"help": "per-frame pixel budget (eval 256*28*28)"})
-    video_total_pixels: int = field(default=pixels.VIDEO_TOTAL_PIXELS, metadata={"help": "pixel budget of a whole clip (qwen_vl_utils VIDEO_TOTAL_PIXELS)"})
-    image_min_pixels: int = field(default=pixels.IMAGE_MIN_PIXELS, metadata={"help": "image pixel floor"})
-    image_max_pixels: int = field(default=pixels.IMAGE_MAX_PIXELS, metadata={"help": "image pixel budget"})
-    rope_time: str = field(default="sample", metadata={"help": "'sample': mRoPE time from the clip's sample fps (official eval); 'official': fixed 2 fps (training)"})
-    # decoding (notes §7 "Engine")
-    temperature: float = field(default=0.01, metadata={"help": "sampling temperature (paper 0.01; official script 0.1)"})
-    top_p: float = field(default=0.001, metadata={"help": "nucleus mass (0.001: greedy in practice)"})
-    top_k: int = field(default=0, metadata={"help": "top-k; 0 = off"})
-    repetition_penalty: float = field(default=1.0, metadata={"help": "1.0 = off"})
-    max_new_tokens: int = field(default=1024, metadata={"help": "max new tokens per answer"})
-    compile_decode: str = decode.compile_option()
-    batch_size: int = field(default=8, metadata={"help": "prompts per generate call per rank (official: 64 on vLLM)"})
-    # machinery
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16-mixed (fp32 weights, bf16 autocast) | bf16 (bf16 weights)"})
-    dist_backend: str = field(default="auto", metadata={"help": "process-group backend: auto (gloo on CPU; cpu:gloo,cuda:nccl on CUDA) or a torch backend string"})
-    dist_timeout_min: float = distributed.timeout_option()
-    preset: str = field(default="auto", metadata={"help": "auto: the preset a --model folder was exported with (its run_settings.json, with its frames/pixels), else 'tiny' for an empty --model, a tiny preset: model or a built-in cold start, else 'paper'; tiny | paper"})
-    # tracking (tracking.py): each benchmark's summary (eval/<benchmark>[_shuffled]/score, ...) to TensorBoard/wandb
-    report_to: str = tracking.option("report_to")
-    run_name: str = tracking.option("run_name")
-    wandb_project: str = tracking.option("wandb_project")
-    wandb_mode: str = tracking.option("wandb_mode")
-
+class Config(common.Runtime):
+    # --- what to evaluate ---
+    model: str = opt("", "HF folder of the policy; empty: the built-in cold start (train.py's start)")
+    data: str = opt("", "benchmark JSON eval_{name}.json; repeat --data (or comma-separate) for "
+                    "several; empty: the built-in test split")
+    name: str = opt("", "benchmark name (with one --data); empty: from the file name eval_{name}.json")
+    media_root: str = opt("", "folder the JSON's ./paths are relative to; empty: the JSON's folder")
+    out_dir: str = opt("", "where results go; empty: runs/eval/<model-name>")
+    limit: int = opt(0, "> 0: only the first N items of each benchmark (smoke runs)")
+    shuffled: bool = opt(False, "also evaluate on shuffled frames (= adding 'shuffled' to --media)")
+    media: str = opt("ordered", "comma-separated media variants (blind.py): ordered | shuffled | "
+                     "none (the question alone) | first-frame (a video cut to its first frame)")
+    seed: int = opt(0, "seed of the frame shuffles (per item) and of sampling (per rank)")
+    template: str = opt("eval", "eval: the official eval prompt (notes §5); train: the T-GRPO/SFT "
+                        "prompt the policy was trained with", choices=("eval", "train"))
+    # --- frames and pixels (notes §4, §8; eval values) ---
+    nframes: int = opt(0, "> 0: a fixed frame count per video (16/32/64) instead of the fps rule")
+    max_frames: int = opt(pixels.FPS_MAX_FRAMES, "most frames per video under the fps rule "
+                          "(official FPS_MAX_FRAMES: 16, 32 or 64)")
+    min_frames: int = opt(pixels.FPS_MIN_FRAMES, "fewest frames per video under the fps rule")
+    fps: float = opt(pixels.FPS, "frames per second sampled by the fps rule")
+    video_min_pixels: int = opt(pixels.VIDEO_MIN_PIXELS, "per-frame pixel floor")
+    video_max_pixels: int = opt(pixels.EVAL_VIDEO_MAX_PIXELS, "per-frame pixel budget (eval "
+                                "256·28·28)")
+    video_total_pixels: int = opt(pixels.VIDEO_TOTAL_PIXELS, "pixel budget of a whole clip "
+                                  "(qwen_vl_utils VIDEO_TOTAL_PIXELS)")
+    image_min_pixels: int = opt(pixels.IMAGE_MIN_PIXELS, "image pixel floor")
+    image_max_pixels: int = opt(pixels.IMAGE_MAX_PIXELS, "image pixel budget")
+    rope_time: str = opt("sample", "mRoPE time: the clip's sample fps (official eval), or official "
+                         "(2 fps, as training)", choices=("sample", "official"))
+    # --- decoding (notes §7 "Engine") ---
+    temperature: float = opt(0.01, "sampling temperature (paper 0.01; official script 0.1)")
+    top_p: float = opt(0.001, "nucleus mass (0.001: greedy in practice)")
+    top_k: int = opt(0, "top-k; 0 = off")
+    repetition_penalty: float = opt(1.0, "1.0 = off")
+    max_new_tokens: int = opt(1024, "max new tokens per answer")
+    batch_size: int = opt(8, "prompts per generate call per rank (official: 64 on vLLM)")
 
 def merge_data_flags(argv: list[str]) -> list[str]:
     """Turn repeated `--data X` flags into one comma-separated `--data X,Y` (config.parse keeps the last)."""
@@ -132,16 +125,13 @@ def finish_config(cfg: Config, explicit: set[str]) -> Config:
     """Apply the tiny preset to fields not given, and check values. Raises config.UserError naming
     the field."""
     common.apply_preset(cfg, explicit, common.EVAL_TINY, "eval.py")
-    checks = {"template": cfg.template in ("train", "eval"),
-              "rope_time": cfg.rope_time in ("sample", "official"),
-              "batch_size": cfg.batch_size >= 1, "max_new_tokens": cfg.max_new_tokens >= 1,
-              "temperature": cfg.temperature > 0, "precision": cfg.precision in distributed.PRECISIONS, "top_p": 0 < cfg.top_p <= 1, "nframes": cfg.nframes >= 0,
-              "compile_decode": cfg.compile_decode in decode.COMPILE_MODES,
-              "name": not cfg.name or len([p for p in cfg.data.split(",") if p]) <= 1}
-    bad = [k for k, ok in checks.items() if not ok]
-    if bad:
-        raise UserError(f"eval.py: invalid --{bad[0].replace('_', '-')}: {getattr(cfg, bad[0])!r}"
-                         + (" (--name needs a single --data)" if bad[0] == "name" else ""))
+    n_data = len([p for p in cfg.data.split(",") if p])
+    cfglib.check(cfg, {"batch_size": (cfg.batch_size >= 1, ">= 1"),
+                       "max_new_tokens": (cfg.max_new_tokens >= 1, ">= 1"),
+                       "temperature": (cfg.temperature > 0, "> 0"),
+                       "top_p": (0 < cfg.top_p <= 1, "in (0, 1]"),
+                       "nframes": (cfg.nframes >= 0, ">= 0"),
+                       "name": (not cfg.name or n_data <= 1, "with a single --data")})
     tracking.parse_backends(cfg.report_to)
     blind.parse(cfg.media)
     return cfg

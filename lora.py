@@ -23,7 +23,6 @@ into the base weights by PEFT's `merge_and_unload` (loadable by transformers wit
 """
 from __future__ import annotations
 
-from dataclasses import field
 from pathlib import Path
 
 import torch
@@ -32,23 +31,6 @@ import distributed
 from config import UserError
 
 VISION = {"frozen": None, "merger": ["visual.merger"], "tower": ["visual"]}   # --lora-vision -> modules_to_save
-
-# The entry points' LoRA fields (train.py and sft.py declare them with `option`): name -> (default, help)
-OPTIONS = {
-    "lora_rank": (0, "r: LoRA rank (lora.py); 0 = full fine-tuning"),
-    "lora_alpha": (16.0, "LoRA alpha: the adapter's output is scaled by alpha / r"),
-    "lora_dropout": (0.0, "dropout on the adapters' input"),
-    "lora_targets": ("auto", "modules that get adapters: a regular expression on module names (PEFT target_modules); "
-                             "auto: every Linear of the decoder layers (lora.decoder_targets)"),
-    "lora_vision": ("frozen", "the vision tower under LoRA (which ignores --freeze-vision): frozen | merger (the merger trained in full) | tower (all of it trained in full)"),
-}
-
-
-def option(name: str):
-    """A dataclass field for LoRA option `name` (OPTIONS), with its default and help."""
-    default, text = OPTIONS[name]
-    return field(default=default, metadata={"help": text})
-
 
 def decoder_targets(hf, spec: str = "auto") -> str:
     r"""The PEFT target_modules regex for `spec`: itself, or for "auto" one built from the model: the names of the
@@ -65,10 +47,11 @@ def decoder_targets(hf, spec: str = "auto") -> str:
 
 
 def check(cfg) -> None:
-    """Raise ValueError for LoRA settings that cannot work (negative rank, unknown --lora-vision)."""
-    if cfg.lora_rank < 0 or cfg.lora_alpha <= 0 or not 0 <= cfg.lora_dropout < 1:
-        raise UserError(f"LoRA: need lora_rank >= 0, lora_alpha > 0, 0 <= lora_dropout < 1; got "
-                        f"{cfg.lora_rank}, {cfg.lora_alpha}, {cfg.lora_dropout}")
+    """Raise config.UserError for LoRA settings that cannot work (negative rank, alpha <= 0,
+    unknown --lora-vision)."""
+    if cfg.lora_rank < 0 or cfg.lora_alpha <= 0:
+        raise UserError(f"LoRA: need lora_rank >= 0 and lora_alpha > 0; got "
+                        f"{cfg.lora_rank}, {cfg.lora_alpha}")
     if cfg.lora_vision not in VISION:
         raise UserError(f"--lora-vision must be one of {sorted(VISION)}, got {cfg.lora_vision!r}")
 
@@ -85,10 +68,13 @@ def attach(hf, cfg, seed: int):
     if cfg.lora_rank == 0:
         return None
     from peft import LoraConfig, get_peft_model
-    config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=decoder_targets(hf, cfg.lora_targets), modules_to_save=VISION[cfg.lora_vision], bias="none")
-    # torch.manual_seed also seeds every CUDA device: fork all of them, or every rank's CUDA generator would end
-    # equal to `seed` (identical dropout masks on all ranks)
+    # no dropout on the adapters: the update must see the function the rollout sampled from (the
+    # on-policy ratio is exactly 1, and policy/logprob_gap measures only numerics)
+    config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                        target_modules=decoder_targets(hf, cfg.lora_targets),
+                        modules_to_save=VISION[cfg.lora_vision], bias="none")
+    # torch.manual_seed also seeds every CUDA device: fork all of them, or every rank's CUDA
+    # generator would end equal to `seed` (identical sampling on all ranks)
     with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
         torch.manual_seed(seed)
         adapters = get_peft_model(hf, config, autocast_adapter_dtype=True)

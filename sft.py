@@ -36,7 +36,7 @@ import math
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -56,7 +56,7 @@ import rollout
 import loader
 import lora
 import tracking
-from config import UserError
+from config import opt
 from data import PAD_TOKEN, encode_prompt, expand_media_tokens
 from model import Visual
 
@@ -65,92 +65,62 @@ LOSS_ON = ("assistant", "all")
 
 
 @dataclass
-class Config:
-    # where things are
-    model: str = field(default="", metadata={"help": "HF folder to fine-tune (e.g. Qwen2.5-VL-7B-Instruct); empty: the tiny random Qwen2.5-VL in cache_dir"})
-    data: str = field(default="", metadata={"help": "Video-R1-COT-165k-schema JSON/JSONL (needs 'process'); empty: the built-in COT split"})
-    media_root: str = field(default="", metadata={"help": "folder the JSONs' ./paths are relative to (also --eval-data's); empty: each JSON's folder"})
-    eval_data: str = field(default="", metadata={"repeat": True, "help": "held-out JSON for the format-reward rate; empty: the built-in test split (none with --data); NAME=FILE, repeated, for several named sets (heldout.parse_sets)"})
-    eval_media_root: str = field(default="", metadata={"help": "folder --eval-data's ./paths are relative to; empty: --media-root (or, without it, the eval JSON's folder)"})
-    out_dir: str = field(default="runs/sft", metadata={"help": "metrics.jsonl, config.json and the final HF folder go here"})
-    cache_dir: str = field(default="runs/cache", metadata={"help": "built-in data and tiny model are built here once"})
-    # the run (notes §4 SFT)
-    epochs: float = field(default=1.0, metadata={"help": "passes over the data (paper: 1)"})
-    steps: int = field(default=0, metadata={"help": "> 0: optimizer steps instead of epochs"})
-    batch_size: int = field(default=1, metadata={"help": "samples per device per micro-batch (official: 1)"})
-    grad_accum: int = field(default=2, metadata={"help": "micro-batches per optimizer step (official: 2)"})
-    seed: int = field(default=42, metadata={"help": "base seed; rank r uses seed + r"})
-    loss_on: str = field(default="assistant", metadata={"help": "'assistant': answer + <|im_end|>; 'all': everything but <|image_pad|> (official)"})
-    system_prompt: str = field(default="default", metadata={"help": "'default': template's 'You are a helpful assistant.' (as T-GRPO); 'official': no period"})
-    # optimisation (notes §4 SFT)
-    lr: float = field(default=1e-6, metadata={"help": "AdamW peak learning rate"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay, never on biases (common.param_groups, as the official HF Trainer)"})
-    decay_norms: bool = field(default=True, metadata={"help": "decay the RMSNorm weights too (the official trainer does: Qwen's RMSNorm is no nn.LayerNorm); false: exempt them as transformers 5.x's Trainer does"})
-    max_grad_norm: float = field(default=5.0, metadata={"help": "gradient-norm clip"})
-    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps, then linear decay to 0"})
-    freeze_vision: bool = field(default=False, metadata={"help": "keep the vision tower fixed (no gradients); the tiny preset's default, whose random tower collapses to a constant when trained from scratch"})
-    cpu_offload: bool = distributed.offload_option()
-    # LoRA (lora.py, through PEFT)
-    lora_rank: int = lora.option("lora_rank")
-    lora_alpha: float = lora.option("lora_alpha")
-    lora_dropout: float = lora.option("lora_dropout")
-    lora_targets: str = lora.option("lora_targets")
-    lora_vision: str = lora.option("lora_vision")
-    activation_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers and vision blocks in backward (official: on for the 7B)"})
-    # frames and pixels (notes §4, §8): the same fields and defaults as train.py
-    fps: float = field(default=pixels.FPS, metadata={"help": "frames per second of video sampled by the fps rule"})
-    min_frames: int = field(default=pixels.FPS_MIN_FRAMES, metadata={"help": "fewest frames per video"})
-    max_frames: int = field(default=pixels.FPS_MAX_FRAMES, metadata={"help": "most frames per video (training: 16)"})
-    nframes: int = field(default=0, metadata={"help": "> 0: fixed frame count instead of the fps rule"})
-    video_min_pixels: int = field(default=pixels.VIDEO_MIN_PIXELS, metadata={"help": "per-frame pixel floor"})
-    video_max_pixels: int = field(default=pixels.VIDEO_MAX_PIXELS, metadata={"help": "per-frame pixel budget (training 128·28·28)"})
-    image_min_pixels: int = field(default=pixels.IMAGE_MIN_PIXELS, metadata={"help": "image pixel floor"})
-    image_max_pixels: int = field(default=pixels.IMAGE_MAX_PIXELS, metadata={"help": "image pixel budget"})
-    rope_time: str = field(default="sample", metadata={"help": "'sample': mRoPE time from the clip's real fps; 'official': fixed 2 fps"})
-    data_workers: int = field(default=1, metadata={"help": "threads decoding and patchifying the next samples while the current step runs"})
-    frame_cache: str = field(default="", metadata={"help": "folder for an on-disk cache of sampled, resized frames; empty: no cache"})
-    # format-reward evaluation
-    eval_every: int = field(default=0, metadata={"help": "evaluate every k optimizer steps (0: only before and after training)"})
-    eval_samples: int = field(default=64, metadata={"help": "held-out prompts per evaluation (0: no evaluation)"})
-    eval_batch: int = field(default=16, metadata={"help": "prompts per generate call"})
-    eval_max_new_tokens: int = field(default=768, metadata={"help": "max new tokens per evaluation completion"})
-    compile_decode: str = decode.compile_option()
-    # machinery
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16-mixed on CUDA, fp32 on CPU) | fp32 | bf16-mixed (fp32 weights, bf16 compute, fp32 grad reduction) | bf16 (bf16 weights)"})
-    dist_backend: str = field(default="auto", metadata={"help": "process-group backend: auto (gloo on CPU; cpu:gloo,cuda:nccl on CUDA) or a torch backend string"})
-    dist_timeout_min: float = distributed.timeout_option()
-    fsdp_vision_unit: str = field(default="block", metadata={"help": "FSDP units of the vision tower: block (one per vision block) | tower (one for the whole tower)"})
-    dist: str = field(default="auto", metadata={"help": "auto (fsdp on CUDA, ddp on CPU) | fsdp | ddp | none"})
-    logprob_chunk: int = field(default=512, metadata={"help": "tokens (rows x positions) per lm_head call; bounds the fp32 logits memory"})
-    save_every: int = field(default=0, metadata={"help": "> 0: resumable checkpoint (DCP) every this many steps under out_dir/checkpoints, as in train.py"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "resumable checkpoints kept (oldest deleted)"})
-    resume: str = field(default="", metadata={"help": "checkpoint folder to continue from, or 'auto' (latest in out_dir, if any)"})
-    allow_config_change: bool = field(default=False, metadata={"help": "resume even when the checkpoint was written with other settings (the differences are printed)"})
-    export_every: int = field(default=0, metadata={"help": "> 0: also write an HF folder out_dir/step_N every this many steps"})
-    preset: str = field(default="auto", metadata={"help": "auto: the preset a --model folder was exported with (its run_settings.json, with its frames/pixels), else 'tiny' for an empty --model, else 'paper'; tiny | paper"})
-    overwrite: bool = field(default=False, metadata={"help": "clear an --out-dir that holds an earlier run (metrics, checkpoints, exports) first; without it a fresh run there is refused"})
-    # tracking (tracking.py): the metrics.jsonl rows, namespaced, to TensorBoard and/or wandb
-    report_to: str = tracking.option("report_to")
-    run_name: str = tracking.option("run_name")
-    wandb_project: str = tracking.option("wandb_project")
-    wandb_mode: str = tracking.option("wandb_mode")
-
+class Config(common.Training):
+    # --- where things are ---
+    model: str = opt("", "HF folder to fine-tune (e.g. Qwen2.5-VL-7B-Instruct); empty: the tiny "
+                     "random Qwen2.5-VL in cache_dir")
+    data: str = opt("", "Video-R1-COT-165k-schema JSON/JSONL (needs 'process'); empty: the "
+                    "built-in COT split")
+    media_root: str = opt("", "folder the JSONs' ./paths are relative to (also --eval-data's); "
+                          "empty: each JSON's folder")
+    eval_data: str = opt("", "held-out JSON for the format-reward rate, or NAME=FILE repeated; "
+                         "empty: the built-in test split (none with --data)", repeat=True)
+    eval_media_root: str = opt("", "--eval-data's media folder; empty: --media-root or the JSON's")
+    out_dir: str = opt("runs/sft", "metrics.jsonl, config.json and the final HF folder go here")
+    # --- the run (notes §4 SFT) ---
+    epochs: float = opt(1.0, "passes over the data (paper: 1)")
+    steps: int = opt(0, "> 0: optimizer steps instead of epochs")
+    batch_size: int = opt(1, "samples per device per micro-batch (official: 1)")
+    grad_accum: int = opt(2, "micro-batches per optimizer step (official: 2)")
+    seed: int = opt(42, "base seed; rank r uses seed + r")
+    loss_on: str = opt("assistant", "assistant: answer + <|im_end|>; all: everything but "
+                       "<|image_pad|> (official)", choices=LOSS_ON)
+    system_prompt: str = opt("default", "default: the template's 'You are a helpful assistant.' "
+                             "(as T-GRPO); official: no period", choices=SYSTEM_PROMPTS)
+    # --- optimisation (notes §4 SFT) ---
+    lr: float = opt(1e-6, "AdamW peak learning rate")
+    weight_decay: float = opt(0.0, "AdamW weight decay, never on biases (as the official Trainer)")
+    decay_norms: bool = opt(True, "decay RMSNorm weights too (official); false: as HF 5.x")
+    max_grad_norm: float = opt(5.0, "gradient-norm clip")
+    warmup_steps: int = opt(0, "linear warm-up steps, then linear decay to 0")
+    freeze_vision: bool = opt(False, "no gradients into the vision tower (tiny preset: true)")
+    logprob_chunk: int = opt(512, "tokens per lm_head call (bounds the fp32 logits memory)")
+    # --- frames and pixels (notes §4, §8): the same fields and defaults as train.py ---
+    fps: float = opt(pixels.FPS, "frames per second sampled by the fps rule")
+    min_frames: int = opt(pixels.FPS_MIN_FRAMES, "fewest frames per video")
+    max_frames: int = opt(pixels.FPS_MAX_FRAMES, "most frames per video (training: 16)")
+    nframes: int = opt(0, "> 0: a fixed frame count instead of the fps rule")
+    video_min_pixels: int = opt(pixels.VIDEO_MIN_PIXELS, "per-frame pixel floor")
+    video_max_pixels: int = opt(pixels.VIDEO_MAX_PIXELS, "per-frame pixel budget (128·28·28)")
+    image_min_pixels: int = opt(pixels.IMAGE_MIN_PIXELS, "image pixel floor")
+    image_max_pixels: int = opt(pixels.IMAGE_MAX_PIXELS, "image pixel budget")
+    rope_time: str = opt("sample", "mRoPE time: the clip's real fps, or official (2 fps)",
+                         choices=("sample", "official"))
+    # --- format-reward evaluation ---
+    eval_every: int = opt(0, "evaluate every k optimizer steps (0: only before and after)")
+    eval_samples: int = opt(64, "held-out prompts per evaluation (0: no evaluation)")
+    eval_batch: int = opt(16, "prompts per generate call")
+    eval_max_new_tokens: int = opt(768, "max new tokens per evaluation completion")
 
 def finish_config(cfg: Config, explicit: set[str]) -> Config:
     """Apply the preset to fields the user did not set and check values. Raises config.UserError
     naming the field."""
     common.apply_preset(cfg, explicit, common.SFT_TINY, "sft.py")
-    checks = {"loss_on": cfg.loss_on in LOSS_ON, "system_prompt": cfg.system_prompt in SYSTEM_PROMPTS,
-              "batch_size": cfg.batch_size >= 1, "grad_accum": cfg.grad_accum >= 1,
-              "epochs": cfg.epochs > 0 or cfg.steps > 0, "steps": cfg.steps >= 0,
-              "rope_time": cfg.rope_time in ("sample", "official"),
-              "precision": cfg.precision in distributed.PRECISIONS, "eval_batch": cfg.eval_batch >= 1,
-              "compile_decode": cfg.compile_decode in decode.COMPILE_MODES,
-              "fsdp_vision_unit": cfg.fsdp_vision_unit in ("block", "tower")}
-    bad = [k for k, ok in checks.items() if not ok]
-    if bad:
-        raise UserError(f"sft.py: invalid config value for {bad[0]}: {getattr(cfg, bad[0])!r}")
+    cfglib.check(cfg, {"batch_size": (cfg.batch_size >= 1, ">= 1"),
+                       "grad_accum": (cfg.grad_accum >= 1, ">= 1"),
+                       "epochs": (cfg.epochs > 0 or cfg.steps > 0, "> 0, or --steps > 0"),
+                       "steps": (cfg.steps >= 0, ">= 0"),
+                       "eval_batch": (cfg.eval_batch >= 1, ">= 1")})
     tracking.parse_backends(cfg.report_to)
     lora.check(cfg)
     return cfg

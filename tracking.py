@@ -3,6 +3,7 @@
     python train.py --report-to tensorboard            # runs/tgrpo/tensorboard/; view: tensorboard --logdir runs
     python train.py --report-to tensorboard,wandb      # both; wandb offline by default (no network needed):
     wandb sync runs/tgrpo/wandb/offline-run-*          # ...uploads the offline run later
+    WANDB_MODE=online WANDB_PROJECT=p WANDB_NAME=n python train.py --report-to wandb   # wandb's own
 
 `metrics.jsonl` stays the record of a run (always written, one JSON line per step); a tracker receives the same
 rows, rank 0 only, under the same metric names grouped into namespaces a dashboard shows as panels (NAMESPACES:
@@ -13,9 +14,9 @@ continued with `--resume` writes into the same TensorBoard folder and the same w
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
-from dataclasses import field
 from pathlib import Path
 
 from config import UserError
@@ -29,21 +30,6 @@ NAMESPACES = {
              "time_reference", "time_update"),
 }
 _SPACE = {name: space for space, names in NAMESPACES.items() for name in names}
-
-# The entry points' tracking fields (train.py, sft.py, eval.py declare them with `option`, so each means the same
-# everywhere): name -> (default, help)
-OPTIONS = {
-    "report_to": ("none", "none | tensorboard | wandb, or a comma-separated list (tracking.py); metrics.jsonl is always written"),
-    "run_name": ("", "the run's name in TensorBoard/wandb; empty: the out_dir's folder name"),
-    "wandb_project": ("video-r1", "wandb project"),
-    "wandb_mode": ("offline", "offline (no network; `wandb sync` the folder later) | online | disabled"),
-}
-
-
-def option(name: str):
-    """A dataclass field for tracking option `name` (OPTIONS), with its default and help."""
-    default, text = OPTIONS[name]
-    return field(default=default, metadata={"help": text})
 
 
 def parse_backends(report_to: str) -> list[str]:
@@ -104,7 +90,7 @@ def namespaced(row: dict) -> dict:
 class Tracker:
     """The run's trackers (rank 0 only: on other ranks, and with --report-to none, every call does nothing).
 
-    cfg: an entry point's config with the OPTIONS fields; out_dir: the run folder (TensorBoard writes to
+    cfg: an entry point's config (its report_to); out_dir: the run folder (TensorBoard writes to
     out_dir/tensorboard, wandb to out_dir/wandb); config: the full run config to record (JSON-serialisable);
     start_step: the step a resumed run continues from (0: a new run). TensorBoard then purges the points a crashed
     run logged after that step (SummaryWriter's purge_step), so each step keeps one point, as in metrics.jsonl.
@@ -117,7 +103,6 @@ class Tracker:
     def __init__(self, cfg, out_dir: str | Path, config: dict, main: bool = True, start_step: int = 0):
         self.backends = parse_backends(cfg.report_to) if main else []
         out_dir = Path(out_dir)
-        name = cfg.run_name or out_dir.resolve().name
         self.tb = self.wandb = None
         if "tensorboard" in self.backends:
             from torch.utils.tensorboard import SummaryWriter     # needs the `tensorboard` package
@@ -130,9 +115,14 @@ class Tracker:
             id_file.parent.mkdir(parents=True, exist_ok=True)
             if not id_file.exists():
                 id_file.write_text(secrets.token_hex(4))                # wandb run ids: [a-z0-9]
-            self.wandb = wandb.init(project=cfg.wandb_project, name=name, dir=str(out_dir), mode=cfg.wandb_mode,
+            # wandb's own variables, with this project's defaults: offline (no network; `wandb
+            # sync` the folder later) and the run named after its folder
+            self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "video-r1"),
+                                    name=os.environ.get("WANDB_NAME", out_dir.resolve().name),
+                                    mode=os.environ.get("WANDB_MODE", "offline"), dir=str(out_dir),
                                     id=id_file.read_text().strip(), resume="allow",
-                                    config=json.loads(json.dumps(config, default=str)), reinit="finish_previous")
+                                    config=json.loads(json.dumps(config, default=str)),
+                                    reinit="finish_previous")
             self.last_file = id_file.with_name("last_step")                # the highest step wandb was sent
             self.sent = int(self.last_file.read_text()) if start_step and self.last_file.exists() else 0   # fixed
 

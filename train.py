@@ -71,7 +71,7 @@ from config import opt
 
 
 @dataclass
-class Config:
+class Config(common.Training):
     # --- the paper's knobs (notes §4; the built-in run takes its preset's instead) ---
     model: str = opt("", "HF folder of the policy (runs/sft/final); empty: the built-in cold start")
     data: str = opt("", "Video-R1-260k-schema JSON/JSONL; empty: the built-in clips (train split)")
@@ -130,50 +130,14 @@ class Config:
     eval_completions: int = opt(1, "sampled completions per held-out prompt")
     eval_every: int = opt(0, "> 0: also evaluate every this many steps")
     eval_batch: int = opt(16, "held-out prompts per generate call")
-    # --- machinery: where, how many, how fast, how saved ---
+    # --- machinery: the step's size and where its files go; the rest (devices, sharding, LoRA,
+    # checkpoints, tracking) is common.Training's, shared with sft.py ---
     out_dir: str = opt("runs/tgrpo", "metrics.jsonl, curves.png and the final HF folder go here")
-    cache_dir: str = opt("runs/cache", "the built-in data and tiny model are built here once")
-    preset: str = opt("auto", "auto: a --model export's recorded one; tiny for an empty --model; "
-                      "else paper", choices=("auto", "tiny", "paper"))
-    overwrite: bool = opt(False, "clear an --out-dir holding an earlier run (else refused there)")
     seed: int = opt(42, "base seed; rank r uses seed + r")
     prompts_per_rank: int = opt(1, "prompts per rank per step (official: 1)")
     groups_per_micro_batch: int = opt(1, "prompt groups per forward/backward of the log-prob pass")
-    device: str = opt("auto", "auto | cpu | cuda")
-    precision: str = opt("auto", "auto: bf16-mixed on CUDA, fp32 on CPU",
-                         choices=distributed.PRECISIONS)
-    dist: str = opt("auto", "auto: fsdp on CUDA, ddp on CPU",
-                    choices=("auto", "fsdp", "ddp", "none"))
-    dist_backend: str = opt("auto", "process-group backend; auto: gloo on CPU, cpu:gloo,cuda:nccl")
-    dist_timeout_min: float = opt(distributed.TIMEOUT_MINUTES, "minutes a collective waits for the "
-                                  "others (covers a rank's cold decode compile; torch: 10)")
-    fsdp_vision_unit: str = opt("block", "FSDP units of the vision tower",
-                                choices=("block", "tower"))
-    activation_checkpointing: bool = opt(False, "recompute decoder layers and vision blocks")
-    cpu_offload: bool = opt(False, "FSDP2 CPU offload of params, grads, AdamW (needs --dist fsdp)")
     freeze_vision: bool = opt(False, "no gradients into the vision tower (tiny preset: true)")
-    compile_decode: str = opt("auto", "compile the decode step; auto: on CUDA",
-                              choices=decode.COMPILE_MODES)
-    logprob_chunk: int = opt(256, "tokens per lm_head call of the log-prob pass (fp32 logits)")
-    data_workers: int = opt(1, "threads decoding the next samples during the current step")
-    frame_cache: str = opt("", "folder of an on-disk cache of sampled frames; empty: none")
     log_rollouts: int = opt(10, "every this many steps: its rollouts to out_dir/rollouts (0: off)")
-    lora_rank: int = opt(0, "r: LoRA rank (lora.py); 0: full fine-tuning")
-    lora_alpha: float = opt(16.0, "LoRA alpha (adapter output scaled by alpha / r)")
-    lora_dropout: float = opt(0.0, "dropout on the adapters' input")
-    lora_targets: str = opt("auto", "regex of adapted modules; auto: every decoder-layer Linear")
-    lora_vision: str = opt("frozen", "the vision tower under LoRA", choices=tuple(lora.VISION))
-    save_every: int = opt(0, "> 0: resumable checkpoint every this many steps")
-    keep_checkpoints: int = opt(2, "resumable checkpoints kept (oldest deleted)")
-    resume: str = opt("", "checkpoint folder to continue, or auto (the latest in out_dir)")
-    allow_config_change: bool = opt(False, "resume although settings differ (they are printed)")
-    export_every: int = opt(0, "> 0: also write an HF folder out_dir/step_N every this many steps")
-    report_to: str = opt("none", "none | tensorboard | wandb, or both comma-separated")
-    run_name: str = opt("", "the run's name in TensorBoard/wandb; empty: out_dir's folder name")
-    wandb_project: str = opt("video-r1", "wandb project")
-    wandb_mode: str = opt("offline", "offline | online | disabled",
-                          choices=("offline", "online", "disabled"))
-
 
 def finish_config(cfg: Config, explicit: set[str]) -> Config:
     """Apply the preset to the fields not given, derive G̃, check values. Raises UserError."""

@@ -357,9 +357,7 @@ def test_rollout_rows_reach_tensorboard_as_text(tmp_path):
         True,
     )
     t = tracking.Tracker(
-        SimpleNamespace(
-            report_to="tensorboard", run_name="", wandb_project="p", wandb_mode="offline"
-        ),
+        SimpleNamespace(report_to="tensorboard"),
         tmp_path,
         {},
     )

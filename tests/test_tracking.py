@@ -61,8 +61,10 @@ def test_namespaces_and_backends():
 def test_train_reports_to_tensorboard_and_offline_wandb_on_rank_0(tmp_path, builtin, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    proc = run_train(["--steps", "2", "--G", "2", "--max-completion-length", "8", "--prompts-per-rank", "1",
-                      "--report-to", "tensorboard,wandb", "--run-name", "t1"], tmp_path, nproc=2, builtin=builtin)
+    monkeypatch.setenv("WANDB_NAME", "t1")                       # wandb's own variable names the run
+    proc = run_train(["--steps", "2", "--G", "2", "--max-completion-length", "8",
+                      "--prompts-per-rank", "1", "--report-to", "tensorboard,wandb"],
+                     tmp_path, nproc=2, builtin=builtin)
     out = tmp_path / "out"
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     scalars, texts = _tensorboard(out / "tensorboard")
@@ -143,7 +145,7 @@ def test_wandb_resume_sends_each_step_once(tmp_path, monkeypatch):
     import tracking
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    cfg = SimpleNamespace(report_to="wandb", run_name="r", wandb_project="p", wandb_mode="offline")
+    cfg = SimpleNamespace(report_to="wandb")
     t = tracking.Tracker(cfg, tmp_path, {"a": 1})
     for s in (1, 2, 3):
         t.log({"step": s, "accuracy": float(s)})
