@@ -1,5 +1,6 @@
-"""Shared fixtures and helpers: the built-in dataset and the tiny model (built once per test session in a temp
-folder), the narrow 7B-structured model, and launchers for entry points as subprocesses."""
+"""Shared fixtures and helpers: the built-in dataset and the tiny model (built once per test session
+in a temp folder), the narrow 7B-structured model, and launchers for entry points as
+subprocesses."""
 import os
 import subprocess
 import sys
@@ -26,22 +27,25 @@ def builtin(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def answering(builtin, tmp_path_factory):
-    """(paths, a tiny model that answers): the `builtin` tiny model after 120 SFT steps on the perception split
-    (short answers, "<think>red</think><answer>B</answer>"), so its completions earn varied rewards and T-GRPO
-    has non-zero advantages (a random model's all score 0: nothing would move)."""
+    """(paths, a tiny model that answers): the `builtin` tiny model after 120 SFT steps on the
+    perception split (short answers, "<think>red</think><answer>B</answer>"), so its completions
+    earn varied rewards and T-GRPO has non-zero advantages (a random model's all score 0: nothing
+    would move)."""
     paths, tiny = builtin
     out = tmp_path_factory.mktemp("answering")
-    run_cmd([sys.executable, str(ROOT / "sft.py"), "--model", str(tiny), "--data", str(paths["train_perception"]),
-             "--preset", "tiny", "--steps", "120", "--lr", "2e-3", "--eval-samples", "0", "--out-dir", str(out)], out)
+    run_cmd([sys.executable, str(ROOT / "sft.py"), "--model", str(tiny), "--data",
+             str(paths["train_perception"]), "--preset", "tiny", "--steps", "120", "--lr", "2e-3",
+             "--eval-samples", "0", "--out-dir", str(out)], out)
     return paths, out / "final"
 
 
 @pytest.fixture(scope="session")
 def qwen3(builtin, tmp_path_factory):
-    """A tiny random Qwen3-VL (tiny.build_tiny_qwen3, what --model preset:tiny-qwen3-vl builds) with the tokenizer
-    trained on the built-in data's text, in a session temp dir."""
+    """A tiny random Qwen3-VL (tiny.build_tiny_qwen3, what --model preset:tiny-qwen3-vl builds) with
+    the tokenizer trained on the built-in data's text, in a session temp dir."""
     from builtin.tiny import build_builtin_tiny_qwen3
-    return build_builtin_tiny_qwen3(tmp_path_factory.mktemp("qwen3") / "tiny-qwen3-vl", builtin[0]["train_cot"])
+    return build_builtin_tiny_qwen3(tmp_path_factory.mktemp("qwen3") / "tiny-qwen3-vl",
+                                    builtin[0]["train_cot"])
 
 
 REAL = SHARED / "qwen2_5_vl_7b_instruct"
@@ -49,12 +53,14 @@ REAL_QWEN3 = SHARED / "qwen3_vl_8b_instruct"
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: outside the fast tier (CI runs every test; -m 'not slow' skips them)")
+    config.addinivalue_line("markers", "slow: outside the fast tier (CI runs every test; "
+                                       "-m 'not slow' skips them)")
 
 
-# The fast tier, `python -m pytest -q -m "not slow"` (under 2 minutes on 2 cores): the math, the rewards,
-# the pixels, decode against HF, the reading order and one two-step train.py run. Every test not named
-# here (a file, or a file::test prefix) is marked slow, so a new test joins the full suite by default.
+# The fast tier, `python -m pytest -q -m "not slow"` (under 2 minutes on 2 cores): the math, the
+# rewards, the pixels, decode against HF, the reading order and one two-step train.py run. Every
+# test not named here (a file, or a file::test prefix) is marked slow, so a new test joins the full
+# suite by default.
 FAST = (
     "tests/test_tgrpo.py::",
     "tests/test_rewards.py::",
@@ -83,8 +89,9 @@ def pytest_collection_modifyitems(config, items):
         node = item.nodeid.replace("\\", "/")
         if not node.startswith(FAST) or node.startswith(SLOW_IN_FAST_FILES):
             item.add_marker(pytest.mark.slow)
-# 2-rank launch under NCCL's contract emulated on CPU (tests/cuda_only_backend.py), with the flags that give the
-# process group a GPU node gets: gloo for CPU tensors, a CUDA-only backend in NCCL's place.
+# 2-rank launch under NCCL's contract emulated on CPU (tests/cuda_only_backend.py), with the flags
+# that give the process group a GPU node gets: gloo for CPU tensors, a CUDA-only backend in NCCL's
+# place.
 GPU_CONTRACT = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                 str(ROOT / "tests" / "cuda_only_backend.py")]
 GPU_GROUP = ["--dist-backend", "cpu:gloo,cuda:cudaonly", "--dist", "fsdp"]
@@ -92,7 +99,8 @@ GPU_GROUP = ["--dist-backend", "cpu:gloo,cuda:cudaonly", "--dist", "fsdp"]
 
 @pytest.fixture(scope="session")
 def narrow(tmp_path_factory):
-    """A random Qwen2.5-VL with the 7B's structure and the real tokenizer, narrowed for CPU (tiny.py "narrow")."""
+    """A random Qwen2.5-VL with the 7B's structure and the real tokenizer, narrowed for CPU (tiny.py
+    "narrow")."""
     if not (REAL / "tokenizer.json").exists():
         pytest.skip("../shared/qwen2_5_vl_7b_instruct absent (fresh clone)")
     from builtin import tiny
@@ -100,25 +108,29 @@ def narrow(tmp_path_factory):
 
 
 def run_train(args, tmp_path, nproc=1, builtin=None):
-    """train.py as a subprocess (1 process, or torchrun with `nproc` CPU ranks) with cache and output under
-    tmp_path; `builtin` (the fixture's (paths, tiny)): --model is the tiny random model and --data the built-in
-    training split (without it train.py builds its default, the built-in cold start: minutes). Asserts exit code
-    0 and returns the CompletedProcess."""
+    """train.py as a subprocess (1 process, or torchrun with `nproc` CPU ranks) with cache and
+    output under tmp_path; `builtin` (the fixture's (paths, tiny)): --model is the tiny random model
+    and --data the built-in training split (without it train.py builds its default, the built-in
+    cold start: minutes). Asserts exit code 0 and returns the CompletedProcess."""
     if builtin is not None:
-        args = ["--model", str(builtin[1]), "--data", str(builtin[0]["train"]), "--preset", "tiny", *args]
+        args = ["--model", str(builtin[1]), "--data", str(builtin[0]["train"]), "--preset", "tiny",
+                *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
-    cmd = launcher + [str(ROOT / "train.py"), "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "out")] + args
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
+    cmd = launcher + [str(ROOT / "train.py"), "--cache-dir", str(tmp_path / "cache"), "--out-dir",
+                      str(tmp_path / "out")] + args
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
 
 def run_cmd(cmd, cwd, ok=True, timeout=600):
-    """A command as a subprocess with one torch thread and unbuffered output, in `cwd`; with `ok`, asserts exit
-    code 0 (showing the output's tail). Returns the CompletedProcess."""
+    """A command as a subprocess with one torch thread and unbuffered output, in `cwd`; with `ok`,
+    asserts exit code 0 (showing the output's tail). Returns the CompletedProcess."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if ok:
-        assert proc.returncode == 0, " ".join(map(str, cmd[-20:])) + "\n" + proc.stdout[-3000:] + proc.stderr[-6000:]
+        assert proc.returncode == 0, (" ".join(map(str, cmd[-20:])) + "\n" + proc.stdout[-3000:]
+                                      + proc.stderr[-6000:])
     return proc

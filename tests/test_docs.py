@@ -1,14 +1,16 @@
-"""Every reference a reader follows resolves in a fresh clone: each "notes §N" (with its step, item or named
-sub-heading) cited in the code or the README exists in docs/video-r1.md, and each departure ID in a module header
-is a row of docs/departures.md."""
+"""Every reference a reader follows resolves in a fresh clone: each "notes §N" (with its step, item
+or named sub-heading) cited in the code or the README exists in docs/video-r1.md, and each departure
+ID in a module header is a row of docs/departures.md."""
 import re
 
 from conftest import ROOT
 
 NOTES = (ROOT / "docs" / "video-r1.md").read_text()
 DEPARTURES = (ROOT / "docs" / "departures.md").read_text()
-PAGES = sorted([ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("bench/**/*.md")])   # what a reader opens
-SOURCES = sorted(list(ROOT.glob("*.py")) + list(ROOT.glob("builtin/*.py")) + list((ROOT / "bench").glob("*.py"))
+# what a reader opens
+PAGES = sorted([ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("bench/**/*.md")])
+SOURCES = sorted(list(ROOT.glob("*.py")) + list(ROOT.glob("builtin/*.py"))
+                 + list((ROOT / "bench").glob("*.py"))
                  + list((ROOT / "tests").glob("*.py"))
                  + [p for p in PAGES if p.name != "video-r1.md"])
 
@@ -20,23 +22,26 @@ def sections() -> dict[str, str]:
 
 
 def citations():
-    """(file, cited text after '§') for every 'notes §...' and every bare '§' continuing such a citation."""
+    """(file, cited text after '§') for every 'notes §...' and every bare '§' continuing such a
+    citation."""
     for path in SOURCES:
         text = path.read_text()
         for m in re.finditer(r"notes (§[^;)\n]*)", text):
-            for part in re.findall(r"§(\d+(?: (?:step|steps|item|items) [\d–\-, ]+)?(?: \"[^\"]+\")?)", m.group(1)):
+            for part in re.findall(r"§(\d+(?: (?:step|steps|item|items) [\d–\-, ]+)?"
+                                   r"(?: \"[^\"]+\")?)", m.group(1)):
                 yield path.name, part
 
 
 def test_every_cited_section_step_item_and_heading_exists():
     secs, missing, cites = sections(), [], list(citations())
-    assert len(cites) > 100                                                   # the scan finds the citations
+    assert len(cites) > 100                                           # the scan finds the citations
     for name, cite in cites:
         m = re.match(r"(\d+)(?: (step|steps|item|items) ([\d–\-, ]+))?(?: \"([^\"]+)\")?", cite)
         num, kind, numbers, heading = m.groups()
         body = secs.get(num)
         if body is None:
-            missing.append((name, cite)); continue
+            missing.append((name, cite))
+            continue
         for k in re.findall(r"\d+", numbers or ""):
             if not re.search(rf"^{k}\. \*\*", body, flags=re.M):
                 missing.append((name, cite))
@@ -56,8 +61,9 @@ def test_departure_ids_in_module_headers_are_rows_of_the_table():
 
 
 def test_every_link_in_the_readme_and_docs_resolves():
-    """Each relative Markdown link or image (`[text](path)`, `![alt](path)`) of the README, docs/ and bench/ pages
-    points at a file or folder of the repository (a moved section must not leave a dead link)."""
+    """Each relative Markdown link or image (`[text](path)`, `![alt](path)`) of the README, docs/
+    and bench/ pages points at a file or folder of the repository (a moved section must not leave a
+    dead link)."""
     dead, seen = [], 0
     for page in PAGES:
         for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
@@ -73,7 +79,8 @@ def test_no_reference_outside_the_repository():
     for path in [p for p in SOURCES if p.name != "test_docs.py"]:
         text = path.read_text()
         assert "/work/shared" not in text and "reference §" not in text, path.name
-        assert not re.search(r"(?<![\w/-])#\d{2,}\b", text), path.name    # issues as owner/repo#N or Video-R1#N
+        # issues as owner/repo#N or Video-R1#N
+        assert not re.search(r"(?<![\w/-])#\d{2,}\b", text), path.name
 
 
 def test_layers_no_entry_point_imported_and_no_import_cycle():
@@ -107,19 +114,21 @@ def test_layers_no_entry_point_imported_and_no_import_cycle():
 
 
 def step_calls() -> list[tuple[str, str]]:
-    """(module, function) of every call into a top-level module that one T-GRPO step makes, from the sample to
-    the optimizer step, in source order: train.step, with train.py's own helpers (rule_rewards, advantages,
-    train_step) read in place. A method of an object that main built from a module (`run.prefetch`, built by
-    `loader.Prefetcher(...)`) counts as that module's."""
+    """(module, function) of every call into a top-level module that one T-GRPO step makes, from the
+    sample to the optimizer step, in source order: train.step, with train.py's own helpers
+    (rule_rewards, advantages, train_step) read in place. A method of an object that main built from
+    a module (`run.prefetch`, built by `loader.Prefetcher(...)`) counts as that module's."""
     import ast
     tree = ast.parse((ROOT / "train.py").read_text())
     funcs = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
     mods = {p.stem for p in ROOT.glob("*.py")}
     owner = {}
     for node in ast.walk(funcs["main"]):
-        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name) and isinstance(node.value.func, ast.Attribute)
-                and isinstance(node.value.func.value, ast.Name) and node.value.func.value.id in mods):
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+                and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and isinstance(node.value.func, ast.Attribute)
+                and isinstance(node.value.func.value, ast.Name)
+                and node.value.func.value.id in mods):
             owner[node.targets[0].id] = node.value.func.value.id
 
     def calls(nodes):
@@ -140,16 +149,18 @@ def step_calls() -> list[tuple[str, str]]:
 
     body = funcs["step"].body
     end = next(i for i, s in enumerate(body) if "train_step(" in ast.unparse(s))
+    # main's loop calls it
     assert any("step(" in ast.unparse(s) for s in next(n for n in ast.walk(funcs["main"])
-                                                       if isinstance(n, ast.For)).body)   # main's loop calls it
+                                                       if isinstance(n, ast.For)).body)
     return list(calls(body[:end + 1]))
 
 
 def test_one_step_reads_in_five_files_in_order_without_returning():
-    """README "Reading one step": the paper's step is train.py, then loader.py, rollout.py, rewards.py and
-    tgrpo.py, each entered once: its calls come in one run, in that order. distributed.py (sharding and
-    collectives) and common.py (the clip-and-step guard shared with sft.py) are plumbing, named at the line;
-    tracking.py (the step's clock) and records.py (the rollout/train log-prob gap) observe, named at the line."""
+    """README "Reading one step": the paper's step is train.py, then loader.py, rollout.py,
+    rewards.py and tgrpo.py, each entered once: its calls come in one run, in that order.
+    distributed.py (sharding and collectives) and common.py (the clip-and-step guard shared with
+    sft.py) are plumbing, named at the line; tracking.py (the step's clock) and records.py (the
+    rollout/train log-prob gap) observe, named at the line."""
     plumbing = ("distributed", "common", "tracking", "records")
     seq = [m for m, _ in step_calls() if m not in plumbing]
     runs = [m for i, m in enumerate(seq) if i == 0 or seq[i - 1] != m]

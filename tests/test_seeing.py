@@ -1,5 +1,5 @@
-"""bench/seeing.py: the answer / reasoning fractions from hand-written eval records (hand-computed), the chance
-column, the table's layout, and one smoke run against the tiny random model."""
+"""bench/seeing.py: the answer / reasoning fractions from hand-written eval records (hand-computed),
+the chance column, the table's layout, and one smoke run against the tiny random model."""
 import json
 import sys
 
@@ -13,21 +13,32 @@ import seeing  # noqa: E402
 SIZE = ["A. bigger", "B. smaller"]
 COLOR = ["A. red", "B. green", "C. blue", "D. orange"]
 ENTRIES = [   # the held-out JSON entries the records refer to (only the fields seeing reads)
-    {"problem_id": 0, "data_source": "synthetic/temporal/size_change", "options": SIZE, "solution": "<answer>A</answer>"},
-    {"problem_id": 1, "data_source": "synthetic/temporal/size_change", "options": SIZE, "solution": "<answer>B</answer>"},
-    {"problem_id": 2, "data_source": "synthetic/temporal/count_before", "options": [], "solution": "<answer>2</answer>"},
-    {"problem_id": 3, "data_source": "synthetic/static/color", "options": COLOR, "solution": "<answer>C</answer>"},
-    {"problem_id": 4, "data_source": "synthetic/temporal/size_change", "options": SIZE, "solution": "<answer>A</answer>"},
-    {"problem_id": 5, "data_source": "synthetic/temporal/size_change", "options": SIZE, "solution": "<answer>B</answer>"},
-    {"problem_id": 6, "data_source": "synthetic/temporal/count_before", "options": [], "solution": "<answer>1</answer>"},
+    {"problem_id": 0, "data_source": "synthetic/temporal/size_change", "options": SIZE,
+     "solution": "<answer>A</answer>"},
+    {"problem_id": 1, "data_source": "synthetic/temporal/size_change", "options": SIZE,
+     "solution": "<answer>B</answer>"},
+    {"problem_id": 2, "data_source": "synthetic/temporal/count_before", "options": [],
+     "solution": "<answer>2</answer>"},
+    {"problem_id": 3, "data_source": "synthetic/static/color", "options": COLOR,
+     "solution": "<answer>C</answer>"},
+    {"problem_id": 4, "data_source": "synthetic/temporal/size_change", "options": SIZE,
+     "solution": "<answer>A</answer>"},
+    {"problem_id": 5, "data_source": "synthetic/temporal/size_change", "options": SIZE,
+     "solution": "<answer>B</answer>"},
+    {"problem_id": 6, "data_source": "synthetic/temporal/count_before", "options": [],
+     "solution": "<answer>1</answer>"},
 ]
-SAYS = {"bigger": "The shape gets bigger over time.", "smaller": "The shape gets smaller over time.",
-        "none": "I am not sure what happens.", "2": "The square flashed 2 times before the circle appeared.",
-        "1": "The square flashed 1 time before the circle appeared.", "0": "The square flashed 0 times before the circle.",
+SAYS = {"bigger": "The shape gets bigger over time.",
+        "smaller": "The shape gets smaller over time.", "none": "I am not sure what happens.",
+        "2": "The square flashed 2 times before the circle appeared.",
+        "1": "The square flashed 1 time before the circle appeared.",
+        "0": "The square flashed 0 times before the circle.",
         "blue": "There is one shape, and it is blue.", "red": "There is one shape, and it is red."}
-# (problem_id, what the reasoning says, final answer, correct): (stated right, answer follows) in the comment
+# (problem_id, what the reasoning says, final answer, correct): (stated right, answer follows)
+# in the comment
 ORDERED = [(0, "bigger", "A", True),     # (yes, yes): "bigger" is option A
-           (1, "bigger", "B", True),     # (no, no): right letter, but the reasoning said the wrong fact
+           (1, "bigger", "B", True),     # (no, no): right letter, but the reasoning said the
+                                         # wrong fact
            (4, "bigger", "B", False),    # (yes, no): saw it, gave the other letter
            (5, "none", "B", True),       # (no, no): no stating sentence
            (2, "2", "2", True),          # (yes, yes)
@@ -43,10 +54,13 @@ def write_folder(folder, ordered=ORDERED, shuffled=SHUFFLED):
     """An eval folder as eval.py writes it: a settings line, then one record per item."""
     folder.mkdir(parents=True, exist_ok=True)
     source = {e["problem_id"]: e["data_source"] for e in ENTRIES}
-    for name, rows in (("eval_test.records.jsonl", ordered), ("eval_test_shuffled.records.jsonl", shuffled)):
+    for name, rows in (("eval_test.records.jsonl", ordered),
+                       ("eval_test_shuffled.records.jsonl", shuffled)):
         lines = [json.dumps({"header": {"sampling": {"temperature": 0.01}}})]
-        lines += [json.dumps({"index": i, "problem_id": pid, "data_source": source[pid], "prediction": pred,
-                              "output": f"<think>{SAYS[says]}</think> <answer>{pred}</answer>", "correct": ok})
+        lines += [json.dumps({"index": i, "problem_id": pid, "data_source": source[pid],
+                              "prediction": pred,
+                              "output": f"<think>{SAYS[says]}</think> <answer>{pred}</answer>",
+                              "correct": ok})
                   for i, (pid, says, pred, ok) in enumerate(rows)]
         (folder / name).write_text("\n".join(lines) + "\n")
     return folder
@@ -54,16 +68,19 @@ def write_folder(folder, ordered=ORDERED, shuffled=SHUFFLED):
 
 def test_accuracies_by_family_and_category(tmp_path):
     acc = seeing.accuracies(write_folder(tmp_path / "ev"))
-    assert acc == {("ordered", "size_change"): 3 / 4, ("ordered", "count_before"): 1 / 2, ("ordered", "color"): 1.0,
-                   ("ordered", "temporal"): 4 / 6, ("ordered", "static"): 1.0,
-                   ("shuffled", "size_change"): 1 / 2, ("shuffled", "count_before"): 0.0, ("shuffled", "color"): 0.0,
+    assert acc == {("ordered", "size_change"): 3 / 4, ("ordered", "count_before"): 1 / 2,
+                   ("ordered", "color"): 1.0, ("ordered", "temporal"): 4 / 6,
+                   ("ordered", "static"): 1.0, ("shuffled", "size_change"): 1 / 2,
+                   ("shuffled", "count_before"): 0.0, ("shuffled", "color"): 0.0,
                    ("shuffled", "temporal"): 1 / 3, ("shuffled", "static"): 0.0}
 
 
 def test_reasoning_states_the_fact_and_the_answer_follows(tmp_path):
     said = seeing.reasoning(write_folder(tmp_path / "ev"), {e["problem_id"]: e for e in ENTRIES})
-    assert said[("ordered", "size_change")] == (2 / 4, 1 / 4)   # multiple choice: "bigger" <-> option A
-    assert said[("ordered", "count_before")] == (1.0, 1 / 2)    # numerical: the stated number vs the answer
+    # multiple choice: "bigger" <-> option A
+    assert said[("ordered", "size_change")] == (2 / 4, 1 / 4)
+    # numerical: the stated number vs the answer
+    assert said[("ordered", "count_before")] == (1.0, 1 / 2)
     assert said[("ordered", "color")] == (1.0, 1.0)
     assert said[("shuffled", "size_change")] == (1 / 2, 1.0)
     assert said[("shuffled", "count_before")] == (0.0, 1.0)
@@ -77,29 +94,35 @@ def test_chance_and_first_per_family():
 
 
 def test_table_has_every_family_and_none_where_no_item(tmp_path):
-    probe = {"size_change": {"ordered": 0.9, "shuffled": 0.4, "chance": 0.5, "n_train": 10, "n_test": 4}}
+    probe = {"size_change": {"ordered": 0.9, "shuffled": 0.4, "chance": 0.5, "n_train": 10,
+                             "n_test": 4}}
     t = seeing.table(write_folder(tmp_path / "ev"), ENTRIES, probe, seeing.chance(ENTRIES))
     assert list(t["families"]) == list(seeing.FAMILIES)
     row = t["families"]["size_change"]
     assert row["n"] == 4 and row["answer"] == {"ordered": 3 / 4, "shuffled": 1 / 2}
-    assert row["reasoning"] == {"ordered": 1 / 2, "shuffled": 1 / 2} and row["follows"]["ordered"] == 1 / 4
-    assert row["probe"] == probe["size_change"] and row["chance"] == 1 / 2 and row["kind"] == "temporal"
+    assert (row["reasoning"] == {"ordered": 1 / 2, "shuffled": 1 / 2}
+            and row["follows"]["ordered"] == 1 / 4)
+    assert (row["probe"] == probe["size_change"] and row["chance"] == 1 / 2
+            and row["kind"] == "temporal")
     empty = t["families"]["direction"]
-    assert empty["n"] == 0 and empty["answer"] == {"ordered": None, "shuffled": None} and empty["chance"] is None
+    assert (empty["n"] == 0 and empty["answer"] == {"ordered": None, "shuffled": None}
+            and empty["chance"] is None)
     assert t["categories"]["temporal"] == {"ordered": 4 / 6, "shuffled": 1 / 3}
     md = seeing.show(t)
-    assert "| size_change | temporal | 4 | 0.75 | 0.50 | 0.50 | 0.50 | 0.25 | 0.90 | 0.40 | 0.50 | 0.50 |" in md
+    assert ("| size_change | temporal | 4 | 0.75 | 0.50 | 0.50 | 0.50 | 0.25 | 0.90 | 0.40 | 0.50 "
+            "| 0.50 |") in md
     assert "| direction | temporal | 0 | – | – |" in md
 
 
 @pytest.mark.slow
 def test_seeing_smoke_run(builtin, tmp_path):
-    """bench/seeing.py against the tiny random model on the fixture's data: a row per family and the JSON."""
+    """bench/seeing.py against the tiny random model on the fixture's data: a row per family and the
+    JSON."""
     paths, tiny = builtin
     out = tmp_path / "seeing"
-    proc = run_cmd([sys.executable, str(ROOT / "bench" / "seeing.py"), "--model", str(tiny), "--cache-dir",
-                    str(paths["root"].parent), "--n", "2", "--max-new-tokens", "16", "--probe-steps", "20",
-                    "--out-dir", str(out)], tmp_path)
+    proc = run_cmd([sys.executable, str(ROOT / "bench" / "seeing.py"), "--model", str(tiny),
+                    "--cache-dir", str(paths["root"].parent), "--n", "2", "--max-new-tokens", "16",
+                    "--probe-steps", "20", "--out-dir", str(out)], tmp_path)
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     for fam in seeing.FAMILIES:
         assert any(line.startswith(f"| {fam} |") for line in rows), proc.stdout
@@ -110,7 +133,9 @@ def test_seeing_smoke_run(builtin, tmp_path):
     values = []
     for r in result["families"].values():
         assert r["n"] <= 2
-        values += [r[k][o] for k in ("answer", "reasoning", "follows") for o in ("ordered", "shuffled")]
+        values += [r[k][o] for k in ("answer", "reasoning", "follows")
+                   for o in ("ordered", "shuffled")]
         values += [r["probe"][o] for o in ("ordered", "shuffled", "chance")] if r["probe"] else []
     assert any(v is not None for v in values) and all(v is None or 0.0 <= v <= 1.0 for v in values)
-    assert any(r["probe"] for r in result["families"].values())          # at least one family had a probe to fit
+    # at least one family had a probe to fit
+    assert any(r["probe"] for r in result["families"].values())

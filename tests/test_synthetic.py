@@ -1,5 +1,5 @@
-"""Tests for synthetic.py: schema, determinism, idempotence, and that the pixels of the decoded clips
-really carry the (order-dependent) answers written in the JSON."""
+"""Tests for synthetic.py: schema, determinism, idempotence, and that the pixels of the decoded
+clips really carry the (order-dependent) answers written in the JSON."""
 
 import json
 import os
@@ -54,7 +54,8 @@ def answer_text(entry: dict) -> str:
 
 
 def family(entries, name):
-    return [e for e in entries if e["data_source"].endswith("/" + name) and e["data_type"] == "video"]
+    return [e for e in entries if e["data_source"].endswith("/" + name)
+            and e["data_type"] == "video"]
 
 
 def test_files_and_schema(data):
@@ -89,7 +90,8 @@ def test_files_and_schema(data):
     assert {k[0] for k in kinds} == {"video", "image"}
     assert {k[1] for k in kinds} == {"multiple choice", "numerical"}
     assert {k[2] for k in kinds} == {"temporal", "static"}
-    assert {e["data_source"].split("/")[2] for e in train} == set(scenes.TEMPORAL_FAMILIES + scenes.STATIC_FAMILIES)
+    assert ({e["data_source"].split("/")[2] for e in train}
+            == set(scenes.TEMPORAL_FAMILIES + scenes.STATIC_FAMILIES))
 
 
 def test_balance(data):
@@ -101,16 +103,21 @@ def test_balance(data):
     for fam in scenes.TEMPORAL_FAMILIES + scenes.STATIC_FAMILIES:
         fam_entries = [e for e in train if e["data_source"].endswith("/" + fam)]
         values, n_opt = scenes.answers(fam)
-        if fam == "appear_first":   # no answer values: the first shape is the correct option, at either place
-            assert set(Counter(e["solution"] for e in fam_entries)) == {"<answer>A</answer>", "<answer>B</answer>"}
+        # no answer values: the first shape is the correct option, at either place
+        if fam == "appear_first":
+            assert set(Counter(e["solution"] for e in fam_entries)) == {"<answer>A</answer>",
+                                                                        "<answer>B</answer>"}
             continue
-        answers = Counter(answer_text(e) if n_opt else e["solution"] for e in fam_entries)   # balanced values
-        assert set(answers) == ({str(v) for v in values} if n_opt else {f"<answer>{v}</answer>" for v in values}), fam
+        # balanced values
+        answers = Counter(answer_text(e) if n_opt else e["solution"] for e in fam_entries)
+        assert set(answers) == ({str(v) for v in values} if n_opt
+                                else {f"<answer>{v}</answer>" for v in values}), fam
         assert max(answers.values()) - min(answers.values()) <= 1, (fam, answers)
 
 
 def test_options_in_fixed_order(data):
-    """Every MC question lists its options in its family's fixed order (synthetic module docstring)."""
+    """Every MC question lists its options in its family's fixed order (synthetic module
+    docstring)."""
     _, train, _, test = data
     for e in train + test:
         if e["options"]:
@@ -123,7 +130,8 @@ def test_options_in_fixed_order(data):
 
 
 def test_count_before_law_is_time_symmetric():
-    # k uniform on {0,1,2} times P(m | k) must give P(k, m) = P(m, k): a clip and its reverse equally likely.
+    # k uniform on {0,1,2} times P(m | k) must give P(k, m) = P(m, k): a clip and its reverse
+    # equally likely.
     joint = np.zeros((3, 3))
     for k, (ms, ps) in scenes._M_GIVEN_K.items():
         assert abs(sum(ps) - 1) < 1e-12
@@ -153,7 +161,8 @@ def test_direction_pixels(data):
     clips = family(train + test, "direction")
     assert clips
     for e in clips:
-        color = re.fullmatch(r"In which direction does the (\w+) (\w+) move\?", e["problem"]).group(1)
+        color = re.fullmatch(r"In which direction does the (\w+) (\w+) move\?",
+                             e["problem"]).group(1)
         frames = decode(paths["root"], e)
 
         def moves(fr):
@@ -162,7 +171,8 @@ def test_direction_pixels(data):
             return "right" if xs[1] > xs[0] else "left"
 
         assert moves(frames) == answer_text(e)
-        assert moves(frames[::-1]) != answer_text(e)  # same frames, reversed order: the other answer
+        # same frames, reversed order: the other answer
+        assert moves(frames[::-1]) != answer_text(e)
 
 
 def test_appear_first_pixels(data):
@@ -189,7 +199,8 @@ def test_size_change_pixels(data):
         area = color_mask(decode(paths["root"], e), color).sum((1, 2))  # (T,)
         grows = area[-1] > area[0]
         assert max(area[-1], area[0]) > 4 * min(area[-1], area[0])
-        assert np.all(np.diff(area) >= 0) if grows else np.all(np.diff(area) <= 0)  # monotone (pixel steps)
+        # monotone (pixel steps)
+        assert np.all(np.diff(area) >= 0) if grows else np.all(np.diff(area) <= 0)
         assert ("bigger" if grows else "smaller") == answer_text(e)
 
 
@@ -199,7 +210,8 @@ def test_count_before_pixels(data):
     assert clips
     order_matters = 0
     for e in clips:
-        m = re.fullmatch(r"How many times does the small (\w+) square flash before the (\w+) circle appears\?", e["problem"])
+        m = re.fullmatch(r"How many times does the small (\w+) square flash before the (\w+) "
+                         r"circle appears\?", e["problem"])
         square, circle = m.groups()
         frames = decode(paths["root"], e)
         flash = [present(f, square) for f in frames]
@@ -228,13 +240,17 @@ def test_static_pixels(data):
             elif fam == "color":
                 assert seen == [answer_text(e)]
             else:
-                # the shape is the only non-background blob; look 1 px inside its bounding box's corners:
-                # a square covers all four, a triangle (apex up) the two bottom ones, a circle none
-                mask = np.abs(f.astype(np.int32) - np.median(f.reshape(-1, 3), 0)).sum(-1) > 60  # (H, W)
+                # the shape is the only non-background blob; look 1 px inside its bounding box's
+                # corners: a square covers all four, a triangle (apex up) the two bottom ones, a
+                # circle none
+                mask = np.abs(f.astype(np.int32)
+                              - np.median(f.reshape(-1, 3), 0)).sum(-1) > 60  # (H, W)
                 ys, xs = np.nonzero(mask)
                 box = mask[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1]
-                corners = tuple(bool(v) for v in box[[1, 1, -2, -2], [1, -2, 1, -2]])  # TL, TR, BL, BR
-                shape = {(True,) * 4: "square", (False, False, True, True): "triangle", (False,) * 4: "circle"}[corners]
+                # TL, TR, BL, BR
+                corners = tuple(bool(v) for v in box[[1, 1, -2, -2], [1, -2, 1, -2]])
+                shape = {(True,) * 4: "square", (False, False, True, True): "triangle",
+                         (False,) * 4: "circle"}[corners]
                 assert shape == answer_text(e)
 
 
@@ -291,36 +307,42 @@ def test_idempotent_and_redo(tmp_path):
     assert len(json.loads(paths["train"].read_text())) == 10
 
 
-@pytest.mark.parametrize("kwargs", [{"size": 100}, {"frames": 4}, {"seed": -1}, {"image_fraction": 1.0},
-                                    {"n_train": 0}, {"fps": 0.0}])
+@pytest.mark.parametrize("kwargs", [{"size": 100}, {"frames": 4}, {"seed": -1},
+                                    {"image_fraction": 1.0}, {"n_train": 0}, {"fps": 0.0}])
 def test_bad_arguments(tmp_path, kwargs):
     with pytest.raises(ValueError, match="synthetic.make_dataset"):
         make_dataset(tmp_path, **{"n_train": 4, "n_test": 2, **kwargs})
 
 
 def test_cli(tmp_path):
-    out = subprocess.run([sys.executable, str(REPO / "builtin" / "synthetic.py"), "--out", str(tmp_path / "d"), "--n-train", "6",
-                          "--n-test", "2", "--seed", "1"], capture_output=True, text=True, check=True, cwd=REPO)
+    out = subprocess.run([sys.executable, str(REPO / "builtin" / "synthetic.py"), "--out",
+                          str(tmp_path / "d"), "--n-train", "6", "--n-test", "2", "--seed", "1"],
+                         capture_output=True, text=True, check=True, cwd=REPO)
     assert str(tmp_path / "d") in out.stdout and "train.json" in out.stdout
     assert len(json.loads((tmp_path / "d" / "train.json").read_text())) == 6
 
 
 def test_stated_answer_reads_every_cot(data):
-    """scenes.stated_answer finds, in every built-in reasoning, the answer in the COT's words (the option text
-    for multiple choice, the number otherwise), and None in a text without the stating sentence."""
+    """scenes.stated_answer finds, in every built-in reasoning, the answer in the COT's words (the
+    option text for multiple choice, the number otherwise), and None in a text without the stating
+    sentence."""
     _, _, cot, _ = data
     for e in cot:
         fam = e["data_source"].split("/")[-1]
-        truth = answer_text(e) if e["options"] else re.fullmatch(r"<answer>(.*)</answer>", e["solution"]).group(1)
+        truth = (answer_text(e) if e["options"]
+                 else re.fullmatch(r"<answer>(.*)</answer>", e["solution"]).group(1))
         assert scenes.stated_answer(fam, e["process"] + "\n<answer>X</answer>") == truth, e
-    assert scenes.stated_answer("size_change", "<think>It is big.</think><answer>A</answer>") is None
+    assert scenes.stated_answer("size_change",
+                                "<think>It is big.</think><answer>A</answer>") is None
     # the reasoning counts, not the answer after </think>
-    assert scenes.stated_answer("direction", "<think>so it moves to the left.</think> moves to the right") == "left"
+    assert scenes.stated_answer(
+        "direction", "<think>so it moves to the left.</think> moves to the right") == "left"
 
 
 def test_perception_split_answers_with_the_right_words(data):
-    """The perception split (D8): 9 x n_train samples on clips of their own, the same schema and questions, and a
-    reasoning that is only the right answer's words: the option text for multiple choice, the number otherwise."""
+    """The perception split (D8): 9 x n_train samples on clips of their own, the same schema and
+    questions, and a reasoning that is only the right answer's words: the option text for multiple
+    choice, the number otherwise."""
     paths, train, _, _ = data
     per = json.loads(paths["train_perception"].read_text())
     assert len(per) == 9 * 48
@@ -335,12 +357,14 @@ def test_perception_split_answers_with_the_right_words(data):
 
 
 def test_stated_answer_reads_the_conclusion_then_the_leading_words():
-    """The COT's concluding sentence wins; without one, the words the reasoning starts with, when they have the
-    family's form; otherwise None."""
+    """The COT's concluding sentence wins; without one, the words the reasoning starts with, when
+    they have the family's form; otherwise None."""
     say = scenes.stated_answer
-    assert say("size_change", "<think>smaller. Let me think. It gets bigger over time. The answer is A.</think>") == "bigger"
+    assert say("size_change", "<think>smaller. Let me think. It gets bigger over time. "
+                              "The answer is A.</think>") == "bigger"
     assert say("size_change", "<think>bigger</think>\n<answer>A</answer>") == "bigger"
-    assert say("appear_first", "<think>the red circle</think><answer>A</answer>") == "the red circle"
+    assert say("appear_first",
+               "<think>the red circle</think><answer>A</answer>") == "the red circle"
     assert say("count", "<think>3. Let me count.</think>") == "3"
     assert say("direction", "<think>Let me think</think>") is None          # not the family's form
     assert say("count", "<think>three</think>") is None
