@@ -76,8 +76,8 @@ def make_shortcut_dataset(out_dir, seed: int = 0, q: float = 0.8, n_train: int =
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"shortcut: q must be in [0, 1], got {q}")
     if n_train < 2 or n_test < 1 or frames < 6 or size < 56 or size % 28:
-        raise ValueError(f"shortcut: need n_train >= 2, n_test >= 1, frames >= 6, "
-                         f"size a multiple of 28 >= 56; got "
+        raise ValueError("shortcut: need n_train >= 2, n_test >= 1, frames >= 6, "
+                         "size a multiple of 28 >= 56; got "
                          f"{n_train}, {n_test}, {frames}, {size}")
     root = Path(out_dir)
     params = {"version": VERSION, "seed": seed, "q": q, "n_train": n_train, "n_test": n_test,
@@ -113,7 +113,7 @@ def make_shortcut_sft(out_dir, seed: int = 0, n: int = 320, frames: int = 8, fps
     path of its COT JSON (train_cot.json). Raises ValueError and RuntimeError as
     make_shortcut_dataset."""
     if n < 2 or frames < 6 or size < 56 or size % 28:
-        raise ValueError(f"shortcut: need n >= 2, frames >= 6, size a multiple of 28 >= 56; "
+        raise ValueError("shortcut: need n >= 2, frames >= 6, size a multiple of 28 >= 56; "
                          f"got {n}, {frames}, {size}")
     root = Path(out_dir)
     params = {"version": VERSION, "kind": "shortcut-sft", "seed": seed, "n": n, "frames": frames,

@@ -170,13 +170,13 @@ def make_dataset(out_dir, seed: int = 0, n_train: int = 320, n_test: int = 200,
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"synthetic.make_dataset: seed must be an int >= 0, got {seed!r}")
     if n_train < 1 or n_test < 0 or n_perception < 0:
-        raise ValueError(f"synthetic.make_dataset: need n_train >= 1, n_test >= 0 and "
+        raise ValueError("synthetic.make_dataset: need n_train >= 1, n_test >= 0 and "
                          f"n_perception >= 0, got {n_train}, {n_test}, {n_perception}")
     if not 0.0 <= image_fraction < 1.0:
-        raise ValueError(f"synthetic.make_dataset: image_fraction must be in [0, 1), "
+        raise ValueError("synthetic.make_dataset: image_fraction must be in [0, 1), "
                          f"got {image_fraction}")
     if frames < 6 or fps <= 0 or size < 56 or size % 28:
-        raise ValueError(f"synthetic.make_dataset: need frames >= 6, fps > 0 and size a multiple "
+        raise ValueError("synthetic.make_dataset: need frames >= 6, fps > 0 and size a multiple "
                          f"of 28 >= 56, got frames={frames}, fps={fps}, size={size}")
     paths = {"train": root / "train.json", "train_cot": root / "train_cot.json",
              "test": root / "test.json", "train_perception": root / "train_perception.json",
