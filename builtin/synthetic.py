@@ -3,9 +3,9 @@
 Each sample is a short mp4 clip (default 8 frames at 2 fps, 112x112 RGB, plain dark background, flat
 coloured circles, squares and triangles drawn with numpy, H.264 via PyAV) or a still PNG image, with
 one question written in the Video-R1 JSON schema (notes §5): `problem_id, problem, data_type,
-problem_type, options, solution, path, data_source`; the COT file adds `process:
-"<think>...</think>"`. With 8 frames at 2 fps (4 s) the official 2-fps sampling rule (notes §8,
-`smart_nframes`) keeps every frame, so the model sees exactly the frames drawn here.
+problem_type, options, solution, path, data_source`; the COT file adds
+`process: "<think>...</think>"`. With 8 frames at 2 fps (4 s) the official 2-fps sampling rule
+(notes §8, `smart_nframes`) keeps every frame, so the model sees exactly the frames drawn here.
 
 Question families, rendering, reasoning and option order: scenes.py (its docstring). Splits:
 train.json, train_cot.json (with `process`), test.json and train_perception.json (make_dataset).
