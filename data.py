@@ -220,8 +220,8 @@ def build_prompt_text(sample: Sample, variant: str = "train") -> str:
     return template.format(Question=build_question(sample)) + TYPE_TEMPLATE[sample.problem_type]
 
 
-# ---- the chat-rendered prompt (notes §5 "GRPO message"): the text above, in Qwen2.5-VL's chat
-# layout ----------
+# ---- the chat-rendered prompt (notes §5 "GRPO message"): -----------------------------------------
+# the text above, in Qwen2.5-VL's chat layout
 PAD_TOKEN = {"image": "<|image_pad|>", "video": "<|video_pad|>"}
 DEFAULT_SYSTEM = "You are a helpful assistant."
 THINK_OPEN = "<think>\n"  # what a reasoning template may put after "<|im_start|>assistant\n" (Q4)
