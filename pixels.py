@@ -270,8 +270,8 @@ def read_video(path, *, fps: float = FPS, min_frames: int = FPS_MIN_FRAMES,
         raise MediaError(f"{path}: unusable video: {total_frames} frames at {video_fps} fps")
     try:
         n = smart_nframes(total_frames, video_fps, fps, min_frames, max_frames, nframes)
-    # too few frames for the rule: the official code raises too (then swallows it)
     except ValueError as e:
+        # too few frames for the rule: the official code raises too (then swallows it)
         raise MediaError(f"{path}: unusable video: too few frames "
                          f"({total_frames} at {video_fps:g} fps): {e}") from e
     indices = sample_frame_indices(total_frames, n)
@@ -313,8 +313,8 @@ def read_image(path, *, min_pixels: int = IMAGE_MIN_PIXELS, max_pixels: int = IM
                 rgb.paste(rgba, mask=rgba.getchannel("A"))
             else:
                 rgb = img.convert("RGB")
-    # FileNotFoundError, PIL.UnidentifiedImageError, OSError (truncated), ...
     except Exception as e:
+        # FileNotFoundError, PIL.UnidentifiedImageError, OSError (truncated), ...
         raise MediaError(f"{path}: cannot read image: {type(e).__name__}: {e}") from e
     try:
         h, w = smart_resize(rgb.height, rgb.width, factor, min_pixels, max_pixels)
