@@ -1,16 +1,17 @@
-"""Training curves of one run: its metrics.jsonl drawn as a PNG beside it (matplotlib, Agg, no display).
+"""Training curves of one run: its metrics.jsonl drawn as a PNG beside it (matplotlib, Agg, no
+display).
 
     python curves.py runs/tgrpo/metrics.jsonl                # -> runs/tgrpo/curves.png
     python curves.py runs/sft/metrics.jsonl --out sft.png    # any path; prints where it wrote
 
-The panels follow the keys the file holds, so one function draws both kinds of run: a T-GRPO run (train.py,
-keys of notes §3 "Logged metrics") gets the reward terms, accuracy on ordered vs shuffled frames, the
-temporal-bonus trigger rate, KL, completion length, loss and gradient norm; an SFT run (sft.py) gets loss,
-gradient norm and the held-out format / accuracy rates. A panel whose keys are all absent is left out.
-Per-step series are drawn raw (thin) with a trailing moving average over max(1, n // 10) points (thick), so a
-30-step run is readable; evaluation series ("eval_*" keys, a few rows) are drawn with markers.
-Video-only keys (p, p_shuffled, temporal_rate) are absent on steps without a video group: each series is drawn
-over the steps that have it.
+The panels follow the keys the file holds, so one function draws both kinds of run: a T-GRPO run
+(train.py, keys of notes §3 "Logged metrics") gets the reward terms, accuracy on ordered vs shuffled
+frames, the temporal-bonus trigger rate, KL, completion length, loss and gradient norm; an SFT run
+(sft.py) gets loss, gradient norm and the held-out format / accuracy rates. A panel whose keys are
+all absent is left out. Per-step series are drawn raw (thin) with a trailing moving average over
+max(1, n // 10) points (thick), so a 30-step run is readable; evaluation series ("eval_*" keys, a
+few rows) are drawn with markers. Video-only keys (p, p_shuffled, temporal_rate) are absent on steps
+without a video group: each series is drawn over the steps that have it.
 """
 from __future__ import annotations
 
@@ -23,15 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-# (title, metric keys, y-axis label); one subplot each, in this order, when any of its keys is in the file. A key
-# ending in "/" stands for every key it begins (the named held-out sets: "eval_accuracy/reversed", ...).
+# (title, metric keys, y-axis label); one subplot each, in this order, when any of its keys is in
+# the file. A key ending in "/" stands for every key it begins (the named held-out sets:
+# "eval_accuracy/reversed", ...).
 PANELS = (
-    ("reward terms", ("reward", "accuracy", "format", "temporal_bonus", "length_bonus"), "mean per completion"),
+    ("reward terms", ("reward", "accuracy", "format", "temporal_bonus", "length_bonus"),
+     "mean per completion"),
     ("accuracy: ordered vs shuffled frames", ("p", "p_shuffled"), "mean accuracy (video groups)"),
     ("temporal-bonus trigger rate", ("temporal_rate",), "fraction of video groups"),
     ("KL to reference", ("kl",), "nats per token"),
     ("completion length", ("completion_length",), "tokens"),
-    ("loss", ("loss",), ""),                                 # T-GRPO: surrogate; SFT: nats per token
+    ("loss", ("loss",), ""),  # T-GRPO: surrogate; SFT: nats per token
     ("grad norm", ("grad_norm",), "L2, before clipping"),
     ("eval: format / accuracy", ("eval_format", "eval_accuracy"), "rate on held-out prompts"),
     ("eval: accuracy per held-out set", ("eval_accuracy/",), "rate on held-out prompts"),
@@ -40,8 +43,8 @@ PANELS = (
 
 
 def expand(ks, keys) -> list[str]:
-    """The metric keys a panel draws, in order: each of `ks` that is in `keys`, a prefix ending in "/" replaced by
-    the keys of `keys` it begins (sorted)."""
+    """The metric keys a panel draws, in order: each of `ks` that is in `keys`, a prefix ending in
+    "/" replaced by the keys of `keys` it begins (sorted)."""
     out = []
     for k in ks:
         out += sorted(x for x in keys if x.startswith(k)) if k.endswith("/") else [k] * (k in keys)
@@ -49,12 +52,13 @@ def expand(ks, keys) -> list[str]:
 
 
 def read_rows(metrics_path: str | Path) -> list[dict]:
-    """Read a metrics JSON-lines file (one object per line, each with a "step"; blank lines skipped).
+    """Read a metrics JSON-lines file (one object per line, each with a "step"; blank lines
+    skipped).
 
     Args: metrics_path: the metrics.jsonl file.
     Returns: the rows, in file order (step rows and evaluation rows mixed, as written).
-    Raises: FileNotFoundError naming the path if it does not exist; ValueError naming the file and the
-        1-based line number for a line that is not JSON, not an object, or has no "step" key.
+    Raises: FileNotFoundError naming the path if it does not exist; ValueError naming the file and
+        the 1-based line number for a line that is not JSON, not an object, or has no "step" key.
     """
     path = Path(metrics_path)
     if not path.is_file():
@@ -85,14 +89,17 @@ def panels(keys) -> list[str]:
 
 def series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of one metric over the rows that hold it as a finite number, in file order.
-    Args: rows: as read_rows returns; key: the metric name. Returns: two float arrays of equal length (maybe 0)."""
+    Args: rows: as read_rows returns; key: the metric name. Returns: two float arrays of equal
+    length (maybe 0)."""
     pts = [(float(r["step"]), float(r[key])) for r in rows
-           if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool) and math.isfinite(r[key])]
+           if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)
+           and math.isfinite(r[key])]
     return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
 
 
 def moving_average(y: np.ndarray, k: int) -> np.ndarray:
-    """Trailing mean over the last k points (fewer at the start, so the curve starts at the first point).
+    """Trailing mean over the last k points (fewer at the start, so the curve starts at the first
+    point).
     Args: y: (n,) values; k: window >= 1. Returns: (n,) array."""
     c = np.cumsum(np.concatenate([[0.0], y]))   # c[i] = sum of y[:i]
     i = np.arange(1, len(y) + 1)
@@ -120,15 +127,18 @@ def draw(metrics_path: str | Path, png_path: str | Path | None = None, title: st
 
     Args:
         metrics_path: the run's metrics JSON-lines file (train.py or sft.py output).
-        png_path: where to write the PNG; None: curves.png beside metrics_path. Its folder must exist.
+        png_path: where to write the PNG; None: curves.png beside metrics_path. Its folder must
+            exist.
         title: figure title; "" uses metrics_path as given.
     Returns: the PNG's path (written atomically: a temp file beside it, then os.replace). When
         completions shrank (`shrink`) the completion-length panel's title says so and a note goes
         to stderr (stdout keeps only the path the CLI prints).
-    Raises: FileNotFoundError naming the path if metrics_path does not exist; ValueError naming the file and
-        line for a bad line (see read_rows), or naming the file when no key of any panel is present.
+    Raises: FileNotFoundError naming the path if metrics_path does not exist; ValueError naming the
+        file and line for a bad line (see read_rows), or naming the file when no key of any panel is
+        present.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg   # Agg, never pyplot: no global backend switch
+    # Agg, never pyplot: no global backend switch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     metrics_path = Path(metrics_path)
@@ -188,9 +198,11 @@ def draw(metrics_path: str | Path, png_path: str | Path | None = None, title: st
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="Draw a run's metrics.jsonl as a PNG of training curves.")
+    ap = argparse.ArgumentParser(
+        description="Draw a run's metrics.jsonl as a PNG of training curves.")
     ap.add_argument("metrics", help="the run's metrics.jsonl (train.py or sft.py)")
-    ap.add_argument("--out", default=None, help="PNG path (default: curves.png beside the metrics file)")
+    ap.add_argument("--out", default=None,
+                    help="PNG path (default: curves.png beside the metrics file)")
     ap.add_argument("--title", default="", help="figure title (default: the metrics path)")
     a = ap.parse_args()
     print(draw(a.metrics, a.out, a.title))
