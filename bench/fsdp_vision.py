@@ -59,7 +59,6 @@ def batch(hf, n_pixels: int, tokens: int, frames: int = 16):
                        for r, n in zip(rows, lens) for _ in (0, 1)])
     # (4, P) left padding
     attn = torch.stack([(torch.arange(P) >= P - n).long() for n in lens for _ in (0, 1)])
-
     comp = torch.randint(0, 1000, (4, tokens), generator=g)
     return (torch.cat([ids, comp], 1), torch.cat([attn, torch.ones_like(comp)], 1), P, vis,
             [0, 0, 1, 1])
@@ -102,7 +101,6 @@ def main():
         for unit, t in result.items():
             print(f"vision FSDP unit = {unit:5s}: {t * 1000:8.1f} ms per forward+backward "
                   f"(median of {a.iters})")
-
     distributed.cleanup(proc)
 
 

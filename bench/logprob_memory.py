@@ -63,7 +63,6 @@ def build(a):
         tie_word_embeddings=False)
     hf = Qwen2_5_VLForConditionalGeneration._from_config(
         cfg, attn_implementation="sdpa").float().to(a.device)
-
     grid = torch.tensor([2, 8, 8])                                  # 128 patches -> 32 video tokens
     visual = Visual("video", torch.randn(int(grid.prod()), 1176), grid, 1.0)
     n_text = a.prompt - 32 - 2
@@ -151,7 +150,6 @@ def main():
           f"{a.N * a.completion * VOCAB * 4 / 2**20:.0f} MB")
     for v, name in (("policy", f"PolicyLogprobs (chunk {a.chunk})"),
                     ("naive", "naive full logits")):
-
         print(f"{name:28s} peak +{res[v]['peak_mb']:8.1f} MB   {res[v]['seconds']:.2f} s")
     print(f"ratio policy / naive: {res['policy']['peak_mb'] / res['naive']['peak_mb']:.3f}")
 

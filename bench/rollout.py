@@ -88,7 +88,6 @@ def eager_vs_compiled(name, hf, tok, preps, G, G_shuffled, new_tokens, repeats, 
           f"ms/step ({1000 * rows / ms['eager']:.0f} tok/s) | "
           f"compiled {ms['compiled']:.2f} ms/step "
           f"({1000 * rows / ms['compiled']:.0f} tok/s), compile "
-
           f"{warm['compiled'][0] - statistics.median(times['compiled']):.1f} s, "
           f"{len(decoders['compiled'].graphs)} graph(s) | "
           f"speed-up {ms['eager'] / ms['compiled']:.2f}x | "
@@ -211,7 +210,6 @@ def versus_hf(a):
         m = statistics.median(ts)
         print(f"{name:22s} median {m:7.3f} s  {a.G / m:7.2f} completions/s  "
               f"{toks / m:8.1f} tokens/s  "
-
               f"runs {[round(t, 3) for t in ts]}")
     print(f"speed-up (median of per-pair ratios HF / ours): {statistics.median(ratios):.2f}x  "
           f"pairs {[round(r, 2) for r in ratios]}")

@@ -203,7 +203,6 @@ def report(out: Path, seeds: list[int], runs: dict, split_name: str) -> list[dic
                                                     "static_ordered"))
                      + f" | {side('trigger_rate')} | {side('p_minus_p_shuffled')} | "
                        f"{side('bonus_adv_shift')} |")
-
     (out / "results.md").write_text("\n".join(lines) + "\n")
     return records
 
@@ -228,7 +227,6 @@ def draw(out: Path, records: list[dict]) -> Path:
             ax.plot(steps, y.mean(0), "o-", ms=3, color=f"C{i}", label=name)
             ax.fill_between(steps, y.mean(0) - y.std(0), y.mean(0) + y.std(0), color=f"C{i}",
                             alpha=0.15)
-
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("RL step")
     axes[1].axhline(50, color="gray", lw=0.8, ls="--")

@@ -111,7 +111,6 @@ def main():
     for k, v in med.items():
         print(f"{k:20s} {v * 1000:8.1f} ms  {100 * v / total_t:5.1f} %   "
               f"runs {[round(x * 1000) for x in times[k]]}")
-
     print(f"{'step (sum of medians)':20s} {total_t * 1000:8.1f} ms")
 
 

@@ -9,7 +9,6 @@ and learning rate.
     /tmp/venv-bench/bin/python bench/trl_grpo.py --image-size 112  # the built-in images at their
                                                                    # own size (16 tokens)
 
-
 TRL (optional, benchmark only; pinned in bench/requirements.txt) cannot load this model's processor
 through AutoProcessor: transformers' Qwen2_5_VLProcessor always builds a video processor, which
 imports torchvision (not installable here). The script therefore gives TRL an image-only subclass of
@@ -106,7 +105,6 @@ def trl_side(model_dir, samples, a, pixels: int) -> list[float]:
                          "content": [{"type": "image"},
                                      {"type": "text",
                                       "text": data.build_prompt_text(s, "train")}]}],
-
              "image": Image.open(s.media_path).convert("RGB"), "solution": s.solution,
              "problem_type": s.problem_type}
             for s in samples]
@@ -194,7 +192,6 @@ def main():
     for name, ts in (("this repo", t_ours), ("TRL GRPOTrainer", t_trl)):
         print(f"{name:16s} median step {statistics.median(ts):6.2f} s   "
               f"runs {[round(t, 2) for t in ts]}")
-
     print(f"TRL / ours: {statistics.median(t_trl) / statistics.median(t_ours):.2f}x")
 
 

@@ -138,13 +138,11 @@ def main():
         acc_o, acc_s = probe(Xtr[itr], ys, [(Xte[ite], [yte[i] for i in ite]),
                                             (Xsh[ite], [yte[i] for i in ite])],
                              a.steps, a.wd)
-
         # chance: always answering the held-out split's most common answer
         chance = max([yte[i] for i in ite].count(c) for c in set(yte[i] for i in ite)) / len(ite)
         kind = "temporal" if fam in scenes.TEMPORAL_FAMILIES else "static"
         print(f"{fam:14s} {kind:9s} {len(itr):7d} {len(ite):6d} {acc_o:8.2f} {acc_s:8.2f} "
               f"{chance:7.2f}")
-
 
 
 if __name__ == "__main__":
