@@ -21,15 +21,16 @@ times: narrow, full width, full width with LoRA; figures from one H200 in bench/
 One step, as train.py runs it on one process (--precision bf16-mixed: fp32 master weights, bf16
 autocast): rollout (1 video prompt, G ordered + G̃ shuffled completions, one prefill), rewards and
 advantages, reference log-probs (no grad), policy log-probs (forward), backward, optimizer (clip +
-AdamW). Paper settings (reference §4): G = 8, G̃ = 4, 16 frames at 128·28·28 pixels, up to 768 new
-tokens (a random model rarely stops, so completions run to the limit: the worst case for memory).
-The first step is a warm-up and is not counted. Peak memory per phase is
-torch.cuda.max_memory_allocated after resetting it at the phase's start (CPU: n/a). The decode line:
-the rollout's median seconds over its decode steps (the longest completion; the prefill is inside,
-so this errs slow), the bytes one decode step reads (the decode copy's weights and the KV cache's
-live columns, decode.LIVE_MULTIPLE, averaged over the steps; for Qwen3.5 also the recurrent and conv
-states, which it reads and writes) and that figure over --bandwidth-tbs (H200 4.8, H100 SXM
-3.35 TB/s) as the roofline, then the graphs compiled and their seconds (decode.Decoder.summary).
+AdamW). Paper settings (reference
+§4): G = 8, G̃ = 4, 16 frames at 128·28·28 pixels, up to 768 new tokens (a random model rarely
+stops, so completions run to the limit: the worst case for memory). The first step is a warm-up and
+is not counted. Peak memory per phase is torch.cuda.max_memory_allocated after resetting it at the
+phase's start (CPU: n/a). The decode line: the rollout's median seconds over its decode steps (the
+longest completion; the prefill is inside, so this errs slow), the bytes one decode step reads (the
+decode copy's weights and the KV cache's live columns, decode.LIVE_MULTIPLE, averaged over the
+steps; for Qwen3.5 also the recurrent and conv states, which it reads and writes) and that figure
+over --bandwidth-tbs (H200 4.8, H100 SXM 3.35 TB/s) as the roofline, then the graphs compiled and
+their seconds (decode.Decoder.summary).
 """
 from __future__ import annotations
 
