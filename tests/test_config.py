@@ -1,4 +1,5 @@
-"""config.py: the command line of every entry point, and which fields count as given (a preset fills the rest)."""
+"""config.py: the command line of every entry point, and which fields count as given (a preset fills
+the rest)."""
 import pytest
 
 import config
@@ -6,8 +7,9 @@ import train
 
 
 def test_full_flags_are_explicit_and_abbreviations_refused(capsys):
-    """`--prompts-per-rank 2` is given and survives the tiny preset; an abbreviation (`--prompts-per 2`), which
-    argparse would accept and the preset would then silently overwrite, is refused by name."""
+    """`--prompts-per-rank 2` is given and survives the tiny preset; an abbreviation
+    (`--prompts-per 2`), which argparse would accept and the preset would then silently overwrite,
+    is refused by name."""
     cfg, explicit = config.parse(train.Config, ["--prompts-per-rank", "2", "--lr=0.5"])
     assert explicit == {"prompts_per_rank", "lr"}
     cfg = train.finish_config(cfg, explicit)
