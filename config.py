@@ -1,5 +1,6 @@
-"""Command-line parsing for the entry points' config dataclasses (cleanRL style: one dataclass, help on every
-field). `--some-field VALUE` sets `some_field`; booleans take true/false, or nothing for true. Shared by train.py, sft.py, eval.py.
+"""Command-line parsing for the entry points' config dataclasses (cleanRL style: one dataclass, help
+on every field). `--some-field VALUE` sets `some_field`; booleans take true/false, or nothing for
+true. Shared by train.py, sft.py, eval.py.
 """
 from __future__ import annotations
 
@@ -38,20 +39,23 @@ def _bool(text: str) -> bool:
 
 
 def opt(default, help: str, choices: tuple = (), repeat: bool = False):
-    """A config field: its default, one line of help (`--help` shows both), and optionally the values it may take
-    (checked by `parse`) or `repeat` (the flag may be given several times; its values are joined with commas)."""
-    meta = {"help": help} | ({"choices": tuple(choices)} if choices else {}) | ({"repeat": True} if repeat else {})
+    """A config field: its default, one line of help (`--help` shows both), and optionally the
+    values it may take (checked by `parse`) or `repeat` (the flag may be given several times; its
+    values are joined with commas)."""
+    meta = ({"help": help} | ({"choices": tuple(choices)} if choices else {})
+            | ({"repeat": True} if repeat else {}))
     return dataclasses.field(default=default, metadata=meta)
 
 
 def _choices(f) -> str:
-    return f" {{{' | '.join(map(str, f.metadata['choices']))}}}" if f.metadata.get("choices") else ""
+    return (f" {{{' | '.join(map(str, f.metadata['choices']))}}}" if f.metadata.get("choices")
+            else "")
 
 
 def check(cfg, rules: dict[str, tuple[bool, str]] | None = None) -> None:
-    """Raise UserError naming the first field whose value is not one of its metadata["choices"], or whose entry
-    in `rules` (field name -> (the value is valid, what is valid: ">= 1")) is not valid, with the value and what
-    is valid."""
+    """Raise UserError naming the first field whose value is not one of its metadata["choices"], or
+    whose entry in `rules` (field name -> (the value is valid, what is valid: ">= 1")) is not valid,
+    with the value and what is valid."""
     for f in dataclasses.fields(cfg):
         if f.metadata.get("choices") and getattr(cfg, f.name) not in f.metadata["choices"]:
             raise UserError(f"invalid config value for {f.name}: {getattr(cfg, f.name)!r} "
@@ -71,14 +75,16 @@ def _by_owner(cls) -> list[tuple[type, dataclasses.Field]]:
 
 
 def parse(cls, argv=None, description: str | None = None):
-    """Parse argv into an instance of dataclass `cls`; returns (config, set of field names given explicitly).
+    """Parse argv into an instance of dataclass `cls`; returns (config, set of field names given
+    explicitly).
 
-    Every field becomes `--field-name` with its metadata["help"], its choices and default shown by `--help`. A str field with
-    metadata["repeat"] may be given several times; its values are joined with commas (e.g. train.py's
-    `--eval-data a=x.json --eval-data b=y.json` is "a=x.json,b=y.json"). Flags must be
-    spelled out: an abbreviation (`--prompts-per 2`) is refused, since a preset overwrites every field whose full
-    flag is not on the command line.
-    Raises SystemExit (argparse) for unknown or abbreviated flags or bad values; TypeError if a field has no help.
+    Every field becomes `--field-name` with its metadata["help"], its choices and default shown by
+    `--help`. A str field with metadata["repeat"] may be given several times; its values are joined
+    with commas (e.g. train.py's `--eval-data a=x.json --eval-data b=y.json` is
+    "a=x.json,b=y.json"). Flags must be spelled out: an abbreviation (`--prompts-per 2`) is refused,
+    since a preset overwrites every field whose full flag is not on the command line.
+    Raises SystemExit (argparse) for unknown or abbreviated flags or bad values; TypeError if a
+    field has no help.
     """
     p = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                 allow_abbrev=False)
@@ -89,12 +95,13 @@ def parse(cls, argv=None, description: str | None = None):
         kind = {bool: _bool, int: int, float: float, str: str}[type(f.default)]
         extra = {"nargs": "?", "const": True} if kind is _bool else {}   # a bare --flag means true
         if f.metadata.get("repeat"):
-            extra = {"action": "append"}                                  # default None: filled in below
+            extra = {"action": "append"}                 # default None: filled in below
         group = groups.setdefault(owner, p if owner is cls else p.add_argument_group(
             f"{owner.__module__}.{owner.__name__}: {owner.__doc__.splitlines()[0]}"))
         group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind,
                        default=None if f.metadata.get("repeat") else f.default,
-                       metavar=type(f.default).__name__.upper(), help=f"{f.metadata['help']}{_choices(f)} (default: {f.default!r})", **extra)
+                       metavar=type(f.default).__name__.upper(),
+                       help=f"{f.metadata['help']}{_choices(f)} (default: {f.default!r})", **extra)
     ns = p.parse_args(argv)
     for f in dataclasses.fields(cls):
         if f.metadata.get("repeat"):
