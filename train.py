@@ -72,6 +72,8 @@ from config import opt
 
 @dataclass
 class Config(common.Training):
+    # Every flag of train.py: the 55 below, then the machinery it shares with sft.py (devices,
+    # sharding, LoRA, checkpoints, tracking: common.Training). --help lists them in that order.
     # --- the paper's knobs (notes §4; the built-in run takes its preset's instead) ---
     model: str = opt("", "HF folder of the policy (runs/sft/final); empty: the built-in cold start")
     data: str = opt("", "Video-R1-260k-schema JSON/JSONL; empty: the built-in clips (train split)")
@@ -138,6 +140,7 @@ class Config(common.Training):
     groups_per_micro_batch: int = opt(1, "prompt groups per forward/backward of the log-prob pass")
     freeze_vision: bool = opt(False, "no gradients into the vision tower (tiny preset: true)")
     log_rollouts: int = opt(10, "every this many steps: its rollouts to out_dir/rollouts (0: off)")
+
 
 def finish_config(cfg: Config, explicit: set[str]) -> Config:
     """Apply the preset to the fields not given, derive G̃, check values. Raises UserError."""
