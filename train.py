@@ -72,7 +72,7 @@ from config import opt
 
 @dataclass
 class Config(common.Training):
-    # Every flag of train.py: the 55 below, then the machinery it shares with sft.py (devices,
+    # Every flag of train.py: the fields below, then the machinery it shares with sft.py (devices,
     # sharding, LoRA, checkpoints, tracking: common.Training). --help lists them in that order.
     # --- the paper's knobs (notes §4; the built-in run takes its preset's instead) ---
     model: str = opt("", "HF folder of the policy (runs/sft/final); empty: the built-in cold start")
