@@ -53,17 +53,18 @@ def _choices(f) -> str:
 
 
 def check(cfg, rules: dict[str, tuple[bool, str]] | None = None) -> None:
-    """Raise UserError naming the first field whose value is not one of its metadata["choices"], or
-    whose entry in `rules` (field name -> (the value is valid, what is valid: ">= 1")) is not valid,
-    with the value and what is valid."""
+    """Raise UserError naming the first flag whose value is not one of its metadata["choices"], or
+    whose entry in `rules` (field name -> (the value is valid, what is valid: ">= 1")) is not
+    valid: "--steps must be >= 1, got 0". The one range and choice check of every entry point."""
     for f in dataclasses.fields(cfg):
-        if f.metadata.get("choices") and getattr(cfg, f.name) not in f.metadata["choices"]:
-            raise UserError(f"invalid config value for {f.name}: {getattr(cfg, f.name)!r} "
-                             f"(one of {', '.join(map(str, f.metadata['choices']))})")
+        value, choices = getattr(cfg, f.name), f.metadata.get("choices")
+        if choices and value not in choices:
+            raise UserError(f"--{f.name.replace('_', '-')} must be one of "
+                            f"{', '.join(map(str, choices))}, got {value!r}")
     for name, (ok, valid) in (rules or {}).items():
         if not ok:
-            raise UserError(f"invalid config value for {name}: {getattr(cfg, name)!r} "
-                            f"(valid: {valid})")
+            raise UserError(f"--{name.replace('_', '-')} must be {valid}, "
+                            f"got {getattr(cfg, name)!r}")
 
 
 def _by_owner(cls) -> list[tuple[type, dataclasses.Field]]:

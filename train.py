@@ -145,18 +145,19 @@ class Config(common.Training):
 def finish_config(cfg: Config, explicit: set[str]) -> Config:
     """Apply the preset to the fields not given, derive G̃, check values. Raises UserError."""
     common.apply_preset(cfg, explicit, common.TRAIN_TINY, "train.py", ("media", "sampling"))
-    common.check_ranges(cfg, {"steps": 1, "G": 2}, "train.py", {"G": "group-relative advantages"})
     if cfg.G_shuffled < 0:
         cfg.G_shuffled = cfg.G // 2
     if not cfg.temporal:
         cfg.G_shuffled = 0
-    cfglib.check(cfg, {"trigger_margin": (cfg.trigger_margin >= 0, ">= 0"),
+    cfglib.check(cfg, {"steps": (cfg.steps >= 1, ">= 1"),
+                       "G": (cfg.G >= 2, ">= 2 (group-relative advantages)"),
+                       "trigger_margin": (cfg.trigger_margin >= 0, ">= 0"),
                        "num_iterations": (cfg.num_iterations >= 1, ">= 1"),
                        "prompts_per_rank": (cfg.prompts_per_rank >= 1, ">= 1"),
                        "eval_samples": (cfg.eval_samples >= 0, ">= 0"),
                        "eval_completions": (cfg.eval_completions >= 1, ">= 1"),
                        "eval_batch": (cfg.eval_batch >= 1, ">= 1"),
-                       "log_rollouts": (cfg.log_rollouts >= 0, ">= 0; 0 = off")})
+                       "log_rollouts": (cfg.log_rollouts >= 0, ">= 0 (0: off)")})
     tracking.parse_backends(cfg.report_to)
     lora.check(cfg)
     return cfg
