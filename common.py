@@ -1,14 +1,11 @@
-"""Glue shared by the entry points (train.py, sft.py, eval.py) and the bench scripts: the tiny presets, the built-in
-data and model, the frames/pixels of a config, seeding, stop ids, HF export. No entry point imports another;
-they all import this (nanochat's common.py pattern).
+"""Glue shared by the entry points (train.py, sft.py, eval.py) and the bench scripts: the tiny presets, the
+frames/pixels of a config, seeding, stop ids, HF export. No entry point imports another; they all import this
+(nanochat's common.py pattern). The built-in data and models are builtin/'s (builtin.resolve).
 """
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import NamedTuple
@@ -23,7 +20,9 @@ import pixels
 import preflight
 from config import UserError
 from model import PolicyLogprobs, load_policy
-from builtin.tiny import TINY_MEDIA, build_builtin_tiny
+from builtin.cache import TINY_MODELS
+from builtin.coldstart import RECORD
+from builtin.tiny import TINY_MEDIA
 
 # The tiny presets: what a randomly initialised few-million-parameter model on 2 CPU cores needs, applied to the
 # fields a user did not set when --model is empty (or with --preset tiny). The frames and pixels (TINY_MEDIA) are
@@ -90,7 +89,7 @@ def check_ranges(cfg, lowest: dict[str, int], where: str, why: dict | None = Non
 def check_model_flag(model: str, where: str) -> None:
     """--model preset:NAME is the same in every entry point, checked when the flags are read: a
     TINY_MODELS preset (built on first use) for a run; a plan.PRESETS one (a config, no weights)
-    for plan.py (`resolve_model` refuses it for a run). Raises config.UserError listing the known
+    for plan.py (`builtin.cache.resolve_model` refuses it for a run). Raises config.UserError listing the known
     presets for an unknown name."""
     if not model.startswith("preset:") or model in TINY_MODELS:
         return
@@ -115,154 +114,7 @@ def media_config(cfg, model_config=None) -> pixels.MediaConfig:
     return media
 
 
-TINY_MODELS = ("preset:tiny-qwen3-vl", "preset:tiny-qwen3.5")   # --model presets built (under --cache-dir) on first use
-
-
-def resolve_model(model: str, cache_dir: str | Path, proc: distributed.Dist) -> str:
-    """The HF folder for --model: `model` itself, or for "preset:tiny-qwen3-vl" ("preset:tiny-qwen3.5")
-    the tiny random Qwen3-VL (Qwen3.5: tiny.build_builtin_tiny_qwen3 / build_builtin_tiny_qwen3_5, the
-    tokenizer trained on the built-in data's text) built on rank 0 under cache_dir/tiny-qwen3-vl
-    (tiny-qwen3.5) while the other ranks wait. Idempotent. Raises config.UserError for a
-    plan.PRESETS name (a config without weights: plan.py only)."""
-    if model.startswith("preset:") and model not in TINY_MODELS:    # plan.PRESETS: check_model_flag
-        raise UserError(f"--model {model} is the model's config without weights, for plan.py "
-                        f"only; to run, pass the folder of the downloaded weights "
-                        f"(docs/first_hour.md: data and weights)")
-    if model not in TINY_MODELS:
-        return model
-    from builtin.tiny import build_builtin_tiny_qwen3, build_builtin_tiny_qwen3_5
-    build = build_builtin_tiny_qwen3_5 if model == "preset:tiny-qwen3.5" else build_builtin_tiny_qwen3
-    folder = Path(cache_dir) / model.removeprefix("preset:")
-    paths = builtin(cache_dir, proc, model=False)
-    if proc.main:
-        build(folder, paths["train_cot"])
-    distributed.barrier(proc)
-    return str(folder)
-
-
-def builtin(cache_dir: str | Path, proc: distributed.Dist, model: bool = True) -> dict:
-    """The built-in dataset's paths (synthetic.make_dataset: "train", "train_cot", "test", ...), built on rank 0
-    under cache_dir/data while the other ranks wait; with `model`, also the tiny default in cache_dir/tiny
-    (returned as paths["tiny"]). Idempotent: a second call only returns the paths."""
-    from builtin import synthetic
-    cache = Path(cache_dir)
-    if proc.main:
-        paths = synthetic.make_dataset(cache / "data")
-        if model:
-            build_builtin_tiny(cache / "tiny", paths["train_cot"])
-    distributed.barrier(proc)
-    return synthetic.make_dataset(cache / "data") | ({"tiny": cache / "tiny"} if model else {})
-
-
 ROOT = Path(__file__).resolve().parent
-# set by torchrun: a child process that inherited them would try to join the parent's process group
-LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
-                "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
-                "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE")
-
-
-def child_env() -> dict[str, str]:
-    """This process's environment without the launcher's rank variables (LAUNCHER_ENV): for a single-process child."""
-    return {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV}
-
-
-def coldstart_dir(cache_dir: str | Path) -> Path:
-    """Where the built-in cold start lives: cache_dir/coldstart (its stages in subfolders, the result in final/)."""
-    return Path(cache_dir) / "coldstart"
-
-
-# The built-in cold start (the built-in recipe, D8 in docs/departures.md) as `python builtin/coldstart.py` builds it at its
-# default settings, committed to the repository (10 MB) so that a first `python train.py` spends its minutes on
-# T-GRPO. RECORD in a cold start folder says what made it: {"recipe": coldstart.py's settings, "data": the built-in
-# data's parameters (synthetic.make_dataset's manifest)}.
-SHIPPED_COLDSTART = ROOT / "assets" / "coldstart"
-RECORD = "coldstart.json"
-
-
-def shipped_coldstart(data_dir: str | Path, shipped: str | Path = SHIPPED_COLDSTART) -> Path | None:
-    """`shipped` (an HF folder with its RECORD) when its record's "data" parameters equal those of the built-in
-    data in `data_dir` (its manifest.json, synthetic.make_dataset), else None, printing why when the folder exists
-    but was built for other data (e.g. a newer scenes.VERSION: python builtin/coldstart.py then builds a matching one).
-    Raises ValueError naming the file when RECORD is not JSON with a "data" entry."""
-    shipped, manifest = Path(shipped), Path(data_dir) / "manifest.json"
-    if not (shipped / RECORD).exists() or not manifest.exists():
-        return None
-    try:
-        made_for = json.loads((shipped / RECORD).read_text())["data"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{shipped / RECORD}: not a cold start record with a \"data\" entry ({e!r}); "
-                         f"coldstart.py writes one") from e
-    have = json.loads(manifest.read_text())["params"]
-    if made_for != have:
-        print(f"{shipped / RECORD} was built for the built-in data {made_for}; {manifest} has {have}: not using it",
-              flush=True)
-        return None
-    return shipped
-
-
-def record_mismatch(folder: str | Path, data_dir: str | Path, recipe: dict | None) -> str | None:
-    """Why the cold start in `folder` is not the built-in one for the data in `data_dir`: its RECORD is missing or
-    unreadable, its "data" differs from data_dir's manifest parameters, or its "recipe" differs from `recipe` (None:
-    not checked). Returns the reason (naming what differs), or None when it fits."""
-    try:
-        made = json.loads((Path(folder) / RECORD).read_text())
-        made_for, made_by = made["data"], made["recipe"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        return f"no readable {RECORD} saying what made it ({type(e).__name__})"
-    manifest = Path(data_dir) / "manifest.json"
-    have = json.loads(manifest.read_text())["params"] if manifest.exists() else None
-    if made_for != have:
-        return f"built for the built-in data {made_for}, but {manifest} has {have}"
-    if recipe is not None and made_by != recipe:
-        diff = {k: (made_by.get(k), recipe.get(k)) for k in sorted(set(made_by) | set(recipe))
-                if made_by.get(k) != recipe.get(k)}
-        return f"built with other recipe settings than the default ({{setting: (its, default)}}: {diff})"
-    return None
-
-
-def existing_coldstart(cache_dir: str | Path, shipped: str | Path = SHIPPED_COLDSTART) -> Path | None:
-    """The built-in cold start that needs no build, the first of: cache_dir/coldstart/final (what `python
-    coldstart.py` built there), when its RECORD says it was made for the built-in data in cache_dir/data by the
-    default recipe (the shipped copy's; `record_mismatch`); the shipped one (`shipped_coldstart`). None when
-    neither applies. Raises ValueError naming the folder and what differs when cache_dir's build does not fit (it
-    is never used silently: pass it as --model to train from it anyway, or delete it to rebuild), and what
-    shipped_coldstart raises."""
-    final = coldstart_dir(cache_dir) / "final"
-    if not (final / "config.json").exists():
-        return shipped_coldstart(Path(cache_dir) / "data", shipped)
-    default = json.loads((Path(shipped) / RECORD).read_text())["recipe"] if (Path(shipped) / RECORD).exists() else None
-    why = record_mismatch(final, Path(cache_dir) / "data", default)
-    if why:
-        raise ValueError(f"{final}: not the built-in cold start for this data: {why}. Train from it with --model "
-                         f"{final}, or delete {final.parent} and rerun to rebuild it")
-    return final
-
-
-def coldstart(cache_dir: str | Path, proc: distributed.Dist, shipped: str | Path = SHIPPED_COLDSTART) -> Path:
-    """The built-in cold start (an HF folder): `existing_coldstart`, else built on rank 0 by `python builtin/coldstart.py`
-    (a child process, minutes on CPU, with its progress bars) into cache_dir/coldstart/final while the other ranks
-    wait (one barrier on every rank either way). Raises subprocess.CalledProcessError when the build fails."""
-    found = existing_coldstart(cache_dir, shipped)
-    final = coldstart_dir(cache_dir) / "final"
-    if proc.main and found is None:
-        print(f"building the built-in cold start in {final.parent} (once): python builtin/coldstart.py", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "builtin" / "coldstart.py"), "--cache-dir", str(Path(cache_dir).resolve())], cwd=ROOT,
-                       env=child_env(), check=True)
-    distributed.barrier(proc)
-    return found or final
-
-
-def resolve_model_and_data(cfg, proc: distributed.Dist) -> tuple[str, str, str]:
-    """(policy folder, training JSON, held-out JSON or "") of a T-GRPO config: cfg.model / cfg.data /
-    cfg.eval_data, or the built-in cold start (`coldstart`) and the built-in training and test splits when empty
-    (built once under cfg.cache_dir); a TINY_MODELS preset is built (`resolve_model`); no held-out JSON when cfg.data
-    is given without cfg.eval_data."""
-    model = resolve_model(cfg.model, cfg.cache_dir, proc)
-    if model and cfg.data:
-        return model, cfg.data, cfg.eval_data
-    paths = builtin(cfg.cache_dir, proc, model=False)
-    return (model or str(coldstart(cfg.cache_dir, proc)), cfg.data or str(paths["train"]),
-            cfg.eval_data or ("" if cfg.data else str(paths["test"])))
 
 
 def seed_everything(seed: int, proc: distributed.Dist) -> None:

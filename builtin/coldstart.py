@@ -7,9 +7,9 @@
     rm -r assets/coldstart && cp -r runs/cache/coldstart/final assets/coldstart   # ship a rebuilt one (commit it)
 
 assets/coldstart is this command's result at the default settings, committed (10 MB), so that a first
-`python train.py` spends its minutes on T-GRPO; its common.RECORD file (`record`) says what made it, and
+`python train.py` spends its minutes on T-GRPO; its RECORD file (`record`) says what made it, and
 tests/test_coldstart.py fails when the recipe's defaults, the built-in data or the tiny default change without
-a rebuilt copy. A folder built here (runs/cache/coldstart/final) takes precedence over it (common.coldstart).
+a rebuilt copy. A folder built here (runs/cache/coldstart/final) takes precedence over it (`find_or_build`).
 
 The built-in recipe (D8 in docs/departures.md; for the tiny default only) has four stages:
   0. perception SFT (ours): `sft.py` on the built-in perception split, where the reasoning is only the right
@@ -44,11 +44,22 @@ from pathlib import Path
 
 if __package__ in (None, ""):                      # run as a script (python builtin/coldstart.py): the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import common  # noqa: E402
 import config as cfglib  # noqa: E402
 import distributed  # noqa: E402
+from builtin import cache  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]         # the repository: sft.py and the children's working folder
+# This command's result at its default settings, committed to the repository (10 MB) so that a first
+# `python train.py` spends its minutes on T-GRPO. RECORD in a cold start folder says what made it
+# (`record`): {"recipe": this command's settings, "data": the built-in data's parameters
+# (synthetic.make_dataset's manifest)}.
+SHIPPED_COLDSTART = ROOT / "assets" / "coldstart"
+RECORD = "coldstart.json"
+# set by torchrun: a child process that inherited them would try to join the parent's process group
+LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT",
+                "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS",
+                "TORCHELASTIC_USE_AGENT_STORE")
 
 
 @dataclass
@@ -121,12 +132,12 @@ def build(cfg: Config) -> Path:
     existing final/ whose RECORD differs from this cfg and data, and a stage export made by another command (its
     command.json), are rebuilt, saying why.
     Raises subprocess.CalledProcessError naming the stage's command when an sft.py run fails."""
-    out = Path(cfg.out_dir or common.coldstart_dir(cfg.cache_dir)).resolve()   # the sft.py children run in ROOT
+    out = Path(cfg.out_dir or coldstart_dir(cfg.cache_dir)).resolve()   # the sft.py children run in ROOT
     final = out / "final"
-    paths = common.builtin(cfg.cache_dir, distributed.Dist())
-    data, env = Path(paths["root"]).resolve(), common.child_env()
+    paths = cache.paths(cfg.cache_dir, distributed.Dist())
+    data, env = Path(paths["root"]).resolve(), child_env()
     if (final / "config.json").exists():
-        why = common.record_mismatch(final, data, record(cfg, data)["recipe"])
+        why = record_mismatch(final, data, record(cfg, data)["recipe"])
         if why is None:
             return final
         print(f"coldstart: {final}: {why}: rebuilding", flush=True)
@@ -154,17 +165,111 @@ def build(cfg: Config) -> Path:
     tmp = out / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(out / name / "final", tmp)
-    (tmp / common.RECORD).write_text(json.dumps(record(cfg, data), indent=1) + "\n")
+    (tmp / RECORD).write_text(json.dumps(record(cfg, data), indent=1) + "\n")
     os.replace(tmp, final)                                               # atomic: final/ is whole or absent
     return final
 
 
 def record(cfg: Config, data: Path) -> dict:
-    """What made a cold start (common.RECORD in its folder): {"recipe": cfg's fields that change the result (all
+    """What made a cold start (RECORD in its folder): {"recipe": cfg's fields that change the result (all
     but the folders and the device), "data": the parameters in data/manifest.json (synthetic.make_dataset)}.
     Raises FileNotFoundError when `data` has no manifest.json."""
     recipe = {k: v for k, v in asdict(cfg).items() if k not in ("cache_dir", "out_dir", "device")}
     return {"recipe": recipe, "data": json.loads((data / "manifest.json").read_text())["params"]}
+
+
+# ---- finding the built-in cold start: what train.py, eval.py and blind_filter.py start from ----------
+def coldstart_dir(cache_dir: str | Path) -> Path:
+    """Where the built-in cold start lives: cache_dir/coldstart (its stages in subfolders, the result
+    in final/)."""
+    return Path(cache_dir) / "coldstart"
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment without the launcher's rank variables (LAUNCHER_ENV): for a
+    single-process child."""
+    return {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV}
+
+
+def shipped_coldstart(data_dir: str | Path, shipped: str | Path = SHIPPED_COLDSTART) -> Path | None:
+    """`shipped` (an HF folder with its RECORD) when its record's "data" parameters equal those of the
+    built-in data in `data_dir` (its manifest.json, synthetic.make_dataset), else None, printing why
+    when the folder exists but was built for other data (e.g. a newer scenes.VERSION: python
+    builtin/coldstart.py then builds a matching one). Raises ValueError naming the file when RECORD is
+    not JSON with a "data" entry."""
+    shipped, manifest = Path(shipped), Path(data_dir) / "manifest.json"
+    if not (shipped / RECORD).exists() or not manifest.exists():
+        return None
+    try:
+        made_for = json.loads((shipped / RECORD).read_text())["data"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{shipped / RECORD}: not a cold start record with a \"data\" entry ({e!r}); "
+                         f"coldstart.py writes one") from e
+    have = json.loads(manifest.read_text())["params"]
+    if made_for != have:
+        print(f"{shipped / RECORD} was built for the built-in data {made_for}; {manifest} has {have}: "
+              "not using it", flush=True)
+        return None
+    return shipped
+
+
+def record_mismatch(folder: str | Path, data_dir: str | Path, recipe: dict | None) -> str | None:
+    """Why the cold start in `folder` is not the built-in one for the data in `data_dir`: its RECORD is
+    missing or unreadable, its "data" differs from data_dir's manifest parameters, or its "recipe"
+    differs from `recipe` (None: not checked). Returns the reason (naming what differs), or None when
+    it fits."""
+    try:
+        made = json.loads((Path(folder) / RECORD).read_text())
+        made_for, made_by = made["data"], made["recipe"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        return f"no readable {RECORD} saying what made it ({type(e).__name__})"
+    manifest = Path(data_dir) / "manifest.json"
+    have = json.loads(manifest.read_text())["params"] if manifest.exists() else None
+    if made_for != have:
+        return f"built for the built-in data {made_for}, but {manifest} has {have}"
+    if recipe is not None and made_by != recipe:
+        diff = {k: (made_by.get(k), recipe.get(k)) for k in sorted(set(made_by) | set(recipe))
+                if made_by.get(k) != recipe.get(k)}
+        return ("built with other recipe settings than the default "
+                f"({{setting: (its, default)}}: {diff})")
+    return None
+
+
+def existing_coldstart(cache_dir: str | Path, shipped: str | Path = SHIPPED_COLDSTART) -> Path | None:
+    """The built-in cold start that needs no build, the first of: cache_dir/coldstart/final (what
+    `python coldstart.py` built there), when its RECORD says it was made for the built-in data in
+    cache_dir/data by the default recipe (the shipped copy's; `record_mismatch`); the shipped one
+    (`shipped_coldstart`). None when neither applies. Raises ValueError naming the folder and what
+    differs when cache_dir's build does not fit (it is never used silently: pass it as --model to
+    train from it anyway, or delete it to rebuild), and what shipped_coldstart raises."""
+    final = coldstart_dir(cache_dir) / "final"
+    if not (final / "config.json").exists():
+        return shipped_coldstart(Path(cache_dir) / "data", shipped)
+    shipped_record = Path(shipped) / RECORD
+    default = json.loads(shipped_record.read_text())["recipe"] if shipped_record.exists() else None
+    why = record_mismatch(final, Path(cache_dir) / "data", default)
+    if why:
+        raise ValueError(f"{final}: not the built-in cold start for this data: {why}. Train from it "
+                         f"with --model {final}, or delete {final.parent} and rerun to rebuild it")
+    return final
+
+
+def find_or_build(cache_dir: str | Path, proc: distributed.Dist,
+                  shipped: str | Path = SHIPPED_COLDSTART) -> Path:
+    """The built-in cold start (an HF folder): `existing_coldstart`, else built on rank 0 by `python
+    builtin/coldstart.py` (a child process, minutes on CPU, with its progress bars) into
+    cache_dir/coldstart/final while the other ranks wait (one barrier on every rank either way).
+    Raises subprocess.CalledProcessError when the build fails."""
+    found = existing_coldstart(cache_dir, shipped)
+    final = coldstart_dir(cache_dir) / "final"
+    if proc.main and found is None:
+        print(f"building the built-in cold start in {final.parent} (once): python "
+              "builtin/coldstart.py", flush=True)
+        script = ROOT / "builtin" / "coldstart.py"
+        subprocess.run([sys.executable, str(script), "--cache-dir", str(Path(cache_dir).resolve())],
+                       cwd=ROOT, env=child_env(), check=True)
+    distributed.barrier(proc)
+    return found or final
 
 
 def main(argv=None):

@@ -9,7 +9,6 @@ import torch
 from safetensors.torch import load_file
 
 from builtin import coldstart
-import common
 import distributed
 from conftest import ROOT, run_cmd
 
@@ -107,14 +106,14 @@ def test_coldstart_runs_and_train_starts_from_it(tmp_path):
     train = run_cmd([sys.executable, str(ROOT / "train.py"), *rl, "--model", str(final), "--preset", "tiny"], tmp_path)
     assert f"policy {final}" in train.stdout and (tmp_path / "rl" / "curves.png").exists()
     # what it recorded: the flags it ran with and the built-in data it was built for
-    made = json.loads((final / common.RECORD).read_text())
+    made = json.loads((final / coldstart.RECORD).read_text())
     assert made["recipe"]["perception_epochs"] == 0.02 and made["recipe"]["temporal_steps"] == 2
     assert made["data"] == json.loads((cache / "data" / "manifest.json").read_text())["params"]
     # the shipped cold start: the default recipe on this (the default) built-in data, from this tiny default --
     # so a change of the recipe's defaults, the data or the tiny model fails here until it is rebuilt and committed
-    shipped = common.SHIPPED_COLDSTART
-    assert json.loads((shipped / common.RECORD).read_text()) == coldstart.record(coldstart.Config(), cache / "data")
-    assert common.shipped_coldstart(cache / "data") == shipped
+    shipped = coldstart.SHIPPED_COLDSTART
+    assert json.loads((shipped / coldstart.RECORD).read_text()) == coldstart.record(coldstart.Config(), cache / "data")
+    assert coldstart.shipped_coldstart(cache / "data") == shipped
     assert (shipped / "tokenizer.json").read_text() == (cache / "tiny" / "tokenizer.json").read_text()
     sent = load_file(shipped / "model.safetensors")
     assert sent.keys() == tiny.keys()
@@ -134,12 +133,12 @@ def test_train_default_takes_the_shipped_cold_start_only_for_its_data(tmp_path, 
     shipped.mkdir()
     data.mkdir(parents=True)
     params = {"version": 4, "seed": 0, "n_train": 320}
-    (shipped / common.RECORD).write_text(json.dumps({"recipe": {}, "data": params}))
-    assert common.shipped_coldstart(data, shipped) is None                  # no built-in data yet
+    (shipped / coldstart.RECORD).write_text(json.dumps({"recipe": {}, "data": params}))
+    assert coldstart.shipped_coldstart(data, shipped) is None                  # no built-in data yet
     (data / "manifest.json").write_text(json.dumps({"params": params, "files": []}))
-    assert common.coldstart(tmp_path / "cache", distributed.Dist(), shipped) == shipped
+    assert coldstart.find_or_build(tmp_path / "cache", distributed.Dist(), shipped) == shipped
     (data / "manifest.json").write_text(json.dumps({"params": params | {"version": 5}, "files": []}))
-    assert common.shipped_coldstart(data, shipped) is None
+    assert coldstart.shipped_coldstart(data, shipped) is None
     said = capsys.readouterr().out
     assert "was built for the built-in data" in said and "'version': 5" in said    # says why it is not used
     built = tmp_path / "cache" / "coldstart" / "final"                     # python builtin/coldstart.py's own build wins
@@ -147,18 +146,18 @@ def test_train_default_takes_the_shipped_cold_start_only_for_its_data(tmp_path, 
     (built / "config.json").write_text("{}")
     (data / "manifest.json").write_text(json.dumps({"params": params, "files": []}))
     with pytest.raises(ValueError, match="not the built-in cold start for this data: no readable coldstart.json"):
-        common.coldstart(tmp_path / "cache", distributed.Dist(), shipped)     # no record: not used
-    (built / common.RECORD).write_text(json.dumps({"recipe": {}, "data": params}))
-    assert common.coldstart(tmp_path / "cache", distributed.Dist(), shipped) == built
-    (built / common.RECORD).write_text(json.dumps({"recipe": {"temporal_steps": 2}, "data": params}))
+        coldstart.find_or_build(tmp_path / "cache", distributed.Dist(), shipped)     # no record: not used
+    (built / coldstart.RECORD).write_text(json.dumps({"recipe": {}, "data": params}))
+    assert coldstart.find_or_build(tmp_path / "cache", distributed.Dist(), shipped) == built
+    (built / coldstart.RECORD).write_text(json.dumps({"recipe": {"temporal_steps": 2}, "data": params}))
     with pytest.raises(ValueError, match="other recipe settings.*temporal_steps"):
-        common.coldstart(tmp_path / "cache", distributed.Dist(), shipped)
-    (built / common.RECORD).write_text(json.dumps({"recipe": {}, "data": params | {"version": 5}}))
+        coldstart.find_or_build(tmp_path / "cache", distributed.Dist(), shipped)
+    (built / coldstart.RECORD).write_text(json.dumps({"recipe": {}, "data": params | {"version": 5}}))
     with pytest.raises(ValueError, match="built for the built-in data"):
-        common.coldstart(tmp_path / "cache", distributed.Dist(), shipped)
-    (shipped / common.RECORD).write_text('{"recipe": {}}')
+        coldstart.find_or_build(tmp_path / "cache", distributed.Dist(), shipped)
+    (shipped / coldstart.RECORD).write_text('{"recipe": {}}')
     with pytest.raises(ValueError, match="coldstart.json: not a cold start record"):
-        common.shipped_coldstart(data, shipped)
+        coldstart.shipped_coldstart(data, shipped)
 
 
 def test_build_rebuilds_what_other_settings_made(tmp_path, monkeypatch, capsys):
@@ -172,7 +171,7 @@ def test_build_rebuilds_what_other_settings_made(tmp_path, monkeypatch, capsys):
     (data / "train_perception.json").write_text(json.dumps(
         [{"problem_id": i, "data_source": "synthetic/temporal/size_change"} for i in range(4)]))
     (data / "train_cot.json").write_text("[]")
-    monkeypatch.setattr(coldstart.common, "builtin", lambda cache, proc, model=True: {"root": data, "tiny": tmp_path})
+    monkeypatch.setattr(coldstart.cache, "paths", lambda cache, proc, model=True: {"root": data, "tiny": tmp_path})
     ran = []
 
     def fake_sft(cmd, cwd, env, check):
@@ -186,7 +185,7 @@ def test_build_rebuilds_what_other_settings_made(tmp_path, monkeypatch, capsys):
     assert ran == ["perception", "temporal", "cot"]
     assert coldstart.build(cfg) == final and len(ran) == 3                  # the same settings: nothing runs
     coldstart.build(replace(cfg, cot_lr=1e-4))                              # the last stage's settings differ
-    assert ran[3:] == ["cot"] and json.loads((final / common.RECORD).read_text())["recipe"]["cot_lr"] == 1e-4
+    assert ran[3:] == ["cot"] and json.loads((final / coldstart.RECORD).read_text())["recipe"]["cot_lr"] == 1e-4
     coldstart.build(replace(cfg, temporal_steps=7, cot_lr=1e-4))            # a middle stage: it and the next rerun
     assert ran[4:] == ["temporal", "cot"]
     assert "rebuilding" in capsys.readouterr().out
