@@ -1,6 +1,7 @@
-"""Glue shared by the entry points (train.py, sft.py, eval.py) and the bench scripts: the tiny presets, the
-frames/pixels of a config, seeding, stop ids, HF export. No entry point imports another; they all import this
-(nanochat's common.py pattern). The built-in data and models are builtin/'s (builtin.resolve).
+"""Glue shared by the entry points (train.py, sft.py, eval.py) and the bench scripts: the tiny
+presets, the frames/pixels of a config, seeding, stop ids, HF export. No entry point imports
+another; they all import this (nanochat's common.py pattern). The built-in data and models are
+builtin/'s (builtin.resolve).
 """
 from __future__ import annotations
 
@@ -24,21 +25,25 @@ from builtin.cache import TINY_MODELS
 from builtin.coldstart import RECORD
 from builtin.tiny import TINY_MEDIA
 
-# The tiny presets: what a randomly initialised few-million-parameter model on 2 CPU cores needs, applied to the
-# fields a user did not set when --model is empty (or with --preset tiny). The frames and pixels (TINY_MEDIA) are
-# the same in all three, so SFT, T-GRPO and eval see identical prompts. The vision tower stays frozen: trained from
-# scratch it collapses to one constant output within ~50 steps (the decoder then cannot tell clips apart), while
-# its centred random features (tiny.center_visual_features) are informative enough to learn to read. Measured on the
-# perception stage (720 steps): trained with each clip's mean gradient removed (a training-only change that keeps
-# the model plain Qwen2.5-VL), the mean pairwise cosine of 32 clips' features still went 0.045 -> 0.95 and the
-# colour was stated right for 0.31 of held-out clips, against 1.00 with the tower frozen.
-# T-GRPO's steps and lr: measured from the built-in cold start (held-out accuracy, 200 prompts x 4 completions):
-# lr 5e-5 rose 0.491 -> 0.600 in 60 steps (seed 42; seed 1: 0.496 -> 0.604) and stayed near 0.59 to step 120;
-# lr 1e-4 peaked at step 40 (0.585) and fell to 0.532 by step 120; 30 steps at 2e-5 changed nothing (README).
+# The tiny presets: what a randomly initialised few-million-parameter model on 2 CPU cores needs,
+# applied to the fields a user did not set when --model is empty (or with --preset tiny). The frames
+# and pixels (TINY_MEDIA) are the same in all three, so SFT, T-GRPO and eval see identical prompts.
+# The vision tower stays frozen: trained from scratch it collapses to one constant output within ~50
+# steps (the decoder then cannot tell clips apart), while its centred random features
+# (tiny.center_visual_features) are informative enough to learn to read. Measured on the perception
+# stage (720 steps): trained with each clip's mean gradient removed (a training-only change that
+# keeps the model plain Qwen2.5-VL), the mean pairwise cosine of 32 clips' features still went 0.045
+# -> 0.95 and the colour was stated right for 0.31 of held-out clips, against 1.00 with the tower
+# frozen.
+# T-GRPO's steps and lr: measured from the built-in cold start (held-out accuracy, 200 prompts x 4
+# completions): lr 5e-5 rose 0.491 -> 0.600 in 60 steps (seed 42; seed 1: 0.496 -> 0.604) and
+# stayed near 0.59 to step 120; lr 1e-4 peaked at step 40 (0.585) and fell to 0.532 by step 120;
+# 30 steps at 2e-5 changed nothing (README).
 TRAIN_TINY = dict(steps=60, prompts_per_rank=4, eval_samples=200, eval_completions=4, eval_every=20,
-                  max_completion_length=96, min_len=40, max_len=80, lr=5e-5, freeze_vision=True, **TINY_MEDIA)
-SFT_TINY = dict(epochs=6.0, batch_size=8, grad_accum=1, lr=2e-3, warmup_steps=20, freeze_vision=True,
-                eval_max_new_tokens=128, **TINY_MEDIA)
+                  max_completion_length=96, min_len=40, max_len=80, lr=5e-5, freeze_vision=True,
+                  **TINY_MEDIA)
+SFT_TINY = dict(epochs=6.0, batch_size=8, grad_accum=1, lr=2e-3, warmup_steps=20,
+                freeze_vision=True, eval_max_new_tokens=128, **TINY_MEDIA)
 EVAL_TINY = dict(max_new_tokens=64, template="train", **TINY_MEDIA)   # the tiny world's only prompt
 
 
@@ -89,8 +94,8 @@ def check_ranges(cfg, lowest: dict[str, int], where: str, why: dict | None = Non
 def check_model_flag(model: str, where: str) -> None:
     """--model preset:NAME is the same in every entry point, checked when the flags are read: a
     TINY_MODELS preset (built on first use) for a run; a plan.PRESETS one (a config, no weights)
-    for plan.py (`builtin.cache.resolve_model` refuses it for a run). Raises config.UserError listing the known
-    presets for an unknown name."""
+    for plan.py (`builtin.cache.resolve_model` refuses it for a run). Raises config.UserError
+    listing the known presets for an unknown name."""
     if not model.startswith("preset:") or model in TINY_MODELS:
         return
     from plan import PRESETS
@@ -100,15 +105,16 @@ def check_model_flag(model: str, where: str) -> None:
 
 
 def media_config(cfg, model_config=None) -> pixels.MediaConfig:
-    """The frame/pixel fields of a config as a pixels.MediaConfig (fields the config lacks keep their defaults), with
-    the model family's constants (patch size, merge size, mean and std, timestamps: model.family(...).MEDIA) when
-    `model_config` (the HF model's config) is given; without it, Qwen2.5-VL's. Raises ValueError for an
-    unsupported model_type."""
+    """The frame/pixel fields of a config as a pixels.MediaConfig (fields the config lacks keep
+    their defaults), with the model family's constants (patch size, merge size, mean and std,
+    timestamps: model.family(...).MEDIA) when `model_config` (the HF model's config) is given;
+    without it, Qwen2.5-VL's. Raises ValueError for an unsupported model_type."""
     names = {f.name for f in fields(pixels.MediaConfig)}
     media = pixels.MediaConfig(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
     if model_config is not None:
         from model import family
-        for k, v in family(model_config).MEDIA.items():                    # Q5: Video-R1's frame rules, the family's pixels
+        # Q5: Video-R1's frame rules, the family's pixels
+        for k, v in family(model_config).MEDIA.items():
             setattr(media, k, v)
         media.merge_size = model_config.vision_config.spatial_merge_size
     return media
@@ -118,66 +124,81 @@ ROOT = Path(__file__).resolve().parent
 
 
 def seed_everything(seed: int, proc: distributed.Dist) -> None:
-    """Seed python, numpy and torch with seed + rank (a per-rank seed offset: ranks sample differently)."""
+    """Seed python, numpy and torch with seed + rank (a per-rank seed offset: ranks sample
+    differently)."""
     random.seed(seed + proc.rank)
     np.random.seed(seed + proc.rank)
     torch.manual_seed(seed + proc.rank)
 
 
 def stop_ids(tokenizer) -> list[int]:
-    """The ids that end a completion: <|im_end|> and the pad token <|endoftext|> (rollout.py header)."""
+    """The ids that end a completion: <|im_end|> and the pad token <|endoftext|> (rollout.py
+    header)."""
     return [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
 
 
-def clip_and_step(module, optimizer, max_grad_norm: float, loss: float, proc: distributed.Dist, where: str) -> float:
-    """Clip the gradients to `max_grad_norm`, then take the optimizer step and free the gradients -- unless the
-    loss (this rank's sum, float) or the gradient norm is NaN or inf on any rank: then raise FloatingPointError
-    on every rank alike, naming `where` (e.g. "train.py: step 12") and the term, before the step and so before
-    any checkpoint could hold the damage. Returns the gradient norm before clipping (float, same on all ranks)."""
+def clip_and_step(module, optimizer, max_grad_norm: float, loss: float, proc: distributed.Dist,
+                  where: str) -> float:
+    """Clip the gradients to `max_grad_norm`, then take the optimizer step and free the gradients --
+    unless the loss (this rank's sum, float) or the gradient norm is NaN or inf on any rank: then
+    raise FloatingPointError on every rank alike, naming `where` (e.g. "train.py: step 12") and the
+    term, before the step and so before any checkpoint could hold the damage. Returns the gradient
+    norm before clipping (float, same on all ranks)."""
     grad_norm = distributed.clip_grad_norm(module, max_grad_norm)
-    bad = distributed.nonfinite({"loss": loss, "grad_norm": grad_norm}, proc)              # the same answer on every rank
+    # the same answer on every rank
+    bad = distributed.nonfinite({"loss": loss, "grad_norm": grad_norm}, proc)
     if bad:
-        raise FloatingPointError(f"{where}: non-finite {' and '.join(bad)} (loss {loss}, grad_norm {grad_norm}); "
-                                 f"stopped before the optimizer step and before any checkpoint of this step")
+        raise FloatingPointError(f"{where}: non-finite {' and '.join(bad)} (loss {loss}, "
+                                 f"grad_norm {grad_norm}); stopped before the optimizer step and "
+                                 f"before any checkpoint of this step")
     optimizer.step()
-    optimizer.zero_grad(set_to_none=True)     # free the gradients before the next rollout (plan.py counts it so)
+    # free the gradients before the next rollout (plan.py counts it so)
+    optimizer.zero_grad(set_to_none=True)
     return grad_norm
 
 
-def checkpoint_if_due(step: int, cfg, preemption: distributed.Preemption, module, optimizer, proc: distributed.Dist,
-                      generators: dict, position: int, run_config: dict) -> tuple[bool, Path | None]:
-    """After optimizer step `step` (1-based): every rank agrees whether SIGTERM arrived (L12), and a resumable
-    checkpoint (checkpoint.save, collective) is written every cfg.save_every steps and on SIGTERM, holding the
-    RNG states of `generators`, the stream `position` and `run_config`. Returns (stop now, folder or None)."""
+def checkpoint_if_due(step: int, cfg, preemption: distributed.Preemption, module, optimizer,
+                      proc: distributed.Dist, generators: dict, position: int,
+                      run_config: dict) -> tuple[bool, Path | None]:
+    """After optimizer step `step` (1-based): every rank agrees whether SIGTERM arrived (L12), and a
+    resumable checkpoint (checkpoint.save, collective) is written every cfg.save_every steps and on
+    SIGTERM, holding the RNG states of `generators`, the stream `position` and `run_config`. Returns
+    (stop now, folder or None)."""
     stop = preemption.requested(proc)
     if (cfg.save_every > 0 and step % cfg.save_every == 0) or stop:
-        extra = {"rng": checkpoint.rng_state(generators), "position": position, "config": run_config}
-        return stop, checkpoint.save(cfg.out_dir, step, module, optimizer, proc, extra, keep=cfg.keep_checkpoints)
+        extra = {"rng": checkpoint.rng_state(generators), "position": position,
+                 "config": run_config}
+        return stop, checkpoint.save(cfg.out_dir, step, module, optimizer, proc, extra,
+                                     keep=cfg.keep_checkpoints)
     return stop, None
 
 
-def missed_at_resume(start: int, total: int, cfg, out_dir: Path, proc: distributed.Dist) -> tuple[bool, bool]:
-    """(evaluate, export): whether the held-out evaluation and the HF export due after step `start` (a resumed run's
-    checkpoint step; `total` the run's steps) never ran. A SIGTERM at that step checkpoints and stops before them
-    (L12), and the resumed loop starts after it, so the entry points run them first. Evaluation: due every
-    cfg.eval_every steps before the last, missing when metrics.jsonl has no "eval_accuracy" row (named sets:
-    "eval_accuracy/NAME") for `start`;
-    export: due every cfg.export_every steps, missing when out_dir/step_<start> does not exist. The same answer on
-    every rank (rank 0 reads, then broadcasts)."""
+def missed_at_resume(start: int, total: int, cfg, out_dir: Path,
+                     proc: distributed.Dist) -> tuple[bool, bool]:
+    """(evaluate, export): whether the held-out evaluation and the HF export due after step `start`
+    (a resumed run's checkpoint step; `total` the run's steps) never ran. A SIGTERM at that step
+    checkpoints and stops before them (L12), and the resumed loop starts after it, so the entry
+    points run them first. Evaluation: due every cfg.eval_every steps before the last, missing when
+    metrics.jsonl has no "eval_accuracy" row (named sets: "eval_accuracy/NAME") for `start`;
+    export: due every cfg.export_every steps, missing when out_dir/step_<start> does not exist. The
+    same answer on every rank (rank 0 reads, then broadcasts)."""
     answer = (False, False)
     if proc.main and start > 0:
         path = Path(out_dir) / "metrics.jsonl"
         rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        evaluated = any(r.get("step") == start and any(k.startswith("eval_accuracy") for k in r) for r in rows)
-        answer = (cfg.eval_every > 0 and start % cfg.eval_every == 0 and start < total and not evaluated,
-                  cfg.export_every > 0 and start % cfg.export_every == 0 and not (Path(out_dir) / f"step_{start}").exists())
+        evaluated = any(r.get("step") == start and any(k.startswith("eval_accuracy") for k in r)
+                        for r in rows)
+        answer = ((cfg.eval_every > 0 and start % cfg.eval_every == 0 and start < total
+                   and not evaluated),
+                  (cfg.export_every > 0 and start % cfg.export_every == 0
+                   and not (Path(out_dir) / f"step_{start}").exists()))
     return tuple(distributed.broadcast_object(answer, proc))
 
 
 class Policy(NamedTuple):
-    """What an entry point trains: the HF model `hf` (adapters inside under LoRA), its tokenizer, the wrapped
-    log-prob module `module` (DDP / FSDP2 / plain), `adapters` (the PeftModel, or None) and the AdamW optimizer
-    over the trainable parameters."""
+    """What an entry point trains: the HF model `hf` (adapters inside under LoRA), its tokenizer,
+    the wrapped log-prob module `module` (DDP / FSDP2 / plain), `adapters` (the PeftModel, or None)
+    and the AdamW optimizer over the trainable parameters."""
     hf: torch.nn.Module
     tokenizer: object
     module: torch.nn.Module
@@ -185,18 +206,21 @@ class Policy(NamedTuple):
     opt: torch.optim.Optimizer
 
 
-def build_policy(cfg, model_dir: str, proc: distributed.Dist, weights: torch.dtype, compute: torch.dtype) -> Policy:
-    """Load the policy from `model_dir`, add LoRA adapters (cfg.lora_rank > 0, lora.attach) or freeze the vision
-    tower (cfg.freeze_vision), wrap it (distributed.wrap: cfg.dist, activation checkpointing, FSDP units, CPU
-    offload) and build AdamW(lr) over the trainable parameters, weight decay as the official trainer applies it
-    (`param_groups`: not on biases; cfg.decay_norms False: not on norm weights either).
+def build_policy(cfg, model_dir: str, proc: distributed.Dist, weights: torch.dtype,
+                 compute: torch.dtype) -> Policy:
+    """Load the policy from `model_dir`, add LoRA adapters (cfg.lora_rank > 0, lora.attach) or
+    freeze the vision tower (cfg.freeze_vision), wrap it (distributed.wrap: cfg.dist, activation
+    checkpointing, FSDP units, CPU offload) and build AdamW(lr) over the trainable parameters,
+    weight decay as the official trainer applies it (`param_groups`: not on biases; cfg.decay_norms
+    False: not on norm weights either).
 
-    Under LoRA with the vision tower frozen, the frozen base is held in the compute dtype (bf16 on GPU; fp32
-    master weights are only needed for what AdamW updates, L5 and L14) and the adapters in fp32. With cfg.cpu_offload
-    the model is loaded on the CPU and FSDP2 keeps its shards there. weights / compute: the torch dtypes of
-    distributed.resolve_precision (fp32 / bf16 on CUDA's bf16-mixed). Raises ValueError, before loading anything,
-    when --cpu-offload is asked for without FSDP; load_policy's errors (FileNotFoundError, ValueError) for a
-    folder that is not a usable Qwen2.5-VL."""
+    Under LoRA with the vision tower frozen, the frozen base is held in the compute dtype (bf16 on
+    GPU; fp32 master weights are only needed for what AdamW updates, L5 and L14) and the adapters in
+    fp32. With cfg.cpu_offload the model is loaded on the CPU and FSDP2 keeps its shards there.
+    weights / compute: the torch dtypes of distributed.resolve_precision (fp32 / bf16 on CUDA's
+    bf16-mixed). Raises ValueError, before loading anything, when --cpu-offload is asked for without
+    FSDP; load_policy's errors (FileNotFoundError, ValueError) for a folder that is not a usable
+    Qwen2.5-VL."""
     if cfg.cpu_offload and distributed.resolve_mode(cfg.dist, proc) != "fsdp":
         raise UserError(f"--cpu-offload is FSDP2's: it needs --dist fsdp (got --dist {cfg.dist} "
                         f"on {proc.device.type})")
@@ -205,55 +229,61 @@ def build_policy(cfg, model_dir: str, proc: distributed.Dist, weights: torch.dty
                                 "cpu" if cfg.cpu_offload else proc.device)
     adapters = lora.attach(hf, cfg, cfg.seed)
     if adapters is None:
-        hf.model.visual.requires_grad_(not cfg.freeze_vision)               # before wrapping (DDP/FSDP see it)
-    module = distributed.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), proc, cfg.dist, cfg.activation_checkpointing,
-                              compute, cfg.fsdp_vision_unit, offload=cfg.cpu_offload)
+        hf.model.visual.requires_grad_(not cfg.freeze_vision)    # before wrapping (DDP/FSDP see it)
+    module = distributed.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), proc, cfg.dist,
+                              cfg.activation_checkpointing, compute, cfg.fsdp_vision_unit,
+                              offload=cfg.cpu_offload)
     opt = torch.optim.AdamW(param_groups(hf, cfg.weight_decay, cfg.decay_norms), lr=cfg.lr)
     return Policy(hf, tokenizer, module, adapters, opt)
 
 
 def param_groups(hf, weight_decay: float, decay_norms: bool = True) -> list[dict]:
-    """AdamW's parameter groups over `hf`'s trainable parameters, by the official trainer's rule (HF Trainer of
-    transformers ≈4.49, `get_decay_parameter_names`): weight decay on every parameter except those whose name
-    holds "bias" and those of nn.LayerNorm modules. Qwen2.5-VL's RMSNorm is not an nn.LayerNorm (nor registered in
-    that Trainer's ALL_LAYERNORM_LAYERS), so the official run decays the norm weights: `decay_norms` True keeps
-    that; False also exempts every module whose class name ends in "Norm" (RMSNorm; transformers 5.x's Trainer
-    exempts norms by name). Returns [{"params": decayed, "weight_decay": weight_decay}, {"params": the rest,
+    """AdamW's parameter groups over `hf`'s trainable parameters, by the official trainer's rule (HF
+    Trainer of transformers ≈4.49, `get_decay_parameter_names`): weight decay on every parameter
+    except those whose name holds "bias" and those of nn.LayerNorm modules. Qwen2.5-VL's RMSNorm is
+    not an nn.LayerNorm (nor registered in that Trainer's ALL_LAYERNORM_LAYERS), so the official run
+    decays the norm weights: `decay_norms` True keeps that; False also exempts every module whose
+    class name ends in "Norm" (RMSNorm; transformers 5.x's Trainer exempts norms by name). Returns
+    [{"params": decayed, "weight_decay": weight_decay}, {"params": the rest,
     "weight_decay": 0.0}], empty groups left out; parameters in module order."""
     exempt = {id(p) for m in hf.modules()
-              if isinstance(m, torch.nn.LayerNorm) or (not decay_norms and type(m).__name__.endswith("Norm"))
+              if isinstance(m, torch.nn.LayerNorm)
+              or (not decay_norms and type(m).__name__.endswith("Norm"))
               for p in m.parameters(recurse=False)}
     named = [(n, p) for n, p in hf.named_parameters() if p.requires_grad]
     no = [p for n, p in named if "bias" in n or id(p) in exempt]
     no_ids = {id(p) for p in no}
-    groups = [{"params": [p for _, p in named if id(p) not in no_ids], "weight_decay": weight_decay},
+    groups = [{"params": [p for _, p in named if id(p) not in no_ids],
+               "weight_decay": weight_decay},
               {"params": no, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
 
-def build_reference(cfg, policy: Policy, model_dir: str, proc: distributed.Dist, weights: torch.dtype,
-                    compute: torch.dtype):
-    """The frozen KL reference for β > 0 (notes §3), called like `policy.module` under torch.no_grad(): under LoRA
-    the policy with its adapters disabled (lora.Reference, no second copy; L14), otherwise a second copy of
-    `model_dir` without gradients or optimizer, wrapped like the policy (FSDP-sharded and offloaded alike).
-    Returns None when cfg.beta is 0 (no reference is loaded)."""
+def build_reference(cfg, policy: Policy, model_dir: str, proc: distributed.Dist,
+                    weights: torch.dtype, compute: torch.dtype):
+    """The frozen KL reference for β > 0 (notes §3), called like `policy.module` under
+    torch.no_grad(): under LoRA the policy with its adapters disabled (lora.Reference, no second
+    copy; L14), otherwise a second copy of `model_dir` without gradients or optimizer, wrapped like
+    the policy (FSDP-sharded and offloaded alike). Returns None when cfg.beta is 0 (no reference is
+    loaded)."""
     if cfg.beta <= 0:
         return None
     if policy.adapters is not None:
         return lora.Reference(policy.module, policy.adapters)
     ref_hf, _ = load_policy(model_dir, weights, "cpu" if cfg.cpu_offload else proc.device)
-    return distributed.wrap(PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk), proc, cfg.dist,
-                            param_dtype=compute, vision_unit=cfg.fsdp_vision_unit, offload=cfg.cpu_offload)
+    return distributed.wrap(PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk),
+                            proc, cfg.dist, param_dtype=compute, vision_unit=cfg.fsdp_vision_unit,
+                            offload=cfg.cpu_offload)
 
 
 def export(module, tokenizer, folder: Path, proc: distributed.Dist, adapters=None,
            base_dir: str = "", run_config: dict | None = None) -> Path:
-    """Write an HF folder (config, safetensors, tokenizer, chat template, processor settings) that plain
-    transformers loads, from the full state dict gathered on rank 0 (collective under FSDP; atomic). Under LoRA
-    (`adapters`, the PeftModel, and `base_dir`, the starting folder) the adapters are merged in and also written
-    to `<folder>_lora` (lora.export). With `run_config` (the entry point's), the run's preset,
-    frames/pixels and sampling go beside the weights (preflight.SETTINGS), for a later run's
-    --preset auto on the folder."""
+    """Write an HF folder (config, safetensors, tokenizer, chat template, processor settings) that
+    plain transformers loads, from the full state dict gathered on rank 0 (collective under FSDP;
+    atomic). Under LoRA (`adapters`, the PeftModel, and `base_dir`, the starting folder) the
+    adapters are merged in and also written to `<folder>_lora` (lora.export). With `run_config` (the
+    entry point's), the run's preset, frames/pixels and sampling go beside the weights
+    (preflight.SETTINGS), for a later run's --preset auto on the folder."""
     if adapters is not None:
         lora.export(module, adapters, tokenizer, base_dir, folder, proc)
     else:
