@@ -41,6 +41,7 @@ import torch
 from tqdm import tqdm
 
 import blind
+import builtin
 import common
 import config as cfglib
 import data
@@ -214,9 +215,7 @@ def main(argv=None) -> dict | None:
     proc = distributed.init_distributed(cfg.device, cfg.dist_backend)
     precision, dtype, _ = distributed.resolve_precision(cfg.precision, proc, cuda_default="bf16")
     amp = distributed.autocast(proc, precision)
-    model_dir = common.resolve_model(cfg.model, cfg.cache_dir, proc)
-    json_path = cfg.data or str(common.builtin(cfg.cache_dir, proc, model=False)["train"])
-    model_dir = model_dir or str(common.coldstart(cfg.cache_dir, proc))
+    model_dir, json_path, _ = builtin.resolve(cfg, proc)
     from model import load_policy
 
     hf, tokenizer = load_policy(model_dir, dtype, proc.device)

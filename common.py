@@ -1,14 +1,12 @@
-"""Glue shared by the entry points (train.py, sft.py, eval.py) and the bench scripts: the tiny presets, the built-in
-data and model, the frames/pixels of a config, seeding, stop ids, HF export. No entry point imports another;
-they all import this (nanochat's common.py pattern).
+"""Glue shared by the entry points (train.py, sft.py, eval.py) and the bench scripts: the tiny
+presets, the frames/pixels of a config, seeding, stop ids, HF export. No entry point imports
+another; they all import this (nanochat's common.py pattern). The built-in data and models are
+builtin/'s (builtin.resolve).
 """
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NamedTuple
@@ -24,23 +22,29 @@ import pixels
 import preflight
 from config import UserError, opt
 from model import PolicyLogprobs, load_policy
-from builtin.tiny import TINY_MEDIA, build_builtin_tiny
+from builtin.cache import TINY_MODELS
+from builtin.coldstart import RECORD
+from builtin.tiny import TINY_MEDIA
 
-# The tiny presets: what a randomly initialised few-million-parameter model on 2 CPU cores needs, applied to the
-# fields a user did not set when --model is empty (or with --preset tiny). The frames and pixels (TINY_MEDIA) are
-# the same in all three, so SFT, T-GRPO and eval see identical prompts. The vision tower stays frozen: trained from
-# scratch it collapses to one constant output within ~50 steps (the decoder then cannot tell clips apart), while
-# its centred random features (tiny.center_visual_features) are informative enough to learn to read. Measured on the
-# perception stage (720 steps): trained with each clip's mean gradient removed (a training-only change that keeps
-# the model plain Qwen2.5-VL), the mean pairwise cosine of 32 clips' features still went 0.045 -> 0.95 and the
-# colour was stated right for 0.31 of held-out clips, against 1.00 with the tower frozen.
-# T-GRPO's steps and lr: measured from the built-in cold start (held-out accuracy, 200 prompts x 4 completions):
-# lr 5e-5 rose 0.491 -> 0.600 in 60 steps (seed 42; seed 1: 0.496 -> 0.604) and stayed near 0.59 to step 120;
-# lr 1e-4 peaked at step 40 (0.585) and fell to 0.532 by step 120; 30 steps at 2e-5 changed nothing (README).
+# The tiny presets: what a randomly initialised few-million-parameter model on 2 CPU cores needs,
+# applied to the fields a user did not set when --model is empty (or with --preset tiny). The frames
+# and pixels (TINY_MEDIA) are the same in all three, so SFT, T-GRPO and eval see identical prompts.
+# The vision tower stays frozen: trained from scratch it collapses to one constant output within ~50
+# steps (the decoder then cannot tell clips apart), while its centred random features
+# (tiny.center_visual_features) are informative enough to learn to read. Measured on the perception
+# stage (720 steps): trained with each clip's mean gradient removed (a training-only change that
+# keeps the model plain Qwen2.5-VL), the mean pairwise cosine of 32 clips' features still went 0.045
+# -> 0.95 and the colour was stated right for 0.31 of held-out clips, against 1.00 with the tower
+# frozen.
+# T-GRPO's steps and lr: measured from the built-in cold start (held-out accuracy, 200 prompts x 4
+# completions): lr 5e-5 rose 0.491 -> 0.600 in 60 steps (seed 42; seed 1: 0.496 -> 0.604) and
+# stayed near 0.59 to step 120; lr 1e-4 peaked at step 40 (0.585) and fell to 0.532 by step 120;
+# 30 steps at 2e-5 changed nothing (README).
 TRAIN_TINY = dict(steps=60, prompts_per_rank=4, eval_samples=200, eval_completions=4, eval_every=20,
-                  max_completion_length=96, min_len=40, max_len=80, lr=5e-5, freeze_vision=True, **TINY_MEDIA)
-SFT_TINY = dict(epochs=6.0, batch_size=8, grad_accum=1, lr=2e-3, warmup_steps=20, freeze_vision=True,
-                eval_max_new_tokens=128, **TINY_MEDIA)
+                  max_completion_length=96, min_len=40, max_len=80, lr=5e-5, freeze_vision=True,
+                  **TINY_MEDIA)
+SFT_TINY = dict(epochs=6.0, batch_size=8, grad_accum=1, lr=2e-3, warmup_steps=20,
+                freeze_vision=True, eval_max_new_tokens=128, **TINY_MEDIA)
 EVAL_TINY = dict(max_new_tokens=64, template="train", **TINY_MEDIA)   # the tiny world's only prompt
 
 
@@ -78,21 +82,11 @@ def apply_preset(cfg, explicit: set[str], tiny: dict, where: str,
     return preset
 
 
-def check_ranges(cfg, lowest: dict[str, int], where: str, why: dict | None = None) -> None:
-    """Refuse a field of `cfg` below its lowest valid value (`lowest`: name -> minimum), saying the
-    valid range and, from `why`, the reason. Raises config.UserError naming `where` and the flag."""
-    for name, low in lowest.items():
-        if getattr(cfg, name) < low:
-            reason = f" ({why[name]})" if why and name in why else ""
-            raise UserError(f"{where}: --{name.replace('_', '-')} must be >= {low}{reason}, "
-                            f"got {getattr(cfg, name)!r}")
-
-
 def check_model_flag(model: str, where: str) -> None:
     """--model preset:NAME is the same in every entry point, checked when the flags are read: a
     TINY_MODELS preset (built on first use) for a run; a plan.PRESETS one (a config, no weights)
-    for plan.py (`resolve_model` refuses it for a run). Raises config.UserError listing the known
-    presets for an unknown name."""
+    for plan.py (`builtin.cache.resolve_model` refuses it for a run). Raises config.UserError
+    listing the known presets for an unknown name."""
     if not model.startswith("preset:") or model in TINY_MODELS:
         return
     from plan import PRESETS
@@ -102,231 +96,100 @@ def check_model_flag(model: str, where: str) -> None:
 
 
 def media_config(cfg, model_config=None) -> pixels.MediaConfig:
-    """The frame/pixel fields of a config as a pixels.MediaConfig (fields the config lacks keep their defaults), with
-    the model family's constants (patch size, merge size, mean and std, timestamps: model.family(...).MEDIA) when
-    `model_config` (the HF model's config) is given; without it, Qwen2.5-VL's. Raises ValueError for an
-    unsupported model_type."""
+    """The frame/pixel fields of a config as a pixels.MediaConfig (fields the config lacks keep
+    their defaults), with the model family's constants (patch size, merge size, mean and std,
+    timestamps: model.family(...).MEDIA) when `model_config` (the HF model's config) is given;
+    without it, Qwen2.5-VL's. Raises ValueError for an unsupported model_type."""
     names = {f.name for f in fields(pixels.MediaConfig)}
     media = pixels.MediaConfig(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
     if model_config is not None:
         from model import family
-        for k, v in family(model_config).MEDIA.items():                    # Q5: Video-R1's frame rules, the family's pixels
+        # Q5: Video-R1's frame rules, the family's pixels
+        for k, v in family(model_config).MEDIA.items():
             setattr(media, k, v)
         media.merge_size = model_config.vision_config.spatial_merge_size
     return media
 
 
-TINY_MODELS = ("preset:tiny-qwen3-vl", "preset:tiny-qwen3.5")   # --model presets built (under --cache-dir) on first use
-
-
-def resolve_model(model: str, cache_dir: str | Path, proc: distributed.Dist) -> str:
-    """The HF folder for --model: `model` itself, or for "preset:tiny-qwen3-vl" ("preset:tiny-qwen3.5")
-    the tiny random Qwen3-VL (Qwen3.5: tiny.build_builtin_tiny_qwen3 / build_builtin_tiny_qwen3_5, the
-    tokenizer trained on the built-in data's text) built on rank 0 under cache_dir/tiny-qwen3-vl
-    (tiny-qwen3.5) while the other ranks wait. Idempotent. Raises config.UserError for a
-    plan.PRESETS name (a config without weights: plan.py only)."""
-    if model.startswith("preset:") and model not in TINY_MODELS:    # plan.PRESETS: check_model_flag
-        raise UserError(f"--model {model} is the model's config without weights, for plan.py "
-                        f"only; to run, pass the folder of the downloaded weights "
-                        f"(docs/first_hour.md: data and weights)")
-    if model not in TINY_MODELS:
-        return model
-    from builtin.tiny import build_builtin_tiny_qwen3, build_builtin_tiny_qwen3_5
-    build = build_builtin_tiny_qwen3_5 if model == "preset:tiny-qwen3.5" else build_builtin_tiny_qwen3
-    folder = Path(cache_dir) / model.removeprefix("preset:")
-    paths = builtin(cache_dir, proc, model=False)
-    if proc.main:
-        build(folder, paths["train_cot"])
-    distributed.barrier(proc)
-    return str(folder)
-
-
-def builtin(cache_dir: str | Path, proc: distributed.Dist, model: bool = True) -> dict:
-    """The built-in dataset's paths (synthetic.make_dataset: "train", "train_cot", "test", ...), built on rank 0
-    under cache_dir/data while the other ranks wait; with `model`, also the tiny default in cache_dir/tiny
-    (returned as paths["tiny"]). Idempotent: a second call only returns the paths."""
-    from builtin import synthetic
-    cache = Path(cache_dir)
-    if proc.main:
-        paths = synthetic.make_dataset(cache / "data")
-        if model:
-            build_builtin_tiny(cache / "tiny", paths["train_cot"])
-    distributed.barrier(proc)
-    return synthetic.make_dataset(cache / "data") | ({"tiny": cache / "tiny"} if model else {})
-
-
 ROOT = Path(__file__).resolve().parent
-# set by torchrun: a child process that inherited them would try to join the parent's process group
-LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
-                "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
-                "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE")
-
-
-def child_env() -> dict[str, str]:
-    """This process's environment without the launcher's rank variables (LAUNCHER_ENV): for a single-process child."""
-    return {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV}
-
-
-def coldstart_dir(cache_dir: str | Path) -> Path:
-    """Where the built-in cold start lives: cache_dir/coldstart (its stages in subfolders, the result in final/)."""
-    return Path(cache_dir) / "coldstart"
-
-
-# The built-in cold start (the built-in recipe, D8 in docs/departures.md) as `python builtin/coldstart.py` builds it at its
-# default settings, committed to the repository (10 MB) so that a first `python train.py` spends its minutes on
-# T-GRPO. RECORD in a cold start folder says what made it: {"recipe": coldstart.py's settings, "data": the built-in
-# data's parameters (synthetic.make_dataset's manifest)}.
-SHIPPED_COLDSTART = ROOT / "assets" / "coldstart"
-RECORD = "coldstart.json"
-
-
-def shipped_coldstart(data_dir: str | Path, shipped: str | Path = SHIPPED_COLDSTART) -> Path | None:
-    """`shipped` (an HF folder with its RECORD) when its record's "data" parameters equal those of the built-in
-    data in `data_dir` (its manifest.json, synthetic.make_dataset), else None, printing why when the folder exists
-    but was built for other data (e.g. a newer scenes.VERSION: python builtin/coldstart.py then builds a matching one).
-    Raises ValueError naming the file when RECORD is not JSON with a "data" entry."""
-    shipped, manifest = Path(shipped), Path(data_dir) / "manifest.json"
-    if not (shipped / RECORD).exists() or not manifest.exists():
-        return None
-    try:
-        made_for = json.loads((shipped / RECORD).read_text())["data"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{shipped / RECORD}: not a cold start record with a \"data\" entry ({e!r}); "
-                         f"coldstart.py writes one") from e
-    have = json.loads(manifest.read_text())["params"]
-    if made_for != have:
-        print(f"{shipped / RECORD} was built for the built-in data {made_for}; {manifest} has {have}: not using it",
-              flush=True)
-        return None
-    return shipped
-
-
-def record_mismatch(folder: str | Path, data_dir: str | Path, recipe: dict | None) -> str | None:
-    """Why the cold start in `folder` is not the built-in one for the data in `data_dir`: its RECORD is missing or
-    unreadable, its "data" differs from data_dir's manifest parameters, or its "recipe" differs from `recipe` (None:
-    not checked). Returns the reason (naming what differs), or None when it fits."""
-    try:
-        made = json.loads((Path(folder) / RECORD).read_text())
-        made_for, made_by = made["data"], made["recipe"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        return f"no readable {RECORD} saying what made it ({type(e).__name__})"
-    manifest = Path(data_dir) / "manifest.json"
-    have = json.loads(manifest.read_text())["params"] if manifest.exists() else None
-    if made_for != have:
-        return f"built for the built-in data {made_for}, but {manifest} has {have}"
-    if recipe is not None and made_by != recipe:
-        diff = {k: (made_by.get(k), recipe.get(k)) for k in sorted(set(made_by) | set(recipe))
-                if made_by.get(k) != recipe.get(k)}
-        return f"built with other recipe settings than the default ({{setting: (its, default)}}: {diff})"
-    return None
-
-
-def existing_coldstart(cache_dir: str | Path, shipped: str | Path = SHIPPED_COLDSTART) -> Path | None:
-    """The built-in cold start that needs no build, the first of: cache_dir/coldstart/final (what `python
-    coldstart.py` built there), when its RECORD says it was made for the built-in data in cache_dir/data by the
-    default recipe (the shipped copy's; `record_mismatch`); the shipped one (`shipped_coldstart`). None when
-    neither applies. Raises ValueError naming the folder and what differs when cache_dir's build does not fit (it
-    is never used silently: pass it as --model to train from it anyway, or delete it to rebuild), and what
-    shipped_coldstart raises."""
-    final = coldstart_dir(cache_dir) / "final"
-    if not (final / "config.json").exists():
-        return shipped_coldstart(Path(cache_dir) / "data", shipped)
-    default = json.loads((Path(shipped) / RECORD).read_text())["recipe"] if (Path(shipped) / RECORD).exists() else None
-    why = record_mismatch(final, Path(cache_dir) / "data", default)
-    if why:
-        raise ValueError(f"{final}: not the built-in cold start for this data: {why}. Train from it with --model "
-                         f"{final}, or delete {final.parent} and rerun to rebuild it")
-    return final
-
-
-def coldstart(cache_dir: str | Path, proc: distributed.Dist, shipped: str | Path = SHIPPED_COLDSTART) -> Path:
-    """The built-in cold start (an HF folder): `existing_coldstart`, else built on rank 0 by `python builtin/coldstart.py`
-    (a child process, minutes on CPU, with its progress bars) into cache_dir/coldstart/final while the other ranks
-    wait (one barrier on every rank either way). Raises subprocess.CalledProcessError when the build fails."""
-    found = existing_coldstart(cache_dir, shipped)
-    final = coldstart_dir(cache_dir) / "final"
-    if proc.main and found is None:
-        print(f"building the built-in cold start in {final.parent} (once): python builtin/coldstart.py", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "builtin" / "coldstart.py"), "--cache-dir", str(Path(cache_dir).resolve())], cwd=ROOT,
-                       env=child_env(), check=True)
-    distributed.barrier(proc)
-    return found or final
-
-
-def resolve_model_and_data(cfg, proc: distributed.Dist) -> tuple[str, str, str]:
-    """(policy folder, training JSON, held-out JSON or "") of a T-GRPO config: cfg.model / cfg.data /
-    cfg.eval_data, or the built-in cold start (`coldstart`) and the built-in training and test splits when empty
-    (built once under cfg.cache_dir); a TINY_MODELS preset is built (`resolve_model`); no held-out JSON when cfg.data
-    is given without cfg.eval_data."""
-    model = resolve_model(cfg.model, cfg.cache_dir, proc)
-    if model and cfg.data:
-        return model, cfg.data, cfg.eval_data
-    paths = builtin(cfg.cache_dir, proc, model=False)
-    return (model or str(coldstart(cfg.cache_dir, proc)), cfg.data or str(paths["train"]),
-            cfg.eval_data or ("" if cfg.data else str(paths["test"])))
 
 
 def seed_everything(seed: int, proc: distributed.Dist) -> None:
-    """Seed python, numpy and torch with seed + rank (a per-rank seed offset: ranks sample differently)."""
+    """Seed python, numpy and torch with seed + rank (a per-rank seed offset: ranks sample
+    differently)."""
     random.seed(seed + proc.rank)
     np.random.seed(seed + proc.rank)
     torch.manual_seed(seed + proc.rank)
 
 
 def stop_ids(tokenizer) -> list[int]:
-    """The ids that end a completion: <|im_end|> and the pad token <|endoftext|> (rollout.py header)."""
+    """The ids that end a completion: <|im_end|> and the pad token <|endoftext|> (rollout.py
+    header)."""
     return [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
 
 
-def clip_and_step(module, optimizer, max_grad_norm: float, loss: float, proc: distributed.Dist, where: str) -> float:
-    """Clip the gradients to `max_grad_norm`, then take the optimizer step and free the gradients -- unless the
-    loss (this rank's sum, float) or the gradient norm is NaN or inf on any rank: then raise FloatingPointError
-    on every rank alike, naming `where` (e.g. "train.py: step 12") and the term, before the step and so before
-    any checkpoint could hold the damage. Returns the gradient norm before clipping (float, same on all ranks)."""
+def clip_and_step(module, optimizer, max_grad_norm: float, loss: float, proc: distributed.Dist,
+                  where: str) -> float:
+    """Clip the gradients to `max_grad_norm`, then take the optimizer step and free the gradients --
+    unless the loss (this rank's sum, float) or the gradient norm is NaN or inf on any rank: then
+    raise FloatingPointError on every rank alike, naming `where` (e.g. "train.py: step 12") and the
+    term, before the step and so before any checkpoint could hold the damage. Returns the gradient
+    norm before clipping (float, same on all ranks)."""
     grad_norm = distributed.clip_grad_norm(module, max_grad_norm)
-    bad = distributed.nonfinite({"loss": loss, "grad_norm": grad_norm}, proc)              # the same answer on every rank
+    # the same answer on every rank
+    bad = distributed.nonfinite({"loss": loss, "grad_norm": grad_norm}, proc)
     if bad:
-        raise FloatingPointError(f"{where}: non-finite {' and '.join(bad)} (loss {loss}, grad_norm {grad_norm}); "
-                                 f"stopped before the optimizer step and before any checkpoint of this step")
+        raise FloatingPointError(f"{where}: non-finite {' and '.join(bad)} (loss {loss}, "
+                                 f"grad_norm {grad_norm}); stopped before the optimizer step and "
+                                 f"before any checkpoint of this step")
     optimizer.step()
-    optimizer.zero_grad(set_to_none=True)     # free the gradients before the next rollout (plan.py counts it so)
+    # free the gradients before the next rollout (plan.py counts it so)
+    optimizer.zero_grad(set_to_none=True)
     return grad_norm
 
 
-def checkpoint_if_due(step: int, cfg, preemption: distributed.Preemption, module, optimizer, proc: distributed.Dist,
-                      generators: dict, position: int, run_config: dict) -> tuple[bool, Path | None]:
-    """After optimizer step `step` (1-based): every rank agrees whether SIGTERM arrived (L12), and a resumable
-    checkpoint (checkpoint.save, collective) is written every cfg.save_every steps and on SIGTERM, holding the
-    RNG states of `generators`, the stream `position` and `run_config`. Returns (stop now, folder or None)."""
+def checkpoint_if_due(step: int, cfg, preemption: distributed.Preemption, module, optimizer,
+                      proc: distributed.Dist, generators: dict, position: int,
+                      run_config: dict) -> tuple[bool, Path | None]:
+    """After optimizer step `step` (1-based): every rank agrees whether SIGTERM arrived (L12), and a
+    resumable checkpoint (checkpoint.save, collective) is written every cfg.save_every steps and on
+    SIGTERM, holding the RNG states of `generators`, the stream `position` and `run_config`. Returns
+    (stop now, folder or None)."""
     stop = preemption.requested(proc)
     if (cfg.save_every > 0 and step % cfg.save_every == 0) or stop:
-        extra = {"rng": checkpoint.rng_state(generators), "position": position, "config": run_config}
-        return stop, checkpoint.save(cfg.out_dir, step, module, optimizer, proc, extra, keep=cfg.keep_checkpoints)
+        extra = {"rng": checkpoint.rng_state(generators), "position": position,
+                 "config": run_config}
+        return stop, checkpoint.save(cfg.out_dir, step, module, optimizer, proc, extra,
+                                     keep=cfg.keep_checkpoints)
     return stop, None
 
 
-def missed_at_resume(start: int, total: int, cfg, out_dir: Path, proc: distributed.Dist) -> tuple[bool, bool]:
-    """(evaluate, export): whether the held-out evaluation and the HF export due after step `start` (a resumed run's
-    checkpoint step; `total` the run's steps) never ran. A SIGTERM at that step checkpoints and stops before them
-    (L12), and the resumed loop starts after it, so the entry points run them first. Evaluation: due every
-    cfg.eval_every steps before the last, missing when metrics.jsonl has no "eval_accuracy" row (named sets:
-    "eval_accuracy/NAME") for `start`;
-    export: due every cfg.export_every steps, missing when out_dir/step_<start> does not exist. The same answer on
-    every rank (rank 0 reads, then broadcasts)."""
+def missed_at_resume(start: int, total: int, cfg, out_dir: Path,
+                     proc: distributed.Dist) -> tuple[bool, bool]:
+    """(evaluate, export): whether the held-out evaluation and the HF export due after step `start`
+    (a resumed run's checkpoint step; `total` the run's steps) never ran. A SIGTERM at that step
+    checkpoints and stops before them (L12), and the resumed loop starts after it, so the entry
+    points run them first. Evaluation: due every cfg.eval_every steps before the last, missing when
+    metrics.jsonl has no "eval_accuracy" row (named sets: "eval_accuracy/NAME") for `start`;
+    export: due every cfg.export_every steps, missing when out_dir/step_<start> does not exist. The
+    same answer on every rank (rank 0 reads, then broadcasts)."""
     answer = (False, False)
     if proc.main and start > 0:
         path = Path(out_dir) / "metrics.jsonl"
         rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        evaluated = any(r.get("step") == start and any(k.startswith("eval_accuracy") for k in r) for r in rows)
-        answer = (cfg.eval_every > 0 and start % cfg.eval_every == 0 and start < total and not evaluated,
-                  cfg.export_every > 0 and start % cfg.export_every == 0 and not (Path(out_dir) / f"step_{start}").exists())
+        evaluated = any(r.get("step") == start and any(k.startswith("eval_accuracy") for k in r)
+                        for r in rows)
+        answer = ((cfg.eval_every > 0 and start % cfg.eval_every == 0 and start < total
+                   and not evaluated),
+                  (cfg.export_every > 0 and start % cfg.export_every == 0
+                   and not (Path(out_dir) / f"step_{start}").exists()))
     return tuple(distributed.broadcast_object(answer, proc))
 
 
 class Policy(NamedTuple):
-    """What an entry point trains: the HF model `hf` (adapters inside under LoRA), its tokenizer, the wrapped
-    log-prob module `module` (DDP / FSDP2 / plain), `adapters` (the PeftModel, or None) and the AdamW optimizer
-    over the trainable parameters."""
+    """What an entry point trains: the HF model `hf` (adapters inside under LoRA), its tokenizer,
+    the wrapped log-prob module `module` (DDP / FSDP2 / plain), `adapters` (the PeftModel, or None)
+    and the AdamW optimizer over the trainable parameters."""
     hf: torch.nn.Module
     tokenizer: object
     module: torch.nn.Module
@@ -334,18 +197,21 @@ class Policy(NamedTuple):
     opt: torch.optim.Optimizer
 
 
-def build_policy(cfg, model_dir: str, proc: distributed.Dist, weights: torch.dtype, compute: torch.dtype) -> Policy:
-    """Load the policy from `model_dir`, add LoRA adapters (cfg.lora_rank > 0, lora.attach) or freeze the vision
-    tower (cfg.freeze_vision), wrap it (distributed.wrap: cfg.dist, activation checkpointing, FSDP units, CPU
-    offload) and build AdamW(lr) over the trainable parameters, weight decay as the official trainer applies it
-    (`param_groups`: not on biases; cfg.decay_norms False: not on norm weights either).
+def build_policy(cfg, model_dir: str, proc: distributed.Dist, weights: torch.dtype,
+                 compute: torch.dtype) -> Policy:
+    """Load the policy from `model_dir`, add LoRA adapters (cfg.lora_rank > 0, lora.attach) or
+    freeze the vision tower (cfg.freeze_vision), wrap it (distributed.wrap: cfg.dist, activation
+    checkpointing, FSDP units, CPU offload) and build AdamW(lr) over the trainable parameters,
+    weight decay as the official trainer applies it (`param_groups`: not on biases; cfg.decay_norms
+    False: not on norm weights either).
 
-    Under LoRA with the vision tower frozen, the frozen base is held in the compute dtype (bf16 on GPU; fp32
-    master weights are only needed for what AdamW updates, L5 and L14) and the adapters in fp32. With cfg.cpu_offload
-    the model is loaded on the CPU and FSDP2 keeps its shards there. weights / compute: the torch dtypes of
-    distributed.resolve_precision (fp32 / bf16 on CUDA's bf16-mixed). Raises ValueError, before loading anything,
-    when --cpu-offload is asked for without FSDP; load_policy's errors (FileNotFoundError, ValueError) for a
-    folder that is not a usable Qwen2.5-VL."""
+    Under LoRA with the vision tower frozen, the frozen base is held in the compute dtype (bf16 on
+    GPU; fp32 master weights are only needed for what AdamW updates, L5 and L14) and the adapters in
+    fp32. With cfg.cpu_offload the model is loaded on the CPU and FSDP2 keeps its shards there.
+    weights / compute: the torch dtypes of distributed.resolve_precision (fp32 / bf16 on CUDA's
+    bf16-mixed). Raises ValueError, before loading anything, when --cpu-offload is asked for without
+    FSDP; load_policy's errors (FileNotFoundError, ValueError) for a folder that is not a usable
+    Qwen2.5-VL."""
     if cfg.cpu_offload and distributed.resolve_mode(cfg.dist, proc) != "fsdp":
         raise UserError(f"--cpu-offload is FSDP2's: it needs --dist fsdp (got --dist {cfg.dist} "
                         f"on {proc.device.type})")
@@ -354,55 +220,61 @@ def build_policy(cfg, model_dir: str, proc: distributed.Dist, weights: torch.dty
                                 "cpu" if cfg.cpu_offload else proc.device)
     adapters = lora.attach(hf, cfg, cfg.seed)
     if adapters is None:
-        hf.model.visual.requires_grad_(not cfg.freeze_vision)               # before wrapping (DDP/FSDP see it)
-    module = distributed.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), proc, cfg.dist, cfg.activation_checkpointing,
-                              compute, cfg.fsdp_vision_unit, offload=cfg.cpu_offload)
+        hf.model.visual.requires_grad_(not cfg.freeze_vision)    # before wrapping (DDP/FSDP see it)
+    module = distributed.wrap(PolicyLogprobs(hf, cfg.logprob_chunk), proc, cfg.dist,
+                              cfg.activation_checkpointing, compute, cfg.fsdp_vision_unit,
+                              offload=cfg.cpu_offload)
     opt = torch.optim.AdamW(param_groups(hf, cfg.weight_decay, cfg.decay_norms), lr=cfg.lr)
     return Policy(hf, tokenizer, module, adapters, opt)
 
 
 def param_groups(hf, weight_decay: float, decay_norms: bool = True) -> list[dict]:
-    """AdamW's parameter groups over `hf`'s trainable parameters, by the official trainer's rule (HF Trainer of
-    transformers ≈4.49, `get_decay_parameter_names`): weight decay on every parameter except those whose name
-    holds "bias" and those of nn.LayerNorm modules. Qwen2.5-VL's RMSNorm is not an nn.LayerNorm (nor registered in
-    that Trainer's ALL_LAYERNORM_LAYERS), so the official run decays the norm weights: `decay_norms` True keeps
-    that; False also exempts every module whose class name ends in "Norm" (RMSNorm; transformers 5.x's Trainer
-    exempts norms by name). Returns [{"params": decayed, "weight_decay": weight_decay}, {"params": the rest,
+    """AdamW's parameter groups over `hf`'s trainable parameters, by the official trainer's rule (HF
+    Trainer of transformers ≈4.49, `get_decay_parameter_names`): weight decay on every parameter
+    except those whose name holds "bias" and those of nn.LayerNorm modules. Qwen2.5-VL's RMSNorm is
+    not an nn.LayerNorm (nor registered in that Trainer's ALL_LAYERNORM_LAYERS), so the official run
+    decays the norm weights: `decay_norms` True keeps that; False also exempts every module whose
+    class name ends in "Norm" (RMSNorm; transformers 5.x's Trainer exempts norms by name). Returns
+    [{"params": decayed, "weight_decay": weight_decay}, {"params": the rest,
     "weight_decay": 0.0}], empty groups left out; parameters in module order."""
     exempt = {id(p) for m in hf.modules()
-              if isinstance(m, torch.nn.LayerNorm) or (not decay_norms and type(m).__name__.endswith("Norm"))
+              if isinstance(m, torch.nn.LayerNorm)
+              or (not decay_norms and type(m).__name__.endswith("Norm"))
               for p in m.parameters(recurse=False)}
     named = [(n, p) for n, p in hf.named_parameters() if p.requires_grad]
     no = [p for n, p in named if "bias" in n or id(p) in exempt]
     no_ids = {id(p) for p in no}
-    groups = [{"params": [p for _, p in named if id(p) not in no_ids], "weight_decay": weight_decay},
+    groups = [{"params": [p for _, p in named if id(p) not in no_ids],
+               "weight_decay": weight_decay},
               {"params": no, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
 
-def build_reference(cfg, policy: Policy, model_dir: str, proc: distributed.Dist, weights: torch.dtype,
-                    compute: torch.dtype):
-    """The frozen KL reference for β > 0 (notes §3), called like `policy.module` under torch.no_grad(): under LoRA
-    the policy with its adapters disabled (lora.Reference, no second copy; L14), otherwise a second copy of
-    `model_dir` without gradients or optimizer, wrapped like the policy (FSDP-sharded and offloaded alike).
-    Returns None when cfg.beta is 0 (no reference is loaded)."""
+def build_reference(cfg, policy: Policy, model_dir: str, proc: distributed.Dist,
+                    weights: torch.dtype, compute: torch.dtype):
+    """The frozen KL reference for β > 0 (notes §3), called like `policy.module` under
+    torch.no_grad(): under LoRA the policy with its adapters disabled (lora.Reference, no second
+    copy; L14), otherwise a second copy of `model_dir` without gradients or optimizer, wrapped like
+    the policy (FSDP-sharded and offloaded alike). Returns None when cfg.beta is 0 (no reference is
+    loaded)."""
     if cfg.beta <= 0:
         return None
     if policy.adapters is not None:
         return lora.Reference(policy.module, policy.adapters)
     ref_hf, _ = load_policy(model_dir, weights, "cpu" if cfg.cpu_offload else proc.device)
-    return distributed.wrap(PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk), proc, cfg.dist,
-                            param_dtype=compute, vision_unit=cfg.fsdp_vision_unit, offload=cfg.cpu_offload)
+    return distributed.wrap(PolicyLogprobs(ref_hf.eval().requires_grad_(False), cfg.logprob_chunk),
+                            proc, cfg.dist, param_dtype=compute, vision_unit=cfg.fsdp_vision_unit,
+                            offload=cfg.cpu_offload)
 
 
 def export(module, tokenizer, folder: Path, proc: distributed.Dist, adapters=None,
            base_dir: str = "", run_config: dict | None = None) -> Path:
-    """Write an HF folder (config, safetensors, tokenizer, chat template, processor settings) that plain
-    transformers loads, from the full state dict gathered on rank 0 (collective under FSDP; atomic). Under LoRA
-    (`adapters`, the PeftModel, and `base_dir`, the starting folder) the adapters are merged in and also written
-    to `<folder>_lora` (lora.export). With `run_config` (the entry point's), the run's preset,
-    frames/pixels and sampling go beside the weights (preflight.SETTINGS), for a later run's
-    --preset auto on the folder."""
+    """Write an HF folder (config, safetensors, tokenizer, chat template, processor settings) that
+    plain transformers loads, from the full state dict gathered on rank 0 (collective under FSDP;
+    atomic). Under LoRA (`adapters`, the PeftModel, and `base_dir`, the starting folder) the
+    adapters are merged in and also written to `<folder>_lora` (lora.export). With `run_config` (the
+    entry point's), the run's preset, frames/pixels and sampling go beside the weights
+    (preflight.SETTINGS), for a later run's --preset auto on the folder."""
     if adapters is not None:
         lora.export(module, adapters, tokenizer, base_dir, folder, proc)
     else:

@@ -65,6 +65,7 @@ import torch
 from tqdm import tqdm
 
 import blind
+import builtin
 import common
 import config as cfglib
 import data
@@ -314,15 +315,11 @@ def evaluate(name, json_path, samples, problems, variant, out_dir, header, hf, t
 # ---- entry point ---------------------------------------------------------------------------------
 def resolve(cfg: Config, proc: distributed.Dist) -> tuple[str, list[tuple[str, str]]]:
     """The policy folder and [(benchmark name, JSON path)]; the built-in cold start
-    (common.coldstart, what train.py starts from) and the built-in data (test split, benchmark
-    'synthetic') when --model or --data is empty (common.builtin)."""
-    model = common.resolve_model(cfg.model, cfg.cache_dir, proc)
-    if model and cfg.data:
-        return model, [(cfg.name or benchmark_name(p), p) for p in cfg.data.split(",") if p]
-    paths = common.builtin(cfg.cache_dir, proc, model=False)
-    model = model or str(common.coldstart(cfg.cache_dir, proc))
+    (what train.py starts from) and the built-in data (test split, benchmark 'synthetic') when
+    --model or --data is empty (builtin.resolve)."""
+    model, test_json, _ = builtin.resolve(cfg, proc, split="test")
     if not cfg.data:
-        return model, [(cfg.name or "synthetic", str(paths["test"]))]
+        return model, [(cfg.name or "synthetic", test_json)]
     return model, [(cfg.name or benchmark_name(p), p) for p in cfg.data.split(",") if p]
 
 

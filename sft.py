@@ -50,6 +50,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import builtin
 import checkpoint
 import common
 import curves
@@ -256,13 +257,8 @@ def lr_at(step: int, total: int, cfg) -> float:
 
 def resolve_paths(cfg, proc: distributed.Dist) -> tuple[str, str, str]:
     """(model folder, training JSON, eval JSON or ""): the built-in data (COT split for training, test split for
-    evaluation) and the tiny model are built on rank 0 when not given (common.builtin)."""
-    model = common.resolve_model(cfg.model, cfg.cache_dir, proc)
-    if model and cfg.data:
-        return model, cfg.data, cfg.eval_data
-    paths = common.builtin(cfg.cache_dir, proc, model=not model)
-    return (model or str(paths["tiny"]), cfg.data or str(paths["train_cot"]),
-            cfg.eval_data or ("" if cfg.data else str(paths["test"])))
+    evaluation) and the tiny model are built on rank 0 when not given (builtin.resolve)."""
+    return builtin.resolve(cfg, proc, start="tiny", split="train_cot")
 
 
 def main(argv=None):

@@ -51,6 +51,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import builtin
 import checkpoint
 import common
 import config as cfglib
@@ -379,7 +380,7 @@ def main(argv=None):
     preflight.claim_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite, proc, "train.py")  # 1 run each
     common.seed_everything(cfg.seed, proc)
     precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)       # L5
-    model_dir, train_json, eval_json = common.resolve_model_and_data(cfg, proc)
+    model_dir, train_json, eval_json = builtin.resolve(cfg, proc)
     samples = preflight.check_data(cfg, train_json, heldout.parse_sets(eval_json))  # before models
     built = common.build_policy(cfg, model_dir, proc, dtype, compute)
     hf, tokenizer, policy, adapters, opt = built

@@ -56,7 +56,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import common  # noqa: E402
+import builtin.cache  # noqa: E402
+import builtin.coldstart  # noqa: E402
 import distributed  # noqa: E402
 
 # name -> extra train.py flags; the name is what tgrpo.Settings.name logs for those flags (checked
@@ -157,16 +158,16 @@ def pool(jobs: list[tuple[list[str], Path]], n: int) -> None:
 
 def cold_start(a: argparse.Namespace) -> Path:
     """The folder every RL run starts from: --cold-start, or the built-in cold start train.py takes:
-    <cache-dir>'s build, else the shipped one (common.existing_coldstart), else built (coldstart.py,
-    logged to a file)."""
+    <cache-dir>'s build, else the shipped one (builtin.coldstart.existing_coldstart), else built
+    (coldstart.py, logged to a file)."""
     if a.cold_start:
         return Path(a.cold_start).resolve()
     cache = Path(a.cache_dir).resolve()
     # the shipped one is taken only for this data
-    common.builtin(cache, distributed.Dist(), model=False)
-    found = common.existing_coldstart(cache)      # what train.py takes (common.coldstart)
+    builtin.cache.paths(cache, distributed.Dist(), model=False)
+    found = builtin.coldstart.existing_coldstart(cache)      # what train.py takes (builtin.resolve)
     if found is None:
-        found = common.coldstart_dir(cache) / "final"
+        found = builtin.coldstart.coldstart_dir(cache) / "final"
         print(f"stage 1: the built-in cold start -> {found} (once; python builtin/coldstart.py)",
               flush=True)
         run(["builtin/coldstart.py", "--cache-dir", str(cache)], cache / "coldstart.log",

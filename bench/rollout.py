@@ -41,7 +41,7 @@ import decode  # noqa: E402
 import distributed  # noqa: E402
 import pixels  # noqa: E402
 import rollout  # noqa: E402
-from builtin import tiny  # noqa: E402
+from builtin import cache, tiny  # noqa: E402
 from model import load_policy, mm_token_types  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "qwen2_5_vl_7b_instruct"
@@ -115,7 +115,7 @@ def main():
     if a.versus_hf:
         return versus_hf(a)
     torch.manual_seed(0)
-    paths = common.builtin(a.cache_dir, distributed.Dist())
+    paths = cache.paths(a.cache_dir, distributed.Dist())
     videos = [s for s in data.load_samples(paths["train"]) if s.data_type == "video"]
     print(f"command: python bench/rollout.py --repeats {a.repeats} --device {a.device} "
           f"--threads {torch.get_num_threads()}")
@@ -146,7 +146,7 @@ def main():
 
 def versus_hf(a):
     torch.manual_seed(0)
-    paths = common.builtin(a.cache_dir, distributed.Dist())
+    paths = cache.paths(a.cache_dir, distributed.Dist())
     model_dir, train_json = paths["tiny"], paths["train"]
     hf, tok = load_policy(model_dir, torch.float32, a.device)
     hf.eval()

@@ -7,8 +7,8 @@ right fact, and do its frozen vision features carry the answer at all? Ordered v
                                                      # a quick look
 
 For a model folder and the built-in held-out split
-(synthetic.make_dataset(<cache-dir>/data)["test"], as built there: common.builtin's defaults; `--n`
-keeps the first N items of each family) it prints one row per question family
+(synthetic.make_dataset(<cache-dir>/data)["test"], as built there: builtin.cache.paths's
+defaults; `--n` keeps the first N items of each family) it prints one row per question family
 (scenes.TEMPORAL_FAMILIES + STATIC_FAMILIES), each on ordered and on shuffled frames:
 - answer: the fraction of completions whose final answer is correct (eval.py's per-item "correct");
 - reasoning: the fraction whose reasoning states the right fact in the built-in COT's words
@@ -41,9 +41,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import common  # noqa: E402
 import distributed  # noqa: E402
-from builtin import scenes  # noqa: E402
+from builtin import coldstart, scenes  # noqa: E402
 from builtin import synthetic  # noqa: E402
 
 FAMILIES = scenes.TEMPORAL_FAMILIES + scenes.STATIC_FAMILIES
@@ -57,7 +56,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--model", default="",
                     help="HF folder of the policy; empty: the built-in cold start train.py "
                          "starts from "
-                         "(common.coldstart: <cache-dir>/coldstart/final, else the shipped "
+                         "(coldstart.find_or_build: <cache-dir>/coldstart/final, else the shipped "
                          "assets/coldstart, else built)")
     ap.add_argument("--cache-dir", default="runs/cache",
                     help="the built-in data: <cache-dir>/data (built with the defaults if missing)")
@@ -137,8 +136,8 @@ def chance(entries: list[dict]) -> dict[str, float]:
 def builtin_data(folder: Path) -> dict:
     """synthetic.make_dataset(folder)'s paths, with the parameters its manifest records when the
     folder holds a built dataset (then nothing is rendered unless synthetic.VERSION changed since),
-    else with the defaults (the data common.builtin builds). Parameters make_dataset no longer takes
-    are dropped."""
+    else with the defaults (the data builtin.cache.paths builds). Parameters make_dataset no longer
+    takes are dropped."""
     manifest = folder / "manifest.json"
     known = inspect.signature(synthetic.make_dataset).parameters
     params = json.loads(manifest.read_text())["params"] if manifest.exists() else {}
@@ -269,7 +268,8 @@ def main(argv=None) -> dict:
     cache, out = Path(a.cache_dir).resolve(), Path(a.out_dir).resolve()
     paths = builtin_data(cache / "data")
     # what train.py takes
-    model = Path(a.model).resolve() if a.model else common.coldstart(cache, distributed.Dist())
+    model = (Path(a.model).resolve() if a.model
+             else coldstart.find_or_build(cache, distributed.Dist()))
     if not (model / "config.json").exists():
         raise SystemExit(f"seeing: no HF model folder at {model}; "
                          f"pass --model (the default is the built-in cold start)")

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import builtin  # noqa: E402
 import common  # noqa: E402
 import data  # noqa: E402
 import distributed  # noqa: E402
@@ -52,7 +53,7 @@ def main():
     cfg = train.finish_config(*train.cfglib.parse(train.Config, argv, ""))
     proc = distributed.Dist()
     torch.manual_seed(cfg.seed)
-    model_dir, train_json, _ = common.resolve_model_and_data(cfg, proc)
+    model_dir, train_json, _ = builtin.resolve(cfg, proc)
     hf, tok = load_policy(model_dir, torch.float32, proc.device)
     hf.model.visual.requires_grad_(not cfg.freeze_vision)  # as train.py (frozen in the tiny preset)
     policy = PolicyLogprobs(hf, cfg.logprob_chunk)

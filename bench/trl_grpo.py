@@ -38,7 +38,7 @@ import distributed  # noqa: E402
 import rewards  # noqa: E402
 import rollout  # noqa: E402
 import tgrpo  # noqa: E402
-import common  # noqa: E402
+from builtin import cache  # noqa: E402
 from model import PolicyLogprobs, load_policy  # noqa: E402
 
 
@@ -171,7 +171,7 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    paths = common.builtin(a.cache_dir, distributed.Dist())
+    paths = cache.paths(a.cache_dir, distributed.Dist())
     model_dir, train_json = paths["tiny"], paths["train"]
     if a.image_size % 28:
         raise ValueError(f"--image-size must be a multiple of 28 (patch 14 x merge 2), "

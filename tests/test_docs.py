@@ -84,25 +84,43 @@ def test_no_reference_outside_the_repository():
 
 
 def test_layers_no_entry_point_imported_and_no_import_cycle():
-    """No module of the pipeline (the repository root) or of the built-in world (builtin/) imports an entry point
-    (train.py, sft.py, eval.py), so the entry points never import each other either; the pipeline reaches the
-    built-in world only through common.py; and the modules have no import cycle, function-level imports included."""
+    """No module of the pipeline (the repository root) or of the built-in world (builtin/) imports
+    an entry point (train.py, sft.py, eval.py), so the entry points never import each other either;
+    the entry points reach the built-in world only through its one entry point (builtin/__init__.py:
+    builtin.resolve), common.py takes only its constants (TINY_MEDIA, TINY_MODELS, RECORD), and no
+    other module of the pipeline reaches it; the built-in world never imports common.py; and the
+    modules have no import cycle, function-level imports included (importing builtin.X runs
+    builtin/__init__.py first)."""
     import ast
     mods = {p.stem: p for p in ROOT.glob("*.py")} | {f"builtin.{p.stem}": p for p in ROOT.glob("builtin/*.py")}
-    graph = {}
+    package = "builtin.__init__"
+    graph, from_builtin = {}, {}
     for name, path in mods.items():
-        deps = set()
+        deps, names = set(), set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names} | {a.name.split(".")[0] for a in node.names}
+                names |= {a.name for a in node.names if a.name.split(".")[0] == "builtin"}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 deps |= {node.module, node.module.split(".")[0]} | {f"{node.module}.{a.name}" for a in node.names}
+                if node.module.split(".")[0] == "builtin":
+                    names |= {a.name for a in node.names}
+        if not name.startswith("builtin.") and any(d.split(".")[0] == "builtin" for d in deps):
+            deps.add(package)       # importing builtin or builtin.X runs builtin/__init__.py first
         graph[name] = {d for d in deps if d in mods and d != name}
-    assert len([m for m in mods if m.startswith("builtin.")]) == 6                # __init__ and the five modules
+        from_builtin[name] = names
+    assert len([m for m in mods if m.startswith("builtin.")]) == 7      # __init__ and six modules
     entry = {"train", "sft", "eval"}
     assert all(not (graph[m] & entry) for m in graph), {m: graph[m] & entry for m in graph if graph[m] & entry}
-    into_builtin = {m for m in graph if not m.startswith("builtin") and any(d.startswith("builtin.") for d in graph[m])}
-    assert into_builtin <= {"common"}, into_builtin
+    into_builtin = {m: {d for d in graph[m] if d.startswith("builtin.")} for m in graph
+                    if not m.startswith("builtin.")}
+    into_builtin = {m: ds for m, ds in into_builtin.items() if ds}
+    assert set(into_builtin) <= entry | {"blind_filter", "common"}, into_builtin
+    through_resolve = {m: ds for m, ds in into_builtin.items() if m != "common"}
+    assert all(ds == {package} for ds in through_resolve.values()), through_resolve
+    constants = from_builtin["common"]
+    assert constants and all(n.isupper() for n in constants), constants
+    assert not [m for m in graph if m.startswith("builtin.") and "common" in graph[m]]
 
     def reach(start):
         seen, todo = set(), [start]

@@ -12,6 +12,7 @@ import torch
 
 import checkpoint
 import common
+from builtin import cache, coldstart
 import config as cfglib
 import curves
 import distributed
@@ -106,7 +107,7 @@ def test_preset_auto_takes_an_exported_folders_settings(tmp_path, capsys):
     cold, other = tmp_path / "cold", tmp_path / "other"
     cold.mkdir()
     other.mkdir()
-    (cold / common.RECORD).write_text("{}")
+    (cold / coldstart.RECORD).write_text("{}")
     assert tr.finish_config(*cfglib.parse(tr.Config, ["--model", str(cold)])).preset == "tiny"
     assert tr.finish_config(*cfglib.parse(tr.Config, ["--model", str(other)])).preset == "paper"
 
@@ -187,9 +188,10 @@ def test_all_media_corrupt_stops_after_one_pass(builtin, tmp_path):
 
 def test_eval_without_model_evaluates_the_cold_start(monkeypatch, tmp_path):
     import eval as ev
-    monkeypatch.setattr(common, "builtin",
+    monkeypatch.setattr(cache, "paths",
                         lambda cache, proc, model=True: {"test": tmp_path / "test.json"})
-    monkeypatch.setattr(common, "coldstart", lambda cache, proc: tmp_path / "coldstart" / "final")
+    monkeypatch.setattr(coldstart, "find_or_build",
+                        lambda cache, proc: tmp_path / "coldstart" / "final")
     cfg = ev.finish_config(*cfglib.parse(ev.Config, []))
     model, benches = ev.resolve(cfg, distributed.Dist())
     assert (model == str(tmp_path / "coldstart" / "final")

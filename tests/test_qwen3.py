@@ -12,6 +12,7 @@ import torch
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
 import common
+from builtin import cache
 import data
 import decode as D
 import model as M
@@ -302,22 +303,22 @@ def test_entry_points_end_to_end(qwen3, builtin, tmp_path):
 
 def test_preset_builds_the_tiny_qwen3_once_and_selects_the_tiny_preset(builtin, tmp_path,
                                                                        monkeypatch):
-    """--model preset:tiny-qwen3-vl: common.resolve_model builds the tiny Qwen3-VL under the cache
+    """--model preset:tiny-qwen3-vl: cache.resolve_model builds the tiny Qwen3-VL under the cache
     (from the built-in data's text) once, and the tiny frames and pixels apply
     (common.apply_preset)."""
     import distributed
     import train
-    monkeypatch.setattr(common, "builtin", lambda cache, proc, model=True: builtin[0])
-    folder = common.resolve_model("preset:tiny-qwen3-vl", tmp_path, distributed.Dist())
+    monkeypatch.setattr(cache, "paths", lambda cache, proc, model=True: builtin[0])
+    folder = cache.resolve_model("preset:tiny-qwen3-vl", tmp_path, distributed.Dist())
     assert (folder == str(tmp_path / "tiny-qwen3-vl")
             and M.family(Qwen3VLConfig.from_pretrained(folder)).MODEL_CLASS
                 is Qwen3VLForConditionalGeneration)
 
     stamp = (tmp_path / "tiny-qwen3-vl" / "model.safetensors").stat().st_mtime_ns
-    assert common.resolve_model("preset:tiny-qwen3-vl", tmp_path, distributed.Dist()) == folder
+    assert cache.resolve_model("preset:tiny-qwen3-vl", tmp_path, distributed.Dist()) == folder
     # built once
     assert (tmp_path / "tiny-qwen3-vl" / "model.safetensors").stat().st_mtime_ns == stamp
-    assert common.resolve_model("some/folder", tmp_path, distributed.Dist()) == "some/folder"
+    assert cache.resolve_model("some/folder", tmp_path, distributed.Dist()) == "some/folder"
     cfg = train.finish_config(train.Config(model="preset:tiny-qwen3-vl"), {"model"})
     assert cfg.preset == "tiny" and cfg.max_frames == 8
 

@@ -13,6 +13,7 @@ from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
 
 import checkpoint
 import common
+from builtin import cache
 import data
 import distributed
 import model as M
@@ -277,12 +278,12 @@ def test_refused_folders_name_the_file_and_field(tmp_path, qwen35):
 def test_preset_builds_the_tiny_qwen3_5_once(builtin, tmp_path, monkeypatch):
     import train
 
-    monkeypatch.setattr(common, "builtin", lambda cache, proc, model=True: builtin[0])
-    folder = common.resolve_model("preset:tiny-qwen3.5", tmp_path, distributed.Dist())
+    monkeypatch.setattr(cache, "paths", lambda cache, proc, model=True: builtin[0])
+    folder = cache.resolve_model("preset:tiny-qwen3.5", tmp_path, distributed.Dist())
     assert folder == str(tmp_path / "tiny-qwen3.5")
     assert M.family(Qwen3_5Config.from_pretrained(folder)) is qwen3_5
     stamp = (tmp_path / "tiny-qwen3.5" / "model.safetensors").stat().st_mtime_ns
-    assert common.resolve_model("preset:tiny-qwen3.5", tmp_path, distributed.Dist()) == folder
+    assert cache.resolve_model("preset:tiny-qwen3.5", tmp_path, distributed.Dist()) == folder
     assert (tmp_path / "tiny-qwen3.5" / "model.safetensors").stat().st_mtime_ns == stamp
     cfg = train.finish_config(train.Config(model="preset:tiny-qwen3.5"), {"model"})
     assert cfg.preset == "tiny" and cfg.max_frames == 8
