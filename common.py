@@ -294,8 +294,8 @@ def export(module, tokenizer, folder: Path, proc: distributed.Dist, adapters=Non
 class Runtime:
     """where and how the process runs (train.py, sft.py, eval.py)"""
     cache_dir: str = opt("runs/cache", "the built-in data and tiny model are built here once")
-    preset: str = opt("auto", "auto: a --model export's recorded one; tiny for an empty --model or a "
-                      "built-in model; else paper", choices=("auto", "tiny", "paper"))
+    preset: str = opt("auto", "auto: a --model export's recorded one; tiny for an empty --model "
+                      "or a built-in model; else paper", choices=("auto", "tiny", "paper"))
     device: str = opt("auto", "auto | cpu | cuda")
     precision: str = opt("auto", "auto: on CUDA bf16-mixed to train, bf16 to evaluate; fp32 on CPU",
                          choices=distributed.PRECISIONS)
@@ -304,14 +304,16 @@ class Runtime:
                                   "others (covers a rank's cold decode compile; torch: 10)")
     compile_decode: str = opt("auto", "compile the decode step; auto: on CUDA",
                               choices=decode.COMPILE_MODES)
-    # wandb's own variables name the rest: WANDB_PROJECT (video-r1), WANDB_MODE (offline), WANDB_NAME
+    # wandb's own variables set the rest: WANDB_PROJECT (video-r1), WANDB_MODE (offline),
+    # WANDB_NAME (the out-dir's folder name)
     report_to: str = opt("none", "none | tensorboard | wandb, or both comma-separated")
 
 
 @dataclass
 class Training(Runtime):
     """how a training run is spread, checkpointed and adapted (train.py, sft.py)"""
-    dist: str = opt("auto", "auto: fsdp on CUDA, ddp on CPU", choices=("auto", "fsdp", "ddp", "none"))
+    dist: str = opt("auto", "auto: fsdp on CUDA, ddp on CPU",
+                    choices=("auto", "fsdp", "ddp", "none"))
     fsdp_vision_unit: str = opt("block", "FSDP units of the vision tower",
                                 choices=("block", "tower"))
     activation_checkpointing: bool = opt(False, "recompute decoder layers and vision blocks")

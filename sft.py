@@ -256,8 +256,9 @@ def lr_at(step: int, total: int, cfg) -> float:
 
 
 def resolve_paths(cfg, proc: distributed.Dist) -> tuple[str, str, str]:
-    """(model folder, training JSON, eval JSON or ""): the built-in data (COT split for training, test split for
-    evaluation) and the tiny model are built on rank 0 when not given (builtin.resolve)."""
+    """(model folder, training JSON, eval JSON or ""): the built-in data (COT split for training,
+    test split for evaluation) and the tiny model are built on rank 0 when not given
+    (builtin.resolve)."""
     return builtin.resolve(cfg, proc, start="tiny", split="train_cot")
 
 

@@ -92,7 +92,8 @@ def test_layers_no_entry_point_imported_and_no_import_cycle():
     modules have no import cycle, function-level imports included (importing builtin.X runs
     builtin/__init__.py first)."""
     import ast
-    mods = {p.stem: p for p in ROOT.glob("*.py")} | {f"builtin.{p.stem}": p for p in ROOT.glob("builtin/*.py")}
+    mods = ({p.stem: p for p in ROOT.glob("*.py")}
+            | {f"builtin.{p.stem}": p for p in ROOT.glob("builtin/*.py")})
     package = "builtin.__init__"
     graph, from_builtin = {}, {}
     for name, path in mods.items():
@@ -102,7 +103,8 @@ def test_layers_no_entry_point_imported_and_no_import_cycle():
                 deps |= {a.name for a in node.names} | {a.name.split(".")[0] for a in node.names}
                 names |= {a.name for a in node.names if a.name.split(".")[0] == "builtin"}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                deps |= {node.module, node.module.split(".")[0]} | {f"{node.module}.{a.name}" for a in node.names}
+                deps |= ({node.module, node.module.split(".")[0]}
+                         | {f"{node.module}.{a.name}" for a in node.names})
                 if node.module.split(".")[0] == "builtin":
                     names |= {a.name for a in node.names}
         if not name.startswith("builtin.") and any(d.split(".")[0] == "builtin" for d in deps):
@@ -111,7 +113,8 @@ def test_layers_no_entry_point_imported_and_no_import_cycle():
         from_builtin[name] = names
     assert len([m for m in mods if m.startswith("builtin.")]) == 7      # __init__ and six modules
     entry = {"train", "sft", "eval"}
-    assert all(not (graph[m] & entry) for m in graph), {m: graph[m] & entry for m in graph if graph[m] & entry}
+    assert all(not (graph[m] & entry) for m in graph), {m: graph[m] & entry for m in graph
+                                                        if graph[m] & entry}
     into_builtin = {m: {d for d in graph[m] if d.startswith("builtin.")} for m in graph
                     if not m.startswith("builtin.")}
     into_builtin = {m: ds for m, ds in into_builtin.items() if ds}
@@ -126,7 +129,8 @@ def test_layers_no_entry_point_imported_and_no_import_cycle():
         seen, todo = set(), [start]
         while todo:
             for m in graph[todo.pop()] - seen:
-                seen.add(m); todo.append(m)
+                seen.add(m)
+                todo.append(m)
         return seen
     assert not [m for m in graph if m in reach(m)]
 
