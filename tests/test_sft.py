@@ -88,7 +88,7 @@ def test_ids_and_labels_match_the_chat_template(builtin, data_type, system):
 def test_build_example_rejects_unknown_loss_on(builtin):
     tok = AutoTokenizer.from_pretrained(builtin[1])
     prep = pixels.prepare(cot_samples(builtin)["image"], tok, TINY_MEDIA)
-    with pytest.raises(ValueError, match="loss_on"):
+    with pytest.raises(ValueError, match="--loss-on must be one of assistant, all"):
         sft.build_example(prep, tok, "prompt")
 
 
@@ -169,9 +169,9 @@ def test_config_presets_and_checks():
     tiny = sft.finish_config(sft.Config(lr=5e-4), {"lr"})
     assert (tiny.preset == "tiny" and tiny.lr == 5e-4 and tiny.batch_size == 8
             and tiny.max_frames == 8)
-    with pytest.raises(ValueError, match="loss_on"):
+    with pytest.raises(ValueError, match="--loss-on must be one of assistant, all"):
         sft.finish_config(sft.Config(loss_on="prompt"), set())
-    with pytest.raises(ValueError, match="system_prompt"):
+    with pytest.raises(ValueError, match="--system-prompt must be one of default, official"):
         sft.finish_config(sft.Config(system_prompt="none"), set())
 
 
