@@ -180,7 +180,9 @@ class State:
     pos (Rb,) long: its position; col (1,) long: its cache column; j (1,) long: the output column of
     the next token; done (Rb,) bool; seen (Rb, V) bool: tokens in the prompt or completion
     (repetition penalty); noise (Rb, C) float32: Exp(1) draws for the next token (C = candidates);
-    ids (Rb, N) long, logps (Rb, N) float32: the output."""
+    ids (Rb, N) long, logps (Rb, N) float32: the output; conv, rec: Qwen3.5's per-linear-layer
+    states (decode_hybrid.recurrent_states; its k and v hold the full-attention layers only), empty
+    for the other families."""
     k: torch.Tensor
     v: torch.Tensor
     key_ok: torch.Tensor
@@ -193,19 +195,25 @@ class State:
     noise: torch.Tensor
     ids: torch.Tensor
     logps: torch.Tensor
+    conv: tuple = ()
+    rec: tuple = ()
 
 
 def allocate_state(w: Weights, rows: int, length: int, new_tokens: int, noise_width: int) -> State:
     """Zeroed `State` for `rows` rows, a cache of `length` tokens, `new_tokens` outputs and
-    `noise_width` noise draws per row (`candidates`), on w's device (the noise starts at 1)."""
-    NL, dev, V = w.ln1.shape[0], w.embed.device, w.embed.shape[0]
+    `noise_width` noise draws per row (`candidates`), on w's device (the noise starts at 1). w may
+    be decode_hybrid.HybridWeights: K/V for its full-attention layers, and its conv and rec."""
+    hybrid_decoder = isinstance(w, hybrid.HybridWeights)
+    NL = (w.q if hybrid_decoder else w.ln1).shape[0]           # layers with K/V
+    dev, V = w.embed.device, w.embed.shape[0]
     z = lambda *shape, dtype=torch.long: torch.zeros(*shape, dtype=dtype, device=dev)
     kv = (NL, rows, w.kv_heads, length, w.head_dim)
     return State(z(*kv, dtype=w.embed.dtype), z(*kv, dtype=w.embed.dtype),
                  z(rows, length, dtype=torch.bool), z(rows), z(rows), z(1), z(1),
                  z(rows, dtype=torch.bool), z(rows, V, dtype=torch.bool),
                  torch.ones(rows, noise_width, device=dev), z(rows, new_tokens),
-                 z(rows, new_tokens, dtype=torch.float32))
+                 z(rows, new_tokens, dtype=torch.float32),
+                 *(hybrid.recurrent_states(w, rows) if hybrid_decoder else ()))
 
 
 def _rms_norm(x, weight, eps):
@@ -418,9 +426,8 @@ class Decoder:
 
     def _state(self, w: Weights, rows: int, length: int, new_tokens: int, width: int,
                bucket: bool) -> State:
-        alloc = hybrid.allocate_state if isinstance(w, hybrid.HybridWeights) else allocate_state
         if not bucket:
-            return alloc(w, rows, length, new_tokens, width)
+            return allocate_state(w, rows, length, new_tokens, width)
         rows, length = _round_up(rows, ROW_MULTIPLE), _round_up(length, CACHE_MULTIPLE)
         s = self.state
         if (s is None or s.tok.shape[0] < rows or s.key_ok.shape[1] < length
@@ -428,7 +435,7 @@ class Decoder:
             if s is not None:  # grow: never smaller than before
                 rows, length = max(rows, s.tok.shape[0]), max(length, s.key_ok.shape[1])
             self.state = s = None  # free the old cache first
-            self.state = s = alloc(w, rows, length, new_tokens, width)
+            self.state = s = allocate_state(w, rows, length, new_tokens, width)
             if self.is_compiled(w.embed.device):
                 for t in vars(s).values():
                     for x in (t if isinstance(t, tuple) else (t,)):  # Qwen3.5: a tensor per layer
@@ -476,10 +483,10 @@ class Decoder:
             s.key_ok[R:, 0] = True  # dummy rows: one column
             if isinstance(w, hybrid.HybridWeights):  # conv, recurrent states, K/V -> rows
                 hybrid.load_prefill(w, s, cache, rows, P)
-            # prompt K/V -> rows
-            for i, layer in enumerate(cache.layers if isinstance(s, State) else []):
-                s.k[i, :R, :, :P] = layer.keys.index_select(0, rows)
-                s.v[i, :R, :, :P] = layer.values.index_select(0, rows)
+            else:                                    # prompt K/V -> rows
+                for i, layer in enumerate(cache.layers):
+                    s.k[i, :R, :, :P] = layer.keys.index_select(0, rows)
+                    s.v[i, :R, :, :P] = layer.values.index_select(0, rows)
             s.seen.zero_()
             if seen is not None:
                 s.seen[:R] = seen

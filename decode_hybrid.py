@@ -2,8 +2,9 @@
 gated attention.
 
 decode.py owns the loop, the sampler and the buffers every family shares; this module is what
-differs when the decoder is Qwen3.5's (qwen3_5.py): `HybridWeights` / `HybridState` and
-`forward_token`, which decode.decode_step calls in place of its own when it is handed HybridWeights.
+differs when the decoder is Qwen3.5's (qwen3_5.py): `HybridWeights`, the states of decode.State
+that only it has (`recurrent_states`) and `forward_token`, which decode.decode_step calls in place
+of its own when it is handed HybridWeights.
 Per layer kind (transformers 5.23 models/qwen3_5):
 
 - "linear_attention" (Gated DeltaNet): x -> in_proj_qkv, in_proj_z, in_proj_b, in_proj_a; the
@@ -22,10 +23,10 @@ Per layer kind (transformers 5.23 models/qwen3_5):
   o_proj.
 Both kinds: the decoder RMSNorms are zero-centred (x * (1 + w), in float32), the MLP is SwiGLU.
 
-The states live in HybridState and are updated IN PLACE: per linear layer conv (Rb, C, K - 1) in the
-compute dtype and rec (Rb, HV, dk, dv) float32 (mamba_ssm_dtype); k / v (NF, Rb, KV, S, hd) for the
-full-attention layers only. The prefill (HF's forward with a DynamicCache, left padding zeroed by HF
-before the linear layers) hands them to the rows in `load_prefill`:
+The states live in decode.State and are updated IN PLACE: per linear layer conv (Rb, C, K - 1) in
+the compute dtype and rec (Rb, HV, dk, dv) float32 (mamba_ssm_dtype); k / v (NF, Rb, KV, S, hd)
+for the full-attention layers only. The prefill (HF's forward with a DynamicCache, left padding
+zeroed by HF before the linear layers) hands them to the rows in `load_prefill`:
 DynamicCache.batch_select_indices fails on linear-attention layers, so the rows are laid out here.
 
 Departures (docs/departures.md):
@@ -149,53 +150,25 @@ def refresh(w: HybridWeights, hf, effective_weight) -> None:
                 w.o[j].copy_(effective_weight(a.o_proj))
 
 
-@dataclass
-class HybridState:
-    """decode.State's buffers (same names and meanings) plus the hybrid decoder's: conv, one (Rb, C,
-    K - 1) tensor per linear layer, the last K - 1 conv inputs in the compute dtype; rec, one (Rb,
-    HV, dk, dv) float32 tensor per linear layer, the delta-rule states; k, v (NF, Rb, KV, S, hd) for
-    the full-attention layers only. conv and rec are tuples of separate tensors, not one stacked
-    buffer: compiled, in-place writes to several views of one buffer made inductor copy the whole
-    buffer every step (measured), while each separate tensor is updated where it lies."""
-    k: torch.Tensor
-    v: torch.Tensor
-    key_ok: torch.Tensor
-    tok: torch.Tensor
-    pos: torch.Tensor
-    col: torch.Tensor
-    j: torch.Tensor
-    done: torch.Tensor
-    seen: torch.Tensor
-    noise: torch.Tensor
-    ids: torch.Tensor
-    logps: torch.Tensor
-    conv: tuple
-    rec: tuple
+def recurrent_states(w: HybridWeights, rows: int) -> tuple[tuple, tuple]:
+    """Zeroed (conv, rec) of decode.State for `rows` rows: conv, one (rows, C, K - 1) tensor per
+    linear layer, the last K - 1 conv inputs in the compute dtype; rec, one (rows, HV, dk, dv)
+    float32 tensor per linear layer, the delta-rule states. Tuples of separate tensors, not one
+    stacked buffer: compiled, in-place writes to several views of one buffer made inductor copy the
+    whole buffer every step (measured), while each separate tensor is updated where it lies."""
+    dev, dt = w.embed.device, w.embed.dtype
+    NLin, (C, K) = w.conv.shape[0], w.conv.shape[1:]
+    conv = tuple(torch.zeros(rows, C, K - 1, dtype=dt, device=dev) for _ in range(NLin))
+    rec = tuple(torch.zeros(rows, w.v_heads, w.k_dim, w.v_dim, dtype=torch.float32, device=dev)
+                for _ in range(NLin))
+    return conv, rec
 
 
-def allocate_state(w: HybridWeights, rows: int, length: int, new_tokens: int,
-                   noise_width: int) -> HybridState:
-    """Zeroed HybridState for `rows` rows, a cache of `length` tokens, `new_tokens` outputs and
-    `noise_width` noise draws per row, on w's device (the noise starts at 1)."""
-    dev, V, dt = w.embed.device, w.embed.shape[0], w.embed.dtype
-    NF, NLin, (C, K) = w.q.shape[0], w.conv.shape[0], w.conv.shape[1:]
-    z = lambda *shape, dtype=torch.long: torch.zeros(*shape, dtype=dtype, device=dev)
-    kv = (NF, rows, w.kv_heads, length, w.head_dim)
-    return HybridState(z(*kv, dtype=dt), z(*kv, dtype=dt), z(rows, length, dtype=torch.bool),
-                       z(rows), z(rows), z(1), z(1), z(rows, dtype=torch.bool),
-                       z(rows, V, dtype=torch.bool),
-                       torch.ones(rows, noise_width, device=dev), z(rows, new_tokens),
-                       z(rows, new_tokens, dtype=torch.float32),
-                       tuple(z(rows, C, K - 1, dtype=dt) for _ in range(NLin)),
-                       tuple(z(rows, w.v_heads, w.k_dim, w.v_dim, dtype=torch.float32)
-                             for _ in range(NLin)))
-
-
-def load_prefill(w: HybridWeights, s: HybridState, cache, rows: torch.Tensor, P: int) -> None:
+def load_prefill(w: HybridWeights, s, cache, rows: torch.Tensor, P: int) -> None:
     """Lay the prefill's states out per row: `cache` (HF's DynamicCache over B prompts of P tokens)
-    -> s's first R = len(rows) rows (rows[r] = row r's prompt): each linear layer's conv state (B,
-    C, K) -> its last K - 1 inputs, its recurrent state (B, HV, dk, dv) float32; each full layer's
-    K/V (B, KV, P, hd) -> cache columns [0, P)."""
+    -> the first R = len(rows) rows of s, a decode.State (rows[r] = row r's prompt): each linear
+    layer's conv state (B, C, K) -> its last K - 1 inputs, its recurrent state (B, HV, dk, dv)
+    float32; each full layer's K/V (B, KV, P, hd) -> cache columns [0, P)."""
     R = rows.numel()
     for i, layer in enumerate(cache.layers):
         linear, j = w.kinds[i]
@@ -265,11 +238,11 @@ def _rotate_part(x, cos, sin):
     return torch.cat([r, rest], dim=-1)
 
 
-def forward_token(w: HybridWeights, s: HybridState, live: int | None = None) -> torch.Tensor:
-    """The hybrid decoder on one token per row: embeds s.tok at position s.pos, updates every linear
-    layer's conv and recurrent state in place, writes every full layer's K/V to cache column s.col
-    (marked in s.key_ok) and attends to the marked columns among the first `live` (default: all S;
-    needs s.col < live). Returns logits (Rb, V) float32."""
+def forward_token(w: HybridWeights, s, live: int | None = None) -> torch.Tensor:
+    """The hybrid decoder on one token per row of s, a decode.State: embeds s.tok at position
+    s.pos, updates every linear layer's conv and recurrent state in place, writes every full
+    layer's K/V to cache column s.col (marked in s.key_ok) and attends to the marked columns among
+    the first `live` (default: all S; needs s.col < live). Returns logits (Rb, V) float32."""
     R, H, KV, hd = s.tok.shape[0], w.heads, w.kv_heads, w.head_dim
     HV, dv, C = w.v_heads, w.v_dim, w.conv.shape[1]
     x = w.embed[s.tok]                                                         # (R, D)

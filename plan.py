@@ -34,9 +34,10 @@ and sharding:
               full-attention layers (8 of the 9B's 32) keep K and V
   recurrent   Qwen3.5's Gated DeltaNet layers: per row and per linear layer (not per token) a
               float32 state of value heads × key dim × value dim plus the conv's last K-1 inputs in
-              bf16, for the R rows and the prefill's distinct prompts (decode_hybrid.HybridState); 0
-              for the other families. Their activations are counted with the attention layers'
-              formula (an approximation: no K/V, but q/k/v, z, conv)
+              bf16, for the R rows and the prefill's distinct prompts
+              (decode_hybrid.recurrent_states); 0 for the other families. Their activations are
+              counted with the attention layers' formula (an approximation: no K/V, but q/k/v, z,
+              conv)
   activations log-prob pass, one micro-batch of M = G·groups_per_micro_batch rows of T = P + L
               tokens: decoder per token per layer, bf16 saved tensors: without checkpointing
               2·(6D + 2·kv + 4I) (norm outputs, q/k/v, attention output, residuals,
@@ -276,8 +277,8 @@ def estimate(config, cfg) -> dict:
     out["kv_cache"] = ((rows * length + 2 * cfg.prompts_per_rank * P) * (layers - n_linear)
                        * 2 * kv * 2)
     # Qwen3.5's linear layers keep a state per row, not per token: float32 (HV, dk, dv) plus the
-    # conv's last K - 1 inputs of C = 2 HK dk + HV dv channels in bf16 (decode_hybrid.HybridState),
-    # for the rows and the prefill
+    # conv's last K - 1 inputs of C = 2 HK dk + HV dv channels in bf16
+    # (decode_hybrid.recurrent_states), for the rows and the prefill
     out["recurrent"] = 0
     if n_linear:
         HK, HV = tc.linear_num_key_heads, tc.linear_num_value_heads

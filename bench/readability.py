@@ -58,11 +58,17 @@ def figures(paths: list[Path]) -> dict:
             "median": statistics.median(widths) if widths else 0, "p95": p95}
 
 
-def train_flags() -> int:
-    """Fields of train.py's Config (each a command-line flag)."""
-    tree = ast.parse((ROOT / "train.py").read_text())
-    config = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Config")
-    return sum(isinstance(s, ast.AnnAssign) for s in config.body)
+def class_fields(module: str, name: str, inherited: bool = True) -> list[str]:
+    """Field names of class `name` of ROOT/module.py, with (`inherited`) those of its bases written
+    as `X` (the same module) or `mod.X` (ROOT/mod.py)."""
+    tree = ast.parse((ROOT / f"{module}.py").read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
+    names = [s.target.id for s in cls.body if isinstance(s, ast.AnnAssign)]
+    for base in cls.bases if inherited else ():
+        where, base_name = ((base.value.id, base.attr) if isinstance(base, ast.Attribute)
+                            else (module, base.id))
+        names += class_fields(where, base_name)
+    return names
 
 
 def row(name: str, f: dict) -> str:
@@ -86,7 +92,9 @@ def main(argv: list[str]) -> None:
     print(row("reading path", figures([ROOT / n for n in READING_PATH])))
     tree = sorted(p for p in ROOT.rglob("*.py") if ".venv" not in p.parts)
     print(row("whole tree (*.py)", figures(tree)))
-    print(f"\ntrain.py Config fields (flags): {train_flags()}")
+    own, flags = class_fields("train", "Config", False), set(class_fields("train", "Config"))
+    print(f"\ntrain.py Config: {len(own)} fields declared in train.py; {len(flags)} flags with "
+          f"its bases'")
 
 
 if __name__ == "__main__":

@@ -660,7 +660,7 @@ def test_compiled_step_updates_the_states_in_place(qwen35):
     H.refresh(w, hf, D.effective_weight)
     states = []
     for _ in range(2):  # eager and compiled, same start
-        s = H.allocate_state(w, 8, 64, 4, 50)
+        s = D.allocate_state(w, 8, 64, 4, 50)
         gen = torch.Generator().manual_seed(0)
         for t in (*s.rec, *s.conv):
             t.normal_(generator=gen)
@@ -737,7 +737,7 @@ def test_attention_over_the_live_columns_equals_the_whole_cache(qwen35):
     H.refresh(w, hf, D.effective_weight)
     outs = []
     for live in (None, 8):
-        s = H.allocate_state(w, 3, 64, 4, 50)
+        s = D.allocate_state(w, 3, 64, 4, 50)
         gen = torch.Generator().manual_seed(0)
         for t in (*s.rec, s.k, s.v):
             t.normal_(generator=gen)
@@ -766,7 +766,7 @@ def test_hybrid_step_costs_by_the_decode_cost_check(qwen35):
     w = H.allocate_weights(hf, torch.float32, "cpu")
     H.refresh(w, hf, D.effective_weight)
     sp = R.SamplingParams(top_k=50, repetition_penalty=1.05, max_new_tokens=8)
-    s = H.allocate_state(w, 8, 512, 8, D.candidates(sp, w.embed.shape[0]))
+    s = D.allocate_state(w, 8, 512, 8, D.candidates(sp, w.embed.shape[0]))
     s.key_ok[:, :5] = True
     s.col.fill_(5), s.pos.fill_(5), s.j.fill_(1)
     graph = post_grad_graph(D.decode_step, w, s, sp, 0, (1,))
