@@ -88,7 +88,7 @@ def test_ids_and_labels_match_the_chat_template(builtin, data_type, system):
 def test_build_example_rejects_unknown_loss_on(builtin):
     tok = AutoTokenizer.from_pretrained(builtin[1])
     prep = pixels.prepare(cot_samples(builtin)["image"], tok, TINY_MEDIA)
-    with pytest.raises(ValueError, match="--loss-on must be one of assistant, all"):
+    with pytest.raises(ValueError, match="loss_on must be one of"):
         sft.build_example(prep, tok, "prompt")
 
 
