@@ -40,7 +40,7 @@ def _bool(text: str) -> bool:
 
 def opt(default, help: str, choices: tuple = (), repeat: bool = False):
     """A config field: its default, one line of help (`--help` shows both), and optionally the
-    values it may take (checked by `parse`) or `repeat` (the flag may be given several times; its
+    values it may take (checked by `check`) or `repeat` (the flag may be given several times; its
     values are joined with commas)."""
     meta = ({"help": help} | ({"choices": tuple(choices)} if choices else {})
             | ({"repeat": True} if repeat else {}))
@@ -100,9 +100,10 @@ def parse(cls, argv=None, description: str | None = None):
         group = groups.setdefault(owner, p if owner is cls else p.add_argument_group(
             f"{owner.__module__}.{owner.__name__}: {owner.__doc__.splitlines()[0]}"))
         group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind,
-                       default=None if f.metadata.get("repeat") else f.default,
-                       metavar=type(f.default).__name__.upper(),
-                       help=f"{f.metadata['help']}{_choices(f)} (default: {f.default!r})", **extra)
+                           default=None if f.metadata.get("repeat") else f.default,
+                           metavar=type(f.default).__name__.upper(),
+                           help=f"{f.metadata['help']}{_choices(f)} (default: {f.default!r})",
+                           **extra)
     ns = p.parse_args(argv)
     for f in dataclasses.fields(cls):
         if f.metadata.get("repeat"):
