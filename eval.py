@@ -121,6 +121,7 @@ class Config(common.Runtime):
     max_new_tokens: int = opt(1024, "max new tokens per answer")
     batch_size: int = opt(8, "prompts per generate call per rank (official: 64 on vLLM)")
 
+
 def merge_data_flags(argv: list[str]) -> list[str]:
     """Turn repeated `--data X` flags into one comma-separated `--data X,Y` (config.parse keeps the
     last)."""

@@ -255,13 +255,6 @@ def lr_at(step: int, total: int, cfg) -> float:
     return cfg.lr * max(0.0, (total - step) / max(1, total - cfg.warmup_steps))
 
 
-def resolve_paths(cfg, proc: distributed.Dist) -> tuple[str, str, str]:
-    """(model folder, training JSON, eval JSON or ""): the built-in data (COT split for training,
-    test split for evaluation) and the tiny model are built on rank 0 when not given
-    (builtin.resolve)."""
-    return builtin.resolve(cfg, proc, start="tiny", split="train_cot")
-
-
 def main(argv=None):
     cfg, explicit = cfglib.parse(Config, argv, description=__doc__)
     cfg = finish_config(cfg, explicit)
@@ -269,7 +262,8 @@ def main(argv=None):
     preflight.claim_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite, proc, "sft.py")    # no 2 runs
     common.seed_everything(cfg.seed, proc)
     precision, dtype, compute = distributed.resolve_precision(cfg.precision, proc)       # S7
-    model_dir, train_json, eval_json = resolve_paths(cfg, proc)
+    # the built-in COT split and test split, and the tiny model, where the flags name none
+    model_dir, train_json, eval_json = builtin.resolve(cfg, proc, start="tiny", split="train_cot")
     samples = preflight.check_data(cfg, train_json, heldout.parse_sets(eval_json), True)   # 1st
     hf, tokenizer, module, adapters, opt = common.build_policy(cfg, model_dir, proc, dtype, compute)
     amp = distributed.autocast(proc, precision, module)         # FSDP casts through its own policy

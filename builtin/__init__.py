@@ -44,9 +44,9 @@ def resolve(cfg, proc, start: str = "coldstart", split: str = "train") -> Resolv
     eval_data = getattr(cfg, "eval_data", "")
     if model and cfg.data:
         return Resolved(model, cfg.data, eval_data)
-    paths = cache.paths(cfg.cache_dir, proc, model=not model and start == "tiny")
+    tiny = not model and start == "tiny"
+    paths = cache.paths(cfg.cache_dir, proc, model=tiny)
     if not model:
-        tiny = start == "tiny"
         model = str(paths["tiny"] if tiny else coldstart.find_or_build(cfg.cache_dir, proc))
     return Resolved(model, cfg.data or str(paths[split]),
                     eval_data or ("" if cfg.data else str(paths["test"])))

@@ -42,10 +42,11 @@ def paths(cache_dir: str | Path, proc: distributed.Dist, model: bool = True) -> 
     built on rank 0 under cache_dir/data while the other ranks wait; with `model`, also the tiny
     default in cache_dir/tiny (returned as paths["tiny"]). Idempotent: a second call only returns
     the paths."""
-    cache = Path(cache_dir)
+    cache, made = Path(cache_dir), None
     if proc.main:
         made = synthetic.make_dataset(cache / "data")
         if model:
             build_builtin_tiny(cache / "tiny", made["train_cot"])
     distributed.barrier(proc)
-    return synthetic.make_dataset(cache / "data") | ({"tiny": cache / "tiny"} if model else {})
+    made = made or synthetic.make_dataset(cache / "data")       # built by rank 0: only read here
+    return made | ({"tiny": cache / "tiny"} if model else {})
